@@ -1,0 +1,130 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_SMTP_H
+#define DS_SMTP_H
+
+/*
+ * core/: the SMTP/LMTP session as a pure state machine.
+ *
+ * Bytes in (smtp_session_input), reply bytes out (smtp_session_output),
+ * message data out through struct smtp_sink callbacks. No sockets, no
+ * files, no threads, no clocks except the one the sink provides.
+ *
+ * The io layer drives it:
+ *
+ *   smtp_session_init()            -> 220 greeting queued
+ *   loop:
+ *     st = smtp_session_input(s, buf, len, &used)
+ *     send smtp_session_output() bytes, then smtp_session_output_consumed()
+ *     st == SMTP_WAIT_COMMIT: stop feeding input; when the spool reports the
+ *        commit durable (or failed) call smtp_session_commit_done(), send
+ *        the output, then feed the rest (buf + used).
+ *     st == SMTP_BLOCKED: output buffer full; send output, feed buf + used later.
+ *     st == SMTP_STARTTLS: 220 queued; send it, drop any unread input
+ *        (RFC 3207 / CVE-2011-0411: it was sent in plaintext), handshake,
+ *        then smtp_session_tls_started().
+ *     st == SMTP_CLOSE: send the output, then close.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ds_envelope.h"
+
+#define SMTP_QUEUE_ID_MAX 32 /* including the NUL */
+
+struct smtp_config {
+	const char *hostname;           /* our name in the greeting and Received: */
+	const char *const *accept_domains; /* "example.com" exact, ".example.com" any subdomain */
+	uint32_t accept_domain_count;
+	bool lmtp;                      /* LHLO instead of HELO/EHLO, per-recipient replies */
+	bool tls_available;             /* advertise STARTTLS */
+	uint64_t max_message_size;      /* bytes; SIZE advertised with this value */
+	uint32_t max_recipients;        /* per message, default 1000 */
+	uint32_t max_cmd_line;          /* octets incl. CRLF, default 512 */
+	uint32_t max_text_line;         /* octets incl. CRLF, default 1000 */
+	uint32_t max_errors;            /* consecutive errors before 421, default 10 */
+};
+
+void smtp_config_defaults(struct smtp_config *cfg);
+
+/* What the session calls. io/ implements these and forwards to the spool. */
+struct smtp_sink {
+	/*
+	 * A transaction starts receiving data (DATA answered 354, or first BDAT).
+	 * Fill id (NUL-terminated, at most SMTP_QUEUE_ID_MAX bytes with the NUL).
+	 * Return 0, or -ENOSPC (-> 452 4.3.1), or another -errno (-> 451 4.3.0).
+	 */
+	int (*data_begin)(void *ctx, char *id, size_t id_cap);
+	/*
+	 * Message bytes in order: first the Received: header, then the data
+	 * with dot-stuffing removed. Return 0 or -errno; an error latches: the
+	 * session reads on to the end of data, then replies 451/452 (never 250).
+	 */
+	int (*data_write)(void *ctx, const void *buf, size_t len);
+	/*
+	 * End of data, the session accepts the message: make it durable.
+	 * Return 0 when queued: the session answers only when io calls
+	 * smtp_session_commit_done(). Return -errno to fail it at once.
+	 */
+	int (*data_commit)(void *ctx, const struct ds_envelope *env);
+	/* The transaction in data is abandoned (too big, refused, reset, closed). */
+	void (*data_abort)(void *ctx);
+	/* Wall clock, microseconds since the Unix epoch. */
+	int64_t (*now_us)(void *ctx);
+};
+
+enum smtp_status {
+	SMTP_OK = 0,      /* all input consumed; feed more when it arrives */
+	SMTP_WAIT_COMMIT, /* waiting for smtp_session_commit_done() */
+	SMTP_BLOCKED,     /* output buffer full: send output, then feed the rest */
+	SMTP_STARTTLS,    /* start TLS after sending the output; discard unread input */
+	SMTP_CLOSE,       /* send the output, then close the connection */
+};
+
+struct smtp_peer {
+	const char *addr; /* textual IP */
+	uint16_t port;
+};
+
+struct smtp_session;
+
+/* Bytes the io layer must provide for one session (it pools them). */
+size_t smtp_session_size(const struct smtp_config *cfg);
+
+/* Start a session in mem (smtp_session_size() bytes); queues the 220 greeting. */
+struct smtp_session *smtp_session_init(void *mem, const struct smtp_config *cfg, const struct smtp_sink *sink,
+				       void *sink_ctx, const struct smtp_peer *peer);
+/* Release whatever the session holds (calls data_abort if in data). */
+void smtp_session_fini(struct smtp_session *s);
+
+enum smtp_status smtp_session_input(struct smtp_session *s, const uint8_t *buf, size_t len, size_t *used);
+
+/* Pending reply bytes (may be 0). */
+const uint8_t *smtp_session_output(struct smtp_session *s, size_t *len);
+void smtp_session_output_consumed(struct smtp_session *s, size_t n);
+
+/* The spool reports the commit durable (res 0) or failed (-ENOSPC -> 452 4.3.1, else 451 4.3.0). */
+enum smtp_status smtp_session_commit_done(struct smtp_session *s, int res);
+
+/* TLS is up: reset to the post-greeting state (new EHLO required, no STARTTLS offered). */
+void smtp_session_tls_started(struct smtp_session *s, const char *tls_desc);
+
+/* A timer expired: queue 421 4.4.2, abort any transaction; returns SMTP_CLOSE. */
+enum smtp_status smtp_session_timeout(struct smtp_session *s);
+
+/* Server shutting down: finish the transaction in progress, answer 421 4.3.2 to anything new. */
+void smtp_session_shutdown(struct smtp_session *s);
+
+/* Phase, for the io layer's choice of timeout (RFC 5321 4.5.3.2). */
+enum smtp_phase {
+	SMTP_PHASE_COMMAND,  /* waiting for a command */
+	SMTP_PHASE_DATA,     /* inside DATA/BDAT */
+	SMTP_PHASE_COMMIT,   /* waiting for the spool */
+	SMTP_PHASE_CLOSED,
+};
+enum smtp_phase smtp_session_phase(const struct smtp_session *s);
+/* True when no transaction is open (MAIL not given or finished): safe to close at shutdown. */
+bool smtp_session_idle(const struct smtp_session *s);
+
+#endif

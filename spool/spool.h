@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_SPOOL_H
+#define DS_SPOOL_H
+
+/*
+ * spool/: per-worker lanes of preallocated, pre-written segment files,
+ * checksummed records, group commit, recovery and a read-only reader.
+ *
+ * The lane never touches the disk for data itself: it reaches it through
+ * struct spool_io_ops (submit write, submit flush, completion), which io/
+ * implements with io_uring and the tests with a simulator that can crash
+ * at any write boundary. Segment files are opened/created/pre-written by
+ * the spool with ordinary syscalls off the hot path.
+ *
+ * Single-threaded per lane: every call on one lane comes from its worker.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ds_envelope.h"
+
+struct spool_config {
+	const char *dir;            /* spool directory; created if missing */
+	uint64_t segment_size;      /* bytes per segment file, default 64 MiB */
+	uint32_t buffer_size;       /* staging memory per lane, default 8 MiB */
+	uint32_t flushes_in_flight_max; /* default 2 */
+	bool prewrite;              /* zero-fill segments before use (default true; false = fallocate only, for measurements) */
+};
+
+void spool_config_defaults(struct spool_config *cfg);
+
+/* The storage interface. */
+struct spool_io_ops {
+	/*
+	 * Submit a write of buf[0, len) at offset off of fd. buf stays valid
+	 * until completion. If link is true, the next op submitted by this lane
+	 * (a flush) must run only after this write completes in full
+	 * (io_uring IOSQE_IO_LINK); a short write cancels it (-ECANCELED).
+	 * Completion: spool_lane_complete(lane, tag, res) with bytes written or -errno.
+	 * Return 0 or -errno (nothing submitted).
+	 */
+	int (*write)(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link);
+	/* Submit fdatasync(fd). Completion: spool_lane_complete(lane, tag, 0 or -errno). */
+	int (*flush)(void *ctx, int fd, uint64_t tag);
+	/*
+	 * A commit is settled: res 0 = durable (answer 250), -errno = failed
+	 * (answer 451 4.3.0, or 452 4.3.1 for -ENOSPC). Called from
+	 * spool_lane_complete() or spool_txn_commit(), once per committed txn.
+	 */
+	void (*settled)(void *ctx, uint64_t cookie, int res);
+};
+
+struct spool_lane;
+
+/* A message being received. Owned by the caller (one per session), opaque contents. */
+struct spool_txn {
+	uint64_t id;          /* unique across lanes and restarts */
+	uint64_t priv[6];     /* lane's bookkeeping */
+};
+
+/* Recovery of the whole spool directory. Run once at start-up before opening lanes. */
+struct spool_recovery_report {
+	uint64_t segments;
+	uint64_t messages;        /* committed messages found */
+	uint64_t bytes;           /* their body bytes */
+	uint64_t torn_tails;      /* segments whose torn tail was truncated/ignored */
+	uint64_t quarantined;     /* corrupt regions followed by valid records, reported */
+	uint64_t elapsed_us;
+};
+int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *rep);
+
+int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, unsigned lane_no,
+		    const struct spool_io_ops *ops, void *ops_ctx);
+/* Close; all commits must be settled (spool_lane_busy() false). */
+void spool_lane_close(struct spool_lane *l);
+
+/* Bytes spool_txn_append() accepts right now without failing with -EAGAIN. */
+size_t spool_lane_append_room(const struct spool_lane *l);
+
+int spool_txn_begin(struct spool_lane *l, struct spool_txn *t);  /* 0, -ENOSPC, -EIO */
+int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf, size_t len); /* 0, -EAGAIN, -ENOSPC, -EIO */
+/* Queue the commit; ops->settled(cookie, res) follows once the group's flush completes. */
+int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env, uint64_t cookie);
+void spool_txn_abort(struct spool_lane *l, struct spool_txn *t);
+
+/* Once per event-loop turn: write what was appended and flush if commits are pending. */
+void spool_lane_kick(struct spool_lane *l);
+/* Completion of an op submitted through spool_io_ops. */
+void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res);
+/* True while writes/flushes are in flight or commits unsettled. */
+bool spool_lane_busy(const struct spool_lane *l);
+
+/* Printable queue id ([0-9A-F], NUL-terminated) of a txn id; returns its length. cap >= 24. */
+int spool_id_format(uint64_t id, char *buf, size_t cap);
+
+struct spool_lane_stats {
+	uint64_t flushes, flush_errors, commits, bytes_written, segments_opened;
+	uint64_t flush_latency_us_sum, flush_latency_us_max;
+};
+void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st);
+
+/* Read-only access to committed messages (dotspool-ctl, consumers). See spool/spool_reader.h. */
+
+#endif
