@@ -1,0 +1,670 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Connections of one worker: accept, receive, feed the session, send its
+ * replies, and glue the session's data to the worker's spool lane.
+ *
+ * Rules that keep this simple and bounded:
+ *  - one send in flight per connection, and the session is not fed while
+ *    it is in flight (its output buffer stays put under the kernel);
+ *  - input the session cannot take yet (waiting for the spool, output
+ *    full) is kept in a per-connection buffer allocated only then, and
+ *    receiving stops when that buffer is full: a client that does not read
+ *    its replies stops being read;
+ *  - a connection is freed only when nothing is in flight for it: no recv,
+ *    no send, no commit the spool still owes an answer for.
+ */
+#include <errno.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ds_assert.h"
+#include "conn.h"
+#include "proxy.h"
+
+/* Room the trace header may take in the spool on top of the input bytes. */
+#define IO_SPOOL_SLACK_BYTES 4096
+/* A slow sender must deliver this much data to push its deadline out. */
+#define IO_DATA_PROGRESS_BYTES 1024
+
+static const char io_bye[] = "421 4.3.2 Service shutting down, closing transmission channel\r\n";
+
+static inline uint64_t conn_key(const struct io_conn *c)
+{
+	return ((uint64_t)c->idx << 32) | c->gen;
+}
+
+static struct io_conn *conn_lookup(struct io_worker *w, uint64_t key)
+{
+	uint32_t idx = (uint32_t)(key >> 32);
+	if (idx >= w->conn_max)
+		return NULL;
+	struct io_conn *c = &w->conns[idx];
+	if (c->state == IO_CONN_FREE || c->gen != (uint32_t)key)
+		return NULL;
+	return c;
+}
+
+static void conn_close(struct io_conn *c);
+static void conn_resume(struct io_conn *c);
+
+/* ---- the session's sink: spool calls ---- */
+
+static int sink_data_begin(void *ctx, char *id, size_t id_cap)
+{
+	struct io_conn *c = ctx;
+	DS_ASSERT(!c->txn_open);
+	int ret = spool_txn_begin(c->w->lane, &c->txn);
+	if (ret < 0)
+		return ret;
+	c->txn_open = true;
+	spool_id_format(c->txn.id, id, id_cap);
+	return 0;
+}
+
+static int sink_data_write(void *ctx, const void *buf, size_t len)
+{
+	struct io_conn *c = ctx;
+	if (!c->txn_open)
+		return -EIO;
+	c->progress_bytes += (uint32_t)DS_MIN(len, UINT32_MAX / 2);
+	return spool_txn_append(c->w->lane, &c->txn, buf, len);
+}
+
+static int sink_data_commit(void *ctx, const struct ds_envelope *env)
+{
+	struct io_conn *c = ctx;
+	if (!c->txn_open)
+		return -EIO;
+	c->txn_open = false;
+	c->commit_pending = true;
+	int ret = spool_txn_commit(c->w->lane, &c->txn, env, conn_key(c));
+	if (ret < 0) {
+		c->commit_pending = false;
+		c->settle_deferred = false;
+	}
+	return ret;
+}
+
+static void sink_data_abort(void *ctx)
+{
+	struct io_conn *c = ctx;
+	if (c->txn_open) {
+		spool_txn_abort(c->w->lane, &c->txn);
+		c->txn_open = false;
+	}
+}
+
+static int64_t sink_now_us(void *ctx)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static const struct smtp_sink io_sink = {
+	.data_begin = sink_data_begin,
+	.data_write = sink_data_write,
+	.data_commit = sink_data_commit,
+	.data_abort = sink_data_abort,
+	.now_us = sink_now_us,
+};
+
+/* ---- pool ---- */
+
+int io_conns_init(struct io_worker *w)
+{
+	w->conn_max = w->cfg->max_connections;
+	size_t a = smtp_session_size(&w->smtp_cfg), b = smtp_session_size(&w->lmtp_cfg);
+	w->session_size = (DS_MAX(a, b) + 63) & ~(size_t)63;
+	w->conns = calloc(w->conn_max, sizeof(*w->conns));
+	if (!w->conns)
+		return -ENOMEM;
+	/* Reserved at start-up; pages are touched only by sessions that exist. */
+	void *mem = mmap(NULL, (size_t)w->conn_max * w->session_size, PROT_READ | PROT_WRITE,
+			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (mem == MAP_FAILED)
+		return -ENOMEM;
+	w->session_mem = mem;
+	for (uint32_t i = w->conn_max; i-- > 0;) {
+		struct io_conn *c = &w->conns[i];
+		c->w = w;
+		c->idx = i;
+		c->fd = -1;
+		c->next_free = w->free_list;
+		w->free_list = c;
+	}
+	return 0;
+}
+
+void io_conns_fini(struct io_worker *w)
+{
+	if (w->conns) {
+		for (uint32_t i = 0; i < w->conn_max; i++) {
+			struct io_conn *c = &w->conns[i];
+			if (c->state != IO_CONN_FREE && c->fd >= 0)
+				close(c->fd);
+			free(c->pending);
+		}
+	}
+	if (w->session_mem)
+		munmap(w->session_mem, (size_t)w->conn_max * w->session_size);
+	free(w->conns);
+	w->conns = NULL;
+	w->session_mem = NULL;
+}
+
+/* ---- receive side ---- */
+
+static void conn_arm_recv(struct io_conn *c)
+{
+	struct io_worker *w = c->w;
+	if (c->recv_armed || c->state == IO_CONN_CLOSING)
+		return;
+	struct io_uring_sqe *sqe = io_sqe(w);
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = 0;
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_RECV, conn_key(c)));
+	c->recv_armed = true;
+	c->recv_cancel = false;
+}
+
+static void conn_pause_recv(struct io_conn *c)
+{
+	if (!c->recv_armed || c->recv_cancel)
+		return;
+	struct io_uring_sqe *sqe = io_sqe(c->w);
+	io_uring_prep_cancel64(sqe, io_ud(IO_OP_RECV, conn_key(c)), 0);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_IGNORE, 0));
+	c->recv_cancel = true;
+}
+
+/* Keep bytes the session cannot take yet. Returns -ENOBUFS past the hard cap. */
+static int pending_append(struct io_conn *c, const uint8_t *buf, size_t len)
+{
+	const struct io_config *cfg = c->w->cfg;
+	size_t hard_cap = (size_t)cfg->pending_input_max + 4 * (size_t)cfg->recv_buffer_size;
+	size_t need = (size_t)c->pending_len + len;
+	if (need > hard_cap)
+		return -ENOBUFS;
+	if (need > c->pending_cap) {
+		size_t cap = DS_MAX((size_t)c->pending_cap * 2, (size_t)4096);
+		while (cap < need)
+			cap *= 2;
+		cap = DS_MIN(cap, hard_cap);
+		uint8_t *p = realloc(c->pending, cap);
+		if (!p)
+			return -ENOMEM;
+		c->pending = p;
+		c->pending_cap = (uint32_t)cap;
+	}
+	memcpy(c->pending + c->pending_len, buf, len);
+	c->pending_len += (uint32_t)len;
+	if (c->pending_len >= cfg->pending_input_max)
+		conn_pause_recv(c);
+	return 0;
+}
+
+static void pending_drop(struct io_conn *c, size_t n)
+{
+	DS_ASSERT(n <= c->pending_len);
+	memmove(c->pending, c->pending + n, c->pending_len - n);
+	c->pending_len -= (uint32_t)n;
+	if (c->pending_len == 0 && c->pending_cap > 65536) {
+		/* Do not let one burst pin memory for the life of an idle connection. */
+		free(c->pending);
+		c->pending = NULL;
+		c->pending_cap = 0;
+	}
+}
+
+static bool conn_can_feed(const struct io_conn *c)
+{
+	return c->state == IO_CONN_ACTIVE && !c->send_inflight && !c->commit_pending && !c->want_close &&
+	       !c->parked && !c->bye_pending;
+}
+
+static void conn_push_deadline(struct io_conn *c, bool replied)
+{
+	const struct io_config *cfg = c->w->cfg;
+	enum smtp_phase ph = smtp_session_phase(c->s);
+	int64_t now = io_now_ms();
+	if (ph == SMTP_PHASE_DATA) {
+		/* Per data block, but a trickle does not count as progress. */
+		if (replied || c->progress_bytes >= IO_DATA_PROGRESS_BYTES) {
+			c->deadline_ms = now + (int64_t)cfg->timeout_data_s * 1000;
+			c->progress_bytes = 0;
+		}
+	} else if (ph == SMTP_PHASE_COMMAND && replied) {
+		/* A command's clock starts when we have answered the previous one. */
+		c->deadline_ms = now + (int64_t)cfg->timeout_command_s * 1000;
+	}
+}
+
+/*
+ * Hand bytes to the session until it stops taking them. Returns how many
+ * it took.
+ */
+static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
+{
+	struct io_worker *w = c->w;
+	size_t off = 0;
+
+	while (off < len && conn_can_feed(c)) {
+		size_t room = spool_lane_append_room(w->lane);
+		if (room <= IO_SPOOL_SLACK_BYTES) {
+			/* The lane's staging memory is full of writes in flight: wait for them. */
+			c->parked = true;
+			c->next_parked = w->parked;
+			w->parked = c;
+			break;
+		}
+		size_t n = DS_MIN(len - off, room - IO_SPOOL_SLACK_BYTES);
+		size_t used = 0, out_before = 0;
+		smtp_session_output(c->s, &out_before);
+		c->in_session = true;
+		enum smtp_status st = smtp_session_input(c->s, buf + off, n, &used);
+		c->in_session = false;
+		DS_ASSERT(used <= n);
+		off += used;
+		size_t out_after = 0;
+		smtp_session_output(c->s, &out_after);
+		conn_push_deadline(c, out_after > out_before);
+
+		switch (st) {
+		case SMTP_OK:
+			if (used == 0 && n > 0 && off < len)
+				return off; /* defensive: never spin */
+			break;
+		case SMTP_WAIT_COMMIT:
+			DS_ASSERT(c->commit_pending);
+			if (c->settle_deferred) {
+				/* The spool failed the commit at once, inside the call. */
+				c->settle_deferred = false;
+				c->commit_pending = false;
+				c->in_session = true;
+				st = smtp_session_commit_done(c->s, c->settle_res);
+				c->in_session = false;
+				if (st == SMTP_CLOSE)
+					c->want_close = true;
+				break;
+			}
+			c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_commit_s * 1000;
+			return off;
+		case SMTP_BLOCKED:
+			return off;
+		case SMTP_STARTTLS:
+			/* Not offered without a certificate; never trust the bytes after it. */
+			c->want_close = true;
+			return len;
+		case SMTP_CLOSE:
+			c->want_close = true;
+			return len; /* nothing after QUIT/421 is read */
+		}
+	}
+	return off;
+}
+
+static void conn_flush_output(struct io_conn *c)
+{
+	struct io_worker *w = c->w;
+	if (c->send_inflight || c->state != IO_CONN_ACTIVE)
+		return;
+	size_t len = 0;
+	const uint8_t *out = c->s ? smtp_session_output(c->s, &len) : NULL;
+	if (len == 0 && c->bye_pending) {
+		out = (const uint8_t *)io_bye;
+		len = sizeof(io_bye) - 1;
+		c->bye_pending = false;
+		c->want_close = true;
+		c->send_len = 0; /* marks the static line: nothing to consume in the session */
+	} else if (len == 0) {
+		if (c->want_close)
+			conn_close(c);
+		return;
+	} else {
+		c->send_len = (uint32_t)len;
+	}
+	struct io_uring_sqe *sqe = io_sqe(w);
+	io_uring_prep_send(sqe, c->fd, out, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SEND, conn_key(c)));
+	c->send_inflight = true;
+	if (c->deadline_ms == 0)
+		c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
+}
+
+static void conn_try_free(struct io_conn *c)
+{
+	struct io_worker *w = c->w;
+	if (c->state != IO_CONN_CLOSING || c->recv_armed || c->send_inflight || c->commit_pending || c->parked)
+		return;
+	if (c->s) {
+		smtp_session_fini(c->s); /* aborts the transaction in data, if any */
+		c->s = NULL;
+	}
+	sink_data_abort(c);
+	close(c->fd);
+	c->fd = -1;
+	if (c->counted) {
+		atomic_fetch_sub(&w->sh->connections, 1);
+		io_iplimit_put(w->sh->iplimit, &c->peer);
+		c->counted = false;
+	}
+	free(c->pending);
+	c->pending = NULL;
+	c->pending_len = c->pending_cap = 0;
+	c->state = IO_CONN_FREE;
+	c->gen++;
+	c->next_free = w->free_list;
+	w->free_list = c;
+	DS_ASSERT(w->conn_active > 0);
+	w->conn_active--;
+}
+
+static void conn_close(struct io_conn *c)
+{
+	if (c->state == IO_CONN_CLOSING || c->state == IO_CONN_FREE)
+		return;
+	c->state = IO_CONN_CLOSING;
+	/* Ends the multishot recv and any send stuck on a client that does not read. */
+	shutdown(c->fd, SHUT_RDWR);
+	conn_pause_recv(c);
+	conn_try_free(c);
+}
+
+static void conn_start_session(struct io_conn *c)
+{
+	struct io_worker *w = c->w;
+	const struct smtp_config *cfg =
+		w->listeners[c->listen_idx].kind == IO_LISTEN_LMTP ? &w->lmtp_cfg : &w->smtp_cfg;
+	struct smtp_peer peer = {.addr = c->peer_text, .port = c->peer_port};
+	c->s = smtp_session_init(w->session_mem + (size_t)c->idx * w->session_size, cfg, &io_sink, c, &peer);
+	DS_ASSERT(c->s != NULL);
+	c->state = IO_CONN_ACTIVE;
+	c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
+	if (w->stopping) {
+		smtp_session_shutdown(c->s);
+		c->bye_pending = true;
+	}
+	conn_flush_output(c);
+}
+
+/* PROXY listener: the header must come first and whole, before our banner. */
+static void conn_proxy_input(struct io_conn *c, const uint8_t *buf, size_t len)
+{
+	if (pending_append(c, buf, len) < 0) {
+		conn_close(c);
+		return;
+	}
+	struct io_proxy_result res;
+	int r = io_proxy_parse(c->pending, c->pending_len, &res);
+	if (r == 0 && c->pending_len < IO_PROXY_MAX_BYTES)
+		return;
+	if (r <= 0) {
+		conn_close(c);
+		return;
+	}
+	if (!res.local) {
+		snprintf(c->peer_text, sizeof(c->peer_text), "%s", res.src_addr);
+		c->peer_port = res.src_port;
+	}
+	pending_drop(c, (size_t)r);
+	conn_start_session(c);
+}
+
+static void conn_resume(struct io_conn *c)
+{
+	if (!conn_can_feed(c)) {
+		conn_flush_output(c);
+		return;
+	}
+	if (c->pending_len) {
+		size_t used = conn_feed(c, c->pending, c->pending_len);
+		if (c->want_close)
+			used = c->pending_len;
+		pending_drop(c, used);
+	}
+	conn_flush_output(c);
+	if (c->state == IO_CONN_ACTIVE && !c->recv_armed && !c->want_close &&
+	    c->pending_len < c->w->cfg->pending_input_max / 2)
+		conn_arm_recv(c);
+}
+
+static void conn_input(struct io_conn *c, const uint8_t *buf, size_t len)
+{
+	if (c->state == IO_CONN_PROXY) {
+		conn_proxy_input(c, buf, len);
+		return;
+	}
+	if (c->state != IO_CONN_ACTIVE || c->want_close)
+		return;
+	size_t used = 0;
+	if (c->pending_len == 0 && conn_can_feed(c))
+		used = conn_feed(c, buf, len);
+	if (c->want_close)
+		used = len;
+	if (used < len && pending_append(c, buf + used, len - used) < 0) {
+		/* The client keeps sending while refusing our replies: drop it. */
+		conn_close(c);
+		return;
+	}
+	conn_flush_output(c);
+}
+
+void io_conn_on_recv(struct io_worker *w, uint64_t key, int res, uint32_t flags)
+{
+	struct io_conn *c = conn_lookup(w, key);
+	DS_ASSERT(c != NULL); /* a connection is never freed with a recv armed */
+	bool more = flags & IORING_CQE_F_MORE;
+	if (!more)
+		c->recv_armed = false;
+	if (res > 0) {
+		DS_ASSERT(flags & IORING_CQE_F_BUFFER);
+		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
+		conn_input(c, w->rbufs + (size_t)bid * w->rbuf_size, (size_t)res);
+		io_rbuf_return(w, bid);
+	} else if (res == 0 || (res < 0 && res != -ENOBUFS && res != -ECANCELED)) {
+		conn_close(c); /* EOF or error */
+	}
+	if (c->state == IO_CONN_CLOSING) {
+		conn_try_free(c);
+		return;
+	}
+	if (!c->recv_armed) {
+		bool was_cancel = c->recv_cancel || res == -ECANCELED;
+		c->recv_cancel = false;
+		if (!was_cancel && c->pending_len < w->cfg->pending_input_max && !c->want_close)
+			conn_arm_recv(c);
+	}
+}
+
+void io_conn_on_send(struct io_worker *w, uint64_t key, int res)
+{
+	struct io_conn *c = conn_lookup(w, key);
+	DS_ASSERT(c != NULL && c->send_inflight);
+	c->send_inflight = false;
+	if (c->state == IO_CONN_CLOSING) {
+		conn_try_free(c);
+		return;
+	}
+	if (res <= 0) {
+		conn_close(c);
+		return;
+	}
+	if (c->send_len) {
+		DS_ASSERT((uint32_t)res <= c->send_len);
+		smtp_session_output_consumed(c->s, (size_t)res);
+	} else if ((size_t)res < sizeof(io_bye) - 1) {
+		conn_close(c); /* a short send of the goodbye line: give up on it */
+		return;
+	}
+	conn_flush_output(c);
+	if (!c->send_inflight && c->state == IO_CONN_ACTIVE)
+		conn_resume(c);
+}
+
+void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
+{
+	struct io_conn *c = conn_lookup(w, cookie);
+	DS_ASSERT(c != NULL && c->commit_pending);
+	if (c->in_session) {
+		c->settle_deferred = true;
+		c->settle_res = res;
+		return;
+	}
+	c->commit_pending = false;
+	if (c->state == IO_CONN_CLOSING) {
+		conn_try_free(c);
+		return;
+	}
+	enum smtp_status st = smtp_session_commit_done(c->s, res);
+	if (st == SMTP_CLOSE)
+		c->want_close = true;
+	if (w->stopping && smtp_session_idle(c->s))
+		c->bye_pending = true;
+	c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
+	conn_flush_output(c);
+}
+
+static void refuse(int fd, const char *line)
+{
+	ssize_t n = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+	(void)n;
+	close(fd);
+}
+
+void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
+{
+	const struct io_config *cfg = w->cfg;
+	struct sockaddr_storage ss;
+	socklen_t sl = sizeof(ss);
+
+	if (w->stopping) {
+		refuse(fd, io_bye);
+		return;
+	}
+	memset(&ss, 0, sizeof(ss));
+	if (getpeername(fd, (struct sockaddr *)&ss, &sl) < 0) {
+		close(fd);
+		return;
+	}
+	if (atomic_fetch_add(&w->sh->connections, 1) >= cfg->max_connections || !w->free_list) {
+		atomic_fetch_sub(&w->sh->connections, 1);
+		refuse(fd, "421 4.7.0 Too many connections, try again later\r\n");
+		return;
+	}
+	if (io_iplimit_take(w->sh->iplimit, &ss, cfg->max_connections_per_ip) < 0) {
+		atomic_fetch_sub(&w->sh->connections, 1);
+		refuse(fd, "421 4.7.0 Too many connections from your address\r\n");
+		return;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	struct io_conn *c = w->free_list;
+	w->free_list = c->next_free;
+	w->conn_active++;
+	uint32_t gen = c->gen;
+	uint32_t idx = c->idx;
+	memset(c, 0, sizeof(*c));
+	c->w = w;
+	c->idx = idx;
+	c->gen = gen;
+	c->fd = fd;
+	c->counted = true;
+	c->listen_idx = (uint8_t)listen_idx;
+	c->peer = ss;
+	if (ss.ss_family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+		inet_ntop(AF_INET6, &in6->sin6_addr, c->peer_text, sizeof(c->peer_text));
+		c->peer_port = ntohs(in6->sin6_port);
+	} else {
+		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+		inet_ntop(AF_INET, &in->sin_addr, c->peer_text, sizeof(c->peer_text));
+		c->peer_port = ntohs(in->sin_port);
+	}
+	if (w->listeners[listen_idx].kind == IO_LISTEN_SMTP_PROXY) {
+		c->state = IO_CONN_PROXY;
+		c->deadline_ms = io_now_ms() + (int64_t)cfg->timeout_greeting_s * 1000;
+	} else {
+		conn_start_session(c);
+	}
+	conn_arm_recv(c);
+}
+
+void io_conns_tick(struct io_worker *w, int64_t now_ms)
+{
+	for (uint32_t i = 0; i < w->conn_max && w->conn_active; i++) {
+		struct io_conn *c = &w->conns[i];
+		if (c->state == IO_CONN_FREE || c->state == IO_CONN_CLOSING)
+			continue;
+		if (c->deadline_ms == 0 || now_ms < c->deadline_ms)
+			continue;
+		if (c->state == IO_CONN_PROXY || c->send_inflight) {
+			/* No header in time, or a client that does not read its replies. */
+			conn_close(c);
+			continue;
+		}
+		if (c->commit_pending)
+			continue; /* the spool always settles; a flush is never abandoned */
+		c->in_session = true;
+		smtp_session_timeout(c->s);
+		c->in_session = false;
+		c->want_close = true;
+		c->deadline_ms = now_ms + 5000; /* for the 421 itself */
+		conn_flush_output(c);
+	}
+}
+
+void io_conns_shutdown(struct io_worker *w)
+{
+	for (uint32_t i = 0; i < w->conn_max && w->conn_active; i++) {
+		struct io_conn *c = &w->conns[i];
+		if (c->state == IO_CONN_PROXY) {
+			conn_close(c);
+		} else if (c->state == IO_CONN_ACTIVE) {
+			smtp_session_shutdown(c->s);
+			if (smtp_session_idle(c->s) && !c->commit_pending) {
+				c->bye_pending = true;
+				conn_flush_output(c);
+			}
+		}
+	}
+}
+
+void io_conns_close_all(struct io_worker *w)
+{
+	for (uint32_t i = 0; i < w->conn_max && w->conn_active; i++) {
+		struct io_conn *c = &w->conns[i];
+		if (c->state == IO_CONN_PROXY || c->state == IO_CONN_ACTIVE)
+			conn_close(c);
+	}
+}
+
+void io_conns_end_of_turn(struct io_worker *w)
+{
+	(void)w;
+}
+
+void io_conns_resume_parked(struct io_worker *w)
+{
+	if (!w->parked || spool_lane_append_room(w->lane) <= IO_SPOOL_SLACK_BYTES)
+		return;
+	struct io_conn *list = w->parked;
+	w->parked = NULL;
+	while (list) {
+		struct io_conn *c = list;
+		list = c->next_parked;
+		c->next_parked = NULL;
+		c->parked = false;
+		if (c->state == IO_CONN_CLOSING)
+			conn_try_free(c);
+		else
+			conn_resume(c);
+	}
+}

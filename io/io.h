@@ -1,0 +1,84 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_IO_H
+#define DS_IO_H
+
+/*
+ * io/: one pinned thread per core, one io_uring each. Each worker owns its
+ * listeners (SO_REUSEPORT), its connections, and its spool lane; nothing on
+ * the message path is shared between workers.
+ */
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "smtp.h"
+#include "spool.h"
+
+#define IO_LISTEN_MAX 16
+#define IO_DOMAIN_MAX 256
+#define IO_THREADS_MAX 64
+
+enum io_listen_kind {
+	IO_LISTEN_SMTP,
+	IO_LISTEN_LMTP,
+	IO_LISTEN_SMTP_PROXY, /* SMTP behind a load balancer: PROXY v1/v2 header first */
+};
+
+struct io_listen_spec {
+	enum io_listen_kind kind;
+	struct sockaddr_storage addr;
+	socklen_t addr_len;
+	char text[80]; /* as given on the command line */
+};
+
+struct io_config {
+	struct io_listen_spec listen[IO_LISTEN_MAX];
+	uint32_t listen_count;
+	const char *accept_domains[IO_DOMAIN_MAX];
+	uint32_t accept_domain_count;
+	char hostname[256];
+	uint32_t threads;
+	uint32_t max_connections;        /* whole server */
+	uint32_t max_connections_per_ip; /* whole server, per client address */
+	uint32_t timeout_greeting_s;     /* PROXY header wait before the banner */
+	uint32_t timeout_command_s;      /* RFC 5321 4.5.3.2: 5 minutes */
+	uint32_t timeout_data_s;         /* per data block: 3 minutes */
+	uint32_t timeout_commit_s;       /* our own wait for the spool before 451 */
+	uint32_t shutdown_timeout_s;     /* SIGTERM: how long transactions in flight may take */
+	uint32_t recv_buffers;           /* provided buffers per worker */
+	uint32_t recv_buffer_size;       /* bytes each */
+	uint32_t pending_input_max;      /* per-connection unread input bytes before recv stops */
+	struct smtp_config smtp;
+	struct spool_config spool;
+	char spool_dir[4096];
+};
+
+/* Shared between workers; touched at accept/close only, never per message. */
+struct io_shared {
+	atomic_uint connections;
+	atomic_bool stopping;
+	struct io_iplimit *iplimit;
+};
+
+struct io_worker;
+
+int io_worker_create(struct io_worker **out, const struct io_config *cfg, struct io_shared *sh, unsigned no);
+int io_worker_start(struct io_worker *w);   /* spawns and pins the thread */
+void io_worker_stop(struct io_worker *w);   /* async: begin graceful shutdown */
+int io_worker_join(struct io_worker *w);    /* 0 when it ended cleanly */
+void io_worker_destroy(struct io_worker *w);
+
+/* Per-client-address connection counts (io/iplimit.c). */
+struct io_iplimit;
+int io_iplimit_create(struct io_iplimit **out, uint32_t buckets);
+void io_iplimit_destroy(struct io_iplimit *t);
+/* Take a slot for addr; -EBUSY when the address already holds max. */
+int io_iplimit_take(struct io_iplimit *t, const struct sockaddr_storage *addr, uint32_t max);
+void io_iplimit_put(struct io_iplimit *t, const struct sockaddr_storage *addr);
+
+int io_parse_addr(const char *text, struct sockaddr_storage *ss, socklen_t *len);
+
+#endif

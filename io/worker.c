@@ -1,0 +1,455 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * One worker: one pinned thread, one io_uring, its own listeners, its own
+ * connections and its own spool lane. The loop:
+ *
+ *   kick the spool lane (group commit: one write+flush for everything
+ *   appended during the last turn), submit, wait, handle completions.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/tcp.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ds_assert.h"
+#include "worker.h"
+#include "conn.h"
+
+int64_t io_now_ms(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+struct io_uring_sqe *io_sqe(struct io_worker *w)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
+	if (!sqe) {
+		/* SQ full: hand what we have to the kernel and take a fresh slot. */
+		io_uring_submit(&w->ring);
+		sqe = io_uring_get_sqe(&w->ring);
+	}
+	DS_ASSERT(sqe != NULL);
+	return sqe;
+}
+
+/* ---- spool storage interface, implemented with io_uring ---- */
+
+static int ops_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link)
+{
+	struct io_worker *w = ctx;
+	DS_ASSERT(tag <= IO_TAG_MASK);
+	struct io_uring_sqe *sqe = io_sqe(w);
+	io_uring_prep_write(sqe, fd, buf, len, off);
+	if (link)
+		sqe->flags |= IOSQE_IO_LINK;
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SPOOL, tag));
+	return 0;
+}
+
+static int ops_flush(void *ctx, int fd, uint64_t tag)
+{
+	struct io_worker *w = ctx;
+	DS_ASSERT(tag <= IO_TAG_MASK);
+	struct io_uring_sqe *sqe = io_sqe(w);
+	io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SPOOL, tag));
+	return 0;
+}
+
+static void ops_settled(void *ctx, uint64_t cookie, int res)
+{
+	io_conn_settled(ctx, cookie, res);
+}
+
+static const struct spool_io_ops io_spool_ops = {
+	.write = ops_write,
+	.flush = ops_flush,
+	.settled = ops_settled,
+};
+
+/* ---- listeners ---- */
+
+static int listener_open(const struct io_listen_spec *spec)
+{
+	int one = 1;
+	int fd = socket(spec->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+	if (fd < 0)
+		return -errno;
+	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	/* One listener per worker on the same address: the kernel spreads connections. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
+		goto fail;
+	if (spec->addr.ss_family == AF_INET6)
+		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (bind(fd, (const struct sockaddr *)&spec->addr, spec->addr_len) < 0)
+		goto fail;
+	if (listen(fd, 4096) < 0)
+		goto fail;
+	return fd;
+fail:;
+	int err = -errno;
+	close(fd);
+	return err;
+}
+
+void io_listener_arm(struct io_worker *w, uint32_t i)
+{
+	struct io_listener *l = &w->listeners[i];
+	if (l->armed || l->fd < 0 || w->stopping)
+		return;
+	struct io_uring_sqe *sqe = io_sqe(w);
+	io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_ACCEPT, i));
+	l->armed = true;
+}
+
+static void listeners_close(struct io_worker *w)
+{
+	for (uint32_t i = 0; i < w->listener_count; i++) {
+		struct io_listener *l = &w->listeners[i];
+		if (l->fd < 0)
+			continue;
+		if (l->armed) {
+			struct io_uring_sqe *sqe = io_sqe(w);
+			io_uring_prep_cancel64(sqe, io_ud(IO_OP_ACCEPT, i), 0);
+			io_uring_sqe_set_data64(sqe, io_ud(IO_OP_IGNORE, 0));
+		}
+		/* The ring holds its own file reference until the cancel lands. */
+		close(l->fd);
+		l->fd = -1;
+	}
+}
+
+/* ---- ring and buffers ---- */
+
+static int ring_setup(struct io_worker *w)
+{
+	struct io_uring_params p;
+	static const unsigned flag_sets[] = {
+		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+		IORING_SETUP_COOP_TASKRUN,
+		0,
+	};
+	int ret = -EINVAL;
+	for (size_t i = 0; i < DS_ARRAY_SIZE(flag_sets); i++) {
+		memset(&p, 0, sizeof(p));
+		p.flags = flag_sets[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
+		p.cq_entries = 16384;
+		ret = io_uring_queue_init_params(2048, &w->ring, &p);
+		if (ret == 0) {
+			if (w->no == 0 && i > 0)
+				fprintf(stderr, "dotspool: io_uring without %s (older kernel)\n",
+					i == 1 ? "DEFER_TASKRUN" : "COOP_TASKRUN");
+			break;
+		}
+	}
+	if (ret < 0)
+		return ret;
+	if (!(p.features & IORING_FEAT_NODROP) && w->no == 0)
+		fprintf(stderr, "dotspool: warning: kernel lacks IORING_FEAT_NODROP\n");
+
+	/* Provided buffer ring for multishot recv (liburing 2.3 API). */
+	w->rbuf_count = w->cfg->recv_buffers;
+	w->rbuf_size = w->cfg->recv_buffer_size;
+	w->br_map_bytes = (size_t)w->rbuf_count * sizeof(struct io_uring_buf);
+	void *map = mmap(NULL, w->br_map_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (map == MAP_FAILED)
+		return -ENOMEM;
+	w->br = map;
+	struct io_uring_buf_reg reg = {
+		.ring_addr = (unsigned long)map,
+		.ring_entries = w->rbuf_count,
+		.bgid = 0,
+	};
+	ret = io_uring_register_buf_ring(&w->ring, &reg, 0);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: io_uring provided buffer rings unsupported: %s\n", strerror(-ret));
+		return ret;
+	}
+	w->rbufs = aligned_alloc(4096, (size_t)w->rbuf_count * w->rbuf_size);
+	if (!w->rbufs)
+		return -ENOMEM;
+	io_uring_buf_ring_init(w->br);
+	int mask = io_uring_buf_ring_mask(w->rbuf_count);
+	for (uint32_t i = 0; i < w->rbuf_count; i++)
+		io_uring_buf_ring_add(w->br, w->rbufs + (size_t)i * w->rbuf_size, w->rbuf_size, i, mask, i);
+	io_uring_buf_ring_advance(w->br, w->rbuf_count);
+	return 0;
+}
+
+void io_rbuf_return(struct io_worker *w, uint16_t bid)
+{
+	io_uring_buf_ring_add(w->br, w->rbufs + (size_t)bid * w->rbuf_size, w->rbuf_size, bid,
+			      io_uring_buf_ring_mask(w->rbuf_count), 0);
+	io_uring_buf_ring_advance(w->br, 1);
+}
+
+static void probe_opcodes(struct io_worker *w)
+{
+	static const struct {
+		int op;
+		const char *name;
+	} need[] = {
+		{IORING_OP_ACCEPT, "ACCEPT"}, {IORING_OP_RECV, "RECV"},   {IORING_OP_SEND, "SEND"},
+		{IORING_OP_WRITE, "WRITE"},   {IORING_OP_FSYNC, "FSYNC"}, {IORING_OP_TIMEOUT, "TIMEOUT"},
+		{IORING_OP_READ, "READ"},     {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
+	};
+	struct io_uring_probe *probe = io_uring_get_probe_ring(&w->ring);
+	if (!probe)
+		return;
+	for (size_t i = 0; i < DS_ARRAY_SIZE(need); i++)
+		if (!io_uring_opcode_supported(probe, need[i].op))
+			fprintf(stderr, "dotspool: io_uring opcode %s missing: this kernel cannot run dotspool\n",
+				need[i].name);
+	io_uring_free_probe(probe);
+}
+
+/* ---- timers and wake-ups ---- */
+
+static void tick_arm(struct io_worker *w)
+{
+	struct io_uring_sqe *sqe = io_sqe(w);
+	w->tick_ts.tv_sec = 0;
+	w->tick_ts.tv_nsec = 250 * 1000 * 1000;
+	io_uring_prep_timeout(sqe, &w->tick_ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_TICK, 0));
+}
+
+static void wake_arm(struct io_worker *w)
+{
+	struct io_uring_sqe *sqe = io_sqe(w);
+	io_uring_prep_read(sqe, w->wake_fd, &w->wake_buf, sizeof(w->wake_buf), 0);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_WAKE, 0));
+}
+
+static void begin_shutdown(struct io_worker *w)
+{
+	if (w->stopping)
+		return;
+	w->stopping = true;
+	w->stop_deadline_ms = io_now_ms() + (int64_t)w->cfg->shutdown_timeout_s * 1000;
+	listeners_close(w);
+	io_conns_shutdown(w);
+}
+
+static void on_tick(struct io_worker *w)
+{
+	int64_t now = io_now_ms();
+	if (w->accept_pause_until_ms && now >= (int64_t)w->accept_pause_until_ms) {
+		w->accept_pause_until_ms = 0;
+		for (uint32_t i = 0; i < w->listener_count; i++)
+			io_listener_arm(w, i);
+	}
+	io_conns_tick(w, now);
+	if (w->stopping && now >= w->stop_deadline_ms)
+		io_conns_close_all(w);
+	tick_arm(w);
+}
+
+static void dispatch(struct io_worker *w, struct io_uring_cqe *cqe)
+{
+	uint64_t ud = io_uring_cqe_get_data64(cqe);
+	enum io_op op = (enum io_op)(ud >> IO_OP_SHIFT);
+	uint64_t low = ud & IO_TAG_MASK;
+
+	switch (op) {
+	case IO_OP_ACCEPT: {
+		struct io_listener *l = &w->listeners[low];
+		if (!(cqe->flags & IORING_CQE_F_MORE))
+			l->armed = false;
+		if (cqe->res >= 0) {
+			io_conn_accept(w, cqe->res, (uint32_t)low);
+		} else if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM ||
+			   cqe->res == -ENOBUFS) {
+			/* Out of descriptors: pause accepting instead of spinning on the error. */
+			w->accept_pause_until_ms = io_now_ms() + 200;
+			if (l->armed) {
+				struct io_uring_sqe *sqe = io_sqe(w);
+				io_uring_prep_cancel64(sqe, ud, 0);
+				io_uring_sqe_set_data64(sqe, io_ud(IO_OP_IGNORE, 0));
+			}
+			return;
+		}
+		if (!l->armed && !w->accept_pause_until_ms)
+			io_listener_arm(w, (uint32_t)low);
+		return;
+	}
+	case IO_OP_RECV:
+		io_conn_on_recv(w, low, cqe->res, cqe->flags);
+		return;
+	case IO_OP_SEND:
+		io_conn_on_send(w, low, cqe->res);
+		return;
+	case IO_OP_SPOOL:
+		spool_lane_complete(w->lane, low, cqe->res);
+		return;
+	case IO_OP_TICK:
+		on_tick(w);
+		return;
+	case IO_OP_WAKE:
+		if (atomic_load(&w->sh->stopping))
+			begin_shutdown(w);
+		else
+			wake_arm(w);
+		return;
+	case IO_OP_IGNORE:
+		return;
+	}
+	DS_ASSERT(!"unknown io_uring completion");
+}
+
+static bool worker_done(struct io_worker *w)
+{
+	return w->stopping && w->conn_active == 0 && !spool_lane_busy(w->lane);
+}
+
+static void *worker_main(void *arg)
+{
+	struct io_worker *w = arg;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	if (ncpu > 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(w->no % (unsigned)ncpu, &set);
+		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	}
+
+	int ret = ring_setup(w);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: worker %u: io_uring setup failed: %s\n", w->no, strerror(-ret));
+		w->exit_code = 1;
+		atomic_store(&w->sh->stopping, true);
+		return NULL;
+	}
+	if (w->no == 0)
+		probe_opcodes(w);
+	ret = spool_lane_open(&w->lane, &w->cfg->spool, w->no, &io_spool_ops, w);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: worker %u: spool lane: %s\n", w->no, strerror(-ret));
+		w->exit_code = 1;
+		return NULL;
+	}
+	for (uint32_t i = 0; i < w->listener_count; i++)
+		io_listener_arm(w, i);
+	tick_arm(w);
+	wake_arm(w);
+	if (atomic_load(&w->sh->stopping))
+		begin_shutdown(w);
+
+	while (!worker_done(w)) {
+		spool_lane_kick(w->lane);
+		io_conns_end_of_turn(w);
+		ret = io_uring_submit_and_wait(&w->ring, 1);
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+			fprintf(stderr, "dotspool: worker %u: io_uring_submit: %s\n", w->no, strerror(-ret));
+			w->exit_code = 1;
+			break;
+		}
+		struct io_uring_cqe *cqe;
+		unsigned head, n = 0;
+		io_uring_for_each_cqe(&w->ring, head, cqe)
+		{
+			dispatch(w, cqe);
+			n++;
+		}
+		io_uring_cq_advance(&w->ring, n);
+		io_conns_resume_parked(w);
+	}
+	if (spool_lane_busy(w->lane)) {
+		/* Never close a lane with a flush in flight: its buffers belong to the kernel. */
+		w->exit_code = 1;
+	} else {
+		spool_lane_close(w->lane);
+		w->lane = NULL;
+	}
+	return NULL;
+}
+
+int io_worker_create(struct io_worker **out, const struct io_config *cfg, struct io_shared *sh, unsigned no)
+{
+	struct io_worker *w = calloc(1, sizeof(*w));
+	if (!w)
+		return -ENOMEM;
+	w->no = no;
+	w->cfg = cfg;
+	w->sh = sh;
+	w->smtp_cfg = cfg->smtp;
+	w->smtp_cfg.lmtp = false;
+	w->lmtp_cfg = cfg->smtp;
+	w->lmtp_cfg.lmtp = true;
+	w->wake_fd = eventfd(0, EFD_CLOEXEC);
+	if (w->wake_fd < 0) {
+		free(w);
+		return -errno;
+	}
+	for (uint32_t i = 0; i < cfg->listen_count; i++) {
+		int fd = listener_open(&cfg->listen[i]);
+		if (fd < 0) {
+			fprintf(stderr, "dotspool: listen %s: %s\n", cfg->listen[i].text, strerror(-fd));
+			w->listener_count = i;
+			io_worker_destroy(w);
+			return fd;
+		}
+		w->listeners[i].fd = fd;
+		w->listeners[i].kind = cfg->listen[i].kind;
+		w->listener_count = i + 1;
+	}
+	int ret = io_conns_init(w);
+	if (ret < 0) {
+		io_worker_destroy(w);
+		return ret;
+	}
+	*out = w;
+	return 0;
+}
+
+int io_worker_start(struct io_worker *w)
+{
+	int ret = pthread_create(&w->thread, NULL, worker_main, w);
+	if (ret)
+		return -ret;
+	w->started = true;
+	return 0;
+}
+
+void io_worker_stop(struct io_worker *w)
+{
+	uint64_t one = 1;
+	ssize_t n = write(w->wake_fd, &one, sizeof(one));
+	(void)n;
+}
+
+int io_worker_join(struct io_worker *w)
+{
+	if (w->started)
+		pthread_join(w->thread, NULL);
+	w->started = false;
+	return w->exit_code;
+}
+
+void io_worker_destroy(struct io_worker *w)
+{
+	if (!w)
+		return;
+	for (uint32_t i = 0; i < w->listener_count; i++)
+		if (w->listeners[i].fd >= 0)
+			close(w->listeners[i].fd);
+	if (w->ring.ring_fd > 0)
+		io_uring_queue_exit(&w->ring);
+	if (w->br)
+		munmap(w->br, w->br_map_bytes);
+	free(w->rbufs);
+	io_conns_fini(w);
+	if (w->wake_fd >= 0)
+		close(w->wake_fd);
+	free(w);
+}

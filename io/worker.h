@@ -1,0 +1,119 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_IO_WORKER_H
+#define DS_IO_WORKER_H
+
+/* Private to io/: the worker and its connections. */
+
+#include <arpa/inet.h>
+#include <liburing.h>
+#include <pthread.h>
+
+#include "io.h"
+
+/* user_data: operation in the top 4 bits, the rest depends on it. */
+enum io_op {
+	IO_OP_ACCEPT = 1, /* low bits: listener index */
+	IO_OP_RECV,       /* conn index << 32 | generation */
+	IO_OP_SEND,
+	IO_OP_SPOOL,      /* spool tag (60 bits) */
+	IO_OP_TICK,
+	IO_OP_WAKE,
+	IO_OP_IGNORE,     /* cancellations: nothing to do on completion */
+};
+
+#define IO_OP_SHIFT 60
+#define IO_TAG_MASK ((1ull << IO_OP_SHIFT) - 1)
+
+static inline uint64_t io_ud(enum io_op op, uint64_t low)
+{
+	return ((uint64_t)op << IO_OP_SHIFT) | (low & IO_TAG_MASK);
+}
+
+enum io_conn_state {
+	IO_CONN_FREE = 0,
+	IO_CONN_PROXY,   /* waiting for the PROXY header */
+	IO_CONN_ACTIVE,  /* session running */
+	IO_CONN_CLOSING, /* shut down, waiting for ops in flight */
+};
+
+struct io_worker;
+
+struct io_conn {
+	struct io_worker *w;
+	int fd;
+	uint32_t gen;
+	uint32_t idx;
+	uint8_t state;
+	uint8_t listen_idx;
+	bool recv_armed;     /* a multishot recv is outstanding */
+	bool recv_cancel;    /* cancel requested for it */
+	bool send_inflight;
+	bool commit_pending; /* spool owes us a settled() */
+	bool txn_open;       /* a spool txn is open (begun, not committed or aborted) */
+	bool want_close;     /* close once the output is sent */
+	bool parked;         /* on the wait-for-spool-room list */
+	bool counted;        /* holds a slot in the connection limits */
+	bool in_session;     /* inside a smtp_session_* call (settled() may not re-enter) */
+	bool settle_deferred; /* settled() arrived while in_session */
+	bool bye_pending;    /* send a 421 shutdown line once the session's output is out */
+	int settle_res;
+	uint32_t progress_bytes; /* data bytes since the deadline was last pushed out */
+	uint16_t peer_port;
+	uint32_t send_len;
+	int64_t deadline_ms;
+	uint8_t *pending; /* unread input, allocated only when needed */
+	uint32_t pending_len;
+	uint32_t pending_cap;
+	struct sockaddr_storage peer;
+	char peer_text[INET6_ADDRSTRLEN];
+	struct spool_txn txn;
+	struct smtp_session *s;
+	struct io_conn *next_free;
+	struct io_conn *next_parked;
+};
+
+struct io_listener {
+	int fd;
+	enum io_listen_kind kind;
+	bool armed;
+};
+
+struct io_worker {
+	unsigned no;
+	const struct io_config *cfg;
+	struct io_shared *sh;
+	pthread_t thread;
+	bool started;
+	struct io_uring ring;
+	int wake_fd;
+	uint64_t wake_buf;
+	struct __kernel_timespec tick_ts;
+	struct io_listener listeners[IO_LISTEN_MAX];
+	uint32_t listener_count;
+	/* provided receive buffers */
+	struct io_uring_buf_ring *br;
+	size_t br_map_bytes;
+	uint8_t *rbufs;
+	uint32_t rbuf_count;
+	uint32_t rbuf_size;
+	/* connections */
+	struct io_conn *conns;
+	uint8_t *session_mem;
+	size_t session_size;
+	uint32_t conn_max;
+	uint32_t conn_active;
+	struct io_conn *free_list;
+	struct io_conn *parked;
+	/* configs the sessions point at */
+	struct smtp_config smtp_cfg;
+	struct smtp_config lmtp_cfg;
+	struct spool_lane *lane;
+	bool stopping;
+	int64_t stop_deadline_ms;
+	int exit_code;
+	uint64_t accept_pause_until_ms;
+};
+
+int64_t io_now_ms(void);
+
+#endif
