@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <sys/socket.h>
 
 #include "smtp.h"
@@ -54,7 +55,22 @@ struct io_config {
 	struct smtp_config smtp;
 	struct spool_config spool;
 	char spool_dir[4096];
+	bool listen_from_source;  /* the current source (file, command line) set the listeners */
+	bool domains_from_source; /* ... the accepted domains */
 };
+
+/* io/options.c: one table for flags and config keys. */
+void io_config_defaults(struct io_config *cfg);
+void io_config_begin_source(struct io_config *cfg);
+bool io_option_known(const char *name);
+bool io_option_takes_value(const char *name);
+int io_option_apply(struct io_config *cfg, const char *name, const char *value, char *err, size_t errcap);
+int io_config_finish(struct io_config *cfg, char *err, size_t errcap);
+void io_options_usage(FILE *f);
+size_t io_options_count(void);
+const char *io_option_name(size_t i);
+/* io/config_file.c: INI file (libinih). err gets "FILE:LINE: message". */
+int io_config_load_file(struct io_config *cfg, const char *path, char *err, size_t errcap);
 
 /* Shared between workers; touched at accept/close only, never per message. */
 struct io_shared {

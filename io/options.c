@@ -1,0 +1,341 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Every setting of the server, in one table: the command line (--name
+ * value) and the configuration file (name = value) both go through
+ * io_option_apply(), so a flag and its config key can never drift apart.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <unistd.h>
+
+#include "ds_assert.h"
+#include "io.h"
+
+enum opt_kind {
+	OPT_U32,
+	OPT_U64,
+	OPT_BOOL,
+	OPT_STR,    /* fixed char array in io_config */
+	OPT_LISTEN, /* repeatable */
+	OPT_DOMAIN, /* repeatable */
+	OPT_FLAG_NEG, /* bool option whose presence sets the field false (--no-prewrite) */
+};
+
+struct opt_def {
+	const char *name;
+	enum opt_kind kind;
+	size_t off; /* into struct io_config */
+	uint64_t min, max;
+	int listen_kind;
+	const char *help;
+};
+
+#define CF(f) offsetof(struct io_config, f)
+
+static const struct opt_def opts[] = {
+	{"listen", OPT_LISTEN, 0, 0, 0, IO_LISTEN_SMTP,
+	 "ADDR:PORT SMTP listener, repeatable (default 127.0.0.1:2525 when no listener is given)"},
+	{"lmtp-listen", OPT_LISTEN, 0, 0, 0, IO_LISTEN_LMTP, "ADDR:PORT LMTP listener (RFC 2033), repeatable"},
+	{"proxy-listen", OPT_LISTEN, 0, 0, 0, IO_LISTEN_SMTP_PROXY,
+	 "ADDR:PORT SMTP listener that requires a PROXY v1/v2 header (behind a load balancer)"},
+	{"spool", OPT_STR, CF(spool_dir), 1, 4000, 0, "DIR spool directory (default ./var/spool)"},
+	{"accept-domain", OPT_DOMAIN, 0, 0, 0, 0,
+	 "D accept mail for D; .D accepts every subdomain; repeatable (default localhost)"},
+	{"hostname", OPT_STR, CF(hostname), 1, 255, 0, "NAME our name in the banner and Received: (default: host name)"},
+	{"threads", OPT_U32, CF(threads), 1, IO_THREADS_MAX, 0, "N worker threads, one per core (default: cores)"},
+	{"max-message-size", OPT_U64, CF(smtp.max_message_size), 1024, 1ull << 40, 0, "BYTES message size limit"},
+	{"max-recipients", OPT_U32, CF(smtp.max_recipients), 1, 100000, 0, "N recipients per message"},
+	{"max-command-line", OPT_U32, CF(smtp.max_cmd_line), 512, 65536, 0, "BYTES command line incl. CRLF"},
+	{"max-text-line", OPT_U32, CF(smtp.max_text_line), 1000, 1 << 20, 0, "BYTES text line in data incl. CRLF"},
+	{"max-errors", OPT_U32, CF(smtp.max_errors), 1, 1000, 0, "N consecutive errors before 421"},
+	{"max-connections", OPT_U32, CF(max_connections), 1, 1000000, 0, "N connections, whole server"},
+	{"max-connections-per-ip", OPT_U32, CF(max_connections_per_ip), 1, 1000000, 0,
+	 "N connections per client address"},
+	{"timeout-greeting-s", OPT_U32, CF(timeout_greeting_s), 1, 86400, 0, "S wait for a PROXY header"},
+	{"timeout-command-s", OPT_U32, CF(timeout_command_s), 1, 86400, 0, "S per command (RFC 5321 4.5.3.2)"},
+	{"timeout-data-s", OPT_U32, CF(timeout_data_s), 1, 86400, 0, "S per data block"},
+	{"timeout-commit-s", OPT_U32, CF(timeout_commit_s), 1, 86400, 0, "S deadline shown for the spool's answer"},
+	{"shutdown-timeout-s", OPT_U32, CF(shutdown_timeout_s), 0, 86400, 0,
+	 "S on SIGTERM/SIGINT, time for transactions in flight"},
+	{"segment-size", OPT_U64, CF(spool.segment_size), 1 << 20, 1ull << 40, 0, "BYTES spool segment file size"},
+	{"spool-buffer-size", OPT_U32, CF(spool.buffer_size), 64 << 10, 1u << 30, 0,
+	 "BYTES staging memory per worker lane"},
+	{"flushes-in-flight", OPT_U32, CF(spool.flushes_in_flight_max), 1, 16, 0, "N flushes in flight per lane"},
+	{"prewrite", OPT_BOOL, CF(spool.prewrite), 0, 1, 0, "BOOL zero-fill segments before use"},
+	{"no-prewrite", OPT_FLAG_NEG, CF(spool.prewrite), 0, 1, 0, "fallocate segments only (for measurements)"},
+	{"recv-buffers", OPT_U32, CF(recv_buffers), 16, 32768, 0, "N provided receive buffers per worker (power of 2)"},
+	{"pending-input-max", OPT_U32, CF(pending_input_max), 4096, 64 << 20, 0,
+	 "BYTES unread input per connection before it stops being read"},
+};
+
+static int fail(char *err, size_t cap, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	vsnprintf(err, cap, fmt, ap);
+	va_end(ap);
+	return -EINVAL;
+}
+
+void io_config_defaults(struct io_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	smtp_config_defaults(&cfg->smtp);
+	spool_config_defaults(&cfg->spool);
+	snprintf(cfg->spool_dir, sizeof(cfg->spool_dir), "./var/spool");
+	long n = sysconf(_SC_NPROCESSORS_ONLN);
+	cfg->threads = n > 0 ? (uint32_t)DS_MIN(n, IO_THREADS_MAX) : 1;
+	cfg->max_connections = 16384;
+	cfg->max_connections_per_ip = 16384;
+	cfg->timeout_greeting_s = 30;
+	cfg->timeout_command_s = 300;
+	cfg->timeout_data_s = 180;
+	cfg->timeout_commit_s = 600;
+	cfg->shutdown_timeout_s = 10;
+	cfg->recv_buffers = 1024;
+	cfg->recv_buffer_size = 4096;
+	cfg->pending_input_max = 64 * 1024;
+}
+
+int io_parse_addr(const char *text, struct sockaddr_storage *ss, socklen_t *len)
+{
+	char host[256];
+	const char *port;
+	memset(ss, 0, sizeof(*ss));
+	if (text[0] == '[') {
+		const char *end = strchr(text, ']');
+		if (!end || end[1] != ':' || (size_t)(end - text - 1) >= sizeof(host))
+			return -EINVAL;
+		memcpy(host, text + 1, (size_t)(end - text - 1));
+		host[end - text - 1] = 0;
+		port = end + 2;
+	} else {
+		const char *colon = strrchr(text, ':');
+		if (!colon || (size_t)(colon - text) >= sizeof(host))
+			return -EINVAL;
+		memcpy(host, text, (size_t)(colon - text));
+		host[colon - text] = 0;
+		port = colon + 1;
+	}
+	char *e;
+	unsigned long p = strtoul(port, &e, 10);
+	if (*port == 0 || *e || p > 65535)
+		return -EINVAL;
+	struct sockaddr_in *in = (struct sockaddr_in *)ss;
+	struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)ss;
+	/* Literal addresses only: dotspool makes no DNS lookups. */
+	if (inet_pton(AF_INET, host, &in->sin_addr) == 1) {
+		in->sin_family = AF_INET;
+		in->sin_port = htons((uint16_t)p);
+		*len = sizeof(*in);
+		return 0;
+	}
+	if (inet_pton(AF_INET6, host, &in6->sin6_addr) == 1) {
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons((uint16_t)p);
+		*len = sizeof(*in6);
+		return 0;
+	}
+	return -EINVAL;
+}
+
+static int parse_u64(const char *s, uint64_t *out)
+{
+	char *e;
+	errno = 0;
+	if (*s == 0 || *s == '-' || *s == '+' || *s == ' ')
+		return -EINVAL;
+	unsigned long long v = strtoull(s, &e, 10);
+	if (errno)
+		return -EINVAL;
+	unsigned shift = 0;
+	if (*e == 'K' || *e == 'k')
+		shift = 10, e++;
+	else if (*e == 'M' || *e == 'm')
+		shift = 20, e++;
+	else if (*e == 'G' || *e == 'g')
+		shift = 30, e++;
+	if (*e || (shift && v > (UINT64_MAX >> shift)))
+		return -EINVAL;
+	*out = (uint64_t)v << shift;
+	return 0;
+}
+
+static int parse_bool(const char *s, bool *out)
+{
+	if (!strcasecmp(s, "1") || !strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on"))
+		*out = true;
+	else if (!strcasecmp(s, "0") || !strcasecmp(s, "false") || !strcasecmp(s, "no") || !strcasecmp(s, "off"))
+		*out = false;
+	else
+		return -EINVAL;
+	return 0;
+}
+
+static const struct opt_def *opt_find(const char *name)
+{
+	for (size_t i = 0; i < DS_ARRAY_SIZE(opts); i++)
+		if (!strcmp(opts[i].name, name))
+			return &opts[i];
+	return NULL;
+}
+
+bool io_option_takes_value(const char *name)
+{
+	const struct opt_def *d = opt_find(name);
+	return d && d->kind != OPT_FLAG_NEG;
+}
+
+bool io_option_known(const char *name)
+{
+	return opt_find(name) != NULL;
+}
+
+void io_config_begin_source(struct io_config *cfg)
+{
+	/* A new source (the command line after the file) replaces lists rather than extending them. */
+	cfg->listen_from_source = false;
+	cfg->domains_from_source = false;
+}
+
+int io_option_apply(struct io_config *cfg, const char *name, const char *value, char *err, size_t errcap)
+{
+	const struct opt_def *d = opt_find(name);
+	if (!d)
+		return fail(err, errcap, "unknown option '%s'", name);
+	if (d->kind != OPT_FLAG_NEG && !value)
+		return fail(err, errcap, "'%s' needs a value", name);
+	uint8_t *base = (uint8_t *)cfg;
+	uint64_t v;
+	switch (d->kind) {
+	case OPT_U32:
+	case OPT_U64:
+		if (parse_u64(value, &v) < 0 || v < d->min || v > d->max)
+			return fail(err, errcap, "'%s': '%s' is not a number in [%llu, %llu]", name, value,
+				    (unsigned long long)d->min, (unsigned long long)d->max);
+		if (!strcmp(name, "recv-buffers") && (v & (v - 1)))
+			return fail(err, errcap, "'%s': '%s' is not a power of 2", name, value);
+		if (d->kind == OPT_U32)
+			*(uint32_t *)(base + d->off) = (uint32_t)v;
+		else
+			*(uint64_t *)(base + d->off) = v;
+		return 0;
+	case OPT_BOOL: {
+		bool b;
+		if (parse_bool(value, &b) < 0)
+			return fail(err, errcap, "'%s': '%s' is not a boolean (true/false)", name, value);
+		*(bool *)(base + d->off) = b;
+		return 0;
+	}
+	case OPT_FLAG_NEG:
+		*(bool *)(base + d->off) = false;
+		return 0;
+	case OPT_STR: {
+		size_t n = strlen(value);
+		if (n < d->min || n > d->max || strpbrk(value, " \t\r\n"))
+			return fail(err, errcap, "'%s': bad value '%s' (1..%llu characters, no spaces)", name, value,
+				    (unsigned long long)d->max);
+		char *dst = (char *)(base + d->off);
+		memcpy(dst, value, n + 1);
+		return 0;
+	}
+	case OPT_LISTEN: {
+		if (!cfg->listen_from_source) {
+			cfg->listen_count = 0;
+			cfg->listen_from_source = true;
+		}
+		if (cfg->listen_count >= IO_LISTEN_MAX)
+			return fail(err, errcap, "at most %d listeners", IO_LISTEN_MAX);
+		struct io_listen_spec *l = &cfg->listen[cfg->listen_count];
+		if (strlen(value) >= sizeof(l->text) || io_parse_addr(value, &l->addr, &l->addr_len) < 0)
+			return fail(err, errcap, "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name, value);
+		l->kind = (enum io_listen_kind)d->listen_kind;
+		snprintf(l->text, sizeof(l->text), "%s", value);
+		cfg->listen_count++;
+		return 0;
+	}
+	case OPT_DOMAIN: {
+		if (!cfg->domains_from_source) {
+			cfg->accept_domain_count = 0;
+			cfg->domains_from_source = true;
+		}
+		size_t n = strlen(value);
+		if (n == 0 || n > 255 || strpbrk(value, " \t\r\n@[]<>"))
+			return fail(err, errcap, "'%s': bad domain '%s'", name, value);
+		if (cfg->accept_domain_count >= IO_DOMAIN_MAX)
+			return fail(err, errcap, "at most %d accepted domains", IO_DOMAIN_MAX);
+		char *copy = strdup(value);
+		if (!copy)
+			return fail(err, errcap, "out of memory");
+		cfg->accept_domains[cfg->accept_domain_count++] = copy;
+		return 0;
+	}
+	}
+	return fail(err, errcap, "internal: bad option kind");
+}
+
+int io_config_finish(struct io_config *cfg, char *err, size_t errcap)
+{
+	if (cfg->listen_count == 0) {
+		bool saved = cfg->listen_from_source;
+		int ret = io_option_apply(cfg, "listen", "127.0.0.1:2525", err, errcap);
+		cfg->listen_from_source = saved;
+		if (ret < 0)
+			return ret;
+	}
+	if (cfg->accept_domain_count == 0)
+		cfg->accept_domains[cfg->accept_domain_count++] = "localhost";
+	if (!cfg->hostname[0] && gethostname(cfg->hostname, sizeof(cfg->hostname) - 1) < 0)
+		snprintf(cfg->hostname, sizeof(cfg->hostname), "localhost");
+	if (cfg->spool.segment_size < 4 * (uint64_t)cfg->spool.buffer_size)
+		return fail(err, errcap, "segment-size must be at least 4 x spool-buffer-size");
+	cfg->smtp.hostname = cfg->hostname;
+	cfg->smtp.accept_domains = cfg->accept_domains;
+	cfg->smtp.accept_domain_count = cfg->accept_domain_count;
+	cfg->spool.dir = cfg->spool_dir;
+	return 0;
+}
+
+void io_options_usage(FILE *f)
+{
+	struct io_config d;
+	io_config_defaults(&d);
+	fprintf(f, "Usage: dotspool [--config FILE] [OPTIONS]\n"
+		   "       dotspool --check-config FILE\n"
+		   "SMTP/LMTP ingest server: answers the final dot with 250 once the message is durable.\n"
+		   "Every option is also a key of the configuration file (name = value); the command line\n"
+		   "overrides the file. IPv6 addresses as [::1]:2525.\n\n");
+	for (size_t i = 0; i < DS_ARRAY_SIZE(opts); i++) {
+		const struct opt_def *o = &opts[i];
+		char def[64] = "";
+		const uint8_t *base = (const uint8_t *)&d;
+		if (o->kind == OPT_U32)
+			snprintf(def, sizeof(def), " [default %u]", *(const uint32_t *)(base + o->off));
+		else if (o->kind == OPT_U64)
+			snprintf(def, sizeof(def), " [default %llu]",
+				 (unsigned long long)*(const uint64_t *)(base + o->off));
+		else if (o->kind == OPT_BOOL)
+			snprintf(def, sizeof(def), " [default %s]", *(const bool *)(base + o->off) ? "true" : "false");
+		fprintf(f, "  --%-24s %s%s\n", o->name, o->help, def);
+	}
+	fprintf(f, "  --%-24s %s\n", "config FILE", "read settings from an INI file first");
+	fprintf(f, "  --%-24s %s\n", "check-config FILE", "validate FILE, print the error (file:line: key), exit 0/1");
+	fprintf(f, "  --%-24s %s\n", "help, --version", "");
+	fprintf(f, "\nSizes accept K, M, G suffixes. Signals: SIGTERM/SIGINT stop gracefully.\n");
+}
+
+size_t io_options_count(void)
+{
+	return DS_ARRAY_SIZE(opts);
+}
+
+const char *io_option_name(size_t i)
+{
+	return i < DS_ARRAY_SIZE(opts) ? opts[i].name : NULL;
+}
