@@ -22,11 +22,15 @@
 #include "ds_envelope.h"
 
 struct spool_config {
-	const char *dir;            /* spool directory; created if missing */
-	uint64_t segment_size;      /* bytes per segment file, default 64 MiB */
-	uint32_t buffer_size;       /* staging memory per lane, default 8 MiB */
+	const char *dir;		/* spool directory; created if missing */
+	uint64_t segment_size;		/* bytes per segment file, default 64 MiB */
+	uint32_t buffer_size;		/* staging memory per lane, default 8 MiB */
 	uint32_t flushes_in_flight_max; /* default 2 */
-	bool prewrite;              /* zero-fill segments before use (default true; false = fallocate only, for measurements) */
+	bool prewrite; /* zero-fill segments before use (default true; false = fallocate only, for
+			  measurements) */
+	/* Added by spool/: 0 = unlimited; else a lane refuses to create segments beyond this many bytes
+	 * (quota, tests). */
+	uint64_t lane_bytes_max;
 };
 
 void spool_config_defaults(struct spool_config *cfg);
@@ -56,19 +60,23 @@ struct spool_lane;
 
 /* A message being received. Owned by the caller (one per session), opaque contents. */
 struct spool_txn {
-	uint64_t id;          /* unique across lanes and restarts */
-	uint64_t priv[6];     /* lane's bookkeeping */
+	uint64_t id;	  /* unique across lanes and restarts */
+	uint64_t priv[6]; /* lane's bookkeeping */
 };
 
 /* Recovery of the whole spool directory. Run once at start-up before opening lanes. */
 struct spool_recovery_report {
 	uint64_t segments;
-	uint64_t messages;        /* committed messages found */
-	uint64_t bytes;           /* their body bytes */
-	uint64_t torn_tails;      /* segments whose torn tail was truncated/ignored */
-	uint64_t quarantined;     /* corrupt regions followed by valid records, reported */
+	uint64_t messages;    /* committed messages found */
+	uint64_t bytes;	      /* their body bytes */
+	uint64_t torn_tails;  /* segments whose torn tail was truncated/ignored */
+	uint64_t quarantined; /* corrupt regions followed by valid records, reported */
 	uint64_t elapsed_us;
+	/* Added by spool/: */
+	uint64_t discarded; /* commit records whose body was not all durable (never acknowledged) */
+	uint64_t lanes;
 };
+#define SPOOL_LANES_MAX_PUBLIC 256
 int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *rep);
 
 int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, unsigned lane_no,
@@ -79,10 +87,19 @@ void spool_lane_close(struct spool_lane *l);
 /* Bytes spool_txn_append() accepts right now without failing with -EAGAIN. */
 size_t spool_lane_append_room(const struct spool_lane *l);
 
-int spool_txn_begin(struct spool_lane *l, struct spool_txn *t);  /* 0, -ENOSPC, -EIO */
-int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf, size_t len); /* 0, -EAGAIN, -ENOSPC, -EIO */
-/* Queue the commit; ops->settled(cookie, res) follows once the group's flush completes. */
-int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env, uint64_t cookie);
+int spool_txn_begin(struct spool_lane *l, struct spool_txn *t); /* 0, -ENOSPC, -EIO */
+int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf,
+		     size_t len); /* 0, -EAGAIN, -ENOSPC, -EIO */
+/*
+ * Queue the commit; ops->settled(cookie, res) follows once the group's flush completes.
+ * Returns 0 once the cookie is taken: a txn that already failed (segment
+ * error, disk full, envelope over the format's limit: -EMSGSIZE) is settled
+ * with its error from inside this call. Returns -EAGAIN (cookie not taken,
+ * nothing written) when staging memory or the commit queue is full: retry
+ * after the next completion.
+ */
+int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env,
+		     uint64_t cookie);
 void spool_txn_abort(struct spool_lane *l, struct spool_txn *t);
 
 /* Once per event-loop turn: write what was appended and flush if commits are pending. */
@@ -94,6 +111,8 @@ bool spool_lane_busy(const struct spool_lane *l);
 
 /* Printable queue id ([0-9A-F], NUL-terminated) of a txn id; returns its length. cap >= 24. */
 int spool_id_format(uint64_t id, char *buf, size_t cap);
+/* Inverse of spool_id_format (hex, either case): 0 or -EINVAL. */
+int spool_id_parse(const char *s, uint64_t *id);
 
 struct spool_lane_stats {
 	uint64_t flushes, flush_errors, commits, bytes_written, segments_opened;

@@ -1,0 +1,220 @@
+#!/bin/bash
+# SPDX-License-Identifier: MIT
+# Peer comparison (issue 7 item 3): the same dotspool-bench load against
+#   postfix    Postfix smtpd, queueing only (fsync per message), discard transport
+#   smtp-sink  Postfix's smtp-sink (stores nothing: the protocol floor)
+#   dotspool   build/dotspool (skipped if not built)
+# plus the disk's own flush latency (dotspool-diskprobe), in one run, inside
+# a loopback-only network namespace. Prints one table.
+#
+# Usage: bench/peers/run.sh [--size BYTES] [--connections N] [--duration SEC]
+#                           [--rate R] [--pipelining] [--out FILE]
+# Environment: DS_BENCH (dotspool-bench), DS_DISKPROBE, DS_DOTSPOOL (server binary).
+# Needs root (installs postfix if missing, creates a network namespace).
+set -eu
+
+SIZE=4096
+CONNS=32
+DURATION=10
+RATE=""
+PIPE=""
+OUT=""
+while [ $# -gt 0 ]; do
+	case "$1" in
+	--size) SIZE=$2; shift 2 ;;
+	--connections) CONNS=$2; shift 2 ;;
+	--duration) DURATION=$2; shift 2 ;;
+	--rate) RATE=$2; shift 2 ;;
+	--pipelining) PIPE=--pipelining; shift ;;
+	--out) OUT=$2; shift 2 ;;
+	-h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
+	esac
+done
+case "$DURATION" in *[!0-9]*|"") echo "run.sh: --duration must be whole seconds" >&2; exit 2 ;; esac
+[ "$DURATION" -le 60 ] || { echo "run.sh: --duration at most 60 (the script stays under 5 minutes)" >&2; exit 2; }
+
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+pick() { for f in "$@"; do [ -x "$f" ] && { echo "$f"; return; }; done; echo ""; }
+BENCH=${DS_BENCH:-$(pick "$ROOT/build/dotspool-bench" "$ROOT/build-bench/dotspool-bench")}
+PROBE=${DS_DISKPROBE:-$(pick "$ROOT/build/dotspool-diskprobe" "$ROOT/build-bench/dotspool-diskprobe")}
+DOTSPOOL=${DS_DOTSPOOL:-$ROOT/build/dotspool}
+[ -n "$BENCH" ] || { echo "run.sh: dotspool-bench not built (cmake --build build)" >&2; exit 2; }
+[ "$(id -u)" = 0 ] || { echo "run.sh: needs root (postfix install, network namespace)" >&2; exit 2; }
+
+if [ -z "${DS_PEERS_IN_NETNS:-}" ]; then
+	if ! command -v smtp-sink >/dev/null 2>&1 || ! [ -x /usr/sbin/postfix ]; then
+		echo "run.sh: installing postfix from Debian's packages (no configuration)" >&2
+		echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postfix >/dev/null
+	fi
+	# Loopback-only namespace: nothing the peers do can reach another host.
+	DS_PEERS_IN_NETNS=1 exec timeout -k 10 280 unshare -n "$0" --size "$SIZE" --connections "$CONNS" \
+		--duration "$DURATION" ${RATE:+--rate "$RATE"} $PIPE ${OUT:+--out "$OUT"}
+fi
+
+ip link set lo up
+T=$(mktemp -d /var/tmp/dotspool-peers.XXXXXX)
+chmod 755 "$T"
+SINK_PID=""
+DS_PID=""
+cleanup() {
+	postfix -c "$T/etc" stop >/dev/null 2>&1 || true
+	[ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null || true
+	[ -n "$DS_PID" ] && kill "$DS_PID" 2>/dev/null || true
+	sleep 0.5
+	[ -n "${DS_PEERS_KEEP:-}" ] && echo "run.sh: kept $T" >&2 || rm -rf "$T"
+}
+trap cleanup EXIT INT TERM
+
+P_POSTFIX=10025
+P_SINK=10026
+P_DOTSPOOL=10027
+
+# --- Postfix: private config, queue in $T, discard everything -------------
+mkdir -p "$T/etc" "$T/queue" "$T/data"
+chown postfix "$T/data"
+extra=""
+postconf -d disable_dns_lookups >/dev/null 2>&1 && extra="disable_dns_lookups = yes"
+cat >"$T/etc/main.cf" <<CF
+compatibility_level = 3.6
+queue_directory = $T/queue
+data_directory = $T/data
+command_directory = /usr/sbin
+daemon_directory = /usr/lib/postfix/sbin
+meta_directory = /etc/postfix
+shlib_directory = /usr/lib/postfix
+mail_owner = postfix
+setgid_group = postdrop
+myhostname = peers.localdomain
+mydomain = localdomain
+mydestination = localhost, localhost.localdomain
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+local_recipient_maps =
+alias_maps =
+alias_database =
+local_transport = discard:
+default_transport = discard:
+relay_transport = discard:
+virtual_transport = discard:
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_client_restrictions =
+smtpd_helo_restrictions =
+smtpd_sender_restrictions =
+smtpd_peername_lookup = no
+smtp_host_lookup = native
+$extra
+smtpd_client_connection_count_limit = 0
+smtpd_client_connection_rate_limit = 0
+smtpd_client_message_rate_limit = 0
+default_process_limit = 200
+maillog_file = $T/maillog
+biff = no
+CF
+cat >"$T/etc/master.cf" <<CF
+127.0.0.1:$P_POSTFIX inet n - n - 200 smtpd
+cleanup   unix n - n - 0 cleanup
+qmgr      unix n - n 300 1 qmgr
+rewrite   unix - - n - - trivial-rewrite
+bounce    unix - - n - 0 bounce
+defer     unix - - n - 0 bounce
+trace     unix - - n - 0 bounce
+verify    unix - - n - 1 verify
+flush     unix n - n 1000? 0 flush
+proxymap  unix - - n - - proxymap
+showq     unix n - n - - showq
+error     unix - - n - - error
+retry     unix - - n - - error
+discard   unix - - n - - discard
+anvil     unix - - n - 1 anvil
+scache    unix - - n - 1 scache
+postlog   unix-dgram n - n - 1 postlogd
+CF
+postfix -c "$T/etc" set-permissions >/dev/null 2>&1 || true
+postfix -c "$T/etc" start >/dev/null 2>"$T/postfix-start.err" || {
+	echo "run.sh: postfix did not start:" >&2; cat "$T/postfix-start.err" >&2; exit 1; }
+
+# --- smtp-sink ------------------------------------------------------------
+smtp-sink -u postfix 127.0.0.1:$P_SINK 1024 &
+SINK_PID=$!
+
+# --- dotspool -------------------------------------------------------------
+if [ -x "$DOTSPOOL" ]; then
+	mkdir -p "$T/spool"
+	"$DOTSPOOL" --listen 127.0.0.1:$P_DOTSPOOL --spool "$T/spool" --accept-domain localhost \
+		>"$T/dotspool.log" 2>&1 &
+	DS_PID=$!
+else
+	echo "run.sh: $DOTSPOOL not built: dotspool leg skipped" >&2
+fi
+
+wait_port() {
+	i=0
+	while ! (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null; do
+		i=$((i + 1))
+		[ $i -lt 100 ] || return 1
+		sleep 0.1
+	done
+}
+
+LOAD="--timeout-ms 5000 --connections $CONNS --duration $DURATION --size $SIZE ${RATE:+--rate $RATE} $PIPE --json --quiet"
+run_leg() { # name port
+	if ! wait_port "$2" 2>/dev/null; then
+		echo "run.sh: $1 is not listening on $2: leg skipped" >&2
+		return
+	fi
+	echo "run.sh: $1 (127.0.0.1:$2): $LOAD" >&2
+	# shellcheck disable=SC2086
+	"$BENCH" --server 127.0.0.1:$2 $LOAD >"$T/$1.json" || true
+}
+[ -n "$DS_PID" ] && run_leg dotspool $P_DOTSPOOL
+run_leg postfix $P_POSTFIX
+run_leg smtp-sink $P_SINK
+
+if [ -n "$PROBE" ]; then
+	echo "run.sh: disk flush probe in $T" >&2
+	"$PROBE" --dir "$T" --count 2000 --duration 5 --json >"$T/diskprobe.json" || true
+fi
+
+python3 - "$T" "$SIZE" "$CONNS" "$DURATION" "${RATE:-closed}" "${PIPE:-no-pipelining}" <<'PY' | tee ${OUT:-/dev/null}
+import json, os, sys, platform, datetime
+t, size, conns, dur, rate, pipe = sys.argv[1:]
+rows = []
+for name in ["dotspool", "postfix", "smtp-sink"]:
+    p = os.path.join(t, name + ".json")
+    try:
+        rows.append((name, json.load(open(p))))
+    except (OSError, ValueError):
+        rows.append((name, None))
+print("peer comparison, %s UTC, %s, %d cpus; %s-byte messages, %s connections, %s s, rate %s, %s" % (
+    datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), platform.release(), os.cpu_count(), size, conns,
+    dur, rate, pipe))
+print("| server | msg/s | MB/s | final-dot p50 ms | p99 ms | p99.9 ms | failed | dotspool/peer msg/s |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|")
+ds = dict(rows).get("dotspool")
+for name, j in rows:
+    if j is None:
+        print("| %s | skipped | | | | | | |" % name)
+        continue
+    fd = j["latency_us"]["final_dot"]
+    ratio = "%.2f" % (ds["messages_per_s"] / j["messages_per_s"]) if ds and j["messages_per_s"] else "-"
+    print("| %s | %.0f | %.2f | %.3f | %.3f | %.3f | %d | %s |" % (name, j["messages_per_s"], j["mb_per_s"],
+          fd["p50"] / 1e3, fd["p99"] / 1e3, fd["p999"] / 1e3, j["messages_failed"], ratio))
+if ds:
+    for name, j in rows:
+        if j and name != "dotspool":
+            a, b = ds["latency_us"]["final_dot"], j["latency_us"]["final_dot"]
+            print("dotspool/%s final-dot p99 ratio: %.2f" % (name, a["p99"] / b["p99"] if b["p99"] else 0))
+try:
+    d = json.load(open(os.path.join(t, "diskprobe.json")))
+    print("disk flush (dotspool-diskprobe, %d-byte write + flush):" % d["block_bytes"])
+    for m, r in d["modes"].items():
+        if r["ok"]:
+            print("  %-10s %8.0f flushes/s  p50 %.3f ms  p99 %.3f ms  max %.3f ms" % (
+                m, r["flushes_per_s"], r["p50_us"] / 1e3, r["p99_us"] / 1e3, r["max_us"] / 1e3))
+except (OSError, ValueError):
+    print("disk flush probe: not run")
+PY

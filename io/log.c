@@ -1,0 +1,463 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Lock-free per-producer log rings drained by one logger thread (see log.h).
+ *
+ * Ring protocol (single producer, single consumer): head and tail are byte
+ * positions that only grow; the producer alone stores head, the consumer
+ * alone stores tail. A record is a 16-byte header and its payload, padded
+ * to 16 bytes, always contiguous: when it does not fit before the end of
+ * the buffer, the producer writes a pad header there and starts the record
+ * at offset 0. Because everything is a multiple of 16, at least one whole
+ * header always fits before the end. The producer publishes a record with
+ * a release store of head after writing it; the consumer reads head with
+ * acquire, so it never sees a half-written record, and releases tail after
+ * it has copied a record out, so the producer never overwrites one being
+ * read.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ds_assert.h"
+#include "ds_envelope.h"
+#include "log.h"
+
+#define REC_ALIGN 16
+#define REC_PAD	  UINT32_MAX
+/* Room kept at the end of the line for " truncated=true". */
+#define LINE_RESERVE 16
+
+struct rec_hdr {
+	uint32_t len;	/* payload bytes, or REC_PAD: skip to the buffer's end */
+	uint32_t level; /* enum io_log_level */
+	int64_t ts_ns;	/* CLOCK_REALTIME */
+};
+_Static_assert(sizeof(struct rec_hdr) == REC_ALIGN, "record header is one alignment unit");
+
+struct io_log_ring {
+	/* Producer's cache lines. */
+	_Alignas(64) _Atomic uint64_t head;
+	uint64_t tail_seen; /* producer's last view of tail: refreshed only when the ring looks full */
+	_Atomic uint64_t dropped;
+	const _Atomic int *level;
+	bool active; /* between a successful io_log_begin() and io_log_end() */
+	bool truncated;
+	uint32_t line_level;
+	int64_t line_ts_ns;
+	size_t line_len;
+	char line[IO_LOG_LINE_MAX];
+
+	/* Consumer's cache line. */
+	_Alignas(64) _Atomic uint64_t tail;
+	uint64_t dropped_reported;
+
+	/* Read-only after creation. */
+	_Alignas(64) uint8_t *data;
+	size_t size;
+};
+
+struct io_log {
+	struct io_log_ring *rings;
+	unsigned ring_count;
+	FILE *f;
+	_Atomic int level;
+	atomic_bool stop;
+	bool started;
+	pthread_t thread;
+	_Atomic uint64_t written;
+	/* Logger thread only: the formatted second of the last timestamp. */
+	int64_t ts_sec_cached;
+	char ts_text[32];
+};
+
+static const char *const level_names[] = {"error", "warn", "info", "debug"};
+
+int io_log_level_parse(const char *name, enum io_log_level *out)
+{
+	for (unsigned i = 0; i < DS_ARRAY_SIZE(level_names); i++) {
+		if (!strcmp(name, level_names[i])) {
+			*out = (enum io_log_level)i;
+			return 0;
+		}
+	}
+	return -EINVAL;
+}
+
+const char *io_log_level_name(enum io_log_level level)
+{
+	return (unsigned)level < DS_ARRAY_SIZE(level_names) ? level_names[level] : "?";
+}
+
+int io_log_create(struct io_log **out, unsigned rings, size_t ring_bytes, FILE *f, enum io_log_level level)
+{
+	*out = NULL;
+	if (rings == 0 || rings > IO_LOG_RINGS_MAX || ring_bytes < IO_LOG_RING_MIN ||
+	    ring_bytes > IO_LOG_RING_MAX || (ring_bytes & (ring_bytes - 1)) || (unsigned)level > IO_LOG_DEBUG)
+		return -EINVAL;
+	struct io_log *l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->rings = aligned_alloc(64, sizeof(struct io_log_ring) * rings);
+	if (!l->rings) {
+		free(l);
+		return -ENOMEM;
+	}
+	memset(l->rings, 0, sizeof(struct io_log_ring) * rings);
+	l->ring_count = rings;
+	l->f = f ? f : stderr;
+	atomic_init(&l->level, (int)level);
+	l->ts_sec_cached = -1;
+	for (unsigned i = 0; i < rings; i++) {
+		struct io_log_ring *r = &l->rings[i];
+		r->data = aligned_alloc(64, ring_bytes);
+		if (!r->data) {
+			io_log_destroy(l);
+			return -ENOMEM;
+		}
+		r->size = ring_bytes;
+		r->level = &l->level;
+	}
+	*out = l;
+	return 0;
+}
+
+void io_log_destroy(struct io_log *l)
+{
+	if (!l)
+		return;
+	DS_ASSERT(!l->started);
+	for (unsigned i = 0; i < l->ring_count; i++)
+		free(l->rings[i].data);
+	free(l->rings);
+	free(l);
+}
+
+struct io_log_ring *io_log_ring(struct io_log *l, unsigned i)
+{
+	DS_ASSERT(i < l->ring_count);
+	return &l->rings[i];
+}
+
+void io_log_set_level(struct io_log *l, enum io_log_level level)
+{
+	atomic_store_explicit(&l->level, (int)level, memory_order_relaxed);
+}
+
+uint64_t io_log_dropped(const struct io_log *l, unsigned i)
+{
+	DS_ASSERT(i < l->ring_count);
+	return atomic_load_explicit(&l->rings[i].dropped, memory_order_relaxed);
+}
+
+uint64_t io_log_written(const struct io_log *l)
+{
+	return atomic_load_explicit(&((struct io_log *)l)->written, memory_order_relaxed);
+}
+
+/* ---------------- producer ---------------- */
+
+static inline size_t rec_size(size_t payload)
+{
+	return sizeof(struct rec_hdr) + ((payload + REC_ALIGN - 1) & ~(size_t)(REC_ALIGN - 1));
+}
+
+bool io_log_begin(struct io_log_ring *r, enum io_log_level level, const char *event)
+{
+	DS_ASSERT(!r->active);
+	if ((int)level > atomic_load_explicit(r->level, memory_order_relaxed))
+		return false;
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	r->active = true;
+	r->truncated = false;
+	r->line_level = (uint32_t)level;
+	r->line_ts_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+	r->line_len = 0;
+	io_log_str(r, "event", event);
+	return true;
+}
+
+static size_t escape_into(char *dst, size_t cap, const char *src, size_t len, size_t *consumed)
+{
+	static const char hex[] = "0123456789abcdef";
+	bool quote = len == 0;
+	for (size_t i = 0; i < len && !quote; i++) {
+		unsigned char c = (unsigned char)src[i];
+		quote = c <= ' ' || c >= 0x7f || c == '"' || c == '\\' || c == '=';
+	}
+	DS_ASSERT(cap > 0);
+	size_t o = 0;
+	size_t i = 0;
+	if (!quote) {
+		size_t n = DS_MIN(len, cap - 1);
+		memcpy(dst, src, n);
+		dst[n] = 0;
+		*consumed = n;
+		return n;
+	}
+	if (cap < 3) { /* not even "" fits */
+		dst[0] = 0;
+		*consumed = 0;
+		return 0;
+	}
+	dst[o++] = '"';
+	for (; i < len; i++) {
+		unsigned char c = (unsigned char)src[i];
+		char esc[4];
+		size_t n;
+		if (c == '"' || c == '\\') {
+			esc[0] = '\\', esc[1] = (char)c, n = 2;
+		} else if (c == '\n') {
+			esc[0] = '\\', esc[1] = 'n', n = 2;
+		} else if (c == '\r') {
+			esc[0] = '\\', esc[1] = 'r', n = 2;
+		} else if (c == '\t') {
+			esc[0] = '\\', esc[1] = 't', n = 2;
+		} else if (c < ' ' || c >= 0x7f) {
+			esc[0] = '\\', esc[1] = 'x', esc[2] = hex[c >> 4], esc[3] = hex[c & 15], n = 4;
+		} else {
+			esc[0] = (char)c, n = 1;
+		}
+		if (o + n + 2 > cap) /* keep room for the closing quote and the NUL */
+			break;
+		memcpy(dst + o, esc, n);
+		o += n;
+	}
+	dst[o++] = '"';
+	dst[o] = 0;
+	*consumed = i;
+	return o;
+}
+
+size_t io_log_escape(char *dst, size_t cap, const char *src, size_t len)
+{
+	size_t consumed;
+	return escape_into(dst, cap, src, len, &consumed);
+}
+
+void io_log_strn(struct io_log_ring *r, const char *key, const char *value, size_t len)
+{
+	DS_ASSERT(r->active);
+	if (r->truncated)
+		return;
+	if (!value)
+		value = "", len = 0;
+	bool cut = false;
+	if (len > IO_LOG_VALUE_MAX)
+		len = IO_LOG_VALUE_MAX, cut = true;
+	size_t limit = IO_LOG_LINE_MAX - LINE_RESERVE;
+	size_t klen = strlen(key);
+	size_t sep = r->line_len ? 1 : 0;
+	if (r->line_len + sep + klen + 1 + 3 > limit) {
+		r->truncated = true;
+		return;
+	}
+	char *p = r->line + r->line_len;
+	if (sep)
+		*p++ = ' ';
+	memcpy(p, key, klen);
+	p += klen;
+	*p++ = '=';
+	size_t used = (size_t)(p - r->line);
+	size_t consumed;
+	size_t n = escape_into(p, limit - used, value, len, &consumed);
+	r->line_len = used + n;
+	if (consumed < len || cut)
+		r->truncated = true;
+}
+
+void io_log_str(struct io_log_ring *r, const char *key, const char *value)
+{
+	io_log_strn(r, key, value, value ? strlen(value) : 0);
+}
+
+void io_log_u64(struct io_log_ring *r, const char *key, uint64_t value)
+{
+	char num[24];
+	char *p = num + sizeof(num);
+	do {
+		*--p = (char)('0' + value % 10);
+		value /= 10;
+	} while (value);
+	io_log_strn(r, key, p, (size_t)(num + sizeof(num) - p));
+}
+
+void io_log_bool(struct io_log_ring *r, const char *key, bool value)
+{
+	io_log_strn(r, key, value ? "true" : "false", value ? 4 : 5);
+}
+
+int io_log_end(struct io_log_ring *r)
+{
+	DS_ASSERT(r->active);
+	r->active = false;
+	if (r->truncated) {
+		static const char mark[] = " truncated=true";
+		DS_ASSERT(r->line_len + sizeof(mark) - 1 <= IO_LOG_LINE_MAX);
+		memcpy(r->line + r->line_len, mark, sizeof(mark) - 1);
+		r->line_len += sizeof(mark) - 1;
+	}
+	size_t need = rec_size(r->line_len);
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+	size_t pos = (size_t)(head & (r->size - 1));
+	size_t to_end = r->size - pos;
+	size_t total = to_end < need ? to_end + need : need;
+	if (head + total - r->tail_seen > r->size) {
+		r->tail_seen = atomic_load_explicit(&r->tail, memory_order_acquire);
+		if (head + total - r->tail_seen > r->size) {
+			atomic_store_explicit(&r->dropped,
+					      atomic_load_explicit(&r->dropped, memory_order_relaxed) + 1,
+					      memory_order_relaxed);
+			return -ENOBUFS;
+		}
+	}
+	if (to_end < need) {
+		struct rec_hdr pad = {.len = REC_PAD};
+		memcpy(r->data + pos, &pad, sizeof(pad));
+		head += to_end;
+		pos = 0;
+	}
+	struct rec_hdr h = {.len = (uint32_t)r->line_len, .level = r->line_level, .ts_ns = r->line_ts_ns};
+	memcpy(r->data + pos, &h, sizeof(h));
+	memcpy(r->data + pos + sizeof(h), r->line, r->line_len);
+	atomic_store_explicit(&r->head, head + need, memory_order_release);
+	return 0;
+}
+
+/* ---------------- consumer ---------------- */
+
+static void write_prefix(struct io_log *l, int64_t ts_ns, const char *level)
+{
+	int64_t sec = ts_ns / 1000000000;
+	if (sec != l->ts_sec_cached) {
+		time_t t = (time_t)sec;
+		struct tm tm;
+		gmtime_r(&t, &tm);
+		strftime(l->ts_text, sizeof(l->ts_text), "%Y-%m-%dT%H:%M:%S", &tm);
+		l->ts_sec_cached = sec;
+	}
+	fprintf(l->f, "ts=%s.%06dZ level=%s ", l->ts_text, (int)(ts_ns % 1000000000 / 1000), level);
+}
+
+/* Copies out every record published on r; returns how many lines were written. */
+static unsigned drain_ring(struct io_log *l, struct io_log_ring *r, unsigned index)
+{
+	unsigned lines = 0;
+	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+	uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+	while (tail < head) {
+		size_t pos = (size_t)(tail & (r->size - 1));
+		struct rec_hdr h;
+		memcpy(&h, r->data + pos, sizeof(h));
+		if (h.len == REC_PAD) {
+			tail += r->size - pos;
+			continue;
+		}
+		DS_ASSERT(h.len <= IO_LOG_LINE_MAX && pos + rec_size(h.len) <= r->size);
+		write_prefix(l, h.ts_ns, io_log_level_name((enum io_log_level)h.level));
+		fwrite(r->data + pos + sizeof(h), 1, h.len, l->f);
+		fputc('\n', l->f);
+		tail += rec_size(h.len);
+		/* Give the space back at once: the producer may be waiting for none, but it may be full. */
+		atomic_store_explicit(&r->tail, tail, memory_order_release);
+		lines++;
+	}
+	atomic_store_explicit(&r->tail, tail, memory_order_release);
+
+	uint64_t dropped = atomic_load_explicit(&r->dropped, memory_order_relaxed);
+	if (dropped != r->dropped_reported) {
+		struct timespec ts;
+		clock_gettime(CLOCK_REALTIME, &ts);
+		write_prefix(l, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, "warn");
+		fprintf(l->f, "event=log_dropped ring=%u lines=%llu\n", index,
+			(unsigned long long)(dropped - r->dropped_reported));
+		r->dropped_reported = dropped;
+	}
+	return lines;
+}
+
+static unsigned drain_all(struct io_log *l)
+{
+	unsigned lines = 0;
+	for (unsigned i = 0; i < l->ring_count; i++)
+		lines += drain_ring(l, &l->rings[i], i);
+	if (lines)
+		atomic_fetch_add_explicit(&l->written, lines, memory_order_relaxed);
+	return lines;
+}
+
+void io_log_drain(struct io_log *l)
+{
+	while (drain_all(l))
+		;
+	fflush(l->f);
+}
+
+static void *logger_main(void *arg)
+{
+	struct io_log *l = arg;
+	while (!atomic_load_explicit(&l->stop, memory_order_acquire)) {
+		if (drain_all(l))
+			continue;
+		/* Nothing pending: flush what was written and poll again in IO_LOG_POLL_MS. */
+		fflush(l->f);
+		struct timespec d = {.tv_sec = 0, .tv_nsec = IO_LOG_POLL_MS * 1000000L};
+		nanosleep(&d, NULL);
+	}
+	io_log_drain(l);
+	return NULL;
+}
+
+int io_log_start(struct io_log *l)
+{
+	DS_ASSERT(!l->started);
+	atomic_store(&l->stop, false);
+	int ret = pthread_create(&l->thread, NULL, logger_main, l);
+	if (ret)
+		return -ret;
+	pthread_setname_np(l->thread, "dotspool-log");
+	l->started = true;
+	return 0;
+}
+
+void io_log_stop(struct io_log *l)
+{
+	if (!l->started)
+		return;
+	atomic_store_explicit(&l->stop, true, memory_order_release);
+	pthread_join(l->thread, NULL);
+	l->started = false;
+}
+
+/* ---------------- the lines of issue 8 ---------------- */
+
+int io_log_accepted(struct io_log_ring *r, const char *queue_id, const struct ds_envelope *env,
+		    uint64_t gap_us)
+{
+	if (!io_log_begin(r, IO_LOG_INFO, "accepted"))
+		return 0;
+	io_log_str(r, "queue_id", queue_id);
+	io_log_str(r, "client", env->client_addr);
+	io_log_str(r, "helo", env->helo);
+	io_log_str(r, "sender", env->mail_from);
+	io_log_u64(r, "rcpts", env->rcpt_count);
+	io_log_u64(r, "size", env->body_size);
+	io_log_str(r, "tls", env->tls && env->tls[0] ? env->tls : "none");
+	io_log_u64(r, "gap_us", gap_us);
+	return io_log_end(r);
+}
+
+int io_log_refused(struct io_log_ring *r, const struct io_log_refusal *f)
+{
+	if (!io_log_begin(r, IO_LOG_INFO, "refused"))
+		return 0;
+	io_log_str(r, "reason", f->reason);
+	io_log_u64(r, "code", f->code);
+	io_log_str(r, "client", f->client);
+	io_log_str(r, "helo", f->helo);
+	io_log_str(r, "sender", f->sender);
+	return io_log_end(r);
+}

@@ -1,0 +1,318 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Prometheus text exposition (format 0.0.4) of the workers' metrics and
+ * the tiny HTTP/1.0 front of GET /metrics. Nothing here runs on the
+ * message path: rendering reads the workers' counters with relaxed loads.
+ */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ds_assert.h"
+#include "metrics.h"
+
+const uint64_t io_metrics_lat_bounds_us[IO_METRICS_LAT_BUCKETS] = {
+	25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000,
+};
+/* The same bounds as Prometheus "le" labels, in seconds. */
+static const char *const lat_le[IO_METRICS_LAT_BUCKETS] = {
+	"0.000025", "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025",
+	"0.005",    "0.01",    "0.025",	 "0.05",    "0.1",    "0.25",  "1",
+};
+const uint64_t io_metrics_batch_bounds[IO_METRICS_BATCH_BUCKETS] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+
+static const char *const refuse_name[IO_REFUSE_COUNT] = {"limit_total", "limit_per_ip", "shutdown",
+							 "proxy_error"};
+static const char *const reply_name[IO_REPLY_COUNT] = {"2xx", "3xx", "4xx", "5xx"};
+
+void io_metrics_init(struct io_metrics *m)
+{
+	memset(m, 0, sizeof(*m));
+	DS_ASSERT(((uintptr_t)m & 63) == 0);
+}
+
+size_t io_metrics_render_bound(unsigned n)
+{
+	/*
+	 * Per worker: about 70 sample lines of at most ~110 bytes (longest
+	 * name + labels + a 20-digit value); HELP/TYPE lines and the server
+	 * totals are fixed. Checked by tests/ops with every counter at
+	 * UINT64_MAX and IO_THREADS_MAX workers.
+	 */
+	return 16384 + (size_t)n * 12288;
+}
+
+struct out {
+	char *buf;
+	size_t cap;
+	size_t len; /* as if cap were unlimited */
+};
+
+__attribute__((format(printf, 2, 3))) static void put(struct out *o, const char *fmt, ...)
+{
+	va_list ap;
+	va_start(ap, fmt);
+	size_t room = o->len < o->cap ? o->cap - o->len : 0;
+	int r = vsnprintf(room ? o->buf + o->len : NULL, room, fmt, ap);
+	va_end(ap);
+	DS_ASSERT(r >= 0);
+	o->len += (size_t)r;
+}
+
+static void family(struct out *o, const char *name, const char *type, const char *help)
+{
+	put(o, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* One sample per worker of a simple counter/gauge. */
+static void per_worker(struct out *o, const struct io_metrics *const *w, unsigned n, const char *name,
+		       const char *type, const char *help, size_t off)
+{
+	family(o, name, type, help);
+	for (unsigned i = 0; i < n; i++)
+		if (w[i])
+			put(o, "%s{worker=\"%u\"} %llu\n", name, i,
+			    (unsigned long long)io_counter_get(
+				    (const io_counter_t *)((const uint8_t *)w[i] + off)));
+}
+
+static uint64_t sum_all(const struct io_metrics *const *w, unsigned n, size_t off)
+{
+	uint64_t s = 0;
+	for (unsigned i = 0; i < n; i++)
+		if (w[i])
+			s += io_counter_get((const io_counter_t *)((const uint8_t *)w[i] + off));
+	return s;
+}
+
+/* Histogram samples for one label set; bucket[] is non-cumulative, nb finite bounds + 1 for +Inf. */
+static void hist_samples(struct out *o, const char *name, const char *labels, const uint64_t *bucket,
+			 unsigned nb, const char *const *le_text, const uint64_t *le_num, uint64_t sum,
+			 bool sum_is_us)
+{
+	uint64_t cum = 0;
+	const char *sep = labels[0] ? "," : "";
+	for (unsigned b = 0; b <= nb; b++) {
+		cum += bucket[b];
+		if (b == nb)
+			put(o, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep,
+			    (unsigned long long)cum);
+		else if (le_text)
+			put(o, "%s_bucket{%s%sle=\"%s\"} %llu\n", name, labels, sep, le_text[b],
+			    (unsigned long long)cum);
+		else
+			put(o, "%s_bucket{%s%sle=\"%llu\"} %llu\n", name, labels, sep,
+			    (unsigned long long)le_num[b], (unsigned long long)cum);
+	}
+	const char *lb = labels[0] ? "{" : "";
+	const char *rb = labels[0] ? "}" : "";
+	if (sum_is_us)
+		put(o, "%s_sum%s%s%s %llu.%06llu\n", name, lb, labels, rb,
+		    (unsigned long long)(sum / 1000000), (unsigned long long)(sum % 1000000));
+	else
+		put(o, "%s_sum%s%s%s %llu\n", name, lb, labels, rb, (unsigned long long)sum);
+	put(o, "%s_count%s%s%s %llu\n", name, lb, labels, rb, (unsigned long long)cum);
+}
+
+static void lat_family(struct out *o, const struct io_metrics *const *w, unsigned n, const char *name,
+		       const char *help, size_t off)
+{
+	family(o, name, "histogram", help);
+	for (unsigned i = 0; i < n; i++) {
+		if (!w[i])
+			continue;
+		const struct io_metrics_lat_hist *h = (const void *)((const uint8_t *)w[i] + off);
+		uint64_t b[IO_METRICS_LAT_BUCKETS + 1];
+		for (unsigned k = 0; k <= IO_METRICS_LAT_BUCKETS; k++)
+			b[k] = io_counter_get(&h->bucket[k]);
+		char labels[32];
+		snprintf(labels, sizeof(labels), "worker=\"%u\"", i);
+		hist_samples(o, name, labels, b, IO_METRICS_LAT_BUCKETS, lat_le, NULL,
+			     io_counter_get(&h->sum_us), true);
+	}
+}
+
+size_t io_metrics_render(const struct io_metrics *const *w, unsigned n, char *buf, size_t cap)
+{
+	struct out o = {.buf = buf, .cap = cap, .len = 0};
+	if (cap)
+		buf[0] = 0;
+
+#define OFF(f) offsetof(struct io_metrics, f)
+	per_worker(&o, w, n, "dotspool_connections_current", "gauge", "Connections open now.",
+		   OFF(connections_current));
+	per_worker(&o, w, n, "dotspool_connections_total", "counter", "Connections accepted and served.",
+		   OFF(connections_total));
+
+	family(&o, "dotspool_connections_refused_total", "counter",
+	       "Connections refused before a session, by reason.");
+	for (unsigned i = 0; i < n; i++)
+		for (unsigned r = 0; w[i] && r < IO_REFUSE_COUNT; r++)
+			put(&o, "dotspool_connections_refused_total{worker=\"%u\",reason=\"%s\"} %llu\n", i,
+			    refuse_name[r],
+			    (unsigned long long)io_counter_get(&w[i]->connections_refused[r]));
+
+	per_worker(&o, w, n, "dotspool_messages_accepted_total", "counter",
+		   "Messages answered 250 at the end of data (durable).", OFF(messages_accepted));
+	per_worker(&o, w, n, "dotspool_accepted_bytes_total", "counter", "Bytes of messages accepted.",
+		   OFF(bytes_accepted));
+	per_worker(&o, w, n, "dotspool_messages_rejected_total", "counter",
+		   "Messages answered 4xx/5xx at the end of data.", OFF(messages_rejected));
+
+	family(&o, "dotspool_replies_total", "counter", "SMTP/LMTP replies sent, by code class.");
+	for (unsigned i = 0; i < n; i++)
+		for (unsigned c = 0; w[i] && c < IO_REPLY_COUNT; c++)
+			put(&o, "dotspool_replies_total{worker=\"%u\",class=\"%s\"} %llu\n", i, reply_name[c],
+			    (unsigned long long)io_counter_get(&w[i]->replies[c]));
+
+	family(&o, "dotspool_tls_handshakes_total", "counter", "TLS handshakes, by result.");
+	for (unsigned i = 0; i < n; i++) {
+		if (!w[i])
+			continue;
+		put(&o, "dotspool_tls_handshakes_total{worker=\"%u\",result=\"ok\"} %llu\n", i,
+		    (unsigned long long)io_counter_get(&w[i]->tls_handshakes_ok));
+		put(&o, "dotspool_tls_handshakes_total{worker=\"%u\",result=\"failed\"} %llu\n", i,
+		    (unsigned long long)io_counter_get(&w[i]->tls_handshakes_failed));
+	}
+
+	per_worker(&o, w, n, "dotspool_flushes_total", "counter", "Group-commit flushes completed.",
+		   OFF(flushes));
+	per_worker(&o, w, n, "dotspool_flush_errors_total", "counter", "Group-commit flushes that failed.",
+		   OFF(flush_errors));
+	per_worker(&o, w, n, "dotspool_spool_used_bytes", "gauge", "Spool bytes holding messages.",
+		   OFF(spool_bytes_used));
+	per_worker(&o, w, n, "dotspool_spool_free_bytes", "gauge", "Spool bytes free for new messages.",
+		   OFF(spool_bytes_free));
+
+	family(&o, "dotspool_messages_per_flush", "histogram", "Commits covered by one group-commit flush.");
+	for (unsigned i = 0; i < n; i++) {
+		if (!w[i])
+			continue;
+		uint64_t b[IO_METRICS_BATCH_BUCKETS + 1];
+		for (unsigned k = 0; k <= IO_METRICS_BATCH_BUCKETS; k++)
+			b[k] = io_counter_get(&w[i]->messages_per_flush.bucket[k]);
+		char labels[32];
+		snprintf(labels, sizeof(labels), "worker=\"%u\"", i);
+		hist_samples(&o, "dotspool_messages_per_flush", labels, b, IO_METRICS_BATCH_BUCKETS, NULL,
+			     io_metrics_batch_bounds, io_counter_get(&w[i]->messages_per_flush.sum), false);
+	}
+
+	lat_family(&o, w, n, "dotspool_sync_gap_seconds",
+		   "Final dot received to 250 sent (the RFC 1047 synchronization gap).", OFF(sync_gap));
+	lat_family(&o, w, n, "dotspool_flush_duration_seconds", "Group-commit flush submitted to completed.",
+		   OFF(flush_duration));
+
+	/* Server-wide totals (no worker label), for dashboards and curl users. */
+	family(&o, "dotspool_server_connections_current", "gauge", "Connections open now, all workers.");
+	put(&o, "dotspool_server_connections_current %llu\n",
+	    (unsigned long long)sum_all(w, n, OFF(connections_current)));
+	family(&o, "dotspool_server_messages_accepted_total", "counter", "Messages accepted, all workers.");
+	put(&o, "dotspool_server_messages_accepted_total %llu\n",
+	    (unsigned long long)sum_all(w, n, OFF(messages_accepted)));
+	family(&o, "dotspool_server_accepted_bytes_total", "counter", "Bytes accepted, all workers.");
+	put(&o, "dotspool_server_accepted_bytes_total %llu\n",
+	    (unsigned long long)sum_all(w, n, OFF(bytes_accepted)));
+
+	family(&o, "dotspool_server_sync_gap_seconds", "histogram",
+	       "Final dot received to 250 sent, all workers (RFC 1047 synchronization gap).");
+	uint64_t b[IO_METRICS_LAT_BUCKETS + 1];
+	for (unsigned k = 0; k <= IO_METRICS_LAT_BUCKETS; k++)
+		b[k] = sum_all(w, n, OFF(sync_gap.bucket) + k * sizeof(io_counter_t));
+	hist_samples(&o, "dotspool_server_sync_gap_seconds", "", b, IO_METRICS_LAT_BUCKETS, lat_le, NULL,
+		     sum_all(w, n, OFF(sync_gap.sum_us)), true);
+#undef OFF
+	return o.len;
+}
+
+/* ---------------- HTTP ---------------- */
+
+static const char content_type[] = "text/plain; version=0.0.4; charset=utf-8";
+
+static int respond(char *out, size_t cap, size_t *out_len, int status, const char *reason, const char *extra,
+		   const char *body)
+{
+	size_t blen = strlen(body);
+	int r = snprintf(
+		out, cap,
+		"HTTP/1.0 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: %zu\r\n"
+		"%sConnection: close\r\n\r\n%s",
+		status, reason, blen, extra, body);
+	if (r < 0 || (size_t)r >= cap)
+		return -ENOSPC;
+	*out_len = (size_t)r;
+	return status;
+}
+
+/* End of the header block: index just past it, or 0 when not complete. */
+static size_t headers_end(const uint8_t *p, size_t len)
+{
+	for (size_t i = 0; i + 1 < len; i++) {
+		if (p[i] != '\n')
+			continue;
+		if (p[i + 1] == '\n')
+			return i + 2;
+		if (p[i + 1] == '\r' && i + 2 < len && p[i + 2] == '\n')
+			return i + 3;
+	}
+	return 0;
+}
+
+int io_metrics_http(const uint8_t *req, size_t len, const struct io_metrics *const *workers, unsigned n,
+		    char *out, size_t cap, size_t *out_len)
+{
+	*out_len = 0;
+	size_t scan = DS_MIN(len, (size_t)IO_METRICS_HTTP_REQUEST_MAX);
+	size_t end = headers_end(req, scan);
+	if (!end) {
+		if (len < IO_METRICS_HTTP_REQUEST_MAX)
+			return 0;
+		return respond(out, cap, out_len, 400, "Bad Request", "", "request too large\n");
+	}
+
+	/* Request line: METHOD SP TARGET SP HTTP/1.x CRLF */
+	size_t eol = 0;
+	while (eol < end && req[eol] != '\r' && req[eol] != '\n')
+		eol++;
+	const uint8_t *sp1 = memchr(req, ' ', eol);
+	const uint8_t *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(req + eol - sp1 - 1)) : NULL;
+	if (!sp1 || !sp2 || sp1 == req || sp2 == sp1 + 1)
+		return respond(out, cap, out_len, 400, "Bad Request", "", "bad request line\n");
+	size_t mlen = (size_t)(sp1 - req);
+	const uint8_t *target = sp1 + 1;
+	size_t tlen = (size_t)(sp2 - target);
+	const uint8_t *ver = sp2 + 1;
+	size_t vlen = (size_t)(req + eol - ver);
+	if (vlen != 8 || (memcmp(ver, "HTTP/1.0", 8) != 0 && memcmp(ver, "HTTP/1.1", 8) != 0))
+		return respond(out, cap, out_len, 400, "Bad Request", "", "bad HTTP version\n");
+	for (size_t i = 0; i < mlen; i++)
+		if (req[i] < 'A' || req[i] > 'Z')
+			return respond(out, cap, out_len, 400, "Bad Request", "", "bad method\n");
+	bool head = mlen == 4 && !memcmp(req, "HEAD", 4);
+	bool get = mlen == 3 && !memcmp(req, "GET", 3);
+	if (!get && !head)
+		return respond(out, cap, out_len, 405, "Method Not Allowed", "Allow: GET, HEAD\r\n",
+			       "only GET and HEAD\n");
+	bool is_metrics = tlen >= 8 && !memcmp(target, "/metrics", 8) && (tlen == 8 || target[8] == '?');
+	if (!is_metrics)
+		return respond(out, cap, out_len, 404, "Not Found", "", "try /metrics\n");
+
+	/* Render the body after a reserved header area, then slide it down behind the real header. */
+	if (cap < IO_METRICS_HTTP_HEADER_MAX + 1)
+		return -ENOSPC;
+	size_t blen = io_metrics_render(workers, n, out + IO_METRICS_HTTP_HEADER_MAX,
+					cap - IO_METRICS_HTTP_HEADER_MAX);
+	if (blen >= cap - IO_METRICS_HTTP_HEADER_MAX)
+		return -ENOSPC;
+	char hdr[IO_METRICS_HTTP_HEADER_MAX];
+	int h = snprintf(
+		hdr, sizeof(hdr),
+		"HTTP/1.0 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+		content_type, blen);
+	DS_ASSERT(h > 0 && (size_t)h < sizeof(hdr));
+	size_t body = head ? 0 : blen;
+	memmove(out + h, out + IO_METRICS_HTTP_HEADER_MAX, body);
+	memcpy(out, hdr, (size_t)h);
+	*out_len = (size_t)h + body;
+	return 200;
+}

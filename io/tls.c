@@ -1,0 +1,598 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * TLS for STARTTLS on mbedTLS (Debian's 2.28), driven through memory.
+ *
+ * What the packaged library offers: TLS 1.0-1.2 (we allow 1.2 only); TLS
+ * 1.3 is compiled out (MBEDTLS_SSL_PROTO_TLS1_3_EXPERIMENTAL is off in the
+ * Debian build). Suites: ECDHE-ECDSA and ECDHE-RSA with AES-128/256-GCM and
+ * CHACHA20-POLY1305, groups X25519, P-256, P-384, signatures with SHA-256/
+ * 384/512. No renegotiation. Resumption with session tickets only (RFC 5077,
+ * key per worker and per certificate generation, rotated hourly); no
+ * server-side session cache (it would be memory per client, unbounded
+ * in time). Tickets are per worker: a client landing on another worker
+ * (SO_REUSEPORT) just gets a full handshake.
+ *
+ * Memory per TLS connection, measured by dotspool-tlsbench (mallinfo2, 64
+ * connections): 61.8 KiB once created (struct io_tls_conn: 17 KiB input +
+ * 8 KiB output ciphertext buffers + the ssl context; plus the library's two
+ * record buffers, MBEDTLS_SSL_IN/OUT_CONTENT_LEN = 16 KiB each + record
+ * overhead = 16.7 KiB each), 63.5 KiB mid-handshake (handshake state), 60.4
+ * KiB established (handshake state freed, keys and GCM contexts kept).
+ * Allocated only when STARTTLS is accepted (io_tls_conn_create) and freed
+ * with the connection: plaintext sessions never pay it. conn_max bounds the
+ * total per worker (e.g. 4096 TLS conns = 256 MiB).
+ *
+ * Handshake CPU (server side only, dotspool-tlsbench --seconds 3, this
+ * 2-core VM while other builds ran): ECDSA P-256 certificate 2.0-2.4 ms per
+ * full handshake = 420-500 handshakes/s/core; RSA-2048 3.3-3.9 ms = 250-300
+ * handshakes/s/core; resumed with a ticket 42 us = about 23,000/s/core.
+ * mbedTLS 2.28's elliptic-curve code is far slower than OpenSSL's; 3.6 with
+ * its P-256 fast path would help.
+
+ * How a handshake is bounded so it never holds up other sessions on the
+ * same core for more than its own CPU cost:
+ *  - nothing here blocks or waits: the library's transport callbacks only
+ *    copy between its record buffers and our two memory buffers and return
+ *    WANT_READ / WANT_WRITE when those are empty / full;
+ *  - io_tls_handshake() runs only on the bytes already fed and stops at the
+ *    first step that needs more input or output room. A server handshake
+ *    has two expensive points, and each falls in a different call because
+ *    each needs a new flight from the client: the ClientHello call (ECDHE key
+ *    generation + the certificate-key signature: the RSA-2048 or ECDSA
+ *    signing) and the ClientKeyExchange call (the ECDH shared secret). So one
+ *    call costs at most one signature + one key generation, or one ECDH
+ *    computation (numbers: dotspool-tlsbench), and the io layer runs every
+ *    other ready session's completions between two calls;
+ *  - handshake time in wall clock (a client that stops half-way) is the io
+ *    layer's timer: the usual command timeout applies from STARTTLS to the
+ *    end of the handshake; memory stays bounded by the fixed buffers.
+ *
+ * Wiring into io/conn.c (what the lead does), step by step:
+ *  1. Start-up: each worker calls io_tls_server_create(&w->tls, cert, key,
+ *     conn_max, err, sizeof err) when --tls-cert/--tls-key are set (fail
+ *     start-up with err otherwise) and sets smtp_config.tls_available.
+ *     SIGHUP: each worker calls io_tls_server_reload() on its own server
+ *     (from its own thread); on error log err and keep running.
+ *     Shutdown: destroy every conn, then io_tls_server_destroy().
+ *  2. conn_feed() gets SMTP_STARTTLS (the session has queued "220 2.0.0
+ *     Ready to start TLS"): call io_tls_conn_create(&c->tls, w->tls) now
+ *     (-EMFILE: conn_max TLS sessions on this worker, or -ENOMEM: close the
+ *     connection, the client retries later), set c->tls_starting, return
+ *     len, and set c->pending_len = 0. Every byte after "STARTTLS\r\n" in
+ *     this read, whatever was queued in c->pending, and every byte of recv
+ *     completions handled before the 220's send completes is dropped: the
+ *     client sent it before it could have seen the 220, in plaintext. This
+ *     is the CVE-2011-0411 defence: pipelined plaintext is never executed
+ *     and never reaches TLS (a client that glued its ClientHello to the
+ *     STARTTLS line loses it, and its handshake times out, as RFC 3207
+ *     wants). Input that was still in the kernel and arrives glued in front
+ *     of a later ClientHello fails the handshake (-EPROTO): tested.
+ *  3. The 220 is sent in plaintext as usual. On its send completion:
+ *     clear c->tls_starting; from now on every recv completion is
+ *     ciphertext.
+ *  4. A recv completion (buf, len) on a TLS connection: until off == len:
+ *        off += io_tls_feed(c->tls, buf + off, len - off);
+ *        if the handshake is not done: r = io_tls_handshake(c->tls):
+ *          0: done: io_tls_describe(c->tls, c->tls_desc, sizeof) (about 64
+ *             bytes; keep it in the conn, the session and envelope.tls point
+ *             to it), smtp_session_tls_started(c->s, c->tls_desc), and go on
+ *             reading below (fed bytes may already hold the EHLO);
+ *          -EAGAIN: nothing more now; -EPROTO/-ECONNRESET: flush output,
+ *             then close;
+ *        once done: while ((r = io_tls_read(c->tls, pt, sizeof pt)) > 0)
+ *             conn_input(c, pt, r); i.e. plaintext takes exactly today's
+ *             path, leftovers the session cannot take yet go to c->pending
+ *             as plaintext, and recv pauses when pending is full, as today.
+ *             r == 0 (close_notify) or r < 0 other than -EAGAIN: close.
+ *     pt is one per-worker scratch buffer (16 KiB), not per connection.
+ *     Every rbuf is thus consumed whole before io_rbuf_return(), and
+ *     io_tls_feed taking less than len (its 17 KiB input is full) is
+ *     resolved by the handshake/read calls of the same loop.
+ *  5. Replies (conn_flush_output): with TLS, instead of sending
+ *     smtp_session_output() bytes, r = io_tls_write(c->tls, out, len) and
+ *     smtp_session_output_consumed(c->s, r) at once (the plaintext is
+ *     copied into records); loop while r > 0 and output remains; -EAGAIN:
+ *     the TLS output is full, continue after the send completes.
+ *  6. Sending: if no send is in flight and io_tls_output(c->tls, &n) has
+ *     n > 0, send those bytes; on completion io_tls_output_consumed(c->tls,
+ *     res) (partial sends fine), then, if the handshake is not done, call
+ *     io_tls_handshake() again (it may have stopped on a full output
+ *     buffer), step 5 again, and send again. The pointer stays valid while
+ *     in flight: this module only appends behind pending bytes, never moves
+ *     them. After the handshake fails, still send the output (the alert).
+ *  7. QUIT or 421: after the reply, io_tls_close_notify(), send the output,
+ *     close. io_tls_conn_destroy() when the connection is freed.
+ *  8. Timeouts: the command timeout covers STARTTLS to the end of the
+ *     handshake (a client sending nothing, or half a record, is closed by
+ *     it), then the usual command/data timeouts on plaintext progress.
+ *  9. Build: add tls.c to the dotspool target in io/CMakeLists.txt and link
+ *     ${MBEDTLS_LIB} ${MBEDX509_LIB} ${MBEDCRYPTO_LIB}.
+ */
+#include <errno.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/error.h>
+#include <mbedtls/pk.h>
+#include <mbedtls/ssl.h>
+#include <mbedtls/ssl_ticket.h>
+#include <mbedtls/version.h>
+#include <mbedtls/x509_crt.h>
+
+#include "ds_assert.h"
+#include "tls.h"
+
+#if MBEDTLS_VERSION_NUMBER >= 0x03000000
+#error "io/tls.c is written for mbedTLS 2.28; port the few version-specific calls (pk parsing, groups) for 3.x"
+#endif
+
+/*
+ * Ticket validity, and how often the ticket key rotates (the library keeps
+ * the current and the previous key). Bounds how long a stolen worker memory
+ * image can decrypt recorded sessions: forward secrecy is per hour, not per
+ * connection, for resumed sessions.
+ */
+#define IO_TLS_TICKET_LIFETIME_S 3600
+
+/* A certificate + key + config generation: shared by the conns made with it. */
+struct io_tls_cfg {
+	uint32_t refs; /* the server's (while current) + one per live conn */
+	mbedtls_x509_crt chain;
+	mbedtls_pk_context key;
+	mbedtls_ssl_config conf;
+	/*
+	 * Session tickets (RFC 5077) for abbreviated handshakes: the key lives
+	 * with the certificate generation, so a reload also invalidates every
+	 * ticket issued before it (a replaced certificate may mean a
+	 * compromised key).
+	 */
+	mbedtls_ssl_ticket_context ticket;
+};
+
+struct io_tls_server {
+	mbedtls_entropy_context entropy;
+	mbedtls_ctr_drbg_context drbg;
+	struct io_tls_cfg *cur;
+	uint32_t conn_count;
+	uint32_t conn_max;
+};
+
+struct io_tls_conn {
+	struct io_tls_server *srv;
+	struct io_tls_cfg *cfg;
+	mbedtls_ssl_context ssl;
+	int failed; /* latched -errno once the session is dead */
+	bool hs_done;
+	bool peer_closed; /* close_notify received */
+	/* Ciphertext received, not yet taken by the library: in[in_head, in_head + in_len). */
+	uint32_t in_head, in_len;
+	/* Ciphertext to send: out[out_head, out_head + out_len); appended behind, never moved. */
+	uint32_t out_head, out_len;
+	uint8_t in[IO_TLS_IN_CAP_BYTES];
+	uint8_t out[IO_TLS_OUT_CAP_BYTES];
+};
+
+/* Server preference order: AES-GCM first (AES-NI), ChaCha for clients without it. */
+static const int io_tls_suites[] = {
+	MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+	MBEDTLS_TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+	MBEDTLS_TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+	MBEDTLS_TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+	MBEDTLS_TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+	MBEDTLS_TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+	0,
+};
+
+static const mbedtls_ecp_group_id io_tls_groups[] = {
+	MBEDTLS_ECP_DP_CURVE25519,
+	MBEDTLS_ECP_DP_SECP256R1,
+	MBEDTLS_ECP_DP_SECP384R1,
+	MBEDTLS_ECP_DP_NONE,
+};
+
+static const int io_tls_sig_hashes[] = {
+	MBEDTLS_MD_SHA256,
+	MBEDTLS_MD_SHA384,
+	MBEDTLS_MD_SHA512,
+	MBEDTLS_MD_NONE,
+};
+
+static void set_err(char *err, size_t errcap, const char *what, const char *path, int mbed_ret)
+{
+	if (err == NULL || errcap == 0)
+		return;
+	char lib[128] = "";
+	if (mbed_ret != 0)
+		mbedtls_strerror(mbed_ret, lib, sizeof(lib));
+	snprintf(err, errcap, "%s%s%s%s%s", what, path ? " " : "", path ? path : "", lib[0] ? ": " : "", lib);
+}
+
+static void cfg_put(struct io_tls_cfg *cfg)
+{
+	DS_ASSERT(cfg->refs > 0);
+	if (--cfg->refs > 0)
+		return;
+	mbedtls_ssl_config_free(&cfg->conf);
+	mbedtls_ssl_ticket_free(&cfg->ticket);
+	mbedtls_pk_free(&cfg->key);
+	mbedtls_x509_crt_free(&cfg->chain);
+	free(cfg);
+}
+
+static int cfg_create(struct io_tls_server *s, const char *cert_path, const char *key_path,
+		      struct io_tls_cfg **out, char *err, size_t errcap)
+{
+	struct io_tls_cfg *cfg = calloc(1, sizeof(*cfg));
+	if (cfg == NULL) {
+		set_err(err, errcap, "tls: out of memory", NULL, 0);
+		return -ENOMEM;
+	}
+	cfg->refs = 1;
+	mbedtls_x509_crt_init(&cfg->chain);
+	mbedtls_pk_init(&cfg->key);
+	mbedtls_ssl_config_init(&cfg->conf);
+	mbedtls_ssl_ticket_init(&cfg->ticket);
+
+	int rc = -EINVAL;
+	int r = mbedtls_x509_crt_parse_file(&cfg->chain, cert_path);
+	if (r != 0) {
+		/* >0: some certificates of the file did not parse: refuse a half-read chain. */
+		set_err(err, errcap, "tls: cannot load certificate chain", cert_path, r < 0 ? r : 0);
+		goto fail;
+	}
+	r = mbedtls_pk_parse_keyfile(&cfg->key, key_path, NULL);
+	if (r != 0) {
+		set_err(err, errcap, "tls: cannot load private key", key_path, r);
+		goto fail;
+	}
+	/* The first certificate of the file is the leaf: the key must be its. */
+	r = mbedtls_pk_check_pair(&cfg->chain.pk, &cfg->key);
+	if (r != 0) {
+		set_err(err, errcap, "tls: private key does not match the first certificate of", cert_path,
+			r);
+		goto fail;
+	}
+	if (!mbedtls_pk_can_do(&cfg->key, MBEDTLS_PK_ECDSA) &&
+	    !mbedtls_pk_can_do(&cfg->key, MBEDTLS_PK_RSA)) {
+		set_err(err, errcap, "tls: key is neither RSA nor ECDSA:", key_path, 0);
+		goto fail;
+	}
+
+	r = mbedtls_ssl_config_defaults(&cfg->conf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
+					MBEDTLS_SSL_PRESET_DEFAULT);
+	if (r != 0) {
+		set_err(err, errcap, "tls: config defaults", NULL, r);
+		goto fail;
+	}
+	mbedtls_ssl_conf_rng(&cfg->conf, mbedtls_ctr_drbg_random, &s->drbg);
+	mbedtls_ssl_conf_min_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+	mbedtls_ssl_conf_max_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+	mbedtls_ssl_conf_ciphersuites(&cfg->conf, io_tls_suites);
+	mbedtls_ssl_conf_curves(&cfg->conf, io_tls_groups);
+	mbedtls_ssl_conf_sig_hashes(&cfg->conf, io_tls_sig_hashes);
+	mbedtls_ssl_conf_renegotiation(&cfg->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+	mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_NONE); /* no client certificates */
+	r = mbedtls_ssl_ticket_setup(&cfg->ticket, mbedtls_ctr_drbg_random, &s->drbg,
+				     MBEDTLS_CIPHER_AES_256_GCM, IO_TLS_TICKET_LIFETIME_S);
+	if (r != 0) {
+		set_err(err, errcap, "tls: session ticket key", NULL, r);
+		goto fail;
+	}
+	mbedtls_ssl_conf_session_tickets_cb(&cfg->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
+					    &cfg->ticket);
+	r = mbedtls_ssl_conf_own_cert(&cfg->conf, &cfg->chain, &cfg->key);
+	if (r != 0) {
+		set_err(err, errcap, "tls: own certificate", NULL, r);
+		goto fail;
+	}
+	*out = cfg;
+	return 0;
+fail:
+	if (r == MBEDTLS_ERR_SSL_ALLOC_FAILED || r == MBEDTLS_ERR_X509_ALLOC_FAILED ||
+	    r == MBEDTLS_ERR_PK_ALLOC_FAILED)
+		rc = -ENOMEM;
+	cfg_put(cfg);
+	return rc;
+}
+
+int io_tls_server_create(struct io_tls_server **out, const char *cert_pem_path, const char *key_pem_path,
+			 uint32_t conn_max, char *err, size_t errcap)
+{
+	DS_ASSERT(out != NULL && cert_pem_path != NULL && key_pem_path != NULL);
+	if (err && errcap)
+		err[0] = '\0';
+	*out = NULL;
+	if (conn_max == 0) {
+		set_err(err, errcap, "tls: conn_max must be > 0", NULL, 0);
+		return -EINVAL;
+	}
+	struct io_tls_server *s = calloc(1, sizeof(*s));
+	if (s == NULL) {
+		set_err(err, errcap, "tls: out of memory", NULL, 0);
+		return -ENOMEM;
+	}
+	s->conn_max = conn_max;
+	mbedtls_entropy_init(&s->entropy);
+	mbedtls_ctr_drbg_init(&s->drbg);
+	/* Personalise with the address of this worker's state: distinct per worker. */
+	char pers[64];
+	int pn = snprintf(pers, sizeof(pers), "dotspool-tls %p", (void *)s);
+	int r = mbedtls_ctr_drbg_seed(&s->drbg, mbedtls_entropy_func, &s->entropy,
+				      (const unsigned char *)pers, (size_t)pn);
+	if (r != 0) {
+		set_err(err, errcap, "tls: seeding the RNG", NULL, r);
+		mbedtls_ctr_drbg_free(&s->drbg);
+		mbedtls_entropy_free(&s->entropy);
+		free(s);
+		return -EIO;
+	}
+	int rc = cfg_create(s, cert_pem_path, key_pem_path, &s->cur, err, errcap);
+	if (rc < 0) {
+		mbedtls_ctr_drbg_free(&s->drbg);
+		mbedtls_entropy_free(&s->entropy);
+		free(s);
+		return rc;
+	}
+	*out = s;
+	return 0;
+}
+
+int io_tls_server_reload(struct io_tls_server *s, const char *cert_pem_path, const char *key_pem_path,
+			 char *err, size_t errcap)
+{
+	DS_ASSERT(s != NULL && s->cur != NULL);
+	if (err && errcap)
+		err[0] = '\0';
+	struct io_tls_cfg *cfg = NULL;
+	int rc = cfg_create(s, cert_pem_path, key_pem_path, &cfg, err, errcap);
+	if (rc < 0)
+		return rc; /* the old certificate stays */
+	cfg_put(s->cur);   /* freed now, or with its last conn */
+	s->cur = cfg;
+	return 0;
+}
+
+void io_tls_server_destroy(struct io_tls_server *s)
+{
+	if (s == NULL)
+		return;
+	/* The conns point at the server's RNG: they must be gone first. */
+	DS_ASSERT(s->conn_count == 0);
+	cfg_put(s->cur);
+	mbedtls_ctr_drbg_free(&s->drbg);
+	mbedtls_entropy_free(&s->entropy);
+	free(s);
+}
+
+uint32_t io_tls_server_conn_count(const struct io_tls_server *s)
+{
+	return s->conn_count;
+}
+
+/* ---- the library's transport: memory only ---- */
+
+static int bio_send(void *ctx, const unsigned char *buf, size_t len)
+{
+	struct io_tls_conn *c = ctx;
+	size_t tail = (size_t)c->out_head + c->out_len;
+	DS_ASSERT(tail <= sizeof(c->out));
+	size_t room = sizeof(c->out) - tail;
+	if (room == 0)
+		return MBEDTLS_ERR_SSL_WANT_WRITE;
+	size_t n = DS_MIN(room, len);
+	memcpy(c->out + tail, buf, n);
+	c->out_len += (uint32_t)n;
+	return (int)n;
+}
+
+static int bio_recv(void *ctx, unsigned char *buf, size_t len)
+{
+	struct io_tls_conn *c = ctx;
+	if (c->in_len == 0)
+		return MBEDTLS_ERR_SSL_WANT_READ;
+	size_t n = DS_MIN((size_t)c->in_len, len);
+	memcpy(buf, c->in + c->in_head, n);
+	c->in_head += (uint32_t)n;
+	c->in_len -= (uint32_t)n;
+	if (c->in_len == 0)
+		c->in_head = 0;
+	return (int)n;
+}
+
+int io_tls_conn_create(struct io_tls_conn **out, struct io_tls_server *s)
+{
+	DS_ASSERT(out != NULL && s != NULL);
+	*out = NULL;
+	if (s->conn_count >= s->conn_max)
+		return -EMFILE;
+	struct io_tls_conn *c = malloc(sizeof(*c));
+	if (c == NULL)
+		return -ENOMEM;
+	/* The buffers need no clearing: only [head, head + len) is ever read. */
+	c->srv = s;
+	c->cfg = s->cur;
+	c->failed = 0;
+	c->hs_done = false;
+	c->peer_closed = false;
+	c->in_head = c->in_len = 0;
+	c->out_head = c->out_len = 0;
+	mbedtls_ssl_init(&c->ssl);
+	int r = mbedtls_ssl_setup(&c->ssl, &c->cfg->conf);
+	if (r != 0) {
+		mbedtls_ssl_free(&c->ssl);
+		free(c);
+		return r == MBEDTLS_ERR_SSL_ALLOC_FAILED ? -ENOMEM : -EPROTO;
+	}
+	mbedtls_ssl_set_bio(&c->ssl, c, bio_send, bio_recv, NULL);
+	c->cfg->refs++;
+	s->conn_count++;
+	*out = c;
+	return 0;
+}
+
+void io_tls_conn_destroy(struct io_tls_conn *c)
+{
+	if (c == NULL)
+		return;
+	DS_ASSERT(c->srv->conn_count > 0);
+	mbedtls_ssl_free(&c->ssl);
+	c->srv->conn_count--;
+	cfg_put(c->cfg);
+	free(c);
+}
+
+size_t io_tls_feed_room(const struct io_tls_conn *c)
+{
+	return sizeof(c->in) - c->in_len;
+}
+
+size_t io_tls_feed(struct io_tls_conn *c, const uint8_t *buf, size_t len)
+{
+	size_t tail = (size_t)c->in_head + c->in_len;
+	if (len > sizeof(c->in) - tail && c->in_head > 0) {
+		/* Nobody outside holds a pointer into the input: compact it. */
+		memmove(c->in, c->in + c->in_head, c->in_len);
+		c->in_head = 0;
+		tail = c->in_len;
+	}
+	size_t n = DS_MIN(len, sizeof(c->in) - tail);
+	memcpy(c->in + tail, buf, n);
+	c->in_len += (uint32_t)n;
+	return n;
+}
+
+/* Map a library error to -errno and latch it: the session is dead. */
+static int conn_fail(struct io_tls_conn *c, int r)
+{
+	int e;
+	switch (r) {
+	case MBEDTLS_ERR_SSL_ALLOC_FAILED:
+		e = -ENOMEM;
+		break;
+	case MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY:
+	case MBEDTLS_ERR_SSL_FATAL_ALERT_MESSAGE:
+	case MBEDTLS_ERR_SSL_CONN_EOF:
+		e = -ECONNRESET;
+		break;
+	default:
+		e = -EPROTO;
+		break;
+	}
+	c->failed = e;
+	return e;
+}
+
+int io_tls_handshake(struct io_tls_conn *c)
+{
+	if (c->failed)
+		return c->failed;
+	if (c->hs_done)
+		return 0;
+	/*
+	 * Runs the library's steps until one needs input that has not been
+	 * fed, or output room: one client flight is processed per call (see
+	 * the note at the top of this file).
+	 */
+	int r = mbedtls_ssl_handshake(&c->ssl);
+	if (r == 0) {
+		c->hs_done = true;
+		return 0;
+	}
+	if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE)
+		return -EAGAIN;
+	return conn_fail(c, r);
+}
+
+ssize_t io_tls_read(struct io_tls_conn *c, uint8_t *buf, size_t cap)
+{
+	if (c->peer_closed)
+		return 0;
+	if (!c->hs_done || c->failed) {
+		int r = io_tls_handshake(c);
+		if (r != 0)
+			return r;
+	}
+	if (cap == 0)
+		return -EAGAIN;
+	int r = mbedtls_ssl_read(&c->ssl, buf, cap);
+	if (r > 0)
+		return r;
+	if (r == MBEDTLS_ERR_SSL_WANT_READ || r == MBEDTLS_ERR_SSL_WANT_WRITE)
+		return -EAGAIN;
+	if (r == 0 || r == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY) {
+		/* Orderly end of the peer's stream; nothing more will be read. */
+		c->peer_closed = true;
+		return 0;
+	}
+	return conn_fail(c, r);
+}
+
+ssize_t io_tls_write(struct io_tls_conn *c, const uint8_t *buf, size_t len)
+{
+	if (c->failed)
+		return c->failed;
+	DS_ASSERT(c->hs_done);
+	if (len == 0)
+		return 0;
+	int exp = mbedtls_ssl_get_record_expansion(&c->ssl);
+	int max_payload = mbedtls_ssl_get_max_out_record_payload(&c->ssl);
+	DS_ASSERT(exp > 0 && max_payload > 0);
+	if (c->out_len == 0)
+		c->out_head = 0;
+	size_t room = sizeof(c->out) - ((size_t)c->out_head + c->out_len);
+	if (room <= (size_t)exp)
+		return -EAGAIN;
+	/*
+	 * Encrypt only what fits whole in the output buffer: the library then
+	 * never sees WANT_WRITE halfway through a record, which would oblige
+	 * the caller to repeat the call with the same arguments.
+	 */
+	size_t n = DS_MIN(len, room - (size_t)exp);
+	n = DS_MIN(n, (size_t)max_payload);
+	int r = mbedtls_ssl_write(&c->ssl, buf, n);
+	DS_ASSERT(r != MBEDTLS_ERR_SSL_WANT_WRITE && r != MBEDTLS_ERR_SSL_WANT_READ);
+	if (r > 0) {
+		DS_ASSERT((size_t)r <= n);
+		return r;
+	}
+	return conn_fail(c, r);
+}
+
+const uint8_t *io_tls_output(struct io_tls_conn *c, size_t *len)
+{
+	*len = c->out_len;
+	return c->out_len ? c->out + c->out_head : NULL;
+}
+
+void io_tls_output_consumed(struct io_tls_conn *c, size_t n)
+{
+	DS_ASSERT(n <= c->out_len);
+	c->out_head += (uint32_t)n;
+	c->out_len -= (uint32_t)n;
+	if (c->out_len == 0)
+		c->out_head = 0; /* nothing in flight any more: start over at the front */
+}
+
+int io_tls_describe(const struct io_tls_conn *c, char *buf, size_t cap)
+{
+	if (!c->hs_done)
+		return -EAGAIN;
+	const char *ver = mbedtls_ssl_get_version(&c->ssl);
+	const char *suite = mbedtls_ssl_get_ciphersuite(&c->ssl);
+	int n = snprintf(buf, cap, "%s %s", ver ? ver : "unknown", suite ? suite : "unknown");
+	if (n < 0 || (size_t)n >= cap)
+		return -ENOSPC;
+	return n;
+}
+
+void io_tls_close_notify(struct io_tls_conn *c)
+{
+	if (!c->hs_done || c->failed == -EPROTO || c->failed == -ENOMEM)
+		return;
+	/* Best effort: an alert record is 31 bytes at most; if there is no room it is simply not sent. */
+	(void)mbedtls_ssl_close_notify(&c->ssl);
+}

@@ -1,0 +1,136 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_IO_TLS_H
+#define DS_IO_TLS_H
+
+/*
+ * TLS for STARTTLS, driven entirely through memory buffers: the io layer
+ * feeds received ciphertext in and sends the ciphertext this module
+ * produces, so every socket operation stays on io_uring. The library types
+ * stay inside io/tls.c (opaque structs here), so another mbedTLS version
+ * only touches that file.
+ *
+ * Threading: a server and its connections belong to one worker thread.
+ * Nothing here is shared between threads (each worker creates its own
+ * server: the RNG state is not meant to be shared).
+ *
+ * Return convention: 0 or a count on success, -errno on failure:
+ *   -EAGAIN      nothing more can be done until more ciphertext is fed, or
+ *                until the pending output (io_tls_output) has been sent
+ *   -EPROTO      the peer violated the protocol, or the handshake failed
+ *                (an alert has been queued for sending when possible)
+ *   -ECONNRESET  the peer sent a fatal alert or closed mid-handshake
+ *   -ENOMEM      out of memory
+ */
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/*
+ * Bounded per-connection ciphertext buffers (besides the library's own two
+ * 16.7 KiB record buffers). Input holds one maximal TLS 1.2 AEAD record
+ * (5-byte header + 16 KiB + explicit nonce + tag), so a body record is fed
+ * in one piece. Output is smaller: the server only sends replies (a few
+ * hundred bytes) and its handshake flight (about 1.5-2 KiB with a
+ * two-certificate chain); larger output is simply sent in several rounds.
+ */
+#define IO_TLS_IN_CAP_BYTES  (17 * 1024 + 5)
+#define IO_TLS_OUT_CAP_BYTES (8 * 1024)
+
+struct io_tls_server; /* cert chain + key + config + RNG; one per worker */
+struct io_tls_conn;   /* one TLS session; allocated only when STARTTLS is accepted */
+
+/*
+ * Load a PEM certificate chain (leaf first, then intermediates) and its PEM
+ * private key (RSA or EC, unencrypted) and build a server configuration:
+ * TLS 1.2 only (the packaged mbedTLS 2.28 has no TLS 1.3), ECDHE with
+ * AES-GCM or CHACHA20-POLY1305 only, renegotiation off, session tickets
+ * (RFC 5077) for abbreviated handshakes.
+ * conn_max bounds the live connections of this server (io_tls_conn_create
+ * fails with -EMFILE beyond it). On failure, returns -errno and writes a
+ * one-line reason into err (errcap bytes, NUL-terminated; err may be NULL).
+ */
+int io_tls_server_create(struct io_tls_server **out, const char *cert_pem_path, const char *key_pem_path,
+			 uint32_t conn_max, char *err, size_t errcap);
+
+/*
+ * Replace the certificate and key (SIGHUP). Connections created afterwards
+ * use the new ones; connections in progress keep the configuration they
+ * started with (reference counted, freed with the last of them). Tickets
+ * issued before the reload are no longer accepted. On failure
+ * the old certificate stays in use and -errno is returned with a reason.
+ */
+int io_tls_server_reload(struct io_tls_server *s, const char *cert_pem_path, const char *key_pem_path,
+			 char *err, size_t errcap);
+
+/* Free the server. Every connection of it must have been destroyed first. */
+void io_tls_server_destroy(struct io_tls_server *s);
+
+/* Live connections of this server (for tests and statistics). */
+uint32_t io_tls_server_conn_count(const struct io_tls_server *s);
+
+/*
+ * Start a server-side TLS session (after "220 Ready to start TLS" has been
+ * queued). Allocates about IO_TLS_IN_CAP + IO_TLS_OUT_CAP + the library's
+ * buffers (see io/tls.c for measured numbers). -EMFILE when the server's
+ * conn_max is reached, -ENOMEM.
+ */
+int io_tls_conn_create(struct io_tls_conn **out, struct io_tls_server *s);
+
+/* Free the session (no close_notify is sent: call io_tls_close_notify first for a clean close). */
+void io_tls_conn_destroy(struct io_tls_conn *c);
+
+/*
+ * Ciphertext in: copy up to len bytes into the connection's bounded input
+ * buffer. Returns the bytes taken (less than len when the buffer is full:
+ * the caller keeps the rest, runs io_tls_handshake / io_tls_read to drain,
+ * then feeds the rest).
+ */
+size_t io_tls_feed(struct io_tls_conn *c, const uint8_t *buf, size_t len);
+
+/* Free room in the input buffer (0: drain with io_tls_handshake / io_tls_read first). */
+size_t io_tls_feed_room(const struct io_tls_conn *c);
+
+/*
+ * Advance the handshake as far as the fed input allows, queuing the
+ * records to send in the output buffer. 0: handshake complete (then use
+ * io_tls_read; fed bytes after the client's Finished are kept for it).
+ * -EAGAIN: feed more input, and/or send io_tls_output first and call again
+ * once it has been consumed. -EPROTO / -ECONNRESET: failed (send any output,
+ * then close). Idempotent once complete.
+ */
+int io_tls_handshake(struct io_tls_conn *c);
+
+/*
+ * Plaintext out: decrypt from the fed input. >0 bytes written to buf;
+ * -EAGAIN no complete record yet (feed more); 0 the peer sent close_notify;
+ * other <0 fatal. Call in a loop until -EAGAIN after every feed: one record
+ * may yield more plaintext than cap.
+ */
+ssize_t io_tls_read(struct io_tls_conn *c, uint8_t *buf, size_t cap);
+
+/*
+ * Plaintext in: encrypt up to len bytes into records queued in the output
+ * buffer. Returns the bytes taken (>0), -EAGAIN when the output buffer has
+ * no room for a record (send io_tls_output first), other <0 fatal.
+ * Only after the handshake is complete.
+ */
+ssize_t io_tls_write(struct io_tls_conn *c, const uint8_t *buf, size_t len);
+
+/* Ciphertext to send: the pending bytes (NULL and *len 0 when none). Stays valid until consumed. */
+const uint8_t *io_tls_output(struct io_tls_conn *c, size_t *len);
+
+/* n bytes of io_tls_output have been sent (n <= the pending length). */
+void io_tls_output_consumed(struct io_tls_conn *c, size_t n);
+
+/*
+ * "TLSv1.2 TLS-ECDHE-RSA-WITH-AES-128-GCM-SHA256" for ds_envelope.tls and
+ * the Received: header. Returns the length written (NUL excluded) or
+ * -EAGAIN before the handshake is complete, -ENOSPC if cap is too small.
+ */
+int io_tls_describe(const struct io_tls_conn *c, char *buf, size_t cap);
+
+/* Queue a close_notify alert in the output (best effort; send io_tls_output afterwards). */
+void io_tls_close_notify(struct io_tls_conn *c);
+
+#endif

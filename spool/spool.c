@@ -1,0 +1,1028 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The lane: staging ring, segment rolling, group commit, settlement.
+ *
+ * Positions: every byte a lane appends gets a logical position in one
+ * ever-growing stream (head). Each segment covers a contiguous logical
+ * range [lstart, lend); records never span segments, so a logical position
+ * maps to exactly one (segment, file offset). The staging ring is mapped
+ * twice back to back, so any range of up to ring_size bytes is contiguous
+ * in memory and one write never has to be split at the wrap.
+ *
+ * Durability: durable_pos is the logical position below which every byte
+ * of every non-failed segment is known durable. A flush of the active
+ * segment covers what was written to it before the flush started (we only
+ * start a flush when no other write to that segment is in flight, or link
+ * it to the one write in flight); an older segment becomes durable as a
+ * whole by its seal flush. A commit settles when durable_pos reaches the
+ * end of its commit record: its chunks lie before it in the stream.
+ */
+#include "spool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "ds_assert.h"
+#include "spool_format.h"
+
+#define LANE_SEGS_MAX	 64
+#define LANE_OPS_MAX	 128
+#define LANE_COMMITS_MAX 16384
+#define LANE_RETRY_MAX	 10000
+#define TXN_OPEN	 1u
+#define TXN_CLOSED	 2u
+
+struct lane_seg {
+	int fd;
+	uint64_t seq, epoch;
+	uint64_t lstart;      /* logical position of file offset SPOOL_SEG_DATA_OFF */
+	uint64_t lend;	      /* UINT64_MAX while active */
+	uint64_t durable_l;   /* covered by a completed flush */
+	uint64_t flush_req_l; /* highest cover of a submitted flush */
+	uint32_t writes_inflight, ops_inflight;
+	uint32_t counter; /* txn ids begun in this segment */
+	bool failed, sealing, sealed;
+};
+
+enum { OP_FREE = 0, OP_WRITE, OP_FLUSH, OP_SEAL };
+
+struct lane_op {
+	uint32_t kind;
+	uint32_t gen;
+	struct lane_seg *seg;
+	uint64_t lstart; /* write: first byte; flush: cover */
+	uint32_t len, done;
+	uint32_t retries;
+	uint64_t t_start_ns;
+};
+
+struct lane_commit {
+	uint64_t cookie;
+	uint64_t lend;
+};
+
+struct spool_lane {
+	struct spool_config cfg;
+	char dir[PATH_MAX];
+	char lane_dir[PATH_MAX];
+	unsigned lane_no;
+	const struct spool_io_ops *ops;
+	void *ctx;
+
+	uint8_t *ring;
+	uint64_t ring_size;
+	uint64_t head, submitted, tail;
+
+	struct lane_seg segs[LANE_SEGS_MAX];
+	unsigned seg_first, seg_count;
+	bool have_active; /* the last segment in the FIFO takes appends */
+
+	struct lane_op ops_tab[LANE_OPS_MAX];
+	uint32_t op_gen;
+	uint32_t ops_inflight, flushes_inflight;
+
+	struct lane_commit *commits;
+	uint32_t commit_first, commit_count;
+	uint64_t durable_pos;
+	uint32_t gen; /* bumped when a segment fails: older open txns fail */
+
+	/* Spare segment preparation (background thread; lock only at roll). */
+	pthread_t thr;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool thr_started, stop, spare_want, spare_ready;
+	int spare_err, spare_fd;
+	uint64_t spare_seq, spare_epoch, next_seq;
+
+	struct spool_lane_stats st;
+};
+
+void spool_config_defaults(struct spool_config *cfg)
+{
+	memset(cfg, 0, sizeof(*cfg));
+	cfg->dir = "./var/spool";
+	cfg->segment_size = 64ull << 20;
+	cfg->buffer_size = 8u << 20;
+	cfg->flushes_in_flight_max = 2;
+	cfg->prewrite = true;
+	cfg->lane_bytes_max = 0;
+}
+
+static uint64_t now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+static int64_t wall_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int spool_id_format(uint64_t id, char *buf, size_t cap)
+{
+	static const char hex[] = "0123456789ABCDEF";
+
+	DS_ASSERT(cap >= 17);
+	for (int i = 0; i < 16; i++)
+		buf[i] = hex[(id >> (60 - 4 * i)) & 0xf];
+	buf[16] = 0;
+	return 16;
+}
+
+int spool_id_parse(const char *s, uint64_t *id)
+{
+	uint64_t v = 0;
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 16)
+		return -EINVAL;
+	for (size_t i = 0; i < n; i++) {
+		char c = s[i];
+		unsigned d;
+		if (c >= '0' && c <= '9')
+			d = (unsigned)(c - '0');
+		else if (c >= 'A' && c <= 'F')
+			d = (unsigned)(c - 'A' + 10);
+		else if (c >= 'a' && c <= 'f')
+			d = (unsigned)(c - 'a' + 10);
+		else
+			return -EINVAL;
+		v = v << 4 | d;
+	}
+	*id = v;
+	return 0;
+}
+
+/* ---- segment files ---- */
+
+static int fsync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	int rc = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd))
+		rc = -errno;
+	close(fd);
+	return rc;
+}
+
+/*
+ * Create, allocate, zero-fill, stamp and make durable one segment, so the
+ * hot path's fdatasync never has to commit metadata (size, extents).
+ */
+static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t *epoch_out)
+{
+	char path[PATH_MAX];
+	uint8_t hdr[SPOOL_SEG_HDR_SIZE];
+	struct spool_seg_hdr h = {0};
+	uint64_t size = l->cfg.segment_size;
+	int fd, rc;
+
+	if (l->cfg.lane_bytes_max) {
+		uint64_t *seqs;
+		int n = spool_seg_list(l->lane_dir, &seqs);
+		free(seqs);
+		if (n < 0)
+			return n;
+		if ((uint64_t)(n + 1) * size > l->cfg.lane_bytes_max)
+			return -ENOSPC;
+	}
+	rc = spool_seg_path(path, sizeof(path), l->dir, l->lane_no, seq);
+	if (rc)
+		return rc;
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (fd < 0)
+		return -errno;
+	if (fallocate(fd, 0, 0, (off_t)size)) {
+		rc = -errno;
+		if (rc == -EOPNOTSUPP && !ftruncate(fd, (off_t)size))
+			rc = 0;
+		if (rc)
+			goto fail;
+	}
+	if (l->cfg.prewrite) {
+		enum { ZB = 1 << 20 };
+		static const uint8_t zero[ZB];
+		for (uint64_t off = 0; off < size;) {
+			size_t n = (size_t)DS_MIN((uint64_t)ZB, size - off);
+			ssize_t w = pwrite(fd, zero, n, (off_t)off);
+			if (w <= 0) {
+				rc = w < 0 ? -errno : -EIO;
+				goto fail;
+			}
+			off += (uint64_t)w;
+		}
+	}
+	do {
+		if (getrandom(&h.epoch, sizeof(h.epoch), 0) != sizeof(h.epoch))
+			h.epoch = now_ns() ^ ((uint64_t)seq << 32) ^ (uint64_t)getpid();
+	} while (!h.epoch);
+	h.version = SPOOL_FORMAT_VERSION;
+	h.lane = l->lane_no;
+	h.seq = seq;
+	h.created_us = wall_us();
+	h.segment_size = size;
+	spool_seg_hdr_encode(hdr, &h);
+	if (pwrite(fd, hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr)) {
+		rc = -EIO;
+		goto fail;
+	}
+	if (fsync(fd)) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = fsync_dir(l->lane_dir);
+	if (rc)
+		goto fail;
+	*fd_out = fd;
+	*epoch_out = h.epoch;
+	return 0;
+fail:
+	close(fd);
+	unlink(path);
+	return rc;
+}
+
+static void *spare_main(void *arg)
+{
+	struct spool_lane *l = arg;
+
+	pthread_mutex_lock(&l->mu);
+	while (!l->stop) {
+		uint64_t seq, epoch = 0;
+		int fd = -1, rc;
+
+		if (!l->spare_want || l->spare_ready) {
+			pthread_cond_wait(&l->cv, &l->mu);
+			continue;
+		}
+		seq = l->next_seq++;
+		pthread_mutex_unlock(&l->mu);
+		rc = seg_prepare(l, seq, &fd, &epoch);
+		pthread_mutex_lock(&l->mu);
+		l->spare_want = false;
+		if (rc) {
+			l->spare_err = rc;
+		} else {
+			l->spare_fd = fd;
+			l->spare_seq = seq;
+			l->spare_epoch = epoch;
+			__atomic_store_n(&l->spare_ready, true, __ATOMIC_RELEASE);
+		}
+		pthread_cond_broadcast(&l->cv);
+	}
+	pthread_mutex_unlock(&l->mu);
+	return NULL;
+}
+
+static void spare_request_locked(struct spool_lane *l)
+{
+	if (!l->spare_ready && !l->spare_want) {
+		l->spare_err = 0;
+		l->spare_want = true;
+		pthread_cond_broadcast(&l->cv);
+	}
+}
+
+/* ---- segment FIFO ---- */
+
+static struct lane_seg *seg_at(struct spool_lane *l, unsigned i)
+{
+	return &l->segs[(l->seg_first + i) % LANE_SEGS_MAX];
+}
+
+static struct lane_seg *seg_active(struct spool_lane *l)
+{
+	return l->have_active ? seg_at(l, l->seg_count - 1) : NULL;
+}
+
+static uint64_t seg_cap_l(const struct spool_lane *l)
+{
+	return l->cfg.segment_size - SPOOL_SEG_DATA_OFF;
+}
+
+/* Bytes left in the active segment. */
+static uint64_t seg_left(struct spool_lane *l)
+{
+	struct lane_seg *s = seg_active(l);
+	return s ? s->lstart + seg_cap_l(l) - l->head : 0;
+}
+
+static uint64_t seg_file_off(const struct lane_seg *s, uint64_t lpos)
+{
+	return SPOOL_SEG_DATA_OFF + (lpos - s->lstart);
+}
+
+static struct lane_seg *seg_of(struct spool_lane *l, uint64_t lpos)
+{
+	for (unsigned i = 0; i < l->seg_count; i++) {
+		struct lane_seg *s = seg_at(l, i);
+		if (lpos >= s->lstart && lpos < s->lend)
+			return s;
+	}
+	return NULL;
+}
+
+/* Drop finished segments from the front: sealed or failed, nothing in flight. */
+static void segs_reap(struct spool_lane *l)
+{
+	while (l->seg_count) {
+		struct lane_seg *s = seg_at(l, 0);
+		if (l->have_active && l->seg_count == 1)
+			break;
+		if (!(s->sealed || s->failed) || s->ops_inflight || l->submitted < s->lend)
+			break;
+		close(s->fd);
+		s->fd = -1;
+		l->seg_first = (l->seg_first + 1) % LANE_SEGS_MAX;
+		l->seg_count--;
+	}
+}
+
+/*
+ * Switch appends to the spare segment. Blocks only if the background
+ * thread has not finished preparing it (start-up, or a burst larger than
+ * one segment in the time it takes to prepare one).
+ */
+static int lane_roll(struct spool_lane *l)
+{
+	struct lane_seg *old = seg_active(l), *s;
+	int rc = 0;
+
+	if (l->seg_count >= LANE_SEGS_MAX)
+		return -EAGAIN;
+	pthread_mutex_lock(&l->mu);
+	if (!l->spare_ready && !l->spare_want && l->spare_err) {
+		rc = l->spare_err;
+		l->spare_err = 0; /* try again next time */
+		pthread_mutex_unlock(&l->mu);
+		return rc == -ENOSPC || rc == -EDQUOT ? -ENOSPC : rc;
+	}
+	spare_request_locked(l);
+	while (!l->spare_ready && !l->spare_err)
+		pthread_cond_wait(&l->cv, &l->mu);
+	if (!l->spare_ready) {
+		rc = l->spare_err;
+		l->spare_err = 0;
+		pthread_mutex_unlock(&l->mu);
+		return rc == -EDQUOT ? -ENOSPC : rc;
+	}
+	if (old)
+		old->lend = l->head;
+	s = &l->segs[(l->seg_first + l->seg_count) % LANE_SEGS_MAX];
+	memset(s, 0, sizeof(*s));
+	s->fd = l->spare_fd;
+	s->seq = l->spare_seq;
+	s->epoch = l->spare_epoch;
+	s->lstart = l->head;
+	s->lend = UINT64_MAX;
+	s->durable_l = l->head;
+	s->flush_req_l = l->head;
+	DS_ASSERT(s->seq < (1ull << SPOOL_ID_SEQ_BITS));
+	l->seg_count++;
+	l->have_active = true;
+	__atomic_store_n(&l->spare_ready, false, __ATOMIC_RELEASE);
+	l->spare_fd = -1;
+	spare_request_locked(l);
+	pthread_mutex_unlock(&l->mu);
+	l->st.segments_opened++;
+	return 0;
+}
+
+/* ---- ops ---- */
+
+static struct lane_op *op_alloc(struct spool_lane *l, uint32_t kind, struct lane_seg *s, uint64_t *tag)
+{
+	for (uint32_t i = 0; i < LANE_OPS_MAX; i++) {
+		struct lane_op *op = &l->ops_tab[i];
+		if (op->kind != OP_FREE)
+			continue;
+		memset(op, 0, sizeof(*op));
+		op->kind = kind;
+		op->gen = ++l->op_gen & 0xffffff;
+		op->seg = s;
+		*tag = ((uint64_t)op->gen << 32) | i;
+		return op;
+	}
+	return NULL;
+}
+
+static uint64_t op_tag(struct spool_lane *l, struct lane_op *op)
+{
+	return ((uint64_t)op->gen << 32) | (uint64_t)(op - l->ops_tab);
+}
+
+static void tail_update(struct spool_lane *l)
+{
+	uint64_t t = l->submitted;
+
+	for (uint32_t i = 0; i < LANE_OPS_MAX; i++)
+		if (l->ops_tab[i].kind == OP_WRITE)
+			t = DS_MIN(t, l->ops_tab[i].lstart);
+	DS_ASSERT(t >= l->tail);
+	l->tail = t;
+}
+
+static void advance_durable(struct spool_lane *l)
+{
+	uint64_t pos = l->durable_pos;
+
+	for (unsigned i = 0; i < l->seg_count; i++) {
+		struct lane_seg *s = seg_at(l, i);
+		if (s->failed)
+			continue;
+		if (s->sealed) {
+			pos = DS_MAX(pos, s->lend);
+			continue;
+		}
+		pos = DS_MAX(pos, s->durable_l);
+		break;
+	}
+	l->durable_pos = DS_MAX(l->durable_pos, pos);
+	while (l->commit_count) {
+		struct lane_commit c = l->commits[l->commit_first];
+		if (c.lend > l->durable_pos)
+			break;
+		l->commit_first = (l->commit_first + 1) % LANE_COMMITS_MAX;
+		l->commit_count--;
+		l->ops->settled(l->ctx, c.cookie, 0);
+	}
+}
+
+/*
+ * A segment can no longer be trusted (flush or write error): never write
+ * or flush it again, fail every unsettled commit and every open txn (their
+ * bytes may live in it), and move appends to a fresh segment.
+ */
+static void seg_fail(struct spool_lane *l, struct lane_seg *s, int err)
+{
+	int res = err == -ENOSPC ? -ENOSPC : -EIO;
+
+	if (s->failed)
+		return;
+	s->failed = true;
+	l->st.flush_errors++;
+	l->gen++;
+	if (seg_active(l) == s) {
+		s->lend = l->head;
+		l->have_active = false;
+	}
+	if (l->submitted < s->lend && l->submitted >= s->lstart)
+		l->submitted = DS_MIN(s->lend, l->head);
+	/* Only the commits queued so far: settled() may queue new ones (new gen, new segment). */
+	for (uint32_t n = l->commit_count; n; n--) {
+		struct lane_commit c = l->commits[l->commit_first];
+		l->commit_first = (l->commit_first + 1) % LANE_COMMITS_MAX;
+		l->commit_count--;
+		l->ops->settled(l->ctx, c.cookie, res);
+	}
+}
+
+static bool want_flush(struct spool_lane *l)
+{
+	struct lane_seg *s = seg_active(l);
+	struct lane_commit *last;
+
+	if (!l->commit_count || !s)
+		return false;
+	last = &l->commits[(l->commit_first + l->commit_count - 1) % LANE_COMMITS_MAX];
+	return last->lend > s->lstart && last->lend > s->flush_req_l;
+}
+
+static int submit_flush(struct spool_lane *l, struct lane_seg *s, uint32_t kind, uint64_t cover)
+{
+	uint64_t tag;
+	struct lane_op *op = op_alloc(l, kind, s, &tag);
+	int rc;
+
+	if (!op)
+		return -EAGAIN;
+	op->lstart = cover;
+	op->t_start_ns = now_ns();
+	rc = l->ops->flush(l->ctx, s->fd, tag);
+	if (rc) {
+		op->kind = OP_FREE;
+		return rc;
+	}
+	s->ops_inflight++;
+	l->ops_inflight++;
+	if (kind == OP_FLUSH) {
+		l->flushes_inflight++;
+		s->flush_req_l = DS_MAX(s->flush_req_l, cover);
+	} else {
+		s->sealing = true;
+	}
+	return 0;
+}
+
+static int submit_write(struct spool_lane *l, struct lane_op *op, bool link)
+{
+	struct lane_seg *s = op->seg;
+	uint64_t pos = op->lstart + op->done;
+
+	return l->ops->write(l->ctx, s->fd, l->ring + (pos % l->ring_size), op->len - op->done,
+			     seg_file_off(s, pos), op_tag(l, op), link);
+}
+
+static void lane_pump(struct spool_lane *l)
+{
+	struct lane_seg *act;
+
+	while (l->submitted < l->head) {
+		struct lane_seg *s = seg_of(l, l->submitted);
+		uint64_t end, tag;
+		struct lane_op *op;
+		bool link = false;
+		int rc;
+
+		DS_ASSERT(s);
+		end = DS_MIN(l->head, s->lend);
+		if (s->failed) {
+			l->submitted = end;
+			continue;
+		}
+		if (s == seg_active(l) && end == l->head && s->writes_inflight == 0 &&
+		    l->flushes_inflight < l->cfg.flushes_in_flight_max) {
+			/* Pretend the commits are covered to ask want_flush() about this write. */
+			struct lane_commit *last =
+				l->commit_count ? &l->commits[(l->commit_first + l->commit_count - 1) %
+							      LANE_COMMITS_MAX]
+						: NULL;
+			link = last && last->lend > s->lstart && last->lend > s->flush_req_l &&
+			       l->ops_inflight + 2 <= LANE_OPS_MAX; /* the flush must get a slot too */
+		}
+		op = op_alloc(l, OP_WRITE, s, &tag);
+		if (!op)
+			break;
+		op->lstart = l->submitted;
+		op->len = (uint32_t)(end - l->submitted);
+		rc = submit_write(l, op, link);
+		if (rc) {
+			op->kind = OP_FREE;
+			if (rc == -EAGAIN || rc == -EBUSY)
+				break;
+			seg_fail(l, s, rc);
+			continue;
+		}
+		s->writes_inflight++;
+		s->ops_inflight++;
+		l->ops_inflight++;
+		l->st.bytes_written += op->len;
+		l->submitted = end;
+		if (link && submit_flush(l, s, OP_FLUSH, end)) {
+			/* The link then has nothing to guard; a later pump flushes alone. */
+		}
+	}
+	/* Seal older segments once all their writes completed. */
+	for (unsigned i = 0; i < l->seg_count; i++) {
+		struct lane_seg *s = seg_at(l, i);
+		if (s == seg_active(l) || s->failed || s->sealed || s->sealing)
+			continue;
+		if (l->submitted >= s->lend && s->writes_inflight == 0) {
+			int rc = submit_flush(l, s, OP_SEAL, s->lend);
+			if (rc && rc != -EAGAIN && rc != -EBUSY)
+				seg_fail(l, s, rc);
+		}
+	}
+	act = seg_active(l);
+	if (act && want_flush(l) && act->writes_inflight == 0 &&
+	    l->flushes_inflight < l->cfg.flushes_in_flight_max && l->submitted > act->flush_req_l &&
+	    l->submitted > act->lstart) {
+		int rc = submit_flush(l, act, OP_FLUSH, l->submitted);
+		if (rc && rc != -EAGAIN && rc != -EBUSY)
+			seg_fail(l, act, rc);
+	}
+	segs_reap(l);
+}
+
+void spool_lane_kick(struct spool_lane *l)
+{
+	lane_pump(l);
+}
+
+void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
+{
+	uint32_t slot = (uint32_t)tag;
+	struct lane_op *op;
+	struct lane_seg *s;
+
+	DS_ASSERT(slot < LANE_OPS_MAX);
+	op = &l->ops_tab[slot];
+	DS_ASSERT(op->kind != OP_FREE && op->gen == (uint32_t)(tag >> 32));
+	s = op->seg;
+	if (op->kind == OP_WRITE) {
+		bool finished = false;
+
+		if (s->failed) {
+			finished = true;
+		} else if (res == -EAGAIN || res == -EINTR || res == -ECANCELED || res == 0) {
+			if (++op->retries > LANE_RETRY_MAX) {
+				seg_fail(l, s, -EIO);
+				finished = true;
+			}
+		} else if (res < 0) {
+			seg_fail(l, s, res);
+			finished = true;
+		} else {
+			DS_ASSERT((uint32_t)res <= op->len - op->done);
+			op->done += (uint32_t)res;
+			finished = op->done == op->len;
+		}
+		if (!finished) {
+			/* Short write or transient error: resubmit the rest (unlinked). */
+			int rc = submit_write(l, op, false);
+			if (rc) {
+				seg_fail(l, s, rc);
+				finished = true;
+			}
+		}
+		if (finished) {
+			s->writes_inflight--;
+			s->ops_inflight--;
+			l->ops_inflight--;
+			op->kind = OP_FREE;
+			tail_update(l);
+		}
+	} else {
+		uint32_t kind = op->kind;
+		uint64_t cover = op->lstart;
+		uint64_t lat_us = (now_ns() - op->t_start_ns) / 1000;
+
+		op->kind = OP_FREE;
+		s->ops_inflight--;
+		l->ops_inflight--;
+		if (kind == OP_FLUSH)
+			l->flushes_inflight--;
+		else
+			s->sealing = false;
+		if (s->failed) {
+			/* Nothing: never trusted again. */
+		} else if (res == -ECANCELED || res == -EAGAIN || res == -EINTR) {
+			/* Never ran (its linked write was short): ask again later. */
+			if (kind == OP_FLUSH) {
+				s->flush_req_l = s->durable_l;
+				for (uint32_t i = 0; i < LANE_OPS_MAX; i++)
+					if (l->ops_tab[i].kind == OP_FLUSH && l->ops_tab[i].seg == s)
+						s->flush_req_l = DS_MAX(s->flush_req_l, l->ops_tab[i].lstart);
+			}
+		} else if (res < 0) {
+			/* A failed fsync is never retried and then trusted. */
+			seg_fail(l, s, res);
+		} else {
+			l->st.flushes++;
+			l->st.flush_latency_us_sum += lat_us;
+			l->st.flush_latency_us_max = DS_MAX(l->st.flush_latency_us_max, lat_us);
+			if (kind == OP_SEAL) {
+				s->sealed = true;
+				s->durable_l = s->lend;
+			} else {
+				s->durable_l = DS_MAX(s->durable_l, cover);
+			}
+			advance_durable(l);
+		}
+	}
+	lane_pump(l);
+}
+
+bool spool_lane_busy(const struct spool_lane *l)
+{
+	return l->ops_inflight > 0 || l->commit_count > 0;
+}
+
+void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st)
+{
+	*st = l->st;
+}
+
+/* ---- open/close ---- */
+
+static int ring_map(struct spool_lane *l, uint64_t size)
+{
+	long page = sysconf(_SC_PAGESIZE);
+	uint8_t *base;
+	int fd;
+
+	size = (size + (uint64_t)page - 1) & ~((uint64_t)page - 1);
+	fd = memfd_create("spool-ring", MFD_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (ftruncate(fd, (off_t)size)) {
+		close(fd);
+		return -errno;
+	}
+	base = mmap(NULL, 2 * size, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (base == MAP_FAILED) {
+		close(fd);
+		return -errno;
+	}
+	if (mmap(base, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED ||
+	    mmap(base + size, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd, 0) == MAP_FAILED) {
+		int rc = -errno;
+		munmap(base, 2 * size);
+		close(fd);
+		return rc;
+	}
+	close(fd);
+	/* Touch it now: no page faults on the hot path. */
+	memset(base, 0, size);
+	l->ring = base;
+	l->ring_size = size;
+	return 0;
+}
+
+int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, unsigned lane_no,
+		    const struct spool_io_ops *ops, void *ops_ctx)
+{
+	struct spool_lane *l;
+	uint64_t *seqs;
+	int n, rc;
+
+	*out = NULL;
+	if (lane_no >= SPOOL_LANES_MAX || cfg->segment_size < SPOOL_SEGMENT_SIZE_MIN ||
+	    cfg->segment_size > SPOOL_SEGMENT_SIZE_MAX || (cfg->segment_size & 4095) ||
+	    cfg->buffer_size < SPOOL_BUFFER_SIZE_MIN || cfg->flushes_in_flight_max < 1 || !ops ||
+	    !ops->write || !ops->flush || !ops->settled)
+		return -EINVAL;
+	l = calloc(1, sizeof(*l));
+	if (!l)
+		return -ENOMEM;
+	l->cfg = *cfg;
+	l->lane_no = lane_no;
+	l->ops = ops;
+	l->ctx = ops_ctx;
+	l->spare_fd = -1;
+	if (snprintf(l->dir, sizeof(l->dir), "%s", cfg->dir) >= (int)sizeof(l->dir) ||
+	    spool_lane_dir_path(l->lane_dir, sizeof(l->lane_dir), cfg->dir, lane_no)) {
+		free(l);
+		return -ENAMETOOLONG;
+	}
+	l->cfg.dir = l->dir;
+	l->commits = calloc(LANE_COMMITS_MAX, sizeof(*l->commits));
+	if (!l->commits) {
+		free(l);
+		return -ENOMEM;
+	}
+	rc = ring_map(l, cfg->buffer_size);
+	if (rc)
+		goto fail;
+	if (mkdir(l->dir, 0750) && errno != EEXIST) {
+		rc = -errno;
+		goto fail;
+	}
+	if (mkdir(l->lane_dir, 0750) && errno != EEXIST) {
+		rc = -errno;
+		goto fail;
+	}
+	rc = fsync_dir(l->dir);
+	if (rc)
+		goto fail;
+	/* Segment sequence numbers strictly increase across restarts. */
+	n = spool_seg_list(l->lane_dir, &seqs);
+	if (n < 0) {
+		rc = n;
+		goto fail;
+	}
+	l->next_seq = n ? seqs[n - 1] + 1 : 1;
+	free(seqs);
+	pthread_mutex_init(&l->mu, NULL);
+	pthread_cond_init(&l->cv, NULL);
+	rc = -pthread_create(&l->thr, NULL, spare_main, l);
+	if (rc)
+		goto fail;
+	l->thr_started = true;
+	rc = lane_roll(l);
+	if (rc)
+		goto fail;
+	*out = l;
+	return 0;
+fail:
+	spool_lane_close(l);
+	return rc;
+}
+
+void spool_lane_close(struct spool_lane *l)
+{
+	if (!l)
+		return;
+	DS_ASSERT(!spool_lane_busy(l));
+	if (l->thr_started) {
+		pthread_mutex_lock(&l->mu);
+		l->stop = true;
+		pthread_cond_broadcast(&l->cv);
+		pthread_mutex_unlock(&l->mu);
+		pthread_join(l->thr, NULL);
+		pthread_mutex_destroy(&l->mu);
+		pthread_cond_destroy(&l->cv);
+	}
+	if (l->spare_ready && l->spare_fd >= 0) {
+		/* An unused spare: remove it instead of leaving an empty segment per restart. */
+		char path[PATH_MAX];
+		if (!spool_seg_path(path, sizeof(path), l->dir, l->lane_no, l->spare_seq))
+			unlink(path);
+		close(l->spare_fd);
+	}
+	for (unsigned i = 0; i < l->seg_count; i++)
+		if (seg_at(l, i)->fd >= 0)
+			close(seg_at(l, i)->fd);
+	if (l->ring)
+		munmap(l->ring, 2 * l->ring_size);
+	free(l->commits);
+	free(l);
+}
+
+/* ---- txns ---- */
+
+/* priv layout */
+#define P_FIRST_SEQ 0
+#define P_FIRST_OFF 1
+#define P_COUNT_GEN 2 /* chunk count | gen << 32 */
+#define P_BODY_LEN  3
+#define P_CRC_STATE 4 /* body crc | state << 32 */
+#define P_ERR	    5
+
+static uint32_t txn_state(const struct spool_txn *t)
+{
+	return (uint32_t)(t->priv[P_CRC_STATE] >> 32);
+}
+
+static uint64_t ring_free(const struct spool_lane *l)
+{
+	return l->ring_size - (l->head - l->tail);
+}
+
+static uint64_t rec_overhead(uint64_t bytes)
+{
+	return (SPOOL_REC_HDR_SIZE + SPOOL_REC_ALIGN) * (3 + bytes / SPOOL_CHUNK_MAX);
+}
+
+size_t spool_lane_append_room(const struct spool_lane *l)
+{
+	uint64_t f = ring_free(l), reserve = l->ring_size / 8, ov = rec_overhead(f);
+
+	if (f <= reserve + ov)
+		return 0;
+	return (size_t)(f - reserve - ov);
+}
+
+int spool_txn_begin(struct spool_lane *l, struct spool_txn *t)
+{
+	struct lane_seg *s = seg_active(l);
+	bool spare_bad;
+	int rc;
+
+	memset(t, 0, sizeof(*t));
+	/* A full disk shows here first (452 at MAIL): no spare and the active segment nearly used. */
+	spare_bad = !__atomic_load_n(&l->spare_ready, __ATOMIC_ACQUIRE) && l->spare_err;
+	if (!s || s->counter >= (1u << SPOOL_ID_COUNTER_BITS) - 1 ||
+	    (spare_bad && seg_left(l) < seg_cap_l(l) / 8)) {
+		rc = lane_roll(l);
+		if (rc)
+			return rc == -EAGAIN ? -ENOSPC : rc;
+		s = seg_active(l);
+	}
+	t->id = spool_id_make(l->lane_no, s->seq, s->counter++);
+	t->priv[P_COUNT_GEN] = (uint64_t)l->gen << 32;
+	t->priv[P_CRC_STATE] = (uint64_t)TXN_OPEN << 32;
+	return 0;
+}
+
+static uint64_t durable_off_for(struct spool_lane *l, struct lane_seg *s)
+{
+	if (l->durable_pos <= s->lstart)
+		return 0;
+	return seg_file_off(s, DS_MIN(l->durable_pos, l->head));
+}
+
+int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+
+	if (txn_state(t) != TXN_OPEN)
+		return t->priv[P_ERR] ? -(int)t->priv[P_ERR] : -EINVAL;
+	if ((uint32_t)(t->priv[P_COUNT_GEN] >> 32) != l->gen)
+		return -EIO;
+	if (!len)
+		return 0;
+	if (len > spool_lane_append_room(l))
+		return -EAGAIN;
+	/* A roll we cannot make must fail before any byte is staged (no partial append on -EAGAIN). */
+	if ((!seg_active(l) || len + rec_overhead(len) > seg_left(l)) && l->seg_count >= LANE_SEGS_MAX - 1)
+		return -EAGAIN;
+	while (len) {
+		struct lane_seg *s = seg_active(l);
+		uint64_t n, total, off;
+		uint8_t *dst;
+
+		if (!s || seg_left(l) < SPOOL_REC_HDR_SIZE + 64) {
+			int rc = lane_roll(l);
+			if (rc) {
+				/* Part of the body may be staged: the txn is lost (451/452). */
+				t->priv[P_ERR] = (uint64_t)(rc == -EAGAIN ? EIO : -rc);
+				t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
+				return -(int)t->priv[P_ERR];
+			}
+			s = seg_active(l);
+		}
+		n = DS_MIN((uint64_t)len, (uint64_t)SPOOL_CHUNK_MAX);
+		n = DS_MIN(n, (seg_left(l) - SPOOL_REC_HDR_SIZE) & ~(uint64_t)(SPOOL_REC_ALIGN - 1));
+		total = spool_rec_total(n);
+		DS_ASSERT(total <= ring_free(l) && total <= seg_left(l));
+		off = seg_file_off(s, l->head);
+		dst = l->ring + (l->head % l->ring_size);
+		memcpy(dst + SPOOL_REC_HDR_SIZE, p, n);
+		spool_rec_encode(dst, SPOOL_REC_CHUNK, (uint32_t)n, t->id, s->epoch, durable_off_for(l, s));
+		l->head += total;
+		if (!t->priv[P_FIRST_SEQ]) {
+			t->priv[P_FIRST_SEQ] = s->seq;
+			t->priv[P_FIRST_OFF] = off;
+		}
+		t->priv[P_COUNT_GEN]++;
+		t->priv[P_BODY_LEN] += n;
+		t->priv[P_CRC_STATE] =
+			((uint64_t)TXN_OPEN << 32) | crc32c((uint32_t)t->priv[P_CRC_STATE], p, n);
+		p += n;
+		len -= n;
+	}
+	return 0;
+}
+
+int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env,
+		     uint64_t cookie)
+{
+	struct spool_commit c = {0};
+	struct lane_seg *s;
+	size_t size;
+	uint64_t total;
+	uint8_t *dst;
+	int err = 0;
+
+	if (txn_state(t) != TXN_OPEN) {
+		err = t->priv[P_ERR] ? -(int)t->priv[P_ERR] : -EINVAL;
+		goto settle_now;
+	}
+	if ((uint32_t)(t->priv[P_COUNT_GEN] >> 32) != l->gen) {
+		err = -EIO;
+		goto settle_now;
+	}
+	size = spool_commit_size(env);
+	if (!size) {
+		err = -EMSGSIZE;
+		goto settle_now;
+	}
+	total = spool_rec_total(size);
+	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX)
+		return -EAGAIN;
+	if (!seg_active(l) || seg_left(l) < total) {
+		int rc;
+		if (l->seg_count >= LANE_SEGS_MAX - 1)
+			return -EAGAIN;
+		rc = lane_roll(l);
+		if (rc) {
+			err = rc == -EAGAIN ? -EIO : rc;
+			goto settle_now;
+		}
+	}
+	s = seg_active(l);
+	c.body_len = t->priv[P_BODY_LEN];
+	c.body_crc = (uint32_t)t->priv[P_CRC_STATE];
+	c.chunk_count = (uint32_t)t->priv[P_COUNT_GEN];
+	c.first_seq = t->priv[P_FIRST_SEQ];
+	c.first_off = t->priv[P_FIRST_OFF];
+	dst = l->ring + (l->head % l->ring_size);
+	spool_commit_encode(dst + SPOOL_REC_HDR_SIZE, &c, env);
+	spool_rec_encode(dst, SPOOL_REC_COMMIT, (uint32_t)size, t->id, s->epoch, durable_off_for(l, s));
+	l->head += total;
+	l->commits[(l->commit_first + l->commit_count) % LANE_COMMITS_MAX] =
+		(struct lane_commit){.cookie = cookie, .lend = l->head};
+	l->commit_count++;
+	l->st.commits++;
+	t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
+	return 0;
+settle_now:
+	t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
+	l->ops->settled(l->ctx, cookie, err);
+	return 0;
+}
+
+void spool_txn_abort(struct spool_lane *l, struct spool_txn *t)
+{
+	/* Chunks never committed are garbage: recovery and readers skip them. */
+	t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
+}

@@ -1,0 +1,413 @@
+/* SPDX-License-Identifier: MIT */
+#include "spool_format.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "crc32c.h"
+#include "ds_assert.h"
+
+static inline void put32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, 4);
+}
+static inline void put64(uint8_t *p, uint64_t v)
+{
+	memcpy(p, &v, 8);
+}
+static inline uint32_t get32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+static inline uint64_t get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+void spool_seg_hdr_encode(uint8_t out[SPOOL_SEG_HDR_SIZE], const struct spool_seg_hdr *h)
+{
+	memset(out, 0, SPOOL_SEG_HDR_SIZE);
+	memcpy(out, SPOOL_SEG_MAGIC, 8);
+	put32(out + 8, h->version);
+	put32(out + 12, SPOOL_SEG_HDR_SIZE);
+	put32(out + 16, h->lane);
+	put64(out + 24, h->seq);
+	put64(out + 32, h->epoch);
+	put64(out + 40, (uint64_t)h->created_us);
+	put64(out + 48, h->segment_size);
+	put32(out + 60, crc32c(0, out, 60));
+}
+
+int spool_seg_hdr_decode(const uint8_t *p, size_t n, struct spool_seg_hdr *h)
+{
+	static const uint8_t zero[SPOOL_SEG_HDR_SIZE];
+
+	if (n < SPOOL_SEG_HDR_SIZE)
+		return -EBADMSG;
+	if (!memcmp(p, zero, SPOOL_SEG_HDR_SIZE))
+		return -ENODATA;
+	if (memcmp(p, SPOOL_SEG_MAGIC, 8) || get32(p + 12) != SPOOL_SEG_HDR_SIZE ||
+	    get32(p + 60) != crc32c(0, p, 60))
+		return -EBADMSG;
+	h->version = get32(p + 8);
+	if (h->version != SPOOL_FORMAT_VERSION)
+		return -EBADMSG;
+	h->lane = get32(p + 16);
+	h->seq = get64(p + 24);
+	h->epoch = get64(p + 32);
+	h->created_us = (int64_t)get64(p + 40);
+	h->segment_size = get64(p + 48);
+	return 0;
+}
+
+/*
+ * Header layout: magic u32, type u16, flags u16, len u32, crc u32,
+ * txn_id u64, epoch u64, durable_off u64.
+ */
+void spool_rec_encode(uint8_t *out, uint32_t type, uint32_t len, uint64_t txn_id, uint64_t epoch,
+		      uint64_t durable_off)
+{
+	uint64_t total = spool_rec_total(len);
+	uint32_t crc;
+
+	put32(out, SPOOL_REC_MAGIC);
+	out[4] = (uint8_t)type;
+	out[5] = 0;
+	out[6] = 0;
+	out[7] = 0;
+	put32(out + 8, len);
+	put32(out + 12, 0);
+	put64(out + 16, txn_id);
+	put64(out + 24, epoch);
+	put64(out + 32, durable_off);
+	memset(out + SPOOL_REC_HDR_SIZE + len, 0, total - SPOOL_REC_HDR_SIZE - len);
+	crc = crc32c(0, out, SPOOL_REC_HDR_SIZE);
+	if (type == SPOOL_REC_COMMIT)
+		crc = crc32c(crc, out + SPOOL_REC_HDR_SIZE, len);
+	put32(out + 12, crc);
+}
+
+bool spool_rec_check(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t off, struct spool_rec *r)
+{
+	uint8_t hdr[SPOOL_REC_HDR_SIZE];
+	const uint8_t *p;
+	uint32_t crc, type, len;
+
+	if (off < SPOOL_SEG_DATA_OFF || off + SPOOL_REC_HDR_SIZE > size || (off & (SPOOL_REC_ALIGN - 1)))
+		return false;
+	p = map + off;
+	if (get32(p) != SPOOL_REC_MAGIC)
+		return false;
+	type = p[4];
+	len = get32(p + 8);
+	if ((type != SPOOL_REC_CHUNK && type != SPOOL_REC_COMMIT) || p[5] || p[6] || p[7])
+		return false;
+	if (get64(p + 24) != epoch)
+		return false;
+	if (type == SPOOL_REC_CHUNK && len > SPOOL_CHUNK_MAX)
+		return false;
+	if (type == SPOOL_REC_COMMIT && len > SPOOL_COMMIT_MAX)
+		return false;
+	if (spool_rec_total(len) > size - off)
+		return false;
+	memcpy(hdr, p, sizeof(hdr));
+	put32(hdr + 12, 0);
+	crc = crc32c(0, hdr, sizeof(hdr));
+	if (type == SPOOL_REC_COMMIT)
+		crc = crc32c(crc, p + SPOOL_REC_HDR_SIZE, len);
+	if (crc != get32(p + 12))
+		return false;
+	r->off = off;
+	r->type = type;
+	r->len = len;
+	r->txn_id = get64(p + 16);
+	r->durable_off = get64(p + 32);
+	r->payload = p + SPOOL_REC_HDR_SIZE;
+	r->total = spool_rec_total(len);
+	return true;
+}
+
+static size_t str_size(const char *s)
+{
+	return 4 + (s ? strlen(s) : 0) + 1;
+}
+
+/* Fixed part: body_len u64, body_crc u32, chunk_count u32, first_seq u64, first_off u64,
+ * received_at_us i64, body_size u64, client_port u16, pad u16, rcpt_count u32. */
+#define COMMIT_FIXED 56u
+
+size_t spool_commit_size(const struct ds_envelope *env)
+{
+	size_t n = COMMIT_FIXED;
+
+	if (env->rcpt_count > SPOOL_RCPT_MAX)
+		return 0;
+	n += str_size(env->client_addr) + str_size(env->helo) + str_size(env->proto) +
+	     str_size(env->mail_from) + str_size(env->mail_params) + str_size(env->tls);
+	for (uint32_t i = 0; i < env->rcpt_count; i++) {
+		n += str_size(env->rcpt[i].addr) + str_size(env->rcpt[i].params);
+		if (n > SPOOL_COMMIT_MAX)
+			return 0;
+	}
+	return n > SPOOL_COMMIT_MAX ? 0 : n;
+}
+
+static uint8_t *put_str(uint8_t *p, const char *s)
+{
+	uint32_t n = s ? (uint32_t)strlen(s) : 0;
+
+	put32(p, n);
+	if (n)
+		memcpy(p + 4, s, n);
+	p[4 + n] = 0;
+	return p + 4 + n + 1;
+}
+
+void spool_commit_encode(uint8_t *out, const struct spool_commit *c, const struct ds_envelope *env)
+{
+	uint8_t *p = out;
+
+	put64(p, c->body_len);
+	put32(p + 8, c->body_crc);
+	put32(p + 12, c->chunk_count);
+	put64(p + 16, c->first_seq);
+	put64(p + 24, c->first_off);
+	put64(p + 32, (uint64_t)env->received_at_us);
+	put64(p + 40, env->body_size);
+	p[48] = (uint8_t)env->client_port;
+	p[49] = (uint8_t)(env->client_port >> 8);
+	p[50] = 0;
+	p[51] = 0;
+	put32(p + 52, env->rcpt_count);
+	p += COMMIT_FIXED;
+	p = put_str(p, env->client_addr);
+	p = put_str(p, env->helo);
+	p = put_str(p, env->proto);
+	p = put_str(p, env->mail_from);
+	p = put_str(p, env->mail_params);
+	p = put_str(p, env->tls);
+	for (uint32_t i = 0; i < env->rcpt_count; i++) {
+		p = put_str(p, env->rcpt[i].addr);
+		p = put_str(p, env->rcpt[i].params);
+	}
+	DS_ASSERT((size_t)(p - out) == spool_commit_size(env));
+}
+
+static int get_str(const uint8_t **pp, const uint8_t *end, const char **out)
+{
+	const uint8_t *p = *pp;
+	uint32_t n;
+
+	if (end - p < 5)
+		return -EBADMSG;
+	n = get32(p);
+	if ((size_t)(end - p) < 5 + (size_t)n || p[4 + n] != 0 || memchr(p + 4, 0, n))
+		return -EBADMSG;
+	*out = (const char *)p + 4;
+	*pp = p + 4 + n + 1;
+	return 0;
+}
+
+int spool_commit_decode(const uint8_t *p, size_t n, struct spool_commit *c, struct ds_rcpt *rcpt,
+			uint32_t rcpt_cap)
+{
+	const uint8_t *end = p + n;
+	struct ds_envelope *e = &c->env;
+	int rc = 0;
+
+	if (n < COMMIT_FIXED)
+		return -EBADMSG;
+	memset(c, 0, sizeof(*c));
+	c->body_len = get64(p);
+	c->body_crc = get32(p + 8);
+	c->chunk_count = get32(p + 12);
+	c->first_seq = get64(p + 16);
+	c->first_off = get64(p + 24);
+	e->received_at_us = (int64_t)get64(p + 32);
+	e->body_size = get64(p + 40);
+	e->client_port = (uint16_t)(p[48] | (p[49] << 8));
+	e->rcpt_count = get32(p + 52);
+	if (e->rcpt_count > SPOOL_RCPT_MAX)
+		return -EBADMSG;
+	if (e->rcpt_count > rcpt_cap)
+		return -ENOBUFS;
+	p += COMMIT_FIXED;
+	rc |= get_str(&p, end, &e->client_addr);
+	rc |= get_str(&p, end, &e->helo);
+	rc |= get_str(&p, end, &e->proto);
+	rc |= get_str(&p, end, &e->mail_from);
+	rc |= get_str(&p, end, &e->mail_params);
+	rc |= get_str(&p, end, &e->tls);
+	for (uint32_t i = 0; i < e->rcpt_count && !rc; i++) {
+		rc |= get_str(&p, end, &rcpt[i].addr);
+		rc |= get_str(&p, end, &rcpt[i].params);
+	}
+	if (rc || p != end)
+		return -EBADMSG;
+	e->rcpt = rcpt;
+	return 0;
+}
+
+static bool all_zero(const uint8_t *p, uint64_t n)
+{
+	static const uint8_t zero[4096];
+
+	while (n) {
+		uint64_t k = n < sizeof(zero) ? n : sizeof(zero);
+		if (memcmp(p, zero, k))
+			return false;
+		p += k;
+		n -= k;
+	}
+	return true;
+}
+
+int spool_seg_scan(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t start_off,
+		   const struct spool_scan_ops *ops, void *ctx)
+{
+	uint64_t off = start_off;
+	struct spool_rec r;
+
+	while (off + SPOOL_REC_HDR_SIZE <= size) {
+		uint64_t bad, next;
+		int rc;
+
+		if (spool_rec_check(map, size, epoch, off, &r)) {
+			rc = ops->rec ? ops->rec(ctx, &r) : 0;
+			if (rc)
+				return rc;
+			off += r.total;
+			continue;
+		}
+		/*
+		 * Not a record. Either the end of what was written (zeros, a torn
+		 * last write) or corruption followed by good records: look for
+		 * the next valid record before deciding, so nothing after a bad
+		 * spot is silently dropped. A zero run is skipped a page at a time.
+		 */
+		bad = off;
+		next = 0;
+		for (uint64_t o = off + SPOOL_REC_ALIGN; o + SPOOL_REC_HDR_SIZE <= size;
+		     o += SPOOL_REC_ALIGN) {
+			uint32_t m;
+			memcpy(&m, map + o, 4);
+			if (m != SPOOL_REC_MAGIC) {
+				/* Fast path over zeroed space. */
+				if (!(o & 4095) && o + 4096 <= size && all_zero(map + o, 4096))
+					o += 4096 - SPOOL_REC_ALIGN;
+				continue;
+			}
+			if (spool_rec_check(map, size, epoch, o, &r)) {
+				next = o;
+				break;
+			}
+		}
+		if (!next) {
+			if (ops->bad)
+				ops->bad(ctx, bad, size, true, all_zero(map + bad, size - bad));
+			return 0;
+		}
+		if (ops->bad)
+			ops->bad(ctx, bad, next, false, all_zero(map + bad, next - bad));
+		off = next;
+	}
+	return 0;
+}
+
+int spool_lane_dir_path(char *buf, size_t cap, const char *dir, unsigned lane)
+{
+	int n = snprintf(buf, cap, "%s/lane-%02u", dir, lane);
+	return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
+}
+
+int spool_seg_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq)
+{
+	int n = snprintf(buf, cap, "%s/lane-%02u/%012llu.seg", dir, lane, (unsigned long long)seq);
+	return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
+}
+
+uint64_t spool_seg_name_seq(const char *name)
+{
+	uint64_t v = 0;
+
+	if (strlen(name) != 16 || strcmp(name + 12, ".seg"))
+		return 0;
+	for (int i = 0; i < 12; i++) {
+		if (name[i] < '0' || name[i] > '9')
+			return 0;
+		v = v * 10 + (uint64_t)(name[i] - '0');
+	}
+	return v;
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+int spool_seg_list(const char *lane_dir, uint64_t **out)
+{
+	DIR *d = opendir(lane_dir);
+	struct dirent *de;
+	uint64_t *v = NULL;
+	size_t n = 0, cap = 0;
+
+	*out = NULL;
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		uint64_t s = spool_seg_name_seq(de->d_name);
+		if (!s)
+			continue;
+		if (n == cap) {
+			uint64_t *nv;
+			cap = cap ? cap * 2 : 64;
+			nv = realloc(v, cap * sizeof(*v));
+			if (!nv) {
+				free(v);
+				closedir(d);
+				return -ENOMEM;
+			}
+			v = nv;
+		}
+		v[n++] = s;
+	}
+	closedir(d);
+	if (n)
+		qsort(v, n, sizeof(*v), cmp_u64);
+	*out = v;
+	return (int)n;
+}
+
+int spool_lane_list(const char *dir, unsigned *lanes)
+{
+	DIR *d = opendir(dir);
+	struct dirent *de;
+	bool seen[SPOOL_LANES_MAX] = {0};
+	int n = 0;
+
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		unsigned a, b;
+		char extra;
+		if (sscanf(de->d_name, "lane-%1u%1u%c", &a, &b, &extra) == 2 && strlen(de->d_name) == 7)
+			seen[a * 10 + b] = true;
+		else if (sscanf(de->d_name, "lane-%3u%c", &a, &extra) == 1 && strlen(de->d_name) == 8 &&
+			 a < SPOOL_LANES_MAX && a >= 100)
+			seen[a] = true;
+	}
+	closedir(d);
+	for (unsigned i = 0; i < SPOOL_LANES_MAX; i++)
+		if (seen[i])
+			lanes[n++] = i;
+	return n;
+}

@@ -1,0 +1,77 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_SPOOL_READER_H
+#define DS_SPOOL_READER_H
+
+/*
+ * Read-only access to the committed messages of a spool directory
+ * (dotspool-ctl, consumers). Opens every file O_RDONLY and maps it shared,
+ * so it is safe while a server appends: a record that is not complete yet
+ * (torn, unwritten, or a commit whose chunks have not landed) is simply
+ * not there yet. A reader sees the segments that existed at open time.
+ *
+ * Order: lane by lane (ascending), and within a lane in commit order.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "ds_envelope.h"
+#include "spool.h"
+
+struct spool_reader;
+
+struct spool_msg {
+	uint64_t id;
+	unsigned lane;
+	uint64_t seq;	   /* segment holding the commit record */
+	uint64_t off;	   /* file offset of the commit record */
+	uint64_t size;	   /* body bytes */
+	uint32_t body_crc; /* CRC32C of the body */
+	uint32_t chunk_count;
+	uint64_t first_seq, first_off; /* first chunk record */
+	int64_t received_at_us;
+	struct ds_envelope env; /* strings valid only during the callback */
+};
+
+int spool_reader_open(struct spool_reader **out, const char *dir);
+void spool_reader_close(struct spool_reader *r);
+
+/* Calls fn for each committed message; fn returns non-zero to stop (returned). */
+int spool_reader_foreach(struct spool_reader *r, int (*fn)(void *ctx, const struct spool_msg *m), void *ctx);
+
+/*
+ * Stream the stored body of message id to fn (in chunk-sized pieces).
+ * 0, -ENOENT (no such committed message), -EBADMSG (body CRC mismatch,
+ * detected at the end: bytes already streamed), or fn's non-zero return.
+ */
+int spool_reader_read(struct spool_reader *r, uint64_t id, int (*fn)(void *ctx, const void *buf, size_t len),
+		      void *ctx);
+int spool_reader_read_file(struct spool_reader *r, uint64_t id, FILE *f);
+
+struct spool_verify_report {
+	uint64_t segments, empty_segments, bad_segment_headers;
+	uint64_t messages, bytes;
+	uint64_t bad_bodies; /* durable (below watermark) commit with missing/corrupt body */
+	uint64_t incomplete; /* commit past the durable watermark whose body is not all there */
+	uint64_t quarantined, quarantined_bytes; /* bad regions followed by valid records */
+	uint64_t torn_tails;			 /* non-zero garbage at a segment's end (crash) */
+};
+/* Check every record and every body CRC. 0 if consistent, -EBADMSG if not; problems printed to log (may be
+ * NULL). */
+int spool_reader_verify(struct spool_reader *r, struct spool_verify_report *rep, FILE *log);
+
+struct spool_lane_summary {
+	unsigned lane;
+	uint64_t segments, messages, bytes, first_seq, last_seq;
+};
+struct spool_reader_stats {
+	uint64_t lanes, segments, messages, bytes, segment_bytes;
+	struct spool_lane_summary lane[SPOOL_LANES_MAX_PUBLIC];
+};
+int spool_reader_stats(struct spool_reader *r, struct spool_reader_stats *st);
+
+/* Print a recovery report (one line) as the server logs it. */
+void spool_recovery_report_print(const struct spool_recovery_report *rep, FILE *f);
+
+#endif

@@ -1,0 +1,316 @@
+/* SPDX-License-Identifier: MIT */
+#include "sim_storage.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ds_assert.h"
+
+#define SIM_OPS_MAX 512
+
+enum { SIM_WRITE = 1, SIM_FLUSH };
+
+struct sim_op {
+	int kind;
+	int fd;
+	const uint8_t *buf;
+	uint32_t len;
+	uint64_t off;
+	uint64_t tag;
+	bool link;
+	int linked_write; /* index of the write a flush is linked to, -1 none */
+	uint64_t linked_id;
+	uint64_t cover_seq;
+	uint64_t id;
+	bool done;
+	int res;
+};
+
+struct sim_vw {
+	int fd;
+	uint64_t off;
+	uint32_t len;
+	uint8_t *data;
+	uint64_t seq;
+	uint64_t op_id;
+};
+
+struct sim {
+	struct spool_lane *lane;
+	uint64_t rng;
+	struct sim_faults f;
+	void (*settled)(void *ctx, uint64_t cookie, int res);
+	void *ctx;
+	struct sim_op ops[SIM_OPS_MAX];
+	unsigned nops;
+	struct sim_vw *vw;
+	size_t nvw, capvw;
+	uint64_t wseq, events, op_ids, last_write_id;
+	bool last_write_linked;
+	uint32_t nflush, nwrite;
+	bool crashed;
+};
+
+static uint64_t rnd(struct sim *s)
+{
+	s->rng ^= s->rng << 13;
+	s->rng ^= s->rng >> 7;
+	s->rng ^= s->rng << 17;
+	return s->rng;
+}
+
+static int find_op(struct sim *s, uint64_t id)
+{
+	for (unsigned i = 0; i < s->nops; i++)
+		if (s->ops[i].id == id)
+			return (int)i;
+	return -1;
+}
+
+static int sim_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link)
+{
+	struct sim *s = ctx;
+	struct sim_op *op;
+
+	if (s->nops == SIM_OPS_MAX)
+		return -EAGAIN;
+	op = &s->ops[s->nops++];
+	memset(op, 0, sizeof(*op));
+	op->kind = SIM_WRITE;
+	op->fd = fd;
+	op->buf = buf;
+	op->len = len;
+	op->off = off;
+	op->tag = tag;
+	op->link = link;
+	op->id = ++s->op_ids;
+	s->last_write_id = op->id;
+	s->last_write_linked = link;
+	return 0;
+}
+
+static int sim_flush(void *ctx, int fd, uint64_t tag)
+{
+	struct sim *s = ctx;
+	struct sim_op *op;
+
+	if (s->nops == SIM_OPS_MAX)
+		return -EAGAIN;
+	op = &s->ops[s->nops++];
+	memset(op, 0, sizeof(*op));
+	op->kind = SIM_FLUSH;
+	op->fd = fd;
+	op->tag = tag;
+	op->id = ++s->op_ids;
+	op->linked_id = s->last_write_linked ? s->last_write_id : 0;
+	/* Adversarial: covers only the writes completed by now (plus the linked one). */
+	op->cover_seq = s->wseq;
+	s->last_write_linked = false;
+	return 0;
+}
+
+static void sim_settled(void *ctx, uint64_t cookie, int res)
+{
+	struct sim *s = ctx;
+	s->settled(s->ctx, cookie, res);
+}
+
+static const struct spool_io_ops ops = {.write = sim_write, .flush = sim_flush, .settled = sim_settled};
+
+const struct spool_io_ops *sim_ops(void)
+{
+	return &ops;
+}
+
+struct sim *sim_create(uint64_t seed, const struct sim_faults *f,
+		       void (*settled)(void *ctx, uint64_t cookie, int res), void *ctx)
+{
+	struct sim *s = calloc(1, sizeof(*s));
+
+	DS_ASSERT(s);
+	s->rng = seed * 0x9E3779B97F4A7C15ull + 1;
+	if (f)
+		s->f = *f;
+	s->settled = settled;
+	s->ctx = ctx;
+	return s;
+}
+
+void sim_destroy(struct sim *s)
+{
+	for (size_t i = 0; i < s->nvw; i++)
+		free(s->vw[i].data);
+	free(s->vw);
+	free(s);
+}
+
+void sim_attach(struct sim *s, struct spool_lane *l)
+{
+	s->lane = l;
+}
+
+bool sim_crashed(const struct sim *s)
+{
+	return s->crashed;
+}
+
+uint64_t sim_events(const struct sim *s)
+{
+	return s->events;
+}
+
+static void vw_add(struct sim *s, struct sim_op *op, uint32_t n)
+{
+	struct sim_vw *v;
+
+	if (s->nvw == s->capvw) {
+		s->capvw = s->capvw ? s->capvw * 2 : 64;
+		s->vw = realloc(s->vw, s->capvw * sizeof(*s->vw));
+		DS_ASSERT(s->vw);
+	}
+	v = &s->vw[s->nvw++];
+	v->fd = op->fd;
+	v->off = op->off;
+	v->len = n;
+	v->data = malloc(n ? n : 1);
+	DS_ASSERT(v->data);
+	memcpy(v->data, op->buf, n);
+	v->seq = ++s->wseq;
+	v->op_id = op->id;
+}
+
+static void persist(struct sim_vw *v, uint32_t n)
+{
+	DS_ASSERT(pwrite(v->fd, v->data, n, (off_t)v->off) == (ssize_t)n);
+}
+
+static bool eligible(struct sim *s, struct sim_op *op)
+{
+	if (op->kind == SIM_FLUSH && op->linked_id) {
+		int w = find_op(s, op->linked_id);
+		return w < 0; /* the linked write completed (and was removed) */
+	}
+	return true;
+}
+
+/* Was the write this flush is linked to short (then the flush is cancelled)? */
+static bool linked_short(struct sim *s, struct sim_op *op, uint64_t *linked_seq)
+{
+	*linked_seq = 0;
+	for (size_t i = 0; i < s->nvw; i++)
+		if (s->vw[i].op_id == op->linked_id)
+			*linked_seq = s->vw[i].seq;
+	return false;
+}
+
+static void complete_one(struct sim *s, unsigned i)
+{
+	struct sim_op op = s->ops[i];
+	int res;
+
+	s->ops[i] = s->ops[--s->nops];
+	if (op.kind == SIM_WRITE) {
+		uint32_t n = op.len;
+		s->nwrite++;
+		if (s->f.write_enospc_at && s->nwrite == s->f.write_enospc_at) {
+			res = -ENOSPC;
+			n = 0;
+		} else if (s->f.eagain_pct && rnd(s) % 100 < s->f.eagain_pct) {
+			res = -EAGAIN;
+			n = 0;
+		} else {
+			if (s->f.short_pct && op.len > 1 && rnd(s) % 100 < s->f.short_pct)
+				n = 1 + (uint32_t)(rnd(s) % (op.len - 1));
+			res = (int)n;
+		}
+		if (n)
+			vw_add(s, &op, n);
+		if (n != op.len) {
+			/* A short or failed linked write cancels the flush linked to it. */
+			for (unsigned k = 0; k < s->nops; k++)
+				if (s->ops[k].kind == SIM_FLUSH && s->ops[k].linked_id == op.id) {
+					s->ops[k].linked_id = 0;
+					s->ops[k].res = -ECANCELED;
+					s->ops[k].done = true;
+				}
+		}
+	} else {
+		uint64_t lseq;
+		if (op.done) {
+			res = op.res; /* cancelled */
+		} else {
+			s->nflush++;
+			linked_short(s, &op, &lseq);
+			if (s->f.flush_fail_at && s->nflush == s->f.flush_fail_at) {
+				res = -EIO;
+			} else {
+				res = 0;
+				for (size_t k = 0; k < s->nvw;) {
+					struct sim_vw *v = &s->vw[k];
+					if (v->fd == op.fd && (v->seq <= op.cover_seq || v->seq == lseq)) {
+						persist(v, v->len);
+						free(v->data);
+						s->vw[k] = s->vw[--s->nvw];
+					} else {
+						k++;
+					}
+				}
+			}
+		}
+	}
+	s->events++;
+	if (s->f.crash_at_event && s->events >= s->f.crash_at_event) {
+		s->crashed = true;
+		return;
+	}
+	spool_lane_complete(s->lane, op.tag, res);
+}
+
+unsigned sim_step(struct sim *s, unsigned n)
+{
+	unsigned done = 0;
+
+	while (done < n && s->nops && !s->crashed) {
+		unsigned cand[SIM_OPS_MAX], nc = 0;
+		for (unsigned i = 0; i < s->nops; i++)
+			if (eligible(s, &s->ops[i]))
+				cand[nc++] = i;
+		DS_ASSERT(nc);
+		complete_one(s, cand[rnd(s) % nc]);
+		done++;
+	}
+	return done;
+}
+
+void sim_drain(struct sim *s)
+{
+	for (unsigned rounds = 0; !s->crashed; rounds++) {
+		DS_ASSERT(rounds < 10000000);
+		spool_lane_kick(s->lane);
+		if (!s->nops)
+			break;
+		sim_step(s, 1);
+	}
+}
+
+void sim_crash_apply(struct sim *s, bool tear, bool scribble)
+{
+	for (size_t i = 0; i < s->nvw; i++) {
+		struct sim_vw *v = &s->vw[i];
+		uint64_t r = rnd(s) % 4;
+		if (!tear || r == 0)
+			continue;
+		persist(v, r == 1 ? v->len : (uint32_t)(rnd(s) % (v->len + 1)));
+	}
+	if (scribble && s->nvw) {
+		struct sim_vw *v = &s->vw[rnd(s) % s->nvw];
+		uint8_t junk[512];
+		uint32_t n = (uint32_t)DS_MIN((uint64_t)sizeof(junk), (uint64_t)v->len);
+		uint64_t at = v->off + rnd(s) % (v->len - n + 1);
+		for (uint32_t k = 0; k < n; k++)
+			junk[k] = (uint8_t)rnd(s);
+		DS_ASSERT(pwrite(v->fd, junk, n, (off_t)at) == (ssize_t)n);
+	}
+}

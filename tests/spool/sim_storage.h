@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_SIM_STORAGE_H
+#define DS_SIM_STORAGE_H
+
+/*
+ * Simulated storage behind struct spool_io_ops. Writes land in a volatile
+ * list when they complete and reach the real segment file only when a
+ * flush that covers them completes (a flush covers the writes completed
+ * when it was submitted, plus the write linked to it). Completions are
+ * delivered later, in random order among ops that may legally complete.
+ * Faults: crash at completion event k, flush error, ENOSPC, short writes,
+ * -EAGAIN.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "spool.h"
+
+struct sim;
+
+struct sim_faults {
+	uint64_t crash_at_event;  /* 0 = never: stop after this many completions */
+	uint32_t flush_fail_at;	  /* n-th flush (1-based) completes with -EIO; 0 = never */
+	uint32_t write_enospc_at; /* n-th write completes with -ENOSPC; 0 = never */
+	uint32_t short_pct;	  /* % of writes completing short */
+	uint32_t eagain_pct;	  /* % of writes completing with -EAGAIN */
+};
+
+struct sim *sim_create(uint64_t seed, const struct sim_faults *f,
+		       void (*settled)(void *ctx, uint64_t cookie, int res), void *ctx);
+void sim_destroy(struct sim *s);
+const struct spool_io_ops *sim_ops(void);
+void sim_attach(struct sim *s, struct spool_lane *l);
+/* Complete up to n pending ops (random eligible). Returns how many; stops at the crash point. */
+unsigned sim_step(struct sim *s, unsigned n);
+/* Kick and complete everything (until the lane is idle or crashed). */
+void sim_drain(struct sim *s);
+bool sim_crashed(const struct sim *s);
+uint64_t sim_events(const struct sim *s);
+/*
+ * After a crash: what an unflushed write leaves behind. Each volatile
+ * write is dropped, or (randomly) persisted whole or as a torn prefix;
+ * with scribble, random garbage lands inside one unflushed range.
+ */
+void sim_crash_apply(struct sim *s, bool tear, bool scribble);
+
+#endif

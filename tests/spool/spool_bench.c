@@ -1,0 +1,133 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Not a test: measurements for the spool.
+ *   spool_bench recover DIR SIZE_MIB [--cold]   fill a spool with 4 KiB messages, time spool_recover()
+ *   spool_bench flush DIR N                     per-commit flush latency, pre-written vs fallocate-only
+ */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "spool.h"
+#include "spool_format.h"
+#include "spool_reader.h"
+#include "spool_syncio.h"
+#include "test_util.h"
+
+static uint64_t n_ok;
+
+static void on_settled(void *ctx, uint64_t cookie, int res)
+{
+	CHECK(res == 0);
+	n_ok++;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void fill(struct spool_lane *l, struct spool_syncio *sio, uint64_t count, size_t size, unsigned batch)
+{
+	static uint8_t body[65536];
+	struct tu_env e;
+	struct spool_txn t;
+
+	tu_body(1, 0, body, sizeof(body));
+	for (uint64_t i = 0; i < count; i++) {
+		CHECK(spool_txn_begin(l, &t) == 0);
+		CHECK(spool_txn_append(l, &t, body, size) == 0);
+		tu_env_make(&e, i, size);
+		while (spool_txn_commit(l, &t, &e.env, i) == -EAGAIN)
+			spool_syncio_run(sio);
+		if ((i + 1) % batch == 0)
+			spool_syncio_run(sio);
+	}
+	spool_syncio_run(sio);
+}
+
+static void drop_cache(const char *dir)
+{
+	char ldir[512], path[600];
+	uint64_t *seqs;
+	int n;
+
+	snprintf(ldir, sizeof(ldir), "%s/lane-00", dir);
+	n = spool_seg_list(ldir, &seqs);
+	for (int i = 0; i < n; i++) {
+		int fd;
+		snprintf(path, sizeof(path), "%s/%012llu.seg", ldir, (unsigned long long)seqs[i]);
+		fd = open(path, O_RDONLY);
+		if (fd >= 0) {
+			posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+			close(fd);
+		}
+	}
+	free(seqs);
+}
+
+int main(int argc, char **argv)
+{
+	struct spool_config cfg;
+	struct spool_syncio *sio;
+	struct spool_lane *l;
+
+	if (argc < 4)
+		return 2;
+	spool_config_defaults(&cfg);
+	cfg.dir = argv[2];
+	if (!strcmp(argv[1], "recover")) {
+		uint64_t mib = strtoull(argv[3], NULL, 0), count = mib * 1024 * 1024 / 4300;
+		struct spool_recovery_report rr;
+		double t0, t1;
+
+		CHECK(spool_syncio_create(&sio, on_settled, NULL) == 0);
+		CHECK(spool_lane_open(&l, &cfg, 0, spool_syncio_ops(), sio) == 0);
+		spool_syncio_attach(sio, l);
+		t0 = now_s();
+		fill(l, sio, count, 4096, 512);
+		t1 = now_s();
+		spool_lane_close(l);
+		printf("filled %llu messages of 4 KiB in %.2f s\n", (unsigned long long)n_ok, t1 - t0);
+		for (int round = 0; round < 2; round++) {
+			if (argc > 4 && !strcmp(argv[4], "--cold"))
+				drop_cache(cfg.dir);
+			t0 = now_s();
+			CHECK(spool_recover(&cfg, &rr) == 0);
+			t1 = now_s();
+			CHECK(rr.messages == n_ok);
+			spool_recovery_report_print(&rr, stdout);
+			printf("recovery %s: %.3f s, %.0f MiB/s of segments, %.0f messages/s\n",
+			       argc > 4 ? "cold" : "warm", t1 - t0, (double)rr.segments * 64.0 / (t1 - t0),
+			       (double)rr.messages / (t1 - t0));
+		}
+		return 0;
+	}
+	if (!strcmp(argv[1], "flush")) {
+		unsigned n = (unsigned)strtoul(argv[3], NULL, 0);
+		for (int pre = 1; pre >= 0; pre--) {
+			char d[600];
+			struct spool_lane_stats st;
+			snprintf(d, sizeof(d), "%s/%s", argv[2], pre ? "prewritten" : "fallocated");
+			cfg.dir = d;
+			cfg.prewrite = pre;
+			CHECK(spool_syncio_create(&sio, on_settled, NULL) == 0);
+			CHECK(spool_lane_open(&l, &cfg, 0, spool_syncio_ops(), sio) == 0);
+			spool_syncio_attach(sio, l);
+			fill(l, sio, n, 4096, 1);
+			spool_lane_stats(l, &st);
+			printf("%s segment: %llu flushes, mean %.0f us, max %llu us\n",
+			       pre ? "pre-written " : "fallocate-only", (unsigned long long)st.flushes,
+			       (double)st.flush_latency_us_sum / (double)st.flushes,
+			       (unsigned long long)st.flush_latency_us_max);
+			spool_lane_close(l);
+			spool_syncio_destroy(sio);
+		}
+		return 0;
+	}
+	return 2;
+}

@@ -1,0 +1,341 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Crash test: the same deterministic workload of interleaved txns (sizes
+ * from empty to larger than the staging buffer and than a segment, aborts
+ * mixed in) is run in a child process that "crashes" at completion event k
+ * of the simulated storage, for every k. The parent then recovers and
+ * checks: every txn settled with 0 is there byte for byte exactly once,
+ * nothing never committed appears, nothing partial.
+ */
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+#include "sim_storage.h"
+#include "spool.h"
+#include "spool_reader.h"
+#include "spool_syncio.h"
+#include "test_util.h"
+
+#define NTXN	 60 /* maximum; argv[2] picks fewer */
+#define NSESS	 5
+#define RUNS_MAX 700
+
+static int report_fd = -1;
+static int ntxn = NTXN;
+
+static void rep(char kind, uint64_t idx)
+{
+	char line[32];
+	int n = snprintf(line, sizeof(line), "%c %llu\n", kind, (unsigned long long)idx);
+	CHECK(write(report_fd, line, (size_t)n) == n);
+}
+
+static void on_settled(void *ctx, uint64_t cookie, int res)
+{
+	rep(res == 0 ? 'A' : 'F', cookie);
+}
+
+static void cfg_make(struct spool_config *cfg, const char *dir)
+{
+	spool_config_defaults(cfg);
+	cfg->dir = dir;
+	cfg->segment_size = 512 * 1024;
+	cfg->buffer_size = 256 * 1024;
+	cfg->flushes_in_flight_max = 2;
+}
+
+static uint64_t pick_size(uint64_t idx)
+{
+	uint64_t r = tu_mix(idx + 77);
+	switch (r % 6) {
+	case 0:
+		return 0;
+	case 1:
+		return 1 + r % 200;
+	case 2:
+		return 1000 + r % 8000;
+	case 3:
+		return 20000 + r % 40000;
+	case 4:
+		return 300000 + r % 400000; /* > staging buffer, crosses segments */
+	default:
+		return 100 + r % 3000;
+	}
+}
+
+struct sess {
+	bool busy, committing;
+	uint64_t idx, size, sent;
+	struct spool_txn t;
+};
+
+static void workload(const char *dir, uint64_t crash_at, uint64_t seed, bool tear, bool scribble)
+{
+	struct sim_faults f = {.crash_at_event = crash_at, .short_pct = 10, .eagain_pct = 3};
+	struct spool_config cfg;
+	struct spool_lane *l;
+	struct sess ss[NSESS] = {0};
+	uint64_t next = 0, rng = seed | 1;
+	struct sim *s = sim_create(seed, &f, on_settled, NULL);
+	static uint8_t buf[16384];
+
+	cfg_make(&cfg, dir);
+	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
+	sim_attach(s, l);
+	while (!sim_crashed(s)) {
+		bool active = false;
+		for (int i = 0; i < NSESS; i++) {
+			struct sess *x = &ss[i];
+			rng = tu_mix(rng);
+			if (!x->busy) {
+				if (next >= (uint64_t)ntxn)
+					continue;
+				CHECK(spool_txn_begin(l, &x->t) == 0);
+				x->busy = true;
+				x->committing = false;
+				x->idx = next++;
+				x->size = pick_size(x->idx);
+				x->sent = 0;
+			}
+			active = true;
+			if (x->sent < x->size) {
+				size_t n = 1 + rng % sizeof(buf);
+				size_t room = spool_lane_append_room(l);
+				int rc;
+				n = DS_MIN(n, (size_t)(x->size - x->sent));
+				n = DS_MIN(n, room);
+				if (!n)
+					continue;
+				tu_body(x->idx, x->sent, buf, n);
+				rc = spool_txn_append(l, &x->t, buf, n);
+				if (rc == -EAGAIN)
+					continue;
+				CHECK(rc == 0);
+				x->sent += n;
+			} else if (x->idx % 9 == 4) {
+				spool_txn_abort(l, &x->t);
+				x->busy = false;
+			} else {
+				struct tu_env e;
+				int rc;
+				tu_env_make(&e, x->idx, x->size);
+				if (!x->committing)
+					rep('C', x->idx);
+				x->committing = true;
+				rc = spool_txn_commit(l, &x->t, &e.env, x->idx);
+				if (rc == -EAGAIN)
+					continue;
+				CHECK(rc == 0);
+				x->busy = false;
+			}
+		}
+		spool_lane_kick(l);
+		sim_step(s, (unsigned)(rng % 4));
+		if (!active) {
+			sim_drain(s);
+			break;
+		}
+	}
+	if (sim_crashed(s)) {
+		sim_crash_apply(s, tear, scribble);
+		_exit(0); /* the lane dies with the process, as in a crash */
+	}
+	CHECK(!spool_lane_busy(l));
+	spool_lane_close(l);
+	{
+		char line[48];
+		int n = snprintf(line, sizeof(line), "E %llu\n", (unsigned long long)sim_events(s));
+		CHECK(write(report_fd, line, (size_t)n) == n);
+	}
+	sim_destroy(s);
+	_exit(0);
+}
+
+struct expect {
+	bool committed[NTXN], acked[NTXN], found[NTXN];
+	uint64_t events;
+};
+
+static void run_child(const char *dir, const char *repfile, uint64_t crash_at, uint64_t seed, bool tear,
+		      bool scribble)
+{
+	pid_t pid;
+	int st;
+
+	report_fd = open(repfile, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
+	CHECK(report_fd >= 0);
+	pid = fork();
+	CHECK(pid >= 0);
+	if (pid == 0)
+		workload(dir, crash_at, seed, tear, scribble);
+	close(report_fd);
+	CHECK(waitpid(pid, &st, 0) == pid);
+	CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
+static void read_report(const char *repfile, struct expect *ex)
+{
+	FILE *f = fopen(repfile, "r");
+	char k;
+	unsigned long long v;
+
+	CHECK(f);
+	memset(ex, 0, sizeof(*ex));
+	while (fscanf(f, " %c %llu", &k, &v) == 2) {
+		if (k == 'E') {
+			ex->events = v;
+			continue;
+		}
+		CHECK(v < NTXN);
+		if (k == 'C')
+			ex->committed[v] = true;
+		if (k == 'A')
+			ex->acked[v] = true;
+	}
+	fclose(f);
+}
+
+struct cmp_ctx {
+	uint8_t *want;
+	uint64_t off;
+	bool same;
+};
+
+static int cmp_cb(void *ctx, const void *buf, size_t len)
+{
+	struct cmp_ctx *c = ctx;
+	if (memcmp(c->want + c->off, buf, len))
+		c->same = false;
+	c->off += len;
+	return 0;
+}
+
+struct check_ctx {
+	struct expect *ex;
+	struct spool_reader *r;
+	uint64_t n;
+};
+
+static int check_msg(void *ctx, const struct spool_msg *m)
+{
+	struct check_ctx *c = ctx;
+	unsigned long long idx;
+	struct cmp_ctx cc = {0};
+	uint64_t size;
+
+	CHECK(sscanf(m->env.mail_from, "t%llu@", &idx) == 1 && idx < NTXN);
+	CHECK(c->ex->committed[idx]); /* nothing never committed */
+	CHECK(!c->ex->found[idx]);    /* exactly once */
+	c->ex->found[idx] = true;
+	size = pick_size(idx);
+	CHECK(m->size == size); /* nothing partial */
+	CHECK(m->env.rcpt_count == 2 && !strcmp(m->env.rcpt[1].params, "NOTIFY=NEVER"));
+	cc.want = malloc(size + 1);
+	CHECK(cc.want);
+	tu_body(idx, 0, cc.want, size);
+	cc.same = true;
+	CHECK(spool_reader_read(c->r, m->id, cmp_cb, &cc) == 0);
+	CHECK(cc.same && cc.off == size);
+	free(cc.want);
+	c->n++;
+	return 0;
+}
+
+static uint64_t verify_dir(const char *dir, struct expect *ex)
+{
+	struct spool_config cfg;
+	struct spool_recovery_report rr;
+	struct check_ctx c = {.ex = ex};
+
+	cfg_make(&cfg, dir);
+	CHECK(spool_recover(&cfg, &rr) == 0);
+	CHECK(spool_reader_open(&c.r, dir) == 0);
+	CHECK(spool_reader_foreach(c.r, check_msg, &c) == 0);
+	spool_reader_close(c.r);
+	CHECK(rr.messages == c.n);
+	for (int i = 0; i < NTXN; i++)
+		if (ex->acked[i] && !ex->found[i]) {
+			fprintf(stderr, "acknowledged txn %d lost\n", i);
+			exit(1);
+		}
+	return c.n;
+}
+
+static void settled_count(void *ctx, uint64_t cookie, int res)
+{
+	CHECK(res == 0);
+	(*(int *)ctx)++;
+}
+
+/* Restart after the crash: the lane continues on a new segment and old messages stay. */
+static void restart_check(const char *dir, uint64_t before)
+{
+	struct spool_config cfg;
+	struct spool_recovery_report rr;
+	struct spool_syncio *sio;
+	struct spool_lane *l;
+	struct spool_txn t;
+	struct tu_env e;
+	int n = 0;
+
+	cfg_make(&cfg, dir);
+	CHECK(spool_syncio_create(&sio, settled_count, &n) == 0);
+	CHECK(spool_lane_open(&l, &cfg, 0, spool_syncio_ops(), sio) == 0);
+	spool_syncio_attach(sio, l);
+	CHECK(spool_txn_begin(l, &t) == 0);
+	CHECK(spool_txn_append(l, &t, "hello\r\n", 7) == 0);
+	tu_env_make(&e, 999, 7);
+	CHECK(spool_txn_commit(l, &t, &e.env, 1) == 0);
+	spool_syncio_run(sio);
+	CHECK(n == 1);
+	spool_lane_close(l);
+	spool_syncio_destroy(sio);
+	CHECK(spool_recover(&cfg, &rr) == 0);
+	CHECK(rr.messages == before + 1);
+}
+
+int main(int argc, char **argv)
+{
+	char dir[256], repfile[300];
+	struct expect ex;
+	uint64_t total, stride, runs = 0, acked_total = 0;
+	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 1;
+
+	if (argc > 2)
+		ntxn = atoi(argv[2]);
+	CHECK(ntxn > 0 && ntxn <= NTXN);
+
+	tu_tmpdir(dir, sizeof(dir), "crash");
+	snprintf(repfile, sizeof(repfile), "%s.report", dir);
+
+	/* Dry run: no crash, everything must be acked and recovered. */
+	run_child(dir, repfile, 0, seed, false, false);
+	read_report(repfile, &ex);
+	total = ex.events;
+	CHECK(total > 10);
+	for (int i = 0; i < ntxn; i++)
+		CHECK(ex.acked[i] == (i % 9 != 4));
+	verify_dir(dir, &ex);
+	tu_rmrf(dir);
+	stride = total / RUNS_MAX + 1;
+	printf("workload: %d txns, %llu storage events, crash every %llu events\n", ntxn,
+	       (unsigned long long)total, (unsigned long long)stride);
+
+	for (uint64_t k = 1; k <= total; k += stride, runs++) {
+		uint64_t found;
+		CHECK(mkdir(dir, 0700) == 0);
+		run_child(dir, repfile, k, seed, k % 2 == 0, k % 3 == 0);
+		read_report(repfile, &ex);
+		found = verify_dir(dir, &ex);
+		for (int i = 0; i < NTXN; i++)
+			acked_total += ex.acked[i];
+		if (k % 11 == 1)
+			restart_check(dir, found);
+		tu_rmrf(dir);
+	}
+	unlink(repfile);
+	printf("crash points checked: %llu, acknowledged messages verified: %llu\n", (unsigned long long)runs,
+	       (unsigned long long)acked_total);
+	return 0;
+}

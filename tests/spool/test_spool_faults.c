@@ -1,0 +1,447 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Fault tests: flush error (group fails with -EIO, segment retired, later
+ * commits succeed on a new segment), disk full (-ENOSPC at begin, settled
+ * -ENOSPC), write -ENOSPC, torn/garbage tail and garbage in the middle of a
+ * real segment (recovery keeps all good records, quarantines and reports).
+ */
+#include <fcntl.h>
+#include <sys/stat.h>
+
+#include "sim_storage.h"
+#include "spool.h"
+#include "spool_format.h"
+#include "spool_reader.h"
+#include "spool_syncio.h"
+#include "test_util.h"
+
+#define MAXC 256
+
+struct results {
+	int res[MAXC];
+	bool settled[MAXC];
+	int n_ok, n_err;
+};
+
+static void on_settled(void *ctx, uint64_t cookie, int res)
+{
+	struct results *r = ctx;
+	CHECK(cookie < MAXC && !r->settled[cookie]); /* exactly once */
+	r->settled[cookie] = true;
+	r->res[cookie] = res;
+	if (res)
+		r->n_err++;
+	else
+		r->n_ok++;
+}
+
+static void cfg_make(struct spool_config *cfg, const char *dir)
+{
+	spool_config_defaults(cfg);
+	cfg->dir = dir;
+	cfg->segment_size = 512 * 1024;
+	cfg->buffer_size = 256 * 1024;
+}
+
+/* One small message: begin, append, commit. */
+static int put(struct spool_lane *l, uint64_t cookie, size_t size, uint64_t *id)
+{
+	struct spool_txn t;
+	struct tu_env e;
+	uint8_t buf[4096];
+	int rc = spool_txn_begin(l, &t);
+
+	if (rc)
+		return rc;
+	*id = t.id;
+	for (size_t off = 0; off < size;) {
+		size_t n = DS_MIN(sizeof(buf), size - off);
+		tu_body(cookie, off, buf, n);
+		rc = spool_txn_append(l, &t, buf, n);
+		if (rc) {
+			spool_txn_abort(l, &t);
+			return rc;
+		}
+		off += n;
+	}
+	tu_env_make(&e, cookie, size);
+	return spool_txn_commit(l, &t, &e.env, cookie);
+}
+
+static uint64_t count_msgs(const char *dir)
+{
+	struct spool_config cfg;
+	struct spool_recovery_report rr;
+
+	cfg_make(&cfg, dir);
+	CHECK(spool_recover(&cfg, &rr) == 0);
+	return rr.messages;
+}
+
+static int find_cookie(void *ctx, const struct spool_msg *m)
+{
+	bool *seen = ctx;
+	unsigned long long idx;
+	CHECK(sscanf(m->env.mail_from, "t%llu@", &idx) == 1 && idx < MAXC);
+	CHECK(!seen[idx]);
+	seen[idx] = true;
+	return 0;
+}
+
+static void test_flush_error(void)
+{
+	char dir[256];
+	struct spool_config cfg;
+	struct sim_faults f = {.flush_fail_at = 2};
+	struct results r = {0};
+	struct spool_lane *l;
+	struct spool_lane_stats st;
+	struct spool_reader *rd;
+	bool seen[MAXC] = {0};
+	uint64_t id, seg_before, ids[MAXC];
+	struct sim *s;
+
+	tu_tmpdir(dir, sizeof(dir), "flusherr");
+	cfg_make(&cfg, dir);
+	s = sim_create(5, &f, on_settled, &r);
+	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
+	sim_attach(s, l);
+	/* Group 1: cookies 0..2, durable. */
+	for (int i = 0; i < 3; i++)
+		CHECK(put(l, (uint64_t)i, 1000, &ids[i]) == 0);
+	sim_drain(s);
+	CHECK(r.n_ok == 3 && r.n_err == 0);
+	/* Group 2: cookies 3..6, its flush fails. */
+	for (int i = 3; i < 7; i++)
+		CHECK(put(l, (uint64_t)i, 2000, &ids[i]) == 0);
+	seg_before = ids[3] >> 24;
+	sim_drain(s);
+	for (int i = 3; i < 7; i++)
+		CHECK(r.settled[i] && r.res[i] == -EIO);
+	spool_lane_stats(l, &st);
+	CHECK(st.flush_errors == 1);
+	/* Later commits succeed on a new segment. */
+	for (int i = 7; i < 12; i++) {
+		CHECK(put(l, (uint64_t)i, 3000, &id) == 0);
+		CHECK((id >> 24) > seg_before);
+	}
+	sim_drain(s);
+	for (int i = 7; i < 12; i++)
+		CHECK(r.settled[i] && r.res[i] == 0);
+	spool_lane_stats(l, &st);
+	CHECK(st.segments_opened >= 2);
+	CHECK(!spool_lane_busy(l));
+	spool_lane_close(l);
+	sim_destroy(s);
+	/* Every acknowledged message is there; the retired segment is never written again. */
+	CHECK(spool_reader_open(&rd, dir) == 0);
+	CHECK(spool_reader_foreach(rd, find_cookie, seen) == 0);
+	spool_reader_close(rd);
+	for (int i = 0; i < 12; i++)
+		if (r.res[i] == 0)
+			CHECK(seen[i]);
+	tu_rmrf(dir);
+	printf("flush error: ok\n");
+}
+
+static void test_open_txn_fails_on_flush_error(void)
+{
+	char dir[256];
+	struct spool_config cfg;
+	struct sim_faults f = {.flush_fail_at = 1};
+	struct results r = {0};
+	struct spool_lane *l;
+	struct spool_txn t;
+	struct tu_env e;
+	uint64_t id;
+	struct sim *s;
+
+	tu_tmpdir(dir, sizeof(dir), "flusherr2");
+	cfg_make(&cfg, dir);
+	s = sim_create(9, &f, on_settled, &r);
+	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
+	sim_attach(s, l);
+	CHECK(spool_txn_begin(l, &t) == 0);
+	CHECK(spool_txn_append(l, &t, "abc", 3) == 0);
+	CHECK(put(l, 0, 100, &id) == 0);
+	sim_drain(s);
+	CHECK(r.settled[0] && r.res[0] == -EIO);
+	/* The open txn had bytes in the retired segment: it fails too. */
+	CHECK(spool_txn_append(l, &t, "def", 3) == -EIO);
+	tu_env_make(&e, 1, 6);
+	CHECK(spool_txn_commit(l, &t, &e.env, 1) == 0);
+	CHECK(r.settled[1] && r.res[1] == -EIO);
+	CHECK(put(l, 2, 100, &id) == 0);
+	sim_drain(s);
+	CHECK(r.settled[2] && r.res[2] == 0);
+	spool_lane_close(l);
+	sim_destroy(s);
+	CHECK(count_msgs(dir) >= 1);
+	tu_rmrf(dir);
+	printf("open txn across flush error: ok\n");
+}
+
+static void test_disk_full(void)
+{
+	char dir[256];
+	struct spool_config cfg;
+	struct results r = {0};
+	struct spool_lane *l;
+	struct sim *s;
+	int begin_enospc = 0, i, rc = 0;
+	uint64_t id;
+
+	tu_tmpdir(dir, sizeof(dir), "full");
+	cfg_make(&cfg, dir);
+	cfg.lane_bytes_max = 3 * cfg.segment_size; /* room for three segments */
+	s = sim_create(3, NULL, on_settled, &r);
+	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
+	sim_attach(s, l);
+	for (i = 0; i < MAXC; i++) {
+		rc = put(l, (uint64_t)i, 30000, &id);
+		sim_drain(s);
+		if (rc == -ENOSPC) {
+			begin_enospc++;
+			break;
+		}
+		CHECK(rc == 0 || rc == -EAGAIN);
+	}
+	CHECK(begin_enospc == 1 || r.n_err > 0);
+	for (int k = 0; k < i; k++)
+		CHECK(r.settled[k] && (r.res[k] == 0 || r.res[k] == -ENOSPC));
+	CHECK(r.n_ok > 10);
+	CHECK(!spool_lane_busy(l));
+	spool_lane_close(l);
+	sim_destroy(s);
+	CHECK(count_msgs(dir) == (uint64_t)r.n_ok);
+	tu_rmrf(dir);
+	printf("disk full: ok (%d acked, %d refused)\n", r.n_ok, r.n_err + begin_enospc);
+}
+
+static void test_write_enospc(void)
+{
+	char dir[256];
+	struct spool_config cfg;
+	struct sim_faults f = {.write_enospc_at = 3};
+	struct results r = {0};
+	struct spool_lane *l;
+	struct sim *s;
+	uint64_t id;
+
+	tu_tmpdir(dir, sizeof(dir), "wenospc");
+	cfg_make(&cfg, dir);
+	s = sim_create(4, &f, on_settled, &r);
+	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
+	sim_attach(s, l);
+	for (int i = 0; i < 6; i++) {
+		CHECK(put(l, (uint64_t)i, 500, &id) == 0);
+		sim_drain(s);
+	}
+	CHECK(r.n_err >= 1 && r.n_ok >= 4);
+	for (int i = 0; i < 6; i++)
+		CHECK(r.settled[i] && (r.res[i] == 0 || r.res[i] == -ENOSPC));
+	spool_lane_close(l);
+	sim_destroy(s);
+	CHECK(count_msgs(dir) >= (uint64_t)r.n_ok);
+	tu_rmrf(dir);
+	printf("write ENOSPC: ok\n");
+}
+
+/* A spool of n messages written with the synchronous ops; returns the active segment path. */
+static void make_real(const char *dir, int n, char *seg_path, size_t cap)
+{
+	struct spool_config cfg;
+	struct results r = {0};
+	struct spool_syncio *sio;
+	struct spool_lane *l;
+	uint64_t id;
+
+	cfg_make(&cfg, dir);
+	CHECK(spool_syncio_create(&sio, on_settled, &r) == 0);
+	CHECK(spool_lane_open(&l, &cfg, 0, spool_syncio_ops(), sio) == 0);
+	spool_syncio_attach(sio, l);
+	for (int i = 0; i < n; i++) {
+		CHECK(put(l, (uint64_t)i, 700 + (size_t)i * 50, &id) == 0);
+		spool_syncio_run(sio);
+	}
+	CHECK(r.n_ok == n);
+	spool_lane_close(l);
+	spool_syncio_destroy(sio);
+	CHECK(spool_seg_path(seg_path, cap, dir, 0, id >> 24 & 0xffffffff) == 0);
+}
+
+static uint64_t seg_end(const char *path)
+{
+	/* Offset after the last valid record. */
+	int fd = open(path, O_RDONLY);
+	static uint8_t map[512 * 1024];
+	struct spool_seg_hdr h;
+	struct spool_rec rec;
+	uint64_t off = SPOOL_SEG_DATA_OFF;
+
+	CHECK(fd >= 0 && pread(fd, map, sizeof(map), 0) == (ssize_t)sizeof(map));
+	close(fd);
+	CHECK(spool_seg_hdr_decode(map, sizeof(map), &h) == 0);
+	while (spool_rec_check(map, sizeof(map), h.epoch, off, &rec))
+		off += rec.total;
+	return off;
+}
+
+static void test_torn_tail(void)
+{
+	char dir[256], seg[512];
+	struct spool_config cfg;
+	struct spool_recovery_report rr;
+	struct spool_reader *rd;
+	struct spool_verify_report vr;
+	uint8_t junk[3000];
+	uint64_t end;
+	int fd;
+
+	tu_tmpdir(dir, sizeof(dir), "torn");
+	make_real(dir, 20, seg, sizeof(seg));
+	end = seg_end(seg);
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = (uint8_t)tu_mix(i);
+	/* A half record header then garbage: what a torn last write looks like. */
+	memcpy(junk, "DSSR", 4);
+	fd = open(seg, O_WRONLY);
+	CHECK(fd >= 0 && pwrite(fd, junk, sizeof(junk), (off_t)end) == (ssize_t)sizeof(junk));
+	close(fd);
+	cfg_make(&cfg, dir);
+	CHECK(spool_recover(&cfg, &rr) == 0);
+	CHECK(rr.messages == 20 && rr.torn_tails == 1 && rr.quarantined == 0);
+	CHECK(spool_reader_open(&rd, dir) == 0);
+	CHECK(spool_reader_verify(rd, &vr, NULL) == 0 && vr.messages == 20);
+	spool_reader_close(rd);
+	/* Start-up survives: the lane continues in a new segment. */
+	{
+		char seg2[512];
+		make_real(dir, 3, seg2, sizeof(seg2));
+		CHECK(strcmp(seg, seg2) < 0);
+		CHECK(count_msgs(dir) == 23);
+	}
+	tu_rmrf(dir);
+	printf("torn tail: ok\n");
+}
+
+static void test_garbage_middle(void)
+{
+	char dir[256], seg[512], note[600];
+	struct spool_config cfg;
+	struct spool_recovery_report rr;
+	struct spool_reader *rd;
+	struct spool_verify_report vr;
+	uint8_t junk[256];
+	bool seen[MAXC] = {0};
+	int fd, lost = 0;
+
+	tu_tmpdir(dir, sizeof(dir), "middle");
+	make_real(dir, 30, seg, sizeof(seg));
+	for (size_t i = 0; i < sizeof(junk); i++)
+		junk[i] = (uint8_t)(tu_mix(i + 1000) | 1);
+	/* Smash bytes a few records in: those records are lost, the rest must survive. */
+	fd = open(seg, O_WRONLY);
+	CHECK(fd >= 0 && pwrite(fd, junk, sizeof(junk), SPOOL_SEG_DATA_OFF + 5000) == (ssize_t)sizeof(junk));
+	close(fd);
+	cfg_make(&cfg, dir);
+	CHECK(spool_recover(&cfg, &rr) == 0);
+	CHECK(rr.quarantined == 1);
+	CHECK(rr.messages >= 28 && rr.messages < 30);
+	snprintf(note, sizeof(note), "%s.quarantine", seg);
+	CHECK(access(note, R_OK) == 0);
+	CHECK(spool_reader_open(&rd, dir) == 0);
+	CHECK(spool_reader_foreach(rd, find_cookie, seen) == 0);
+	CHECK(spool_reader_verify(rd, &vr, NULL) == -EBADMSG && vr.quarantined == 1);
+	spool_reader_close(rd);
+	for (int i = 0; i < 30; i++)
+		lost += !seen[i];
+	CHECK(lost == (int)(30 - rr.messages));
+	CHECK(seen[29] && seen[28]); /* records after the bad spot were recovered */
+	tu_rmrf(dir);
+	printf("garbage in the middle: ok (quarantined, %d lost, %llu kept)\n", lost,
+	       (unsigned long long)rr.messages);
+}
+
+static void test_short_writes_eagain(void)
+{
+	char dir[256];
+	struct spool_config cfg;
+	struct sim_faults f = {.short_pct = 50, .eagain_pct = 20};
+	struct results r = {0};
+	struct spool_lane *l;
+	struct sim *s;
+	uint64_t id;
+
+	tu_tmpdir(dir, sizeof(dir), "short");
+	cfg_make(&cfg, dir);
+	s = sim_create(11, &f, on_settled, &r);
+	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
+	sim_attach(s, l);
+	for (int i = 0; i < 40; i++) {
+		CHECK(put(l, (uint64_t)i, 10000, &id) == 0);
+		if (i % 3 == 0)
+			sim_drain(s);
+	}
+	sim_drain(s);
+	CHECK(r.n_ok == 40);
+	spool_lane_close(l);
+	sim_destroy(s);
+	CHECK(count_msgs(dir) == 40);
+	tu_rmrf(dir);
+	printf("short writes and EAGAIN: ok\n");
+}
+
+/* settled() starts the next message from inside the completion (a pipelining client). */
+static struct spool_lane *chain_lane;
+static struct results chain_r;
+
+static int put(struct spool_lane *l, uint64_t cookie, size_t size, uint64_t *id);
+
+static void chain_settled(void *ctx, uint64_t cookie, int res)
+{
+	uint64_t id;
+
+	on_settled(&chain_r, cookie, res);
+	if (cookie + 1 < 60)
+		CHECK(put(chain_lane, cookie + 1, 500 + cookie * 100, &id) == 0);
+}
+
+static void test_reentrant_settle(void)
+{
+	char dir[256];
+	struct spool_config cfg;
+	struct sim_faults f = {.flush_fail_at = 7};
+	struct sim *s;
+	uint64_t id;
+
+	tu_tmpdir(dir, sizeof(dir), "chain");
+	cfg_make(&cfg, dir);
+	s = sim_create(21, &f, chain_settled, NULL);
+	CHECK(spool_lane_open(&chain_lane, &cfg, 0, sim_ops(), s) == 0);
+	sim_attach(s, chain_lane);
+	CHECK(put(chain_lane, 0, 100, &id) == 0);
+	sim_drain(s);
+	for (int i = 0; i < 60; i++)
+		CHECK(chain_r.settled[i]);
+	CHECK(chain_r.n_err == 1 && chain_r.n_ok == 59);
+	CHECK(!spool_lane_busy(chain_lane));
+	spool_lane_close(chain_lane);
+	sim_destroy(s);
+	CHECK(count_msgs(dir) >= 59);
+	tu_rmrf(dir);
+	printf("settled() re-entering the lane: ok\n");
+}
+
+int main(void)
+{
+	test_reentrant_settle();
+	test_flush_error();
+	test_open_txn_fails_on_flush_error();
+	test_disk_full();
+	test_write_enospc();
+	test_torn_tail();
+	test_garbage_middle();
+	test_short_writes_eagain();
+	return 0;
+}
