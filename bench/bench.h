@@ -18,6 +18,7 @@
 #include "hist.h"
 
 #define BENCH_CONN_MAX	  10000
+#define BENCH_THREADS_MAX 64
 #define BENCH_RCPT_MAX	  100
 #define BENCH_ADDR_MAX	  256
 #define BENCH_SIZE_MAX	  (64u << 20)
@@ -30,6 +31,7 @@ enum bench_phase {
 	BENCH_PH_CONNECT,
 	BENCH_PH_BANNER,
 	BENCH_PH_EHLO,
+	BENCH_PH_STARTTLS, /* STARTTLS sent -> TLS handshake complete */
 	BENCH_PH_MAIL,
 	BENCH_PH_RCPT,
 	BENCH_PH_DATA,
@@ -47,6 +49,7 @@ enum bench_err {
 	BENCH_ERR_CLOSED,   /* server closed or reset the connection mid-message */
 	BENCH_ERR_PROTOCOL, /* unparseable reply */
 	BENCH_ERR_QUEUE,    /* open loop: too many due messages waiting, message dropped */
+	BENCH_ERR_TLS,	    /* STARTTLS not offered or the TLS handshake/record layer failed */
 	BENCH_ERR_COUNT,
 };
 
@@ -63,6 +66,7 @@ struct bench_opts {
 	bool pipelining;
 	bool lmtp;
 	bool new_conn_per_msg;
+	bool starttls;	     /* TLS 1.2 via mbedTLS; the server certificate is not verified */
 	bool progress;	     /* one-line progress on stderr once per second */
 	const size_t *sizes; /* sampled per message */
 	uint32_t size_count;
@@ -72,6 +76,11 @@ struct bench_opts {
 	const char *helo;
 	FILE *ack_log;	     /* Message-ID of every message with a 2xx final reply */
 	uint32_t timeout_ms; /* per step: connect, each reply */
+	/* --threads: this engine is thread_index of thread_count; Message-IDs stay unique. */
+	uint32_t thread_index;
+	uint32_t thread_count;
+	double rate_total_per_s; /* open loop: the whole client's rate, to phase-shift this thread's schedule
+				  */
 };
 
 struct bench_result {
@@ -91,5 +100,12 @@ int bench_result_init(struct bench_result *r);
 void bench_result_free(struct bench_result *r);
 /* Returns 0, or -errno when the run could not be set up at all. */
 int bench_run(const struct bench_opts *o, struct bench_result *r);
+/* Adds src into dst (histograms merged, counters summed, elapsed the longer). */
+int bench_result_merge(struct bench_result *dst, const struct bench_result *src);
+/*
+ * Splits o over thread_count engines (connections, messages and rate divided),
+ * runs them on their own threads and merges the results into r.
+ */
+int bench_run_threads(const struct bench_opts *o, uint32_t thread_count, struct bench_result *r);
 
 #endif

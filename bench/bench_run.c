@@ -3,8 +3,12 @@
 
 #include <errno.h>
 #include <liburing.h>
+#include <mbedtls/ctr_drbg.h>
+#include <mbedtls/entropy.h>
+#include <mbedtls/ssl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -17,11 +21,11 @@
 #include "bench_sched.h"
 
 const char *const bench_phase_names[BENCH_PH_COUNT] = {
-	"connect", "banner", "ehlo", "mail", "rcpt", "data", "final_dot", "message",
+	"connect", "banner", "ehlo", "starttls", "mail", "rcpt", "data", "final_dot", "message",
 };
 
 const char *const bench_err_names[BENCH_ERR_COUNT] = {
-	"connect", "timeout", "closed", "protocol", "queue_full",
+	"connect", "timeout", "closed", "protocol", "queue_full", "tls",
 };
 
 #define RBUF_BYTES	 16384
@@ -30,6 +34,9 @@ const char *const bench_err_names[BENCH_ERR_COUNT] = {
 #define OP_CONNECT	 1u
 #define OP_RECV		 2u
 #define OP_SEND		 3u
+#define OP_SEND_TLS	 4u
+#define TLS_BUF_BYTES	 65536 /* ciphertext each way: room for several 16 KiB records */
+#define TLS_WRITE_MAX	 16384
 #define TICK_NS		 100000000ull
 #define CONNECT_RETRY_NS 10000000ull
 #define QUIT_DRAIN_NS	 2000000000ull
@@ -39,6 +46,7 @@ enum conn_state {
 	CS_CONNECTING,
 	CS_BANNER,
 	CS_EHLO,
+	CS_STARTTLS,  /* STARTTLS sent, then the handshake */
 	CS_IDLE,      /* connected, no message */
 	CS_CMDS,      /* MAIL/RCPT/DATA replies outstanding */
 	CS_BODY,      /* final dot sent, final reply(s) outstanding */
@@ -65,6 +73,17 @@ struct conn {
 	bool send_posted;
 	bool in_avail;
 	bool pipelining_ok;
+	/* STARTTLS: once tls_on, all bytes go through ssl and the cin/cout ciphertext buffers */
+	bool tls_on;
+	bool tls_hs;
+	bool cout_has_body; /* cout holds the end of a message body: its send times the final dot */
+	mbedtls_ssl_context *ssl;
+	unsigned char *cin;
+	size_t cin_len;
+	size_t cin_off;
+	unsigned char *cout;
+	size_t cout_len;
+	size_t cout_off;
 	uint64_t retry_at_ns;
 	uint64_t deadline_ns; /* 0: not waiting */
 	uint64_t t_phase;     /* send time of the step whose reply we wait for */
@@ -118,6 +137,10 @@ struct engine {
 	uint64_t next_tick_ns;
 	uint64_t last_progress_ns;
 	uint32_t pid;
+	bool tls_ready;
+	mbedtls_entropy_context entropy;
+	mbedtls_ctr_drbg_context drbg;
+	mbedtls_ssl_config tls_conf;
 	size_t mcap; /* bytes of each connection's message buffer */
 };
 
@@ -162,16 +185,94 @@ static void conn_post_recv(struct engine *e, struct conn *c)
 {
 	if (c->recv_posted || c->st == CS_CLOSING || c->fd < 0)
 		return;
-	DS_ASSERT(c->rlen < RBUF_BYTES);
 	struct io_uring_sqe *sqe = eng_sqe(e);
-	io_uring_prep_recv(sqe, c->fd, c->rbuf + c->rlen, RBUF_BYTES - c->rlen, 0);
+	if (c->tls_on) {
+		if (c->cin_off > 0) {
+			memmove(c->cin, c->cin + c->cin_off, c->cin_len - c->cin_off);
+			c->cin_len -= c->cin_off;
+			c->cin_off = 0;
+		}
+		DS_ASSERT(c->cin_len < TLS_BUF_BYTES);
+		io_uring_prep_recv(sqe, c->fd, c->cin + c->cin_len, TLS_BUF_BYTES - c->cin_len, 0);
+	} else {
+		DS_ASSERT(c->rlen < RBUF_BYTES);
+		io_uring_prep_recv(sqe, c->fd, c->rbuf + c->rlen, RBUF_BYTES - c->rlen, 0);
+	}
 	conn_post(e, c, sqe, OP_RECV);
 	c->recv_posted = true;
 }
 
+static void conn_close(struct engine *e, struct conn *c, int err);
+
+/* mbedTLS BIO callbacks: ciphertext moves through cin/cout, io_uring moves those. */
+static int tls_send_cb(void *ctx, const unsigned char *buf, size_t len)
+{
+	struct conn *c = ctx;
+	size_t space = TLS_BUF_BYTES - c->cout_len;
+	if (space == 0)
+		return MBEDTLS_ERR_SSL_WANT_WRITE;
+	size_t n = DS_MIN(len, space);
+	memcpy(c->cout + c->cout_len, buf, n);
+	c->cout_len += n;
+	return (int)n;
+}
+
+static int tls_recv_cb(void *ctx, unsigned char *buf, size_t len)
+{
+	struct conn *c = ctx;
+	size_t avail = c->cin_len - c->cin_off;
+	if (avail == 0)
+		return MBEDTLS_ERR_SSL_WANT_READ;
+	size_t n = DS_MIN(len, avail);
+	memcpy(buf, c->cin + c->cin_off, n);
+	c->cin_off += n;
+	if (c->cin_off == c->cin_len)
+		c->cin_off = c->cin_len = 0;
+	return (int)n;
+}
+
+/* TLS: encrypt queued plaintext into cout (not during the handshake) and send cout. */
+static void conn_kick_send_tls(struct engine *e, struct conn *c)
+{
+	bool body = false;
+	while (!c->tls_hs && c->seg_count > 0) {
+		struct send_seg *s = &c->segs[0];
+		body |= s->is_body;
+		size_t chunk = DS_MIN(s->len - s->off, (size_t)TLS_WRITE_MAX);
+		int n = mbedtls_ssl_write(c->ssl, (const unsigned char *)s->buf + s->off, chunk);
+		if (n == MBEDTLS_ERR_SSL_WANT_WRITE)
+			break; /* cout full: retried with the same arguments once it drained */
+		if (n < 0) {
+			conn_close(e, c, BENCH_ERR_TLS);
+			return;
+		}
+		s->off += (size_t)n;
+		if (s->off == s->len) {
+			c->segs[0] = c->segs[1];
+			c->seg_count--;
+		}
+	}
+	if (body)
+		c->cout_has_body = true;
+	if (c->cout_len == c->cout_off)
+		return;
+	if (c->cout_has_body)
+		c->t_dot = bench_now_ns();
+	struct io_uring_sqe *sqe = eng_sqe(e);
+	io_uring_prep_send(sqe, c->fd, c->cout + c->cout_off, c->cout_len - c->cout_off, MSG_NOSIGNAL);
+	conn_post(e, c, sqe, OP_SEND_TLS);
+	c->send_posted = true;
+}
+
 static void conn_kick_send(struct engine *e, struct conn *c)
 {
-	if (c->send_posted || c->seg_count == 0 || c->st == CS_CLOSING)
+	if (c->send_posted || c->st == CS_CLOSING)
+		return;
+	if (c->tls_on) {
+		conn_kick_send_tls(e, c);
+		return;
+	}
+	if (c->seg_count == 0)
 		return;
 	struct send_seg *s = &c->segs[0];
 	DS_ASSERT(s->off < s->len);
@@ -203,6 +304,13 @@ static void result_code(struct engine *e, int code)
 }
 
 /* Message bookkeeping --------------------------------------------------- */
+
+/* Process-wide message number: threads interleave, so Message-IDs never collide. */
+static uint64_t msg_gid(const struct engine *e, const struct conn *c)
+{
+	uint32_t n = e->o->thread_count ? e->o->thread_count : 1;
+	return c->seq * n + e->o->thread_index;
+}
 
 static void msg_finish(struct engine *e, struct conn *c, bool ok)
 {
@@ -340,6 +448,11 @@ static void conn_connect(struct engine *e, struct conn *c)
 	c->fd = fd;
 	c->st = CS_CONNECTING;
 	c->rlen = 0;
+	c->tls_on = false;
+	c->tls_hs = false;
+	c->cin_len = c->cin_off = 0;
+	c->cout_len = c->cout_off = 0;
+	c->cout_has_body = false;
 	c->t_phase = bench_now_ns();
 	conn_deadline(e, c);
 	struct io_uring_sqe *sqe = eng_sqe(e);
@@ -408,7 +521,7 @@ static void conn_start_msg(struct engine *e, struct conn *c)
 	char to0[BENCH_ADDR_MAX + 16];
 	rcpt_addr(e, c, 0, to0, sizeof(to0));
 	struct bench_msg_params p = {
-		.seq = c->seq, .pid = e->pid, .size_bytes = size, .from = o->from, .to = to0};
+		.seq = msg_gid(e, c), .pid = e->pid, .size_bytes = size, .from = o->from, .to = to0};
 	long n = bench_msg_build(c->mbuf, e->mcap, &p);
 	DS_ASSERT(n > 0);
 	c->mlen = (size_t)n;
@@ -468,7 +581,7 @@ static void ack_log(struct engine *e, struct conn *c)
 	if (e->o->ack_log == NULL)
 		return;
 	char id[BENCH_MSG_ID_MAX];
-	bench_msg_id(id, sizeof(id), e->pid, c->seq);
+	bench_msg_id(id, sizeof(id), e->pid, msg_gid(e, c));
 	fprintf(e->o->ack_log, "%s\n", id);
 }
 
@@ -533,8 +646,54 @@ static void on_cmd_reply(struct engine *e, struct conn *c, int code, uint64_t no
 	conn_send_cbuf(e, c);
 }
 
-static void on_reply(struct engine *e, struct conn *c, int code, bool saw_pipelining)
+static void tls_handshake(struct engine *e, struct conn *c)
 {
+	int rc = mbedtls_ssl_handshake(c->ssl);
+	if (rc == 0) {
+		c->tls_hs = false;
+		uint64_t now = bench_now_ns();
+		bench_hist_record(&e->r->hist[BENCH_PH_STARTTLS], now - c->t_phase);
+		c->t_phase = now;
+		/* RFC 3207: forget what the server said before TLS and greet again. */
+		char line[BENCH_ADDR_MAX + 16];
+		snprintf(line, sizeof(line), "%s %s\r\n", e->o->lmtp ? "LHLO" : "EHLO", e->o->helo);
+		c->clen = 0;
+		cbuf_add(c, line);
+		c->st = CS_EHLO;
+		conn_send_cbuf(e, c);
+		conn_post_recv(e, c);
+		return;
+	}
+	if (rc != MBEDTLS_ERR_SSL_WANT_READ && rc != MBEDTLS_ERR_SSL_WANT_WRITE) {
+		conn_close(e, c, BENCH_ERR_TLS);
+		return;
+	}
+	conn_kick_send(e, c);
+	conn_post_recv(e, c);
+}
+
+static void tls_begin(struct engine *e, struct conn *c)
+{
+	c->tls_on = true;
+	c->tls_hs = true;
+	c->rlen = 0;
+	c->gen++; /* stop conn_parse: rbuf now fills from the TLS layer */
+	c->cin_len = c->cin_off = 0;
+	c->cout_len = c->cout_off = 0;
+	c->cout_has_body = false;
+	if (mbedtls_ssl_session_reset(c->ssl) != 0) {
+		conn_close(e, c, BENCH_ERR_TLS);
+		return;
+	}
+	tls_handshake(e, c);
+}
+
+#define EXT_PIPELINING 1u
+#define EXT_STARTTLS   2u
+
+static void on_reply(struct engine *e, struct conn *c, int code, unsigned ext)
+{
+	bool saw_pipelining = ext & EXT_PIPELINING;
 	uint64_t now = bench_now_ns();
 	if (code == 421 && c->st != CS_QUIT) {
 		result_code(e, code);
@@ -562,6 +721,14 @@ static void on_reply(struct engine *e, struct conn *c, int code, bool saw_pipeli
 			conn_close(e, c, -1);
 			return;
 		}
+		if (e->o->starttls && !c->tls_on) {
+			if (!(ext & EXT_STARTTLS)) {
+				conn_close(e, c, BENCH_ERR_TLS);
+				return;
+			}
+			conn_send_simple(e, c, "STARTTLS\r\n", CS_STARTTLS);
+			return;
+		}
 		c->pipelining_ok = saw_pipelining;
 		if (saw_pipelining)
 			e->r->server_pipelining = true;
@@ -571,6 +738,14 @@ static void on_reply(struct engine *e, struct conn *c, int code, bool saw_pipeli
 			conn_start_msg(e, c);
 		else
 			conn_ready(e, c);
+		return;
+	case CS_STARTTLS:
+		if (code != 220 || c->tls_on) {
+			result_code(e, code);
+			conn_close(e, c, -1);
+			return;
+		}
+		tls_begin(e, c);
 		return;
 	case CS_CMDS:
 		on_cmd_reply(e, c, code, now);
@@ -615,7 +790,7 @@ static void on_reply(struct engine *e, struct conn *c, int code, bool saw_pipeli
 static bool conn_parse(struct engine *e, struct conn *c)
 {
 	size_t pos = 0;
-	bool saw_pipelining = false;
+	unsigned ext = 0;
 	size_t reply_start = 0;
 	while (pos < c->rlen) {
 		char *nl = memchr(c->rbuf + pos, '\n', c->rlen - pos);
@@ -631,14 +806,16 @@ static bool conn_parse(struct engine *e, struct conn *c)
 		}
 		int code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
 		if (len >= 14 && strncasecmp(line + 4, "PIPELINING", 10) == 0)
-			saw_pipelining = true;
+			ext |= EXT_PIPELINING;
+		if (len >= 12 && strncasecmp(line + 4, "STARTTLS", 8) == 0)
+			ext |= EXT_STARTTLS;
 		pos += len;
 		if (line[3] == '-')
 			continue;
 		reply_start = pos;
 		uint32_t gen = c->gen;
-		on_reply(e, c, code, saw_pipelining);
-		saw_pipelining = false;
+		on_reply(e, c, code, ext);
+		ext = 0;
 		if (c->gen != gen || c->st == CS_CLOSING)
 			return false;
 	}
@@ -654,6 +831,30 @@ static bool conn_parse(struct engine *e, struct conn *c)
 	return true;
 }
 
+/* Decrypts what arrived and parses the replies. */
+static void tls_read(struct engine *e, struct conn *c)
+{
+	for (;;) {
+		if (c->rlen >= RBUF_BYTES) {
+			conn_close(e, c, BENCH_ERR_PROTOCOL);
+			return;
+		}
+		int n = mbedtls_ssl_read(c->ssl, (unsigned char *)c->rbuf + c->rlen, RBUF_BYTES - c->rlen);
+		if (n == MBEDTLS_ERR_SSL_WANT_READ || n == MBEDTLS_ERR_SSL_WANT_WRITE)
+			break;
+		if (n <= 0) {
+			bool eof = n == 0 || n == MBEDTLS_ERR_SSL_PEER_CLOSE_NOTIFY;
+			conn_close(e, c, c->st == CS_QUIT ? -1 : eof ? BENCH_ERR_CLOSED : BENCH_ERR_TLS);
+			return;
+		}
+		c->rlen += (size_t)n;
+		if (!conn_parse(e, c))
+			return;
+	}
+	conn_kick_send(e, c);
+	conn_post_recv(e, c);
+}
+
 static void on_cqe(struct engine *e, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = io_uring_cqe_get_data64(cqe);
@@ -664,7 +865,7 @@ static void on_cqe(struct engine *e, struct io_uring_cqe *cqe)
 	c->inflight--;
 	if (op == OP_RECV)
 		c->recv_posted = false;
-	if (op == OP_SEND)
+	if (op == OP_SEND || op == OP_SEND_TLS)
 		c->send_posted = false;
 	if (c->st == CS_CLOSING) {
 		if (c->inflight == 0)
@@ -692,10 +893,35 @@ static void on_cqe(struct engine *e, struct io_uring_cqe *cqe)
 			conn_close(e, c, c->st == CS_QUIT ? -1 : BENCH_ERR_CLOSED);
 			return;
 		}
+		if (c->tls_on) {
+			c->cin_len += (size_t)res;
+			if (c->tls_hs) {
+				tls_handshake(e, c);
+				return;
+			}
+			tls_read(e, c);
+			return;
+		}
 		c->rlen += (size_t)res;
 		if (!conn_parse(e, c))
 			return;
 		conn_post_recv(e, c);
+		return;
+	case OP_SEND_TLS:
+		if (res <= 0) {
+			conn_close(e, c, BENCH_ERR_CLOSED);
+			return;
+		}
+		c->cout_off += (size_t)res;
+		DS_ASSERT(c->cout_off <= c->cout_len);
+		if (c->cout_off == c->cout_len) {
+			c->cout_off = c->cout_len = 0;
+			c->cout_has_body = false;
+		}
+		if (c->tls_hs)
+			tls_handshake(e, c);
+		else
+			conn_kick_send(e, c);
 		return;
 	case OP_SEND: {
 		if (res <= 0) {
@@ -794,7 +1020,8 @@ static bool eng_warm(struct engine *e)
 {
 	for (uint32_t i = 0; i < e->o->connections; i++) {
 		enum conn_state st = e->conns[i].st;
-		if (st == CS_CONNECTING || st == CS_BANNER || st == CS_EHLO || st == CS_CLOSING)
+		if (st == CS_CONNECTING || st == CS_BANNER || st == CS_EHLO || st == CS_STARTTLS ||
+		    st == CS_CLOSING)
 			return false;
 	}
 	return true;
@@ -821,7 +1048,11 @@ static void eng_start(struct engine *e)
 		uint64_t limit = e->o->messages;
 		if (limit == 0)
 			limit = (uint64_t)(e->o->duration_s * e->o->rate_per_s);
-		DS_ASSERT(bench_sched_init(&e->sched, e->start_ns, e->o->rate_per_s, limit) == 0);
+		/* Thread t of n starts t/R_total later: together the threads keep one fixed interval. */
+		uint64_t shift_ns = 0;
+		if (e->o->thread_count > 1 && e->o->rate_total_per_s > 0)
+			shift_ns = (uint64_t)((double)e->o->thread_index * 1e9 / e->o->rate_total_per_s);
+		DS_ASSERT(bench_sched_init(&e->sched, e->start_ns + shift_ns, e->o->rate_per_s, limit) == 0);
 	} else {
 		/* conn_ready() re-parks a connection when no message is left: loop on closed_loop_more(). */
 		while (e->avail_len > 0 && closed_loop_more(e)) {
@@ -842,6 +1073,22 @@ static int eng_alloc(struct engine *e)
 	e->mcap = mcap;
 	if ((uint64_t)mcap * o->connections > BENCH_MEM_MAX)
 		return -E2BIG;
+	if (o->starttls) {
+		/* Benchmark client: encryption cost without certificate checks (VERIFY_NONE). */
+		mbedtls_entropy_init(&e->entropy);
+		mbedtls_ctr_drbg_init(&e->drbg);
+		mbedtls_ssl_config_init(&e->tls_conf);
+		e->tls_ready = true;
+		static const char pers[] = "dotspool-bench";
+		if (mbedtls_ctr_drbg_seed(&e->drbg, mbedtls_entropy_func, &e->entropy,
+					  (const unsigned char *)pers, sizeof(pers) - 1) != 0 ||
+		    mbedtls_ssl_config_defaults(&e->tls_conf, MBEDTLS_SSL_IS_CLIENT,
+						MBEDTLS_SSL_TRANSPORT_STREAM,
+						MBEDTLS_SSL_PRESET_DEFAULT) != 0)
+			return -EIO;
+		mbedtls_ssl_conf_authmode(&e->tls_conf, MBEDTLS_SSL_VERIFY_NONE);
+		mbedtls_ssl_conf_rng(&e->tls_conf, mbedtls_ctr_drbg_random, &e->drbg);
+	}
 	e->conns = calloc(o->connections, sizeof(*e->conns));
 	e->avail = calloc(o->connections, sizeof(*e->avail));
 	if (e->conns == NULL || e->avail == NULL)
@@ -855,6 +1102,17 @@ static int eng_alloc(struct engine *e)
 		c->mbuf = malloc(mcap);
 		if (c->rbuf == NULL || c->cbuf == NULL || c->mbuf == NULL)
 			return -ENOMEM;
+		if (o->starttls) {
+			c->cin = malloc(TLS_BUF_BYTES);
+			c->cout = malloc(TLS_BUF_BYTES);
+			c->ssl = malloc(sizeof(*c->ssl));
+			if (c->cin == NULL || c->cout == NULL || c->ssl == NULL)
+				return -ENOMEM;
+			mbedtls_ssl_init(c->ssl);
+			if (mbedtls_ssl_setup(c->ssl, &e->tls_conf) != 0)
+				return -ENOMEM;
+			mbedtls_ssl_set_bio(c->ssl, c, tls_send_cb, tls_recv_cb, NULL);
+		}
 	}
 	if (e->open_loop) {
 		e->pend_cap = BENCH_PENDING_MAX;
@@ -876,12 +1134,22 @@ static void eng_free(struct engine *e)
 			free(c->rbuf);
 			free(c->cbuf);
 			free(c->mbuf);
+			if (c->ssl != NULL)
+				mbedtls_ssl_free(c->ssl);
+			free(c->ssl);
+			free(c->cin);
+			free(c->cout);
 		}
 	}
 	free(e->conns);
 	free(e->avail);
 	free(e->pend_seq);
 	free(e->pend_ns);
+	if (e->tls_ready) {
+		mbedtls_ssl_config_free(&e->tls_conf);
+		mbedtls_ctr_drbg_free(&e->drbg);
+		mbedtls_entropy_free(&e->entropy);
+	}
 }
 
 static void raise_nofile(uint32_t conns)
@@ -1003,4 +1271,87 @@ int bench_run(const struct bench_opts *o, struct bench_result *r)
 	io_uring_queue_exit(&e->ring);
 	eng_free(e);
 	return 0;
+}
+
+int bench_result_merge(struct bench_result *dst, const struct bench_result *src)
+{
+	for (int i = 0; i < BENCH_PH_COUNT; i++) {
+		int rc = bench_hist_merge(&dst->hist[i], &src->hist[i]);
+		if (rc < 0)
+			return rc;
+	}
+	dst->messages_ok += src->messages_ok;
+	dst->messages_failed += src->messages_failed;
+	dst->bytes_ok += src->bytes_ok;
+	dst->rcpts_ok += src->rcpts_ok;
+	dst->rcpts_failed += src->rcpts_failed;
+	for (int i = 0; i < 1000; i++)
+		dst->code_counts[i] += src->code_counts[i];
+	for (int i = 0; i < BENCH_ERR_COUNT; i++)
+		dst->err_counts[i] += src->err_counts[i];
+	dst->server_pipelining |= src->server_pipelining;
+	dst->elapsed_s = DS_MAX(dst->elapsed_s, src->elapsed_s);
+	return 0;
+}
+
+struct bench_thread {
+	pthread_t tid;
+	struct bench_opts o;
+	struct bench_result r;
+	int rc;
+};
+
+static void *bench_thread_main(void *arg)
+{
+	struct bench_thread *t = arg;
+	t->rc = bench_run(&t->o, &t->r);
+	return NULL;
+}
+
+int bench_run_threads(const struct bench_opts *o, uint32_t n, struct bench_result *r)
+{
+	if (n <= 1)
+		return bench_run(o, r);
+	if (n > BENCH_THREADS_MAX || n > o->connections)
+		return -EINVAL;
+	struct bench_thread *th = calloc(n, sizeof(*th));
+	if (th == NULL)
+		return -ENOMEM;
+	int rc = 0;
+	uint32_t started = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		struct bench_thread *t = &th[i];
+		t->o = *o;
+		t->o.thread_index = i;
+		t->o.thread_count = n;
+		t->o.connections = o->connections / n + (i < o->connections % n ? 1 : 0);
+		if (o->messages > 0) {
+			t->o.messages = o->messages / n + (i < o->messages % n ? 1 : 0);
+			if (t->o.messages == 0)
+				t->o.messages = 1; /* fewer messages than threads: a few extra */
+		}
+		t->o.rate_total_per_s = o->rate_per_s;
+		t->o.rate_per_s = o->rate_per_s / n;
+		t->o.progress = o->progress && i == 0; /* one line: thread 0's share */
+		if (bench_result_init(&t->r) < 0) {
+			rc = -ENOMEM;
+			break;
+		}
+		if (pthread_create(&t->tid, NULL, bench_thread_main, t) != 0) {
+			bench_result_free(&t->r);
+			rc = -EAGAIN;
+			break;
+		}
+		started++;
+	}
+	for (uint32_t i = 0; i < started; i++) {
+		pthread_join(th[i].tid, NULL);
+		if (th[i].rc < 0 && rc == 0)
+			rc = th[i].rc;
+		if (rc == 0)
+			rc = bench_result_merge(r, &th[i].r);
+		bench_result_free(&th[i].r);
+	}
+	free(th);
+	return rc;
 }

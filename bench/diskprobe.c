@@ -33,6 +33,7 @@ struct probe_opts {
 	size_t block_bytes;
 	uint64_t file_bytes;
 	uint64_t count;
+	uint32_t rounds;
 	double duration_s;
 	bool modes[MODE_COUNT];
 	bool json;
@@ -135,6 +136,7 @@ static void usage(FILE *f)
 		   "  --block BYTES        bytes written per flush (default 4096; multiple of 4096)\n"
 		   "  --file-mb MB         size of the probe file (default 64)\n"
 		   "  --count N            flushes per mode (default 1000)\n"
+		   "  --rounds R           split each mode into R interleaved rounds (default 1)\n"
 		   "  --duration SEC       at most SEC seconds per mode (default 10)\n"
 		   "  --json               one JSON object\n"
 		   "  --help\n");
@@ -142,19 +144,19 @@ static void usage(FILE *f)
 
 int main(int argc, char **argv)
 {
-	struct probe_opts o = {
-		.dir = ".", .block_bytes = 4096, .file_bytes = 64ull << 20, .count = 1000, .duration_s = 10};
+	struct probe_opts o = {.dir = ".",
+			       .block_bytes = 4096,
+			       .file_bytes = 64ull << 20,
+			       .count = 1000,
+			       .rounds = 1,
+			       .duration_s = 10};
 	bool any_mode = false;
 	static const struct option lo[] = {
-		{"dir", required_argument, NULL, 'd'},
-		{"mode", required_argument, NULL, 'm'},
-		{"block", required_argument, NULL, 'b'},
-		{"file-mb", required_argument, NULL, 'f'},
-		{"count", required_argument, NULL, 'n'},
-		{"duration", required_argument, NULL, 't'},
-		{"json", no_argument, NULL, 'j'},
-		{"help", no_argument, NULL, 'h'},
-		{NULL, 0, NULL, 0},
+		{"dir", required_argument, NULL, 'd'},	 {"mode", required_argument, NULL, 'm'},
+		{"block", required_argument, NULL, 'b'}, {"file-mb", required_argument, NULL, 'f'},
+		{"count", required_argument, NULL, 'n'}, {"duration", required_argument, NULL, 't'},
+		{"json", no_argument, NULL, 'j'},	 {"rounds", required_argument, NULL, 'r'},
+		{"help", no_argument, NULL, 'h'},	 {NULL, 0, NULL, 0},
 	};
 	int c;
 	while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
@@ -213,6 +215,15 @@ int main(int argc, char **argv)
 				return 2;
 			}
 			break;
+		case 'r': {
+			unsigned long long v = strtoull(optarg, &end, 10);
+			if (*end || v == 0 || v > 1000) {
+				fprintf(stderr, "dotspool-diskprobe: --rounds must be 1..1000\n");
+				return 2;
+			}
+			o.rounds = (uint32_t)v;
+			break;
+		}
 		case 'j':
 			o.json = true;
 			break;
@@ -238,16 +249,31 @@ int main(int argc, char **argv)
 	}
 	struct probe_result res[MODE_COUNT] = {0};
 	int status = 0;
-	for (int i = 0; i < MODE_COUNT; i++) {
-		if (!o.modes[i])
-			continue;
-		if (bench_hist_init(&res[i].hist, BENCH_HIST_MAX_NS, BENCH_HIST_SUB_BITS_DEFAULT) < 0)
+	for (int i = 0; i < MODE_COUNT; i++)
+		if (o.modes[i] &&
+		    bench_hist_init(&res[i].hist, BENCH_HIST_MAX_NS, BENCH_HIST_SUB_BITS_DEFAULT) < 0)
 			return 2;
-		res[i].error = probe_mode(&o, (enum probe_mode)i, &res[i]);
-		if (res[i].error < 0) {
-			fprintf(stderr, "dotspool-diskprobe: %s: %s\n", mode_names[i],
-				strerror(-res[i].error));
-			status = 1;
+	/*
+	 * Rounds interleave the modes (A B C A B C ...) so that a noisy
+	 * neighbour on a shared disk hits every mode alike, not just one.
+	 */
+	struct probe_opts ro = o;
+	ro.count = DS_MAX(o.count / o.rounds, 1ull);
+	ro.duration_s = o.duration_s / o.rounds;
+	for (uint32_t round = 0; round < o.rounds; round++) {
+		for (int i = 0; i < MODE_COUNT; i++) {
+			if (!o.modes[i] || res[i].error < 0)
+				continue;
+			struct probe_result one = res[i];
+			res[i].error = probe_mode(&ro, (enum probe_mode)i, &one);
+			res[i].hist = one.hist; /* same buckets, updated count/min/max/sum */
+			res[i].flushes += one.flushes;
+			res[i].elapsed_s += one.elapsed_s;
+			if (res[i].error < 0) {
+				fprintf(stderr, "dotspool-diskprobe: %s: %s\n", mode_names[i],
+					strerror(-res[i].error));
+				status = 1;
+			}
 		}
 	}
 	if (o.json) {

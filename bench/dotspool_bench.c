@@ -38,13 +38,17 @@ static void usage(FILE *f)
 		"                            Without --rate: closed loop, each connection sends back to "
 		"back\n"
 		"  --new-connection-per-message  connect, EHLO, one message, QUIT, for every message\n"
+		"  --threads N               N threads, each with its own io_uring and a share of the\n"
+		"                            connections, messages and rate (default 1, max %d)\n"
 		"  --timeout-ms MS           give up on a connection waiting longer than MS for a reply\n"
 		"                            (default 30000)\n"
 		"Protocol:\n"
 		"  --pipelining              send MAIL, RCPT..., DATA in one write if the server\n"
 		"                            advertises PIPELINING (RFC 2920)\n"
 		"  --lmtp                    speak LMTP (RFC 2033): LHLO, one final reply per recipient\n"
-		"  --starttls                not supported yet (exits 2)\n"
+		"  --starttls                upgrade every connection with STARTTLS (RFC 3207) before\n"
+		"                            the first message (TLS 1.2, mbedTLS). The server's certificate\n"
+		"                            is NOT verified: a benchmark, not a secure client\n"
 		"  --helo NAME               EHLO/LHLO argument (default dotspool-bench)\n"
 		"Messages:\n"
 		"  --size BYTES              message size, headers included (default 4096, max %u)\n"
@@ -72,7 +76,7 @@ static void usage(FILE *f)
 		"\n"
 		"Exit status: 0 ok (sweep: a rate met the target), 1 some messages failed (sweep: none met\n"
 		"the target), 2 usage or setup error.\n",
-		BENCH_CONN_MAX, BENCH_SIZE_MAX, BENCH_RCPT_MAX);
+		BENCH_CONN_MAX, BENCH_THREADS_MAX, BENCH_SIZE_MAX, BENCH_RCPT_MAX);
 }
 
 static int parse_server(const char *s, struct bench_opts *o)
@@ -214,9 +218,10 @@ static void print_text(const struct bench_opts *o, const struct bench_result *r)
 {
 	double mps = r->elapsed_s > 0 ? (double)r->messages_ok / r->elapsed_s : 0;
 	double mbs = r->elapsed_s > 0 ? (double)r->bytes_ok / 1e6 / r->elapsed_s : 0;
-	printf("dotspool-bench: %s %s %s connections=%u rcpts=%u pipelining=%s%s\n", o->server,
-	       o->lmtp ? "lmtp" : "smtp", o->rate_per_s > 0 ? "open-loop" : "closed-loop", o->connections,
-	       o->rcpts, o->pipelining ? (r->server_pipelining ? "yes" : "not-advertised") : "no",
+	printf("dotspool-bench: %s %s%s %s connections=%u rcpts=%u pipelining=%s%s\n", o->server,
+	       o->lmtp ? "lmtp" : "smtp", o->starttls ? "+starttls" : "",
+	       o->rate_per_s > 0 ? "open-loop" : "closed-loop", o->connections, o->rcpts,
+	       o->pipelining ? (r->server_pipelining ? "yes" : "not-advertised") : "no",
 	       o->new_conn_per_msg ? " new-connection-per-message" : "");
 	if (o->rate_per_s > 0)
 		printf("target rate: %.1f msg/s\n", o->rate_per_s);
@@ -252,11 +257,13 @@ static void print_json(const struct bench_opts *o, const struct bench_result *r)
 	double mps = r->elapsed_s > 0 ? (double)r->messages_ok / r->elapsed_s : 0;
 	double mbs = r->elapsed_s > 0 ? (double)r->bytes_ok / 1e6 / r->elapsed_s : 0;
 	printf("{\"server\":\"%s\",\"protocol\":\"%s\",\"mode\":\"%s\",\"connections\":%u,\"rcpts\":%u,"
-	       "\"rate_target\":%.3f,\"pipelining\":%s,\"server_pipelining\":%s,\"new_connection_per_"
-	       "message\":%s,",
+	       "\"threads\":%u,\"rate_target\":%.3f,\"starttls\":%s,\"pipelining\":%s,\"server_pipelining\":%"
+	       "s,"
+	       "\"new_connection_per_message\":%s,",
 	       o->server, o->lmtp ? "lmtp" : "smtp", o->rate_per_s > 0 ? "open" : "closed", o->connections,
-	       o->rcpts, o->rate_per_s, o->pipelining ? "true" : "false",
-	       r->server_pipelining ? "true" : "false", o->new_conn_per_msg ? "true" : "false");
+	       o->rcpts, o->thread_count ? o->thread_count : 1, o->rate_per_s, o->starttls ? "true" : "false",
+	       o->pipelining ? "true" : "false", r->server_pipelining ? "true" : "false",
+	       o->new_conn_per_msg ? "true" : "false");
 	printf("\"messages_ok\":%llu,\"messages_failed\":%llu,\"bytes_ok\":%llu,\"rcpts_ok\":%llu,"
 	       "\"rcpts_failed\":%llu,\"elapsed_s\":%.6f,\"messages_per_s\":%.3f,\"mb_per_s\":%.6f,",
 	       (unsigned long long)r->messages_ok, (unsigned long long)r->messages_failed,
@@ -319,6 +326,7 @@ enum {
 	OPT_MAX_RATE,
 	OPT_ERROR_BUDGET,
 	OPT_REPORT,
+	OPT_THREADS,
 };
 
 static const struct option long_opts[] = {
@@ -349,8 +357,18 @@ static const struct option long_opts[] = {
 	{"max-rate", required_argument, NULL, OPT_MAX_RATE},
 	{"error-budget", required_argument, NULL, OPT_ERROR_BUDGET},
 	{"report", required_argument, NULL, OPT_REPORT},
+	{"threads", required_argument, NULL, OPT_THREADS},
 	{NULL, 0, NULL, 0},
 };
+
+/* --size-file contents; freed at exit so early usage errors do not leak. */
+static size_t *file_sizes;
+
+static void free_sizes(void)
+{
+	free(file_sizes);
+	file_sizes = NULL;
+}
 
 static int bad(const char *what)
 {
@@ -360,6 +378,7 @@ static int bad(const char *what)
 
 int main(int argc, char **argv)
 {
+	atexit(free_sizes);
 	bool sweep = argc > 1 && strcmp(argv[1], "sweep") == 0;
 	if (sweep) {
 		argv++;
@@ -379,11 +398,11 @@ int main(int argc, char **argv)
 	o.timeout_ms = 30000;
 	static size_t default_size = 4096;
 	size_t one_size = default_size;
-	size_t *file_sizes = NULL;
 	bool json = false, quiet = false, have_server = false, have_messages = false;
 	const char *ack_path = NULL;
 	uint64_t u;
 	double d;
+	uint32_t threads = 1;
 	int c;
 	while ((c = getopt_long(argc, argv, "", long_opts, NULL)) != -1) {
 		switch (c) {
@@ -450,8 +469,8 @@ int main(int argc, char **argv)
 			o.lmtp = true;
 			break;
 		case OPT_STARTTLS:
-			fprintf(stderr, "dotspool-bench: --starttls is not supported yet\n");
-			return 2;
+			o.starttls = true;
+			break;
 		case OPT_NEWCONN:
 			o.new_conn_per_msg = true;
 			break;
@@ -504,6 +523,11 @@ int main(int argc, char **argv)
 		case OPT_REPORT:
 			sw.report_dir = optarg;
 			break;
+		case OPT_THREADS:
+			if (parse_u64(optarg, 1, BENCH_THREADS_MAX, &u) < 0)
+				return bad("--threads");
+			threads = (uint32_t)u;
+			break;
 		default:
 			usage(stderr);
 			return 2;
@@ -524,13 +548,17 @@ int main(int argc, char **argv)
 		o.size_count = 1;
 	}
 	o.progress = !quiet && !json && isatty(STDERR_FILENO);
+	o.thread_count = threads;
 	if (sweep) {
 		if (sw.slo_p99_ms <= 0 || sw.report_dir == NULL)
 			return bad("sweep: --slo-p99-ms and --report are required");
-		int rc = bench_sweep(&o, &sw, json);
-		free(file_sizes);
-		return rc;
+		if (threads > o.connections)
+			return bad("--threads (more threads than connections)");
+		sw.threads = threads;
+		return bench_sweep(&o, &sw, json);
 	}
+	if (threads > o.connections)
+		return bad("--threads (more threads than connections)");
 	if (ack_path != NULL) {
 		o.ack_log = fopen(ack_path, "w");
 		if (o.ack_log == NULL) {
@@ -541,11 +569,14 @@ int main(int argc, char **argv)
 	struct bench_result r;
 	if (bench_result_init(&r) < 0)
 		return 2;
-	int rc = bench_run(&o, &r);
+	int rc = bench_run_threads(&o, threads, &r);
 	if (rc < 0) {
 		fprintf(stderr, "dotspool-bench: %s\n",
 			rc == -E2BIG ? "message buffers exceed 2 GiB: fewer connections or smaller sizes"
 				     : strerror(-rc));
+		bench_result_free(&r);
+		if (o.ack_log != NULL)
+			fclose(o.ack_log);
 		return 2;
 	}
 	if (json)
@@ -558,6 +589,5 @@ int main(int argc, char **argv)
 	}
 	int status = (r.messages_failed > 0 || r.messages_ok == 0 || rc < 0) ? 1 : 0;
 	bench_result_free(&r);
-	free(file_sizes);
 	return status;
 }

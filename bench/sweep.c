@@ -147,7 +147,7 @@ int bench_sweep(const struct bench_opts *base, const struct sweep_opts *sw, bool
 		bench_result_free(&r);
 		if (bench_result_init(&r) < 0)
 			return 2;
-		int rc = bench_run(&o, &r);
+		int rc = bench_run_threads(&o, sw->threads, &r);
 		if (rc < 0) {
 			fprintf(stderr, "dotspool-bench sweep: %s\n", strerror(-rc));
 			bench_result_free(&r);

@@ -16,6 +16,7 @@ struct sweep_opts {
 	double max_rate;
 	double error_budget;
 	const char *report_dir;
+	uint32_t threads;
 };
 
 struct sweep_step {

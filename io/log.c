@@ -27,6 +27,9 @@
 
 #define REC_ALIGN 16
 #define REC_PAD	  UINT32_MAX
+/* The logger's output batch; one line with its prefix always fits after out_flush(). */
+#define OUT_BYTES  (64 * 1024)
+#define PREFIX_MAX 96
 /* Room kept at the end of the line for " truncated=true". */
 #define LINE_RESERVE 16
 
@@ -71,6 +74,13 @@ struct io_log {
 	/* Logger thread only: the formatted second of the last timestamp. */
 	int64_t ts_sec_cached;
 	char ts_text[32];
+	/*
+	 * Logger thread only: lines are gathered here and handed to stdio in
+	 * one fwrite per pass, so an unbuffered stderr costs one write(2) per
+	 * batch rather than several per line.
+	 */
+	size_t out_len;
+	char out[OUT_BYTES];
 };
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
@@ -180,18 +190,39 @@ bool io_log_begin(struct io_log_ring *r, enum io_log_level level, const char *ev
 	return true;
 }
 
+/* 0: written as is; 1: written as is but only inside quotes; 2: escaped inside quotes. */
+static const uint8_t
+	byte_class[256] =
+		{
+			[0 ... 0x1f] = 2,  [' '] = 1,		['!'] = 0,	   ['"'] = 2,
+			['#' ... '<'] = 0, ['='] = 1,		['>' ... '['] = 0, ['\\'] = 2,
+			[']' ... '~'] = 0, [0x7f ... 0xff] = 2,
+};
+
+static inline bool plain_byte(unsigned char c)
+{
+	return byte_class[c] == 0;
+}
+
+static inline bool quoted_byte(unsigned char c)
+{
+	return byte_class[c] < 2;
+}
+
+/*
+ * Spans of ordinary bytes are copied with memcpy and only the bytes that
+ * need it go through the escape switch: this runs for every field of
+ * every line on the worker's thread.
+ */
 static size_t escape_into(char *dst, size_t cap, const char *src, size_t len, size_t *consumed)
 {
 	static const char hex[] = "0123456789abcdef";
-	bool quote = len == 0;
-	for (size_t i = 0; i < len && !quote; i++) {
-		unsigned char c = (unsigned char)src[i];
-		quote = c <= ' ' || c >= 0x7f || c == '"' || c == '\\' || c == '=';
-	}
+	const unsigned char *u = (const unsigned char *)src;
 	DS_ASSERT(cap > 0);
-	size_t o = 0;
-	size_t i = 0;
-	if (!quote) {
+	size_t k = 0;
+	while (k < len && plain_byte(u[k]))
+		k++;
+	if (k == len && len > 0) {
 		size_t n = DS_MIN(len, cap - 1);
 		memcpy(dst, src, n);
 		dst[n] = 0;
@@ -203,28 +234,40 @@ static size_t escape_into(char *dst, size_t cap, const char *src, size_t len, si
 		*consumed = 0;
 		return 0;
 	}
-	dst[o++] = '"';
-	for (; i < len; i++) {
-		unsigned char c = (unsigned char)src[i];
-		char esc[4];
-		size_t n;
-		if (c == '"' || c == '\\') {
-			esc[0] = '\\', esc[1] = (char)c, n = 2;
-		} else if (c == '\n') {
-			esc[0] = '\\', esc[1] = 'n', n = 2;
-		} else if (c == '\r') {
-			esc[0] = '\\', esc[1] = 'r', n = 2;
-		} else if (c == '\t') {
-			esc[0] = '\\', esc[1] = 't', n = 2;
-		} else if (c < ' ' || c >= 0x7f) {
-			esc[0] = '\\', esc[1] = 'x', esc[2] = hex[c >> 4], esc[3] = hex[c & 15], n = 4;
-		} else {
-			esc[0] = (char)c, n = 1;
-		}
-		if (o + n + 2 > cap) /* keep room for the closing quote and the NUL */
-			break;
-		memcpy(dst + o, esc, n);
+	/* The first k bytes were checked already: they need no escape. */
+	size_t i = DS_MIN(k, cap - 3);
+	dst[0] = '"';
+	memcpy(dst + 1, src, i);
+	size_t o = 1 + i;
+	bool full = i < k;
+	while (i < len && !full) {
+		size_t j = i;
+		while (j < len && quoted_byte(u[j]))
+			j++;
+		size_t n = DS_MIN(j - i, cap - 2 - o); /* keep room for the closing quote and the NUL */
+		memcpy(dst + o, src + i, n);
 		o += n;
+		i += n;
+		if (i < j || i == len)
+			break;
+		unsigned char c = u[i];
+		char esc[4] = {'\\', 0, 0, 0};
+		size_t e = 2;
+		if (c == '"' || c == '\\')
+			esc[1] = (char)c;
+		else if (c == '\n')
+			esc[1] = 'n';
+		else if (c == '\r')
+			esc[1] = 'r';
+		else if (c == '\t')
+			esc[1] = 't';
+		else
+			esc[1] = 'x', esc[2] = hex[c >> 4], esc[3] = hex[c & 15], e = 4;
+		if (o + e + 2 > cap)
+			break;
+		memcpy(dst + o, esc, e);
+		o += e;
+		i++;
 	}
 	dst[o++] = '"';
 	dst[o] = 0;
@@ -329,7 +372,23 @@ int io_log_end(struct io_log_ring *r)
 
 /* ---------------- consumer ---------------- */
 
-static void write_prefix(struct io_log *l, int64_t ts_ns, const char *level)
+static void out_flush(struct io_log *l)
+{
+	if (l->out_len) {
+		fwrite(l->out, 1, l->out_len, l->f);
+		l->out_len = 0;
+	}
+	fflush(l->f);
+}
+
+/* Makes room for one more line (prefix + IO_LOG_LINE_MAX + newline). */
+static void out_reserve(struct io_log *l)
+{
+	if (l->out_len + PREFIX_MAX + IO_LOG_LINE_MAX + 1 > sizeof(l->out))
+		out_flush(l);
+}
+
+static void out_prefix(struct io_log *l, int64_t ts_ns, const char *level)
 {
 	int64_t sec = ts_ns / 1000000000;
 	if (sec != l->ts_sec_cached) {
@@ -339,7 +398,10 @@ static void write_prefix(struct io_log *l, int64_t ts_ns, const char *level)
 		strftime(l->ts_text, sizeof(l->ts_text), "%Y-%m-%dT%H:%M:%S", &tm);
 		l->ts_sec_cached = sec;
 	}
-	fprintf(l->f, "ts=%s.%06dZ level=%s ", l->ts_text, (int)(ts_ns % 1000000000 / 1000), level);
+	int n = snprintf(l->out + l->out_len, PREFIX_MAX, "ts=%s.%06dZ level=%s ", l->ts_text,
+			 (int)(ts_ns % 1000000000 / 1000), level);
+	DS_ASSERT(n > 0 && n < PREFIX_MAX);
+	l->out_len += (size_t)n;
 }
 
 /* Copies out every record published on r; returns how many lines were written. */
@@ -357,9 +419,11 @@ static unsigned drain_ring(struct io_log *l, struct io_log_ring *r, unsigned ind
 			continue;
 		}
 		DS_ASSERT(h.len <= IO_LOG_LINE_MAX && pos + rec_size(h.len) <= r->size);
-		write_prefix(l, h.ts_ns, io_log_level_name((enum io_log_level)h.level));
-		fwrite(r->data + pos + sizeof(h), 1, h.len, l->f);
-		fputc('\n', l->f);
+		out_reserve(l);
+		out_prefix(l, h.ts_ns, io_log_level_name((enum io_log_level)h.level));
+		memcpy(l->out + l->out_len, r->data + pos + sizeof(h), h.len);
+		l->out_len += h.len;
+		l->out[l->out_len++] = '\n';
 		tail += rec_size(h.len);
 		/* Give the space back at once: the producer may be waiting for none, but it may be full. */
 		atomic_store_explicit(&r->tail, tail, memory_order_release);
@@ -371,9 +435,11 @@ static unsigned drain_ring(struct io_log *l, struct io_log_ring *r, unsigned ind
 	if (dropped != r->dropped_reported) {
 		struct timespec ts;
 		clock_gettime(CLOCK_REALTIME, &ts);
-		write_prefix(l, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, "warn");
-		fprintf(l->f, "event=log_dropped ring=%u lines=%llu\n", index,
-			(unsigned long long)(dropped - r->dropped_reported));
+		out_reserve(l);
+		out_prefix(l, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, "warn");
+		l->out_len +=
+			(size_t)snprintf(l->out + l->out_len, 64, "event=log_dropped ring=%u lines=%llu\n",
+					 index, (unsigned long long)(dropped - r->dropped_reported));
 		r->dropped_reported = dropped;
 	}
 	return lines;
@@ -384,6 +450,8 @@ static unsigned drain_all(struct io_log *l)
 	unsigned lines = 0;
 	for (unsigned i = 0; i < l->ring_count; i++)
 		lines += drain_ring(l, &l->rings[i], i);
+	if (l->out_len)
+		out_flush(l);
 	if (lines)
 		atomic_fetch_add_explicit(&l->written, lines, memory_order_relaxed);
 	return lines;
@@ -402,8 +470,8 @@ static void *logger_main(void *arg)
 	while (!atomic_load_explicit(&l->stop, memory_order_acquire)) {
 		if (drain_all(l))
 			continue;
-		/* Nothing pending: flush what was written and poll again in IO_LOG_POLL_MS. */
-		fflush(l->f);
+		/* Nothing pending: poll again in IO_LOG_POLL_MS (producers never make a syscall to wake us).
+		 */
 		struct timespec d = {.tv_sec = 0, .tv_nsec = IO_LOG_POLL_MS * 1000000L};
 		nanosleep(&d, NULL);
 	}

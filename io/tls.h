@@ -120,7 +120,11 @@ ssize_t io_tls_write(struct io_tls_conn *c, const uint8_t *buf, size_t len);
 /* Ciphertext to send: the pending bytes (NULL and *len 0 when none). Stays valid until consumed. */
 const uint8_t *io_tls_output(struct io_tls_conn *c, size_t *len);
 
-/* n bytes of io_tls_output have been sent (n <= the pending length). */
+/*
+ * n bytes of io_tls_output have been sent (n <= the pending length). May
+ * append more output (the rest of a record that found no room, a deferred
+ * close_notify): call io_tls_output again afterwards.
+ */
 void io_tls_output_consumed(struct io_tls_conn *c, size_t n);
 
 /*
@@ -130,7 +134,11 @@ void io_tls_output_consumed(struct io_tls_conn *c, size_t n);
  */
 int io_tls_describe(const struct io_tls_conn *c, char *buf, size_t cap);
 
-/* Queue a close_notify alert in the output (best effort; send io_tls_output afterwards). */
+/*
+ * Queue a close_notify alert in the output (after the handshake; deferred
+ * to io_tls_output_consumed() if the output is full). Send io_tls_output
+ * afterwards.
+ */
 void io_tls_close_notify(struct io_tls_conn *c);
 
 #endif

@@ -279,7 +279,7 @@ static void *spare_main(void *arg)
 		pthread_mutex_lock(&l->mu);
 		l->spare_want = false;
 		if (rc) {
-			l->spare_err = rc;
+			__atomic_store_n(&l->spare_err, rc, __ATOMIC_RELAXED);
 		} else {
 			l->spare_fd = fd;
 			l->spare_seq = seq;
@@ -560,7 +560,7 @@ static void lane_pump(struct spool_lane *l)
 		}
 		if (s == seg_active(l) && end == l->head && s->writes_inflight == 0 &&
 		    l->flushes_inflight < l->cfg.flushes_in_flight_max) {
-			/* Pretend the commits are covered to ask want_flush() about this write. */
+			/* Link a flush to this write if commits wait for it (group commit). */
 			struct lane_commit *last =
 				l->commit_count ? &l->commits[(l->commit_first + l->commit_count - 1) %
 							      LANE_COMMITS_MAX]
@@ -889,7 +889,8 @@ int spool_txn_begin(struct spool_lane *l, struct spool_txn *t)
 
 	memset(t, 0, sizeof(*t));
 	/* A full disk shows here first (452 at MAIL): no spare and the active segment nearly used. */
-	spare_bad = !__atomic_load_n(&l->spare_ready, __ATOMIC_ACQUIRE) && l->spare_err;
+	spare_bad = !__atomic_load_n(&l->spare_ready, __ATOMIC_ACQUIRE) &&
+		    __atomic_load_n(&l->spare_err, __ATOMIC_RELAXED);
 	if (!s || s->counter >= (1u << SPOOL_ID_COUNTER_BITS) - 1 ||
 	    (spare_bad && seg_left(l) < seg_cap_l(l) / 8)) {
 		rc = lane_roll(l);

@@ -43,6 +43,7 @@ struct spool_io_ops {
 	 * (a flush) must run only after this write completes in full
 	 * (io_uring IOSQE_IO_LINK); a short write cancels it (-ECANCELED).
 	 * Completion: spool_lane_complete(lane, tag, res) with bytes written or -errno.
+	 * Tags always fit in 56 bits.
 	 * Return 0 or -errno (nothing submitted).
 	 */
 	int (*write)(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link);

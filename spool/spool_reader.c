@@ -324,6 +324,11 @@ struct scan_cfg {
 	void *ctx;
 };
 
+struct chunk_seen {
+	uint64_t txn_id;
+	uint64_t len;
+};
+
 struct pend_commit {
 	uint64_t off, end;
 	uint64_t txn_id;
@@ -350,6 +355,8 @@ struct seg_scan {
 	uint64_t watermark;
 	struct pend_commit *pc;
 	size_t npc, cap;
+	struct chunk_seen *ch;
+	size_t nch, capch;
 	int err;
 };
 
@@ -359,13 +366,18 @@ static int seg_rec(void *ctx, const struct spool_rec *rec)
 
 	ss->watermark = DS_MAX(ss->watermark, rec->durable_off);
 	if (rec->type == SPOOL_REC_CHUNK) {
-		struct ctab_ent *e = ctab_get(ss->tab, rec->txn_id, true);
-		if (!e) {
-			ss->err = -ENOMEM;
-			return 1;
+		/* Counted into the lane's table only once the segment's scan is accepted. */
+		if (ss->nch == ss->capch) {
+			size_t ncap = ss->capch ? ss->capch * 2 : 1024;
+			struct chunk_seen *n = realloc(ss->ch, ncap * sizeof(*n));
+			if (!n) {
+				ss->err = -ENOMEM;
+				return 1;
+			}
+			ss->ch = n;
+			ss->capch = ncap;
 		}
-		e->count++;
-		e->bytes += rec->len;
+		ss->ch[ss->nch++] = (struct chunk_seen){rec->txn_id, rec->len};
 		return 0;
 	}
 	if (ss->npc == ss->cap) {
@@ -419,14 +431,46 @@ static int lane_scan(struct spool_reader *r, struct rlane *rl, const struct scan
 		if (s->hdr_rc)
 			continue;
 		ssp->s = s;
-		ssp->watermark = 0;
-		ssp->npc = 0;
-		ssp->nbad = 0;
-		spool_seg_scan(s->map, s->size, s->hdr.epoch, SPOOL_SEG_DATA_OFF, &sops, ssp);
+		for (int attempt = 0;; attempt++) {
+			bool moved = false;
+
+			ssp->watermark = 0;
+			ssp->npc = 0;
+			ssp->nbad = 0;
+			ssp->nch = 0;
+			spool_seg_scan(s->map, s->size, s->hdr.epoch, SPOOL_SEG_DATA_OFF, &sops, ssp);
+			if (ssp->err)
+				break;
+			/*
+			 * A server may be writing this segment: a record that was not
+			 * there when the scan passed may have landed before a later
+			 * record that vouches for it (watermark). If a "durable" bad
+			 * region parses now, it was a write in progress: scan again.
+			 */
+			for (unsigned k = 0; k < ssp->nbad && !moved; k++) {
+				struct spool_rec probe;
+				moved = ssp->bad[k].from < ssp->watermark &&
+					spool_rec_check(s->map, s->size, s->hdr.epoch, ssp->bad[k].from,
+							&probe);
+			}
+			if (!moved || attempt == 4)
+				break;
+		}
 		if (ssp->err) {
 			rc = ssp->err;
 			break;
 		}
+		for (size_t k = 0; k < ssp->nch; k++) {
+			struct ctab_ent *e = ctab_get(&tab, ssp->ch[k].txn_id, true);
+			if (!e) {
+				rc = -ENOMEM;
+				break;
+			}
+			e->count++;
+			e->bytes += ssp->ch[k].len;
+		}
+		if (rc)
+			break;
 		for (unsigned k = 0; k < ssp->nbad && cfg->bad; k++)
 			cfg->bad(cfg->ctx, rl, s, ssp->bad[k].from, ssp->bad[k].to, ssp->bad[k].tail,
 				 ssp->bad[k].zero, ssp->bad[k].from < ssp->watermark);
@@ -461,6 +505,9 @@ static int lane_scan(struct spool_reader *r, struct rlane *rl, const struct scan
 			if (ok &&
 			    (cfg->check_all_bodies || !durable || (c.chunk_count && c.first_seq != s->seq)))
 				ok = body_walk(rl, &m, NULL, NULL) == 0;
+			else if (!ok && durable)
+				/* A live writer may have added chunks after this lane's scan passed them. */
+				ok = body_walk(rl, &m, NULL, NULL) == 0;
 			if (!ok) {
 				if (cfg->dropped)
 					cfg->dropped(cfg->ctx, rl, &m, durable);
@@ -470,6 +517,7 @@ static int lane_scan(struct spool_reader *r, struct rlane *rl, const struct scan
 		}
 	}
 	free(ssp->pc);
+	free(ssp->ch);
 	free(ssp);
 	free(tab.e);
 	return rc;

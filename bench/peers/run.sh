@@ -8,7 +8,7 @@
 # a loopback-only network namespace. Prints one table.
 #
 # Usage: bench/peers/run.sh [--size BYTES] [--connections N] [--duration SEC]
-#                           [--rate R] [--pipelining] [--out FILE]
+#                           [--rate R] [--pipelining] [--threads N] [--out FILE]
 # Environment: DS_BENCH (dotspool-bench), DS_DISKPROBE, DS_DOTSPOOL (server binary).
 # Needs root (installs postfix if missing, creates a network namespace).
 set -eu
@@ -18,6 +18,7 @@ CONNS=32
 DURATION=10
 RATE=""
 PIPE=""
+THREADS=1
 OUT=""
 while [ $# -gt 0 ]; do
 	case "$1" in
@@ -26,6 +27,7 @@ while [ $# -gt 0 ]; do
 	--duration) DURATION=$2; shift 2 ;;
 	--rate) RATE=$2; shift 2 ;;
 	--pipelining) PIPE=--pipelining; shift ;;
+	--threads) THREADS=$2; shift 2 ;;
 	--out) OUT=$2; shift 2 ;;
 	-h|--help) sed -n '2,14p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
@@ -50,7 +52,7 @@ if [ -z "${DS_PEERS_IN_NETNS:-}" ]; then
 	fi
 	# Loopback-only namespace: nothing the peers do can reach another host.
 	DS_PEERS_IN_NETNS=1 exec timeout -k 10 280 unshare -n "$0" --size "$SIZE" --connections "$CONNS" \
-		--duration "$DURATION" ${RATE:+--rate "$RATE"} $PIPE ${OUT:+--out "$OUT"}
+		--duration "$DURATION" --threads "$THREADS" ${RATE:+--rate "$RATE"} $PIPE ${OUT:+--out "$OUT"}
 fi
 
 ip link set lo up
@@ -151,16 +153,26 @@ else
 	echo "run.sh: $DOTSPOOL not built: dotspool leg skipped" >&2
 fi
 
+# Ready = answers with a 220 banner (then QUIT politely), tried for up to 10 s.
 wait_port() {
-	i=0
-	while ! (exec 3<>/dev/tcp/127.0.0.1/$1) 2>/dev/null; do
-		i=$((i + 1))
-		[ $i -lt 100 ] || return 1
-		sleep 0.1
-	done
+	python3 - "$1" <<'PY'
+import socket, sys, time
+deadline = time.time() + 10
+while time.time() < deadline:
+    try:
+        with socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=2) as s:
+            if s.recv(512).startswith(b"220"):
+                s.sendall(b"QUIT\r\n")
+                s.recv(512)
+                sys.exit(0)
+    except OSError:
+        pass
+    time.sleep(0.1)
+sys.exit(1)
+PY
 }
 
-LOAD="--timeout-ms 5000 --connections $CONNS --duration $DURATION --size $SIZE ${RATE:+--rate $RATE} $PIPE --json --quiet"
+LOAD="--timeout-ms 5000 --threads $THREADS --connections $CONNS --duration $DURATION --size $SIZE ${RATE:+--rate $RATE} $PIPE --json --quiet"
 run_leg() { # name port
 	if ! wait_port "$2" 2>/dev/null; then
 		echo "run.sh: $1 is not listening on $2: leg skipped" >&2
@@ -176,7 +188,7 @@ run_leg smtp-sink $P_SINK
 
 if [ -n "$PROBE" ]; then
 	echo "run.sh: disk flush probe in $T" >&2
-	"$PROBE" --dir "$T" --count 2000 --duration 5 --json >"$T/diskprobe.json" || true
+	"$PROBE" --dir "$T" --count 3000 --rounds 5 --duration 6 --json >"$T/diskprobe.json" || true
 fi
 
 python3 - "$T" "$SIZE" "$CONNS" "$DURATION" "${RATE:-closed}" "${PIPE:-no-pipelining}" <<'PY' | tee ${OUT:-/dev/null}
@@ -200,10 +212,12 @@ for name, j in rows:
         print("| %s | skipped | | | | | | |" % name)
         continue
     fd = j["latency_us"]["final_dot"]
-    ratio = "%.2f" % (ds["messages_per_s"] / j["messages_per_s"]) if ds and j["messages_per_s"] else "-"
+    ratio = "%.2f" % (ds["messages_per_s"] / j["messages_per_s"]) if ds and name != "dotspool" and ds["messages_ok"] and j["messages_per_s"] else "-"
     print("| %s | %.0f | %.2f | %.3f | %.3f | %.3f | %d | %s |" % (name, j["messages_per_s"], j["mb_per_s"],
           fd["p50"] / 1e3, fd["p99"] / 1e3, fd["p999"] / 1e3, j["messages_failed"], ratio))
-if ds:
+    if j["errors_by_code"]:
+        print("|   %s errors: %s | | | | | | | |" % (name, " ".join("%s=%d" % kv for kv in j["errors_by_code"].items())))
+if ds and ds["messages_ok"]:
     for name, j in rows:
         if j and name != "dotspool":
             a, b = ds["latency_us"]["final_dot"], j["latency_us"]["final_dot"]

@@ -13,7 +13,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
-LAT_PHASES = ["connect", "banner", "ehlo", "mail", "rcpt", "data", "final_dot", "message"]
+LAT_PHASES = ["connect", "banner", "ehlo", "starttls", "mail", "rcpt", "data", "final_dot", "message"]
 LAT_KEYS = ["count", "min", "mean", "p50", "p90", "p99", "p999", "max"]
 TOP_KEYS = ["messages_ok", "messages_failed", "errors_by_code", "elapsed_s", "messages_per_s",
             "mb_per_s", "latency_us", "bytes_ok", "server_pipelining"]
@@ -144,7 +144,7 @@ def mode_rate(a, w):
         check(j["mode"] == "open", "mode")
         check(j["messages_ok"] == 600, "open loop at 400/s for 1.5 s must send 600, got %d" % j["messages_ok"])
         check(1.4 <= j["elapsed_s"] <= 3.0, "elapsed %f" % j["elapsed_s"])
-        check(350 <= j["messages_per_s"] <= 430, "rate %f" % j["messages_per_s"])
+        check(300 <= j["messages_per_s"] <= 430, "rate %f" % j["messages_per_s"])
         # On a terminal (script(1) provides one) a progress line appears once per second.
         if shutil.which("script"):
             cmd = "%s --server %s --rate 200 --duration 1.6 --connections 2" % (a.bench, s.server)
@@ -314,15 +314,73 @@ def mode_sweep(a, w):
         s.stop()
 
 
+def mode_threads(a, w):
+    s = Sink(a.sink, w, "s")
+    try:
+        ack = os.path.join(w, "ack.log")
+        j = run_json(a.bench, ["--server", s.server, "--messages", "1001", "--connections", "8", "--threads", "3",
+                               "--ack-log", ack])
+        check(j["threads"] == 3 and j["messages_ok"] == 1001, "threads closed %r" % j)
+        check(j["latency_us"]["connect"]["count"] == 8, "connections split, not multiplied")
+        check_acks(ack, s, 1001)
+        j = run_json(a.bench, ["--server", s.server, "--rate", "600", "--duration", "1", "--connections", "4",
+                               "--threads", "2"])
+        check(j["messages_ok"] == 600 and 450 <= j["messages_per_s"] <= 660, "threads open loop %r" % j)
+        run(a.bench, ["--server", s.server, "--connections", "2", "--threads", "3"], expect_rc=2)
+    finally:
+        s.stop()
+
+
+class Skip(Exception):
+    pass
+
+
+def mode_starttls(a, w):
+    if not shutil.which("openssl"):
+        raise Skip("openssl not installed: cannot make a test certificate")
+    key, cert = os.path.join(w, "key.pem"), os.path.join(w, "cert.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                    "-nodes", "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=localhost"],
+                   check=True, capture_output=True, timeout=30)
+    s = Sink(a.sink, w, "tls", "--tls-cert", cert, "--tls-key", key, "--require-tls")
+    try:
+        ack = os.path.join(w, "ack.log")
+        j = run_json(a.bench, ["--server", s.server, "--messages", "300", "--connections", "4", "--starttls",
+                               "--pipelining", "--rcpts", "2", "--ack-log", ack])
+        check(j["starttls"] and j["messages_ok"] == 300 and j["rcpts_ok"] == 600, "starttls %r" % j)
+        lat = j["latency_us"]
+        check(lat["starttls"]["count"] == 4, "one handshake per connection")
+        check(lat["ehlo"]["count"] == 8, "EHLO again after TLS")
+        check(j["server_pipelining"], "PIPELINING seen in the EHLO after TLS")
+        check_acks(ack, s, 300)
+        # Large bodies cross many TLS records; one connection per message.
+        j = run_json(a.bench, ["--server", s.server, "--messages", "12", "--connections", "3", "--starttls",
+                               "--size", "300000", "--new-connection-per-message"])
+        check(j["messages_ok"] == 12 and j["bytes_ok"] == 12 * 300000, "big TLS %r" % j)
+        check(j["latency_us"]["starttls"]["count"] == 12, "handshake per message")
+        sizes = [sz for sz, bad in s.received().values()]
+        check(sizes.count(300000) == 12, "sink received the big messages intact")
+        # Without STARTTLS the server refuses MAIL: counted by code.
+        j = run_json(a.bench, ["--server", s.server, "--messages", "3", "--connections", "1"], expect_rc=1)
+        check(j["errors_by_code"].get("530", 0) == 3, "530 without TLS %r" % j)
+    finally:
+        s.stop()
+    s = Sink(a.sink, w, "plain")
+    try:
+        j = run_json(a.bench, ["--server", s.server, "--messages", "3", "--connections", "1", "--starttls"],
+                     expect_rc=1)
+        check(j["messages_ok"] == 0 and j["errors_by_code"].get("tls", 0) > 0, "no STARTTLS offered %r" % j)
+    finally:
+        s.stop()
+
+
 def mode_usage(a, w):
     p = run(a.bench, ["--help"])
     for opt in ["--server", "--connections", "--messages", "--duration", "--rate", "--pipelining", "--size",
                 "--size-file", "--rcpts", "--from", "--to", "--lmtp", "--starttls",
                 "--new-connection-per-message", "--json", "--ack-log", "--quiet", "--slo-p99-ms",
-                "--start-rate", "--step-factor", "--step-duration", "--max-rate", "--error-budget", "--report"]:
+                "--threads", "--start-rate", "--step-factor", "--step-duration", "--max-rate", "--error-budget", "--report"]:
         check(opt in p.stdout, "--help lacks %s" % opt)
-    p = run(a.bench, ["--server", "127.0.0.1:25", "--starttls"], expect_rc=2)
-    check("not supported" in p.stderr, "starttls message")
     run(a.bench, ["--server", "localhost:25"], expect_rc=2)
     run(a.bench, ["--server", "127.0.0.1:99999"], expect_rc=2)
     run(a.bench, ["--server", "127.0.0.1:25", "--to", "%s@x"], expect_rc=2)
@@ -342,6 +400,10 @@ def mode_diskprobe(a, w):
         check(0 < r["p50_us"] <= r["p99_us"] <= r["max_us"], "%s percentiles %r" % (m, r))
     check(not [f for f in os.listdir(w) if f.startswith(".dotspool-diskprobe")], "probe files left behind")
     run(a.bench, ["--mode", "bogus"], expect_rc=2)
+    # Interleaved rounds add up to --count per mode.
+    j = json.loads(run(a.bench, ["--dir", w, "--count", "30", "--rounds", "3", "--file-mb", "4",
+                                 "--mode", "prewritten", "--json"]).stdout)
+    check(list(j["modes"]) == ["prewritten"] and j["modes"]["prewritten"]["flushes"] == 30, "rounds %r" % j)
 
 
 def main():
@@ -361,6 +423,9 @@ def main():
     except Fail as e:
         print("FAIL:", e)
         return 1
+    except Skip as e:
+        print("SKIP:", e)
+        return 77
     print("ok")
     return 0
 

@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import os
 import re
+import ssl
 import sys
 
 MSGID_RE = re.compile(rb"^Message-ID: (<[^>]+>)\r$", re.M | re.I)
@@ -22,6 +23,10 @@ class Sink:
         self.count = 0
         self.ids = open(args.ids_file, "a", buffering=1) if args.ids_file else None
         self.bad = 0
+        self.tls_ctx = None
+        if args.tls_cert:
+            self.tls_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            self.tls_ctx.load_cert_chain(args.tls_cert, args.tls_key)
 
     async def handle(self, reader, writer):
         a = self.args
@@ -33,6 +38,7 @@ class Sink:
         await reply("220 sink ESMTP")
         rcpts = []
         mail = False
+        tls = False
         try:
             while True:
                 line = await reader.readline()
@@ -50,11 +56,22 @@ class Sink:
                     ext = ["250-sink"]
                     if not a.no_pipelining:
                         ext.append("250-PIPELINING")
+                    if self.tls_ctx and not tls:
+                        ext.append("250-STARTTLS")
                     ext.append("250-8BITMIME")
                     ext.append("250 SIZE 100000000")
                     writer.write(("\r\n".join(ext) + "\r\n").encode())
                     await writer.drain()
+                elif verb == "STARTTLS" and self.tls_ctx and not tls:
+                    await reply("220 ready to start TLS")
+                    await writer.start_tls(self.tls_ctx)
+                    tls = True
+                    mail = False
+                    rcpts = []
                 elif verb == "MAIL":
+                    if a.require_tls and not tls:
+                        await reply("530 must issue STARTTLS first")
+                        continue
                     mail = True
                     rcpts = []
                     await reply("250 ok")
@@ -109,7 +126,7 @@ class Sink:
                     return
                 else:
                     await reply("502 unknown")
-        except (ConnectionError, asyncio.IncompleteReadError):
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
             return
         finally:
             writer.close()
@@ -124,6 +141,9 @@ async def main():
     p.add_argument("--reject-rcpt")
     p.add_argument("--fail-every", type=int, default=0)
     p.add_argument("--delay-ms", type=float, default=0)
+    p.add_argument("--tls-cert", help="offer STARTTLS with this certificate (PEM)")
+    p.add_argument("--tls-key")
+    p.add_argument("--require-tls", action="store_true", help="530 to MAIL before STARTTLS")
     a = p.parse_args()
     sink = Sink(a)
     server = await asyncio.start_server(sink.handle, "127.0.0.1", 0, limit=1 << 20, backlog=1024)

@@ -385,6 +385,17 @@ class RawSMTP:
             return True  # reset counts as closed
         return False
 
+    def quit(self):
+        """Polite end: QUIT, read the reply and the close, then close."""
+        try:
+            self.sock.settimeout(5)
+            self.sock.sendall(b"QUIT\r\n")
+            self.reply()
+            self.closed(5)
+        except (OSError, ConnectionError, Fail):
+            pass
+        self.close()
+
     def close(self):
         try:
             self.sock.close()

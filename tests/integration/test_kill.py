@@ -8,7 +8,6 @@
     intact and present once, dotspool-ctl verify exits 0."""
 import os
 import random
-import signal
 import smtplib
 import threading
 import time

@@ -44,7 +44,7 @@ def max_connections(t):
         t.check("4.7.0" in text, "6th connection's reply has 4.7.0 (%r)" % text)
         t.check(c.closed(5), "6th connection is closed after the 421")
         c.close()
-        held.pop().close()
+        held.pop().quit()
         ok = False
         deadline = time.monotonic() + 5
         while time.monotonic() < deadline and not ok:
@@ -59,7 +59,7 @@ def max_connections(t):
         t.check(ok, "after one client leaves, a new connection is greeted 220")
     finally:
         for c in held:
-            c.close()
+            c.quit()
     t.eq(srv.stop(), 0, "server exits 0")
 
 
@@ -83,7 +83,7 @@ def max_per_ip(t):
             held.append(c)
     finally:
         for c in held:
-            c.close()
+            c.quit()
     t.eq(srv.stop(), 0, "server exits 0")
 
 

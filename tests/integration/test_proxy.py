@@ -75,10 +75,15 @@ def send_via(t, port, src, data, what):
         s.close()
 
 
-def raw_send(t, port, header, data, what):
+def raw_send(t, port, header, data, what, pieces=1):
     c = dslib.RawSMTP("127.0.0.1", port)
     try:
-        c.send(header)
+        # pieces > 1: the header arrives in several TCP segments
+        step = max(1, len(header) // pieces)
+        for i in range(0, len(header), step):
+            c.send(header[i:i + step])
+            if pieces > 1:
+                time.sleep(0.05)
         t.eq(c.reply()[0], 220, "%s: banner after the PROXY header" % what, c.text())
         t.eq(c.cmd("EHLO it.example")[0], 250, "%s: EHLO" % what)
         t.eq(c.cmd("MAIL FROM:<a@localhost>")[0], 250, "%s: MAIL" % what)
@@ -132,7 +137,7 @@ def main(t):
 
     data = b"Subject: raw v1\r\n\r\nfake source\r\n"
     hdr = b"PROXY TCP4 192.0.2.7 127.0.0.1 40000 %d\r\n" % proxy_port
-    qid = raw_send(t, proxy_port, hdr, data, "raw PROXY v1")
+    qid = raw_send(t, proxy_port, hdr, data, "raw PROXY v1 in 4 segments", pieces=4)
     check_addr(t, srv, qid, data, "192.0.2.7", "raw PROXY v1")
 
     data = b"Subject: raw v2\r\n\r\nfake v6 source\r\n"
@@ -140,7 +145,7 @@ def main(t):
     dst6 = socket.inet_pton(socket.AF_INET6, "2001:db8::25")
     body = src6 + dst6 + struct.pack("!HH", 40001, 25) + b"\x04\x00\x02zz"  # NOOP TLV
     hdr = V2SIG + bytes([0x21, 0x21]) + struct.pack("!H", len(body)) + body
-    qid = raw_send(t, proxy_port, hdr, data, "raw PROXY v2 TCP6 with a TLV")
+    qid = raw_send(t, proxy_port, hdr, data, "raw PROXY v2 TCP6 with a TLV, in 5 segments", pieces=5)
     check_addr(t, srv, qid, data, "2001:db8::7", "raw PROXY v2")
 
     # v2 LOCAL: the connection's own address is used

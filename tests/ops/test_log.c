@@ -50,9 +50,77 @@ static void test_escape(void **state)
 	assert_int_equal(n, 6);
 	n = io_log_escape(out, sizeof(out), "abcdefghij", 10);
 	assert_string_equal(out, "abcdefg");
+	n = io_log_escape(out, sizeof(out), "abcdefgh ij", 11); /* long plain prefix, then quoting */
+	assert_string_equal(out, "\"abcde\"");
+	assert_int_equal(n, 7);
+	n = io_log_escape(out, sizeof(out), "abc\"", 4);
+	assert_string_equal(out, "\"abc\\\"\"");
+	n = io_log_escape(out, sizeof(out), "abcd\"", 5); /* the escape does not fit: cut before it */
+	assert_string_equal(out, "\"abcd\"");
 	n = io_log_escape(out, 2, "a b", 3);
 	assert_string_equal(out, "");
 	assert_int_equal(n, 0);
+}
+
+/* Inverse of the logfmt escaping, as a log reader would do it. */
+static size_t unescape(const char *in, char *out)
+{
+	size_t n = strlen(in), o = 0;
+	if (n == 0 || in[0] != '"') {
+		memcpy(out, in, n);
+		return n;
+	}
+	assert_true(n >= 2 && in[n - 1] == '"');
+	for (size_t i = 1; i < n - 1; i++) {
+		unsigned char c = (unsigned char)in[i];
+		assert_true(c >= ' ' && c < 0x7f &&
+			    c != '"'); /* nothing raw that a terminal or parser chokes on */
+		if (c != '\\') {
+			out[o++] = (char)c;
+			continue;
+		}
+		c = (unsigned char)in[++i];
+		if (c == 'n')
+			out[o++] = '\n';
+		else if (c == 'r')
+			out[o++] = '\r';
+		else if (c == 't')
+			out[o++] = '\t';
+		else if (c == 'x') {
+			unsigned v;
+			assert_int_equal(sscanf(in + i + 1, "%2x", &v), 1);
+			out[o++] = (char)v;
+			i += 2;
+		} else {
+			assert_true(c == '"' || c == '\\');
+			out[o++] = (char)c;
+		}
+	}
+	return o;
+}
+
+/* Random byte strings: the escaped form is printable, one token, and decodes back exactly. */
+static void test_escape_roundtrip(void **state)
+{
+	uint64_t x = 0x5eed2026;
+	char src[64], esc[64 * 4 + 3], back[64];
+	for (int iter = 0; iter < 50000; iter++) {
+		x = x * 6364136223846793005ull + 1442695040888963407ull;
+		size_t len = (size_t)(x >> 58);
+		for (size_t i = 0; i < len; i++) {
+			x = x * 6364136223846793005ull + 1442695040888963407ull;
+			/* Mostly printable, with every kind of special byte now and then. */
+			unsigned r = (unsigned)(x >> 40);
+			src[i] = (char)(r % 4 ? ' ' + r % 95 : r >> 8);
+		}
+		size_t n = io_log_escape(esc, sizeof(esc), src, len);
+		assert_int_equal(strlen(esc), n);
+		assert_null(memchr(esc, ' ', esc[0] == '"' ? 0 : n)); /* unquoted: no space, so one token */
+		assert_null(strchr(esc[0] == '"' ? "" : esc, '='));
+		size_t m = unescape(esc, back);
+		assert_int_equal(m, len);
+		assert_memory_equal(back, src, len);
+	}
 }
 
 /* Reads the whole tmpfile. */
@@ -338,9 +406,10 @@ static void test_create_limits(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test(test_escape),	       cmocka_unit_test(test_lines),
-		cmocka_unit_test(test_wrap),	       cmocka_unit_test(test_full_drops),
-		cmocka_unit_test(test_multi_producer), cmocka_unit_test(test_create_limits),
+		cmocka_unit_test(test_escape),	      cmocka_unit_test(test_escape_roundtrip),
+		cmocka_unit_test(test_lines),	      cmocka_unit_test(test_wrap),
+		cmocka_unit_test(test_full_drops),    cmocka_unit_test(test_multi_producer),
+		cmocka_unit_test(test_create_limits),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ds_assert.h"
@@ -29,7 +30,8 @@ struct sim_op {
 };
 
 struct sim_vw {
-	int fd;
+	int fd;	      /* our own dup: the lane may close (and the kernel reuse) its fd meanwhile */
+	uint64_t ino; /* which file: flushes match on this, not on fd numbers */
 	uint64_t off;
 	uint32_t len;
 	uint8_t *data;
@@ -140,8 +142,10 @@ struct sim *sim_create(uint64_t seed, const struct sim_faults *f,
 
 void sim_destroy(struct sim *s)
 {
-	for (size_t i = 0; i < s->nvw; i++)
+	for (size_t i = 0; i < s->nvw; i++) {
 		free(s->vw[i].data);
+		close(s->vw[i].fd);
+	}
 	free(s->vw);
 	free(s);
 }
@@ -161,6 +165,13 @@ uint64_t sim_events(const struct sim *s)
 	return s->events;
 }
 
+static uint64_t file_ino(int fd)
+{
+	struct stat st;
+	DS_ASSERT(fstat(fd, &st) == 0);
+	return (uint64_t)st.st_ino;
+}
+
 static void vw_add(struct sim *s, struct sim_op *op, uint32_t n)
 {
 	struct sim_vw *v;
@@ -171,7 +182,9 @@ static void vw_add(struct sim *s, struct sim_op *op, uint32_t n)
 		DS_ASSERT(s->vw);
 	}
 	v = &s->vw[s->nvw++];
-	v->fd = op->fd;
+	v->fd = dup(op->fd);
+	DS_ASSERT(v->fd >= 0);
+	v->ino = file_ino(op->fd);
 	v->off = op->off;
 	v->len = n;
 	v->data = malloc(n ? n : 1);
@@ -246,12 +259,14 @@ static void complete_one(struct sim *s, unsigned i)
 			if (s->f.flush_fail_at && s->nflush == s->f.flush_fail_at) {
 				res = -EIO;
 			} else {
+				uint64_t ino = file_ino(op.fd);
 				res = 0;
 				for (size_t k = 0; k < s->nvw;) {
 					struct sim_vw *v = &s->vw[k];
-					if (v->fd == op.fd && (v->seq <= op.cover_seq || v->seq == lseq)) {
+					if (v->ino == ino && (v->seq <= op.cover_seq || v->seq == lseq)) {
 						persist(v, v->len);
 						free(v->data);
+						close(v->fd);
 						s->vw[k] = s->vw[--s->nvw];
 					} else {
 						k++;

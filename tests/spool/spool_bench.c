@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * Not a test: measurements for the spool.
- *   spool_bench recover DIR SIZE_MIB [--cold]   fill a spool with 4 KiB messages, time spool_recover()
- *   spool_bench flush DIR N                     per-commit flush latency, pre-written vs fallocate-only
+ *   spool_bench recover DIR SIZE_MIB [--cold|--warm] [MSG_BYTES]   fill a spool (4 KiB messages by default),
+ * time spool_recover() spool_bench flush DIR N                     per-commit flush latency, pre-written vs
+ * fallocate-only
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -40,7 +41,10 @@ static void fill(struct spool_lane *l, struct spool_syncio *sio, uint64_t count,
 	tu_body(1, 0, body, sizeof(body));
 	for (uint64_t i = 0; i < count; i++) {
 		CHECK(spool_txn_begin(l, &t) == 0);
-		CHECK(spool_txn_append(l, &t, body, size) == 0);
+		int rc;
+		while ((rc = spool_txn_append(l, &t, body, size)) == -EAGAIN)
+			spool_syncio_run(sio);
+		CHECK(rc == 0);
 		tu_env_make(&e, i, size);
 		while (spool_txn_commit(l, &t, &e.env, i) == -EAGAIN)
 			spool_syncio_run(sio);
@@ -81,20 +85,25 @@ int main(int argc, char **argv)
 	spool_config_defaults(&cfg);
 	cfg.dir = argv[2];
 	if (!strcmp(argv[1], "recover")) {
-		uint64_t mib = strtoull(argv[3], NULL, 0), count = mib * 1024 * 1024 / 4300;
+		size_t msg = argc > 5 ? (size_t)strtoul(argv[5], NULL, 0) : 4096;
+		uint64_t mib = strtoull(argv[3], NULL, 0), count;
 		struct spool_recovery_report rr;
 		double t0, t1;
 
 		CHECK(spool_syncio_create(&sio, on_settled, NULL) == 0);
 		CHECK(spool_lane_open(&l, &cfg, 0, spool_syncio_ops(), sio) == 0);
 		spool_syncio_attach(sio, l);
+		CHECK(msg > 0 && msg <= 65536);
+		count = mib * 1024 * 1024 / (msg + 200);
 		t0 = now_s();
-		fill(l, sio, count, 4096, 512);
+		fill(l, sio, count, msg, 512);
 		t1 = now_s();
 		spool_lane_close(l);
-		printf("filled %llu messages of 4 KiB in %.2f s\n", (unsigned long long)n_ok, t1 - t0);
+		printf("filled %llu messages of %zu bytes in %.2f s\n", (unsigned long long)n_ok, msg,
+		       t1 - t0);
 		for (int round = 0; round < 2; round++) {
-			if (argc > 4 && !strcmp(argv[4], "--cold"))
+			bool cold = argc > 4 && !strcmp(argv[4], "--cold");
+			if (cold)
 				drop_cache(cfg.dir);
 			t0 = now_s();
 			CHECK(spool_recover(&cfg, &rr) == 0);
@@ -102,7 +111,7 @@ int main(int argc, char **argv)
 			CHECK(rr.messages == n_ok);
 			spool_recovery_report_print(&rr, stdout);
 			printf("recovery %s: %.3f s, %.0f MiB/s of segments, %.0f messages/s\n",
-			       argc > 4 ? "cold" : "warm", t1 - t0, (double)rr.segments * 64.0 / (t1 - t0),
+			       cold ? "cold" : "warm", t1 - t0, (double)rr.segments * 64.0 / (t1 - t0),
 			       (double)rr.messages / (t1 - t0));
 		}
 		return 0;
@@ -118,6 +127,7 @@ int main(int argc, char **argv)
 			CHECK(spool_syncio_create(&sio, on_settled, NULL) == 0);
 			CHECK(spool_lane_open(&l, &cfg, 0, spool_syncio_ops(), sio) == 0);
 			spool_syncio_attach(sio, l);
+			sleep(3); /* let the background thread finish the spare: measure flushes alone */
 			fill(l, sio, n, 4096, 1);
 			spool_lane_stats(l, &st);
 			printf("%s segment: %llu flushes, mean %.0f us, max %llu us\n",

@@ -427,6 +427,109 @@ static void test_plaintext_after_handshake(void **state)
 	io_tls_server_destroy(s);
 }
 
+/* A client asking to renegotiate gets no new handshake (no CPU spent, nothing but an alert). */
+static void test_no_renegotiation(void **state)
+{
+	struct io_tls_server *s = new_server(ec_cert, ec_key, 4);
+	struct io_tls_conn *c = new_conn(s);
+	struct tc_opts o = {.renegotiation = true};
+	struct tc_client *tc = tc_client_new(&o);
+	assert_int_equal(tc_pump_handshake(c, tc, 4096, 50), 0);
+	for (int round = 0; round < 3; round++) {
+		int cr = mbedtls_ssl_renegotiate(&tc->ssl);
+		assert_true(cr == MBEDTLS_ERR_SSL_WANT_READ || cr < 0);
+		tc_to_server(c, tc, 4096);
+		uint8_t pt[64];
+		ssize_t r = io_tls_read(c, pt, sizeof(pt));
+		assert_true(r == -EAGAIN || r == -EPROTO);
+		size_t out = 0;
+		io_tls_output(c, &out);
+		if (round == 0)
+			fprintf(stderr, "renegotiation request: read %zd, %zu bytes of answer\n", r, out);
+		assert_true(out <= 64); /* at most a no_renegotiation alert, never a ServerHello */
+		tc_to_client(c, tc);
+		if (r == -EPROTO)
+			break;
+	}
+	tc_client_free(tc);
+	io_tls_conn_destroy(c);
+	io_tls_server_destroy(s);
+}
+
+/*
+ * Record order when the library must write while our output is nearly
+ * full: an alert (the answer to a renegotiation request) only partly fits.
+ * What comes next (a write, a close_notify) must follow the alert's tail,
+ * never be dropped. Checked on the raw records the server emits.
+ */
+static size_t walk_records(const uint8_t *wire, size_t len, uint8_t *types, size_t cap)
+{
+	size_t recs = 0, off = 0;
+	while (off + 5 <= len && recs < cap) {
+		types[recs++] = wire[off];
+		off += 5 + ((size_t)wire[off + 3] << 8 | wire[off + 4]);
+	}
+	assert_int_equal(off, len); /* nothing torn */
+	return recs;
+}
+
+static void alert_tail(bool then_close)
+{
+	struct io_tls_server *s = new_server(ec_cert, ec_key, 4);
+	struct io_tls_conn *c = new_conn(s);
+	struct tc_opts o = {.renegotiation = true};
+	struct tc_client *tc = tc_client_new(&o);
+	assert_int_equal(tc_pump_handshake(c, tc, 4096, 50), 0);
+
+	/* Fill the output to 10 bytes short of full: 8 explicit nonce + 16 tag + 5 header per record. */
+	static uint8_t filler[IO_TLS_OUT_CAP_BYTES];
+	size_t fill = IO_TLS_OUT_CAP_BYTES - 29 - 10;
+	assert_int_equal(io_tls_write(c, filler, fill), (ssize_t)fill);
+	/* A renegotiation request arrives: its 31-byte alert answer gets 10 bytes of room. */
+	assert_true(mbedtls_ssl_renegotiate(&tc->ssl) == MBEDTLS_ERR_SSL_WANT_READ);
+	tc_to_server(c, tc, 4096);
+	uint8_t pt[64];
+	assert_int_equal(io_tls_read(c, pt, sizeof(pt)), -EAGAIN);
+	static uint8_t wire[2 * IO_TLS_OUT_CAP_BYTES];
+	size_t wire_len = 0, n = 0;
+	const uint8_t *p = io_tls_output(c, &n);
+	assert_int_equal(n, IO_TLS_OUT_CAP_BYTES);
+	memcpy(wire, p, n);
+	wire_len = n;
+	if (then_close)
+		io_tls_close_notify(c); /* no room yet: deferred */
+	else
+		assert_int_equal(io_tls_write(c, (const uint8_t *)"x", 1), -EAGAIN); /* no room yet */
+	io_tls_output_consumed(c, n); /* sent: the alert's tail moves in */
+	if (!then_close)
+		assert_int_equal(io_tls_write(c, (const uint8_t *)"250 OK\r\n", 8), 8);
+	p = io_tls_output(c, &n);
+	assert_true(n > 0 && wire_len + n <= sizeof(wire));
+	memcpy(wire + wire_len, p, n);
+	wire_len += n;
+	io_tls_output_consumed(c, n);
+
+	uint8_t types[8];
+	assert_int_equal(walk_records(wire, wire_len, types, DS_ARRAY_SIZE(types)), 3);
+	assert_int_equal(types[0], 0x17);
+	assert_int_equal(types[1], 0x15);
+	assert_int_equal(types[2], then_close ? 0x15 : 0x17);
+	assert_int_equal(wire_len, IO_TLS_OUT_CAP_BYTES - 10 + 31 + (then_close ? 31 : 8 + 29));
+	tc_client_free(tc);
+	io_tls_conn_destroy(c);
+	io_tls_server_destroy(s);
+}
+
+static void test_alert_tail_then_write(void **state)
+{
+	alert_tail(false);
+}
+
+static void test_alert_tail_then_close(void **state)
+{
+	alert_tail(true);
+}
+
 static void test_feed_bound(void **state)
 {
 	struct io_tls_server *s = new_server(ec_cert, ec_key, 4);
@@ -666,6 +769,9 @@ int main(void)
 		cmocka_unit_test(test_mutated_client_hello),
 		cmocka_unit_test(test_client_hello_then_plaintext),
 		cmocka_unit_test(test_plaintext_after_handshake),
+		cmocka_unit_test(test_no_renegotiation),
+		cmocka_unit_test(test_alert_tail_then_write),
+		cmocka_unit_test(test_alert_tail_then_close),
 		cmocka_unit_test(test_feed_bound),
 		cmocka_unit_test(test_limits_and_errors),
 		cmocka_unit_test(test_aborted_handshakes),

@@ -56,6 +56,8 @@ struct tc_client *tc_client_new(const struct tc_opts *o)
 	}
 	if (o->suites)
 		mbedtls_ssl_conf_ciphersuites(&tc->conf, o->suites);
+	if (o->renegotiation)
+		mbedtls_ssl_conf_renegotiation(&tc->conf, MBEDTLS_SSL_RENEGOTIATION_ENABLED);
 	if (o->groups)
 		mbedtls_ssl_conf_curves(&tc->conf, o->groups);
 	if (o->max_minor)

@@ -44,6 +44,7 @@ struct tc_opts {
 	const int *suites;		    /* NULL: library defaults */
 	int max_minor;			    /* 0: library default, else MBEDTLS_SSL_MINOR_VERSION_x */
 	const mbedtls_ecp_group_id *groups; /* NULL: library defaults, else NONE-terminated */
+	bool renegotiation;		    /* let the client ask for renegotiation */
 };
 
 /* Returns a calloc'd client or NULL; aborts the process on setup errors. */
