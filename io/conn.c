@@ -163,7 +163,7 @@ void io_conns_fini(struct io_worker *w)
 static void conn_arm_recv(struct io_conn *c)
 {
 	struct io_worker *w = c->w;
-	if (c->recv_armed || c->state == IO_CONN_CLOSING)
+	if (c->recv_armed || (c->state != IO_CONN_ACTIVE && c->state != IO_CONN_PROXY))
 		return;
 	struct io_uring_sqe *sqe = io_sqe(w);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -341,7 +341,8 @@ static void conn_flush_output(struct io_conn *c)
 static void conn_try_free(struct io_conn *c)
 {
 	struct io_worker *w = c->w;
-	if (c->state != IO_CONN_CLOSING || c->recv_armed || c->send_inflight || c->commit_pending || c->parked)
+	if (c->state != IO_CONN_CLOSING || c->busy || c->recv_armed || c->send_inflight ||
+	    c->commit_pending || c->parked)
 		return;
 	if (c->s) {
 		smtp_session_fini(c->s); /* aborts the transaction in data, if any */
@@ -463,6 +464,8 @@ void io_conn_on_recv(struct io_worker *w, uint64_t key, int res, uint32_t flags)
 	bool more = flags & IORING_CQE_F_MORE;
 	if (!more)
 		c->recv_armed = false;
+	/* conn_input() may close the connection; it must not be freed under us. */
+	c->busy = true;
 	if (res > 0) {
 		DS_ASSERT(flags & IORING_CQE_F_BUFFER);
 		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
@@ -471,6 +474,7 @@ void io_conn_on_recv(struct io_worker *w, uint64_t key, int res, uint32_t flags)
 	} else if (res == 0 || (res < 0 && res != -ENOBUFS && res != -ECANCELED)) {
 		conn_close(c); /* EOF or error */
 	}
+	c->busy = false;
 	if (c->state == IO_CONN_CLOSING) {
 		conn_try_free(c);
 		return;

@@ -123,7 +123,13 @@ static void listeners_close(struct io_worker *w)
 			io_uring_prep_cancel64(sqe, io_ud(IO_OP_ACCEPT, i), 0);
 			io_uring_sqe_set_data64(sqe, io_ud(IO_OP_IGNORE, 0));
 		}
-		/* The ring holds its own file reference until the cancel lands. */
+		/*
+		 * The ring holds its own file reference until the cancel lands, and
+		 * this worker may leave its loop before submitting it; a listening
+		 * socket left in the SO_REUSEPORT group would take connections that
+		 * nobody serves. shutdown() unhashes it now and resets its backlog.
+		 */
+		shutdown(l->fd, SHUT_RDWR);
 		close(l->fd);
 		l->fd = -1;
 	}

@@ -47,6 +47,7 @@ struct io_conn {
 	uint8_t listen_idx;
 	bool recv_armed;     /* a multishot recv is outstanding */
 	bool recv_cancel;    /* cancel requested for it */
+	bool busy;           /* inside a CQE handler: freeing waits until it returns */
 	bool send_inflight;
 	bool commit_pending; /* spool owes us a settled() */
 	bool txn_open;       /* a spool txn is open (begun, not committed or aborted) */
