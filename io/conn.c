@@ -148,6 +148,9 @@ void io_conns_fini(struct io_worker *w)
 			struct io_conn *c = &w->conns[i];
 			if (c->state != IO_CONN_FREE && c->fd >= 0)
 				close(c->fd);
+			if (c->tls)
+				io_tls_conn_destroy(c->tls);
+			c->tls = NULL;
 			free(c->pending);
 		}
 	}
@@ -247,6 +250,26 @@ static void conn_push_deadline(struct io_conn *c, bool replied)
 }
 
 /*
+ * STARTTLS was accepted and its 220 is queued (RFC 3207). Everything the
+ * client sent after the STARTTLS line, in this read, in c->pending or in
+ * reads that complete before the 220 has gone out, was sent before the
+ * client could have seen the 220: it is dropped, never executed
+ * (CVE-2011-0411). The session has already reset itself to the
+ * post-greeting state.
+ */
+static void conn_starttls(struct io_conn *c)
+{
+	int ret = c->w->tls ? io_tls_conn_create(&c->tls, c->w->tls) : -EOPNOTSUPP;
+	if (ret < 0) {
+		/* Out of TLS sessions on this worker: the client retries later. */
+		c->want_close = true;
+		return;
+	}
+	c->tls_starting = true;
+	c->pending_len = 0;
+}
+
+/*
  * Hand bytes to the session until it stops taking them. Returns how many
  * it took.
  */
@@ -299,9 +322,8 @@ static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
 		case SMTP_BLOCKED:
 			return off;
 		case SMTP_STARTTLS:
-			/* Not offered without a certificate; never trust the bytes after it. */
-			c->want_close = true;
-			return len;
+			conn_starttls(c);
+			return len; /* never trust the plaintext after it */
 		case SMTP_CLOSE:
 			c->want_close = true;
 			return len; /* nothing after QUIT/421 is read */
@@ -310,14 +332,65 @@ static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
 	return off;
 }
 
+/* TLS: move the session's replies into records, then send the ciphertext. */
+static void conn_flush_tls(struct io_conn *c)
+{
+	struct io_worker *w = c->w;
+	size_t len = 0;
+	if (c->tls_up && !c->tls_failed && !c->tls_closing) {
+		for (;;) {
+			const uint8_t *out = smtp_session_output(c->s, &len);
+			if (len == 0 && c->bye_pending) {
+				if (io_tls_write(c->tls, (const uint8_t *)io_bye, sizeof(io_bye) - 1) > 0) {
+					c->bye_pending = false;
+					c->want_close = true;
+				}
+				break;
+			}
+			if (len == 0)
+				break;
+			ssize_t r = io_tls_write(c->tls, out, len);
+			if (r == -EAGAIN)
+				break; /* the record buffer is full: after this send */
+			if (r < 0) {
+				c->tls_failed = true;
+				c->want_close = true;
+				break;
+			}
+			smtp_session_output_consumed(c->s, (size_t)r);
+		}
+		smtp_session_output(c->s, &len);
+		if (c->want_close && len == 0 && !c->bye_pending) {
+			io_tls_close_notify(c->tls);
+			c->tls_closing = true;
+		}
+	}
+	size_t n = 0;
+	const uint8_t *p = io_tls_output(c->tls, &n);
+	if (n == 0) {
+		if (c->want_close && (c->tls_closing || c->tls_failed || !c->tls_up))
+			conn_close(c);
+		return;
+	}
+	c->send_len = (uint32_t)n;
+	struct io_uring_sqe *sqe = io_sqe(w);
+	io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SEND, conn_key(c)));
+	c->send_inflight = true;
+}
+
 static void conn_flush_output(struct io_conn *c)
 {
 	struct io_worker *w = c->w;
 	if (c->send_inflight || c->state != IO_CONN_ACTIVE)
 		return;
+	if (c->tls && !c->tls_starting) {
+		conn_flush_tls(c);
+		return;
+	}
 	size_t len = 0;
 	const uint8_t *out = c->s ? smtp_session_output(c->s, &len) : NULL;
-	if (len == 0 && c->bye_pending) {
+	if (len == 0 && c->bye_pending && !c->tls_starting) {
 		out = (const uint8_t *)io_bye;
 		len = sizeof(io_bye) - 1;
 		c->bye_pending = false;
@@ -349,6 +422,10 @@ static void conn_try_free(struct io_conn *c)
 		c->s = NULL;
 	}
 	sink_data_abort(c);
+	if (c->tls) {
+		io_tls_conn_destroy(c->tls);
+		c->tls = NULL;
+	}
 	close(c->fd);
 	c->fd = -1;
 	if (c->counted) {
@@ -426,8 +503,8 @@ static void conn_resume(struct io_conn *c)
 	}
 	if (c->pending_len) {
 		size_t used = conn_feed(c, c->pending, c->pending_len);
-		if (c->want_close)
-			used = c->pending_len;
+		if (c->want_close || used > c->pending_len)
+			used = c->pending_len; /* QUIT, or STARTTLS emptied it */
 		pending_drop(c, used);
 	}
 	conn_flush_output(c);
@@ -436,24 +513,91 @@ static void conn_resume(struct io_conn *c)
 		conn_arm_recv(c);
 }
 
-static void conn_input(struct io_conn *c, const uint8_t *buf, size_t len)
+static void conn_input_plain(struct io_conn *c, const uint8_t *buf, size_t len)
 {
-	if (c->state == IO_CONN_PROXY) {
-		conn_proxy_input(c, buf, len);
-		return;
-	}
-	if (c->state != IO_CONN_ACTIVE || c->want_close)
+	if (c->state != IO_CONN_ACTIVE || c->want_close || c->tls_starting)
 		return;
 	size_t used = 0;
 	if (c->pending_len == 0 && conn_can_feed(c))
 		used = conn_feed(c, buf, len);
-	if (c->want_close)
+	if (c->want_close || c->tls_starting)
 		used = len;
 	if (used < len && pending_append(c, buf + used, len - used) < 0) {
 		/* The client keeps sending while refusing our replies: drop it. */
 		conn_close(c);
 		return;
 	}
+}
+
+static void conn_tls_handshake(struct io_conn *c)
+{
+	int r = io_tls_handshake(c->tls);
+	if (r == -EAGAIN)
+		return;
+	if (r < 0) {
+		c->tls_failed = true; /* send the alert, then close */
+		c->want_close = true;
+		return;
+	}
+	char desc[96];
+	if (io_tls_describe(c->tls, desc, sizeof(desc)) < 0)
+		snprintf(desc, sizeof(desc), "TLS");
+	c->tls_up = true;
+	c->in_session = true;
+	smtp_session_tls_started(c->s, desc);
+	c->in_session = false;
+	c->deadline_ms = io_now_ms() + (int64_t)c->w->cfg->timeout_command_s * 1000;
+}
+
+/* Ciphertext in: handshake, then decrypt into the plaintext path. */
+static void conn_tls_input(struct io_conn *c, const uint8_t *buf, size_t len)
+{
+	struct io_worker *w = c->w;
+	size_t off = 0;
+	for (;;) {
+		off += io_tls_feed(c->tls, buf + off, len - off);
+		if (!c->tls_up) {
+			conn_tls_handshake(c);
+			if (!c->tls_up) {
+				/*
+				 * A client flight fits the input buffer; bytes it could not
+				 * take mean a client that does not wait for our flight.
+				 */
+				if (off < len && !c->tls_failed) {
+					c->tls_failed = true;
+					c->want_close = true;
+				}
+				return;
+			}
+		}
+		ssize_t r;
+		while ((r = io_tls_read(c->tls, w->tls_pt, IO_TLS_PT_BYTES)) > 0) {
+			conn_input_plain(c, w->tls_pt, (size_t)r);
+			if (c->state != IO_CONN_ACTIVE)
+				return;
+		}
+		if (r != -EAGAIN) {
+			c->want_close = true; /* close_notify or a bad record */
+			c->tls_failed = r < 0;
+			return;
+		}
+		if (off == len)
+			return;
+	}
+}
+
+static void conn_input(struct io_conn *c, const uint8_t *buf, size_t len)
+{
+	if (c->state == IO_CONN_PROXY) {
+		conn_proxy_input(c, buf, len);
+		return;
+	}
+	if (c->state != IO_CONN_ACTIVE || c->want_close || c->tls_starting)
+		return;
+	if (c->tls)
+		conn_tls_input(c, buf, len);
+	else
+		conn_input_plain(c, buf, len);
 	conn_flush_output(c);
 }
 
@@ -500,16 +644,33 @@ void io_conn_on_send(struct io_worker *w, uint64_t key, int res)
 		conn_close(c);
 		return;
 	}
-	if (c->send_len) {
+	c->busy = true;
+	if (c->tls && !c->tls_starting) {
+		DS_ASSERT((uint32_t)res <= c->send_len);
+		io_tls_output_consumed(c->tls, (size_t)res);
+		if (!c->tls_up && !c->tls_failed)
+			conn_tls_handshake(c); /* it may have stopped on a full output buffer */
+	} else if (c->send_len) {
 		DS_ASSERT((uint32_t)res <= c->send_len);
 		smtp_session_output_consumed(c->s, (size_t)res);
+		size_t left = 0;
+		smtp_session_output(c->s, &left);
+		if (c->tls_starting && left == 0) {
+			/* The 220 is out: from now on the socket carries TLS records. */
+			c->tls_starting = false;
+			c->pending_len = 0;
+		}
 	} else if ((size_t)res < sizeof(io_bye) - 1) {
+		c->busy = false;
 		conn_close(c); /* a short send of the goodbye line: give up on it */
 		return;
 	}
 	conn_flush_output(c);
 	if (!c->send_inflight && c->state == IO_CONN_ACTIVE)
 		conn_resume(c);
+	c->busy = false;
+	if (c->state == IO_CONN_CLOSING)
+		conn_try_free(c);
 }
 
 void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)

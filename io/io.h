@@ -18,8 +18,8 @@
 #include "smtp.h"
 #include "spool.h"
 
-#define IO_LISTEN_MAX 16
-#define IO_DOMAIN_MAX 256
+#define IO_LISTEN_MAX  16
+#define IO_DOMAIN_MAX  256
 #define IO_THREADS_MAX 64
 
 enum io_listen_kind {
@@ -42,19 +42,21 @@ struct io_config {
 	uint32_t accept_domain_count;
 	char hostname[256];
 	uint32_t threads;
-	uint32_t max_connections;        /* whole server */
+	uint32_t max_connections;	 /* whole server */
 	uint32_t max_connections_per_ip; /* whole server, per client address */
-	uint32_t timeout_greeting_s;     /* PROXY header wait before the banner */
-	uint32_t timeout_command_s;      /* RFC 5321 4.5.3.2: 5 minutes */
-	uint32_t timeout_data_s;         /* per data block: 3 minutes */
-	uint32_t timeout_commit_s;       /* our own wait for the spool before 451 */
-	uint32_t shutdown_timeout_s;     /* SIGTERM: how long transactions in flight may take */
-	uint32_t recv_buffers;           /* provided buffers per worker */
-	uint32_t recv_buffer_size;       /* bytes each */
-	uint32_t pending_input_max;      /* per-connection unread input bytes before recv stops */
+	uint32_t timeout_greeting_s;	 /* PROXY header wait before the banner */
+	uint32_t timeout_command_s;	 /* RFC 5321 4.5.3.2: 5 minutes */
+	uint32_t timeout_data_s;	 /* per data block: 3 minutes */
+	uint32_t timeout_commit_s;	 /* our own wait for the spool before 451 */
+	uint32_t shutdown_timeout_s;	 /* SIGTERM: how long transactions in flight may take */
+	uint32_t recv_buffers;		 /* provided buffers per worker */
+	uint32_t recv_buffer_size;	 /* bytes each */
+	uint32_t pending_input_max;	 /* per-connection unread input bytes before recv stops */
 	struct smtp_config smtp;
 	struct spool_config spool;
 	char spool_dir[4096];
+	char tls_cert[4096]; /* PEM chain; STARTTLS is offered only with both */
+	char tls_key[4096];
 	bool listen_from_source;  /* the current source (file, command line) set the listeners */
 	bool domains_from_source; /* ... the accepted domains */
 };
@@ -76,15 +78,19 @@ int io_config_load_file(struct io_config *cfg, const char *path, char *err, size
 struct io_shared {
 	atomic_uint connections;
 	atomic_bool stopping;
+	atomic_uint reload_gen; /* bumped on SIGHUP: workers reload TLS */
+	atomic_uint workers_ready;
+	atomic_uint workers_failed;
 	struct io_iplimit *iplimit;
 };
 
 struct io_worker;
 
 int io_worker_create(struct io_worker **out, const struct io_config *cfg, struct io_shared *sh, unsigned no);
-int io_worker_start(struct io_worker *w);   /* spawns and pins the thread */
-void io_worker_stop(struct io_worker *w);   /* async: begin graceful shutdown */
-int io_worker_join(struct io_worker *w);    /* 0 when it ended cleanly */
+int io_worker_start(struct io_worker *w); /* spawns and pins the thread */
+void io_worker_stop(struct io_worker *w); /* async: begin graceful shutdown */
+void io_worker_wake(struct io_worker *w); /* async: look at the shared flags (reload) */
+int io_worker_join(struct io_worker *w);  /* 0 when it ended cleanly */
 void io_worker_destroy(struct io_worker *w);
 
 /* Per-client-address connection counts (io/iplimit.c). */

@@ -13,6 +13,7 @@
 #include <pthread.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ds_assert.h"
@@ -171,8 +172,9 @@ int main(int argc, char **argv)
 	fprintf(stderr,
 		"dotspool: recovered %llu messages (%llu bytes) in %llu segments in %.3f s; "
 		"torn tails %llu, quarantined %llu\n",
-		(unsigned long long)rep.messages, (unsigned long long)rep.bytes, (unsigned long long)rep.segments,
-		rep.elapsed_us / 1e6, (unsigned long long)rep.torn_tails, (unsigned long long)rep.quarantined);
+		(unsigned long long)rep.messages, (unsigned long long)rep.bytes,
+		(unsigned long long)rep.segments, rep.elapsed_us / 1e6, (unsigned long long)rep.torn_tails,
+		(unsigned long long)rep.quarantined);
 
 	static struct io_shared sh;
 	ret = io_iplimit_create(&sh.iplimit, cfg.max_connections);
@@ -198,19 +200,41 @@ int main(int argc, char **argv)
 			io_worker_join(workers[i]);
 		return 1;
 	}
+	/* "ready" only once every worker has its ring and its spool lane. */
+	while (ret == 0 && atomic_load(&sh.workers_ready) + atomic_load(&sh.workers_failed) < started) {
+		struct timespec ts = {0, 2 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	if (atomic_load(&sh.workers_failed)) {
+		fprintf(stderr, "dotspool: start-up failed\n");
+		atomic_store(&sh.stopping, true);
+		for (uint32_t i = 0; i < started; i++)
+			io_worker_stop(workers[i]);
+		for (uint32_t i = 0; i < started; i++)
+			io_worker_join(workers[i]);
+		return 1;
+	}
 	for (uint32_t i = 0; i < cfg.listen_count; i++)
 		fprintf(stderr, "dotspool: listening on %s (%s)\n", cfg.listen[i].text,
 			cfg.listen[i].kind == IO_LISTEN_LMTP	     ? "lmtp"
 			: cfg.listen[i].kind == IO_LISTEN_SMTP_PROXY ? "smtp+proxy"
 								     : "smtp");
+	if (cfg.tls_cert[0])
+		fprintf(stderr, "dotspool: STARTTLS offered (TLS 1.2, %s)\n", cfg.tls_cert);
 	fprintf(stderr, "dotspool: %u worker(s), spool %s, ready\n", cfg.threads, cfg.spool_dir);
 
 	for (;;) {
 		int sig = 0;
 		if (sigwait(&sigs, &sig) != 0)
 			continue;
-		if (sig == SIGHUP)
-			continue; /* reload: nothing to reload yet */
+		if (sig == SIGHUP) {
+			/* Workers reload the TLS certificate and key from their own loops. */
+			fprintf(stderr, "dotspool: SIGHUP: reloading\n");
+			atomic_fetch_add(&sh.reload_gen, 1);
+			for (uint32_t i = 0; i < started; i++)
+				io_worker_wake(workers[i]);
+			continue;
+		}
 		fprintf(stderr, "dotspool: %s: stopping (up to %u s for transactions in flight)\n",
 			sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg.shutdown_timeout_s);
 		break;

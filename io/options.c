@@ -16,14 +16,15 @@
 
 #include "ds_assert.h"
 #include "io.h"
+#include "spool_format.h"
 
 enum opt_kind {
 	OPT_U32,
 	OPT_U64,
 	OPT_BOOL,
-	OPT_STR,    /* fixed char array in io_config */
-	OPT_LISTEN, /* repeatable */
-	OPT_DOMAIN, /* repeatable */
+	OPT_STR,      /* fixed char array in io_config */
+	OPT_LISTEN,   /* repeatable */
+	OPT_DOMAIN,   /* repeatable */
 	OPT_FLAG_NEG, /* bool option whose presence sets the field false (--no-prewrite) */
 };
 
@@ -41,35 +42,50 @@ struct opt_def {
 static const struct opt_def opts[] = {
 	{"listen", OPT_LISTEN, 0, 0, 0, IO_LISTEN_SMTP,
 	 "ADDR:PORT SMTP listener, repeatable (default 127.0.0.1:2525 when no listener is given)"},
-	{"lmtp-listen", OPT_LISTEN, 0, 0, 0, IO_LISTEN_LMTP, "ADDR:PORT LMTP listener (RFC 2033), repeatable"},
+	{"lmtp-listen", OPT_LISTEN, 0, 0, 0, IO_LISTEN_LMTP,
+	 "ADDR:PORT LMTP listener (RFC 2033), repeatable"},
 	{"proxy-listen", OPT_LISTEN, 0, 0, 0, IO_LISTEN_SMTP_PROXY,
 	 "ADDR:PORT SMTP listener that requires a PROXY v1/v2 header (behind a load balancer)"},
 	{"spool", OPT_STR, CF(spool_dir), 1, 4000, 0, "DIR spool directory (default ./var/spool)"},
 	{"accept-domain", OPT_DOMAIN, 0, 0, 0, 0,
 	 "D accept mail for D; .D accepts every subdomain; repeatable (default localhost)"},
-	{"hostname", OPT_STR, CF(hostname), 1, 255, 0, "NAME our name in the banner and Received: (default: host name)"},
-	{"threads", OPT_U32, CF(threads), 1, IO_THREADS_MAX, 0, "N worker threads, one per core (default: cores)"},
-	{"max-message-size", OPT_U64, CF(smtp.max_message_size), 1024, 1ull << 40, 0, "BYTES message size limit"},
+	{"hostname", OPT_STR, CF(hostname), 1, 255, 0,
+	 "NAME our name in the banner and Received: (default: host name)"},
+	{"threads", OPT_U32, CF(threads), 1, IO_THREADS_MAX, 0,
+	 "N worker threads, one per core (default: cores)"},
+	{"max-message-size", OPT_U64, CF(smtp.max_message_size), 1024, 1ull << 40, 0,
+	 "BYTES message size limit"},
 	{"max-recipients", OPT_U32, CF(smtp.max_recipients), 1, 100000, 0, "N recipients per message"},
 	{"max-command-line", OPT_U32, CF(smtp.max_cmd_line), 512, 65536, 0, "BYTES command line incl. CRLF"},
-	{"max-text-line", OPT_U32, CF(smtp.max_text_line), 1000, 1 << 20, 0, "BYTES text line in data incl. CRLF"},
+	{"max-text-line", OPT_U32, CF(smtp.max_text_line), 1000, 1 << 20, 0,
+	 "BYTES text line in data incl. CRLF"},
 	{"max-errors", OPT_U32, CF(smtp.max_errors), 1, 1000, 0, "N consecutive errors before 421"},
 	{"max-connections", OPT_U32, CF(max_connections), 1, 1000000, 0, "N connections, whole server"},
 	{"max-connections-per-ip", OPT_U32, CF(max_connections_per_ip), 1, 1000000, 0,
 	 "N connections per client address"},
 	{"timeout-greeting-s", OPT_U32, CF(timeout_greeting_s), 1, 86400, 0, "S wait for a PROXY header"},
-	{"timeout-command-s", OPT_U32, CF(timeout_command_s), 1, 86400, 0, "S per command (RFC 5321 4.5.3.2)"},
+	{"timeout-command-s", OPT_U32, CF(timeout_command_s), 1, 86400, 0,
+	 "S per command (RFC 5321 4.5.3.2)"},
 	{"timeout-data-s", OPT_U32, CF(timeout_data_s), 1, 86400, 0, "S per data block"},
-	{"timeout-commit-s", OPT_U32, CF(timeout_commit_s), 1, 86400, 0, "S deadline shown for the spool's answer"},
+	{"timeout-commit-s", OPT_U32, CF(timeout_commit_s), 1, 86400, 0,
+	 "S deadline shown for the spool's answer"},
 	{"shutdown-timeout-s", OPT_U32, CF(shutdown_timeout_s), 0, 86400, 0,
 	 "S on SIGTERM/SIGINT, time for transactions in flight"},
-	{"segment-size", OPT_U64, CF(spool.segment_size), 1 << 20, 1ull << 40, 0, "BYTES spool segment file size"},
-	{"spool-buffer-size", OPT_U32, CF(spool.buffer_size), 64 << 10, 1u << 30, 0,
+	{"segment-size", OPT_U64, CF(spool.segment_size), SPOOL_SEGMENT_SIZE_MIN, SPOOL_SEGMENT_SIZE_MAX, 0,
+	 "BYTES spool segment file size (multiple of 4096)"},
+	{"spool-buffer-size", OPT_U32, CF(spool.buffer_size), SPOOL_BUFFER_SIZE_MIN, 1u << 30, 0,
 	 "BYTES staging memory per worker lane"},
-	{"flushes-in-flight", OPT_U32, CF(spool.flushes_in_flight_max), 1, 16, 0, "N flushes in flight per lane"},
+	{"flushes-in-flight", OPT_U32, CF(spool.flushes_in_flight_max), 1, 16, 0,
+	 "N flushes in flight per lane"},
 	{"prewrite", OPT_BOOL, CF(spool.prewrite), 0, 1, 0, "BOOL zero-fill segments before use"},
-	{"no-prewrite", OPT_FLAG_NEG, CF(spool.prewrite), 0, 1, 0, "fallocate segments only (for measurements)"},
-	{"recv-buffers", OPT_U32, CF(recv_buffers), 16, 32768, 0, "N provided receive buffers per worker (power of 2)"},
+	{"no-prewrite", OPT_FLAG_NEG, CF(spool.prewrite), 0, 1, 0,
+	 "fallocate segments only (for measurements)"},
+	{"tls-cert", OPT_STR, CF(tls_cert), 1, 4000, 0,
+	 "FILE PEM certificate chain: offer STARTTLS (with --tls-key)"},
+	{"tls-key", OPT_STR, CF(tls_key), 1, 4000, 0,
+	 "FILE PEM private key of --tls-cert (reloaded on SIGHUP)"},
+	{"recv-buffers", OPT_U32, CF(recv_buffers), 16, 32768, 0,
+	 "N provided receive buffers per worker (power of 2)"},
 	{"pending-input-max", OPT_U32, CF(pending_input_max), 4096, 64 << 20, 0,
 	 "BYTES unread input per connection before it stops being read"},
 };
@@ -171,7 +187,8 @@ static int parse_bool(const char *s, bool *out)
 {
 	if (!strcasecmp(s, "1") || !strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on"))
 		*out = true;
-	else if (!strcasecmp(s, "0") || !strcasecmp(s, "false") || !strcasecmp(s, "no") || !strcasecmp(s, "off"))
+	else if (!strcasecmp(s, "0") || !strcasecmp(s, "false") || !strcasecmp(s, "no") ||
+		 !strcasecmp(s, "off"))
 		*out = false;
 	else
 		return -EINVAL;
@@ -221,6 +238,8 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 				    (unsigned long long)d->min, (unsigned long long)d->max);
 		if (!strcmp(name, "recv-buffers") && (v & (v - 1)))
 			return fail(err, errcap, "'%s': '%s' is not a power of 2", name, value);
+		if (!strcmp(name, "segment-size") && (v & 4095))
+			return fail(err, errcap, "'%s': '%s' is not a multiple of 4096", name, value);
 		if (d->kind == OPT_U32)
 			*(uint32_t *)(base + d->off) = (uint32_t)v;
 		else
@@ -239,8 +258,8 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 	case OPT_STR: {
 		size_t n = strlen(value);
 		if (n < d->min || n > d->max || strpbrk(value, " \t\r\n"))
-			return fail(err, errcap, "'%s': bad value '%s' (1..%llu characters, no spaces)", name, value,
-				    (unsigned long long)d->max);
+			return fail(err, errcap, "'%s': bad value '%s' (1..%llu characters, no spaces)", name,
+				    value, (unsigned long long)d->max);
 		char *dst = (char *)(base + d->off);
 		memcpy(dst, value, n + 1);
 		return 0;
@@ -254,7 +273,8 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 			return fail(err, errcap, "at most %d listeners", IO_LISTEN_MAX);
 		struct io_listen_spec *l = &cfg->listen[cfg->listen_count];
 		if (strlen(value) >= sizeof(l->text) || io_parse_addr(value, &l->addr, &l->addr_len) < 0)
-			return fail(err, errcap, "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name, value);
+			return fail(err, errcap, "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name,
+				    value);
 		l->kind = (enum io_listen_kind)d->listen_kind;
 		snprintf(l->text, sizeof(l->text), "%s", value);
 		cfg->listen_count++;
@@ -295,6 +315,9 @@ int io_config_finish(struct io_config *cfg, char *err, size_t errcap)
 		snprintf(cfg->hostname, sizeof(cfg->hostname), "localhost");
 	if (cfg->spool.segment_size < 4 * (uint64_t)cfg->spool.buffer_size)
 		return fail(err, errcap, "segment-size must be at least 4 x spool-buffer-size");
+	if (!cfg->tls_cert[0] != !cfg->tls_key[0])
+		return fail(err, errcap, "tls-cert and tls-key go together: set both or neither");
+	cfg->smtp.tls_available = cfg->tls_cert[0] != 0;
 	cfg->smtp.hostname = cfg->hostname;
 	cfg->smtp.accept_domains = cfg->accept_domains;
 	cfg->smtp.accept_domain_count = cfg->accept_domain_count;
@@ -321,11 +344,13 @@ void io_options_usage(FILE *f)
 			snprintf(def, sizeof(def), " [default %llu]",
 				 (unsigned long long)*(const uint64_t *)(base + o->off));
 		else if (o->kind == OPT_BOOL)
-			snprintf(def, sizeof(def), " [default %s]", *(const bool *)(base + o->off) ? "true" : "false");
+			snprintf(def, sizeof(def), " [default %s]",
+				 *(const bool *)(base + o->off) ? "true" : "false");
 		fprintf(f, "  --%-24s %s%s\n", o->name, o->help, def);
 	}
 	fprintf(f, "  --%-24s %s\n", "config FILE", "read settings from an INI file first");
-	fprintf(f, "  --%-24s %s\n", "check-config FILE", "validate FILE, print the error (file:line: key), exit 0/1");
+	fprintf(f, "  --%-24s %s\n", "check-config FILE",
+		"validate FILE, print the error (file:line: key), exit 0/1");
 	fprintf(f, "  --%-24s %s\n", "help, --version", "");
 	fprintf(f, "\nSizes accept K, M, G suffixes. Signals: SIGTERM/SIGINT stop gracefully.\n");
 }

@@ -205,8 +205,9 @@ static void probe_opcodes(struct io_worker *w)
 		int op;
 		const char *name;
 	} need[] = {
-		{IORING_OP_ACCEPT, "ACCEPT"}, {IORING_OP_RECV, "RECV"},   {IORING_OP_SEND, "SEND"},
-		{IORING_OP_WRITE, "WRITE"},   {IORING_OP_FSYNC, "FSYNC"}, {IORING_OP_TIMEOUT, "TIMEOUT"},
+		{IORING_OP_ACCEPT, "ACCEPT"}, {IORING_OP_RECV, "RECV"},
+		{IORING_OP_SEND, "SEND"},     {IORING_OP_WRITE, "WRITE"},
+		{IORING_OP_FSYNC, "FSYNC"},   {IORING_OP_TIMEOUT, "TIMEOUT"},
 		{IORING_OP_READ, "READ"},     {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
 	};
 	struct io_uring_probe *probe = io_uring_get_probe_ring(&w->ring);
@@ -214,7 +215,8 @@ static void probe_opcodes(struct io_worker *w)
 		return;
 	for (size_t i = 0; i < DS_ARRAY_SIZE(need); i++)
 		if (!io_uring_opcode_supported(probe, need[i].op))
-			fprintf(stderr, "dotspool: io_uring opcode %s missing: this kernel cannot run dotspool\n",
+			fprintf(stderr,
+				"dotspool: io_uring opcode %s missing: this kernel cannot run dotspool\n",
 				need[i].name);
 	io_uring_free_probe(probe);
 }
@@ -235,6 +237,19 @@ static void wake_arm(struct io_worker *w)
 	struct io_uring_sqe *sqe = io_sqe(w);
 	io_uring_prep_read(sqe, w->wake_fd, &w->wake_buf, sizeof(w->wake_buf), 0);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_WAKE, 0));
+}
+
+/* SIGHUP: new certificate and key for new sessions; live ones keep theirs. */
+static void tls_reload(struct io_worker *w)
+{
+	char err[256];
+	w->tls_reload_gen = atomic_load(&w->sh->reload_gen);
+	int ret = io_tls_server_reload(w->tls, w->cfg->tls_cert, w->cfg->tls_key, err, sizeof(err));
+	if (ret < 0)
+		fprintf(stderr, "dotspool: worker %u: TLS reload failed, keeping the old certificate: %s\n",
+			w->no, err);
+	else if (w->no == 0)
+		fprintf(stderr, "dotspool: TLS certificate and key reloaded\n");
 }
 
 static void begin_shutdown(struct io_worker *w)
@@ -302,6 +317,8 @@ static void dispatch(struct io_worker *w, struct io_uring_cqe *cqe)
 		on_tick(w);
 		return;
 	case IO_OP_WAKE:
+		if (w->tls && atomic_load(&w->sh->reload_gen) != w->tls_reload_gen)
+			tls_reload(w);
 		if (atomic_load(&w->sh->stopping))
 			begin_shutdown(w);
 		else
@@ -334,6 +351,7 @@ static void *worker_main(void *arg)
 		fprintf(stderr, "dotspool: worker %u: io_uring setup failed: %s\n", w->no, strerror(-ret));
 		w->exit_code = 1;
 		atomic_store(&w->sh->stopping, true);
+		atomic_fetch_add(&w->sh->workers_failed, 1);
 		return NULL;
 	}
 	if (w->no == 0)
@@ -342,8 +360,11 @@ static void *worker_main(void *arg)
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: worker %u: spool lane: %s\n", w->no, strerror(-ret));
 		w->exit_code = 1;
+		atomic_store(&w->sh->stopping, true);
+		atomic_fetch_add(&w->sh->workers_failed, 1);
 		return NULL;
 	}
+	atomic_fetch_add(&w->sh->workers_ready, 1);
 	for (uint32_t i = 0; i < w->listener_count; i++)
 		io_listener_arm(w, i);
 	tick_arm(w);
@@ -414,6 +435,18 @@ int io_worker_create(struct io_worker **out, const struct io_config *cfg, struct
 		io_worker_destroy(w);
 		return ret;
 	}
+	if (cfg->tls_cert[0]) {
+		char err[256];
+		w->tls_reload_gen = atomic_load(&sh->reload_gen);
+		ret = io_tls_server_create(&w->tls, cfg->tls_cert, cfg->tls_key, cfg->max_connections, err,
+					   sizeof(err));
+		w->tls_pt = malloc(IO_TLS_PT_BYTES);
+		if (ret < 0 || !w->tls_pt) {
+			fprintf(stderr, "dotspool: TLS: %s\n", ret < 0 ? err : "out of memory");
+			io_worker_destroy(w);
+			return ret < 0 ? ret : -ENOMEM;
+		}
+	}
 	*out = w;
 	return 0;
 }
@@ -425,6 +458,13 @@ int io_worker_start(struct io_worker *w)
 		return -ret;
 	w->started = true;
 	return 0;
+}
+
+void io_worker_wake(struct io_worker *w)
+{
+	uint64_t one = 1;
+	ssize_t n = write(w->wake_fd, &one, sizeof(one));
+	(void)n;
 }
 
 void io_worker_stop(struct io_worker *w)
@@ -455,6 +495,9 @@ void io_worker_destroy(struct io_worker *w)
 		munmap(w->br, w->br_map_bytes);
 	free(w->rbufs);
 	io_conns_fini(w);
+	if (w->tls)
+		io_tls_server_destroy(w->tls);
+	free(w->tls_pt);
 	if (w->wake_fd >= 0)
 		close(w->wake_fd);
 	free(w);

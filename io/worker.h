@@ -9,17 +9,21 @@
 #include <pthread.h>
 
 #include "io.h"
+#include "tls.h"
 
 /* user_data: operation in the top 4 bits, the rest depends on it. */
 enum io_op {
 	IO_OP_ACCEPT = 1, /* low bits: listener index */
-	IO_OP_RECV,       /* conn index << 32 | generation */
+	IO_OP_RECV,	  /* conn index << 32 | generation */
 	IO_OP_SEND,
-	IO_OP_SPOOL,      /* spool tag (60 bits) */
+	IO_OP_SPOOL, /* spool tag (60 bits) */
 	IO_OP_TICK,
 	IO_OP_WAKE,
-	IO_OP_IGNORE,     /* cancellations: nothing to do on completion */
+	IO_OP_IGNORE, /* cancellations: nothing to do on completion */
 };
+
+/* Scratch for decrypted input, one per worker. */
+#define IO_TLS_PT_BYTES 16384
 
 #define IO_OP_SHIFT 60
 #define IO_TAG_MASK ((1ull << IO_OP_SHIFT) - 1)
@@ -31,8 +35,8 @@ static inline uint64_t io_ud(enum io_op op, uint64_t low)
 
 enum io_conn_state {
 	IO_CONN_FREE = 0,
-	IO_CONN_PROXY,   /* waiting for the PROXY header */
-	IO_CONN_ACTIVE,  /* session running */
+	IO_CONN_PROXY,	 /* waiting for the PROXY header */
+	IO_CONN_ACTIVE,	 /* session running */
 	IO_CONN_CLOSING, /* shut down, waiting for ops in flight */
 };
 
@@ -45,18 +49,22 @@ struct io_conn {
 	uint32_t idx;
 	uint8_t state;
 	uint8_t listen_idx;
-	bool recv_armed;     /* a multishot recv is outstanding */
-	bool recv_cancel;    /* cancel requested for it */
-	bool busy;           /* inside a CQE handler: freeing waits until it returns */
+	bool recv_armed;  /* a multishot recv is outstanding */
+	bool recv_cancel; /* cancel requested for it */
+	bool busy;	  /* inside a CQE handler: freeing waits until it returns */
 	bool send_inflight;
-	bool commit_pending; /* spool owes us a settled() */
-	bool txn_open;       /* a spool txn is open (begun, not committed or aborted) */
-	bool want_close;     /* close once the output is sent */
-	bool parked;         /* on the wait-for-spool-room list */
-	bool counted;        /* holds a slot in the connection limits */
-	bool in_session;     /* inside a smtp_session_* call (settled() may not re-enter) */
+	bool commit_pending;  /* spool owes us a settled() */
+	bool txn_open;	      /* a spool txn is open (begun, not committed or aborted) */
+	bool want_close;      /* close once the output is sent */
+	bool parked;	      /* on the wait-for-spool-room list */
+	bool counted;	      /* holds a slot in the connection limits */
+	bool in_session;      /* inside a smtp_session_* call (settled() may not re-enter) */
 	bool settle_deferred; /* settled() arrived while in_session */
-	bool bye_pending;    /* send a 421 shutdown line once the session's output is out */
+	bool bye_pending;     /* send a 421 shutdown line once the session's output is out */
+	bool tls_starting;    /* STARTTLS accepted: 220 going out in plaintext, input dropped */
+	bool tls_up;	      /* handshake done: input and output are TLS records */
+	bool tls_failed;      /* handshake failed: send the alert, then close */
+	bool tls_closing;     /* close_notify queued */
 	int settle_res;
 	uint32_t progress_bytes; /* data bytes since the deadline was last pushed out */
 	uint16_t peer_port;
@@ -69,6 +77,7 @@ struct io_conn {
 	char peer_text[INET6_ADDRSTRLEN];
 	struct spool_txn txn;
 	struct smtp_session *s;
+	struct io_tls_conn *tls; /* only after STARTTLS */
 	struct io_conn *next_free;
 	struct io_conn *next_parked;
 };
@@ -109,6 +118,9 @@ struct io_worker {
 	struct smtp_config smtp_cfg;
 	struct smtp_config lmtp_cfg;
 	struct spool_lane *lane;
+	struct io_tls_server *tls; /* NULL without --tls-cert */
+	uint8_t *tls_pt;	   /* scratch for decrypted input */
+	unsigned tls_reload_gen;
 	bool stopping;
 	int64_t stop_deadline_ms;
 	int exit_code;
