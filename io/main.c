@@ -49,9 +49,13 @@ static int parse_args(struct io_config *cfg, int argc, char **argv)
 			bool check = !strcmp(a, "--check-config");
 			config = argv[++i];
 			if (check) {
-				if (io_config_load_file(cfg, config, err, sizeof(err)) < 0 ||
-				    io_config_finish(cfg, err, sizeof(err)) < 0) {
+				if (io_config_load_file(cfg, config, err, sizeof(err)) < 0) {
 					fprintf(stderr, "dotspool: %s\n", err);
+					exit(1);
+				}
+				/* A constraint between keys has no line to blame: name the file. */
+				if (io_config_finish(cfg, err, sizeof(err)) < 0) {
+					fprintf(stderr, "dotspool: %s: %s\n", config, err);
 					exit(1);
 				}
 				printf("dotspool: %s: OK\n", config);

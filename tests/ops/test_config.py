@@ -44,7 +44,14 @@ MATRIX = [
     ("out of range high", "\n\nmax-recipients = 100001\n", 3, "'max-recipients': '100001' is not a number in [1, 100000]"),
     ("out of range low", "max-command-line = 511\n", 1, "'max-command-line': '511' is not a number in [512, 65536]"),
     ("size suffix overflow", "segment-size = 99999999999999G\n", 1,
-     "'segment-size': '99999999999999G' is not a number in [1048576, 1099511627776]"),
+     "'segment-size': '99999999999999G' is not a number in [524288, 4294967296]"),
+    ("spool-buffer-size below the spool's 256K minimum", "spool-buffer-size = 128K\n", 1,
+     "'spool-buffer-size': '128K' is not a number in [262144, 1073741824]"),
+    ("segment-size above the spool's 4G maximum", "segment-size = 8G\n", 1,
+     "'segment-size': '8G' is not a number in [524288, 4294967296]"),
+    ("segment-size not a multiple of 4096", "segment-size = 1048577\nspool-buffer-size = 256K\n", 1,
+     "'segment-size': '1048577' is not a multiple of 4096"),
+
     ("not a power of 2", "recv-buffers = 1000\n", 1, "'recv-buffers': '1000' is not a power of 2"),
     ("unknown key", "threads = 2\nthread = 2\n", 2, "unknown key 'thread'"),
     ("unknown key (flag only)", "no-prewrite = true\n", 1, "unknown key 'no-prewrite'"),
@@ -61,13 +68,7 @@ MATRIX = [
     ("first error wins", "threads = 0\nbogus = 1\n", 1, "'threads': '0' is not a number in [1, 64]"),
 ]
 
-# Values io/options.c accepts today but the spool refuses at start-up (spool_lane_open
-# -EINVAL after "ready"): reported to the lead; printed as XFAIL until options.c checks them.
-KNOWN_BUGS = [
-    ("spool-buffer-size below the spool's 256K minimum", "spool-buffer-size = 128K\n", 1, "'spool-buffer-size'"),
-    ("segment-size above the spool's 4G maximum", "segment-size = 8G\n", 1, "'segment-size'"),
-    ("segment-size not a multiple of 4096", "segment-size = 1048577\nspool-buffer-size = 256K\n", 1, "'segment-size'"),
-]
+KNOWN_BUGS = []
 
 GOOD = """; all kinds of values
 [dotspool]
@@ -201,8 +202,12 @@ def main(argv):
         # A constraint between keys (no single line to blame).
         path = write(tmp, "cross.conf", "segment-size = 1M\nspool-buffer-size = 512K\n")
         rc, out, err = run(exe, "--check-config", path)
-        check(rc == 1 and "segment-size must be at least 4 x spool-buffer-size" in err,
+        check(rc == 1 and err == f"dotspool: {path}: segment-size must be at least 4 x spool-buffer-size\n",
               f"segment-size < 4 x spool-buffer-size: exit 1 ({err.strip()!r})")
+        path = write(tmp, "tlspair.conf", "tls-cert = /nonexistent.pem\n")
+        rc, out, err = run(exe, "--check-config", path)
+        check(rc == 1 and err == f"dotspool: {path}: tls-cert and tls-key go together: set both or neither\n",
+              f"tls-cert without tls-key: exit 1 ({err.strip()!r})")
 
         # Starting with a bad file fails at once with the same message.
         path = write(tmp, "start-bad.conf", "threads = 1\nmax-errors = 0\n")
