@@ -20,7 +20,8 @@ struct cf_state {
 	bool failed;
 };
 
-/* Debian's libinih has no line number in the handler: ini_parse_file() returns the line of the first error. */
+/* Debian's libinih has no line number in the handler: ini_parse_file() returns the line of the first error.
+ */
 static int cf_handler(void *user, const char *section, const char *name, const char *value)
 {
 	struct cf_state *st = user;

@@ -52,6 +52,47 @@ static struct io_conn *conn_lookup(struct io_worker *w, uint64_t key)
 static void conn_close(struct io_conn *c);
 static void conn_resume(struct io_conn *c);
 
+static inline int64_t mono_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static void log_refusal(struct io_worker *w, const char *reason, unsigned code, const char *client)
+{
+	struct io_log_refusal f = {.reason = reason, .code = code, .client = client};
+	io_log_refused(w->log, &f);
+}
+
+/*
+ * Replies leaving the session (n bytes at p, about to be consumed): count
+ * them by class, and log every final 4xx/5xx line, the refusal and its
+ * reason. Lines split across two sends are counted but not logged.
+ */
+static void conn_replies_out(struct io_conn *c, const uint8_t *p, size_t n)
+{
+	struct io_worker *w = c->w;
+	io_metrics_scan_replies(w->m, &c->rscan, p, n);
+	size_t i = 0;
+	while (i + 5 < n) {
+		const uint8_t *eol = memchr(p + i, '\n', n - i);
+		if (!eol)
+			break;
+		size_t len = (size_t)(eol - (p + i)) + 1;
+		if ((p[i] == '4' || p[i] == '5') && p[i + 3] == ' ' && len > 6) {
+			unsigned code = (unsigned)(p[i] - '0') * 100 + (unsigned)(p[i + 1] - '0') * 10 +
+					(unsigned)(p[i + 2] - '0');
+			char reason[128];
+			size_t rl = DS_MIN(len - 6, sizeof(reason) - 1); /* text without "NNN " and CRLF */
+			memcpy(reason, p + i + 4, rl);
+			reason[rl] = 0;
+			log_refusal(w, reason, code, c->peer_text);
+		}
+		i += len;
+	}
+}
+
 /* ---- the session's sink: spool calls ---- */
 
 static int sink_data_begin(void *ctx, char *id, size_t id_cap)
@@ -82,6 +123,8 @@ static int sink_data_commit(void *ctx, const struct ds_envelope *env)
 		return -EIO;
 	c->txn_open = false;
 	c->commit_pending = true;
+	c->env = *env; /* its strings stay in the session until commit_done */
+	c->dot_us = mono_us();
 	int ret = spool_txn_commit(c->w->lane, &c->txn, env, conn_key(c));
 	if (ret < 0) {
 		c->commit_pending = false;
@@ -342,6 +385,7 @@ static void conn_flush_tls(struct io_conn *c)
 			const uint8_t *out = smtp_session_output(c->s, &len);
 			if (len == 0 && c->bye_pending) {
 				if (io_tls_write(c->tls, (const uint8_t *)io_bye, sizeof(io_bye) - 1) > 0) {
+					conn_replies_out(c, (const uint8_t *)io_bye, sizeof(io_bye) - 1);
 					c->bye_pending = false;
 					c->want_close = true;
 				}
@@ -357,6 +401,7 @@ static void conn_flush_tls(struct io_conn *c)
 				c->want_close = true;
 				break;
 			}
+			conn_replies_out(c, out, (size_t)r);
 			smtp_session_output_consumed(c->s, (size_t)r);
 		}
 		smtp_session_output(c->s, &len);
@@ -438,6 +483,7 @@ static void conn_try_free(struct io_conn *c)
 	c->pending_len = c->pending_cap = 0;
 	c->state = IO_CONN_FREE;
 	c->gen++;
+	io_metrics_conn_close(w->m);
 	c->next_free = w->free_list;
 	w->free_list = c;
 	DS_ASSERT(w->conn_active > 0);
@@ -484,6 +530,8 @@ static void conn_proxy_input(struct io_conn *c, const uint8_t *buf, size_t len)
 	if (r == 0 && c->pending_len < IO_PROXY_MAX_BYTES)
 		return;
 	if (r <= 0) {
+		io_metrics_conn_refused(c->w->m, IO_REFUSE_PROXY_ERROR);
+		log_refusal(c->w, "proxy_error", 0, c->peer_text);
 		conn_close(c);
 		return;
 	}
@@ -537,8 +585,11 @@ static void conn_tls_handshake(struct io_conn *c)
 	if (r < 0) {
 		c->tls_failed = true; /* send the alert, then close */
 		c->want_close = true;
+		io_metrics_tls_handshake(c->w->m, false);
+		log_refusal(c->w, "tls_handshake_failed", 0, c->peer_text);
 		return;
 	}
+	io_metrics_tls_handshake(c->w->m, true);
 	char desc[96];
 	if (io_tls_describe(c->tls, desc, sizeof(desc)) < 0)
 		snprintf(desc, sizeof(desc), "TLS");
@@ -652,6 +703,9 @@ void io_conn_on_send(struct io_worker *w, uint64_t key, int res)
 			conn_tls_handshake(c); /* it may have stopped on a full output buffer */
 	} else if (c->send_len) {
 		DS_ASSERT((uint32_t)res <= c->send_len);
+		size_t have = 0;
+		const uint8_t *out = smtp_session_output(c->s, &have);
+		conn_replies_out(c, out, (size_t)res);
 		smtp_session_output_consumed(c->s, (size_t)res);
 		size_t left = 0;
 		smtp_session_output(c->s, &left);
@@ -664,6 +718,8 @@ void io_conn_on_send(struct io_worker *w, uint64_t key, int res)
 		c->busy = false;
 		conn_close(c); /* a short send of the goodbye line: give up on it */
 		return;
+	} else {
+		conn_replies_out(c, (const uint8_t *)io_bye, sizeof(io_bye) - 1);
 	}
 	conn_flush_output(c);
 	if (!c->send_inflight && c->state == IO_CONN_ACTIVE)
@@ -683,6 +739,16 @@ void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
 		return;
 	}
 	c->commit_pending = false;
+	uint64_t gap_us = (uint64_t)DS_MAX(mono_us() - c->dot_us, 0);
+	if (res == 0) {
+		char id[32];
+		spool_id_format(c->txn.id, id, sizeof(id));
+		io_metrics_message_accepted(w->m, c->env.body_size, gap_us);
+		if (c->state != IO_CONN_CLOSING)
+			io_log_accepted(w->log, id, &c->env, gap_us);
+	} else {
+		io_metrics_message_rejected(w->m);
+	}
 	if (c->state == IO_CONN_CLOSING) {
 		conn_try_free(c);
 		return;
@@ -694,6 +760,16 @@ void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
 		c->bye_pending = true;
 	c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
 	conn_flush_output(c);
+}
+
+static void conn_log_refused_fd(struct io_worker *w, const struct sockaddr_storage *ss, const char *reason)
+{
+	char text[INET6_ADDRSTRLEN] = "";
+	if (ss->ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, text, sizeof(text));
+	else
+		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, text, sizeof(text));
+	log_refusal(w, reason, 421, text);
 }
 
 static void refuse(int fd, const char *line)
@@ -710,6 +786,7 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	socklen_t sl = sizeof(ss);
 
 	if (w->stopping) {
+		io_metrics_conn_refused(w->m, IO_REFUSE_SHUTDOWN);
 		refuse(fd, io_bye);
 		return;
 	}
@@ -720,11 +797,15 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	}
 	if (atomic_fetch_add(&w->sh->connections, 1) >= cfg->max_connections || !w->free_list) {
 		atomic_fetch_sub(&w->sh->connections, 1);
+		io_metrics_conn_refused(w->m, IO_REFUSE_LIMIT_TOTAL);
+		conn_log_refused_fd(w, &ss, "limit_total");
 		refuse(fd, "421 4.7.0 Too many connections, try again later\r\n");
 		return;
 	}
 	if (io_iplimit_take(w->sh->iplimit, &ss, cfg->max_connections_per_ip) < 0) {
 		atomic_fetch_sub(&w->sh->connections, 1);
+		io_metrics_conn_refused(w->m, IO_REFUSE_LIMIT_PER_IP);
+		conn_log_refused_fd(w, &ss, "limit_per_ip");
 		refuse(fd, "421 4.7.0 Too many connections from your address\r\n");
 		return;
 	}
@@ -734,6 +815,7 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	struct io_conn *c = w->free_list;
 	w->free_list = c->next_free;
 	w->conn_active++;
+	io_metrics_conn_open(w->m);
 	uint32_t gen = c->gen;
 	uint32_t idx = c->idx;
 	memset(c, 0, sizeof(*c));

@@ -18,6 +18,9 @@
 #include "smtp.h"
 #include "spool.h"
 
+struct io_metrics;
+struct io_log;
+
 #define IO_LISTEN_MAX  16
 #define IO_DOMAIN_MAX  256
 #define IO_THREADS_MAX 64
@@ -57,6 +60,11 @@ struct io_config {
 	char spool_dir[4096];
 	char tls_cert[4096]; /* PEM chain; STARTTLS is offered only with both */
 	char tls_key[4096];
+	char metrics_listen[80]; /* ADDR:PORT of /metrics, "" = off */
+	struct sockaddr_storage metrics_addr;
+	socklen_t metrics_addr_len;
+	char log_level[16];	  /* error, warn, info, debug */
+	uint32_t log_ring_size;	  /* bytes of log buffer per worker */
 	bool listen_from_source;  /* the current source (file, command line) set the listeners */
 	bool domains_from_source; /* ... the accepted domains */
 };
@@ -81,6 +89,9 @@ struct io_shared {
 	atomic_uint reload_gen; /* bumped on SIGHUP: workers reload TLS */
 	atomic_uint workers_ready;
 	atomic_uint workers_failed;
+	struct io_metrics *metrics[IO_THREADS_MAX]; /* one per worker, written only by it */
+	unsigned metrics_count;
+	struct io_log *log;
 	struct io_iplimit *iplimit;
 };
 

@@ -18,6 +18,8 @@
 
 #include "ds_assert.h"
 #include "io.h"
+#include "log.h"
+#include "metrics.h"
 
 #define DS_VERSION "0.1.0"
 
@@ -184,6 +186,23 @@ int main(int argc, char **argv)
 	ret = io_iplimit_create(&sh.iplimit, cfg.max_connections);
 	if (ret < 0)
 		return 1;
+	for (uint32_t i = 0; i < cfg.threads; i++) {
+		/* Cache-line aligned: two workers' counters never share a line. */
+		sh.metrics[i] = aligned_alloc(64, (sizeof(struct io_metrics) + 63) & ~(size_t)63);
+		if (!sh.metrics[i])
+			return 1;
+		io_metrics_init(sh.metrics[i]);
+	}
+	sh.metrics_count = cfg.threads;
+	enum io_log_level level = IO_LOG_INFO;
+	io_log_level_parse(cfg.log_level, &level);
+	ret = io_log_create(&sh.log, cfg.threads + 1, cfg.log_ring_size, stderr, level);
+	if (ret == 0)
+		ret = io_log_start(sh.log);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: log: %s\n", strerror(-ret));
+		return 1;
+	}
 	struct io_worker *workers[IO_THREADS_MAX] = {0};
 	uint32_t started = 0;
 	for (uint32_t i = 0; i < cfg.threads; i++) {
@@ -223,6 +242,8 @@ int main(int argc, char **argv)
 			cfg.listen[i].kind == IO_LISTEN_LMTP	     ? "lmtp"
 			: cfg.listen[i].kind == IO_LISTEN_SMTP_PROXY ? "smtp+proxy"
 								     : "smtp");
+	if (cfg.metrics_listen[0])
+		fprintf(stderr, "dotspool: metrics on http://%s/metrics\n", cfg.metrics_listen);
 	if (cfg.tls_cert[0])
 		fprintf(stderr, "dotspool: STARTTLS offered (TLS 1.2, %s)\n", cfg.tls_cert);
 	fprintf(stderr, "dotspool: %u worker(s), spool %s, ready\n", cfg.threads, cfg.spool_dir);
@@ -253,6 +274,10 @@ int main(int argc, char **argv)
 		io_worker_destroy(workers[i]);
 	}
 	io_iplimit_destroy(sh.iplimit);
+	io_log_stop(sh.log);
+	io_log_destroy(sh.log);
+	for (uint32_t i = 0; i < cfg.threads; i++)
+		free(sh.metrics[i]);
 	fprintf(stderr, "dotspool: stopped\n");
 	return rc;
 }

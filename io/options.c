@@ -17,6 +17,7 @@
 #include "ds_assert.h"
 #include "io.h"
 #include "spool_format.h"
+#include "log.h"
 
 enum opt_kind {
 	OPT_U32,
@@ -84,6 +85,12 @@ static const struct opt_def opts[] = {
 	 "FILE PEM certificate chain: offer STARTTLS (with --tls-key)"},
 	{"tls-key", OPT_STR, CF(tls_key), 1, 4000, 0,
 	 "FILE PEM private key of --tls-cert (reloaded on SIGHUP)"},
+	{"metrics", OPT_STR, CF(metrics_listen), 1, 79, 0,
+	 "ADDR:PORT serve Prometheus metrics at http://ADDR:PORT/metrics (default: off)"},
+	{"log-level", OPT_STR, CF(log_level), 1, 15, 0,
+	 "LEVEL error, warn, info (a line per accepted message and per refusal), debug (default info)"},
+	{"log-buffer-size", OPT_U32, CF(log_ring_size), IO_LOG_RING_MIN, IO_LOG_RING_MAX, 0,
+	 "BYTES log buffer per worker, a power of 2; lines beyond it are dropped and counted"},
 	{"recv-buffers", OPT_U32, CF(recv_buffers), 16, 32768, 0,
 	 "N provided receive buffers per worker (power of 2)"},
 	{"pending-input-max", OPT_U32, CF(pending_input_max), 4096, 64 << 20, 0,
@@ -117,6 +124,8 @@ void io_config_defaults(struct io_config *cfg)
 	cfg->recv_buffers = 1024;
 	cfg->recv_buffer_size = 4096;
 	cfg->pending_input_max = 64 * 1024;
+	snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
+	cfg->log_ring_size = 1u << 20;
 }
 
 int io_parse_addr(const char *text, struct sockaddr_storage *ss, socklen_t *len)
@@ -236,7 +245,7 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 		if (parse_u64(value, &v) < 0 || v < d->min || v > d->max)
 			return fail(err, errcap, "'%s': '%s' is not a number in [%llu, %llu]", name, value,
 				    (unsigned long long)d->min, (unsigned long long)d->max);
-		if (!strcmp(name, "recv-buffers") && (v & (v - 1)))
+		if ((!strcmp(name, "recv-buffers") || !strcmp(name, "log-buffer-size")) && (v & (v - 1)))
 			return fail(err, errcap, "'%s': '%s' is not a power of 2", name, value);
 		if (!strcmp(name, "segment-size") && (v & 4095))
 			return fail(err, errcap, "'%s': '%s' is not a multiple of 4096", name, value);
@@ -260,6 +269,16 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 		if (n < d->min || n > d->max || strpbrk(value, " \t\r\n"))
 			return fail(err, errcap, "'%s': bad value '%s' (1..%llu characters, no spaces)", name,
 				    value, (unsigned long long)d->max);
+		if (!strcmp(name, "metrics")) {
+			if (io_parse_addr(value, &cfg->metrics_addr, &cfg->metrics_addr_len) < 0)
+				return fail(err, errcap,
+					    "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name,
+					    value);
+		}
+		enum io_log_level lvl;
+		if (!strcmp(name, "log-level") && io_log_level_parse(value, &lvl) < 0)
+			return fail(err, errcap, "'%s': '%s' is not one of error, warn, info, debug", name,
+				    value);
 		char *dst = (char *)(base + d->off);
 		memcpy(dst, value, n + 1);
 		return 0;

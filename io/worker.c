@@ -18,9 +18,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/statvfs.h>
+
 #include "ds_assert.h"
 #include "worker.h"
 #include "conn.h"
+#include "mserve.h"
 
 int64_t io_now_ms(void)
 {
@@ -67,7 +70,39 @@ static int ops_flush(void *ctx, int fd, uint64_t tag)
 
 static void ops_settled(void *ctx, uint64_t cookie, int res)
 {
-	io_conn_settled(ctx, cookie, res);
+	struct io_worker *w = ctx;
+	w->settled_in_call++;
+	io_conn_settled(w, cookie, res);
+}
+
+/* A spool completion; when it finished a flush, record its latency and batch. */
+static void spool_complete(struct io_worker *w, uint64_t tag, int res)
+{
+	w->settled_in_call = 0;
+	spool_lane_complete(w->lane, tag, res);
+	struct spool_lane_stats st;
+	spool_lane_stats(w->lane, &st);
+	uint64_t n = st.flushes - w->lane_stats.flushes;
+	if (n) {
+		uint64_t us = (st.flush_latency_us_sum - w->lane_stats.flush_latency_us_sum) / n;
+		bool ok = st.flush_errors == w->lane_stats.flush_errors;
+		for (uint64_t i = 0; i < n; i++)
+			io_metrics_flush_done(w->m, us, i == 0 ? w->settled_in_call : 0, ok);
+	}
+	w->lane_stats = st;
+}
+
+/* Once a second: what the spool uses and what its file system has left. */
+static void spool_gauges(struct io_worker *w, int64_t now_ms)
+{
+	if (now_ms < w->statvfs_next_ms)
+		return;
+	w->statvfs_next_ms = now_ms + 1000;
+	struct statvfs vfs;
+	uint64_t free_bytes = 0;
+	if (statvfs(w->cfg->spool_dir, &vfs) == 0)
+		free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+	io_metrics_spool_bytes(w->m, w->lane_stats.segments_opened * w->cfg->spool.segment_size, free_bytes);
 }
 
 static const struct spool_io_ops io_spool_ops = {
@@ -259,6 +294,7 @@ static void begin_shutdown(struct io_worker *w)
 	w->stopping = true;
 	w->stop_deadline_ms = io_now_ms() + (int64_t)w->cfg->shutdown_timeout_s * 1000;
 	listeners_close(w);
+	io_mserve_stop(w);
 	io_conns_shutdown(w);
 }
 
@@ -271,6 +307,8 @@ static void on_tick(struct io_worker *w)
 			io_listener_arm(w, i);
 	}
 	io_conns_tick(w, now);
+	io_mserve_tick(w, now);
+	spool_gauges(w, now);
 	if (w->stopping && now >= w->stop_deadline_ms)
 		io_conns_close_all(w);
 	tick_arm(w);
@@ -311,7 +349,10 @@ static void dispatch(struct io_worker *w, struct io_uring_cqe *cqe)
 		io_conn_on_send(w, low, cqe->res);
 		return;
 	case IO_OP_SPOOL:
-		spool_lane_complete(w->lane, low, cqe->res);
+		spool_complete(w, low, cqe->res);
+		return;
+	case IO_OP_METRICS:
+		io_mserve_complete(w, low, cqe->res, cqe->flags);
 		return;
 	case IO_OP_TICK:
 		on_tick(w);
@@ -365,6 +406,8 @@ static void *worker_main(void *arg)
 		return NULL;
 	}
 	atomic_fetch_add(&w->sh->workers_ready, 1);
+	spool_lane_stats(w->lane, &w->lane_stats);
+	io_mserve_arm(w);
 	for (uint32_t i = 0; i < w->listener_count; i++)
 		io_listener_arm(w, i);
 	tick_arm(w);
@@ -409,6 +452,12 @@ int io_worker_create(struct io_worker **out, const struct io_config *cfg, struct
 	w->no = no;
 	w->cfg = cfg;
 	w->sh = sh;
+	w->m = sh->metrics[no];
+	w->log = io_log_ring(sh->log, no);
+	DS_ASSERT(w->m != NULL && w->log != NULL);
+	for (unsigned i = 0; i < IO_MSERVE_SLOTS; i++)
+		w->ms.slot[i].fd = -1;
+	w->ms.fd = -1;
 	w->smtp_cfg = cfg->smtp;
 	w->smtp_cfg.lmtp = false;
 	w->lmtp_cfg = cfg->smtp;
@@ -432,6 +481,12 @@ int io_worker_create(struct io_worker **out, const struct io_config *cfg, struct
 	}
 	int ret = io_conns_init(w);
 	if (ret < 0) {
+		io_worker_destroy(w);
+		return ret;
+	}
+	ret = io_mserve_open(w);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: metrics %s: %s\n", cfg->metrics_listen, strerror(-ret));
 		io_worker_destroy(w);
 		return ret;
 	}
@@ -495,6 +550,7 @@ void io_worker_destroy(struct io_worker *w)
 		munmap(w->br, w->br_map_bytes);
 	free(w->rbufs);
 	io_conns_fini(w);
+	io_mserve_fini(w);
 	if (w->tls)
 		io_tls_server_destroy(w->tls);
 	free(w->tls_pt);

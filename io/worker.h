@@ -10,6 +10,8 @@
 
 #include "io.h"
 #include "tls.h"
+#include "metrics.h"
+#include "log.h"
 
 /* user_data: operation in the top 4 bits, the rest depends on it. */
 enum io_op {
@@ -19,7 +21,8 @@ enum io_op {
 	IO_OP_SPOOL, /* spool tag (60 bits) */
 	IO_OP_TICK,
 	IO_OP_WAKE,
-	IO_OP_IGNORE, /* cancellations: nothing to do on completion */
+	IO_OP_IGNORE,  /* cancellations: nothing to do on completion */
+	IO_OP_METRICS, /* the /metrics endpoint (io/mserve.c) */
 };
 
 /* Scratch for decrypted input, one per worker. */
@@ -68,7 +71,10 @@ struct io_conn {
 	int settle_res;
 	uint32_t progress_bytes; /* data bytes since the deadline was last pushed out */
 	uint16_t peer_port;
+	struct io_reply_scan rscan; /* replies by class, for metrics */
 	uint32_t send_len;
+	int64_t dot_us;		/* final dot of the message being committed */
+	struct ds_envelope env; /* its envelope (strings live in the session until commit_done) */
 	int64_t deadline_ms;
 	uint8_t *pending; /* unread input, allocated only when needed */
 	uint32_t pending_len;
@@ -80,6 +86,26 @@ struct io_conn {
 	struct io_tls_conn *tls; /* only after STARTTLS */
 	struct io_conn *next_free;
 	struct io_conn *next_parked;
+};
+
+#define IO_MSERVE_SLOTS 4
+
+struct io_mslot {
+	int fd;
+	uint32_t gen;
+	bool op_inflight;
+	size_t req_len;
+	uint8_t req[IO_METRICS_HTTP_REQUEST_MAX];
+	char *out;
+	size_t out_len, out_off;
+	int64_t deadline_ms;
+};
+
+struct io_mserve {
+	int fd; /* listener, worker 0 only; -1 when off */
+	bool armed;
+	size_t out_cap;
+	struct io_mslot slot[IO_MSERVE_SLOTS];
 };
 
 struct io_listener {
@@ -121,6 +147,12 @@ struct io_worker {
 	struct io_tls_server *tls; /* NULL without --tls-cert */
 	uint8_t *tls_pt;	   /* scratch for decrypted input */
 	unsigned tls_reload_gen;
+	struct io_metrics *m;	 /* ours; read by worker 0's /metrics */
+	struct io_log_ring *log; /* ours */
+	struct io_mserve ms;
+	int64_t statvfs_next_ms;
+	uint32_t settled_in_call; /* settle() calls inside one spool_lane_complete() */
+	struct spool_lane_stats lane_stats;
 	bool stopping;
 	int64_t stop_deadline_ms;
 	int exit_code;
