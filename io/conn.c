@@ -572,6 +572,7 @@ static void conn_input_plain(struct io_conn *c, const uint8_t *buf, size_t len)
 		used = len;
 	if (used < len && pending_append(c, buf + used, len - used) < 0) {
 		/* The client keeps sending while refusing our replies: drop it. */
+		log_refusal(c->w, "input_flood", 0, c->peer_text);
 		conn_close(c);
 		return;
 	}

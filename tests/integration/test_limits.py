@@ -2,8 +2,11 @@
 """Connection limits and timeouts: --max-connections, --max-connections-per-ip,
 --timeout-command-s (idle and slowloris), and 1000 idle connections all
 greeted."""
+import os
 import resource
+import shutil
 import socket
+import subprocess
 import time
 
 import dslib
@@ -195,12 +198,108 @@ def abrupt_close(t):
     t.eq(srv.stop(), 0, "server exits 0")
 
 
+def proc_cpu_s(pid):
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def proc_rss_kib(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def emfile(t):
+    """Out of descriptors: the server pauses accepting instead of spinning, then recovers."""
+    if not shutil.which("prlimit"):
+        raise dslib.Skip("prlimit (util-linux) missing")
+    srv = t.server(threads=1).start()
+    subprocess.run(["prlimit", "--pid", str(srv.pid), "--nofile=64:64"], check=True)
+    socks = []
+    try:
+        for i in range(90):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(5)
+            s.connect(("127.0.0.1", srv.port))  # the kernel completes the handshake (backlog)
+            socks.append(s)
+        time.sleep(0.5)
+        cpu0 = proc_cpu_s(srv.pid)
+        time.sleep(2.0)
+        busy = proc_cpu_s(srv.pid) - cpu0
+        t.check(busy < 0.5, "at EMFILE the server does not spin (%.2f s CPU in 2 s)" % busy)
+        t.check(srv.running(), "server survives EMFILE")
+        # Free descriptors: the connections still waiting in the backlog get served.
+        for s in socks[:60]:
+            s.close()
+        greeted = 0
+        for s in socks[60:]:
+            data = b""
+            try:
+                while b"\r\n" not in data:
+                    chunk = s.recv(512)
+                    if not chunk:
+                        break
+                    data += chunk
+            except socket.timeout:
+                pass
+            greeted += data.startswith(b"220")
+        t.eq(greeted, 30, "after descriptors are freed, the 30 waiting connections are greeted 220")
+    finally:
+        for s in socks:
+            s.close()
+    t.eq(srv.stop(), 0, "server exits 0 after EMFILE")
+
+
+def backpressure(t):
+    """A client that pipelines commands but never reads its replies stops being read: memory stays bounded."""
+    srv = t.server(threads=1).start()
+    rss0 = proc_rss_kib(srv.pid)
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.connect(("127.0.0.1", srv.port))
+    s.setblocking(False)
+    chunk = b"NOOP\r\n" * 10000
+    sent = 0
+    stalled_since = None
+    closed = False
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            sent += s.send(chunk)
+            stalled_since = None
+        except BlockingIOError:
+            if stalled_since is None:
+                stalled_since = time.monotonic()
+            elif time.monotonic() - stalled_since > 1.5:
+                break  # the server has stopped reading us
+            time.sleep(0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            closed = True  # or it dropped us: its input bound was reached
+            break
+    t.check(stalled_since is not None or closed,
+            "the server stopped reading (or dropped) a client that does not read (%s after %d MB)"
+            % ("closed" if closed else "stalled", sent >> 20))
+    t.check(sent < 64 << 20, "bytes the kernel took before that are bounded (%d MB)" % (sent >> 20))
+    grow = proc_rss_kib(srv.pid) - rss0
+    t.check(grow < 16 * 1024, "server RSS grew %d KiB (bounded: < 16 MiB)" % grow)
+    c, code, _ = banner("127.0.0.1", srv.port)
+    t.eq(code, 220, "another client is still served")
+    t.eq(c.cmd("NOOP")[0], 250, "and answered")
+    c.close()
+    s.close()
+    t.eq(srv.stop(), 0, "server exits 0")
+
+
 def main(t):
     max_connections(t)
     max_per_ip(t)
     timeouts(t)
     many(t)
     abrupt_close(t)
+    emfile(t)
+    backpressure(t)
 
 
 if __name__ == "__main__":
