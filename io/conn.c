@@ -459,7 +459,7 @@ static void conn_flush_output(struct io_conn *c)
 static void conn_try_free(struct io_conn *c)
 {
 	struct io_worker *w = c->w;
-	if (c->state != IO_CONN_CLOSING || c->busy || c->recv_armed || c->send_inflight ||
+	if (c->state != IO_CONN_CLOSING || c->busy || c->hs_queued || c->recv_armed || c->send_inflight ||
 	    c->commit_pending || c->parked)
 		return;
 	if (c->s) {
@@ -602,38 +602,64 @@ static void conn_tls_handshake(struct io_conn *c)
 }
 
 /* Ciphertext in: handshake, then decrypt into the plaintext path. */
-static void conn_tls_input(struct io_conn *c, const uint8_t *buf, size_t len)
+/* Decrypted input into the plaintext path, until no whole record is left. */
+static void conn_tls_drain(struct io_conn *c)
 {
 	struct io_worker *w = c->w;
+	ssize_t r;
+	while ((r = io_tls_read(c->tls, w->tls_pt, IO_TLS_PT_BYTES)) > 0) {
+		conn_input_plain(c, w->tls_pt, (size_t)r);
+		if (c->state != IO_CONN_ACTIVE)
+			return;
+	}
+	if (r != -EAGAIN) {
+		c->want_close = true; /* close_notify or a bad record */
+		c->tls_failed = r < 0;
+	}
+}
+
+/*
+ * A handshake step is the one expensive thing a session does (a signature
+ * or an ECDH, 0.6-3 ms). It never runs inside the completion loop: the
+ * connection is queued and io_conns_handshakes() runs the queue after the
+ * turn's commits have been handed to the spool and submitted, so the CPU
+ * it takes overlaps the group-commit flush instead of delaying it.
+ */
+static void conn_hs_queue(struct io_conn *c)
+{
+	struct io_worker *w = c->w;
+	if (c->hs_queued)
+		return;
+	c->hs_queued = true;
+	c->next_hs = NULL;
+	if (w->hs_tail)
+		w->hs_tail->next_hs = c;
+	else
+		w->hs_head = c;
+	w->hs_tail = c;
+}
+
+/* Ciphertext in: handshake (deferred), then decrypt into the plaintext path. */
+static void conn_tls_input(struct io_conn *c, const uint8_t *buf, size_t len)
+{
 	size_t off = 0;
 	for (;;) {
 		off += io_tls_feed(c->tls, buf + off, len - off);
 		if (!c->tls_up) {
-			conn_tls_handshake(c);
-			if (!c->tls_up) {
-				/*
-				 * A client flight fits the input buffer; bytes it could not
-				 * take mean a client that does not wait for our flight.
-				 */
-				if (off < len && !c->tls_failed) {
-					c->tls_failed = true;
-					c->want_close = true;
-				}
+			/*
+			 * A client flight fits the input buffer; bytes it could not
+			 * take mean a client that does not wait for our flight.
+			 */
+			if (off < len) {
+				c->tls_failed = true;
+				c->want_close = true;
 				return;
 			}
-		}
-		ssize_t r;
-		while ((r = io_tls_read(c->tls, w->tls_pt, IO_TLS_PT_BYTES)) > 0) {
-			conn_input_plain(c, w->tls_pt, (size_t)r);
-			if (c->state != IO_CONN_ACTIVE)
-				return;
-		}
-		if (r != -EAGAIN) {
-			c->want_close = true; /* close_notify or a bad record */
-			c->tls_failed = r < 0;
+			conn_hs_queue(c);
 			return;
 		}
-		if (off == len)
+		conn_tls_drain(c);
+		if (c->state != IO_CONN_ACTIVE || c->want_close || off == len)
 			return;
 	}
 }
@@ -701,7 +727,7 @@ void io_conn_on_send(struct io_worker *w, uint64_t key, int res)
 		DS_ASSERT((uint32_t)res <= c->send_len);
 		io_tls_output_consumed(c->tls, (size_t)res);
 		if (!c->tls_up && !c->tls_failed)
-			conn_tls_handshake(c); /* it may have stopped on a full output buffer */
+			conn_hs_queue(c); /* it may have stopped on a full output buffer */
 	} else if (c->send_len) {
 		DS_ASSERT((uint32_t)res <= c->send_len);
 		size_t have = 0;
@@ -915,4 +941,32 @@ void io_conns_resume_parked(struct io_worker *w)
 		else
 			conn_resume(c);
 	}
+}
+
+/* Run queued handshake steps: at most budget_us of them in one turn. */
+bool io_conns_handshakes(struct io_worker *w, int64_t budget_us)
+{
+	int64_t t0 = io_now_ms() * 1000, spent = 0;
+	while (w->hs_head && spent < budget_us) {
+		struct io_conn *c = w->hs_head;
+		w->hs_head = c->next_hs;
+		if (!w->hs_head)
+			w->hs_tail = NULL;
+		c->hs_queued = false;
+		c->next_hs = NULL;
+		if (c->state == IO_CONN_ACTIVE && c->tls && !c->tls_up && !c->tls_failed) {
+			c->busy = true;
+			conn_tls_handshake(c);
+			if (c->tls_up)
+				conn_tls_drain(c); /* the client's first commands may be here already */
+			conn_flush_output(c);
+			if (!c->send_inflight && c->state == IO_CONN_ACTIVE && c->tls_up)
+				conn_resume(c);
+			c->busy = false;
+		}
+		if (c->state == IO_CONN_CLOSING)
+			conn_try_free(c);
+		spent = io_now_ms() * 1000 - t0;
+	}
+	return w->hs_head != NULL;
 }

@@ -15,6 +15,8 @@ void io_conns_shutdown(struct io_worker *w);
 void io_conns_close_all(struct io_worker *w);
 void io_conns_end_of_turn(struct io_worker *w);
 void io_conns_resume_parked(struct io_worker *w);
+/* Runs queued TLS handshake steps for up to budget_us; true if some are left. */
+bool io_conns_handshakes(struct io_worker *w, int64_t budget_us);
 
 struct io_uring_sqe *io_sqe(struct io_worker *w);
 void io_rbuf_return(struct io_worker *w, uint16_t bid);

@@ -68,6 +68,7 @@ struct io_conn {
 	bool tls_up;	      /* handshake done: input and output are TLS records */
 	bool tls_failed;      /* handshake failed: send the alert, then close */
 	bool tls_closing;     /* close_notify queued */
+	bool hs_queued;	      /* on the worker's handshake queue */
 	int settle_res;
 	uint32_t progress_bytes; /* data bytes since the deadline was last pushed out */
 	uint16_t peer_port;
@@ -86,6 +87,7 @@ struct io_conn {
 	struct io_tls_conn *tls; /* only after STARTTLS */
 	struct io_conn *next_free;
 	struct io_conn *next_parked;
+	struct io_conn *next_hs;
 };
 
 #define IO_MSERVE_SLOTS 4
@@ -140,6 +142,7 @@ struct io_worker {
 	uint32_t conn_active;
 	struct io_conn *free_list;
 	struct io_conn *parked;
+	struct io_conn *hs_head, *hs_tail; /* TLS handshake steps to run after the turn's submit */
 	/* configs the sessions point at */
 	struct smtp_config smtp_cfg;
 	struct smtp_config lmtp_cfg;
