@@ -126,5 +126,8 @@ enum smtp_phase {
 enum smtp_phase smtp_session_phase(const struct smtp_session *s);
 /* True when no transaction is open (MAIL not given or finished): safe to close at shutdown. */
 bool smtp_session_idle(const struct smtp_session *s);
+/* For logs: the HELO/EHLO/LHLO argument ("" before it) and the current reverse-path ("" without MAIL). */
+const char *smtp_session_helo(const struct smtp_session *s);
+const char *smtp_session_mail_from(const struct smtp_session *s);
 
 #endif

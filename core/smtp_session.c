@@ -297,6 +297,16 @@ enum smtp_phase smtp_session_phase(const struct smtp_session *s)
 	}
 }
 
+const char *smtp_session_helo(const struct smtp_session *s)
+{
+	return s->helo;
+}
+
+const char *smtp_session_mail_from(const struct smtp_session *s)
+{
+	return s->mail_given ? s->arena : "";
+}
+
 bool smtp_session_idle(const struct smtp_session *s)
 {
 	return (s->state == ST_COMMAND || s->state == ST_CLOSED || s->state == ST_STARTTLS) &&

@@ -87,7 +87,12 @@ static void conn_replies_out(struct io_conn *c, const uint8_t *p, size_t n)
 			size_t rl = DS_MIN(len - 6, sizeof(reason) - 1); /* text without "NNN " and CRLF */
 			memcpy(reason, p + i + 4, rl);
 			reason[rl] = 0;
-			log_refusal(w, reason, code, c->peer_text);
+			struct io_log_refusal f = {.reason = reason,
+						   .code = code,
+						   .client = c->peer_text,
+						   .helo = c->s ? smtp_session_helo(c->s) : NULL,
+						   .sender = c->s ? smtp_session_mail_from(c->s) : NULL};
+			io_log_refused(w->log, &f);
 		}
 		i += len;
 	}
@@ -771,8 +776,8 @@ void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
 		char id[32];
 		spool_id_format(c->txn.id, id, sizeof(id));
 		io_metrics_message_accepted(w->m, c->env.body_size, gap_us);
-		if (c->state != IO_CONN_CLOSING)
-			io_log_accepted(w->log, id, &c->env, gap_us);
+		/* Also when the client has gone: this is the message it may send again. */
+		io_log_accepted(w->log, id, &c->env, gap_us);
 	} else {
 		io_metrics_message_rejected(w->m);
 	}
