@@ -218,13 +218,28 @@ static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t
 			goto fail;
 	}
 	if (l->cfg.prewrite) {
-		enum { ZB = 1 << 20 };
+		/*
+		 * Paced: each chunk is written back before the next is dirtied.
+		 * Zero-filling 64 MiB into the page cache and fsyncing it at the
+		 * end would put tens of megabytes of writeback in the device queue
+		 * in front of the hot path's fdatasync (a p99 spike each time a
+		 * segment is prepared); this way a flush waits behind one chunk
+		 * at most.
+		 */
+		enum { ZB = 256 << 10 };
 		static const uint8_t zero[ZB];
 		for (uint64_t off = 0; off < size;) {
 			size_t n = (size_t)DS_MIN((uint64_t)ZB, size - off);
 			ssize_t w = pwrite(fd, zero, n, (off_t)off);
 			if (w <= 0) {
 				rc = w < 0 ? -errno : -EIO;
+				goto fail;
+			}
+			if (sync_file_range(fd, (off_t)off, w,
+					    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+						    SYNC_FILE_RANGE_WAIT_AFTER) &&
+			    errno != ENOSYS && errno != EINVAL) {
+				rc = -errno;
 				goto fail;
 			}
 			off += (uint64_t)w;
