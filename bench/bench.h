@@ -79,6 +79,7 @@ struct bench_opts {
 	/* --threads: this engine is thread_index of thread_count; Message-IDs stay unique. */
 	uint32_t thread_index;
 	uint32_t thread_count;
+	uint64_t id_base; /* first Message-ID number (sweep: past the previous steps', so IDs never repeat) */
 	double rate_total_per_s; /* open loop: the whole client's rate, to phase-shift this thread's schedule
 				  */
 };
@@ -94,6 +95,7 @@ struct bench_result {
 	uint64_t err_counts[BENCH_ERR_COUNT];
 	bool server_pipelining; /* the server advertised PIPELINING */
 	double elapsed_s;
+	uint64_t id_next; /* one past the highest Message-ID number used (merge: the maximum) */
 };
 
 int bench_result_init(struct bench_result *r);

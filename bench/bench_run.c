@@ -309,7 +309,7 @@ static void result_code(struct engine *e, int code)
 static uint64_t msg_gid(const struct engine *e, const struct conn *c)
 {
 	uint32_t n = e->o->thread_count ? e->o->thread_count : 1;
-	return c->seq * n + e->o->thread_index;
+	return e->o->id_base + c->seq * n + e->o->thread_index;
 }
 
 static void msg_finish(struct engine *e, struct conn *c, bool ok)
@@ -522,6 +522,7 @@ static void conn_start_msg(struct engine *e, struct conn *c)
 	rcpt_addr(e, c, 0, to0, sizeof(to0));
 	struct bench_msg_params p = {
 		.seq = msg_gid(e, c), .pid = e->pid, .size_bytes = size, .from = o->from, .to = to0};
+	e->r->id_next = DS_MAX(e->r->id_next, p.seq + 1);
 	long n = bench_msg_build(c->mbuf, e->mcap, &p);
 	DS_ASSERT(n > 0);
 	c->mlen = (size_t)n;
@@ -1291,6 +1292,7 @@ int bench_result_merge(struct bench_result *dst, const struct bench_result *src)
 		dst->err_counts[i] += src->err_counts[i];
 	dst->server_pipelining |= src->server_pipelining;
 	dst->elapsed_s = DS_MAX(dst->elapsed_s, src->elapsed_s);
+	dst->id_next = DS_MAX(dst->id_next, src->id_next);
 	return 0;
 }
 

@@ -151,6 +151,17 @@ static int load_sizes(const char *path, size_t **sizes, uint32_t *count)
 	uint32_t n = 0;
 	int rc = 0;
 	while (fgets(line, sizeof(line), f) != NULL) {
+		size_t len = strlen(line);
+		if (len > 0 && line[len - 1] != '\n' && !feof(f)) {
+			/* Longer than the buffer: a comment (skip the rest), else no valid size. */
+			int ch;
+			while ((ch = fgetc(f)) != EOF && ch != '\n')
+				;
+			if (line[0] == '#')
+				continue;
+			rc = -EINVAL;
+			break;
+		}
 		line[strcspn(line, "\r\n")] = 0;
 		if (line[0] == 0 || line[0] == '#')
 			continue;
@@ -549,14 +560,8 @@ int main(int argc, char **argv)
 	}
 	o.progress = !quiet && !json && isatty(STDERR_FILENO);
 	o.thread_count = threads;
-	if (sweep) {
-		if (sw.slo_p99_ms <= 0 || sw.report_dir == NULL)
-			return bad("sweep: --slo-p99-ms and --report are required");
-		if (threads > o.connections)
-			return bad("--threads (more threads than connections)");
-		sw.threads = threads;
-		return bench_sweep(&o, &sw, json);
-	}
+	if (sweep && (sw.slo_p99_ms <= 0 || sw.report_dir == NULL))
+		return bad("sweep: --slo-p99-ms and --report are required");
 	if (threads > o.connections)
 		return bad("--threads (more threads than connections)");
 	if (ack_path != NULL) {
@@ -565,6 +570,15 @@ int main(int argc, char **argv)
 			fprintf(stderr, "dotspool-bench: --ack-log %s: %s\n", ack_path, strerror(errno));
 			return 2;
 		}
+	}
+	if (sweep) {
+		sw.threads = threads;
+		int st = bench_sweep(&o, &sw, json);
+		if (o.ack_log != NULL && fclose(o.ack_log) != 0) {
+			fprintf(stderr, "dotspool-bench: --ack-log: %s\n", strerror(errno));
+			return 2;
+		}
+		return st;
 	}
 	struct bench_result r;
 	if (bench_result_init(&r) < 0)

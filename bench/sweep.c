@@ -134,6 +134,7 @@ int bench_sweep(const struct bench_opts *base, const struct sweep_opts *sw, bool
 {
 	static struct sweep_step steps[SWEEP_STEPS_MAX];
 	int n = 0, best = -1;
+	uint64_t id_next = base->id_base;
 	struct bench_result r;
 	if (bench_result_init(&r) < 0)
 		return 2;
@@ -143,7 +144,7 @@ int bench_sweep(const struct bench_opts *base, const struct sweep_opts *sw, bool
 		o.rate_per_s = rate;
 		o.messages = 0;
 		o.duration_s = sw->step_duration_s;
-		o.ack_log = NULL;
+		o.id_base = id_next; /* every step's Message-IDs are new (and --ack-log lists them all) */
 		bench_result_free(&r);
 		if (bench_result_init(&r) < 0)
 			return 2;
@@ -153,6 +154,7 @@ int bench_sweep(const struct bench_opts *base, const struct sweep_opts *sw, bool
 			bench_result_free(&r);
 			return 2;
 		}
+		id_next = DS_MAX(id_next, r.id_next);
 		struct sweep_step *s = &steps[n++];
 		uint64_t total = r.messages_ok + r.messages_failed;
 		s->rate_target = rate;

@@ -239,7 +239,13 @@ static void conn_pause_recv(struct io_conn *c)
 static int pending_append(struct io_conn *c, const uint8_t *buf, size_t len)
 {
 	const struct io_config *cfg = c->w->cfg;
-	size_t hard_cap = (size_t)cfg->pending_input_max + 4 * (size_t)cfg->recv_buffer_size;
+	/*
+	 * Past pending_input_max the recv is cancelled (conn_pause_recv), but
+	 * completions the kernel had already posted still arrive: those are
+	 * kept, and they are bounded by the worker's provided buffers. Only
+	 * input beyond that means a broken state.
+	 */
+	size_t hard_cap = (size_t)cfg->pending_input_max + (size_t)c->w->rbuf_count * c->w->rbuf_size;
 	size_t need = (size_t)c->pending_len + len;
 	if (need > hard_cap)
 		return -ENOBUFS;

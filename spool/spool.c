@@ -871,6 +871,8 @@ void spool_lane_close(struct spool_lane *l)
 #define P_BODY_LEN  3
 #define P_CRC_STATE 4 /* body crc | state << 32 */
 #define P_ERR	    5
+#define P_LAST_POS  6 /* lane position of this txn's last chunk record + 1; 0 = none */
+#define P_LAST_LEN  7 /* its payload length */
 
 static uint32_t txn_state(const struct spool_txn *t)
 {
@@ -926,6 +928,45 @@ static uint64_t durable_off_for(struct spool_lane *l, struct lane_seg *s)
 	return seg_file_off(s, DS_MIN(l->durable_pos, l->head));
 }
 
+/*
+ * The session appends the body in pieces as small as one dot-unstuffed
+ * line. If this txn's last chunk record is still the newest staged record
+ * and no write has been submitted for it yet, grow it in place instead of
+ * paying a record header (and padding) per piece: the chunk header's CRC
+ * covers the header only (the commit's CRC covers the body), so it is
+ * simply encoded again. Returns true when all of *len went in.
+ */
+static bool chunk_extend(struct spool_lane *l, struct spool_txn *t, const uint8_t **p, size_t *len)
+{
+	struct lane_seg *s = seg_active(l);
+	uint64_t pos, plen, n, old_total, new_total;
+	uint8_t *dst;
+
+	if (!t->priv[P_LAST_POS] || !s)
+		return false;
+	pos = t->priv[P_LAST_POS] - 1;
+	plen = t->priv[P_LAST_LEN];
+	old_total = spool_rec_total(plen);
+	if (pos + old_total != l->head || pos < l->submitted || pos < s->lstart)
+		return false;
+	n = *len;
+	if (plen + n > SPOOL_CHUNK_MAX)
+		return false;
+	new_total = spool_rec_total(plen + n);
+	if (new_total - old_total > ring_free(l) || new_total - old_total > seg_left(l))
+		return false;
+	dst = l->ring + (pos % l->ring_size);
+	memcpy(dst + SPOOL_REC_HDR_SIZE + plen, *p, n);
+	spool_rec_encode(dst, SPOOL_REC_CHUNK, (uint32_t)(plen + n), t->id, s->epoch, durable_off_for(l, s));
+	l->head = pos + new_total;
+	t->priv[P_LAST_LEN] = plen + n;
+	t->priv[P_BODY_LEN] += n;
+	t->priv[P_CRC_STATE] = ((uint64_t)TXN_OPEN << 32) | crc32c((uint32_t)t->priv[P_CRC_STATE], *p, n);
+	*p += n;
+	*len = 0;
+	return true;
+}
+
 int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
@@ -941,6 +982,8 @@ int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf,
 	/* A roll we cannot make must fail before any byte is staged (no partial append on -EAGAIN). */
 	if ((!seg_active(l) || len + rec_overhead(len) > seg_left(l)) && l->seg_count >= LANE_SEGS_MAX - 1)
 		return -EAGAIN;
+	if (chunk_extend(l, t, &p, &len))
+		return 0;
 	while (len) {
 		struct lane_seg *s = seg_active(l);
 		uint64_t n, total, off;
@@ -970,6 +1013,8 @@ int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf,
 			t->priv[P_FIRST_OFF] = off;
 		}
 		t->priv[P_COUNT_GEN]++;
+		t->priv[P_LAST_POS] = l->head - total + 1;
+		t->priv[P_LAST_LEN] = n;
 		t->priv[P_BODY_LEN] += n;
 		t->priv[P_CRC_STATE] =
 			((uint64_t)TXN_OPEN << 32) | crc32c((uint32_t)t->priv[P_CRC_STATE], p, n);

@@ -62,7 +62,7 @@ struct spool_lane;
 /* A message being received. Owned by the caller (one per session), opaque contents. */
 struct spool_txn {
 	uint64_t id;	  /* unique across lanes and restarts */
-	uint64_t priv[6]; /* lane's bookkeeping */
+	uint64_t priv[8]; /* lane's bookkeeping */
 };
 
 /* Recovery of the whole spool directory. Run once at start-up before opening lanes. */

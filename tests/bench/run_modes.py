@@ -227,7 +227,9 @@ def mode_sizefile(a, w):
         sizes = [500, 5000, 70000]
         sf = os.path.join(w, "sizes.txt")
         with open(sf, "w") as f:
-            f.write("# sizes\n" + "\n".join(map(str, sizes)) + "\n")
+            # A comment longer than the parser's line buffer must not be read as sizes.
+            f.write("# sizes" + " (500 bytes, 5000 bytes and 70000 bytes, sampled per message)" * 3 + "\n")
+            f.write("\n".join(map(str, sizes)) + "\n")
         ack = os.path.join(w, "ack.log")
         j = run_json(a.bench, ["--server", s.server, "--messages", "150", "--size-file", sf, "--ack-log", ack])
         check(j["messages_ok"] == 150, "sizefile %r" % j)
@@ -240,6 +242,10 @@ def mode_sizefile(a, w):
             f.write("12\nabc\n")
         p = run(a.bench, ["--server", s.server, "--size-file", sf], expect_rc=2)
         check("size-file" in p.stderr, "bad size file message")
+        with open(sf, "w") as f:
+            f.write("12\n" + "1" * 100 + "\n")
+        p = run(a.bench, ["--server", s.server, "--size-file", sf], expect_rc=2)
+        check("size-file" in p.stderr, "an overlong size line is an error")
         # Single big message size.
         j = run_json(a.bench, ["--server", s.server, "--messages", "5", "--size", "1000000"])
         check(j["messages_ok"] == 5 and j["bytes_ok"] == 5000000, "1 MB messages %r" % j)
@@ -286,11 +292,14 @@ def mode_sweep(a, w):
     try:
         rep = os.path.join(w, "report")
         shutil.rmtree(rep, ignore_errors=True)
+        ack = os.path.join(w, "ack.log")
         p = run(a.bench, ["sweep", "--server", s.server, "--slo-p99-ms", "200", "--start-rate", "50",
                           "--step-factor", "2", "--step-duration", "0.4", "--max-rate", "200", "--report", rep,
-                          "--connections", "4", "--json"])
+                          "--connections", "4", "--ack-log", ack, "--json"])
         j = json.loads(p.stdout)
         check(len(j["steps"]) == 3 and j["best_rate"] == 200, "sweep %r" % j)
+        # --ack-log covers every step, and no two steps share a Message-ID (20 + 40 + 80 messages).
+        check_acks(ack, s, 140)
         md = open(os.path.join(rep, "sweep.md")).read()
         check("| 200.0 |" in md and "Highest rate meeting the target" in md, "sweep.md table")
         root = ET.parse(os.path.join(rep, "sweep.svg")).getroot()
