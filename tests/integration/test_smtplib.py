@@ -31,6 +31,10 @@ def main(t):
             ("2MiB", "a@localhost", ["u@localhost"], message("2m", dslib.body_lines(2 * 1024 * 1024)), []),
             ("leading dots", "a@localhost", ["u@localhost"],
              message("dots", b".\r\n..\r\n.x\r\n. \r\n...\r\nend\r\n.\r\n"), []),
+            # Every line dot-stuffed: thousands of tiny pieces for one message (the spool
+            # grows one chunk record instead of paying a header per piece).
+            ("1 MiB of dot lines", "a@localhost", ["u@localhost"],
+             message("dotty", b"".join(b"." * (1 + i % 7) + b"x" * (i % 3) + b"\r\n" for i in range(150000))), []),
             ("multi rcpt", "a@localhost", ["u1@localhost", "u2@localhost", "u3@localhost"],
              message("multi", b"three\r\n"), []),
             ("null sender", "", ["u@localhost"], message("bounce", b"null sender\r\n"), []),
