@@ -41,7 +41,7 @@ static inline uint64_t conn_key(const struct io_conn *c)
 static struct io_conn *conn_lookup(struct io_worker *w, uint64_t key)
 {
 	uint32_t idx = (uint32_t)(key >> 32);
-	if (idx >= w->conn_max)
+	if (idx >= w->conn_fresh)
 		return NULL;
 	struct io_conn *c = &w->conns[idx];
 	if (c->state == IO_CONN_FREE || c->gen != (uint32_t)key)
@@ -169,30 +169,46 @@ int io_conns_init(struct io_worker *w)
 	w->conn_max = w->cfg->max_connections;
 	size_t a = smtp_session_size(&w->smtp_cfg), b = smtp_session_size(&w->lmtp_cfg);
 	w->session_size = (DS_MAX(a, b) + 63) & ~(size_t)63;
-	w->conns = calloc(w->conn_max, sizeof(*w->conns));
-	if (!w->conns)
+	/*
+	 * Both reserved at start-up for the whole-server limit (a worker may
+	 * get any share of the connections), but untouched: a page becomes
+	 * memory only when a connection first uses a slot on it, so a worker
+	 * costs what its peak concurrency needs, not max-connections.
+	 */
+	w->conns_bytes = (size_t)w->conn_max * sizeof(*w->conns);
+	void *conns = mmap(NULL, w->conns_bytes, PROT_READ | PROT_WRITE,
+			   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+	if (conns == MAP_FAILED)
 		return -ENOMEM;
-	/* Reserved at start-up; pages are touched only by sessions that exist. */
+	w->conns = conns;
 	void *mem = mmap(NULL, (size_t)w->conn_max * w->session_size, PROT_READ | PROT_WRITE,
 			 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
 	if (mem == MAP_FAILED)
 		return -ENOMEM;
 	w->session_mem = mem;
-	for (uint32_t i = w->conn_max; i-- > 0;) {
-		struct io_conn *c = &w->conns[i];
-		c->w = w;
-		c->idx = i;
-		c->fd = -1;
-		c->next_free = w->free_list;
-		w->free_list = c;
-	}
+	w->conn_fresh = 0;
 	return 0;
+}
+
+/* A free slot: a reused one, else the next never-used one. NULL when all are taken. */
+static struct io_conn *conn_slot_get(struct io_worker *w)
+{
+	struct io_conn *c = w->free_list;
+	if (c) {
+		w->free_list = c->next_free;
+		return c;
+	}
+	if (w->conn_fresh >= w->conn_max)
+		return NULL;
+	c = &w->conns[w->conn_fresh];
+	c->idx = w->conn_fresh++;
+	return c;
 }
 
 void io_conns_fini(struct io_worker *w)
 {
 	if (w->conns) {
-		for (uint32_t i = 0; i < w->conn_max; i++) {
+		for (uint32_t i = 0; i < w->conn_fresh; i++) {
 			struct io_conn *c = &w->conns[i];
 			if (c->state != IO_CONN_FREE && c->fd >= 0)
 				close(c->fd);
@@ -201,10 +217,10 @@ void io_conns_fini(struct io_worker *w)
 			c->tls = NULL;
 			free(c->pending);
 		}
+		munmap(w->conns, w->conns_bytes);
 	}
 	if (w->session_mem)
 		munmap(w->session_mem, (size_t)w->conn_max * w->session_size);
-	free(w->conns);
 	w->conns = NULL;
 	w->session_mem = NULL;
 }
@@ -833,7 +849,8 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 		close(fd);
 		return;
 	}
-	if (atomic_fetch_add(&w->sh->connections, 1) >= cfg->max_connections || !w->free_list) {
+	if (atomic_fetch_add(&w->sh->connections, 1) >= cfg->max_connections ||
+	    (!w->free_list && w->conn_fresh >= w->conn_max)) {
 		atomic_fetch_sub(&w->sh->connections, 1);
 		io_metrics_conn_refused(w->m, IO_REFUSE_LIMIT_TOTAL);
 		conn_log_refused_fd(w, &ss, "limit_total");
@@ -850,8 +867,8 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	int one = 1;
 	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 
-	struct io_conn *c = w->free_list;
-	w->free_list = c->next_free;
+	struct io_conn *c = conn_slot_get(w);
+	DS_ASSERT(c != NULL);
 	w->conn_active++;
 	io_metrics_conn_open(w->m);
 	uint32_t gen = c->gen;
@@ -884,7 +901,7 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 
 void io_conns_tick(struct io_worker *w, int64_t now_ms)
 {
-	for (uint32_t i = 0; i < w->conn_max && w->conn_active; i++) {
+	for (uint32_t i = 0; i < w->conn_fresh && w->conn_active; i++) {
 		struct io_conn *c = &w->conns[i];
 		if (c->state == IO_CONN_FREE || c->state == IO_CONN_CLOSING)
 			continue;
@@ -908,7 +925,7 @@ void io_conns_tick(struct io_worker *w, int64_t now_ms)
 
 void io_conns_shutdown(struct io_worker *w)
 {
-	for (uint32_t i = 0; i < w->conn_max && w->conn_active; i++) {
+	for (uint32_t i = 0; i < w->conn_fresh && w->conn_active; i++) {
 		struct io_conn *c = &w->conns[i];
 		if (c->state == IO_CONN_PROXY) {
 			conn_close(c);
@@ -924,7 +941,7 @@ void io_conns_shutdown(struct io_worker *w)
 
 void io_conns_close_all(struct io_worker *w)
 {
-	for (uint32_t i = 0; i < w->conn_max && w->conn_active; i++) {
+	for (uint32_t i = 0; i < w->conn_fresh && w->conn_active; i++) {
 		struct io_conn *c = &w->conns[i];
 		if (c->state == IO_CONN_PROXY || c->state == IO_CONN_ACTIVE)
 			conn_close(c);

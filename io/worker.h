@@ -139,6 +139,8 @@ struct io_worker {
 	uint8_t *session_mem;
 	size_t session_size;
 	uint32_t conn_max;
+	uint32_t conn_fresh; /* slots [0, conn_fresh) have been used at least once */
+	size_t conns_bytes;
 	uint32_t conn_active;
 	struct io_conn *free_list;
 	struct io_conn *parked;
