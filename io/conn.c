@@ -729,9 +729,17 @@ void io_conn_on_recv(struct io_worker *w, uint64_t key, int res, uint32_t flags)
 		return;
 	}
 	if (!c->recv_armed) {
+		/*
+		 * The multishot recv ended. After our own cancel (input was
+		 * over pending_input_max), conn_resume() re-arms once pending
+		 * drains below half of it, but it may already have drained while
+		 * the cancel was in flight (recv_armed still set then): decide
+		 * from the state now, or the connection is never read again.
+		 */
 		bool was_cancel = c->recv_cancel || res == -ECANCELED;
+		uint32_t limit = was_cancel ? w->cfg->pending_input_max / 2 : w->cfg->pending_input_max;
 		c->recv_cancel = false;
-		if (!was_cancel && c->pending_len < w->cfg->pending_input_max && !c->want_close)
+		if (c->pending_len < limit && !c->want_close)
 			conn_arm_recv(c);
 	}
 }
