@@ -52,6 +52,22 @@ static struct io_conn *conn_lookup(struct io_worker *w, uint64_t key)
 static void conn_close(struct io_conn *c);
 static void conn_resume(struct io_conn *c);
 
+/* Wait for room in the spool lane's staging memory (io_conns_resume_parked). */
+static void conn_park(struct io_conn *c)
+{
+	if (c->parked)
+		return;
+	c->parked = true;
+	c->next_parked = c->w->parked;
+	c->w->parked = c;
+}
+
+/* The client sent its last byte and every byte of it has been dealt with. */
+static bool conn_input_done(const struct io_conn *c)
+{
+	return c->peer_eof && c->pending_len == 0 && !c->commit_pending && !c->parked;
+}
+
 static inline int64_t mono_us(void)
 {
 	struct timespec ts;
@@ -131,6 +147,17 @@ static int sink_data_commit(void *ctx, const struct ds_envelope *env)
 	c->env = *env; /* its strings stay in the session until commit_done */
 	c->dot_us = mono_us();
 	int ret = spool_txn_commit(c->w->lane, &c->txn, env, conn_key(c));
+	if (ret == -EAGAIN) {
+		/*
+		 * No room for the commit record in the lane's staging memory
+		 * right now (a large envelope behind a lot of staged data): the
+		 * session waits for commit_done as usual, and the commit is
+		 * retried from c->env once writes have freed room.
+		 */
+		c->commit_retry = true;
+		conn_park(c);
+		return 0;
+	}
 	if (ret < 0) {
 		c->commit_pending = false;
 		c->settle_deferred = false;
@@ -230,7 +257,7 @@ void io_conns_fini(struct io_worker *w)
 static void conn_arm_recv(struct io_conn *c)
 {
 	struct io_worker *w = c->w;
-	if (c->recv_armed || (c->state != IO_CONN_ACTIVE && c->state != IO_CONN_PROXY))
+	if (c->recv_armed || c->peer_eof || (c->state != IO_CONN_ACTIVE && c->state != IO_CONN_PROXY))
 		return;
 	struct io_uring_sqe *sqe = io_sqe(w);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
@@ -352,9 +379,7 @@ static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
 		size_t room = spool_lane_append_room(w->lane);
 		if (room <= IO_SPOOL_SLACK_BYTES) {
 			/* The lane's staging memory is full of writes in flight: wait for them. */
-			c->parked = true;
-			c->next_parked = w->parked;
-			w->parked = c;
+			conn_park(c);
 			break;
 		}
 		size_t n = DS_MIN(len - off, room - IO_SPOOL_SLACK_BYTES);
@@ -442,6 +467,8 @@ static void conn_flush_tls(struct io_conn *c)
 	if (n == 0) {
 		if (c->want_close && (c->tls_closing || c->tls_failed || !c->tls_up))
 			conn_close(c);
+		else if (conn_input_done(c) && len == 0 && !c->bye_pending)
+			conn_close(c); /* half-closed and answered */
 		return;
 	}
 	c->send_len = (uint32_t)n;
@@ -469,7 +496,7 @@ static void conn_flush_output(struct io_conn *c)
 		c->want_close = true;
 		c->send_len = 0; /* marks the static line: nothing to consume in the session */
 	} else if (len == 0) {
-		if (c->want_close)
+		if (c->want_close || (conn_input_done(c) && !c->tls_starting))
 			conn_close(c);
 		return;
 	} else {
@@ -720,8 +747,16 @@ void io_conn_on_recv(struct io_worker *w, uint64_t key, int res, uint32_t flags)
 		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
 		conn_input(c, w->rbufs + (size_t)bid * w->rbuf_size, (size_t)res);
 		io_rbuf_return(w, bid);
+	} else if (res == 0 && c->state == IO_CONN_ACTIVE) {
+		/*
+		 * Half-close (printf ... | nc -N): the client may still read.
+		 * Finish its pipelined commands and send every reply, the 250
+		 * of a message it ended with included, then close.
+		 */
+		c->peer_eof = true;
+		conn_flush_output(c);
 	} else if (res == 0 || (res < 0 && res != -ENOBUFS && res != -ECANCELED)) {
-		conn_close(c); /* EOF or error */
+		conn_close(c); /* EOF before a session, or an error */
 	}
 	c->busy = false;
 	if (c->state == IO_CONN_CLOSING) {
@@ -972,10 +1007,24 @@ void io_conns_resume_parked(struct io_worker *w)
 		list = c->next_parked;
 		c->next_parked = NULL;
 		c->parked = false;
-		if (c->state == IO_CONN_CLOSING)
+		if (c->commit_retry && c->state == IO_CONN_CLOSING) {
+			/* The client has gone before the message was committed: drop it. */
+			spool_txn_abort(w->lane, &c->txn);
+			c->commit_retry = false;
+			c->commit_pending = false;
+		}
+		if (c->state == IO_CONN_CLOSING) {
 			conn_try_free(c);
-		else
+		} else if (c->commit_retry) {
+			c->commit_retry = false;
+			/* 0: queued (or settled at once, through io_conn_settled); -EAGAIN: still no room. */
+			if (spool_txn_commit(w->lane, &c->txn, &c->env, conn_key(c)) == -EAGAIN) {
+				c->commit_retry = true;
+				conn_park(c);
+			}
+		} else {
 			conn_resume(c);
+		}
 	}
 }
 

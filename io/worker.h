@@ -69,6 +69,8 @@ struct io_conn {
 	bool tls_failed;      /* handshake failed: send the alert, then close */
 	bool tls_closing;     /* close_notify queued */
 	bool hs_queued;	      /* on the worker's handshake queue */
+	bool peer_eof;	      /* the client half-closed: finish its input and replies, then close */
+	bool commit_retry;    /* no room for the commit record in the lane: parked, then retried */
 	int settle_res;
 	uint32_t progress_bytes; /* data bytes since the deadline was last pushed out */
 	uint16_t peer_port;

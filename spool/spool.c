@@ -1048,6 +1048,11 @@ int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_
 		goto settle_now;
 	}
 	total = spool_rec_total(size);
+	if (total > l->ring_size / 2) {
+		/* Could wait for room forever: an envelope too big for this staging size. */
+		err = -EMSGSIZE;
+		goto settle_now;
+	}
 	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX)
 		return -EAGAIN;
 	if (!seg_active(l) || seg_left(l) < total) {
