@@ -872,7 +872,15 @@ static void conn_log_refused_fd(struct io_worker *w, const struct sockaddr_stora
 static void refuse(int fd, const char *line)
 {
 	ssize_t n = send(fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
-	(void)n;
+	/*
+	 * Closing with unread input makes the kernel send RST, which can
+	 * destroy the 421 before the client reads it: take what a client that
+	 * talked first has already sent (bounded, never waiting).
+	 */
+	uint8_t sink[4096];
+	for (int i = 0; i < 4 && n > 0; i++)
+		if (recv(fd, sink, sizeof(sink), MSG_DONTWAIT) <= 0)
+			break;
 	close(fd);
 }
 
