@@ -25,11 +25,18 @@
 
 _Static_assert(SPOOL_LANES_MAX_PUBLIC == SPOOL_LANES_MAX, "lane limits agree");
 
+enum rseg_state {
+	RSEG_LISTED, /* name seen at open, file not opened yet */
+	RSEG_MAPPED, /* opened and mapped (or too short to hold records: hdr_rc -ENODATA) */
+	RSEG_GONE,   /* could not be opened or mapped when first needed (removed meanwhile) */
+};
+
 struct rseg {
 	uint64_t seq;
 	const uint8_t *map;
 	uint64_t size;
 	int hdr_rc; /* 0, -ENODATA (unused), -EBADMSG */
+	enum rseg_state state;
 	struct spool_seg_hdr hdr;
 };
 
@@ -37,6 +44,7 @@ struct rlane {
 	unsigned lane;
 	struct rseg *segs;
 	unsigned nsegs;
+	bool all_mapped;
 };
 
 struct spool_reader {
@@ -53,9 +61,72 @@ static int64_t mono_us(void)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/*
+ * Open and map one listed segment. Returns false if it is gone (removed
+ * since it was listed, or not mappable): such a segment does not exist for
+ * the reader.
+ */
+static bool seg_map(struct spool_reader *r, struct rlane *rl, struct rseg *s)
+{
+	char path[PATH_MAX];
+	struct stat stt;
+	int fd;
+	void *m;
+
+	if (s->state != RSEG_LISTED)
+		return s->state == RSEG_MAPPED;
+	s->state = RSEG_GONE;
+	if (spool_seg_path(path, sizeof(path), r->dir, rl->lane, s->seq))
+		return false;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return false; /* removed meanwhile */
+	if (fstat(fd, &stt) || stt.st_size < (off_t)SPOOL_SEG_DATA_OFF) {
+		close(fd);
+		s->hdr_rc = -ENODATA;
+		s->state = RSEG_MAPPED;
+		return true;
+	}
+	m = mmap(NULL, (size_t)stt.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	close(fd);
+	if (m == MAP_FAILED)
+		return false;
+	s->map = m;
+	s->size = (uint64_t)stt.st_size;
+	s->hdr_rc = spool_seg_hdr_decode(s->map, s->size, &s->hdr);
+	if (!s->hdr_rc && (s->hdr.seq != s->seq || s->hdr.lane != rl->lane))
+		s->hdr_rc = -EBADMSG;
+	if (!s->hdr_rc && s->hdr.segment_size < s->size)
+		s->size = s->hdr.segment_size;
+	s->state = RSEG_MAPPED;
+	return true;
+}
+
+/* Map every listed segment of the lane, in order; segments that are gone are dropped from the list. */
+static void lane_map_all(struct spool_reader *r, struct rlane *rl)
+{
+	unsigned n = 0;
+
+	if (rl->all_mapped)
+		return;
+	for (unsigned i = 0; i < rl->nsegs; i++)
+		if (seg_map(r, rl, &rl->segs[i]))
+			rl->segs[n++] = rl->segs[i];
+	rl->nsegs = n;
+	rl->all_mapped = true;
+}
+
+/* Whole-spool operations (foreach, verify, stats, recovery) see every segment listed at open. */
+static void reader_map_all(struct spool_reader *r)
+{
+	for (unsigned i = 0; i < r->nlanes; i++)
+		lane_map_all(r, &r->lanes[i]);
+}
+
+/* List the lane's segments; they are mapped when first needed (seg_map). */
 static int lane_load(struct spool_reader *r, struct rlane *rl, unsigned lane)
 {
-	char ldir[PATH_MAX], path[PATH_MAX];
+	char ldir[PATH_MAX];
 	uint64_t *seqs;
 	int n = 0;
 
@@ -70,38 +141,8 @@ static int lane_load(struct spool_reader *r, struct rlane *rl, unsigned lane)
 		free(seqs);
 		return -ENOMEM;
 	}
-	for (int i = 0; i < n; i++) {
-		struct rseg *s = &rl->segs[rl->nsegs];
-		struct stat stt;
-		int fd;
-		void *m;
-
-		if (spool_seg_path(path, sizeof(path), r->dir, lane, seqs[i]))
-			continue;
-		fd = open(path, O_RDONLY | O_CLOEXEC);
-		if (fd < 0)
-			continue; /* removed meanwhile */
-		if (fstat(fd, &stt) || stt.st_size < (off_t)SPOOL_SEG_DATA_OFF) {
-			close(fd);
-			s->seq = seqs[i];
-			s->hdr_rc = -ENODATA;
-			rl->nsegs++;
-			continue;
-		}
-		m = mmap(NULL, (size_t)stt.st_size, PROT_READ, MAP_SHARED, fd, 0);
-		close(fd);
-		if (m == MAP_FAILED)
-			continue;
-		s->seq = seqs[i];
-		s->map = m;
-		s->size = (uint64_t)stt.st_size;
-		s->hdr_rc = spool_seg_hdr_decode(s->map, s->size, &s->hdr);
-		if (!s->hdr_rc && (s->hdr.seq != s->seq || s->hdr.lane != lane))
-			s->hdr_rc = -EBADMSG;
-		if (!s->hdr_rc && s->hdr.segment_size < s->size)
-			s->size = s->hdr.segment_size;
-		rl->nsegs++;
-	}
+	for (int i = 0; i < n; i++)
+		rl->segs[rl->nsegs++] = (struct rseg){.seq = seqs[i], .state = RSEG_LISTED};
 	free(seqs);
 	return 0;
 }
@@ -284,8 +325,8 @@ static struct rseg *lane_seg_find(struct rlane *rl, uint64_t seq)
  * commit's segment. 0 if all chunks were found with the right total length
  * and CRC, -EBADMSG if not, or fn's non-zero return.
  */
-static int body_walk(struct rlane *rl, const struct spool_msg *m, int (*fn)(void *, const void *, size_t),
-		     void *ctx)
+static int body_walk(struct spool_reader *r, struct rlane *rl, const struct spool_msg *m,
+		     int (*fn)(void *, const void *, size_t), void *ctx)
 {
 	static const struct spool_scan_ops wops = {.rec = walk_rec};
 	struct walk w = {.id = m->id, .want = m->chunk_count, .fn = fn, .ctx = ctx};
@@ -294,7 +335,7 @@ static int body_walk(struct rlane *rl, const struct spool_msg *m, int (*fn)(void
 		return m->size == 0 ? 0 : -EBADMSG;
 	for (uint64_t seq = m->first_seq; seq <= m->seq && w.got < w.want; seq++) {
 		struct rseg *s = lane_seg_find(rl, seq);
-		if (!s || s->hdr_rc)
+		if (!s || !seg_map(r, rl, s) || s->hdr_rc)
 			return -EBADMSG;
 		spool_seg_scan(s->map, s->size, s->hdr.epoch,
 			       seq == m->first_seq ? m->first_off : SPOOL_SEG_DATA_OFF, &wops, &w);
@@ -352,6 +393,7 @@ struct seg_scan {
 	struct rseg *s;
 	const struct scan_cfg *cfg;
 	struct ctab *tab;
+	uint64_t only_id; /* non-zero: keep only this txn's chunks and commit (spool_reader_read) */
 	uint64_t watermark;
 	struct pend_commit *pc;
 	size_t npc, cap;
@@ -365,6 +407,8 @@ static int seg_rec(void *ctx, const struct spool_rec *rec)
 	struct seg_scan *ss = ctx;
 
 	ss->watermark = DS_MAX(ss->watermark, rec->durable_off);
+	if (ss->only_id && rec->txn_id != ss->only_id)
+		return 0; /* still counted in the watermark above: the verdict on only_id needs it */
 	if (rec->type == SPOOL_REC_CHUNK) {
 		/* Counted into the lane's table only once the segment's scan is accepted. */
 		if (ss->nch == ss->capch) {
@@ -409,7 +453,16 @@ static void seg_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zero)
 		ss->bad[BAD_REGIONS_MAX - 1].to = to;
 }
 
-static int lane_scan(struct spool_reader *r, struct rlane *rl, const struct scan_cfg *cfg)
+/*
+ * Scan the lane's segments from index first on. only_id != 0 restricts the
+ * scan to that txn: other txns' chunks and commits are skipped (not decoded,
+ * not checked), every record still counts for the segment's watermark. The
+ * verdict on only_id's commit is the same as in a scan from the lane's first
+ * segment provided no segment before first holds a record of only_id (see
+ * spool_reader_read).
+ */
+static int lane_scan_from(struct spool_reader *r, struct rlane *rl, const struct scan_cfg *cfg,
+			  unsigned first, uint64_t only_id)
 {
 	static const struct spool_scan_ops sops = {.rec = seg_rec, .bad = seg_bad};
 	struct ctab tab = {0};
@@ -422,9 +475,13 @@ static int lane_scan(struct spool_reader *r, struct rlane *rl, const struct scan
 	ssp->rl = rl;
 	ssp->cfg = cfg;
 	ssp->tab = &tab;
+	ssp->only_id = only_id;
 
-	for (unsigned i = 0; i < rl->nsegs && !rc; i++) {
+	for (unsigned i = first; i < rl->nsegs && !rc; i++) {
 		struct rseg *s = &rl->segs[i];
+
+		if (!seg_map(r, rl, s))
+			continue; /* gone: as if never listed (whole-lane scans map all first) */
 
 		if (cfg->seg)
 			cfg->seg(cfg->ctx, rl, s);
@@ -504,10 +561,10 @@ static int lane_scan(struct spool_reader *r, struct rlane *rl, const struct scan
 			durable = pc->end <= ssp->watermark;
 			if (ok &&
 			    (cfg->check_all_bodies || !durable || (c.chunk_count && c.first_seq != s->seq)))
-				ok = body_walk(rl, &m, NULL, NULL) == 0;
+				ok = body_walk(r, rl, &m, NULL, NULL) == 0;
 			else if (!ok && durable)
 				/* A live writer may have added chunks after this lane's scan passed them. */
-				ok = body_walk(rl, &m, NULL, NULL) == 0;
+				ok = body_walk(r, rl, &m, NULL, NULL) == 0;
 			if (!ok) {
 				if (cfg->dropped)
 					cfg->dropped(cfg->ctx, rl, &m, durable);
@@ -521,6 +578,12 @@ static int lane_scan(struct spool_reader *r, struct rlane *rl, const struct scan
 	free(ssp);
 	free(tab.e);
 	return rc;
+}
+
+static int lane_scan(struct spool_reader *r, struct rlane *rl, const struct scan_cfg *cfg)
+{
+	lane_map_all(r, rl);
+	return lane_scan_from(r, rl, cfg, 0, 0);
 }
 
 /* ---- foreach / read ---- */
@@ -541,6 +604,7 @@ int spool_reader_foreach(struct spool_reader *r, int (*fn)(void *ctx, const stru
 	struct fe_ctx f = {.fn = fn, .ctx = ctx};
 	struct scan_cfg cfg = {.msg = fe_msg, .ctx = &f};
 
+	reader_map_all(r);
 	for (unsigned i = 0; i < r->nlanes; i++) {
 		int rc = lane_scan(r, &r->lanes[i], &cfg);
 		if (rc)
@@ -566,6 +630,34 @@ static int find_msg(void *ctx, struct rlane *rl, const struct spool_msg *m)
 	return 1;
 }
 
+/*
+ * Where the records of txn id can start in its lane: the index of the first
+ * segment with sequence >= the one encoded in the id. The id carries the
+ * lane's active segment when the txn began (FORMAT.md, "Txn / queue ids");
+ * the writer only appends, and sequences only grow, so every chunk and the
+ * commit of that txn lie in that segment or a later one (a message may
+ * continue, and a txn held open may commit, segments later). The id keeps
+ * 32 bits of the sequence: if the lane holds a larger sequence (never
+ * written by this format's writer) the shortcut is not safe and the whole
+ * lane is scanned.
+ */
+static unsigned lane_id_first_seg(const struct rlane *rl, uint64_t id)
+{
+	uint64_t seq = (id >> SPOOL_ID_COUNTER_BITS) & ((1ull << SPOOL_ID_SEQ_BITS) - 1);
+	unsigned lo = 0, hi = rl->nsegs;
+
+	if (rl->nsegs && rl->segs[rl->nsegs - 1].seq >> SPOOL_ID_SEQ_BITS)
+		return 0;
+	while (lo < hi) {
+		unsigned mid = (lo + hi) / 2;
+		if (rl->segs[mid].seq < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
 int spool_reader_read(struct spool_reader *r, uint64_t id, int (*fn)(void *ctx, const void *buf, size_t len),
 		      void *ctx)
 {
@@ -573,15 +665,20 @@ int spool_reader_read(struct spool_reader *r, uint64_t id, int (*fn)(void *ctx, 
 	struct scan_cfg cfg = {.msg = find_msg, .ctx = &f};
 	unsigned lane = spool_id_lane(id);
 
+	if (!id)
+		return -ENOENT; /* txn ids are never 0 (and 0 means "no filter" to the scan) */
 	for (unsigned i = 0; i < r->nlanes; i++) {
-		if (r->lanes[i].lane != lane)
+		struct rlane *rl = &r->lanes[i];
+
+		if (rl->lane != lane)
 			continue;
-		if (lane_scan(r, &r->lanes[i], &cfg) < 0)
+		/* The lane's segments from the id's own on, this txn's records only. */
+		if (lane_scan_from(r, rl, &cfg, lane_id_first_seg(rl, id), id) < 0)
 			return -ENOMEM;
 	}
 	if (!f.rl)
 		return -ENOENT;
-	return body_walk(f.rl, &f.m, fn, ctx);
+	return body_walk(r, f.rl, &f.m, fn, ctx);
 }
 
 static int file_out(void *ctx, const void *buf, size_t len)
@@ -675,6 +772,7 @@ int spool_reader_verify(struct spool_reader *r, struct spool_verify_report *rep,
 			       .ctx = &v};
 
 	memset(rep, 0, sizeof(*rep));
+	reader_map_all(r);
 	for (unsigned i = 0; i < r->nlanes; i++) {
 		int rc = lane_scan(r, &r->lanes[i], &cfg);
 		if (rc)
@@ -704,6 +802,7 @@ int spool_reader_stats(struct spool_reader *r, struct spool_reader_stats *st)
 	struct scan_cfg cfg = {.msg = s_msg, .ctx = &c};
 
 	memset(st, 0, sizeof(*st));
+	reader_map_all(r);
 	for (unsigned i = 0; i < r->nlanes; i++) {
 		struct rlane *rl = &r->lanes[i];
 		int rc;
@@ -826,6 +925,7 @@ int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *
 	if (rc)
 		return rc;
 	rep->lanes = r->nlanes;
+	reader_map_all(r);
 	for (unsigned i = 0; i < r->nlanes && !rc; i++)
 		rc = lane_scan(r, &r->lanes[i], &sc);
 	note_close(&c);

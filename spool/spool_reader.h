@@ -7,7 +7,12 @@
  * (dotspool-ctl, consumers). Opens every file O_RDONLY and maps it shared,
  * so it is safe while a server appends: a record that is not complete yet
  * (torn, unwritten, or a commit whose chunks have not landed) is simply
- * not there yet. A reader sees the segments that existed at open time.
+ * not there yet. A reader sees the segments listed at open time; each is
+ * opened and mapped when first needed (foreach, verify and stats map them
+ * all; spool_reader_read only the ones it scans). A segment removed after
+ * open but before it was mapped is treated as absent.
+ *
+ * Not for concurrent use from several threads (one decode space).
  *
  * Order: lane by lane (ascending), and within a lane in commit order.
  */
@@ -44,6 +49,13 @@ int spool_reader_foreach(struct spool_reader *r, int (*fn)(void *ctx, const stru
  * Stream the stored body of message id to fn (in chunk-sized pieces).
  * 0, -ENOENT (no such committed message), -EBADMSG (body CRC mismatch,
  * detected at the end: bytes already streamed), or fn's non-zero return.
+ *
+ * Found exactly when spool_reader_foreach would list id, but without the
+ * whole-spool scan: only id's lane, from the segment the id names (where
+ * the txn began) up to the one holding its commit, and only id's records
+ * there (FORMAT.md, "Txn / queue ids"). An id that names no existing
+ * segment or lane fails at once; an unknown id in an existing segment
+ * costs a scan of its lane from that segment to the end.
  */
 int spool_reader_read(struct spool_reader *r, uint64_t id, int (*fn)(void *ctx, const void *buf, size_t len),
 		      void *ctx);

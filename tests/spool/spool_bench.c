@@ -4,6 +4,8 @@
  *   spool_bench recover DIR SIZE_MIB [--cold|--warm] [MSG_BYTES]   fill a spool (4 KiB messages by default),
  * time spool_recover() spool_bench flush DIR N                     per-commit flush latency, pre-written vs
  * fallocate-only
+ *   spool_bench cat DIR IDFILE                                      time spool_reader_read of every id
+ * in IDFILE (one per line), with a reader opened per id (as dotspool-ctl cat) and with one shared reader
  */
 #include <fcntl.h>
 #include <stdio.h>
@@ -82,6 +84,50 @@ int main(int argc, char **argv)
 
 	if (argc < 4)
 		return 2;
+	if (!strcmp(argv[1], "cat")) {
+		FILE *f = fopen(argv[3], "r");
+		char line[64];
+		uint64_t *ids = NULL;
+		size_t n = 0, cap = 0;
+		struct spool_reader *r;
+		double t0, t_each, t_shared;
+
+		CHECK(f);
+		while (fgets(line, sizeof(line), f)) {
+			line[strcspn(line, "\r\n")] = 0;
+			if (n == cap) {
+				cap = cap ? cap * 2 : 1024;
+				ids = realloc(ids, cap * sizeof(*ids));
+				CHECK(ids);
+			}
+			CHECK(spool_id_parse(line, &ids[n]) == 0);
+			n++;
+		}
+		fclose(f);
+		CHECK(n > 0);
+		t0 = now_s();
+		for (size_t i = 0; i < n; i++) {
+			FILE *out = fopen("/dev/null", "w");
+			CHECK(spool_reader_open(&r, argv[2]) == 0);
+			CHECK(spool_reader_read_file(r, ids[i], out) == 0);
+			spool_reader_close(r);
+			fclose(out);
+		}
+		t_each = now_s() - t0;
+		CHECK(spool_reader_open(&r, argv[2]) == 0);
+		t0 = now_s();
+		for (size_t i = 0; i < n; i++) {
+			FILE *out = fopen("/dev/null", "w");
+			CHECK(spool_reader_read_file(r, ids[i], out) == 0);
+			fclose(out);
+		}
+		t_shared = now_s() - t0;
+		spool_reader_close(r);
+		printf("cat %zu messages: reader per message %.3f s (%.3f ms each), one reader %.3f s "
+		       "(%.3f ms each)\n",
+		       n, t_each, t_each * 1e3 / (double)n, t_shared, t_shared * 1e3 / (double)n);
+		return 0;
+	}
 	spool_config_defaults(&cfg);
 	cfg.dir = argv[2];
 	if (!strcmp(argv[1], "recover")) {

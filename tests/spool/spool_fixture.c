@@ -3,7 +3,9 @@
  * Writes a small spool through the lane and the synchronous ops, and the
  * expected result next to it: OUT/<ID>.eml (exact body) and OUT/manifest
  * (one JSON object per line, as dotspool-ctl list --json should print).
- * Usage: spool_fixture SPOOL_DIR OUT_DIR
+ * Usage: spool_fixture SPOOL_DIR OUT_DIR [multi]
+ * multi: instead, 2 lanes of small segments, pairs of interleaved txns whose
+ * bodies span segments and whose commits land segments after their ids'.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -22,6 +24,91 @@ static void on_settled(void *ctx, uint64_t cookie, int res)
 		exit(1);
 	}
 	acked++;
+}
+
+static void record(const char *out, uint64_t txn_id, const char *body, size_t len)
+{
+	char id[24], path[512];
+	FILE *f;
+
+	spool_id_format(txn_id, id, sizeof(id));
+	snprintf(path, sizeof(path), "%s/%s.eml", out, id);
+	f = fopen(path, "wb");
+	if (!f || fwrite(body, 1, len, f) != len || fclose(f))
+		exit(1);
+	snprintf(path, sizeof(path), "%s/ids", out);
+	f = fopen(path, "a");
+	if (!f)
+		exit(1);
+	fprintf(f, "%s\n", id);
+	fclose(f);
+}
+
+static void multi(const char *spool, const char *out)
+{
+	static const unsigned lanes[] = {2, 5};
+	struct spool_config cfg;
+
+	spool_config_defaults(&cfg);
+	cfg.dir = spool;
+	cfg.segment_size = 512 * 1024;
+	cfg.buffer_size = 256 * 1024;
+	for (unsigned k = 0; k < 2; k++) {
+		struct spool_syncio *sio;
+		struct spool_lane *l;
+
+		if (spool_syncio_create(&sio, on_settled, NULL) ||
+		    spool_lane_open(&l, &cfg, lanes[k], spool_syncio_ops(), sio))
+			exit(1);
+		spool_syncio_attach(sio, l);
+		for (unsigned i = 0; i < 12; i++) {
+			struct spool_txn t[2];
+			size_t len[2] = {(i * 7919u * 37u + k * 1000u) % 700000u, (i * 104729u) % 90000u};
+			char *body[2];
+			struct ds_rcpt r[] = {{"m@localhost", ""}};
+			struct ds_envelope e = {"192.0.2.1",
+						2525,
+						"multi",
+						"ESMTP",
+						"s@example.org",
+						"",
+						r,
+						1,
+						"",
+						1700000100000000ll + i,
+						0};
+
+			for (int j = 0; j < 2; j++) {
+				body[j] = malloc(len[j] + 1);
+				for (size_t o = 0; o < len[j]; o++)
+					body[j][o] = (o % 64 == 62) ? '\r'
+						     : (o % 64 == 63)
+							     ? '\n'
+							     : (char)('a' + (o * 7 + i + (size_t)j) % 26);
+				if (spool_txn_begin(l, &t[j]))
+					exit(1);
+			}
+			for (size_t off = 0; off < len[0] || off < len[1]; off += 7000) {
+				for (int j = 0; j < 2; j++) {
+					size_t n = off < len[j] ? (len[j] - off < 7000 ? len[j] - off : 7000)
+								: 0;
+					if (n && spool_txn_append(l, &t[j], body[j] + off, n))
+						exit(1);
+				}
+				spool_syncio_run(sio);
+			}
+			for (int j = 1; j >= 0; j--) {
+				e.body_size = len[j];
+				if (spool_txn_commit(l, &t[j], &e, 100 + i * 2 + (unsigned)j))
+					exit(1);
+				spool_syncio_run(sio);
+				record(out, t[j].id, body[j], len[j]);
+				free(body[j]);
+			}
+		}
+		spool_lane_close(l);
+		spool_syncio_destroy(sio);
+	}
 }
 
 static void put(struct spool_lane *l, struct spool_syncio *sio, const struct ds_envelope *env,
@@ -63,6 +150,10 @@ int main(int argc, char **argv)
 	char *big;
 	size_t big_len = 300000;
 
+	if (argc == 4 && !strcmp(argv[3], "multi")) {
+		multi(argv[1], argv[2]);
+		return acked == 48 ? 0 : 1;
+	}
 	if (argc != 3)
 		return 2;
 	spool_config_defaults(&cfg);

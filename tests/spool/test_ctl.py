@@ -16,8 +16,8 @@ def check(cond, what):
         fails += 1
 
 
-def run(*args, ok=True):
-    p = subprocess.run([ctl, "--spool", spool] + list(args), capture_output=True, timeout=30)
+def run(*args, ok=True, spool_dir=None):
+    p = subprocess.run([ctl, "--spool", spool_dir or spool] + list(args), capture_output=True, timeout=30)
     if ok:
         check(p.returncode == 0, f"{args} exit {p.returncode}: {p.stderr!r}")
     return p
@@ -62,6 +62,41 @@ try:
         check(run("cat", i.lower()).stdout == want, "cat accepts lower case")
     p = run("cat", "0100000000FFFFFF", ok=False)
     check(p.returncode == 1 and b"not found" in p.stderr and p.stdout == b"", "cat missing id")
+
+    # cat goes to the id's segment: two lanes of small segments, bodies spanning segments, commits
+    # segments after their ids' (interleaved txns).
+    spool2, out2 = os.path.join(tmp, "spool2"), os.path.join(tmp, "out2")
+    os.mkdir(out2)
+    subprocess.run([fixture, spool2, out2, "multi"], check=True, timeout=60)
+    ids2 = open(os.path.join(out2, "ids")).read().split()
+    check(len(ids2) == 48 and len({i[:2] for i in ids2}) == 2, "multi fixture: 48 messages in 2 lanes")
+    for lane in ("lane-02", "lane-05"):
+        check(len(os.listdir(os.path.join(spool2, lane))) >= 5, f"{lane} has several segments")
+    check(sum(1 for i in ids2 if i[2:10] != ids2[0][2:10]) > 0, "ids name several segments")
+    for i in ids2:
+        want = open(os.path.join(out2, i + ".eml"), "rb").read()
+        p = run("cat", i, spool_dir=spool2)
+        check(p.stdout == want and p.stderr == b"", f"multi: cat {i} byte for byte ({len(p.stdout)} vs {len(want)})")
+    lines = run("list", spool_dir=spool2).stdout.decode().splitlines()
+    check(sorted(l.split()[0] for l in lines) == sorted(ids2), "multi: list shows every message once")
+    p = run("verify", spool_dir=spool2)
+    check(b"OK" in p.stdout and b"48 messages" in p.stdout, f"multi: verify {p.stdout!r}")
+    last_seq = max(int(n[:12]) for n in os.listdir(os.path.join(spool2, "lane-02")) if n.endswith(".seg"))
+    missing = [
+        ids2[0][:10] + "FFFFFE",  # existing segment, counter never used
+        ids2[5][:10] + "000400",
+        "02%08X000000" % (last_seq + 1),  # segment past the lane's end
+        "02%08X000003" % (last_seq + 5000),
+        "0200000000000000",  # segment 0
+        "07" + ids2[0][2:],  # a lane that does not exist
+        "0000000000000000",
+    ]
+    for i in missing:
+        p = run("cat", i, ok=False, spool_dir=spool2)
+        check(p.returncode == 1 and p.stdout == b"" and p.stderr == f"dotspool-ctl: message {i} not found\n".encode(),
+              f"multi: cat {i}: exit {p.returncode}, stderr {p.stderr!r}")
+    p = run("cat", "02XYZ", ok=False, spool_dir=spool2)
+    check(p.returncode == 1 and b"bad message id" in p.stderr, "cat bad id")
 
     p = run("verify")
     check(b"OK" in p.stdout and b"4 messages" in p.stdout, f"verify summary {p.stdout!r}")
