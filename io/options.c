@@ -81,6 +81,9 @@ static const struct opt_def opts[] = {
 	{"prewrite", OPT_BOOL, CF(spool.prewrite), 0, 1, 0, "BOOL zero-fill segments before use"},
 	{"no-prewrite", OPT_FLAG_NEG, CF(spool.prewrite), 0, 1, 0,
 	 "fallocate segments only (for measurements)"},
+	{"spool-io", OPT_STR, CF(spool.io_mode), 1, 15, 0,
+	 "MODE buffered (write + fdatasync per group, default) or direct (O_DIRECT segments, each group one "
+	 "block-aligned RWF_DSYNC write; falls back to buffered where O_DIRECT is refused)"},
 	{"tls-cert", OPT_STR, CF(tls_cert), 1, 4000, 0,
 	 "FILE PEM certificate chain: offer STARTTLS (with --tls-key)"},
 	{"tls-key", OPT_STR, CF(tls_key), 1, 4000, 0,
@@ -274,6 +277,18 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 				return fail(err, errcap,
 					    "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name,
 					    value);
+		}
+		if (!strcmp(name, "spool-io")) {
+			/* Not a string field: the spool's write mode. */
+			enum spool_io_mode *mode = (enum spool_io_mode *)(base + d->off);
+			if (!strcmp(value, "buffered"))
+				*mode = SPOOL_IO_BUFFERED;
+			else if (!strcmp(value, "direct"))
+				*mode = SPOOL_IO_DIRECT;
+			else
+				return fail(err, errcap, "'%s': '%s' is not one of buffered, direct", name,
+					    value);
+			return 0;
 		}
 		enum io_log_level lvl;
 		if (!strcmp(name, "log-level") && io_log_level_parse(value, &lvl) < 0)

@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include <sys/statvfs.h>
+#include <sys/uio.h> /* RWF_DSYNC */
 
 #include "ds_assert.h"
 #include "worker.h"
@@ -54,6 +55,18 @@ static int ops_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t 
 	io_uring_prep_write(sqe, fd, buf, len, off);
 	if (link)
 		sqe->flags |= IOSQE_IO_LINK;
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SPOOL, tag));
+	return 0;
+}
+
+/* --spool-io direct: a block-aligned write to an O_DIRECT segment, durable when it completes. */
+static int ops_write_dsync(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag)
+{
+	struct io_worker *w = ctx;
+	DS_ASSERT(tag <= IO_TAG_MASK);
+	struct io_uring_sqe *sqe = io_sqe(w);
+	io_uring_prep_write(sqe, fd, buf, len, off);
+	sqe->rw_flags = RWF_DSYNC;
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SPOOL, tag));
 	return 0;
 }
@@ -108,6 +121,7 @@ static void spool_gauges(struct io_worker *w, int64_t now_ms)
 static const struct spool_io_ops io_spool_ops = {
 	.write = ops_write,
 	.flush = ops_flush,
+	.write_dsync = ops_write_dsync,
 	.settled = ops_settled,
 };
 

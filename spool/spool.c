@@ -43,6 +43,21 @@
 #define TXN_OPEN	 1u
 #define TXN_CLOSED	 2u
 
+/*
+ * Direct mode (SPOOL_IO_DIRECT): every write covers whole 4 KiB blocks that
+ * were never written before and carries RWF_DSYNC, so its completion makes
+ * it durable. A block that holds acknowledged bytes is never written again
+ * (a torn rewrite could destroy them): a group's write is padded to the
+ * block end with a padding chunk (a chunk of a txn id that never commits)
+ * and the next group starts on a fresh block. Segments start on a block
+ * boundary of the lane's position space.
+ */
+#define DIO_BLOCK	   4096u
+#define DIO_RING_RESERVE   (2 * DIO_BLOCK + 64) /* ring bytes kept for padding and roll gaps */
+#define DIO_EAGER_MIN	   (256u << 10)	      /* full blocks written ahead of any commit */
+#define DIO_ALIGN_DOWN(x) ((x) & ~(uint64_t)(DIO_BLOCK - 1))
+#define DIO_ALIGN_UP(x)	  DIO_ALIGN_DOWN((x) + DIO_BLOCK - 1)
+
 struct lane_seg {
 	int fd;
 	uint64_t seq, epoch;
@@ -102,8 +117,13 @@ struct spool_lane {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool thr_started, stop, spare_want, spare_ready;
+	bool spare_odirect; /* the spare's fd has O_DIRECT */
+	bool odirect_refused; /* O_DIRECT was refused once: stop asking (read by the spare thread) */
 	int spare_err, spare_fd;
 	uint64_t spare_seq, spare_epoch, next_seq;
+
+	bool direct;	      /* direct write discipline (decided at the first roll) */
+	uint32_t dio_inflight; /* direct writes in flight */
 
 	struct spool_lane_stats st;
 };
@@ -117,6 +137,7 @@ void spool_config_defaults(struct spool_config *cfg)
 	cfg->flushes_in_flight_max = 2;
 	cfg->prewrite = true;
 	cfg->lane_bytes_max = 0;
+	cfg->io_mode = SPOOL_IO_BUFFERED;
 }
 
 static uint64_t now_ns(void)
@@ -187,7 +208,7 @@ static int fsync_dir(const char *path)
  * Create, allocate, zero-fill, stamp and make durable one segment, so the
  * hot path's fdatasync never has to commit metadata (size, extents).
  */
-static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t *epoch_out)
+static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t *epoch_out, bool *odirect_out)
 {
 	char path[PATH_MAX];
 	uint8_t hdr[SPOOL_SEG_HDR_SIZE];
@@ -266,6 +287,29 @@ static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t
 	rc = fsync_dir(l->lane_dir);
 	if (rc)
 		goto fail;
+	*odirect_out = false;
+	if (l->cfg.io_mode == SPOOL_IO_DIRECT && l->ops->write_dsync &&
+	    !__atomic_load_n(&l->odirect_refused, __ATOMIC_RELAXED)) {
+		/* Prepared and durable through the page cache; data goes around it from now on. */
+		int dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+		if (dfd >= 0) {
+			posix_fadvise(fd, 0, (off_t)size, POSIX_FADV_DONTNEED);
+			close(fd);
+			fd = dfd;
+			*odirect_out = true;
+		} else if (errno == EINVAL) {
+			static int logged;
+			if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
+				fprintf(stderr,
+					"spool: O_DIRECT refused on %s (EINVAL): spool-io direct falls back to "
+					"buffered\n",
+					l->lane_dir);
+			__atomic_store_n(&l->odirect_refused, true, __ATOMIC_RELAXED);
+		} else {
+			rc = -errno;
+			goto fail;
+		}
+	}
 	*fd_out = fd;
 	*epoch_out = h.epoch;
 	return 0;
@@ -283,6 +327,7 @@ static void *spare_main(void *arg)
 	while (!l->stop) {
 		uint64_t seq, epoch = 0;
 		int fd = -1, rc;
+		bool odirect = false;
 
 		if (!l->spare_want || l->spare_ready) {
 			pthread_cond_wait(&l->cv, &l->mu);
@@ -290,7 +335,7 @@ static void *spare_main(void *arg)
 		}
 		seq = l->next_seq++;
 		pthread_mutex_unlock(&l->mu);
-		rc = seg_prepare(l, seq, &fd, &epoch);
+		rc = seg_prepare(l, seq, &fd, &epoch, &odirect);
 		pthread_mutex_lock(&l->mu);
 		l->spare_want = false;
 		if (rc) {
@@ -299,6 +344,7 @@ static void *spare_main(void *arg)
 			l->spare_fd = fd;
 			l->spare_seq = seq;
 			l->spare_epoch = epoch;
+			l->spare_odirect = odirect;
 			__atomic_store_n(&l->spare_ready, true, __ATOMIC_RELEASE);
 		}
 		pthread_cond_broadcast(&l->cv);
@@ -317,6 +363,11 @@ static void spare_request_locked(struct spool_lane *l)
 }
 
 /* ---- segment FIFO ---- */
+
+static uint64_t ring_raw_free(const struct spool_lane *l)
+{
+	return l->ring_size - (l->head - l->tail);
+}
 
 static struct lane_seg *seg_at(struct spool_lane *l, unsigned i)
 {
@@ -399,8 +450,24 @@ static int lane_roll(struct spool_lane *l)
 		pthread_mutex_unlock(&l->mu);
 		return rc == -EDQUOT ? -ENOSPC : rc;
 	}
+	if (!l->st.segments_opened) {
+		/* The first segment decides the lane's write discipline, for its whole life. */
+		l->direct = l->ops->write_dsync && (l->cfg.io_mode == SPOOL_IO_DIRECT_NO_ODIRECT ||
+						    (l->cfg.io_mode == SPOOL_IO_DIRECT && l->spare_odirect));
+		l->st.direct = l->direct;
+	}
 	if (old)
 		old->lend = l->head;
+	if (l->direct && (l->head & (DIO_BLOCK - 1))) {
+		/*
+		 * Segments start on a block boundary. The gap is the old segment's
+		 * last write's zero tail (never stale ring content on disk).
+		 */
+		uint64_t gap = DIO_ALIGN_UP(l->head) - l->head;
+		DS_ASSERT(gap <= ring_raw_free(l));
+		memset(l->ring + (l->head % l->ring_size), 0, gap);
+		l->head += gap;
+	}
 	s = &l->segs[(l->seg_first + l->seg_count) % LANE_SEGS_MAX];
 	memset(s, 0, sizeof(*s));
 	s->fd = l->spare_fd;
@@ -556,11 +623,139 @@ static int submit_write(struct spool_lane *l, struct lane_op *op, bool link)
 			     seg_file_off(s, pos), op_tag(l, op), link);
 }
 
+static uint64_t durable_off_for(struct spool_lane *l, struct lane_seg *s);
+
+/* Padding chunks belong to a txn id no txn ever has (segment sequence 0). */
+static uint64_t pad_txn_id(const struct spool_lane *l)
+{
+	return spool_id_make(l->lane_no, 0, 0);
+}
+
+/*
+ * Direct mode: fill the active segment up to the next block boundary so a
+ * group's write ends there and the next one starts on a fresh block. A gap
+ * too small for a record header takes one more block, unless that would
+ * pass the segment's end: then the gap is the segment's zero tail (the
+ * segment is full). False if the ring has no room right now.
+ */
+static bool dio_pad(struct spool_lane *l, struct lane_seg *s)
+{
+	uint64_t gap = DIO_ALIGN_UP(l->head) - l->head, seg_end = s->lstart + seg_cap_l(l);
+	uint8_t *dst = l->ring + (l->head % l->ring_size);
+
+	if (!gap)
+		return true;
+	if (gap < SPOOL_REC_HDR_SIZE && l->head + gap + DIO_BLOCK <= seg_end)
+		gap += DIO_BLOCK;
+	if (gap > ring_raw_free(l))
+		return false;
+	if (gap < SPOOL_REC_HDR_SIZE) {
+		DS_ASSERT(l->head + gap == seg_end);
+		memset(dst, 0, gap);
+	} else {
+		memset(dst + SPOOL_REC_HDR_SIZE, 0, gap - SPOOL_REC_HDR_SIZE);
+		spool_rec_encode(dst, SPOOL_REC_CHUNK, (uint32_t)(gap - SPOOL_REC_HDR_SIZE), pad_txn_id(l),
+				 s->epoch, durable_off_for(l, s));
+		DS_ASSERT(spool_rec_total(gap - SPOOL_REC_HDR_SIZE) == gap);
+	}
+	l->head += gap;
+	l->st.pad_bytes += gap;
+	return true;
+}
+
+/*
+ * Direct mode: every byte of [submitted, head) goes out in writes of whole,
+ * never-written blocks, each durable on completion; up to
+ * flushes_in_flight_max of them in flight (they never overlap, so their
+ * completion order does not matter: a segment is durable up to its oldest
+ * write still in flight).
+ */
+static void pump_direct(struct spool_lane *l)
+{
+	while (l->submitted < l->head && l->dio_inflight < l->cfg.flushes_in_flight_max &&
+	       l->ops_inflight < LANE_OPS_MAX) {
+		struct lane_seg *s = seg_of(l, l->submitted);
+		uint64_t end, wend, tag;
+		struct lane_op *op;
+		int rc;
+
+		if (!s) {
+			/* The zero gap after a segment's end: the next segment starts on a block. */
+			uint64_t next = l->head;
+			for (unsigned i = 0; i < l->seg_count; i++)
+				if (seg_at(l, i)->lstart > l->submitted)
+					next = DS_MIN(next, seg_at(l, i)->lstart);
+			DS_ASSERT(next - l->submitted < DIO_BLOCK);
+			l->submitted = next;
+			continue;
+		}
+		end = DS_MIN(l->head, s->lend);
+		if (s->failed) {
+			l->submitted = end;
+			continue;
+		}
+		if (s == seg_active(l)) {
+			const struct lane_commit *last =
+				l->commit_count ? &l->commits[(l->commit_first + l->commit_count - 1) %
+							      LANE_COMMITS_MAX]
+						: NULL;
+			if (last && last->lend > l->submitted && dio_pad(l, s)) {
+				end = l->head; /* a group: everything, padded to the block end */
+			} else {
+				/* No commit waits: stream whole blocks once there are enough of them. */
+				end = DIO_ALIGN_DOWN(l->head);
+				if (end <= l->submitted ||
+				    (end - l->submitted < DIO_EAGER_MIN && !(last && last->lend > l->submitted) &&
+				     ring_raw_free(l) > l->ring_size / 2))
+					break;
+			}
+		}
+		/* An old segment's last write ends in its zero gap (its lend is not aligned). */
+		wend = DIO_ALIGN_UP(end);
+		DS_ASSERT(!(l->submitted & (DIO_BLOCK - 1)) && wend - l->submitted <= l->ring_size);
+		op = op_alloc(l, OP_WRITE, s, &tag);
+		if (!op)
+			break;
+		op->lstart = l->submitted;
+		op->len = (uint32_t)(wend - l->submitted);
+		op->t_start_ns = now_ns();
+		rc = l->ops->write_dsync(l->ctx, s->fd, l->ring + (op->lstart % l->ring_size), op->len,
+					 seg_file_off(s, op->lstart), tag);
+		if (rc) {
+			op->kind = OP_FREE;
+			if (rc == -EAGAIN || rc == -EBUSY)
+				break;
+			seg_fail(l, s, rc);
+			continue;
+		}
+		s->writes_inflight++;
+		s->ops_inflight++;
+		l->ops_inflight++;
+		l->dio_inflight++;
+		l->st.bytes_written += op->len;
+		l->submitted = end;
+	}
+}
+
+/* Direct mode: a DSYNC write of s completed in full. */
+static void dio_durable(struct spool_lane *l, struct lane_seg *s)
+{
+	uint64_t lo = DS_MIN(l->submitted, s->lend);
+
+	for (uint32_t i = 0; i < LANE_OPS_MAX; i++)
+		if (l->ops_tab[i].kind == OP_WRITE && l->ops_tab[i].seg == s)
+			lo = DS_MIN(lo, l->ops_tab[i].lstart);
+	s->durable_l = DS_MAX(s->durable_l, lo);
+	advance_durable(l);
+}
+
 static void lane_pump(struct spool_lane *l)
 {
 	struct lane_seg *act;
 
-	while (l->submitted < l->head) {
+	if (l->direct)
+		pump_direct(l);
+	while (!l->direct && l->submitted < l->head) {
 		struct lane_seg *s = seg_of(l, l->submitted);
 		uint64_t end, tag;
 		struct lane_op *op;
@@ -617,7 +812,7 @@ static void lane_pump(struct spool_lane *l)
 		}
 	}
 	act = seg_active(l);
-	if (act && want_flush(l) && act->writes_inflight == 0 &&
+	if (act && !l->direct && want_flush(l) && act->writes_inflight == 0 &&
 	    l->flushes_inflight < l->cfg.flushes_in_flight_max && l->submitted > act->flush_req_l &&
 	    l->submitted > act->lstart) {
 		int rc = submit_flush(l, act, OP_FLUSH, l->submitted);
@@ -642,7 +837,39 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 	op = &l->ops_tab[slot];
 	DS_ASSERT(op->kind != OP_FREE && op->gen == (uint32_t)(tag >> 32));
 	s = op->seg;
-	if (op->kind == OP_WRITE) {
+	if (op->kind == OP_WRITE && l->direct) {
+		bool ok = false;
+
+		if (s->failed) {
+			/* Nothing: never trusted again. */
+		} else if ((res == -EAGAIN || res == -EINTR) && ++op->retries <= LANE_RETRY_MAX) {
+			/* Not performed: the same fresh blocks again (none of them acknowledged). */
+			int rc = l->ops->write_dsync(l->ctx, s->fd, l->ring + (op->lstart % l->ring_size), op->len,
+						     seg_file_off(s, op->lstart), tag);
+			if (!rc) {
+				lane_pump(l);
+				return;
+			}
+			seg_fail(l, s, rc);
+		} else if (res < 0 || (uint32_t)res != op->len) {
+			/* Failed or short: what reached the disk is unknown, never written again. */
+			seg_fail(l, s, res < 0 && res != -EAGAIN && res != -EINTR ? res : -EIO);
+		} else {
+			uint64_t lat_us = (now_ns() - op->t_start_ns) / 1000;
+			ok = true;
+			l->st.flushes++;
+			l->st.flush_latency_us_sum += lat_us;
+			l->st.flush_latency_us_max = DS_MAX(l->st.flush_latency_us_max, lat_us);
+		}
+		s->writes_inflight--;
+		s->ops_inflight--;
+		l->ops_inflight--;
+		l->dio_inflight--;
+		op->kind = OP_FREE;
+		tail_update(l);
+		if (ok)
+			dio_durable(l, s);
+	} else if (op->kind == OP_WRITE) {
 		bool finished = false;
 
 		if (s->failed) {
@@ -881,7 +1108,11 @@ static uint32_t txn_state(const struct spool_txn *t)
 
 static uint64_t ring_free(const struct spool_lane *l)
 {
-	return l->ring_size - (l->head - l->tail);
+	uint64_t f = ring_raw_free(l);
+
+	if (!l->direct)
+		return f;
+	return f > DIO_RING_RESERVE ? f - DIO_RING_RESERVE : 0;
 }
 
 static uint64_t rec_overhead(uint64_t bytes)

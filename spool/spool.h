@@ -31,6 +31,15 @@ struct spool_config {
 	/* Added by spool/: 0 = unlimited; else a lane refuses to create segments beyond this many bytes
 	 * (quota, tests). */
 	uint64_t lane_bytes_max;
+	/* Added by spool/: how data reaches the disk (see FORMAT.md, "Write modes"). */
+	enum spool_io_mode {
+		SPOOL_IO_BUFFERED = 0, /* write to the page cache, fdatasync per group (default) */
+		SPOOL_IO_DIRECT = 1,   /* O_DIRECT segments, block-aligned RWF_DSYNC writes, never a
+					  block written twice; falls back to buffered per lane when
+					  O_DIRECT is refused (EINVAL, e.g. tmpfs) or ops has no write_dsync */
+		SPOOL_IO_DIRECT_NO_ODIRECT = 2, /* the direct write discipline on ordinary file
+						   descriptors (simulators, tests on tmpfs) */
+	} io_mode;
 };
 
 void spool_config_defaults(struct spool_config *cfg);
@@ -49,6 +58,14 @@ struct spool_io_ops {
 	int (*write)(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link);
 	/* Submit fdatasync(fd). Completion: spool_lane_complete(lane, tag, 0 or -errno). */
 	int (*flush)(void *ctx, int fd, uint64_t tag);
+	/*
+	 * Optional (SPOOL_IO_DIRECT): submit a write of buf[0, len) at off that is
+	 * durable when it completes (pwritev2 RWF_DSYNC; io_uring rw_flags). buf,
+	 * len and off are multiples of 4096. Completion: spool_lane_complete(lane,
+	 * tag, bytes written or -errno); anything but len fails the segment.
+	 * Return 0 or -errno (nothing submitted).
+	 */
+	int (*write_dsync)(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag);
 	/*
 	 * A commit is settled: res 0 = durable (answer 250), -errno = failed
 	 * (answer 451 4.3.0, or 452 4.3.1 for -ENOSPC). Called from
@@ -118,6 +135,11 @@ int spool_id_parse(const char *s, uint64_t *id);
 struct spool_lane_stats {
 	uint64_t flushes, flush_errors, commits, bytes_written, segments_opened;
 	uint64_t flush_latency_us_sum, flush_latency_us_max;
+	/* Added by spool/ (direct mode): padding written to keep every write on fresh blocks; the
+	 * lane really runs the direct discipline. In direct mode `flushes` counts completed DSYNC
+	 * writes (plus seals). */
+	uint64_t pad_bytes;
+	bool direct;
 };
 void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st);
 

@@ -10,6 +10,14 @@
  * delivered later, in random order among ops that may legally complete.
  * Faults: crash at completion event k, flush error, ENOSPC, short writes,
  * -EAGAIN.
+ *
+ * DSYNC writes (write_dsync, the direct mode): durable the moment they
+ * complete (persisted then, never volatile). The sim checks the direct
+ * discipline: 4096-aligned buffer, offset and length, and no block written
+ * by one DSYNC write (that may have reached the disk) is ever written by
+ * another. A crash leaves each DSYNC write still in flight dropped, whole,
+ * torn per 512-byte sector, or with garbage over its first block (a torn
+ * block: what a partial-block rewrite would do to acknowledged bytes).
  */
 
 #include <stdbool.h>
@@ -25,6 +33,7 @@ struct sim_faults {
 	uint32_t write_enospc_at; /* n-th write completes with -ENOSPC; 0 = never */
 	uint32_t short_pct;	  /* % of writes completing short */
 	uint32_t eagain_pct;	  /* % of writes completing with -EAGAIN */
+	uint32_t write_fail_at;	  /* n-th write completes with -EIO; 0 = never */
 };
 
 struct sim *sim_create(uint64_t seed, const struct sim_faults *f,
@@ -44,5 +53,8 @@ uint64_t sim_events(const struct sim *s);
  * with scribble, random garbage lands inside one unflushed range.
  */
 void sim_crash_apply(struct sim *s, bool tear, bool scribble);
+/* DSYNC writes completed in full, and torn-block crashes applied, so far. */
+uint64_t sim_dsync_writes(const struct sim *s);
+uint64_t sim_torn_blocks(const struct sim *s);
 
 #endif

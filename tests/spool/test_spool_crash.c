@@ -6,6 +6,12 @@
  * of the simulated storage, for every k. The parent then recovers and
  * checks: every txn settled with 0 is there byte for byte exactly once,
  * nothing never committed appears, nothing partial.
+ *
+ * argv: seed ntxn [fail_at [direct]]. With "direct" the lane runs the
+ * direct write discipline (block-aligned DSYNC writes, durable on
+ * completion, never a block written twice; the simulator aborts on a
+ * rewrite) and a crash also tears the DSYNC writes in flight (sectors,
+ * garbage first block); fail_at then fails the n-th write with -EIO.
  */
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -24,7 +30,8 @@
 static int report_fd = -1;
 static int ntxn = NTXN;
 static uint32_t flushes_max = 2;
-static uint32_t flush_fail_at; /* argv[3]: the n-th flush fails with -EIO */
+static uint32_t flush_fail_at; /* argv[3]: the n-th flush (direct: write) fails with -EIO */
+static bool direct;	       /* argv[4] == "direct" */
 
 static void rep(char kind, uint64_t idx)
 {
@@ -46,6 +53,7 @@ static void cfg_make(struct spool_config *cfg, const char *dir)
 	cfg->segment_size = 512 * 1024;
 	cfg->buffer_size = 256 * 1024;
 	cfg->flushes_in_flight_max = flushes_max;
+	cfg->io_mode = direct ? SPOOL_IO_DIRECT_NO_ODIRECT : SPOOL_IO_BUFFERED;
 }
 
 static uint64_t pick_size(uint64_t idx)
@@ -75,8 +83,11 @@ struct sess {
 
 static void workload(const char *dir, uint64_t crash_at, uint64_t seed, bool tear, bool scribble)
 {
-	struct sim_faults f = {
-		.crash_at_event = crash_at, .short_pct = 10, .eagain_pct = 3, .flush_fail_at = flush_fail_at};
+	struct sim_faults f = {.crash_at_event = crash_at,
+			       .short_pct = direct ? 0 : 10, /* direct: a short write fails the segment */
+			       .eagain_pct = 3,
+			       .flush_fail_at = direct ? 0 : flush_fail_at,
+			       .write_fail_at = direct ? flush_fail_at : 0};
 	struct spool_config cfg;
 	struct spool_lane *l;
 	struct sess ss[NSESS] = {0};
@@ -87,6 +98,11 @@ static void workload(const char *dir, uint64_t crash_at, uint64_t seed, bool tea
 	cfg_make(&cfg, dir);
 	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
 	sim_attach(s, l);
+	{
+		struct spool_lane_stats st;
+		spool_lane_stats(l, &st);
+		CHECK(st.direct == direct);
+	}
 	while (!sim_crashed(s)) {
 		bool active = false;
 		for (int i = 0; i < NSESS; i++) {
@@ -151,6 +167,11 @@ static void workload(const char *dir, uint64_t crash_at, uint64_t seed, bool tea
 	}
 	if (sim_crashed(s)) {
 		sim_crash_apply(s, tear, scribble);
+		if (sim_torn_blocks(s)) {
+			char line[48];
+			int n = snprintf(line, sizeof(line), "T %llu\n", (unsigned long long)sim_torn_blocks(s));
+			CHECK(write(report_fd, line, (size_t)n) == n);
+		}
 		_exit(0); /* the lane dies with the process, as in a crash */
 	}
 	CHECK(!spool_lane_busy(l));
@@ -166,7 +187,7 @@ static void workload(const char *dir, uint64_t crash_at, uint64_t seed, bool tea
 
 struct expect {
 	bool committed[NTXN], acked[NTXN], found[NTXN];
-	uint64_t events;
+	uint64_t events, torn;
 };
 
 static void run_child(const char *dir, const char *repfile, uint64_t crash_at, uint64_t seed, bool tear,
@@ -197,6 +218,10 @@ static void read_report(const char *repfile, struct expect *ex)
 	while (fscanf(f, " %c %llu", &k, &v) == 2) {
 		if (k == 'E') {
 			ex->events = v;
+			continue;
+		}
+		if (k == 'T') {
+			ex->torn += v;
 			continue;
 		}
 		CHECK(v < NTXN);
@@ -313,7 +338,7 @@ int main(int argc, char **argv)
 {
 	char dir[256], repfile[300];
 	struct expect ex;
-	uint64_t total, stride, runs = 0, acked_total = 0;
+	uint64_t total, stride, runs = 0, acked_total = 0, torn_total = 0;
 	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 0) : 1;
 
 	if (argc > 2)
@@ -321,6 +346,7 @@ int main(int argc, char **argv)
 	CHECK(ntxn > 0 && ntxn <= NTXN);
 	if (argc > 3)
 		flush_fail_at = (uint32_t)atoi(argv[3]);
+	direct = argc > 4 && !strcmp(argv[4], "direct");
 	flushes_max = 1 + (uint32_t)(seed % 3); /* 1..3 flushes in flight */
 
 	tu_tmpdir(dir, sizeof(dir), "crash");
@@ -347,12 +373,15 @@ int main(int argc, char **argv)
 		found = verify_dir(dir, &ex);
 		for (int i = 0; i < NTXN; i++)
 			acked_total += ex.acked[i];
+		torn_total += ex.torn;
 		if (k % 11 == 1)
 			restart_check(dir, found);
 		tu_rmrf(dir);
 	}
 	unlink(repfile);
-	printf("crash points checked: %llu, acknowledged messages verified: %llu\n", (unsigned long long)runs,
-	       (unsigned long long)acked_total);
+	printf("crash points checked: %llu, acknowledged messages verified: %llu%s, torn blocks: %llu\n",
+	       (unsigned long long)runs, (unsigned long long)acked_total, direct ? " (direct)" : "",
+	       (unsigned long long)torn_total);
+	CHECK(!direct || torn_total > 0);
 	return 0;
 }

@@ -248,6 +248,121 @@ static void test_write_enospc(void)
 	printf("write ENOSPC: ok\n");
 }
 
+/* Can this directory's file system open files with O_DIRECT? */
+static bool odirect_works(const char *dir)
+{
+	char path[300];
+	int fd;
+
+	snprintf(path, sizeof(path), "%s/odirect-probe", dir);
+	fd = open(path, O_RDWR | O_CREAT | O_DIRECT | O_CLOEXEC, 0600);
+	if (fd >= 0)
+		close(fd);
+	unlink(path);
+	return fd >= 0;
+}
+
+static void direct_groups(struct spool_lane *l, struct sim *s, int from, int to, size_t size)
+{
+	uint64_t id;
+
+	for (int i = from; i < to; i++)
+		CHECK(put(l, (uint64_t)i, size + (size_t)i * 37, &id) == 0);
+	sim_drain(s);
+}
+
+/*
+ * Direct mode (SPOOL_IO_DIRECT): a failed DSYNC write (-EIO, maybe partly on
+ * the disk) or a short one fails its group with -EIO and retires the
+ * segment (the simulator aborts if any of its blocks is written again);
+ * -EAGAIN is retried; acknowledged messages all recover; O_DIRECT is used
+ * where the file system has it and refused cleanly (buffered lane) where not.
+ */
+static void test_direct(void)
+{
+	char dir[256];
+	struct spool_config cfg;
+	struct spool_lane *l;
+	struct spool_lane_stats st;
+	struct spool_reader *rd;
+	struct sim *s;
+
+	for (int v = 0; v < 3; v++) {
+		struct sim_faults f = {0};
+		struct results r = {0};
+		bool seen[MAXC] = {0};
+		if (v == 0)
+			f.write_fail_at = 2;
+		else if (v == 1)
+			f.short_pct = 100;
+		else
+			f.eagain_pct = 40;
+		tu_tmpdir(dir, sizeof(dir), "direct");
+		cfg_make(&cfg, dir);
+		cfg.io_mode = SPOOL_IO_DIRECT_NO_ODIRECT;
+		s = sim_create(31 + (uint64_t)v, &f, on_settled, &r);
+		CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
+		sim_attach(s, l);
+		direct_groups(l, s, 0, 3, 1000);
+		direct_groups(l, s, 3, 7, 2000);
+		direct_groups(l, s, 7, 12, 3000);
+		spool_lane_stats(l, &st);
+		CHECK(st.direct && st.pad_bytes > 0);
+		for (int i = 0; i < 12; i++)
+			CHECK(r.settled[i]);
+		if (v == 0) {
+			/* Group 2 (cookies 3..6) had the failed write; the rest are durable. */
+			for (int i = 0; i < 12; i++)
+				CHECK(r.res[i] == (i >= 3 && i < 7 ? -EIO : 0));
+			CHECK(st.flush_errors == 1 && st.segments_opened >= 2);
+		} else if (v == 1) {
+			CHECK(r.n_ok == 0 && r.n_err == 12);
+		} else {
+			CHECK(r.n_ok == 12 && sim_dsync_writes(s) >= 3);
+		}
+		CHECK(!spool_lane_busy(l));
+		spool_lane_close(l);
+		sim_destroy(s);
+		CHECK(spool_reader_open(&rd, dir) == 0);
+		CHECK(spool_reader_foreach(rd, find_cookie, seen) == 0);
+		spool_reader_close(rd);
+		for (int i = 0; i < 12; i++)
+			if (r.res[i] == 0)
+				CHECK(seen[i]);
+		CHECK(count_msgs(dir) >= (uint64_t)r.n_ok);
+		tu_rmrf(dir);
+	}
+
+	/* Real segment files: O_DIRECT where the file system takes it (tmpfs since Linux 6.6), else a
+	 * buffered lane. */
+	for (int v = 0; v < 2; v++) {
+		struct results r = {0};
+		bool want;
+		if (v == 0) {
+			tu_tmpdir(dir, sizeof(dir), "directfs");
+		} else {
+			snprintf(dir, sizeof(dir), "./dsspool-direct-XXXXXX"); /* the build tree: a disk */
+			CHECK(mkdtemp(dir));
+		}
+		want = odirect_works(dir);
+		cfg_make(&cfg, dir);
+		cfg.io_mode = SPOOL_IO_DIRECT;
+		s = sim_create(41, NULL, on_settled, &r);
+		CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
+		sim_attach(s, l);
+		for (int i = 0; i < 40; i += 5)
+			direct_groups(l, s, i, i + 5, 15000); /* several segments */
+		spool_lane_stats(l, &st);
+		CHECK(st.direct == want && r.n_ok == 40 && st.segments_opened >= 2);
+		spool_lane_close(l);
+		sim_destroy(s);
+		CHECK(count_msgs(dir) == 40);
+		printf("direct on %s: O_DIRECT %s\n", dir, want ? "used" : "refused, buffered lane");
+		tu_rmrf(dir);
+	}
+	printf("direct mode faults: ok\n");
+}
+
 /* A spool of n messages written with the synchronous ops; returns the active segment path. */
 static void make_real(const char *dir, int n, char *seg_path, size_t cap)
 {
@@ -568,5 +683,6 @@ int main(void)
 	test_torn_tail();
 	test_garbage_middle();
 	test_short_writes_eagain();
+	test_direct();
 	return 0;
 }
