@@ -200,9 +200,14 @@ size_t io_metrics_render(const struct io_metrics *const *w, unsigned n, char *bu
 		   OFF(flushes));
 	per_worker(&o, w, n, "dotspool_flush_errors_total", "counter", "Group-commit flushes that failed.",
 		   OFF(flush_errors));
-	per_worker(&o, w, n, "dotspool_spool_used_bytes", "gauge", "Bytes of spool segment files this worker's lane created since start-up (preallocated).",
+	per_worker(&o, w, n, "dotspool_spool_pad_bytes_total", "counter",
+		   "Padding written to keep groups on fresh blocks (--spool-io direct; 0 when buffered).",
+		   OFF(spool_pad_bytes));
+	per_worker(&o, w, n, "dotspool_spool_used_bytes", "gauge",
+		   "Bytes of spool segment files this worker's lane created since start-up (preallocated).",
 		   OFF(spool_bytes_used));
-	per_worker(&o, w, n, "dotspool_spool_free_bytes", "gauge", "Bytes free on the spool's file system (statvfs f_bavail), refreshed every second.",
+	per_worker(&o, w, n, "dotspool_spool_free_bytes", "gauge",
+		   "Bytes free on the spool's file system (statvfs f_bavail), refreshed every second.",
 		   OFF(spool_bytes_free));
 
 	family(&o, "dotspool_messages_per_flush", "histogram", "Commits covered by one group-commit flush.");

@@ -74,6 +74,7 @@ struct io_metrics {
 	io_counter_t tls_handshakes_failed;
 	io_counter_t flushes;
 	io_counter_t flush_errors;
+	io_counter_t spool_pad_bytes;  /* --spool-io direct: block padding written (set from the lane) */
 	io_counter_t spool_bytes_used; /* gauge, set by the worker from its spool lane */
 	io_counter_t spool_bytes_free; /* gauge */
 	struct io_metrics_batch_hist messages_per_flush;

@@ -116,6 +116,7 @@ static void spool_gauges(struct io_worker *w, int64_t now_ms)
 	if (statvfs(w->cfg->spool_dir, &vfs) == 0)
 		free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
 	io_metrics_spool_bytes(w->m, w->lane_stats.segments_opened * w->cfg->spool.segment_size, free_bytes);
+	io_counter_set(&w->m->spool_pad_bytes, w->lane_stats.pad_bytes);
 }
 
 static const struct spool_io_ops io_spool_ops = {
