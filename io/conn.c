@@ -289,6 +289,8 @@ static int pending_append(struct io_conn *c, const uint8_t *buf, size_t len)
 	 * input beyond that means a broken state.
 	 */
 	size_t hard_cap = (size_t)cfg->pending_input_max + (size_t)c->w->rbuf_count * c->w->rbuf_size;
+	if (c->tls)
+		hard_cap += IO_TLS_IN_CAP_BYTES; /* ciphertext already fed is decrypted whole */
 	size_t need = (size_t)c->pending_len + len;
 	if (need > hard_cap)
 		return -ENOBUFS;

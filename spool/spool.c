@@ -52,9 +52,9 @@
  * and the next group starts on a fresh block. Segments start on a block
  * boundary of the lane's position space.
  */
-#define DIO_BLOCK	   4096u
-#define DIO_RING_RESERVE   (2 * DIO_BLOCK + 64) /* ring bytes kept for padding and roll gaps */
-#define DIO_EAGER_MIN	   (256u << 10)	      /* full blocks written ahead of any commit */
+#define DIO_BLOCK	  4096u
+#define DIO_RING_RESERVE  (2 * DIO_BLOCK + 64) /* ring bytes kept for padding and roll gaps */
+#define DIO_EAGER_MIN	  (256u << 10)	       /* full blocks written ahead of any commit */
 #define DIO_ALIGN_DOWN(x) ((x) & ~(uint64_t)(DIO_BLOCK - 1))
 #define DIO_ALIGN_UP(x)	  DIO_ALIGN_DOWN((x) + DIO_BLOCK - 1)
 
@@ -117,12 +117,12 @@ struct spool_lane {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool thr_started, stop, spare_want, spare_ready;
-	bool spare_odirect; /* the spare's fd has O_DIRECT */
+	bool spare_odirect;   /* the spare's fd has O_DIRECT */
 	bool odirect_refused; /* O_DIRECT was refused once: stop asking (read by the spare thread) */
 	int spare_err, spare_fd;
 	uint64_t spare_seq, spare_epoch, next_seq;
 
-	bool direct;	      /* direct write discipline (decided at the first roll) */
+	bool direct;	       /* direct write discipline (decided at the first roll) */
 	uint32_t dio_inflight; /* direct writes in flight */
 
 	struct spool_lane_stats st;
@@ -208,7 +208,8 @@ static int fsync_dir(const char *path)
  * Create, allocate, zero-fill, stamp and make durable one segment, so the
  * hot path's fdatasync never has to commit metadata (size, extents).
  */
-static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t *epoch_out, bool *odirect_out)
+static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t *epoch_out,
+		       bool *odirect_out)
 {
 	char path[PATH_MAX];
 	uint8_t hdr[SPOOL_SEG_HDR_SIZE];
@@ -301,7 +302,8 @@ static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t
 			static int logged;
 			if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
 				fprintf(stderr,
-					"spool: O_DIRECT refused on %s (EINVAL): spool-io direct falls back to "
+					"spool: O_DIRECT refused on %s (EINVAL): spool-io direct falls back "
+					"to "
 					"buffered\n",
 					l->lane_dir);
 			__atomic_store_n(&l->odirect_refused, true, __ATOMIC_RELAXED);
@@ -628,7 +630,8 @@ static uint64_t durable_off_for(struct spool_lane *l, struct lane_seg *s);
 /* Padding chunks belong to a txn id no txn ever has (segment sequence 0). */
 static uint64_t pad_txn_id(const struct spool_lane *l)
 {
-	return spool_id_make(l->lane_no, 0, 0);
+	/* Never 0, even on lane 0: 0 marks an empty slot in readers' tables. */
+	return spool_id_make(l->lane_no, 0, 1);
 }
 
 /*
@@ -704,9 +707,9 @@ static void pump_direct(struct spool_lane *l)
 			} else {
 				/* No commit waits: stream whole blocks once there are enough of them. */
 				end = DIO_ALIGN_DOWN(l->head);
-				if (end <= l->submitted ||
-				    (end - l->submitted < DIO_EAGER_MIN && !(last && last->lend > l->submitted) &&
-				     ring_raw_free(l) > l->ring_size / 2))
+				if (end <= l->submitted || (end - l->submitted < DIO_EAGER_MIN &&
+							    !(last && last->lend > l->submitted) &&
+							    ring_raw_free(l) > l->ring_size / 2))
 					break;
 			}
 		}
@@ -844,8 +847,8 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 			/* Nothing: never trusted again. */
 		} else if ((res == -EAGAIN || res == -EINTR) && ++op->retries <= LANE_RETRY_MAX) {
 			/* Not performed: the same fresh blocks again (none of them acknowledged). */
-			int rc = l->ops->write_dsync(l->ctx, s->fd, l->ring + (op->lstart % l->ring_size), op->len,
-						     seg_file_off(s, op->lstart), tag);
+			int rc = l->ops->write_dsync(l->ctx, s->fd, l->ring + (op->lstart % l->ring_size),
+						     op->len, seg_file_off(s, op->lstart), tag);
 			if (!rc) {
 				lane_pump(l);
 				return;

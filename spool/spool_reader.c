@@ -518,6 +518,13 @@ static int lane_scan_from(struct spool_reader *r, struct rlane *rl, const struct
 			break;
 		}
 		for (size_t k = 0; k < ssp->nch; k++) {
+			/*
+			 * Segment sequence 0 is never used: such a chunk is padding
+			 * (--spool-io direct) and belongs to no message. It must not
+			 * be counted, least of all under id 0, the empty-slot mark.
+			 */
+			if (!((ssp->ch[k].txn_id >> SPOOL_ID_COUNTER_BITS) & 0xffffffffull))
+				continue;
 			struct ctab_ent *e = ctab_get(&tab, ssp->ch[k].txn_id, true);
 			if (!e) {
 				rc = -ENOMEM;

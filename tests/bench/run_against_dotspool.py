@@ -425,6 +425,26 @@ def mode_sizefile(a, w):
     print("  sizes stored: %r" % sorted(seen.items()), flush=True)
 
 
+def mode_direct(a, w):
+    """--spool-io direct on one lane (lane 0) under a mixed LMTP load with many recipients: the
+    write mode's block padding must never disturb recovery's chunk accounting (a padding chunk
+    with txn id 0 once made an acknowledged message vanish from list/recovery, about 1 run in 4
+    of this load). Three rounds on fresh spools."""
+    sizes = [300, 1000, 4096, 30000, 300000]
+    sf = os.path.join(w, "sizes.txt")
+    with open(sf, "w") as f:
+        f.write("\n".join(map(str, sizes)) + "\n")
+    extra = [os.environ.get("DS_IO_FLAG", "--spool-io"), os.environ.get("DS_IO_MODE", "direct"), "--threads", "1", "--segment-size", "1M", "--spool-buffer-size", "256K",
+             "--flushes-in-flight", "1"]
+    for r in range(3):
+        wr = os.path.join(w, "round%d" % r)
+        os.makedirs(wr, exist_ok=True)
+        sp, j = simple(a, wr, ["--lmtp", "--connections", "50", "--messages", "600", "--size-file", sf,
+                               "--rcpts", "100", "--pipelining"], "direct round %d" % r, server_extra=extra,
+                       lmtp=True, expect_size=None, rcpts=100, target=lambda s: s.lmtp_addr)
+        check(j["messages_ok"] == 600, "direct round %d: %r" % (r, j))
+
+
 def mode_starttls(a, w):
     if not shutil.which("openssl"):
         raise Skip("openssl not installed: cannot make a test certificate")
