@@ -12,7 +12,9 @@
 #include <arpa/inet.h>
 #include <pthread.h>
 #include <sys/resource.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <fcntl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -166,6 +168,21 @@ int main(int argc, char **argv)
 	int ret = mkdir_p(cfg.spool_dir);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: spool %s: %s\n", cfg.spool_dir, strerror(-ret));
+		return 1;
+	}
+	/*
+	 * One server per spool: a second one would recover the first one's
+	 * open segments and race it for segment numbers. The lock lives as long
+	 * as the process (the descriptor is never closed); dotspool-ctl only
+	 * reads and does not take it.
+	 */
+	char lock_path[4200];
+	snprintf(lock_path, sizeof(lock_path), "%s/dotspool.lock", cfg.spool_dir);
+	int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		fprintf(stderr, "dotspool: spool %s: %s\n", cfg.spool_dir,
+			errno == EWOULDBLOCK ? "in use by another dotspool (lock held on dotspool.lock)"
+					     : strerror(errno));
 		return 1;
 	}
 	struct spool_recovery_report rep;

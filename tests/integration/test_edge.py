@@ -88,9 +88,27 @@ def big_envelope(t):
     t.eq(srv.stop(), 0, "server exits 0")
 
 
+def one_per_spool(t):
+    """A second server on the same spool refuses to start (flock on SPOOL/dotspool.lock)."""
+    import subprocess
+    srv = t.server(threads=1).start()
+    other = subprocess.run([srv.bin, "--listen", "127.0.0.1:%d" % dslib.free_port(), "--spool", srv.spool],
+                           capture_output=True, text=True, timeout=20)
+    t.eq(other.returncode, 1, "a second server on the same spool exits 1", other.stderr)
+    t.check("in use by another dotspool" in other.stderr, "and says why", other.stderr)
+    c = dslib.RawSMTP("127.0.0.1", srv.port)
+    t.eq(c.reply()[0], 220, "the first server still greets")
+    c.close()
+    t.eq(srv.stop(), 0, "server exits 0")
+    srv.start()  # the lock went with the process
+    t.check(srv.running(), "a restart on the same spool takes the lock again")
+    t.eq(srv.stop(), 0, "server exits 0 again")
+
+
 def main(t):
     half_close(t)
     big_envelope(t)
+    one_per_spool(t)
 
 
 if __name__ == "__main__":
