@@ -68,11 +68,26 @@ static bool conn_input_done(const struct io_conn *c)
 	return c->peer_eof && c->pending_len == 0 && !c->commit_pending && !c->parked;
 }
 
-static inline int64_t mono_us(void)
+/* Textual IP of a peer ("127.0.0.1", "::1"); its port. */
+static uint16_t addr_text(const struct sockaddr_storage *ss, char *text, size_t cap)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+	if (ss->ss_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
+		inet_ntop(AF_INET6, &in6->sin6_addr, text, (socklen_t)cap);
+		return ntohs(in6->sin6_port);
+	}
+	const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
+	inet_ntop(AF_INET, &in->sin_addr, text, (socklen_t)cap);
+	return ntohs(in->sin_port);
+}
+
+/* Send n bytes at p (valid until the completion): plaintext replies or TLS records. */
+static void conn_send(struct io_conn *c, const uint8_t *p, size_t n)
+{
+	struct io_uring_sqe *sqe = io_sqe(c->w);
+	io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SEND, conn_key(c)));
+	c->send_inflight = true;
 }
 
 static void log_refusal(struct io_worker *w, const char *reason, unsigned code, const char *client)
@@ -145,7 +160,7 @@ static int sink_data_commit(void *ctx, const struct ds_envelope *env)
 	c->txn_open = false;
 	c->commit_pending = true;
 	c->env = *env; /* its strings stay in the session until commit_done */
-	c->dot_us = mono_us();
+	c->dot_us = io_now_us();
 	int ret = spool_txn_commit(c->w->lane, &c->txn, env, conn_key(c));
 	if (ret == -EAGAIN) {
 		/*
@@ -432,7 +447,6 @@ static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
 /* TLS: move the session's replies into records, then send the ciphertext. */
 static void conn_flush_tls(struct io_conn *c)
 {
-	struct io_worker *w = c->w;
 	size_t len = 0;
 	if (c->tls_up && !c->tls_failed && !c->tls_closing) {
 		for (;;) {
@@ -474,10 +488,7 @@ static void conn_flush_tls(struct io_conn *c)
 		return;
 	}
 	c->send_len = (uint32_t)n;
-	struct io_uring_sqe *sqe = io_sqe(w);
-	io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SEND, conn_key(c)));
-	c->send_inflight = true;
+	conn_send(c, p, n);
 }
 
 static void conn_flush_output(struct io_conn *c)
@@ -504,10 +515,7 @@ static void conn_flush_output(struct io_conn *c)
 	} else {
 		c->send_len = (uint32_t)len;
 	}
-	struct io_uring_sqe *sqe = io_sqe(w);
-	io_uring_prep_send(sqe, c->fd, out, len, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SEND, conn_key(c)));
-	c->send_inflight = true;
+	conn_send(c, out, len);
 	if (c->deadline_ms == 0)
 		c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
 }
@@ -838,7 +846,7 @@ void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
 		return;
 	}
 	c->commit_pending = false;
-	uint64_t gap_us = (uint64_t)DS_MAX(mono_us() - c->dot_us, 0);
+	uint64_t gap_us = (uint64_t)DS_MAX(io_now_us() - c->dot_us, 0);
 	if (res == 0) {
 		char id[32];
 		spool_id_format(c->txn.id, id, sizeof(id));
@@ -864,10 +872,7 @@ void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
 static void conn_log_refused_fd(struct io_worker *w, const struct sockaddr_storage *ss, const char *reason)
 {
 	char text[INET6_ADDRSTRLEN] = "";
-	if (ss->ss_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)ss)->sin6_addr, text, sizeof(text));
-	else
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)ss)->sin_addr, text, sizeof(text));
+	addr_text(ss, text, sizeof(text));
 	log_refusal(w, reason, 421, text);
 }
 
@@ -934,15 +939,7 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	c->counted = true;
 	c->listen_idx = (uint8_t)listen_idx;
 	c->peer = ss;
-	if (ss.ss_family == AF_INET6) {
-		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
-		inet_ntop(AF_INET6, &in6->sin6_addr, c->peer_text, sizeof(c->peer_text));
-		c->peer_port = ntohs(in6->sin6_port);
-	} else {
-		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
-		inet_ntop(AF_INET, &in->sin_addr, c->peer_text, sizeof(c->peer_text));
-		c->peer_port = ntohs(in->sin_port);
-	}
+	c->peer_port = addr_text(&ss, c->peer_text, sizeof(c->peer_text));
 	if (w->listeners[listen_idx].kind == IO_LISTEN_SMTP_PROXY) {
 		c->state = IO_CONN_PROXY;
 		c->deadline_ms = io_now_ms() + (int64_t)cfg->timeout_greeting_s * 1000;
@@ -1041,7 +1038,7 @@ void io_conns_resume_parked(struct io_worker *w)
 /* Run queued handshake steps: at most budget_us of them in one turn. */
 bool io_conns_handshakes(struct io_worker *w, int64_t budget_us)
 {
-	int64_t t0 = io_now_ms() * 1000, spent = 0;
+	int64_t t0 = io_now_us(), spent = 0;
 	while (w->hs_head && spent < budget_us) {
 		struct io_conn *c = w->hs_head;
 		w->hs_head = c->next_hs;
@@ -1061,7 +1058,7 @@ bool io_conns_handshakes(struct io_worker *w, int64_t budget_us)
 		}
 		if (c->state == IO_CONN_CLOSING)
 			conn_try_free(c);
-		spent = io_now_ms() * 1000 - t0;
+		spent = io_now_us() - t0;
 	}
 	return w->hs_head != NULL;
 }

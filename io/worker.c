@@ -26,11 +26,16 @@
 #include "conn.h"
 #include "mserve.h"
 
-int64_t io_now_ms(void)
+int64_t io_now_us(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+int64_t io_now_ms(void)
+{
+	return io_now_us() / 1000;
 }
 
 struct io_uring_sqe *io_sqe(struct io_worker *w)

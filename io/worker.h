@@ -167,5 +167,6 @@ struct io_worker {
 };
 
 int64_t io_now_ms(void);
+int64_t io_now_us(void); /* CLOCK_MONOTONIC */
 
 #endif
