@@ -666,6 +666,16 @@ static bool dio_pad(struct spool_lane *l, struct lane_seg *s)
 	return true;
 }
 
+/* A data write of [submitted, end) is with the kernel: count it in flight, move on. */
+static void write_submitted(struct spool_lane *l, struct lane_seg *s, const struct lane_op *op, uint64_t end)
+{
+	s->writes_inflight++;
+	s->ops_inflight++;
+	l->ops_inflight++;
+	l->st.bytes_written += op->len;
+	l->submitted = end;
+}
+
 /*
  * Direct mode: every byte of [submitted, head) goes out in writes of whole,
  * never-written blocks, each durable on completion; up to
@@ -731,12 +741,8 @@ static void pump_direct(struct spool_lane *l)
 			seg_fail(l, s, rc);
 			continue;
 		}
-		s->writes_inflight++;
-		s->ops_inflight++;
-		l->ops_inflight++;
+		write_submitted(l, s, op, end);
 		l->dio_inflight++;
-		l->st.bytes_written += op->len;
-		l->submitted = end;
 	}
 }
 
@@ -794,11 +800,7 @@ static void lane_pump(struct spool_lane *l)
 			seg_fail(l, s, rc);
 			continue;
 		}
-		s->writes_inflight++;
-		s->ops_inflight++;
-		l->ops_inflight++;
-		l->st.bytes_written += op->len;
-		l->submitted = end;
+		write_submitted(l, s, op, end);
 		if (link && submit_flush(l, s, OP_FLUSH, end)) {
 			/* The link then has nothing to guard; a later pump flushes alone. */
 		}
