@@ -131,7 +131,7 @@ def wait_port(host, port, timeout_s, proc=None, hello=None):
 class Server:
     """build/dotspool on loopback ports with its own spool directory."""
 
-    def __init__(self, build, spool=None, listen=None, lmtp=None, proxy=None, extra=(), threads=None):
+    def __init__(self, build, spool=None, listen=None, lmtp=None, proxy=None, extra=(), threads=None, env=None):
         self.build = build
         self.bin = os.path.join(build, "dotspool")
         self.spool = spool or os.path.join(mkdtemp(), "spool")
@@ -147,6 +147,7 @@ class Server:
         self.proxy = proxy
         self.extra = list(extra)
         self.threads = threads
+        self.env = dict(env or {})  # added to the server's environment (e.g. LD_PRELOAD)
         self.proc = None
         self.logdir = mkdtemp("ds-it-log-")
         self.starts = 0
@@ -171,9 +172,9 @@ class Server:
         self.log_path = os.path.join(self.logdir, "server.%d.log" % self.starts)
         log = open(self.log_path, "wb")
         argv = self.argv()
-        print("  start:", " ".join(argv))
+        print("  start:", " ".join(["%s=%s" % kv for kv in sorted(self.env.items())] + argv))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                     cwd=self.logdir)
+                                     cwd=self.logdir, env=dict(os.environ, **self.env) if self.env else None)
         log.close()
         _servers.append(self)
         if self not in _all_servers:
@@ -439,6 +440,15 @@ class Test:
         print("  ok: %s: %d bytes identical after the Received: header" % (what, len(data)))
         self.checks += 1
         return hdr
+
+
+def sanitized_build(build):
+    """True if build is a DS_SANITIZE=ON (ASan + UBSan) build directory."""
+    try:
+        with open(os.path.join(build, "CMakeCache.txt")) as f:
+            return "DS_SANITIZE:BOOL=ON" in f.read()
+    except OSError:
+        return False
 
 
 def need_tool(name):

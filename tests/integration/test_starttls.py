@@ -102,14 +102,6 @@ def tls_server(t, certs, kind="server", threads=2):
                                             "--tls-key", certs[kind + ".key"]]).start()
 
 
-def sanitized(build):
-    try:
-        with open(os.path.join(build, "CMakeCache.txt")) as f:
-            return "DS_SANITIZE:BOOL=ON" in f.read()
-    except OSError:
-        return False
-
-
 def fd_count(pid):
     return len(os.listdir("/proc/%d/fd" % pid))
 
@@ -623,7 +615,7 @@ VARIANTS = {0: "STARTTLS, 220, garbage, server closes", 1: "STARTTLS+garbage in 
 def part_storm(t, certs):
     n = int(os.environ.get("DS_TLS_ABUSE_N", "2000"))
     print("-- 6. abuse storm: %d connections" % n)
-    asan = sanitized(t.build)
+    asan = dslib.sanitized_build(t.build)
     rss_slack = RSS_SLACK_KIB
     if asan:
         # ASan keeps freed memory in quarantine (256 MiB by default): cap it for this server
