@@ -5,7 +5,8 @@ that this script starts (loopback, free port, fresh temporary spool with small
 segments, --threads 2), stops the server by its PID with SIGTERM (must exit
 0), then checks:
 
-  * the bench's JSON (the fields run_modes.py checks) and its error counts;
+  * the bench's JSON (bench_json.py: the shape run_modes.py checks, plus the configuration keys)
+    and its error counts;
   * durability: every Message-ID in the --ack-log is in the spool. The spool's
     messages come from `dotspool-ctl list --json`; their Message-IDs from
     bench_spool_msgids (tests/bench/spool_msgids.c, same reader, one pass),
@@ -24,110 +25,50 @@ import os
 import random
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 import xml.etree.ElementTree as ET
 
-LAT_PHASES = ["connect", "banner", "ehlo", "starttls", "mail", "rcpt", "data", "final_dot", "message"]
-LAT_KEYS = ["count", "min", "mean", "p50", "p90", "p99", "p999", "max"]
+from bench_json import Fail, Skip, check, parse_one
+import dslib  # tests/integration, on sys.path through bench_json
+
+# This script checks the whole configuration part of the JSON as well.
 TOP_KEYS = ["server", "protocol", "mode", "connections", "rcpts", "threads", "rate_target", "starttls",
             "pipelining", "new_connection_per_message", "server_pipelining", "messages_ok", "messages_failed",
             "bytes_ok", "rcpts_ok", "rcpts_failed", "elapsed_s", "messages_per_s", "mb_per_s",
             "errors_by_code", "latency_us"]
 SERVER_ARGS = ["--threads", "2", "--segment-size", "4M", "--spool-buffer-size", "512K"]
-START_TIMEOUT_S = 15
 STOP_TIMEOUT_S = 20
 SAMPLE = 200
 MSGID_RE = re.compile(r"^<bench\.\d+\.\d+@dotspool-bench>$")
 
 
-class Fail(Exception):
-    pass
+class Server(dslib.Server):
+    """The dotspool under test on 127.0.0.1 (dslib.Server: free ports, started and stopped by its PID),
+    with a fresh spool, its log and working directory under workdir. Ready once every port greets 220."""
 
-
-class Skip(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def probe(port, proc, timeout_s):
-    """True once 127.0.0.1:port answers 220 (a polite client: reads the banner, says QUIT)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return False
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=2) as s:
-                got = b""
-                while b"\r\n" not in got:
-                    chunk = s.recv(512)
-                    if not chunk:
-                        break
-                    got += chunk
-                if got.startswith(b"220"):
-                    s.sendall(b"QUIT\r\n")
-                    try:
-                        while s.recv(512):
-                            pass
-                    except OSError:
-                        pass
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.05)
-    return False
-
-
-_servers = []  # started and not yet stopped: killed by main() whatever happens
-
-
-class Server:
-    """build/dotspool on 127.0.0.1 with a fresh spool under workdir."""
+    START_TIMEOUT_S = 15
+    READY_BANNER = b"220"
 
     def __init__(self, a, workdir, lmtp=False, extra=()):
-        self.a = a
-        self.spool = os.path.join(workdir, "spool")
-        self.log_path = os.path.join(workdir, "server.log")
-        self.proc = None
+        super().__init__(os.path.dirname(a.server), binary=a.server, spool=os.path.join(workdir, "spool"),
+                         logdir=workdir, lmtp=("127.0.0.1", dslib.free_port()) if lmtp else None,
+                         extra=SERVER_ARGS + list(extra))
         for attempt in range(3):
-            self.port = free_port()
-            self.lmtp_port = free_port() if lmtp else None
-            argv = [a.server, "--listen", "127.0.0.1:%d" % self.port, "--spool", self.spool] + SERVER_ARGS
-            if lmtp:
-                argv += ["--lmtp-listen", "127.0.0.1:%d" % self.lmtp_port]
-            argv += list(extra)
-            print("start:", " ".join(argv), flush=True)
-            with open(self.log_path, "ab") as log:
-                self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                             cwd=workdir)
-            _servers.append(self)
-            ok = probe(self.port, self.proc, START_TIMEOUT_S)
-            if ok and lmtp:
-                ok = probe(self.lmtp_port, self.proc, START_TIMEOUT_S)
-            if ok:
-                self.t_start = time.monotonic()
+            try:
+                self.start()
                 return
-            rc = self.proc.poll()
-            self.kill()
-            # Another process may have taken the port between free_port() and bind(): try again.
-            if rc is not None and "in use" in self.log() and attempt < 2:
-                continue
-            raise Fail("server did not start (exit %s)\n%s" % (rc, self.log()))
+            except Fail:
+                # Another process may have taken a port between free_port() and bind(): try again.
+                if attempt < 2 and self.proc.returncode != -9 and "in use" in (self.log_text() or ""):
+                    self.listen = [(self.host, dslib.free_port())]
+                    self.port = self.listen[0][1]
+                    if self.lmtp:
+                        self.lmtp = (self.host, dslib.free_port())
+                    continue
+                raise
 
     @property
     def addr(self):
@@ -135,19 +76,11 @@ class Server:
 
     @property
     def lmtp_addr(self):
-        return "127.0.0.1:%d" % self.lmtp_port
-
-    def log(self):
-        try:
-            with open(self.log_path, "rb") as f:
-                data = f.read()
-        except OSError:
-            return "(no server log)"
-        return data.decode("utf-8", "replace")
+        return "127.0.0.1:%d" % self.lmtp[1]
 
     def log_tail(self, n=3000):
         """The log without the per-message 'accepted' lines (counted instead), last n characters."""
-        lines = self.log().splitlines()
+        lines = (self.log_text() or "(no server log)").splitlines()
         acc = sum(1 for l in lines if "event=accepted" in l)
         reasons = {}
         for l in lines:
@@ -159,29 +92,17 @@ class Server:
                "---- end ----" % (self.log_path, acc, reasons, rest[-n:])
 
     def stop(self):
-        """SIGTERM by PID; the server must exit 0 within STOP_TIMEOUT_S."""
-        check(self.proc.poll() is None, "server died during the run (exit %s)\n%s"
-              % (self.proc.returncode, self.log_tail()))
+        """SIGTERM by PID; the server must exit 0 within STOP_TIMEOUT_S, its log free of errors."""
+        check(self.running(), "server died during the run (exit %s)\n%s" % (self.proc.returncode, self.log_tail()))
         t0 = time.monotonic()
-        os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            rc = self.proc.wait(STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            self.kill()
+        rc = super().stop(timeout_s=STOP_TIMEOUT_S)
+        if not isinstance(rc, int):
             raise Fail("server did not exit within %d s of SIGTERM\n%s" % (STOP_TIMEOUT_S, self.log_tail()))
-        _servers.remove(self)
         print("  server stopped in %.2fs, exit %d" % (time.monotonic() - t0, rc), flush=True)
         check(rc == 0, "server exited %s on SIGTERM (want 0)\n%s" % (rc, self.log_tail()))
-        log = self.log()
+        log = self.log_text() or ""
         for bad in ("level=error", "AddressSanitizer", "LeakSanitizer", "runtime error:"):
             check(bad not in log, "server log has %r\n%s" % (bad, self.log_tail(6000)))
-
-    def kill(self):
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        if self in _servers:
-            _servers.remove(self)
 
 
 def run(cmd, expect_rc=0, timeout=60):
@@ -196,34 +117,12 @@ def run(cmd, expect_rc=0, timeout=60):
 
 def bench_json(a, args, expect_rc=0):
     p = run([a.bench] + args + ["--json"], expect_rc)
-    lines = [l for l in p.stdout.splitlines() if l.strip()]
-    check(len(lines) == 1, "want exactly one JSON line, got %r" % p.stdout[:500])
-    j = json.loads(lines[0])
-    check_shape(j)
+    j = parse_one(p.stdout, TOP_KEYS)
     j["_rc"] = p.returncode
     print("  ok=%d failed=%d %.0f msg/s final_dot p50 %.0f us p99 %.0f us errors %r" % (
         j["messages_ok"], j["messages_failed"], j["messages_per_s"], j["latency_us"]["final_dot"]["p50"],
         j["latency_us"]["final_dot"]["p99"], j["errors_by_code"]), flush=True)
     return j
-
-
-def check_shape(j):
-    for k in TOP_KEYS:
-        check(k in j, "JSON lacks %s" % k)
-    check(isinstance(j["errors_by_code"], dict), "errors_by_code not an object")
-    for ph in LAT_PHASES:
-        check(ph in j["latency_us"], "latency_us lacks %s" % ph)
-        l = j["latency_us"][ph]
-        for k in LAT_KEYS:
-            check(isinstance(l.get(k), (int, float)), "latency_us.%s.%s missing" % (ph, k))
-        if l["count"] > 0:
-            check(l["min"] <= l["p50"] <= l["p90"] <= l["p99"] <= l["p999"] <= l["max"],
-                  "latency_us.%s not monotonic: %r" % (ph, l))
-    if j["elapsed_s"] > 0:
-        check(abs(j["messages_per_s"] - j["messages_ok"] / j["elapsed_s"]) <= 0.01 * j["messages_per_s"] + 0.01,
-              "messages_per_s inconsistent: %r" % j)
-        check(abs(j["mb_per_s"] - j["bytes_ok"] / 1e6 / j["elapsed_s"]) <= 0.01 * j["mb_per_s"] + 1e-6,
-              "mb_per_s inconsistent: %r" % j)
 
 
 def check_clean(j, what):
@@ -545,7 +444,7 @@ def main():
         if not os.access(b, os.X_OK):
             print("FAIL: not executable:", b)
             return 1
-    w = tempfile.mkdtemp(prefix="ds-bench-%s-" % a.mode)
+    w = dslib.mkdtemp(prefix="ds-bench-%s-" % a.mode)  # removed at exit unless DS_KEEP is set
     t0 = time.monotonic()
     rc = 1
     try:
@@ -560,17 +459,10 @@ def main():
         print("FAIL: unexpected exception")
         traceback.print_exc(file=sys.stdout)
     finally:
-        for srv in list(_servers):
-            print("killing server pid %d (still running)" % srv.proc.pid)
-            try:
-                print(srv.log_tail())
-            except Exception:
-                pass
-            srv.kill()
-        if os.environ.get("DS_KEEP"):
-            print("kept", w)
-        else:
-            shutil.rmtree(w, ignore_errors=True)
+        def report(srv):
+            print("killing server pid %d (still running)" % srv.pid)
+            print(srv.log_tail())
+        dslib.kill_servers(report)
     if rc == 0:
         print("ok (%.1fs)" % (time.monotonic() - t0))
     return rc

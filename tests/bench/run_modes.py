@@ -13,19 +13,7 @@ import sys
 import time
 import xml.etree.ElementTree as ET
 
-LAT_PHASES = ["connect", "banner", "ehlo", "starttls", "mail", "rcpt", "data", "final_dot", "message"]
-LAT_KEYS = ["count", "min", "mean", "p50", "p90", "p99", "p999", "max"]
-TOP_KEYS = ["messages_ok", "messages_failed", "errors_by_code", "elapsed_s", "messages_per_s",
-            "mb_per_s", "latency_us", "bytes_ok", "server_pipelining"]
-
-
-class Fail(Exception):
-    pass
-
-
-def check(cond, what):
-    if not cond:
-        raise Fail(what)
+from bench_json import Fail, Skip, check, parse_one
 
 
 class Sink:
@@ -72,33 +60,7 @@ def run(bench, args, expect_rc=0, timeout=40):
 
 
 def run_json(bench, args, expect_rc=0):
-    p = run(bench, args + ["--json"], expect_rc)
-    lines = [l for l in p.stdout.splitlines() if l.strip()]
-    check(len(lines) == 1, "want exactly one JSON line, got %r" % p.stdout[:500])
-    j = json.loads(lines[0])
-    check_shape(j)
-    return j
-
-
-def check_shape(j):
-    for k in TOP_KEYS:
-        check(k in j, "JSON lacks %s" % k)
-    check(isinstance(j["errors_by_code"], dict), "errors_by_code not an object")
-    for ph in LAT_PHASES:
-        check(ph in j["latency_us"], "latency_us lacks %s" % ph)
-        l = j["latency_us"][ph]
-        for k in LAT_KEYS:
-            check(isinstance(l.get(k), (int, float)), "latency_us.%s.%s missing" % (ph, k))
-        if l["count"] > 0:
-            check(l["min"] <= l["p50"] <= l["p90"] <= l["p99"] <= l["p999"] <= l["max"],
-                  "latency_us.%s not monotonic: %r" % (ph, l))
-    total = j["messages_ok"] + j["messages_failed"]
-    if j["elapsed_s"] > 0:
-        check(abs(j["messages_per_s"] - j["messages_ok"] / j["elapsed_s"]) <= 0.01 * j["messages_per_s"] + 0.01,
-              "messages_per_s inconsistent")
-        check(abs(j["mb_per_s"] - j["bytes_ok"] / 1e6 / j["elapsed_s"]) <= 0.01 * j["mb_per_s"] + 1e-6,
-              "mb_per_s inconsistent")
-    check(total >= 0, "counts")
+    return parse_one(run(bench, args + ["--json"], expect_rc).stdout)
 
 
 def check_acks(ack_path, sink, expect_n):
@@ -338,10 +300,6 @@ def mode_threads(a, w):
         run(a.bench, ["--server", s.server, "--connections", "2", "--threads", "3"], expect_rc=2)
     finally:
         s.stop()
-
-
-class Skip(Exception):
-    pass
 
 
 def mode_starttls(a, w):

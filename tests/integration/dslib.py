@@ -45,12 +45,22 @@ _all_servers = []  # every server started, for logs on failure
 _tmpdirs = []
 
 
-def _cleanup():
+def kill_servers(before_kill=None):
+    """SIGKILL (by PID) every server started and not yet stopped; before_kill(srv) is called first."""
     for srv in list(_servers):
+        if before_kill:
+            try:
+                before_kill(srv)
+            except Exception:
+                pass
         try:
             srv.kill()
         except Exception:
             pass
+
+
+def _cleanup():
+    kill_servers()
     if os.environ.get("DS_KEEP"):
         for d in _tmpdirs:
             print("kept", d)
@@ -89,13 +99,14 @@ def ipv6_loopback_available():
         return False
 
 
-def wait_port(host, port, timeout_s, proc=None, hello=None):
+def wait_port(host, port, timeout_s, proc=None, hello=None, banner=None):
     """Wait until host:port accepts a TCP connection (bounded).
 
     With hello (bytes), the probe behaves like a polite client: it sends
     hello (b"" for nothing), reads the greeting, says QUIT and reads the reply
     before closing, so readiness does not depend on how the server copes with
-    an abrupt close (test_limits checks that separately).
+    an abrupt close (test_limits checks that separately). With banner (bytes,
+    e.g. b"220"), a greeting that does not start with it is not ready yet.
     """
     deadline = time.monotonic() + timeout_s
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -122,6 +133,8 @@ def wait_port(host, port, timeout_s, proc=None, hello=None):
                                 pass
                         except OSError:
                             pass
+                    if banner is not None and not got.startswith(banner):
+                        raise OSError("greeting %r" % got[:80])
                 return True
         except OSError:
             time.sleep(0.05)
@@ -129,11 +142,19 @@ def wait_port(host, port, timeout_s, proc=None, hello=None):
 
 
 class Server:
-    """build/dotspool on loopback ports with its own spool directory."""
+    """build/dotspool on loopback ports with its own spool directory.
 
-    def __init__(self, build, spool=None, listen=None, lmtp=None, proxy=None, extra=(), threads=None, env=None):
+    binary: the server executable (default BUILD/dotspool); logdir: where the
+    logs go and the server runs (default a temporary directory).
+    """
+
+    START_TIMEOUT_S = START_TIMEOUT_S
+    READY_BANNER = None  # e.g. b"220": start() waits for this greeting on every port
+
+    def __init__(self, build, spool=None, listen=None, lmtp=None, proxy=None, extra=(), threads=None, env=None,
+                 binary=None, logdir=None):
         self.build = build
-        self.bin = os.path.join(build, "dotspool")
+        self.bin = binary or os.path.join(build, "dotspool")
         self.spool = spool or os.path.join(mkdtemp(), "spool")
         self.host = "127.0.0.1"
         if listen is None:
@@ -149,7 +170,7 @@ class Server:
         self.threads = threads
         self.env = dict(env or {})  # added to the server's environment (e.g. LD_PRELOAD)
         self.proc = None
-        self.logdir = mkdtemp("ds-it-log-")
+        self.logdir = logdir or mkdtemp("ds-it-log-")
         self.starts = 0
 
     def argv(self):
@@ -186,11 +207,11 @@ class Server:
             if self.proxy:
                 ports.append(self.proxy + (b"PROXY UNKNOWN\r\n",))
             for h, p, hello in ports:
-                if not wait_port(h, p, START_TIMEOUT_S, self.proc, hello):
+                if not wait_port(h, p, self.START_TIMEOUT_S, self.proc, hello, self.READY_BANNER):
                     rc = self.proc.poll()
                     self.kill()
                     raise Fail("server did not accept on %s within %.0f s (exit %s)\n%s"
-                               % (fmt_addr(h, p), START_TIMEOUT_S, rc, self.log()))
+                               % (fmt_addr(h, p), self.START_TIMEOUT_S, rc, self.log()))
         return self
 
     @property
@@ -237,15 +258,20 @@ class Server:
         if self in _servers:
             _servers.remove(self)
 
-    def log(self, tail_bytes=4000):
+    def log_text(self):
+        """The whole log of the last start, or None if there is none."""
         try:
             with open(self.log_path, "rb") as f:
-                data = f.read()
+                return f.read().decode("utf-8", "replace")
         except (OSError, AttributeError):
+            return None
+
+    def log(self, tail_bytes=4000):
+        data = self.log_text()
+        if data is None:
             return "(no server log)"
-        data = data[-tail_bytes:]
         return "---- server log (%s) ----\n%s\n---- end ----" % (
-            getattr(self, "log_path", "?"), data.decode("utf-8", "replace"))
+            getattr(self, "log_path", "?"), data[-tail_bytes:])
 
     # spool inspection through dotspool-ctl
     def ctl(self, *args, check=True):

@@ -80,23 +80,35 @@ static int find_op(struct sim *s, uint64_t id)
 	return -1;
 }
 
-static int sim_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link)
+/* Queue an op (a write when buf is set: buffered, or DSYNC with dsync); NULL if the queue is full. */
+static struct sim_op *op_push(struct sim *s, int kind, int fd, uint64_t tag, const void *buf, uint32_t len,
+			      uint64_t off, bool dsync)
 {
-	struct sim *s = ctx;
 	struct sim_op *op;
 
 	if (s->nops == SIM_OPS_MAX)
-		return -EAGAIN;
+		return NULL;
 	op = &s->ops[s->nops++];
 	memset(op, 0, sizeof(*op));
-	op->kind = SIM_WRITE;
+	op->kind = kind;
+	op->dsync = dsync;
 	op->fd = fd;
 	op->buf = buf;
 	op->len = len;
 	op->off = off;
 	op->tag = tag;
-	op->link = link;
 	op->id = ++s->op_ids;
+	return op;
+}
+
+static int sim_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link)
+{
+	struct sim *s = ctx;
+	struct sim_op *op = op_push(s, SIM_WRITE, fd, tag, buf, len, off, false);
+
+	if (!op)
+		return -EAGAIN;
+	op->link = link;
 	s->last_write_id = op->id;
 	s->last_write_linked = link;
 	return 0;
@@ -119,18 +131,9 @@ static int sim_write_dsync(void *ctx, int fd, const void *buf, uint32_t len, uin
 				(unsigned long long)s->dext[i].end);
 			abort();
 		}
-	if (s->nops == SIM_OPS_MAX)
+	op = op_push(s, SIM_WRITE, fd, tag, buf, len, off, true);
+	if (!op)
 		return -EAGAIN;
-	op = &s->ops[s->nops++];
-	memset(op, 0, sizeof(*op));
-	op->kind = SIM_WRITE;
-	op->dsync = true;
-	op->fd = fd;
-	op->buf = buf;
-	op->len = len;
-	op->off = off;
-	op->tag = tag;
-	op->id = ++s->op_ids;
 	if (s->ndext == s->capdext) {
 		s->capdext = s->capdext ? s->capdext * 2 : 256;
 		s->dext = realloc(s->dext, s->capdext * sizeof(*s->dext));
@@ -178,16 +181,10 @@ uint64_t sim_torn_blocks(const struct sim *s)
 static int sim_flush(void *ctx, int fd, uint64_t tag)
 {
 	struct sim *s = ctx;
-	struct sim_op *op;
+	struct sim_op *op = op_push(s, SIM_FLUSH, fd, tag, NULL, 0, 0, false);
 
-	if (s->nops == SIM_OPS_MAX)
+	if (!op)
 		return -EAGAIN;
-	op = &s->ops[s->nops++];
-	memset(op, 0, sizeof(*op));
-	op->kind = SIM_FLUSH;
-	op->fd = fd;
-	op->tag = tag;
-	op->id = ++s->op_ids;
 	op->linked_id = s->last_write_linked ? s->last_write_id : 0;
 	/* Adversarial: covers only the writes completed by now (plus the linked one). */
 	op->cover_seq = s->wseq;
@@ -302,6 +299,30 @@ static bool linked_short(struct sim *s, struct sim_op *op, uint64_t *linked_seq)
 	return false;
 }
 
+/*
+ * The faults' verdict on the next write (the n-th): its result, and in *n
+ * how many of its bytes reach the file. A short buffered write is 1..len-1
+ * bytes; a short DSYNC write (any of it may be on the disk) 0..len-1, and
+ * only DSYNC writes fail with -EIO (write_fail_at), maybe leaving a prefix.
+ */
+static int write_outcome(struct sim *s, const struct sim_op *op, uint32_t *n)
+{
+	*n = 0;
+	s->nwrite++;
+	if (s->f.write_enospc_at && s->nwrite == s->f.write_enospc_at)
+		return -ENOSPC;
+	if (op->dsync && s->f.write_fail_at && s->nwrite == s->f.write_fail_at) {
+		*n = (uint32_t)(rnd(s) % (op->len + 1));
+		return -EIO;
+	}
+	if (s->f.eagain_pct && rnd(s) % 100 < s->f.eagain_pct)
+		return -EAGAIN;
+	*n = op->len;
+	if (s->f.short_pct && (op->dsync || op->len > 1) && rnd(s) % 100 < s->f.short_pct)
+		*n = op->dsync ? (uint32_t)(rnd(s) % op->len) : 1 + (uint32_t)(rnd(s) % (op->len - 1));
+	return (int)*n;
+}
+
 static void complete_one(struct sim *s, unsigned i)
 {
 	struct sim_op op = s->ops[i];
@@ -315,41 +336,16 @@ static void complete_one(struct sim *s, unsigned i)
 	}
 	s->ops[i] = s->ops[--s->nops];
 	if (op.kind == SIM_WRITE && op.dsync) {
-		uint32_t n = op.len;
-		s->nwrite++;
-		if (s->f.write_enospc_at && s->nwrite == s->f.write_enospc_at) {
-			res = -ENOSPC;
-			n = 0;
-		} else if (s->f.write_fail_at && s->nwrite == s->f.write_fail_at) {
-			/* Failed: some of it may be on the disk anyway (a torn prefix). */
-			res = -EIO;
-			n = (uint32_t)(rnd(s) % (op.len + 1));
-		} else if (s->f.eagain_pct && rnd(s) % 100 < s->f.eagain_pct) {
-			res = -EAGAIN;
-			n = 0;
+		uint32_t n;
+		res = write_outcome(s, &op, &n);
+		if (res == -EAGAIN)
 			dext_drop(s, op.id);
-		} else {
-			if (s->f.short_pct && rnd(s) % 100 < s->f.short_pct)
-				n = (uint32_t)(rnd(s) % op.len);
-			res = (int)n;
-		}
 		dsync_persist(op.fd, op.buf, n, op.off);
 		if (res == (int)op.len)
 			s->dsync_done++;
 	} else if (op.kind == SIM_WRITE) {
-		uint32_t n = op.len;
-		s->nwrite++;
-		if (s->f.write_enospc_at && s->nwrite == s->f.write_enospc_at) {
-			res = -ENOSPC;
-			n = 0;
-		} else if (s->f.eagain_pct && rnd(s) % 100 < s->f.eagain_pct) {
-			res = -EAGAIN;
-			n = 0;
-		} else {
-			if (s->f.short_pct && op.len > 1 && rnd(s) % 100 < s->f.short_pct)
-				n = 1 + (uint32_t)(rnd(s) % (op.len - 1));
-			res = (int)n;
-		}
+		uint32_t n;
+		res = write_outcome(s, &op, &n);
 		if (n)
 			vw_add(s, &op, n);
 		if (n != op.len) {

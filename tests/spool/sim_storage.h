@@ -33,7 +33,7 @@ struct sim_faults {
 	uint32_t write_enospc_at; /* n-th write completes with -ENOSPC; 0 = never */
 	uint32_t short_pct;	  /* % of writes completing short */
 	uint32_t eagain_pct;	  /* % of writes completing with -EAGAIN */
-	uint32_t write_fail_at;	  /* n-th write completes with -EIO; 0 = never */
+	uint32_t write_fail_at;	  /* n-th write, if a DSYNC one, completes with -EIO; 0 = never */
 };
 
 struct sim *sim_create(uint64_t seed, const struct sim_faults *f,

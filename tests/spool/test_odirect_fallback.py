@@ -100,11 +100,6 @@ def server(t, spool, env):
     return srv
 
 
-def server_log(srv):
-    with open(srv.log_path, "rb") as f:
-        return f.read().decode("utf-8", "replace")
-
-
 def stop(t, srv, what):
     rc = srv.stop()
     t.eq(rc, 0, "%s: server stopped by its PID (SIGTERM) exits 0" % what)
@@ -144,7 +139,7 @@ def main(t):
             raise dslib.Skip("sanitizer build: the server does not start with the LD_PRELOAD shim "
                              "(ASan runtime and preloaded library order): %s" % str(e)[:500])
         raise
-    log = server_log(srv)
+    log = srv.log_text() or ""
     if asan and SHIM_LINE not in log and not REFUSED_RE.search(log):
         srv.stop()
         raise dslib.Skip("sanitizer build: the LD_PRELOAD shim did not take effect on the server's open() "
@@ -153,7 +148,7 @@ def main(t):
     time.sleep(METRICS_REFRESH_S)
     t.eq(pad_bytes(srv.metrics_port), 0.0, "shim: no block padding written (lanes fell back to buffered)")
     stop(t, srv, "shim")
-    log = server_log(srv)
+    log = srv.log_text() or ""
     t.check(SHIM_LINE in log, "shim: the preloaded shim refused an O_DIRECT open", log[-3000:])
     hits = REFUSED_RE.findall(log)
     t.eq(len(hits), 1, "shim: 'O_DIRECT refused ... falls back to buffered' logged exactly once", log[-3000:])
@@ -177,7 +172,7 @@ def main(t):
         pad = pad_bytes(srv.metrics_port)
     t.check(pad > 0, "control (no shim): direct lanes write block padding (%d bytes)" % pad)
     stop(t, srv, "control")
-    log = server_log(srv)
+    log = srv.log_text() or ""
     t.check(not REFUSED_RE.search(log) and SHIM_LINE not in log, "control: no O_DIRECT refusal logged",
             log[-3000:])
     check_spool(t, srv, sent, "control")

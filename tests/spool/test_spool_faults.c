@@ -89,66 +89,113 @@ static int find_cookie(void *ctx, const struct spool_msg *m)
 	return 0;
 }
 
-static void test_flush_error(void)
+/* Every message settled with 0 among cookies [0, n) is listed by the reader, each once. */
+static void check_acked_listed(const char *dir, const struct results *r, int n)
 {
-	char dir[256];
-	struct spool_config cfg;
-	struct sim_faults f = {.flush_fail_at = 2};
-	struct results r = {0};
-	struct spool_lane *l;
-	struct spool_lane_stats st;
 	struct spool_reader *rd;
 	bool seen[MAXC] = {0};
-	uint64_t id, seg_before, ids[MAXC];
-	struct sim *s;
 
-	tu_tmpdir(dir, sizeof(dir), "flusherr");
-	cfg_make(&cfg, dir);
-	s = sim_create(5, &f, on_settled, &r);
-	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
-	sim_attach(s, l);
-	/* Group 1: cookies 0..2, durable. */
-	for (int i = 0; i < 3; i++)
-		CHECK(put(l, (uint64_t)i, 1000, &ids[i]) == 0);
-	sim_drain(s);
-	CHECK(r.n_ok == 3 && r.n_err == 0);
-	/* Group 2: cookies 3..6, its flush fails. */
-	for (int i = 3; i < 7; i++)
-		CHECK(put(l, (uint64_t)i, 2000, &ids[i]) == 0);
-	seg_before = ids[3] >> 24;
-	sim_drain(s);
-	for (int i = 3; i < 7; i++)
-		CHECK(r.settled[i] && r.res[i] == -EIO);
-	spool_lane_stats(l, &st);
-	CHECK(st.flush_errors == 1);
-	/* Later commits succeed on a new segment. */
-	for (int i = 7; i < 12; i++) {
-		CHECK(put(l, (uint64_t)i, 3000, &id) == 0);
-		CHECK((id >> 24) > seg_before);
-	}
-	sim_drain(s);
-	for (int i = 7; i < 12; i++)
-		CHECK(r.settled[i] && r.res[i] == 0);
-	spool_lane_stats(l, &st);
-	CHECK(st.segments_opened >= 2);
-	CHECK(!spool_lane_busy(l));
-	spool_lane_close(l);
-	sim_destroy(s);
-	/* Every acknowledged message is there; the retired segment is never written again. */
 	CHECK(spool_reader_open(&rd, dir) == 0);
 	CHECK(spool_reader_foreach(rd, find_cookie, seen) == 0);
 	spool_reader_close(rd);
-	for (int i = 0; i < 12; i++)
-		if (r.res[i] == 0)
+	for (int i = 0; i < n; i++)
+		if (r->res[i] == 0)
 			CHECK(seen[i]);
-	tu_rmrf(dir);
+}
+
+/* Lane 0 on the simulated storage (sim_storage.h), buffered or in the direct discipline. */
+struct simlane {
+	char dir[256];
+	struct spool_config cfg;
+	struct sim *s;
+	struct spool_lane *l;
+};
+
+/* A fresh scratch directory named after tag (or, with tag NULL, sl->dir as the caller set it). */
+static void simlane_init(struct simlane *sl, const char *tag, enum spool_io_mode mode)
+{
+	if (tag)
+		tu_tmpdir(sl->dir, sizeof(sl->dir), tag);
+	cfg_make(&sl->cfg, sl->dir);
+	sl->cfg.io_mode = mode;
+}
+
+static void simlane_start(struct simlane *sl, uint64_t seed, const struct sim_faults *f,
+			  void (*settled)(void *ctx, uint64_t cookie, int res), void *ctx)
+{
+	sl->s = sim_create(seed, f, settled, ctx);
+	CHECK(spool_lane_open(&sl->l, &sl->cfg, 0, sim_ops(), sl->s) == 0);
+	sim_attach(sl->s, sl->l);
+}
+
+static void simlane_open(struct simlane *sl, const char *tag, enum spool_io_mode mode, uint64_t seed,
+			 const struct sim_faults *f, struct results *r)
+{
+	simlane_init(sl, tag, mode);
+	simlane_start(sl, seed, f, on_settled, r);
+}
+
+/* Every commit settled: close the lane and the simulator (the directory stays, for the checks). */
+static void simlane_close(struct simlane *sl)
+{
+	CHECK(!spool_lane_busy(sl->l));
+	spool_lane_close(sl->l);
+	sim_destroy(sl->s);
+}
+
+/* Messages (cookies) from..to-1, sizes growing from size, then everything completed: one group. */
+static void put_group(struct simlane *sl, int from, int to, size_t size)
+{
+	uint64_t id;
+
+	for (int i = from; i < to; i++)
+		CHECK(put(sl->l, (uint64_t)i, size + (size_t)i * 37, &id) == 0);
+	sim_drain(sl->s);
+}
+
+static void test_flush_error(void)
+{
+	struct simlane sl;
+	struct sim_faults f = {.flush_fail_at = 2};
+	struct results r = {0};
+	struct spool_lane_stats st;
+	uint64_t id, seg_before, ids[MAXC];
+
+	simlane_open(&sl, "flusherr", SPOOL_IO_BUFFERED, 5, &f, &r);
+	/* Group 1: cookies 0..2, durable. */
+	for (int i = 0; i < 3; i++)
+		CHECK(put(sl.l, (uint64_t)i, 1000, &ids[i]) == 0);
+	sim_drain(sl.s);
+	CHECK(r.n_ok == 3 && r.n_err == 0);
+	/* Group 2: cookies 3..6, its flush fails. */
+	for (int i = 3; i < 7; i++)
+		CHECK(put(sl.l, (uint64_t)i, 2000, &ids[i]) == 0);
+	seg_before = ids[3] >> 24;
+	sim_drain(sl.s);
+	for (int i = 3; i < 7; i++)
+		CHECK(r.settled[i] && r.res[i] == -EIO);
+	spool_lane_stats(sl.l, &st);
+	CHECK(st.flush_errors == 1);
+	/* Later commits succeed on a new segment. */
+	for (int i = 7; i < 12; i++) {
+		CHECK(put(sl.l, (uint64_t)i, 3000, &id) == 0);
+		CHECK((id >> 24) > seg_before);
+	}
+	sim_drain(sl.s);
+	for (int i = 7; i < 12; i++)
+		CHECK(r.settled[i] && r.res[i] == 0);
+	spool_lane_stats(sl.l, &st);
+	CHECK(st.segments_opened >= 2);
+	simlane_close(&sl);
+	/* Every acknowledged message is there; the retired segment is never written again. */
+	check_acked_listed(sl.dir, &r, 12);
+	tu_rmrf(sl.dir);
 	printf("flush error: ok\n");
 }
 
 static void test_open_txn_fails_on_flush_error(void)
 {
-	char dir[256];
-	struct spool_config cfg;
+	struct simlane sl;
 	struct sim_faults f = {.flush_fail_at = 1};
 	struct results r = {0};
 	struct spool_lane *l;
@@ -157,11 +204,9 @@ static void test_open_txn_fails_on_flush_error(void)
 	uint64_t id;
 	struct sim *s;
 
-	tu_tmpdir(dir, sizeof(dir), "flusherr2");
-	cfg_make(&cfg, dir);
-	s = sim_create(9, &f, on_settled, &r);
-	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
-	sim_attach(s, l);
+	simlane_open(&sl, "flusherr2", SPOOL_IO_BUFFERED, 9, &f, &r);
+	l = sl.l;
+	s = sl.s;
 	CHECK(spool_txn_begin(l, &t) == 0);
 	CHECK(spool_txn_append(l, &t, "abc", 3) == 0);
 	CHECK(put(l, 0, 100, &id) == 0);
@@ -175,32 +220,25 @@ static void test_open_txn_fails_on_flush_error(void)
 	CHECK(put(l, 2, 100, &id) == 0);
 	sim_drain(s);
 	CHECK(r.settled[2] && r.res[2] == 0);
-	spool_lane_close(l);
-	sim_destroy(s);
-	CHECK(count_msgs(dir) >= 1);
-	tu_rmrf(dir);
+	simlane_close(&sl);
+	CHECK(count_msgs(sl.dir) >= 1);
+	tu_rmrf(sl.dir);
 	printf("open txn across flush error: ok\n");
 }
 
 static void test_disk_full(void)
 {
-	char dir[256];
-	struct spool_config cfg;
+	struct simlane sl;
 	struct results r = {0};
-	struct spool_lane *l;
-	struct sim *s;
 	int begin_enospc = 0, i, rc = 0;
 	uint64_t id;
 
-	tu_tmpdir(dir, sizeof(dir), "full");
-	cfg_make(&cfg, dir);
-	cfg.lane_bytes_max = 3 * cfg.segment_size; /* room for three segments */
-	s = sim_create(3, NULL, on_settled, &r);
-	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
-	sim_attach(s, l);
+	simlane_init(&sl, "full", SPOOL_IO_BUFFERED);
+	sl.cfg.lane_bytes_max = 3 * sl.cfg.segment_size; /* room for three segments */
+	simlane_start(&sl, 3, NULL, on_settled, &r);
 	for (i = 0; i < MAXC; i++) {
-		rc = put(l, (uint64_t)i, 30000, &id);
-		sim_drain(s);
+		rc = put(sl.l, (uint64_t)i, 30000, &id);
+		sim_drain(sl.s);
 		if (rc == -ENOSPC) {
 			begin_enospc++;
 			break;
@@ -211,40 +249,30 @@ static void test_disk_full(void)
 	for (int k = 0; k < i; k++)
 		CHECK(r.settled[k] && (r.res[k] == 0 || r.res[k] == -ENOSPC));
 	CHECK(r.n_ok > 10);
-	CHECK(!spool_lane_busy(l));
-	spool_lane_close(l);
-	sim_destroy(s);
-	CHECK(count_msgs(dir) == (uint64_t)r.n_ok);
-	tu_rmrf(dir);
+	simlane_close(&sl);
+	CHECK(count_msgs(sl.dir) == (uint64_t)r.n_ok);
+	tu_rmrf(sl.dir);
 	printf("disk full: ok (%d acked, %d refused)\n", r.n_ok, r.n_err + begin_enospc);
 }
 
 static void test_write_enospc(void)
 {
-	char dir[256];
-	struct spool_config cfg;
+	struct simlane sl;
 	struct sim_faults f = {.write_enospc_at = 3};
 	struct results r = {0};
-	struct spool_lane *l;
-	struct sim *s;
 	uint64_t id;
 
-	tu_tmpdir(dir, sizeof(dir), "wenospc");
-	cfg_make(&cfg, dir);
-	s = sim_create(4, &f, on_settled, &r);
-	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
-	sim_attach(s, l);
+	simlane_open(&sl, "wenospc", SPOOL_IO_BUFFERED, 4, &f, &r);
 	for (int i = 0; i < 6; i++) {
-		CHECK(put(l, (uint64_t)i, 500, &id) == 0);
-		sim_drain(s);
+		CHECK(put(sl.l, (uint64_t)i, 500, &id) == 0);
+		sim_drain(sl.s);
 	}
 	CHECK(r.n_err >= 1 && r.n_ok >= 4);
 	for (int i = 0; i < 6; i++)
 		CHECK(r.settled[i] && (r.res[i] == 0 || r.res[i] == -ENOSPC));
-	spool_lane_close(l);
-	sim_destroy(s);
-	CHECK(count_msgs(dir) >= (uint64_t)r.n_ok);
-	tu_rmrf(dir);
+	simlane_close(&sl);
+	CHECK(count_msgs(sl.dir) >= (uint64_t)r.n_ok);
+	tu_rmrf(sl.dir);
 	printf("write ENOSPC: ok\n");
 }
 
@@ -262,15 +290,6 @@ static bool odirect_works(const char *dir)
 	return fd >= 0;
 }
 
-static void direct_groups(struct spool_lane *l, struct sim *s, int from, int to, size_t size)
-{
-	uint64_t id;
-
-	for (int i = from; i < to; i++)
-		CHECK(put(l, (uint64_t)i, size + (size_t)i * 37, &id) == 0);
-	sim_drain(s);
-}
-
 /*
  * Direct mode (SPOOL_IO_DIRECT): a failed DSYNC write (-EIO, maybe partly on
  * the disk) or a short one fails its group with -EIO and retires the
@@ -280,33 +299,23 @@ static void direct_groups(struct spool_lane *l, struct sim *s, int from, int to,
  */
 static void test_direct(void)
 {
-	char dir[256];
-	struct spool_config cfg;
-	struct spool_lane *l;
+	struct simlane sl;
 	struct spool_lane_stats st;
-	struct spool_reader *rd;
-	struct sim *s;
 
 	for (int v = 0; v < 3; v++) {
 		struct sim_faults f = {0};
 		struct results r = {0};
-		bool seen[MAXC] = {0};
 		if (v == 0)
 			f.write_fail_at = 2;
 		else if (v == 1)
 			f.short_pct = 100;
 		else
 			f.eagain_pct = 40;
-		tu_tmpdir(dir, sizeof(dir), "direct");
-		cfg_make(&cfg, dir);
-		cfg.io_mode = SPOOL_IO_DIRECT_NO_ODIRECT;
-		s = sim_create(31 + (uint64_t)v, &f, on_settled, &r);
-		CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
-		sim_attach(s, l);
-		direct_groups(l, s, 0, 3, 1000);
-		direct_groups(l, s, 3, 7, 2000);
-		direct_groups(l, s, 7, 12, 3000);
-		spool_lane_stats(l, &st);
+		simlane_open(&sl, "direct", SPOOL_IO_DIRECT_NO_ODIRECT, 31 + (uint64_t)v, &f, &r);
+		put_group(&sl, 0, 3, 1000);
+		put_group(&sl, 3, 7, 2000);
+		put_group(&sl, 7, 12, 3000);
+		spool_lane_stats(sl.l, &st);
 		CHECK(st.direct && st.pad_bytes > 0);
 		for (int i = 0; i < 12; i++)
 			CHECK(r.settled[i]);
@@ -318,19 +327,12 @@ static void test_direct(void)
 		} else if (v == 1) {
 			CHECK(r.n_ok == 0 && r.n_err == 12);
 		} else {
-			CHECK(r.n_ok == 12 && sim_dsync_writes(s) >= 3);
+			CHECK(r.n_ok == 12 && sim_dsync_writes(sl.s) >= 3);
 		}
-		CHECK(!spool_lane_busy(l));
-		spool_lane_close(l);
-		sim_destroy(s);
-		CHECK(spool_reader_open(&rd, dir) == 0);
-		CHECK(spool_reader_foreach(rd, find_cookie, seen) == 0);
-		spool_reader_close(rd);
-		for (int i = 0; i < 12; i++)
-			if (r.res[i] == 0)
-				CHECK(seen[i]);
-		CHECK(count_msgs(dir) >= (uint64_t)r.n_ok);
-		tu_rmrf(dir);
+		simlane_close(&sl);
+		check_acked_listed(sl.dir, &r, 12);
+		CHECK(count_msgs(sl.dir) >= (uint64_t)r.n_ok);
+		tu_rmrf(sl.dir);
 	}
 
 	/* Real segment files: O_DIRECT where the file system takes it (tmpfs since Linux 6.6), else a
@@ -339,26 +341,22 @@ static void test_direct(void)
 		struct results r = {0};
 		bool want;
 		if (v == 0) {
-			tu_tmpdir(dir, sizeof(dir), "directfs");
+			tu_tmpdir(sl.dir, sizeof(sl.dir), "directfs");
 		} else {
-			snprintf(dir, sizeof(dir), "./dsspool-direct-XXXXXX"); /* the build tree: a disk */
-			CHECK(mkdtemp(dir));
+			snprintf(sl.dir, sizeof(sl.dir),
+				 "./dsspool-direct-XXXXXX"); /* the build tree: a disk */
+			CHECK(mkdtemp(sl.dir));
 		}
-		want = odirect_works(dir);
-		cfg_make(&cfg, dir);
-		cfg.io_mode = SPOOL_IO_DIRECT;
-		s = sim_create(41, NULL, on_settled, &r);
-		CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
-		sim_attach(s, l);
+		want = odirect_works(sl.dir);
+		simlane_open(&sl, NULL, SPOOL_IO_DIRECT, 41, NULL, &r);
 		for (int i = 0; i < 40; i += 5)
-			direct_groups(l, s, i, i + 5, 15000); /* several segments */
-		spool_lane_stats(l, &st);
+			put_group(&sl, i, i + 5, 15000); /* several segments */
+		spool_lane_stats(sl.l, &st);
 		CHECK(st.direct == want && r.n_ok == 40 && st.segments_opened >= 2);
-		spool_lane_close(l);
-		sim_destroy(s);
-		CHECK(count_msgs(dir) == 40);
-		printf("direct on %s: O_DIRECT %s\n", dir, want ? "used" : "refused, buffered lane");
-		tu_rmrf(dir);
+		simlane_close(&sl);
+		CHECK(count_msgs(sl.dir) == 40);
+		printf("direct on %s: O_DIRECT %s\n", sl.dir, want ? "used" : "refused, buffered lane");
+		tu_rmrf(sl.dir);
 	}
 	printf("direct mode faults: ok\n");
 }
@@ -481,30 +479,22 @@ static void test_garbage_middle(void)
 
 static void test_short_writes_eagain(void)
 {
-	char dir[256];
-	struct spool_config cfg;
+	struct simlane sl;
 	struct sim_faults f = {.short_pct = 50, .eagain_pct = 20};
 	struct results r = {0};
-	struct spool_lane *l;
-	struct sim *s;
 	uint64_t id;
 
-	tu_tmpdir(dir, sizeof(dir), "short");
-	cfg_make(&cfg, dir);
-	s = sim_create(11, &f, on_settled, &r);
-	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
-	sim_attach(s, l);
+	simlane_open(&sl, "short", SPOOL_IO_BUFFERED, 11, &f, &r);
 	for (int i = 0; i < 40; i++) {
-		CHECK(put(l, (uint64_t)i, 10000, &id) == 0);
+		CHECK(put(sl.l, (uint64_t)i, 10000, &id) == 0);
 		if (i % 3 == 0)
-			sim_drain(s);
+			sim_drain(sl.s);
 	}
-	sim_drain(s);
+	sim_drain(sl.s);
 	CHECK(r.n_ok == 40);
-	spool_lane_close(l);
-	sim_destroy(s);
-	CHECK(count_msgs(dir) == 40);
-	tu_rmrf(dir);
+	simlane_close(&sl);
+	CHECK(count_msgs(sl.dir) == 40);
+	tu_rmrf(sl.dir);
 	printf("short writes and EAGAIN: ok\n");
 }
 
@@ -523,27 +513,21 @@ static void chain_settled(void *ctx, uint64_t cookie, int res)
 
 static void test_reentrant_settle(void)
 {
-	char dir[256];
-	struct spool_config cfg;
+	struct simlane sl;
 	struct sim_faults f = {.flush_fail_at = 7};
-	struct sim *s;
 	uint64_t id;
 
-	tu_tmpdir(dir, sizeof(dir), "chain");
-	cfg_make(&cfg, dir);
-	s = sim_create(21, &f, chain_settled, NULL);
-	CHECK(spool_lane_open(&chain_lane, &cfg, 0, sim_ops(), s) == 0);
-	sim_attach(s, chain_lane);
+	simlane_init(&sl, "chain", SPOOL_IO_BUFFERED);
+	simlane_start(&sl, 21, &f, chain_settled, NULL);
+	chain_lane = sl.l;
 	CHECK(put(chain_lane, 0, 100, &id) == 0);
-	sim_drain(s);
+	sim_drain(sl.s);
 	for (int i = 0; i < 60; i++)
 		CHECK(chain_r.settled[i]);
 	CHECK(chain_r.n_err == 1 && chain_r.n_ok == 59);
-	CHECK(!spool_lane_busy(chain_lane));
-	spool_lane_close(chain_lane);
-	sim_destroy(s);
-	CHECK(count_msgs(dir) >= 59);
-	tu_rmrf(dir);
+	simlane_close(&sl);
+	CHECK(count_msgs(sl.dir) >= 59);
+	tu_rmrf(sl.dir);
 	printf("settled() re-entering the lane: ok\n");
 }
 
