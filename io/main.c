@@ -148,6 +148,47 @@ static void raise_nofile(uint32_t want)
 			(unsigned long long)rl.rlim_cur);
 }
 
+/*
+ * Stop, join and destroy workers[0, n): the started ones are told to stop and
+ * joined, then every created one is destroyed (ring, provided buffers,
+ * connection table, listeners). Used by the normal shutdown and by every
+ * start-up failure, so that nothing a worker set up outlives the process.
+ * Returns 1 if any worker ended uncleanly, else 0.
+ */
+static int workers_teardown(struct io_shared *sh, struct io_worker **workers, uint32_t n)
+{
+	atomic_store(&sh->stopping, true);
+	for (uint32_t i = 0; i < n; i++)
+		if (workers[i])
+			io_worker_stop(workers[i]);
+	int rc = 0;
+	for (uint32_t i = 0; i < n; i++) {
+		if (!workers[i])
+			continue;
+		if (io_worker_join(workers[i]) != 0)
+			rc = 1;
+		io_worker_destroy(workers[i]);
+		workers[i] = NULL;
+	}
+	return rc;
+}
+
+/* What main() shares with the workers: after they are gone. */
+static void shared_destroy(struct io_shared *sh)
+{
+	io_iplimit_destroy(sh->iplimit);
+	sh->iplimit = NULL;
+	if (sh->log) {
+		io_log_stop(sh->log);
+		io_log_destroy(sh->log);
+		sh->log = NULL;
+	}
+	for (uint32_t i = 0; i < IO_THREADS_MAX; i++) {
+		free(sh->metrics[i]);
+		sh->metrics[i] = NULL;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	static struct io_config cfg;
@@ -201,13 +242,18 @@ int main(int argc, char **argv)
 
 	static struct io_shared sh;
 	ret = io_iplimit_create(&sh.iplimit, cfg.max_connections);
-	if (ret < 0)
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: start-up failed: %s\n", strerror(-ret));
 		return 1;
+	}
 	for (uint32_t i = 0; i < cfg.threads; i++) {
 		/* Cache-line aligned: two workers' counters never share a line. */
 		sh.metrics[i] = aligned_alloc(64, (sizeof(struct io_metrics) + 63) & ~(size_t)63);
-		if (!sh.metrics[i])
+		if (!sh.metrics[i]) {
+			fprintf(stderr, "dotspool: start-up failed: %s\n", strerror(ENOMEM));
+			shared_destroy(&sh);
 			return 1;
+		}
 		io_metrics_init(sh.metrics[i]);
 	}
 	sh.metrics_count = cfg.threads;
@@ -218,40 +264,44 @@ int main(int argc, char **argv)
 		ret = io_log_start(sh.log);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: log: %s\n", strerror(-ret));
+		shared_destroy(&sh);
 		return 1;
 	}
+	/*
+	 * Every start-up failure from here on goes through workers_teardown():
+	 * workers already running are stopped and joined, and every worker
+	 * created is destroyed, so a failed start leaks nothing.
+	 */
 	struct io_worker *workers[IO_THREADS_MAX] = {0};
-	uint32_t started = 0;
+	uint32_t created = 0, started = 0;
 	for (uint32_t i = 0; i < cfg.threads; i++) {
 		ret = io_worker_create(&workers[i], &cfg, &sh, i);
 		if (ret < 0)
 			break;
+		created++;
 		ret = io_worker_start(workers[i]);
 		if (ret < 0)
 			break;
 		started++;
 	}
 	if (ret < 0) {
-		fprintf(stderr, "dotspool: start-up failed: %s\n", strerror(-ret));
-		atomic_store(&sh.stopping, true);
-		for (uint32_t i = 0; i < started; i++)
-			io_worker_stop(workers[i]);
-		for (uint32_t i = 0; i < started; i++)
-			io_worker_join(workers[i]);
+		/* Worker `started` is the one that could not be created or started. */
+		fprintf(stderr, "dotspool: start-up failed: worker %u: %s\n", started, strerror(-ret));
+		workers_teardown(&sh, workers, created);
+		shared_destroy(&sh);
 		return 1;
 	}
 	/* "ready" only once every worker has its ring and its spool lane. */
-	while (ret == 0 && atomic_load(&sh.workers_ready) + atomic_load(&sh.workers_failed) < started) {
+	while (atomic_load(&sh.workers_ready) + atomic_load(&sh.workers_failed) < started) {
 		struct timespec ts = {0, 2 * 1000 * 1000};
 		nanosleep(&ts, NULL);
 	}
-	if (atomic_load(&sh.workers_failed)) {
-		fprintf(stderr, "dotspool: start-up failed\n");
-		atomic_store(&sh.stopping, true);
-		for (uint32_t i = 0; i < started; i++)
-			io_worker_stop(workers[i]);
-		for (uint32_t i = 0; i < started; i++)
-			io_worker_join(workers[i]);
+	unsigned failed = atomic_load(&sh.workers_failed);
+	if (failed) {
+		fprintf(stderr, "dotspool: start-up failed: %u of %u worker(s) could not start\n", failed,
+			started);
+		workers_teardown(&sh, workers, created);
+		shared_destroy(&sh);
 		return 1;
 	}
 	for (uint32_t i = 0; i < cfg.listen_count; i++)
@@ -281,20 +331,8 @@ int main(int argc, char **argv)
 			sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg.shutdown_timeout_s);
 		break;
 	}
-	atomic_store(&sh.stopping, true);
-	for (uint32_t i = 0; i < started; i++)
-		io_worker_stop(workers[i]);
-	int rc = 0;
-	for (uint32_t i = 0; i < started; i++) {
-		if (io_worker_join(workers[i]) != 0)
-			rc = 1;
-		io_worker_destroy(workers[i]);
-	}
-	io_iplimit_destroy(sh.iplimit);
-	io_log_stop(sh.log);
-	io_log_destroy(sh.log);
-	for (uint32_t i = 0; i < cfg.threads; i++)
-		free(sh.metrics[i]);
+	int rc = workers_teardown(&sh, workers, created);
+	shared_destroy(&sh);
 	fprintf(stderr, "dotspool: stopped\n");
 	return rc;
 }

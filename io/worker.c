@@ -25,6 +25,7 @@
 #include "worker.h"
 #include "conn.h"
 #include "mserve.h"
+#include "spool_format.h"
 
 int64_t io_now_us(void)
 {
@@ -207,6 +208,7 @@ static int ring_setup(struct io_worker *w)
 		p.cq_entries = 16384;
 		ret = io_uring_queue_init_params(2048, &w->ring, &p);
 		if (ret == 0) {
+			w->ring_up = true;
 			if (w->no == 0 && i > 0)
 				fprintf(stderr, "dotspool: io_uring without %s (older kernel)\n",
 					i == 1 ? "DEFER_TASKRUN" : "COOP_TASKRUN");
@@ -403,6 +405,15 @@ static bool worker_done(struct io_worker *w)
  */
 #define IO_HS_BUDGET_US 1000
 
+/* Start-up failed in this worker: the whole server stops (main() sees workers_failed). */
+static void *worker_failed(struct io_worker *w)
+{
+	w->exit_code = 1;
+	atomic_store(&w->sh->stopping, true);
+	atomic_fetch_add(&w->sh->workers_failed, 1);
+	return NULL;
+}
+
 static void *worker_main(void *arg)
 {
 	struct io_worker *w = arg;
@@ -414,23 +425,25 @@ static void *worker_main(void *arg)
 		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 	}
 
+	/*
+	 * A worker that cannot start says why, tells the others to stop and
+	 * leaves what it set up (ring, buffers, connection table) to
+	 * io_worker_destroy(), which main() calls after joining every worker.
+	 */
 	int ret = ring_setup(w);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: worker %u: io_uring setup failed: %s\n", w->no, strerror(-ret));
-		w->exit_code = 1;
-		atomic_store(&w->sh->stopping, true);
-		atomic_fetch_add(&w->sh->workers_failed, 1);
-		return NULL;
+		return worker_failed(w);
 	}
 	if (w->no == 0)
 		probe_opcodes(w);
 	ret = spool_lane_open(&w->lane, &w->cfg->spool, w->no, &io_spool_ops, w);
 	if (ret < 0) {
-		fprintf(stderr, "dotspool: worker %u: spool lane: %s\n", w->no, strerror(-ret));
-		w->exit_code = 1;
-		atomic_store(&w->sh->stopping, true);
-		atomic_fetch_add(&w->sh->workers_failed, 1);
-		return NULL;
+		char dir[4200];
+		if (spool_lane_dir_path(dir, sizeof(dir), w->cfg->spool_dir, w->no) < 0)
+			snprintf(dir, sizeof(dir), "%u", w->no);
+		fprintf(stderr, "dotspool: worker %u: spool lane %s: %s\n", w->no, dir, strerror(-ret));
+		return worker_failed(w);
 	}
 	atomic_fetch_add(&w->sh->workers_ready, 1);
 	spool_lane_stats(w->lane, &w->lane_stats);
@@ -578,8 +591,10 @@ void io_worker_destroy(struct io_worker *w)
 	for (uint32_t i = 0; i < w->listener_count; i++)
 		if (w->listeners[i].fd >= 0)
 			close(w->listeners[i].fd);
-	if (w->ring.ring_fd > 0)
+	/* Closing the ring also unregisters the provided buffer ring that lives in br. */
+	if (w->ring_up)
 		io_uring_queue_exit(&w->ring);
+	w->ring_up = false;
 	if (w->br)
 		munmap(w->br, w->br_map_bytes);
 	free(w->rbufs);

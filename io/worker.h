@@ -124,6 +124,7 @@ struct io_worker {
 	struct io_shared *sh;
 	pthread_t thread;
 	bool started;
+	bool ring_up; /* ring initialised: io_worker_destroy() tears it down */
 	struct io_uring ring;
 	int wake_fd;
 	uint64_t wake_buf;
