@@ -32,7 +32,7 @@ static uint64_t msg_rand(uint64_t *x)
 	return *x;
 }
 
-long bench_msg_build(char *buf, size_t cap, const struct bench_msg_params *p)
+long bench_msg_build(char *buf, size_t cap, const struct bench_msg_params *p, size_t *msg_bytes)
 {
 	if (cap < bench_msg_wire_max(p->size_bytes))
 		return -ENOSPC;
@@ -73,5 +73,7 @@ long bench_msg_build(char *buf, size_t cap, const struct bench_msg_params *p)
 	memcpy(buf + out, ".\r\n", 3);
 	out += 3;
 	DS_ASSERT(out <= cap);
+	if (msg_bytes)
+		*msg_bytes = unstuffed;
 	return (long)out;
 }

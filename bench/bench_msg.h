@@ -30,8 +30,13 @@ size_t bench_msg_wire_max(size_t size_bytes);
 size_t bench_msg_id(char *id, size_t cap, uint32_t pid, uint64_t seq);
 /*
  * Builds the message into buf; returns the wire length or -ENOSPC when cap
- * is smaller than bench_msg_wire_max(size_bytes).
+ * is smaller than bench_msg_wire_max(size_bytes). *msg_bytes (if not NULL)
+ * gets the message's real size: headers + body before dot-stuffing, without
+ * the final dot, i.e. what the server receives as the message. It equals
+ * size_bytes except when size_bytes is too small for the headers (then the
+ * headers alone, a few hundred bytes) or leaves a 1-2 byte tail after them
+ * (the shortest body line is 3 bytes).
  */
-long bench_msg_build(char *buf, size_t cap, const struct bench_msg_params *p);
+long bench_msg_build(char *buf, size_t cap, const struct bench_msg_params *p, size_t *msg_bytes);
 
 #endif

@@ -211,6 +211,24 @@ def mode_sizefile(a, w):
         # Single big message size.
         j = run_json(a.bench, ["--server", s.server, "--messages", "5", "--size", "1000000"])
         check(j["messages_ok"] == 5 and j["bytes_ok"] == 5000000, "1 MB messages %r" % j)
+        # bytes_ok is the bytes of each message as sent (before dot-stuffing, what the sink stores),
+        # also when --size is smaller than the generated headers and more than asked for goes out.
+        for size in (100, 4096):
+            ack = os.path.join(w, "ack%d.log" % size)
+            j = run_json(a.bench, ["--server", s.server, "--messages", "40", "--connections", "4", "--size",
+                                   str(size), "--ack-log", ack])
+            check(j["messages_ok"] == 40, "--size %d: %r" % (size, j))
+            got = s.received()
+            acks = [l.strip() for l in open(ack) if l.strip()]
+            sent = [got[m][0] for m in acks]
+            check(j["bytes_ok"] == sum(sent),
+                  "--size %d: bytes_ok %d, the sink got %d bytes" % (size, j["bytes_ok"], sum(sent)))
+            if size == 100:
+                check(min(sent) > 100, "--size 100 sends the headers alone, more than 100 bytes: %r" % sent[:5])
+            else:
+                check(set(sent) == {size}, "--size %d sends %d-byte messages: %r" % (size, size, set(sent)))
+            mbs = j["bytes_ok"] / 1e6 / j["elapsed_s"]
+            check(abs(j["mb_per_s"] - mbs) <= 0.01 + 0.01 * mbs, "mb_per_s is bytes_ok / elapsed: %r" % j)
     finally:
         s.stop()
 
