@@ -117,7 +117,15 @@ struct engine {
 	struct bench_result *r;
 	struct io_uring ring;
 	struct conn *conns;
-	uint32_t *avail; /* stack of conns with no message */
+	/*
+	 * Connections with no message, oldest first: a FIFO ring of connection
+	 * indexes (a connection is on it at most once, so connections slots
+	 * suffice). The connection idle the longest takes the next message, as
+	 * one of many independent senders would; a stack handed nearly every
+	 * message to the few most recently freed connections.
+	 */
+	uint32_t *avail;
+	uint32_t avail_head;
 	uint32_t avail_len;
 	/* open loop FIFO of due messages */
 	uint64_t *pend_seq;
@@ -397,7 +405,28 @@ static bool take_msg(struct engine *e, struct conn *c)
 	return true;
 }
 
-/* A connection with no message: give it one, or park it on the avail stack. */
+/* Park c at the tail of the avail FIFO. */
+static void avail_push(struct engine *e, struct conn *c)
+{
+	DS_ASSERT(!c->in_avail && e->avail_len < e->o->connections);
+	e->avail[(e->avail_head + e->avail_len) % e->o->connections] = c->idx;
+	e->avail_len++;
+	c->in_avail = true;
+}
+
+/* The connection idle the longest, off the head of the avail FIFO. */
+static struct conn *avail_pop(struct engine *e)
+{
+	DS_ASSERT(e->avail_len > 0);
+	struct conn *c = &e->conns[e->avail[e->avail_head]];
+	e->avail_head = (e->avail_head + 1) % e->o->connections;
+	e->avail_len--;
+	DS_ASSERT(c->in_avail);
+	c->in_avail = false;
+	return c;
+}
+
+/* A connection with no message: give it one, or park it on the avail FIFO. */
 static void conn_ready(struct engine *e, struct conn *c)
 {
 	DS_ASSERT(!c->has_msg);
@@ -411,10 +440,8 @@ static void conn_ready(struct engine *e, struct conn *c)
 			conn_connect(e, c);
 		return;
 	}
-	if (!c->in_avail) {
-		e->avail[e->avail_len++] = c->idx;
-		c->in_avail = true;
-	}
+	if (!c->in_avail)
+		avail_push(e, c);
 }
 
 static void conn_release_slot(struct engine *e, struct conn *c)
@@ -965,11 +992,8 @@ static void eng_release_due(struct engine *e, uint64_t now)
 		e->pend_len++;
 	}
 	/* Hand due messages to free connections. */
-	while (e->pend_len > 0 && e->avail_len > 0) {
-		struct conn *c = &e->conns[e->avail[--e->avail_len]];
-		c->in_avail = false;
-		conn_ready(e, c);
-	}
+	while (e->pend_len > 0 && e->avail_len > 0)
+		conn_ready(e, avail_pop(e));
 }
 
 static void eng_tick(struct engine *e, uint64_t now)
@@ -988,11 +1012,8 @@ static void eng_tick(struct engine *e, uint64_t now)
 	}
 	/* Closed loop: connections parked because no message was available yet. */
 	if (!e->open_loop && e->started) {
-		while (e->avail_len > 0 && closed_loop_more(e)) {
-			struct conn *c = &e->conns[e->avail[--e->avail_len]];
-			c->in_avail = false;
-			conn_ready(e, c);
-		}
+		while (e->avail_len > 0 && closed_loop_more(e))
+			conn_ready(e, avail_pop(e));
 	}
 }
 
@@ -1056,11 +1077,8 @@ static void eng_start(struct engine *e)
 		DS_ASSERT(bench_sched_init(&e->sched, e->start_ns + shift_ns, e->o->rate_per_s, limit) == 0);
 	} else {
 		/* conn_ready() re-parks a connection when no message is left: loop on closed_loop_more(). */
-		while (e->avail_len > 0 && closed_loop_more(e)) {
-			struct conn *c = &e->conns[e->avail[--e->avail_len]];
-			c->in_avail = false;
-			conn_ready(e, c);
-		}
+		while (e->avail_len > 0 && closed_loop_more(e))
+			conn_ready(e, avail_pop(e));
 	}
 }
 
@@ -1217,8 +1235,7 @@ int bench_run(const struct bench_opts *o, struct bench_result *r)
 	for (uint32_t i = 0; i < o->connections; i++) {
 		struct conn *c = &e->conns[i];
 		if (o->new_conn_per_msg) {
-			e->avail[e->avail_len++] = i;
-			c->in_avail = true;
+			avail_push(e, c);
 		} else {
 			conn_connect(e, c);
 		}
