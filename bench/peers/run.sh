@@ -4,11 +4,18 @@
 #   postfix    Postfix smtpd, queueing only (fsync per message), discard transport
 #   smtp-sink  Postfix's smtp-sink (stores nothing: the protocol floor)
 #   dotspool   build/dotspool (skipped if not built)
+#   dotspool-tmpfs  the same server with its spool on tmpfs (/dev/shm): NOT durable,
+#              only with --legs; it shows what the server costs without the disk
 # plus the disk's own flush latency (dotspool-diskprobe), in one run, inside
 # a loopback-only network namespace. Prints one table.
 #
 # Usage: bench/peers/run.sh [--size BYTES] [--connections N] [--duration SEC]
 #                           [--rate R] [--pipelining] [--threads N] [--out FILE]
+#                           [--legs LIST] [--rounds N]
+#   --legs LIST   comma-separated legs to run (default dotspool,postfix,smtp-sink;
+#                 also dotspool-tmpfs)
+#   --rounds N    run the legs N times, alternating (default 1); the table shows the
+#                 median of each column and the p99 range over the rounds
 # Environment: DS_BENCH (dotspool-bench), DS_DISKPROBE, DS_DOTSPOOL (server binary).
 # Needs root (installs postfix if missing, creates a network namespace).
 set -eu
@@ -20,6 +27,8 @@ RATE=""
 PIPE=""
 THREADS=1
 OUT=""
+LEGS=dotspool,postfix,smtp-sink
+ROUNDS=1
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) SIZE=$2; shift 2 ;;
@@ -29,12 +38,23 @@ while [ $# -gt 0 ]; do
 	--pipelining) PIPE=--pipelining; shift ;;
 	--threads) THREADS=$2; shift 2 ;;
 	--out) OUT=$2; shift 2 ;;
-	-h|--help) sed -n '2,14p' "$0"; exit 0 ;;
+	--legs) LEGS=$2; shift 2 ;;
+	--rounds) ROUNDS=$2; shift 2 ;;
+	-h|--help) sed -n '2,22p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done
 case "$DURATION" in *[!0-9]*|"") echo "run.sh: --duration must be whole seconds" >&2; exit 2 ;; esac
-[ "$DURATION" -le 60 ] || { echo "run.sh: --duration at most 60 (the script stays under 5 minutes)" >&2; exit 2; }
+case "$ROUNDS" in *[!0-9]*|""|0) echo "run.sh: --rounds must be a positive whole number" >&2; exit 2 ;; esac
+for leg in ${LEGS//,/ }; do
+	case "$leg" in dotspool|dotspool-tmpfs|postfix|smtp-sink) ;;
+	*) echo "run.sh: unknown leg $leg (dotspool, dotspool-tmpfs, postfix, smtp-sink)" >&2; exit 2 ;;
+	esac
+done
+# Bounded: the whole script stays under 5 minutes (leg count x rounds x duration).
+NLEGS=$(echo "$LEGS" | tr ',' '\n' | grep -c .)
+[ $((NLEGS * ROUNDS * (DURATION + 2))) -le 240 ] || {
+	echo "run.sh: legs x rounds x (duration + 2 s) must stay under 240 s" >&2; exit 2; }
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 pick() { for f in "$@"; do [ -x "$f" ] && { echo "$f"; return; }; done; echo ""; }
@@ -52,7 +72,8 @@ if [ -z "${DS_PEERS_IN_NETNS:-}" ]; then
 	fi
 	# Loopback-only namespace: nothing the peers do can reach another host.
 	DS_PEERS_IN_NETNS=1 exec timeout -k 10 280 unshare -n "$0" --size "$SIZE" --connections "$CONNS" \
-		--duration "$DURATION" --threads "$THREADS" ${RATE:+--rate "$RATE"} $PIPE ${OUT:+--out "$OUT"}
+		--duration "$DURATION" --threads "$THREADS" ${RATE:+--rate "$RATE"} $PIPE ${OUT:+--out "$OUT"} \
+		--legs "$LEGS" --rounds "$ROUNDS"
 fi
 
 ip link set lo up
@@ -60,11 +81,16 @@ T=$(mktemp -d /var/tmp/dotspool-peers.XXXXXX)
 chmod 755 "$T"
 SINK_PID=""
 DS_PID=""
+DSM_PID=""
+SHM=""
+has_leg() { case ",$LEGS," in *",$1,"*) return 0 ;; esac; return 1; }
 cleanup() {
 	postfix -c "$T/etc" stop >/dev/null 2>&1 || true
 	[ -n "$SINK_PID" ] && kill "$SINK_PID" 2>/dev/null || true
 	[ -n "$DS_PID" ] && kill "$DS_PID" 2>/dev/null || true
+	[ -n "$DSM_PID" ] && kill "$DSM_PID" 2>/dev/null || true
 	sleep 0.5
+	[ -n "$SHM" ] && rm -rf "$SHM"
 	[ -n "${DS_PEERS_KEEP:-}" ] && echo "run.sh: kept $T" >&2 || rm -rf "$T"
 }
 trap cleanup EXIT INT TERM
@@ -72,8 +98,10 @@ trap cleanup EXIT INT TERM
 P_POSTFIX=10025
 P_SINK=10026
 P_DOTSPOOL=10027
+P_DOTSPOOL_TMPFS=10028
 
 # --- Postfix: private config, queue in $T, discard everything -------------
+if has_leg postfix; then
 mkdir -p "$T/etc" "$T/queue" "$T/data"
 chown postfix "$T/data"
 extra=""
@@ -138,19 +166,30 @@ CF
 postfix -c "$T/etc" set-permissions >/dev/null 2>&1 || true
 postfix -c "$T/etc" start >/dev/null 2>"$T/postfix-start.err" || {
 	echo "run.sh: postfix did not start:" >&2; cat "$T/postfix-start.err" >&2; exit 1; }
+fi
 
 # --- smtp-sink ------------------------------------------------------------
-smtp-sink -u postfix 127.0.0.1:$P_SINK 1024 &
-SINK_PID=$!
+if has_leg smtp-sink; then
+	smtp-sink -u postfix 127.0.0.1:$P_SINK 1024 &
+	SINK_PID=$!
+fi
 
-# --- dotspool -------------------------------------------------------------
+# --- dotspool (spool beside the others on disk) and dotspool-tmpfs --------
 if [ -x "$DOTSPOOL" ]; then
-	mkdir -p "$T/spool"
-	"$DOTSPOOL" --listen 127.0.0.1:$P_DOTSPOOL --spool "$T/spool" --accept-domain localhost \
-		>"$T/dotspool.log" 2>&1 &
-	DS_PID=$!
+	if has_leg dotspool; then
+		mkdir -p "$T/spool"
+		"$DOTSPOOL" --listen 127.0.0.1:$P_DOTSPOOL --spool "$T/spool" --accept-domain localhost \
+			>"$T/dotspool.log" 2>&1 &
+		DS_PID=$!
+	fi
+	if has_leg dotspool-tmpfs; then
+		SHM=$(mktemp -d /dev/shm/dotspool-peers.XXXXXX)
+		"$DOTSPOOL" --listen 127.0.0.1:$P_DOTSPOOL_TMPFS --spool "$SHM" --accept-domain localhost \
+			--segment-size 64M >"$T/dotspool-tmpfs.log" 2>&1 &
+		DSM_PID=$!
+	fi
 else
-	echo "run.sh: $DOTSPOOL not built: dotspool leg skipped" >&2
+	echo "run.sh: $DOTSPOOL not built: dotspool legs skipped" >&2
 fi
 
 # Ready = answers with a 220 banner (then QUIT politely), tried for up to 10 s.
@@ -173,55 +212,84 @@ PY
 }
 
 LOAD="--timeout-ms 5000 --threads $THREADS --connections $CONNS --duration $DURATION --size $SIZE ${RATE:+--rate $RATE} $PIPE --json --quiet"
-run_leg() { # name port
+run_leg() { # name port round
 	if ! wait_port "$2" 2>/dev/null; then
 		echo "run.sh: $1 is not listening on $2: leg skipped" >&2
 		return
 	fi
-	echo "run.sh: $1 (127.0.0.1:$2): $LOAD" >&2
+	echo "run.sh: round $3: $1 (127.0.0.1:$2): $LOAD" >&2
 	# shellcheck disable=SC2086
-	"$BENCH" --server 127.0.0.1:$2 $LOAD >"$T/$1.json" || true
+	"$BENCH" --server 127.0.0.1:$2 $LOAD >"$T/$1.r$3.json" || true
 }
-[ -n "$DS_PID" ] && run_leg dotspool $P_DOTSPOOL
-run_leg postfix $P_POSTFIX
-run_leg smtp-sink $P_SINK
+for r in $(seq "$ROUNDS"); do
+	for leg in ${LEGS//,/ }; do
+		case "$leg" in
+		dotspool) [ -n "$DS_PID" ] && run_leg dotspool $P_DOTSPOOL "$r" ;;
+		dotspool-tmpfs) [ -n "$DSM_PID" ] && run_leg dotspool-tmpfs $P_DOTSPOOL_TMPFS "$r" ;;
+		postfix) run_leg postfix $P_POSTFIX "$r" ;;
+		smtp-sink) run_leg smtp-sink $P_SINK "$r" ;;
+		esac
+	done
+done
 
 if [ -n "$PROBE" ]; then
 	echo "run.sh: disk flush probe in $T" >&2
 	"$PROBE" --dir "$T" --count 3000 --rounds 5 --duration 6 --json >"$T/diskprobe.json" || true
 fi
 
-python3 - "$T" "$SIZE" "$CONNS" "$DURATION" "${RATE:-closed}" "${PIPE:-no-pipelining}" <<'PY' | tee ${OUT:-/dev/null}
-import json, os, sys, platform, datetime
-t, size, conns, dur, rate, pipe = sys.argv[1:]
-rows = []
-for name in ["dotspool", "postfix", "smtp-sink"]:
-    p = os.path.join(t, name + ".json")
-    try:
-        rows.append((name, json.load(open(p))))
-    except (OSError, ValueError):
-        rows.append((name, None))
-print("peer comparison, %s UTC, %s, %d cpus; %s-byte messages, %s connections, %s s, rate %s, %s" % (
+python3 - "$T" "$SIZE" "$CONNS" "$DURATION" "${RATE:-closed}" "${PIPE:-no-pipelining}" "$LEGS" "$ROUNDS" <<'PY' | tee ${OUT:-/dev/null}
+import json, os, sys, platform, datetime, statistics
+t, size, conns, dur, rate, pipe, legs, rounds = sys.argv[1:]
+rounds = int(rounds)
+
+
+def load(name):
+    out = []
+    for r in range(1, rounds + 1):
+        try:
+            out.append(json.load(open(os.path.join(t, "%s.r%d.json" % (name, r)))))
+        except (OSError, ValueError):
+            pass
+    return out
+
+
+def med(runs, f):
+    return statistics.median(f(j) for j in runs)
+
+
+rows = [(name, load(name)) for name in legs.split(",") if name]
+print("peer comparison, %s UTC, %s, %d cpus; %s-byte messages, %s connections, %s s, rate %s, %s, %d round(s)%s" % (
     datetime.datetime.utcnow().strftime("%Y-%m-%d %H:%M"), platform.release(), os.cpu_count(), size, conns,
-    dur, rate, pipe))
+    dur, rate, pipe, rounds, " (medians; p99 range)" if rounds > 1 else ""))
 print("| server | msg/s | MB/s | final-dot p50 ms | p99 ms | p99.9 ms | failed | dotspool/peer msg/s |")
 print("|---|---:|---:|---:|---:|---:|---:|---:|")
 ds = dict(rows).get("dotspool")
-for name, j in rows:
-    if j is None:
+fd = lambda j: j["latency_us"]["final_dot"]
+for name, runs in rows:
+    if not runs:
         print("| %s | skipped | | | | | | |" % name)
         continue
-    fd = j["latency_us"]["final_dot"]
-    ratio = "%.2f" % (ds["messages_per_s"] / j["messages_per_s"]) if ds and name != "dotspool" and ds["messages_ok"] and j["messages_per_s"] else "-"
-    print("| %s | %.0f | %.2f | %.3f | %.3f | %.3f | %d | %s |" % (name, j["messages_per_s"], j["mb_per_s"],
-          fd["p50"] / 1e3, fd["p99"] / 1e3, fd["p999"] / 1e3, j["messages_failed"], ratio))
-    if j["errors_by_code"]:
-        print("|   %s errors: %s | | | | | | | |" % (name, " ".join("%s=%d" % kv for kv in j["errors_by_code"].items())))
-if ds and ds["messages_ok"]:
-    for name, j in rows:
-        if j and name != "dotspool":
-            a, b = ds["latency_us"]["final_dot"], j["latency_us"]["final_dot"]
-            print("dotspool/%s final-dot p99 ratio: %.2f" % (name, a["p99"] / b["p99"] if b["p99"] else 0))
+    ratio = "-"
+    if ds and name != "dotspool" and med(ds, lambda j: j["messages_ok"]) and med(runs, lambda j: j["messages_per_s"]):
+        ratio = "%.2f" % (med(ds, lambda j: j["messages_per_s"]) / med(runs, lambda j: j["messages_per_s"]))
+    p99 = "%.3f" % (med(runs, lambda j: fd(j)["p99"]) / 1e3)
+    if len(runs) > 1:
+        p99 += " (%.2f-%.2f)" % (min(fd(j)["p99"] for j in runs) / 1e3, max(fd(j)["p99"] for j in runs) / 1e3)
+    print("| %s | %.0f | %.2f | %.3f | %s | %.3f | %d | %s |" % (name, med(runs, lambda j: j["messages_per_s"]),
+          med(runs, lambda j: j["mb_per_s"]), med(runs, lambda j: fd(j)["p50"]) / 1e3, p99,
+          med(runs, lambda j: fd(j)["p999"]) / 1e3, sum(j["messages_failed"] for j in runs), ratio))
+    errs = {}
+    for j in runs:
+        for k, v in j["errors_by_code"].items():
+            errs[k] = errs.get(k, 0) + v
+    if errs:
+        print("|   %s errors: %s | | | | | | | |" % (name, " ".join("%s=%d" % kv for kv in errs.items())))
+if ds and med(ds, lambda j: j["messages_ok"]):
+    a = med(ds, lambda j: fd(j)["p99"])
+    for name, runs in rows:
+        if runs and name != "dotspool":
+            b = med(runs, lambda j: fd(j)["p99"])
+            print("dotspool/%s final-dot p99 ratio: %.2f" % (name, a / b if b else 0))
 try:
     d = json.load(open(os.path.join(t, "diskprobe.json")))
     print("disk flush (dotspool-diskprobe, %d-byte write + flush):" % d["block_bytes"])
