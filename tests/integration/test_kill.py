@@ -5,7 +5,9 @@
     concurrent clients sending uniquely Message-ID'd messages, SIGKILL at a
     random moment 0.2-1.0 s in, restart on the same spool. At the end:
     acked <= recovered <= sent (by Message-ID), every recovered message
-    intact and present once, dotspool-ctl verify exits 0."""
+    intact and present once, dotspool-ctl verify exits 0.
+By hand, for a longer soak: DS_KILL_BUDGET_S (default 75) bounds the loop,
+DS_KILL_ARGS adds server options (e.g. "--spool-io direct")."""
 import os
 import random
 import smtplib
@@ -23,8 +25,8 @@ PER_CLIENT_CAP = 8      # messages per client per cycle
 PACE_S = (0.05, 0.25)   # pause between messages, so the kill lands mid-stream
 # Small segments: every start creates fresh segments per lane, and rollover
 # under load is exercised too.
-SEGMENT = ["--segment-size", "16M", "--spool-buffer-size", "4M"]
-BUDGET_S = 75.0         # whole kill loop, so the test stays under ~90 s
+SEGMENT = ["--segment-size", "16M", "--spool-buffer-size", "4M"] + os.environ.get("DS_KILL_ARGS", "").split()
+BUDGET_S = float(os.environ.get("DS_KILL_BUDGET_S", "75"))  # whole kill loop: the test stays under ~90 s
 
 
 def make_message(mid, rnd):
