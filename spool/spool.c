@@ -666,14 +666,40 @@ static bool dio_pad(struct spool_lane *l, struct lane_seg *s)
 	return true;
 }
 
-/* A data write of [submitted, end) is with the kernel: count it in flight, move on. */
-static void write_submitted(struct spool_lane *l, struct lane_seg *s, const struct lane_op *op, uint64_t end)
+/*
+ * Hand len bytes of s from l->submitted to the kernel in one write: a DSYNC
+ * write (direct mode) or a buffered one, linked to the flush that follows
+ * it if link. On success the write counts as in flight and submitted moves
+ * to end (a direct write may pass end into block padding). -EAGAIN/-EBUSY:
+ * nothing happened, try on a later pump; any other error failed s.
+ */
+static int start_write(struct spool_lane *l, struct lane_seg *s, uint32_t len, uint64_t end, bool dsync,
+		       bool link)
 {
+	uint64_t tag;
+	struct lane_op *op = op_alloc(l, OP_WRITE, s, &tag);
+	int rc;
+
+	if (!op)
+		return -EAGAIN;
+	op->lstart = l->submitted;
+	op->len = len;
+	op->t_start_ns = now_ns();
+	rc = dsync ? l->ops->write_dsync(l->ctx, s->fd, l->ring + (op->lstart % l->ring_size), op->len,
+					 seg_file_off(s, op->lstart), tag)
+		   : submit_write(l, op, link);
+	if (rc) {
+		op->kind = OP_FREE;
+		if (rc != -EAGAIN && rc != -EBUSY)
+			seg_fail(l, s, rc);
+		return rc;
+	}
 	s->writes_inflight++;
 	s->ops_inflight++;
 	l->ops_inflight++;
 	l->st.bytes_written += op->len;
 	l->submitted = end;
+	return 0;
 }
 
 /*
@@ -688,8 +714,7 @@ static void pump_direct(struct spool_lane *l)
 	while (l->submitted < l->head && l->dio_inflight < l->cfg.flushes_in_flight_max &&
 	       l->ops_inflight < LANE_OPS_MAX) {
 		struct lane_seg *s = seg_of(l, l->submitted);
-		uint64_t end, wend, tag;
-		struct lane_op *op;
+		uint64_t end, wend;
 		int rc;
 
 		if (!s) {
@@ -726,22 +751,11 @@ static void pump_direct(struct spool_lane *l)
 		/* An old segment's last write ends in its zero gap (its lend is not aligned). */
 		wend = DIO_ALIGN_UP(end);
 		DS_ASSERT(!(l->submitted & (DIO_BLOCK - 1)) && wend - l->submitted <= l->ring_size);
-		op = op_alloc(l, OP_WRITE, s, &tag);
-		if (!op)
+		rc = start_write(l, s, (uint32_t)(wend - l->submitted), end, true, false);
+		if (rc == -EAGAIN || rc == -EBUSY)
 			break;
-		op->lstart = l->submitted;
-		op->len = (uint32_t)(wend - l->submitted);
-		op->t_start_ns = now_ns();
-		rc = l->ops->write_dsync(l->ctx, s->fd, l->ring + (op->lstart % l->ring_size), op->len,
-					 seg_file_off(s, op->lstart), tag);
-		if (rc) {
-			op->kind = OP_FREE;
-			if (rc == -EAGAIN || rc == -EBUSY)
-				break;
-			seg_fail(l, s, rc);
+		if (rc)
 			continue;
-		}
-		write_submitted(l, s, op, end);
 		l->dio_inflight++;
 	}
 }
@@ -766,8 +780,7 @@ static void lane_pump(struct spool_lane *l)
 		pump_direct(l);
 	while (!l->direct && l->submitted < l->head) {
 		struct lane_seg *s = seg_of(l, l->submitted);
-		uint64_t end, tag;
-		struct lane_op *op;
+		uint64_t end;
 		bool link = false;
 		int rc;
 
@@ -787,20 +800,11 @@ static void lane_pump(struct spool_lane *l)
 			link = last && last->lend > s->lstart && last->lend > s->flush_req_l &&
 			       l->ops_inflight + 2 <= LANE_OPS_MAX; /* the flush must get a slot too */
 		}
-		op = op_alloc(l, OP_WRITE, s, &tag);
-		if (!op)
+		rc = start_write(l, s, (uint32_t)(end - l->submitted), end, false, link);
+		if (rc == -EAGAIN || rc == -EBUSY)
 			break;
-		op->lstart = l->submitted;
-		op->len = (uint32_t)(end - l->submitted);
-		rc = submit_write(l, op, link);
-		if (rc) {
-			op->kind = OP_FREE;
-			if (rc == -EAGAIN || rc == -EBUSY)
-				break;
-			seg_fail(l, s, rc);
+		if (rc)
 			continue;
-		}
-		write_submitted(l, s, op, end);
 		if (link && submit_flush(l, s, OP_FLUSH, end)) {
 			/* The link then has nothing to guard; a later pump flushes alone. */
 		}

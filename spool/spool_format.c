@@ -9,6 +9,7 @@
 
 #include "crc32c.h"
 #include "ds_assert.h"
+#include "ds_grow.h"
 
 static inline void put32(uint8_t *p, uint32_t v)
 {
@@ -367,17 +368,13 @@ int spool_seg_list(const char *lane_dir, uint64_t **out)
 		uint64_t s = spool_seg_name_seq(de->d_name);
 		if (!s)
 			continue;
-		if (n == cap) {
-			uint64_t *nv;
-			cap = cap ? cap * 2 : 64;
-			nv = realloc(v, cap * sizeof(*v));
-			if (!nv) {
-				free(v);
-				closedir(d);
-				return -ENOMEM;
-			}
-			v = nv;
+		uint64_t *nv = ds_grow(v, &cap, n, sizeof(*v), 64);
+		if (!nv) {
+			free(v);
+			closedir(d);
+			return -ENOMEM;
 		}
+		v = nv;
 		v[n++] = s;
 	}
 	closedir(d);

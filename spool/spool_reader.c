@@ -21,6 +21,7 @@
 
 #include "crc32c.h"
 #include "ds_assert.h"
+#include "ds_grow.h"
 #include "spool_format.h"
 
 _Static_assert(SPOOL_LANES_MAX_PUBLIC == SPOOL_LANES_MAX, "lane limits agree");
@@ -411,29 +412,21 @@ static int seg_rec(void *ctx, const struct spool_rec *rec)
 		return 0; /* still counted in the watermark above: the verdict on only_id needs it */
 	if (rec->type == SPOOL_REC_CHUNK) {
 		/* Counted into the lane's table only once the segment's scan is accepted. */
-		if (ss->nch == ss->capch) {
-			size_t ncap = ss->capch ? ss->capch * 2 : 1024;
-			struct chunk_seen *n = realloc(ss->ch, ncap * sizeof(*n));
-			if (!n) {
-				ss->err = -ENOMEM;
-				return 1;
-			}
-			ss->ch = n;
-			ss->capch = ncap;
-		}
-		ss->ch[ss->nch++] = (struct chunk_seen){rec->txn_id, rec->len};
-		return 0;
-	}
-	if (ss->npc == ss->cap) {
-		size_t ncap = ss->cap ? ss->cap * 2 : 256;
-		struct pend_commit *n = realloc(ss->pc, ncap * sizeof(*n));
-		if (!n) {
+		struct chunk_seen *ch = ds_grow(ss->ch, &ss->capch, ss->nch, sizeof(*ch), 1024);
+		if (!ch) {
 			ss->err = -ENOMEM;
 			return 1;
 		}
-		ss->pc = n;
-		ss->cap = ncap;
+		ss->ch = ch;
+		ss->ch[ss->nch++] = (struct chunk_seen){rec->txn_id, rec->len};
+		return 0;
 	}
+	struct pend_commit *pc = ds_grow(ss->pc, &ss->cap, ss->npc, sizeof(*pc), 256);
+	if (!pc) {
+		ss->err = -ENOMEM;
+		return 1;
+	}
+	ss->pc = pc;
 	ss->pc[ss->npc++] = (struct pend_commit){.off = rec->off,
 						 .end = rec->off + rec->total,
 						 .txn_id = rec->txn_id,
