@@ -16,15 +16,6 @@ import dslib
 EXIT_TIMEOUT_S = 30.0
 
 
-def asan_build(binary):
-    try:
-        with open(binary, "rb") as f:
-            data = f.read()
-    except OSError:
-        return False
-    return b"__asan_init" in data or b"libasan" in data
-
-
 def make_lane_unwritable(spool, lane):
     """Make SPOOL/lane-NN a directory that lists fine (recovery reads it) but takes no new file
     (the lane creates its first segment there). Returns how, for the log."""
@@ -64,8 +55,7 @@ def failed_start(t, threads, lane, asan):
         srv.kill()
         raise dslib.Fail("server still running %.0f s after a failed start\n%s" % (EXIT_TIMEOUT_S, srv.log()))
     srv.stop()
-    with open(srv.log_path, "rb") as f:
-        out = f.read().decode("utf-8", "replace")
+    out = srv.log_text() or ""
     what = "lane %d of %d workers" % (lane, threads)
     t.eq(rc, 1, "%s unusable: exit status 1" % what, out)
     t.check(re.search(r"dotspool: worker %d: spool lane %s: \S" % (lane, re.escape(path)), out),
@@ -81,8 +71,7 @@ def failed_start(t, threads, lane, asan):
 
 
 def main(t):
-    binary = os.path.join(t.build, "dotspool")
-    asan = asan_build(binary)
+    asan = dslib.sanitized_build(t.build)
     print("  %s build" % ("ASan" if asan else "non-ASan (leak checks are vacuous)"))
     # Leak checking on whatever the caller's ASAN_OPTIONS say (it is the point of the test).
     opts = os.environ.get("ASAN_OPTIONS", "")
@@ -104,8 +93,7 @@ def main(t):
     t.eq(c.cmd("Subject: after a failed start\r\n\r\nhello\r\n.")[0], 250, "message accepted")
     c.quit()
     t.eq(srv.stop(), 0, "repaired spool: server exits 0")
-    with open(srv.log_path, "rb") as f:
-        out = f.read().decode("utf-8", "replace")
+    out = srv.log_text() or ""
     t.check("LeakSanitizer" not in out and "ERROR: AddressSanitizer" not in out,
             "repaired spool: no sanitizer report on a normal stop", out)
     t.eq(len(srv.list()), 1, "the message is in the spool")

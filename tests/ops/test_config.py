@@ -14,6 +14,10 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+import dslib  # noqa: E402  (free_port)
+
 failures = []
 
 
@@ -83,12 +87,6 @@ threads = 1
 """
 
 
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def banner(port, timeout=0.5):
     """The first reply line on 127.0.0.1:port, or None when nothing listens."""
     try:
@@ -110,9 +108,9 @@ def banner(port, timeout=0.5):
 
 
 def test_override(exe, tmp):
-    port_a, port_b = free_port(), free_port()
+    port_a, port_b = dslib.free_port(), dslib.free_port()
     while port_b == port_a:
-        port_b = free_port()
+        port_b = dslib.free_port()
     spool = os.path.join(tmp, "spool")
     conf = write(tmp, "override.conf",
                  f"listen = 127.0.0.1:{port_a}\nspool = {spool}\nthreads = 1\nsegment-size = 1M\n"
@@ -211,7 +209,7 @@ def main(argv):
 
         # Starting with a bad file fails at once with the same message.
         path = write(tmp, "start-bad.conf", "threads = 1\nmax-errors = 0\n")
-        rc, out, err = run(exe, "--config", path, "--listen", f"127.0.0.1:{free_port()}")
+        rc, out, err = run(exe, "--config", path, "--listen", f"127.0.0.1:{dslib.free_port()}")
         check(rc != 0 and f"dotspool: {path}:2: 'max-errors': '0' is not a number in [1, 1000]" in err,
               f"--config with a bad file: exit {rc}, {err.strip()!r}")
 

@@ -115,8 +115,6 @@ static void put(struct spool_lane *l, struct spool_syncio *sio, const struct ds_
 		const char *body, size_t len, const char *out, uint64_t cookie)
 {
 	struct spool_txn t;
-	char id[24], path[512];
-	FILE *f;
 
 	if (spool_txn_begin(l, &t))
 		exit(1);
@@ -130,15 +128,7 @@ static void put(struct spool_lane *l, struct spool_syncio *sio, const struct ds_
 	if (spool_txn_commit(l, &t, env, cookie))
 		exit(1);
 	spool_syncio_run(sio);
-	spool_id_format(t.id, id, sizeof(id));
-	snprintf(path, sizeof(path), "%s/%s.eml", out, id);
-	f = fopen(path, "wb");
-	if (!f || fwrite(body, 1, len, f) != len || fclose(f))
-		exit(1);
-	snprintf(path, sizeof(path), "%s/ids", out);
-	f = fopen(path, "a");
-	fprintf(f, "%s\n", id);
-	fclose(f);
+	record(out, t.id, body, len);
 }
 
 int main(int argc, char **argv)

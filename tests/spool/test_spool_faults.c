@@ -44,6 +44,19 @@ static void cfg_make(struct spool_config *cfg, const char *dir)
 	cfg->buffer_size = 256 * 1024;
 }
 
+/* A lane on dir driven by the synchronous ops (real files, no simulator). */
+static struct spool_lane *synclane_open(const char *dir, struct results *r, struct spool_syncio **sio)
+{
+	struct spool_config cfg;
+	struct spool_lane *l;
+
+	cfg_make(&cfg, dir);
+	CHECK(spool_syncio_create(sio, on_settled, r) == 0);
+	CHECK(spool_lane_open(&l, &cfg, 0, spool_syncio_ops(), *sio) == 0);
+	spool_syncio_attach(*sio, l);
+	return l;
+}
+
 /* One small message: begin, append, commit. */
 static int put(struct spool_lane *l, uint64_t cookie, size_t size, uint64_t *id)
 {
@@ -364,16 +377,11 @@ static void test_direct(void)
 /* A spool of n messages written with the synchronous ops; returns the active segment path. */
 static void make_real(const char *dir, int n, char *seg_path, size_t cap)
 {
-	struct spool_config cfg;
 	struct results r = {0};
 	struct spool_syncio *sio;
-	struct spool_lane *l;
+	struct spool_lane *l = synclane_open(dir, &r, &sio);
 	uint64_t id;
 
-	cfg_make(&cfg, dir);
-	CHECK(spool_syncio_create(&sio, on_settled, &r) == 0);
-	CHECK(spool_lane_open(&l, &cfg, 0, spool_syncio_ops(), sio) == 0);
-	spool_syncio_attach(sio, l);
 	for (int i = 0; i < n; i++) {
 		CHECK(put(l, (uint64_t)i, 700 + (size_t)i * 50, &id) == 0);
 		spool_syncio_run(sio);
@@ -600,16 +608,11 @@ static volatile int live_done;
 static void *live_writer(void *arg)
 {
 	const char *dir = arg;
-	struct spool_config cfg;
 	struct results r = {0};
 	struct spool_syncio *sio;
-	struct spool_lane *l;
+	struct spool_lane *l = synclane_open(dir, &r, &sio);
 	uint64_t id;
 
-	cfg_make(&cfg, dir);
-	CHECK(spool_syncio_create(&sio, on_settled, &r) == 0);
-	CHECK(spool_lane_open(&l, &cfg, 0, spool_syncio_ops(), sio) == 0);
-	spool_syncio_attach(sio, l);
 	for (int i = 0; i < 200; i++) {
 		CHECK(put(l, (uint64_t)(i % MAXC), 2000 + (size_t)(i % 7) * 3000, &id) == 0);
 		if (i % 3 == 0) {
