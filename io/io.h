@@ -24,6 +24,11 @@ struct io_log;
 #define IO_LISTEN_MAX  16
 #define IO_DOMAIN_MAX  256
 #define IO_THREADS_MAX 64
+/* io_uring submission queue per worker (--ring-entries); the kernel's limit is 32768. */
+#define IO_RING_ENTRIES_MIN 4
+#define IO_RING_ENTRIES_MAX 32768
+/* Completion queue: at least this, and at least 2 x the submission queue. */
+#define IO_RING_CQ_ENTRIES_MIN 16384
 
 enum io_listen_kind {
 	IO_LISTEN_SMTP,
@@ -55,6 +60,7 @@ struct io_config {
 	uint32_t recv_buffers;		 /* provided buffers per worker */
 	uint32_t recv_buffer_size;	 /* bytes each */
 	uint32_t pending_input_max;	 /* per-connection unread input bytes before recv stops */
+	uint32_t ring_entries;		 /* io_uring submission queue entries per worker */
 	struct smtp_config smtp;
 	struct spool_config spool;
 	char spool_dir[4096];

@@ -98,6 +98,8 @@ static const struct opt_def opts[] = {
 	 "N provided receive buffers per worker (power of 2)"},
 	{"pending-input-max", OPT_U32, CF(pending_input_max), 4096, 64 << 20, 0,
 	 "BYTES unread input per connection before it stops being read"},
+	{"ring-entries", OPT_U32, CF(ring_entries), IO_RING_ENTRIES_MIN, IO_RING_ENTRIES_MAX, 0,
+	 "N io_uring submission queue entries per worker (completion queue: at least 16384 and 2 x N)"},
 };
 
 static int fail(char *err, size_t cap, const char *fmt, ...)
@@ -127,6 +129,7 @@ void io_config_defaults(struct io_config *cfg)
 	cfg->recv_buffers = 1024;
 	cfg->recv_buffer_size = 4096;
 	cfg->pending_input_max = 64 * 1024;
+	cfg->ring_entries = 2048;
 	snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
 	cfg->log_ring_size = 1u << 20;
 }

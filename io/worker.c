@@ -201,12 +201,19 @@ static int ring_setup(struct io_worker *w)
 		IORING_SETUP_COOP_TASKRUN,
 		0,
 	};
+	/* The kernel rounds both sizes up to a power of 2 and wants CQ >= SQ. */
+	uint32_t sq_entries = w->cfg->ring_entries;
+	DS_ASSERT(sq_entries >= IO_RING_ENTRIES_MIN && sq_entries <= IO_RING_ENTRIES_MAX);
+	uint32_t sq_pow2 = 1;
+	while (sq_pow2 < sq_entries)
+		sq_pow2 <<= 1;
+	uint32_t cq_entries = DS_MAX((uint32_t)IO_RING_CQ_ENTRIES_MIN, 2 * sq_pow2);
 	int ret = -EINVAL;
 	for (size_t i = 0; i < DS_ARRAY_SIZE(flag_sets); i++) {
 		memset(&p, 0, sizeof(p));
 		p.flags = flag_sets[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
-		p.cq_entries = 16384;
-		ret = io_uring_queue_init_params(2048, &w->ring, &p);
+		p.cq_entries = cq_entries;
+		ret = io_uring_queue_init_params(sq_entries, &w->ring, &p);
 		if (ret == 0) {
 			w->ring_up = true;
 			if (w->no == 0 && i > 0)

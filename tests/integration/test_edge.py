@@ -6,7 +6,9 @@
 - a half-close in the middle of DATA stores nothing and the connection closes;
 - an envelope whose commit record does not fit the lane's staging memory at
   the end of data (1000 long recipients behind a body that filled it) is
-  committed once writes free room, not refused with 451."""
+  committed once writes free room, not refused with 451;
+- a tiny io_uring (--ring-entries 8) fills its submission queue all the time
+  and still serves every message."""
 import socket
 import time
 
@@ -105,7 +107,42 @@ def one_per_spool(t):
     t.eq(srv.stop(), 0, "server exits 0 again")
 
 
+def tiny_ring(t):
+    """--ring-entries 8: every turn overflows the submission queue (io_sqe() submits and retries)."""
+    srv = t.server(threads=1, extra=["--ring-entries", "8"]).start()
+    c = dslib.RawSMTP("127.0.0.1", srv.port)
+    t.eq(c.reply()[0], 220, "ring-entries 8: banner")
+    t.eq(c.cmd("EHLO ring.example")[0], 250, "EHLO")
+    t.eq(c.cmd("MAIL FROM:<a@localhost>")[0], 250, "MAIL")
+    t.eq(c.cmd("RCPT TO:<u@localhost>")[0], 250, "RCPT")
+    t.eq(c.cmd("DATA")[0], 354, "DATA")
+    body = b"Subject: tiny ring\r\n\r\n" + dslib.body_lines(100000)
+    c.send(body + b".\r\n")
+    code, text = c.reply()
+    t.eq(code, 250, "ring-entries 8: the message gets 250", text)
+    c.quit()
+    # More connections than SQ entries, each pipelining a whole transaction.
+    conns = []
+    for i in range(24):
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=20)
+        conns.append(s)
+    for i, s in enumerate(conns):
+        s.sendall(b"EHLO ring.example\r\nMAIL FROM:<a@localhost>\r\nRCPT TO:<u@localhost>\r\nDATA\r\n" +
+                  b"Subject: ring %d\r\n\r\n" % i + dslib.body_lines(20000) + b".\r\nQUIT\r\n")
+    ok = 0
+    for s in conns:
+        data, eof = read_to_eof(s, 20)
+        s.close()
+        ok += eof and b"queued as" in data and b"\r\n221" in data
+    t.eq(ok, 24, "ring-entries 8: 24 concurrent pipelined transactions each get 250 and 221")
+    t.eq(len(dslib.list_json(t.build, srv.spool)), 25, "25 messages stored")
+    v = srv.verify()
+    t.eq(v.returncode, 0, "dotspool-ctl verify exits 0", v.stdout + v.stderr)
+    t.eq(srv.stop(), 0, "server exits 0")
+
+
 def main(t):
+    tiny_ring(t)
     half_close(t)
     big_envelope(t)
     one_per_spool(t)

@@ -56,6 +56,9 @@ MATRIX = [
     ("segment-size not a multiple of 4096", "segment-size = 1048577\nspool-buffer-size = 256K\n", 1,
      "'segment-size': '1048577' is not a multiple of 4096"),
 
+    ("ring-entries below 4", "ring-entries = 3\n", 1, "'ring-entries': '3' is not a number in [4, 32768]"),
+    ("ring-entries above 32768", "ring-entries = 32769\n", 1,
+     "'ring-entries': '32769' is not a number in [4, 32768]"),
     ("not a power of 2", "recv-buffers = 1000\n", 1, "'recv-buffers': '1000' is not a power of 2"),
     ("unknown key", "threads = 2\nthread = 2\n", 2, "unknown key 'thread'"),
     ("unknown key (flag only)", "no-prewrite = true\n", 1, "unknown key 'no-prewrite'"),
