@@ -47,8 +47,9 @@ struct smtp_cmd {
 
 /*
  * Parse one complete command line (len bytes, ending in LF). Returns 0,
- * -EILSEQ for a bare CR, bare LF or NUL (the line is still a line: the
- * caller stays in sync at the LF), -EINVAL for MAIL/RCPT without FROM:/TO:.
+ * -EILSEQ for a bare CR or bare LF (the line does not end in CRLF, or has a
+ * CR or LF inside: the session closes, since a peer may have split the
+ * line there), -EBADMSG for a NUL, -EINVAL for MAIL/RCPT without FROM:/TO:.
  * An unknown verb is not an error here (verb = SMTP_VERB_UNKNOWN).
  */
 int smtp_parse_command(const uint8_t *line, size_t len, struct smtp_cmd *cmd);

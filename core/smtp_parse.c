@@ -55,13 +55,14 @@ int smtp_parse_command(const uint8_t *line, size_t len, struct smtp_cmd *cmd)
 {
 	DS_ASSERT(len >= 1 && line[len - 1] == '\n');
 	memset(cmd, 0, sizeof(*cmd));
-	/* Only CRLF ends a line; anything else in it is an error, never a separator. */
+	/* Only CRLF ends a line; a bare CR or bare LF is an error, never a separator. */
 	if (len < 2 || line[len - 2] != '\r')
 		return -EILSEQ;
 	size_t n = len - 2;
-	for (size_t i = 0; i < n; i++)
-		if (line[i] == '\r' || line[i] == '\n' || line[i] == '\0')
-			return -EILSEQ;
+	if (memchr(line, '\r', n) || memchr(line, '\n', n))
+		return -EILSEQ;
+	if (memchr(line, '\0', n))
+		return -EBADMSG;
 
 	const char *p = (const char *)line;
 	size_t vlen = 0;

@@ -60,6 +60,8 @@ struct smtp_session {
 	bool tls;
 	bool shutting_down;
 	bool cmd_overflow; /* discarding the rest of an over-long command line */
+	bool cmd_prev_cr;  /* ... whose last byte so far is a CR */
+	bool cmd_bare;	   /* ... which has a bare CR or bare LF */
 	bool mail_given;
 	bool sink_open; /* data_begin called, neither commit nor abort yet */
 	bool bdat_started;
@@ -929,13 +931,51 @@ static bool shutdown_allows(const struct smtp_session *s, enum smtp_verb v)
 	return s->mail_given && (v == SMTP_VERB_RCPT || v == SMTP_VERB_DATA || v == SMTP_VERB_BDAT);
 }
 
+/*
+ * A bare CR or bare LF in a command line: another program on the path may
+ * have ended the line there and seen what follows as the next command
+ * (SMTP smuggling). Answer once and close; never run the bytes after it.
+ * Like Postfix's smtpd_forbid_bare_newline.
+ */
+static enum smtp_status bare_close(struct smtp_session *s)
+{
+	reply(s, "500 5.5.2 Error: bare CR or bare LF in command line (lines end with CRLF), closing");
+	txn_reset(s);
+	s->state = ST_CLOSED;
+	return SMTP_CLOSE;
+}
+
+/* An over-long command line is dropped unparsed; still note a bare CR or bare LF in it. */
+static void overflow_scan(struct smtp_session *s, const uint8_t *p, size_t n)
+{
+	for (size_t i = 0; i < n; i++) {
+		if (s->cmd_prev_cr != (p[i] == '\n'))
+			s->cmd_bare = true;
+		s->cmd_prev_cr = p[i] == '\r';
+	}
+}
+
+static enum smtp_status overflow_end(struct smtp_session *s)
+{
+	bool bare = s->cmd_bare;
+
+	s->cmd_overflow = false;
+	s->cmd_prev_cr = false;
+	s->cmd_bare = false;
+	if (bare)
+		return bare_close(s);
+	return cmd_fail(s, "500 5.5.2 Error: line too long");
+}
+
 static enum smtp_status process_line(struct smtp_session *s, const uint8_t *line, size_t len)
 {
 	struct smtp_cmd c;
 	int r = smtp_parse_command(line, len, &c);
 
 	if (r == -EILSEQ)
-		return cmd_fail(s, "500 5.5.2 Error: bare CR, bare LF or NUL in command");
+		return bare_close(s);
+	if (r == -EBADMSG)
+		return cmd_fail(s, "500 5.5.2 Error: NUL in command");
 	if (s->shutting_down && !shutdown_allows(s, c.verb)) {
 		reply(s, "421 4.3.2 %s Service shutting down, closing", s->cfg->hostname);
 		txn_reset(s);
@@ -1032,20 +1072,22 @@ enum smtp_status smtp_session_input(struct smtp_session *s, const uint8_t *buf, 
 			const uint8_t *lf = memchr(buf + pos, '\n', len - pos);
 			size_t n = lf ? (size_t)(lf - (buf + pos)) + 1 : len - pos;
 			if (s->cmd_overflow) {
+				overflow_scan(s, buf + pos, n);
 				pos += n;
-				if (lf) {
-					s->cmd_overflow = false;
-					st = cmd_fail(s, "500 5.5.2 Error: line too long");
-				}
+				if (lf)
+					st = overflow_end(s);
 			} else if ((uint64_t)s->cmd_len + n > cap) {
 				/* Over-long: drop it all, up to and including its LF; never parse the rest.
 				 */
+				s->cmd_overflow = true;
+				s->cmd_prev_cr = false;
+				s->cmd_bare = false;
+				overflow_scan(s, s->cmd, s->cmd_len);
+				overflow_scan(s, buf + pos, n);
 				pos += n;
 				s->cmd_len = 0;
 				if (lf)
-					st = cmd_fail(s, "500 5.5.2 Error: line too long");
-				else
-					s->cmd_overflow = true;
+					st = overflow_end(s);
 			} else if (!lf) {
 				memcpy(s->cmd + s->cmd_len, buf + pos, n);
 				s->cmd_len += (uint32_t)n;
@@ -1081,6 +1123,8 @@ void smtp_session_tls_started(struct smtp_session *s, const char *tls_desc)
 	s->tls = true;
 	s->cmd_len = 0;
 	s->cmd_overflow = false;
+	s->cmd_prev_cr = false;
+	s->cmd_bare = false;
 	size_t n = 0;
 	for (const char *p = tls_desc ? tls_desc : ""; *p && n + 1 < sizeof(s->tls_desc); p++)
 		s->tls_desc[n++] = (*p > ' ' && *p < 127) || *p == ' ' ? *p : '_';

@@ -206,7 +206,9 @@ static void test_command(void **st)
 	assert_int_equal(CMD("NOOP\n"), -EILSEQ);
 	assert_int_equal(CMD("NO\rOP\r\n"), -EILSEQ);
 	assert_int_equal(CMD("NO\nOP\r\n"), -EILSEQ);
-	assert_int_equal(smtp_parse_command((const uint8_t *)"NO\0P\r\n", 6, &c), -EILSEQ);
+	assert_int_equal(smtp_parse_command((const uint8_t *)"NO\0P\r\n", 6, &c), -EBADMSG);
+	assert_int_equal(smtp_parse_command((const uint8_t *)"NO\0P\r\r\n", 7, &c), -EILSEQ);
+	assert_int_equal(CMD("NOOP\r\r\n"), -EILSEQ);
 	assert_int_equal(CMD("XYZZY\r\n"), 0);
 	assert_int_equal(c.verb, SMTP_VERB_UNKNOWN);
 	assert_int_equal(CMD("STARTTLS\r\n"), 0);

@@ -8,7 +8,9 @@
   the end of data (1000 long recipients behind a body that filled it) is
   committed once writes free room, not refused with 451;
 - a tiny io_uring (--ring-entries 8) fills its submission queue all the time
-  and still serves every message."""
+  and still serves every message;
+- a bare LF or bare CR in a command line gets one 500 5.5.2 and the
+  connection closes; the pipelined bytes after it are never executed."""
 import socket
 import time
 
@@ -141,8 +143,33 @@ def tiny_ring(t):
     t.eq(srv.stop(), 0, "server exits 0")
 
 
+def bare_newline(t):
+    srv = t.server(threads=1).start()
+    cases = [
+        ("bare LF in the first command", b"EHLO a\nMAIL FROM:<x@localhost>\r\nRCPT TO:<u@localhost>\r\nNOOP\r\n"),
+        ("bare CR in the first command", b"EHLO a\rNOOP\r\nNOOP\r\n"),
+        ("bare LF after EHLO", b"EHLO a\r\nMAIL FROM:<x@localhost>\nRCPT TO:<u@localhost>\r\nDATA\r\n"
+                               b"Subject: smuggled\r\n\r\nx\r\n.\r\nQUIT\r\n"),
+    ]
+    for what, data in cases:
+        s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+        s.sendall(data)
+        out, eof = read_to_eof(s)
+        s.close()
+        replies = [l for l in out.split(b"\r\n") if l][1:]  # after the banner
+        if data.startswith(b"EHLO a\r\n"):  # the EHLO reply, up to its last line
+            while replies and replies.pop(0).startswith(b"250-"):
+                pass
+        t.check(eof, what + ": the server closes the connection", out)
+        t.check(len(replies) == 1 and replies[0].startswith(b"500 5.5.2 ") and b"bare" in replies[0],
+                what + ": one 500 5.5.2 reply, nothing executed after the bare newline", out)
+    t.eq(len(dslib.list_json(t.build, srv.spool)), 0, "nothing stored")
+    t.eq(srv.stop(), 0, "server exits 0")
+
+
 def main(t):
     tiny_ring(t)
+    bare_newline(t)
     half_close(t)
     big_envelope(t)
     one_per_spool(t)
