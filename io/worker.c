@@ -53,15 +53,40 @@ struct io_uring_sqe *io_sqe(struct io_worker *w)
 
 /* ---- spool storage interface, implemented with io_uring ---- */
 
-static int ops_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link)
+static int ops_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag)
 {
 	struct io_worker *w = ctx;
 	DS_ASSERT(tag <= IO_TAG_MASK);
 	struct io_uring_sqe *sqe = io_sqe(w);
 	io_uring_prep_write(sqe, fd, buf, len, off);
-	if (link)
-		sqe->flags |= IOSQE_IO_LINK;
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SPOOL, tag));
+	return 0;
+}
+
+/*
+ * A write and the fdatasync linked to it take their two SQEs in one go.
+ * Taken one by one, a full SQ would make io_sqe() submit the write alone
+ * as a dangling link head, and the fdatasync would go out later, unlinked,
+ * free to complete before the write reached the page cache: a 250 for
+ * bytes that were never flushed.
+ */
+static int ops_write_flush(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t wtag,
+			   int flush_fd, uint64_t ftag)
+{
+	struct io_worker *w = ctx;
+	DS_ASSERT(wtag <= IO_TAG_MASK && ftag <= IO_TAG_MASK);
+	if (io_uring_sq_space_left(&w->ring) < 2)
+		io_uring_submit(&w->ring);
+	if (io_uring_sq_space_left(&w->ring) < 2)
+		return -EAGAIN; /* the kernel took nothing (-EBUSY): the lane tries again next turn */
+	struct io_uring_sqe *wsqe = io_uring_get_sqe(&w->ring);
+	struct io_uring_sqe *fsqe = io_uring_get_sqe(&w->ring);
+	DS_ASSERT(wsqe != NULL && fsqe != NULL);
+	io_uring_prep_write(wsqe, fd, buf, len, off);
+	wsqe->flags |= IOSQE_IO_LINK;
+	io_uring_sqe_set_data64(wsqe, io_ud(IO_OP_SPOOL, wtag));
+	io_uring_prep_fsync(fsqe, flush_fd, IORING_FSYNC_DATASYNC);
+	io_uring_sqe_set_data64(fsqe, io_ud(IO_OP_SPOOL, ftag));
 	return 0;
 }
 
@@ -128,6 +153,7 @@ static void spool_gauges(struct io_worker *w, int64_t now_ms)
 static const struct spool_io_ops io_spool_ops = {
 	.write = ops_write,
 	.flush = ops_flush,
+	.write_flush = ops_write_flush,
 	.write_dsync = ops_write_dsync,
 	.settled = ops_settled,
 };

@@ -58,8 +58,26 @@
 #define DIO_ALIGN_DOWN(x) ((x) & ~(uint64_t)(DIO_BLOCK - 1))
 #define DIO_ALIGN_UP(x)	  DIO_ALIGN_DOWN((x) + DIO_BLOCK - 1)
 
+/*
+ * A segment's open files. Linux reports a writeback error once per open
+ * file description (errseq_t): of two fdatasyncs in flight on one
+ * descriptor, the one that runs first may consume the error of the other's
+ * range, and the other then returns 0 for data that never reached the
+ * disk. So an op whose success means "durable" (flush, seal, DSYNC write)
+ * holds a descriptor of its own while it is in flight: a segment is opened
+ * once per such op that may be in flight (flushes_in_flight_max, plus its
+ * seal). Buffered writes, whose errors are not writeback errors, use fd[0].
+ */
+#define SEG_FDS_MAX (16 + 1)
+
+struct seg_files {
+	int fd[SEG_FDS_MAX];
+	uint32_t n;
+};
+
 struct lane_seg {
-	int fd;
+	struct seg_files files;
+	uint32_t fd_busy; /* bit i: files.fd[i] is held by a flush, seal or DSYNC write */
 	uint64_t seq, epoch;
 	uint64_t lstart;      /* logical position of file offset SPOOL_SEG_DATA_OFF */
 	uint64_t lend;	      /* UINT64_MAX while active */
@@ -79,6 +97,7 @@ struct lane_op {
 	uint64_t lstart; /* write: first byte; flush: cover */
 	uint32_t len, done;
 	uint32_t retries;
+	int slot; /* seg->files.fd[slot] held by this op, -1 none */
 	uint64_t t_start_ns;
 };
 
@@ -117,10 +136,12 @@ struct spool_lane {
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	bool thr_started, stop, spare_want, spare_ready;
-	bool spare_odirect;   /* the spare's fd has O_DIRECT */
+	bool spare_odirect;   /* the spare's files have O_DIRECT */
 	bool odirect_refused; /* O_DIRECT was refused once: stop asking (read by the spare thread) */
-	int spare_err, spare_fd;
+	int spare_err;
+	struct seg_files spare_files;
 	uint64_t spare_seq, spare_epoch, next_seq;
+	uint64_t prepare_errors; /* failed spare preparations (atomic: the spare thread counts) */
 
 	bool direct;	       /* direct write discipline (decided at the first roll) */
 	uint32_t dio_inflight; /* direct writes in flight */
@@ -204,12 +225,62 @@ static int fsync_dir(const char *path)
 	return rc;
 }
 
+static void seg_files_close(struct seg_files *f)
+{
+	for (uint32_t i = 0; i < f->n; i++)
+		close(f->fd[i]);
+	f->n = 0;
+}
+
+/* Descriptors per segment: one per flush that may be in flight, one for the seal. */
+static uint32_t seg_files_count(const struct spool_lane *l)
+{
+	return DS_MIN(l->cfg.flushes_in_flight_max + 1, (uint32_t)SEG_FDS_MAX);
+}
+
+/* f->fd[0] is open; open the others the same way (each its own file description). */
+static int seg_files_open(const char *path, int flags, uint32_t n, struct seg_files *f)
+{
+	DS_ASSERT(f->n == 1 && n <= SEG_FDS_MAX);
+	while (f->n < n) {
+		int fd = open(path, flags);
+		if (fd < 0)
+			return -errno;
+		f->fd[f->n++] = fd;
+	}
+	return 0;
+}
+
+/* fsync the directory that holds path (its last component's parent). */
+static int fsync_parent(const char *path)
+{
+	char parent[PATH_MAX];
+	size_t n = strlen(path);
+
+	if (n >= sizeof(parent))
+		return -ENAMETOOLONG;
+	memcpy(parent, path, n + 1);
+	while (n > 1 && parent[n - 1] == '/')
+		parent[--n] = 0;
+	while (n > 0 && parent[n - 1] != '/')
+		n--;
+	if (n == 0)
+		return fsync_dir(".");
+	while (n > 1 && parent[n - 1] == '/')
+		n--;
+	parent[n] = 0;
+	return fsync_dir(parent);
+}
+
 /*
  * Create, allocate, zero-fill, stamp and make durable one segment, so the
  * hot path's fdatasync never has to commit metadata (size, extents).
+ * On failure *seq_free says whether no file of that name is left behind
+ * (the sequence number can be used again: a gap in a lane's sequence
+ * would cut the body of a message that spans it).
  */
-static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t *epoch_out,
-		       bool *odirect_out)
+static int seg_prepare(struct spool_lane *l, uint64_t seq, struct seg_files *files, uint64_t *epoch_out,
+		       bool *odirect_out, bool *seq_free)
 {
 	char path[PATH_MAX];
 	uint8_t hdr[SPOOL_SEG_HDR_SIZE];
@@ -217,6 +288,8 @@ static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t
 	uint64_t size = l->cfg.segment_size;
 	int fd, rc;
 
+	*seq_free = true;
+	files->n = 0;
 	if (l->cfg.lane_bytes_max) {
 		uint64_t *seqs;
 		int n = spool_seg_list(l->lane_dir, &seqs);
@@ -230,8 +303,10 @@ static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t
 	if (rc)
 		return rc;
 	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-	if (fd < 0)
+	if (fd < 0) {
+		*seq_free = errno != EEXIST;
 		return -errno;
+	}
 	if (fallocate(fd, 0, 0, (off_t)size)) {
 		rc = -errno;
 		if (rc == -EOPNOTSUPP && !ftruncate(fd, (off_t)size))
@@ -312,12 +387,21 @@ static int seg_prepare(struct spool_lane *l, uint64_t seq, int *fd_out, uint64_t
 			goto fail;
 		}
 	}
-	*fd_out = fd;
+	files->fd[0] = fd;
+	files->n = 1;
+	rc = seg_files_open(path, O_RDWR | O_CLOEXEC | (*odirect_out ? O_DIRECT : 0), seg_files_count(l),
+			    files);
+	if (rc) {
+		seg_files_close(files);
+		fd = -1;
+		goto fail;
+	}
 	*epoch_out = h.epoch;
 	return 0;
 fail:
-	close(fd);
-	unlink(path);
+	if (fd >= 0)
+		close(fd);
+	*seq_free = !unlink(path) || errno == ENOENT;
 	return rc;
 }
 
@@ -328,8 +412,9 @@ static void *spare_main(void *arg)
 	pthread_mutex_lock(&l->mu);
 	while (!l->stop) {
 		uint64_t seq, epoch = 0;
-		int fd = -1, rc;
-		bool odirect = false;
+		struct seg_files files = {.n = 0};
+		int rc;
+		bool odirect = false, seq_free = false;
 
 		if (!l->spare_want || l->spare_ready) {
 			pthread_cond_wait(&l->cv, &l->mu);
@@ -337,13 +422,17 @@ static void *spare_main(void *arg)
 		}
 		seq = l->next_seq++;
 		pthread_mutex_unlock(&l->mu);
-		rc = seg_prepare(l, seq, &fd, &epoch, &odirect);
+		rc = seg_prepare(l, seq, &files, &epoch, &odirect, &seq_free);
 		pthread_mutex_lock(&l->mu);
 		l->spare_want = false;
 		if (rc) {
+			/* Reuse the number: a txn open across the next roll must find seq + 1. */
+			if (seq_free && l->next_seq == seq + 1)
+				l->next_seq = seq;
+			__atomic_add_fetch(&l->prepare_errors, 1, __ATOMIC_RELAXED);
 			__atomic_store_n(&l->spare_err, rc, __ATOMIC_RELAXED);
 		} else {
-			l->spare_fd = fd;
+			l->spare_files = files;
 			l->spare_seq = seq;
 			l->spare_epoch = epoch;
 			l->spare_odirect = odirect;
@@ -417,8 +506,8 @@ static void segs_reap(struct spool_lane *l)
 			break;
 		if (!(s->sealed || s->failed) || s->ops_inflight || l->submitted < s->lend)
 			break;
-		close(s->fd);
-		s->fd = -1;
+		DS_ASSERT(!s->fd_busy);
+		seg_files_close(&s->files);
 		l->seg_first = (l->seg_first + 1) % LANE_SEGS_MAX;
 		l->seg_count--;
 	}
@@ -472,7 +561,7 @@ static int lane_roll(struct spool_lane *l)
 	}
 	s = &l->segs[(l->seg_first + l->seg_count) % LANE_SEGS_MAX];
 	memset(s, 0, sizeof(*s));
-	s->fd = l->spare_fd;
+	s->files = l->spare_files;
 	s->seq = l->spare_seq;
 	s->epoch = l->spare_epoch;
 	s->lstart = l->head;
@@ -483,7 +572,7 @@ static int lane_roll(struct spool_lane *l)
 	l->seg_count++;
 	l->have_active = true;
 	__atomic_store_n(&l->spare_ready, false, __ATOMIC_RELEASE);
-	l->spare_fd = -1;
+	l->spare_files.n = 0;
 	spare_request_locked(l);
 	pthread_mutex_unlock(&l->mu);
 	l->st.segments_opened++;
@@ -502,10 +591,46 @@ static struct lane_op *op_alloc(struct spool_lane *l, uint32_t kind, struct lane
 		op->kind = kind;
 		op->gen = ++l->op_gen & 0xffffff;
 		op->seg = s;
+		op->slot = -1;
 		*tag = ((uint64_t)op->gen << 32) | i;
 		return op;
 	}
 	return NULL;
+}
+
+/* Hold a descriptor of s of its own for op (see struct seg_files); false if all are held. */
+static bool op_take_fd(struct lane_op *op)
+{
+	struct lane_seg *s = op->seg;
+
+	DS_ASSERT(op->slot < 0);
+	for (uint32_t i = 0; i < s->files.n; i++)
+		if (!(s->fd_busy & (1u << i))) {
+			s->fd_busy |= 1u << i;
+			op->slot = (int)i;
+			return true;
+		}
+	return false;
+}
+
+static bool seg_fd_free(const struct lane_seg *s)
+{
+	return s->fd_busy != (1u << s->files.n) - 1;
+}
+
+static int op_fd(const struct lane_op *op)
+{
+	return op->seg->files.fd[op->slot < 0 ? 0 : op->slot];
+}
+
+static void op_free(struct lane_op *op)
+{
+	if (op->slot >= 0) {
+		DS_ASSERT(op->seg->fd_busy & (1u << op->slot));
+		op->seg->fd_busy &= ~(1u << op->slot);
+	}
+	op->slot = -1;
+	op->kind = OP_FREE;
 }
 
 static uint64_t op_tag(struct spool_lane *l, struct lane_op *op)
@@ -590,6 +715,21 @@ static bool want_flush(struct spool_lane *l)
 	return last->lend > s->lstart && last->lend > s->flush_req_l;
 }
 
+/* Bookkeeping of a flush or seal the ops took (alone or behind its write). */
+static void flush_submitted(struct spool_lane *l, struct lane_op *op)
+{
+	struct lane_seg *s = op->seg;
+
+	s->ops_inflight++;
+	l->ops_inflight++;
+	if (op->kind == OP_FLUSH) {
+		l->flushes_inflight++;
+		s->flush_req_l = DS_MAX(s->flush_req_l, op->lstart);
+	} else {
+		s->sealing = true;
+	}
+}
+
 static int submit_flush(struct spool_lane *l, struct lane_seg *s, uint32_t kind, uint64_t cover)
 {
 	uint64_t tag;
@@ -598,31 +738,29 @@ static int submit_flush(struct spool_lane *l, struct lane_seg *s, uint32_t kind,
 
 	if (!op)
 		return -EAGAIN;
+	if (!op_take_fd(op)) {
+		op_free(op);
+		return -EAGAIN;
+	}
 	op->lstart = cover;
 	op->t_start_ns = now_ns();
-	rc = l->ops->flush(l->ctx, s->fd, tag);
+	rc = l->ops->flush(l->ctx, op_fd(op), tag);
 	if (rc) {
-		op->kind = OP_FREE;
+		op_free(op);
 		return rc;
 	}
-	s->ops_inflight++;
-	l->ops_inflight++;
-	if (kind == OP_FLUSH) {
-		l->flushes_inflight++;
-		s->flush_req_l = DS_MAX(s->flush_req_l, cover);
-	} else {
-		s->sealing = true;
-	}
+	flush_submitted(l, op);
 	return 0;
 }
 
-static int submit_write(struct spool_lane *l, struct lane_op *op, bool link)
+/* A buffered write of what is left of op, on fd[0]. */
+static int submit_write(struct spool_lane *l, struct lane_op *op)
 {
 	struct lane_seg *s = op->seg;
 	uint64_t pos = op->lstart + op->done;
 
-	return l->ops->write(l->ctx, s->fd, l->ring + (pos % l->ring_size), op->len - op->done,
-			     seg_file_off(s, pos), op_tag(l, op), link);
+	return l->ops->write(l->ctx, s->files.fd[0], l->ring + (pos % l->ring_size), op->len - op->done,
+			     seg_file_off(s, pos), op_tag(l, op));
 }
 
 static uint64_t durable_off_for(struct spool_lane *l, struct lane_seg *s);
@@ -668,28 +806,48 @@ static bool dio_pad(struct spool_lane *l, struct lane_seg *s)
 
 /*
  * Hand len bytes of s from l->submitted to the kernel in one write: a DSYNC
- * write (direct mode) or a buffered one, linked to the flush that follows
- * it if link. On success the write counts as in flight and submitted moves
- * to end (a direct write may pass end into block padding). -EAGAIN/-EBUSY:
- * nothing happened, try on a later pump; any other error failed s.
+ * write (direct mode, on a descriptor of its own) or a buffered one; with
+ * flush, a buffered write and the fdatasync behind it, which the ops submit
+ * together (the flush runs only once the write completed in full). On
+ * success the write counts as in flight and submitted moves to end (a
+ * direct write may pass end into block padding). -EAGAIN/-EBUSY: nothing
+ * happened, try on a later pump; any other error failed s.
  */
 static int start_write(struct spool_lane *l, struct lane_seg *s, uint32_t len, uint64_t end, bool dsync,
-		       bool link)
+		       bool flush)
 {
-	uint64_t tag;
-	struct lane_op *op = op_alloc(l, OP_WRITE, s, &tag);
+	uint64_t tag, ftag = 0;
+	struct lane_op *op = op_alloc(l, OP_WRITE, s, &tag), *fop = NULL;
 	int rc;
 
 	if (!op)
 		return -EAGAIN;
+	if (flush)
+		fop = op_alloc(l, OP_FLUSH, s, &ftag);
+	if ((flush && (!fop || !op_take_fd(fop))) || (dsync && !op_take_fd(op))) {
+		if (fop)
+			op_free(fop);
+		op_free(op);
+		return -EAGAIN;
+	}
 	op->lstart = l->submitted;
 	op->len = len;
 	op->t_start_ns = now_ns();
-	rc = dsync ? l->ops->write_dsync(l->ctx, s->fd, l->ring + (op->lstart % l->ring_size), op->len,
-					 seg_file_off(s, op->lstart), tag)
-		   : submit_write(l, op, link);
+	if (dsync) {
+		rc = l->ops->write_dsync(l->ctx, op_fd(op), l->ring + (op->lstart % l->ring_size), op->len,
+					 seg_file_off(s, op->lstart), tag);
+	} else if (flush) {
+		fop->lstart = end;
+		fop->t_start_ns = op->t_start_ns;
+		rc = l->ops->write_flush(l->ctx, s->files.fd[0], l->ring + (op->lstart % l->ring_size),
+					 op->len, seg_file_off(s, op->lstart), tag, op_fd(fop), ftag);
+	} else {
+		rc = submit_write(l, op);
+	}
 	if (rc) {
-		op->kind = OP_FREE;
+		if (fop)
+			op_free(fop);
+		op_free(op);
 		if (rc != -EAGAIN && rc != -EBUSY)
 			seg_fail(l, s, rc);
 		return rc;
@@ -699,6 +857,8 @@ static int start_write(struct spool_lane *l, struct lane_seg *s, uint32_t len, u
 	l->ops_inflight++;
 	l->st.bytes_written += op->len;
 	l->submitted = end;
+	if (fop)
+		flush_submitted(l, fop);
 	return 0;
 }
 
@@ -798,16 +958,12 @@ static void lane_pump(struct spool_lane *l)
 							      LANE_COMMITS_MAX]
 						: NULL;
 			link = last && last->lend > s->lstart && last->lend > s->flush_req_l &&
-			       l->ops_inflight + 2 <= LANE_OPS_MAX; /* the flush must get a slot too */
+			       l->ops_inflight + 2 <= LANE_OPS_MAX && /* the flush must get a slot too */
+			       seg_fd_free(s);
 		}
 		rc = start_write(l, s, (uint32_t)(end - l->submitted), end, false, link);
 		if (rc == -EAGAIN || rc == -EBUSY)
 			break;
-		if (rc)
-			continue;
-		if (link && submit_flush(l, s, OP_FLUSH, end)) {
-			/* The link then has nothing to guard; a later pump flushes alone. */
-		}
 	}
 	/* Seal older segments once all their writes completed. */
 	for (unsigned i = 0; i < l->seg_count; i++) {
@@ -853,7 +1009,7 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 			/* Nothing: never trusted again. */
 		} else if ((res == -EAGAIN || res == -EINTR) && ++op->retries <= LANE_RETRY_MAX) {
 			/* Not performed: the same fresh blocks again (none of them acknowledged). */
-			int rc = l->ops->write_dsync(l->ctx, s->fd, l->ring + (op->lstart % l->ring_size),
+			int rc = l->ops->write_dsync(l->ctx, op_fd(op), l->ring + (op->lstart % l->ring_size),
 						     op->len, seg_file_off(s, op->lstart), tag);
 			if (!rc) {
 				lane_pump(l);
@@ -874,7 +1030,7 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 		s->ops_inflight--;
 		l->ops_inflight--;
 		l->dio_inflight--;
-		op->kind = OP_FREE;
+		op_free(op);
 		tail_update(l);
 		if (ok)
 			dio_durable(l, s);
@@ -897,8 +1053,8 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 			finished = op->done == op->len;
 		}
 		if (!finished) {
-			/* Short write or transient error: resubmit the rest (unlinked). */
-			int rc = submit_write(l, op, false);
+			/* Short write or transient error: resubmit the rest (alone). */
+			int rc = submit_write(l, op);
 			if (rc) {
 				seg_fail(l, s, rc);
 				finished = true;
@@ -908,7 +1064,7 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 			s->writes_inflight--;
 			s->ops_inflight--;
 			l->ops_inflight--;
-			op->kind = OP_FREE;
+			op_free(op);
 			tail_update(l);
 		}
 	} else {
@@ -916,7 +1072,7 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 		uint64_t cover = op->lstart;
 		uint64_t lat_us = (now_ns() - op->t_start_ns) / 1000;
 
-		op->kind = OP_FREE;
+		op_free(op);
 		s->ops_inflight--;
 		l->ops_inflight--;
 		if (kind == OP_FLUSH)
@@ -925,8 +1081,12 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 			s->sealing = false;
 		if (s->failed) {
 			/* Nothing: never trusted again. */
-		} else if (res == -ECANCELED || res == -EAGAIN || res == -EINTR) {
-			/* Never ran (its linked write was short): ask again later. */
+		} else if (res == -ECANCELED) {
+			/*
+			 * Never ran (its write was short): ask again later. Any
+			 * other error, -EINTR and -EAGAIN included, may have
+			 * consumed a writeback error: a failure.
+			 */
 			if (kind == OP_FLUSH) {
 				s->flush_req_l = s->durable_l;
 				for (uint32_t i = 0; i < LANE_OPS_MAX; i++)
@@ -960,6 +1120,7 @@ bool spool_lane_busy(const struct spool_lane *l)
 void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st)
 {
 	*st = l->st;
+	st->prepare_errors = __atomic_load_n(&l->prepare_errors, __ATOMIC_RELAXED);
 }
 
 /* ---- open/close ---- */
@@ -1009,7 +1170,7 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 	if (lane_no >= SPOOL_LANES_MAX || cfg->segment_size < SPOOL_SEGMENT_SIZE_MIN ||
 	    cfg->segment_size > SPOOL_SEGMENT_SIZE_MAX || (cfg->segment_size & 4095) ||
 	    cfg->buffer_size < SPOOL_BUFFER_SIZE_MIN || cfg->flushes_in_flight_max < 1 || !ops ||
-	    !ops->write || !ops->flush || !ops->settled)
+	    !ops->write || !ops->flush || !ops->write_flush || !ops->settled)
 		return -EINVAL;
 	l = calloc(1, sizeof(*l));
 	if (!l)
@@ -1018,7 +1179,6 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 	l->lane_no = lane_no;
 	l->ops = ops;
 	l->ctx = ops_ctx;
-	l->spare_fd = -1;
 	if (snprintf(l->dir, sizeof(l->dir), "%s", cfg->dir) >= (int)sizeof(l->dir) ||
 	    spool_lane_dir_path(l->lane_dir, sizeof(l->lane_dir), cfg->dir, lane_no)) {
 		free(l);
@@ -1033,7 +1193,12 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 	rc = ring_map(l, cfg->buffer_size);
 	if (rc)
 		goto fail;
-	if (mkdir(l->dir, 0750) && errno != EEXIST) {
+	if (mkdir(l->dir, 0750) == 0) {
+		/* A new spool directory's own name must survive a crash too. */
+		rc = fsync_parent(l->dir);
+		if (rc)
+			goto fail;
+	} else if (errno != EEXIST) {
 		rc = -errno;
 		goto fail;
 	}
@@ -1082,16 +1247,15 @@ void spool_lane_close(struct spool_lane *l)
 		pthread_mutex_destroy(&l->mu);
 		pthread_cond_destroy(&l->cv);
 	}
-	if (l->spare_ready && l->spare_fd >= 0) {
+	if (l->spare_ready && l->spare_files.n) {
 		/* An unused spare: remove it instead of leaving an empty segment per restart. */
 		char path[PATH_MAX];
 		if (!spool_seg_path(path, sizeof(path), l->dir, l->lane_no, l->spare_seq))
 			unlink(path);
-		close(l->spare_fd);
+		seg_files_close(&l->spare_files);
 	}
 	for (unsigned i = 0; i < l->seg_count; i++)
-		if (seg_at(l, i)->fd >= 0)
-			close(seg_at(l, i)->fd);
+		seg_files_close(&seg_at(l, i)->files);
 	if (l->ring)
 		munmap(l->ring, 2 * l->ring_size);
 	free(l->commits);

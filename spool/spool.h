@@ -33,10 +33,10 @@ struct spool_config {
 	uint64_t lane_bytes_max;
 	/* Added by spool/: how data reaches the disk (see FORMAT.md, "Write modes"). */
 	enum spool_io_mode {
-		SPOOL_IO_BUFFERED = 0, /* write to the page cache, fdatasync per group (default) */
-		SPOOL_IO_DIRECT = 1,   /* O_DIRECT segments, block-aligned RWF_DSYNC writes, never a
-					  block written twice; falls back to buffered per lane when
-					  O_DIRECT is refused (EINVAL, e.g. tmpfs) or ops has no write_dsync */
+		SPOOL_IO_BUFFERED = 0,		/* write to the page cache, fdatasync per group (default) */
+		SPOOL_IO_DIRECT = 1,		/* O_DIRECT segments, block-aligned RWF_DSYNC writes, never a
+						   block written twice; falls back to buffered per lane when
+						   O_DIRECT is refused (EINVAL, e.g. tmpfs) or ops has no write_dsync */
 		SPOOL_IO_DIRECT_NO_ODIRECT = 2, /* the direct write discipline on ordinary file
 						   descriptors (simulators, tests on tmpfs) */
 	} io_mode;
@@ -48,16 +48,26 @@ void spool_config_defaults(struct spool_config *cfg);
 struct spool_io_ops {
 	/*
 	 * Submit a write of buf[0, len) at offset off of fd. buf stays valid
-	 * until completion. If link is true, the next op submitted by this lane
-	 * (a flush) must run only after this write completes in full
-	 * (io_uring IOSQE_IO_LINK); a short write cancels it (-ECANCELED).
-	 * Completion: spool_lane_complete(lane, tag, res) with bytes written or -errno.
-	 * Tags always fit in 56 bits.
+	 * until completion. Completion: spool_lane_complete(lane, tag, res)
+	 * with bytes written or -errno. Tags always fit in 56 bits.
 	 * Return 0 or -errno (nothing submitted).
 	 */
-	int (*write)(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link);
-	/* Submit fdatasync(fd). Completion: spool_lane_complete(lane, tag, 0 or -errno). */
+	int (*write)(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag);
+	/*
+	 * Submit fdatasync(fd). Completion: spool_lane_complete(lane, tag, 0 or
+	 * -errno). The lane never has two flushes in flight on one fd (Linux
+	 * reports a writeback error once per open file).
+	 */
 	int (*flush)(void *ctx, int fd, uint64_t tag);
+	/*
+	 * A write (as above, tag wtag) and fdatasync(flush_fd) (tag ftag; another
+	 * descriptor of the same file), submitted together: the flush runs only
+	 * after the write completed in full (io_uring IOSQE_IO_LINK); a short or
+	 * failed write cancels it (-ECANCELED). Both or neither: return 0, or
+	 * -errno with nothing submitted.
+	 */
+	int (*write_flush)(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t wtag,
+			   int flush_fd, uint64_t ftag);
 	/*
 	 * Optional (SPOOL_IO_DIRECT): submit a write of buf[0, len) at off that is
 	 * durable when it completes (pwritev2 RWF_DSYNC; io_uring rw_flags). buf,
@@ -140,6 +150,7 @@ struct spool_lane_stats {
 	 * writes (plus seals). */
 	uint64_t pad_bytes;
 	bool direct;
+	uint64_t prepare_errors; /* failed segment preparations (disk full, EMFILE, EIO, quota) */
 };
 void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st);
 

@@ -20,7 +20,6 @@ struct spool_syncio {
 	void *settled_ctx;
 	struct syncio_cqe q[SYNCIO_QUEUE_MAX];
 	unsigned first, n;
-	bool link_failed; /* the previous linked write was short: cancel the next op */
 };
 
 static int push(struct spool_syncio *s, uint64_t tag, int res)
@@ -32,7 +31,7 @@ static int push(struct spool_syncio *s, uint64_t tag, int res)
 	return 0;
 }
 
-static int sio_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link)
+static int sio_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag)
 {
 	struct spool_syncio *s = ctx;
 	ssize_t w;
@@ -40,7 +39,6 @@ static int sio_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t 
 	if (s->n == SYNCIO_QUEUE_MAX)
 		return -EAGAIN;
 	w = pwrite(fd, buf, len, (off_t)off);
-	s->link_failed = link && w != (ssize_t)len;
 	return push(s, tag, w < 0 ? -errno : (int)w);
 }
 
@@ -50,11 +48,21 @@ static int sio_flush(void *ctx, int fd, uint64_t tag)
 
 	if (s->n == SYNCIO_QUEUE_MAX)
 		return -EAGAIN;
-	if (s->link_failed) {
-		s->link_failed = false;
-		return push(s, tag, -ECANCELED);
-	}
 	return push(s, tag, fdatasync(fd) ? -errno : 0);
+}
+
+static int sio_write_flush(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t wtag,
+			   int flush_fd, uint64_t ftag)
+{
+	struct spool_syncio *s = ctx;
+	ssize_t w;
+
+	if (s->n + 2 > SYNCIO_QUEUE_MAX)
+		return -EAGAIN;
+	w = pwrite(fd, buf, len, (off_t)off);
+	push(s, wtag, w < 0 ? -errno : (int)w);
+	/* A short or failed write cancels its linked flush. */
+	return push(s, ftag, w != (ssize_t)len ? -ECANCELED : fdatasync(flush_fd) ? -errno : 0);
 }
 
 static void sio_settled(void *ctx, uint64_t cookie, int res)
@@ -66,7 +74,7 @@ static void sio_settled(void *ctx, uint64_t cookie, int res)
 }
 
 static const struct spool_io_ops syncio_ops = {
-	.write = sio_write, .flush = sio_flush, .settled = sio_settled};
+	.write = sio_write, .flush = sio_flush, .write_flush = sio_write_flush, .settled = sio_settled};
 
 const struct spool_io_ops *spool_syncio_ops(void)
 {

@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 #include "sim_storage.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -28,8 +29,27 @@ struct sim_op {
 	uint64_t linked_id;
 	uint64_t cover_seq;
 	uint64_t id;
-	bool done;
+	bool done; /* a flush that ran (or was cancelled): res is its result, delivered later */
 	int res;
+};
+
+/*
+ * Linux's writeback error reporting (errseq_t): a failed writeback bumps
+ * the file's error sequence and drops the dirty data it was writing; each
+ * open file description reports an error it has not seen on its next
+ * fsync, once. A description opened while an error was unseen reports it
+ * too; one opened after the error was reported does not.
+ */
+struct sim_file {
+	uint64_t ino;
+	uint32_t err;
+	bool seen;
+};
+
+struct sim_fdesc {
+	int fd;
+	uint64_t ino;
+	uint32_t seen;
 };
 
 struct sim_vw {
@@ -52,16 +72,20 @@ struct sim {
 	unsigned nops;
 	struct sim_vw *vw;
 	size_t nvw, capvw;
-	uint64_t wseq, events, op_ids, last_write_id;
-	bool last_write_linked;
+	uint64_t wseq, events, op_ids;
 	uint32_t nflush, nwrite;
 	bool crashed;
 	/* DSYNC extents that may be on the disk: [off, end) of file ino, by op id. */
 	struct sim_dext {
 		uint64_t ino, off, end, op_id;
-	} *dext;
+	} * dext;
 	size_t ndext, capdext;
 	uint64_t dsync_done, torn_blocks;
+	struct sim_file *files;
+	size_t nfiles, capfiles;
+	struct sim_fdesc *fdescs;
+	size_t nfdescs, capfdescs;
+	uint64_t wb_errors;
 };
 
 static uint64_t rnd(struct sim *s)
@@ -101,17 +125,12 @@ static struct sim_op *op_push(struct sim *s, int kind, int fd, uint64_t tag, con
 	return op;
 }
 
-static int sim_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag, bool link)
+static int sim_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag)
 {
 	struct sim *s = ctx;
 	struct sim_op *op = op_push(s, SIM_WRITE, fd, tag, buf, len, off, false);
 
-	if (!op)
-		return -EAGAIN;
-	op->link = link;
-	s->last_write_id = op->id;
-	s->last_write_linked = link;
-	return 0;
+	return op ? 0 : -EAGAIN;
 }
 
 static uint64_t file_ino(int fd);
@@ -185,10 +204,25 @@ static int sim_flush(void *ctx, int fd, uint64_t tag)
 
 	if (!op)
 		return -EAGAIN;
-	op->linked_id = s->last_write_linked ? s->last_write_id : 0;
-	/* Adversarial: covers only the writes completed by now (plus the linked one). */
+	/* Adversarial: covers only the writes completed by now. */
 	op->cover_seq = s->wseq;
-	s->last_write_linked = false;
+	return 0;
+}
+
+/* The pair: the flush runs only after the write completed in full, and covers it. */
+static int sim_write_flush(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t wtag,
+			   int flush_fd, uint64_t ftag)
+{
+	struct sim *s = ctx;
+	struct sim_op *w, *f;
+
+	if (s->nops + 2 > SIM_OPS_MAX)
+		return -EAGAIN;
+	w = op_push(s, SIM_WRITE, fd, wtag, buf, len, off, false);
+	w->link = true;
+	f = op_push(s, SIM_FLUSH, flush_fd, ftag, NULL, 0, 0, false);
+	f->linked_id = w->id;
+	f->cover_seq = s->wseq;
 	return 0;
 }
 
@@ -199,7 +233,12 @@ static void sim_settled(void *ctx, uint64_t cookie, int res)
 }
 
 static const struct spool_io_ops ops = {
-	.write = sim_write, .flush = sim_flush, .write_dsync = sim_write_dsync, .settled = sim_settled};
+	.write = sim_write,
+	.flush = sim_flush,
+	.write_flush = sim_write_flush,
+	.write_dsync = sim_write_dsync,
+	.settled = sim_settled,
+};
 
 const struct spool_io_ops *sim_ops(void)
 {
@@ -228,6 +267,8 @@ void sim_destroy(struct sim *s)
 	}
 	free(s->vw);
 	free(s->dext);
+	free(s->files);
+	free(s->fdescs);
 	free(s);
 }
 
@@ -251,6 +292,77 @@ static uint64_t file_ino(int fd)
 	struct stat st;
 	DS_ASSERT(fstat(fd, &st) == 0);
 	return (uint64_t)st.st_ino;
+}
+
+static struct sim_file *file_get(struct sim *s, uint64_t ino)
+{
+	for (size_t i = 0; i < s->nfiles; i++)
+		if (s->files[i].ino == ino)
+			return &s->files[i];
+	if (s->nfiles == s->capfiles) {
+		s->capfiles = s->capfiles ? s->capfiles * 2 : 16;
+		s->files = realloc(s->files, s->capfiles * sizeof(*s->files));
+		DS_ASSERT(s->files);
+	}
+	s->files[s->nfiles] = (struct sim_file){.ino = ino};
+	return &s->files[s->nfiles++];
+}
+
+/* The open file description behind fd (the lane never dups: one fd number, one description). */
+static struct sim_fdesc *fdesc_get(struct sim *s, int fd, uint64_t ino)
+{
+	struct sim_file *f = file_get(s, ino);
+
+	for (size_t i = 0; i < s->nfdescs; i++)
+		if (s->fdescs[i].fd == fd && s->fdescs[i].ino == ino)
+			return &s->fdescs[i];
+	if (s->nfdescs == s->capfdescs) {
+		s->capfdescs = s->capfdescs ? s->capfdescs * 2 : 16;
+		s->fdescs = realloc(s->fdescs, s->capfdescs * sizeof(*s->fdescs));
+		DS_ASSERT(s->fdescs);
+	}
+	/* errseq_sample(): an error nobody has seen yet is reported to new opens as well. */
+	s->fdescs[s->nfdescs] = (struct sim_fdesc){.fd = fd, .ino = ino, .seen = f->seen ? f->err : 0};
+	return &s->fdescs[s->nfdescs++];
+}
+
+/*
+ * A writeback of ino failed. Every descriptor open on it now was opened
+ * before the error and will report it: register them all (the simulator
+ * sees a descriptor only when an op uses it) before the sequence moves.
+ */
+static void file_wb_error(struct sim *s, uint64_t ino)
+{
+	DIR *d = opendir("/proc/self/fd");
+	struct dirent *e;
+	struct sim_file *f;
+
+	DS_ASSERT(d);
+	while ((e = readdir(d))) {
+		struct stat st;
+		int fd = atoi(e->d_name);
+		if (e->d_name[0] == '.' || fd == dirfd(d) || fstat(fd, &st) || (uint64_t)st.st_ino != ino)
+			continue;
+		fdesc_get(s, fd, ino);
+	}
+	closedir(d);
+	f = file_get(s, ino);
+	f->err++;
+	f->seen = false;
+	s->wb_errors++;
+}
+
+/* file_check_and_advance_wb_err(): 0, or -EIO once per description per error. */
+static int fdesc_check(struct sim *s, int fd, uint64_t ino)
+{
+	struct sim_fdesc *d = fdesc_get(s, fd, ino);
+	struct sim_file *f = file_get(s, ino);
+
+	if (d->seen == f->err)
+		return 0;
+	d->seen = f->err;
+	f->seen = true;
+	return -EIO;
 }
 
 static void vw_add(struct sim *s, struct sim_op *op, uint32_t n)
@@ -323,10 +435,53 @@ static int write_outcome(struct sim *s, const struct sim_op *op, uint32_t *n)
 	return (int)*n;
 }
 
+/*
+ * A flush runs: writeback of the dirty data it covers (the writes completed
+ * when it was submitted, and the write linked to it), then the error check
+ * of its own descriptor. Its completion is delivered later, in random order
+ * with the others: Linux may finish two fsyncs in either order, and the one
+ * that ran first may have consumed the other's error. An injected failure
+ * (flush_fail_at) drops the covered writes, a random sector-aligned prefix
+ * of each maybe on the disk, as a failed writeback leaves them.
+ */
+static void flush_run(struct sim *s, struct sim_op *op)
+{
+	uint64_t lseq, ino = file_ino(op->fd);
+	bool fail;
+
+	s->nflush++;
+	linked_short(s, op, &lseq);
+	fail = s->f.flush_fail_at && s->nflush == s->f.flush_fail_at;
+	for (size_t k = 0; k < s->nvw;) {
+		struct sim_vw *v = &s->vw[k];
+		if (v->ino == ino && (v->seq <= op->cover_seq || v->seq == lseq)) {
+			persist(v, fail ? (uint32_t)DS_MIN((uint64_t)v->len, rnd(s) % (v->len + 1) & ~511ull)
+					: v->len);
+			free(v->data);
+			close(v->fd);
+			s->vw[k] = s->vw[--s->nvw];
+		} else {
+			k++;
+		}
+	}
+	if (fail)
+		file_wb_error(s, ino);
+	op->res = fdesc_check(s, op->fd, ino);
+	op->done = true;
+}
+
 static void complete_one(struct sim *s, unsigned i)
 {
 	struct sim_op op = s->ops[i];
 	int res;
+
+	if (op.kind == SIM_FLUSH && !op.done) {
+		flush_run(s, &s->ops[i]);
+		s->events++;
+		if (s->f.crash_at_event && s->events >= s->f.crash_at_event)
+			s->crashed = true;
+		return;
+	}
 
 	if (op.kind == SIM_WRITE && op.dsync && s->f.crash_at_event && s->events + 1 >= s->f.crash_at_event) {
 		/* The crash strikes during this DSYNC write: it stays in flight for sim_crash_apply. */
@@ -358,30 +513,7 @@ static void complete_one(struct sim *s, unsigned i)
 				}
 		}
 	} else {
-		uint64_t lseq;
-		if (op.done) {
-			res = op.res; /* cancelled */
-		} else {
-			s->nflush++;
-			linked_short(s, &op, &lseq);
-			if (s->f.flush_fail_at && s->nflush == s->f.flush_fail_at) {
-				res = -EIO;
-			} else {
-				uint64_t ino = file_ino(op.fd);
-				res = 0;
-				for (size_t k = 0; k < s->nvw;) {
-					struct sim_vw *v = &s->vw[k];
-					if (v->ino == ino && (v->seq <= op.cover_seq || v->seq == lseq)) {
-						persist(v, v->len);
-						free(v->data);
-						close(v->fd);
-						s->vw[k] = s->vw[--s->nvw];
-					} else {
-						k++;
-					}
-				}
-			}
-		}
+		res = op.res; /* ran earlier (flush_run), or cancelled */
 	}
 	s->events++;
 	if (s->f.crash_at_event && s->events >= s->f.crash_at_event) {

@@ -7,6 +7,7 @@
  */
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 
 #include "sim_storage.h"
@@ -658,6 +659,140 @@ static void test_live_reader(void)
 	printf("reader during writes: ok (%llu verify rounds)\n", (unsigned long long)rounds);
 }
 
+/* RLIMIT_NOFILE down to the lowest free descriptor: every open() fails with EMFILE. */
+static void nofile_block(struct rlimit *saved)
+{
+	struct rlimit low;
+	int fd = dup(0);
+
+	CHECK(fd >= 0);
+	close(fd);
+	CHECK(getrlimit(RLIMIT_NOFILE, saved) == 0);
+	low = *saved;
+	low.rlim_cur = (rlim_t)fd;
+	CHECK(setrlimit(RLIMIT_NOFILE, &low) == 0);
+}
+
+struct body_cmp {
+	uint64_t idx, off;
+	bool same;
+};
+
+static int body_cmp_cb(void *ctx, const void *buf, size_t len)
+{
+	struct body_cmp *c = ctx;
+	uint8_t want[4096];
+
+	for (size_t done = 0; done < len;) {
+		size_t n = DS_MIN(sizeof(want), len - done);
+		tu_body(c->idx, c->off, want, n);
+		if (memcmp(want, (const uint8_t *)buf + done, n))
+			c->same = false;
+		c->off += n;
+		done += n;
+	}
+	return 0;
+}
+
+/*
+ * Defect found on a9238e9: a failed spare-segment preparation (EMFILE here;
+ * also ENOSPC that clears, EIO, the quota) consumed a sequence number, a txn
+ * open across the next roll continued into seq + 2, it was acknowledged,
+ * and recovery (which walks a body through consecutive numbers) dropped it.
+ * Now the number is used again; readers also skip a number that has no file.
+ * U opens in segment 1; segment 3's preparation fails while T rolls into 2;
+ * T's next roll fails (451); U's roll then succeeds and U is acknowledged:
+ * recovery must keep U, byte for byte.
+ */
+static void test_spare_failure_gap(void)
+{
+	struct simlane sl;
+	struct results r = {0};
+	struct spool_txn t, u;
+	struct spool_lane_stats st;
+	struct rlimit saved;
+	struct tu_env e;
+	uint8_t buf[4096];
+	uint64_t u_len = 0, t_off = 0, *seqs, segs;
+	struct spool_reader *rd;
+	struct body_cmp bc = {.idx = 1, .same = true};
+	int rc, n;
+	char ldir[300];
+
+	simlane_open(&sl, "sparegap", SPOOL_IO_BUFFERED, 11, NULL, &r);
+	snprintf(ldir, sizeof(ldir), "%s/lane-00", sl.dir);
+	/* The spare (segment 2) ready before the descriptor limit comes down. */
+	for (int i = 0; i < 500 && (n = spool_seg_list(ldir, &seqs)) < 2; i++) {
+		free(seqs);
+		usleep(10000);
+	}
+	free(seqs);
+	usleep(100000);
+	CHECK(spool_txn_begin(sl.l, &u) == 0);
+	tu_body(1, 0, buf, 1000);
+	CHECK(spool_txn_append(sl.l, &u, buf, 1000) == 0);
+	u_len = 1000;
+	sim_drain(sl.s);
+	CHECK(spool_txn_begin(sl.l, &t) == 0);
+	spool_lane_stats(sl.l, &st);
+	segs = st.segments_opened;
+	for (;;) {
+		tu_body(2, t_off, buf, sizeof(buf));
+		nofile_block(&saved);
+		rc = spool_txn_append(sl.l, &t, buf, sizeof(buf));
+		spool_lane_stats(sl.l, &st);
+		if (st.segments_opened != segs) {
+			/* Rolled into segment 2: the spare thread now fails to create 3. */
+			for (int i = 0; i < 500 && !st.prepare_errors; i++) {
+				usleep(10000);
+				spool_lane_stats(sl.l, &st);
+			}
+		}
+		CHECK(setrlimit(RLIMIT_NOFILE, &saved) == 0);
+		CHECK(rc == 0);
+		t_off += sizeof(buf);
+		if (st.segments_opened != segs)
+			break;
+		sim_drain(sl.s);
+	}
+	CHECK(st.prepare_errors == 1);
+	tu_body(1, u_len, buf, 1000);
+	CHECK(spool_txn_append(sl.l, &u, buf, 1000) == 0); /* U in segment 2 as well */
+	u_len += 1000;
+	/* T's next roll meets the failure: T is lost (its client gets 451). */
+	do {
+		sim_drain(sl.s);
+		tu_body(2, t_off, buf, sizeof(buf));
+		rc = spool_txn_append(sl.l, &t, buf, sizeof(buf));
+		t_off += sizeof(buf);
+	} while (rc == 0);
+	CHECK(rc == -EMFILE);
+	spool_txn_abort(sl.l, &t);
+	/* U rolls (the spare is asked for again and made) and is acknowledged. */
+	spool_lane_stats(sl.l, &st);
+	segs = st.segments_opened;
+	while (st.segments_opened == segs) {
+		sim_drain(sl.s);
+		tu_body(1, u_len, buf, sizeof(buf));
+		CHECK(spool_txn_append(sl.l, &u, buf, sizeof(buf)) == 0);
+		u_len += sizeof(buf);
+		spool_lane_stats(sl.l, &st);
+	}
+	tu_env_make(&e, 1, u_len);
+	CHECK(spool_txn_commit(sl.l, &u, &e.env, 1) == 0);
+	sim_drain(sl.s);
+	CHECK(r.settled[1] && r.res[1] == 0);
+	simlane_close(&sl);
+	CHECK(count_msgs(sl.dir) == 1);
+	CHECK(spool_reader_open(&rd, sl.dir) == 0);
+	CHECK(spool_reader_read(rd, u.id, body_cmp_cb, &bc) == 0);
+	CHECK(bc.same && bc.off == u_len);
+	spool_reader_close(rd);
+	tu_rmrf(sl.dir);
+	printf("spare preparation failure, txn across the rolls: ok (%llu bytes over %llu segments)\n",
+	       (unsigned long long)u_len, (unsigned long long)st.segments_opened);
+}
+
 int main(void)
 {
 	test_live_reader();
@@ -671,5 +806,6 @@ int main(void)
 	test_garbage_middle();
 	test_short_writes_eagain();
 	test_direct();
+	test_spare_failure_gap();
 	return 0;
 }
