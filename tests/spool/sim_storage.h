@@ -5,11 +5,18 @@
 /*
  * Simulated storage behind struct spool_io_ops. Writes land in a volatile
  * list when they complete and reach the real segment file only when a
- * flush that covers them completes (a flush covers the writes completed
- * when it was submitted, plus the write linked to it). Completions are
- * delivered later, in random order among ops that may legally complete.
- * Faults: crash at completion event k, flush error, ENOSPC, short writes,
- * -EAGAIN.
+ * flush that covers them runs (a flush covers the writes completed when it
+ * was submitted, plus the write of a write_flush pair). A flush runs and
+ * its completion is delivered later, as separate events, in random order
+ * among ops that may legally complete: two fsyncs finish in either order.
+ * Faults: crash at event k, flush error, ENOSPC, short writes, -EAGAIN.
+ *
+ * Writeback errors follow Linux (errseq): a failed flush (flush_fail_at)
+ * drops the writes it was writing back (a random sector-aligned prefix of
+ * each may reach the file), bumps the file's error sequence, and every open
+ * file description reports it once, on its next flush; descriptors open at
+ * the time of the error see it, the one whose flush consumed it does not
+ * see it again.
  *
  * DSYNC writes (write_dsync, the direct mode): durable the moment they
  * complete (persisted then, never volatile). The sim checks the direct
