@@ -16,7 +16,7 @@
 
 #include "ds_assert.h"
 #include "io.h"
-#include "spool_format.h"
+#include "spool.h"
 #include "log.h"
 
 enum opt_kind {

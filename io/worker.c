@@ -25,7 +25,7 @@
 #include "worker.h"
 #include "conn.h"
 #include "mserve.h"
-#include "spool_format.h"
+#include "spool.h"
 
 int64_t io_now_us(void)
 {

@@ -20,6 +20,13 @@
 #include <stdint.h>
 
 #include "ds_envelope.h"
+#include "spool_id.h"
+
+/* Limits a caller needs (all of them: FORMAT.md, "Limits"). */
+#define SPOOL_SEGMENT_SIZE_MIN (512u * 1024)
+#define SPOOL_SEGMENT_SIZE_MAX (1ull << 32)
+#define SPOOL_BUFFER_SIZE_MIN  (256u * 1024)
+#define SPOOL_LANES_MAX	       256u
 
 struct spool_config {
 	const char *dir;		/* spool directory; created if missing */
@@ -28,10 +35,9 @@ struct spool_config {
 	uint32_t flushes_in_flight_max; /* default 2 */
 	bool prewrite; /* zero-fill segments before use (default true; false = fallocate only, for
 			  measurements) */
-	/* Added by spool/: 0 = unlimited; else a lane refuses to create segments beyond this many bytes
-	 * (quota, tests). */
+	/* 0 = unlimited; else a lane refuses to create segments beyond this many bytes (tests). */
 	uint64_t lane_bytes_max;
-	/* Added by spool/: how data reaches the disk (see FORMAT.md, "Write modes"). */
+	/* How data reaches the disk (see FORMAT.md, "Write modes"). */
 	enum spool_io_mode {
 		SPOOL_IO_BUFFERED = 0,		/* write to the page cache, fdatasync per group (default) */
 		SPOOL_IO_DIRECT = 1,		/* O_DIRECT segments, block-aligned RWF_DSYNC writes, never a
@@ -100,11 +106,9 @@ struct spool_recovery_report {
 	uint64_t torn_tails;  /* segments whose torn tail was truncated/ignored */
 	uint64_t quarantined; /* corrupt regions followed by valid records, reported */
 	uint64_t elapsed_us;
-	/* Added by spool/: */
 	uint64_t discarded; /* commit records whose body was not all durable (never acknowledged) */
 	uint64_t lanes;
 };
-#define SPOOL_LANES_MAX_PUBLIC 256
 int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *rep);
 
 int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, unsigned lane_no,
@@ -137,15 +141,13 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res);
 /* True while writes/flushes are in flight or commits unsettled. */
 bool spool_lane_busy(const struct spool_lane *l);
 
-/* Printable queue id ([0-9A-F], NUL-terminated) of a txn id; returns its length. cap >= 24. */
-int spool_id_format(uint64_t id, char *buf, size_t cap);
-/* Inverse of spool_id_format (hex, either case): 0 or -EINVAL. */
-int spool_id_parse(const char *s, uint64_t *id);
+/* DIR/lane-NN: the directory of one lane. 0 or -ENAMETOOLONG. */
+int spool_lane_dir_path(char *buf, size_t cap, const char *dir, unsigned lane);
 
 struct spool_lane_stats {
 	uint64_t flushes, flush_errors, commits, bytes_written, segments_opened;
 	uint64_t flush_latency_us_sum, flush_latency_us_max;
-	/* Added by spool/ (direct mode): padding written to keep every write on fresh blocks; the
+	/* Direct mode: padding written to keep every write on fresh blocks; the
 	 * lane really runs the direct discipline. In direct mode `flushes` counts completed DSYNC
 	 * writes (plus seals). */
 	uint64_t pad_bytes;

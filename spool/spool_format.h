@@ -12,6 +12,8 @@
 #include <stdint.h>
 
 #include "ds_envelope.h"
+#include "spool.h"
+#include "spool_id.h"
 
 #if __BYTE_ORDER__ != __ORDER_LITTLE_ENDIAN__
 #error "spool format encoding assumes a little-endian host"
@@ -25,14 +27,10 @@
 #define SPOOL_REC_HDR_SIZE   40u
 #define SPOOL_REC_ALIGN	     8u
 
-/* Limits (explicit, documented in FORMAT.md). */
-#define SPOOL_SEGMENT_SIZE_MIN (512u * 1024)
-#define SPOOL_SEGMENT_SIZE_MAX (1ull << 32)
-#define SPOOL_BUFFER_SIZE_MIN  (256u * 1024)
-#define SPOOL_CHUNK_MAX	       (1u << 20)    /* body payload per chunk record */
-#define SPOOL_COMMIT_MAX       (128u * 1024) /* encoded commit payload */
-#define SPOOL_RCPT_MAX	       20000u
-#define SPOOL_LANES_MAX	       256u
+/* Limits (explicit, documented in FORMAT.md; those io/ needs are in spool.h). */
+#define SPOOL_CHUNK_MAX	 (1u << 20)    /* body payload per chunk record */
+#define SPOOL_COMMIT_MAX (128u * 1024) /* encoded commit payload */
+#define SPOOL_RCPT_MAX	 20000u
 
 enum spool_rec_type {
 	SPOOL_REC_CHUNK = 1,  /* body bytes of one txn; header CRC only (body CRC lives in the commit) */
@@ -110,8 +108,7 @@ struct spool_scan_ops {
 int spool_seg_scan(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t start_off,
 		   const struct spool_scan_ops *ops, void *ctx);
 
-/* Paths: DIR/lane-NN/SSSSSSSSSSSS.seg */
-int spool_lane_dir_path(char *buf, size_t cap, const char *dir, unsigned lane);
+/* Paths: DIR/lane-NN/SSSSSSSSSSSS.seg (spool_lane_dir_path: spool.h) */
 int spool_seg_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq);
 /* Parse "000000000012.seg" -> 12; 0 on anything else. */
 uint64_t spool_seg_name_seq(const char *name);
@@ -119,17 +116,5 @@ uint64_t spool_seg_name_seq(const char *name);
 int spool_seg_list(const char *lane_dir, uint64_t **out);
 /* Lanes present under dir as a bitmap count; fills lanes[] (cap SPOOL_LANES_MAX), returns count or -errno. */
 int spool_lane_list(const char *dir, unsigned *lanes);
-
-/* Txn id layout: lane (8 bits) | segment seq at begin (32 bits) | counter in that segment (24 bits). */
-#define SPOOL_ID_COUNTER_BITS 24
-#define SPOOL_ID_SEQ_BITS     32
-static inline uint64_t spool_id_make(unsigned lane, uint64_t seq, uint32_t counter)
-{
-	return ((uint64_t)lane << 56) | ((seq & 0xffffffffull) << SPOOL_ID_COUNTER_BITS) | counter;
-}
-static inline unsigned spool_id_lane(uint64_t id)
-{
-	return (unsigned)(id >> 56);
-}
 
 #endif

@@ -79,7 +79,7 @@ struct spool_lane_summary {
 };
 struct spool_reader_stats {
 	uint64_t lanes, segments, messages, bytes, segment_bytes;
-	struct spool_lane_summary lane[SPOOL_LANES_MAX_PUBLIC];
+	struct spool_lane_summary lane[SPOOL_LANES_MAX];
 };
 int spool_reader_stats(struct spool_reader *r, struct spool_reader_stats *st);
 

@@ -22,12 +22,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -35,6 +33,7 @@
 #include "crc32c.h"
 #include "ds_assert.h"
 #include "spool_format.h"
+#include "spool_segment.h"
 
 #define LANE_SEGS_MAX	 64
 #define LANE_OPS_MAX	 128
@@ -57,23 +56,6 @@
 #define DIO_EAGER_MIN	  (256u << 10)	       /* full blocks written ahead of any commit */
 #define DIO_ALIGN_DOWN(x) ((x) & ~(uint64_t)(DIO_BLOCK - 1))
 #define DIO_ALIGN_UP(x)	  DIO_ALIGN_DOWN((x) + DIO_BLOCK - 1)
-
-/*
- * A segment's open files. Linux reports a writeback error once per open
- * file description (errseq_t): of two fdatasyncs in flight on one
- * descriptor, the one that runs first may consume the error of the other's
- * range, and the other then returns 0 for data that never reached the
- * disk. So an op whose success means "durable" (flush, seal, DSYNC write)
- * holds a descriptor of its own while it is in flight: a segment is opened
- * once per such op that may be in flight (flushes_in_flight_max, plus its
- * seal). Buffered writes, whose errors are not writeback errors, use fd[0].
- */
-#define SEG_FDS_MAX (16 + 1)
-
-struct seg_files {
-	int fd[SEG_FDS_MAX];
-	uint32_t n;
-};
 
 struct lane_seg {
 	struct seg_files files;
@@ -131,17 +113,8 @@ struct spool_lane {
 	uint64_t durable_pos;
 	uint32_t gen; /* bumped when a segment fails: older open txns fail */
 
-	/* Spare segment preparation (background thread; lock only at roll). */
-	pthread_t thr;
-	pthread_mutex_t mu;
-	pthread_cond_t cv;
-	bool thr_started, stop, spare_want, spare_ready;
-	bool spare_odirect;   /* the spare's files have O_DIRECT */
-	bool odirect_refused; /* O_DIRECT was refused once: stop asking (read by the spare thread) */
-	int spare_err;
-	struct seg_files spare_files;
-	uint64_t spare_seq, spare_epoch, next_seq;
-	uint64_t prepare_errors; /* failed spare preparations (atomic: the spare thread counts) */
+	/* Spare segment preparation (background thread; lock only at roll): spool_segment.h. */
+	struct spool_spare spare;
 
 	bool direct;	       /* direct write discipline (decided at the first roll) */
 	uint32_t dio_inflight; /* direct writes in flight */
@@ -166,291 +139,6 @@ static uint64_t now_ns(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static int64_t wall_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-int spool_id_format(uint64_t id, char *buf, size_t cap)
-{
-	static const char hex[] = "0123456789ABCDEF";
-
-	DS_ASSERT(cap >= 17);
-	for (int i = 0; i < 16; i++)
-		buf[i] = hex[(id >> (60 - 4 * i)) & 0xf];
-	buf[16] = 0;
-	return 16;
-}
-
-int spool_id_parse(const char *s, uint64_t *id)
-{
-	uint64_t v = 0;
-	size_t n = strlen(s);
-
-	if (n == 0 || n > 16)
-		return -EINVAL;
-	for (size_t i = 0; i < n; i++) {
-		char c = s[i];
-		unsigned d;
-		if (c >= '0' && c <= '9')
-			d = (unsigned)(c - '0');
-		else if (c >= 'A' && c <= 'F')
-			d = (unsigned)(c - 'A' + 10);
-		else if (c >= 'a' && c <= 'f')
-			d = (unsigned)(c - 'a' + 10);
-		else
-			return -EINVAL;
-		v = v << 4 | d;
-	}
-	*id = v;
-	return 0;
-}
-
-/* ---- segment files ---- */
-
-static int fsync_dir(const char *path)
-{
-	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-	int rc = 0;
-
-	if (fd < 0)
-		return -errno;
-	if (fsync(fd))
-		rc = -errno;
-	close(fd);
-	return rc;
-}
-
-static void seg_files_close(struct seg_files *f)
-{
-	for (uint32_t i = 0; i < f->n; i++)
-		close(f->fd[i]);
-	f->n = 0;
-}
-
-/* Descriptors per segment: one per flush that may be in flight, one for the seal. */
-static uint32_t seg_files_count(const struct spool_lane *l)
-{
-	return DS_MIN(l->cfg.flushes_in_flight_max + 1, (uint32_t)SEG_FDS_MAX);
-}
-
-/* f->fd[0] is open; open the others the same way (each its own file description). */
-static int seg_files_open(const char *path, int flags, uint32_t n, struct seg_files *f)
-{
-	DS_ASSERT(f->n == 1 && n <= SEG_FDS_MAX);
-	while (f->n < n) {
-		int fd = open(path, flags);
-		if (fd < 0)
-			return -errno;
-		f->fd[f->n++] = fd;
-	}
-	return 0;
-}
-
-/* fsync the directory that holds path (its last component's parent). */
-static int fsync_parent(const char *path)
-{
-	char parent[PATH_MAX];
-	size_t n = strlen(path);
-
-	if (n >= sizeof(parent))
-		return -ENAMETOOLONG;
-	memcpy(parent, path, n + 1);
-	while (n > 1 && parent[n - 1] == '/')
-		parent[--n] = 0;
-	while (n > 0 && parent[n - 1] != '/')
-		n--;
-	if (n == 0)
-		return fsync_dir(".");
-	while (n > 1 && parent[n - 1] == '/')
-		n--;
-	parent[n] = 0;
-	return fsync_dir(parent);
-}
-
-/*
- * Create, allocate, zero-fill, stamp and make durable one segment, so the
- * hot path's fdatasync never has to commit metadata (size, extents).
- * On failure *seq_free says whether no file of that name is left behind
- * (the sequence number can be used again: a gap in a lane's sequence
- * would cut the body of a message that spans it).
- */
-static int seg_prepare(struct spool_lane *l, uint64_t seq, struct seg_files *files, uint64_t *epoch_out,
-		       bool *odirect_out, bool *seq_free)
-{
-	char path[PATH_MAX];
-	uint8_t hdr[SPOOL_SEG_HDR_SIZE];
-	struct spool_seg_hdr h = {0};
-	uint64_t size = l->cfg.segment_size;
-	int fd, rc;
-
-	*seq_free = true;
-	files->n = 0;
-	if (l->cfg.lane_bytes_max) {
-		uint64_t *seqs;
-		int n = spool_seg_list(l->lane_dir, &seqs);
-		free(seqs);
-		if (n < 0)
-			return n;
-		if ((uint64_t)(n + 1) * size > l->cfg.lane_bytes_max)
-			return -ENOSPC;
-	}
-	rc = spool_seg_path(path, sizeof(path), l->dir, l->lane_no, seq);
-	if (rc)
-		return rc;
-	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-	if (fd < 0) {
-		*seq_free = errno != EEXIST;
-		return -errno;
-	}
-	if (fallocate(fd, 0, 0, (off_t)size)) {
-		rc = -errno;
-		if (rc == -EOPNOTSUPP && !ftruncate(fd, (off_t)size))
-			rc = 0;
-		if (rc)
-			goto fail;
-	}
-	if (l->cfg.prewrite) {
-		/*
-		 * Paced: each chunk is written back before the next is dirtied.
-		 * Zero-filling 64 MiB into the page cache and fsyncing it at the
-		 * end would put tens of megabytes of writeback in the device queue
-		 * in front of the hot path's fdatasync (a p99 spike each time a
-		 * segment is prepared); this way a flush waits behind one chunk
-		 * at most.
-		 */
-		enum { ZB = 256 << 10 };
-		static const uint8_t zero[ZB];
-		for (uint64_t off = 0; off < size;) {
-			size_t n = (size_t)DS_MIN((uint64_t)ZB, size - off);
-			ssize_t w = pwrite(fd, zero, n, (off_t)off);
-			if (w <= 0) {
-				rc = w < 0 ? -errno : -EIO;
-				goto fail;
-			}
-			if (sync_file_range(fd, (off_t)off, w,
-					    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-						    SYNC_FILE_RANGE_WAIT_AFTER) &&
-			    errno != ENOSYS && errno != EINVAL) {
-				rc = -errno;
-				goto fail;
-			}
-			off += (uint64_t)w;
-		}
-	}
-	do {
-		if (getrandom(&h.epoch, sizeof(h.epoch), 0) != sizeof(h.epoch))
-			h.epoch = now_ns() ^ ((uint64_t)seq << 32) ^ (uint64_t)getpid();
-	} while (!h.epoch);
-	h.version = SPOOL_FORMAT_VERSION;
-	h.lane = l->lane_no;
-	h.seq = seq;
-	h.created_us = wall_us();
-	h.segment_size = size;
-	spool_seg_hdr_encode(hdr, &h);
-	if (pwrite(fd, hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr)) {
-		rc = -EIO;
-		goto fail;
-	}
-	if (fsync(fd)) {
-		rc = -errno;
-		goto fail;
-	}
-	rc = fsync_dir(l->lane_dir);
-	if (rc)
-		goto fail;
-	*odirect_out = false;
-	if (l->cfg.io_mode == SPOOL_IO_DIRECT && l->ops->write_dsync &&
-	    !__atomic_load_n(&l->odirect_refused, __ATOMIC_RELAXED)) {
-		/* Prepared and durable through the page cache; data goes around it from now on. */
-		int dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
-		if (dfd >= 0) {
-			posix_fadvise(fd, 0, (off_t)size, POSIX_FADV_DONTNEED);
-			close(fd);
-			fd = dfd;
-			*odirect_out = true;
-		} else if (errno == EINVAL) {
-			static int logged;
-			if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
-				fprintf(stderr,
-					"spool: O_DIRECT refused on %s (EINVAL): spool-io direct falls back "
-					"to "
-					"buffered\n",
-					l->lane_dir);
-			__atomic_store_n(&l->odirect_refused, true, __ATOMIC_RELAXED);
-		} else {
-			rc = -errno;
-			goto fail;
-		}
-	}
-	files->fd[0] = fd;
-	files->n = 1;
-	rc = seg_files_open(path, O_RDWR | O_CLOEXEC | (*odirect_out ? O_DIRECT : 0), seg_files_count(l),
-			    files);
-	if (rc) {
-		seg_files_close(files);
-		fd = -1;
-		goto fail;
-	}
-	*epoch_out = h.epoch;
-	return 0;
-fail:
-	if (fd >= 0)
-		close(fd);
-	*seq_free = !unlink(path) || errno == ENOENT;
-	return rc;
-}
-
-static void *spare_main(void *arg)
-{
-	struct spool_lane *l = arg;
-
-	pthread_mutex_lock(&l->mu);
-	while (!l->stop) {
-		uint64_t seq, epoch = 0;
-		struct seg_files files = {.n = 0};
-		int rc;
-		bool odirect = false, seq_free = false;
-
-		if (!l->spare_want || l->spare_ready) {
-			pthread_cond_wait(&l->cv, &l->mu);
-			continue;
-		}
-		seq = l->next_seq++;
-		pthread_mutex_unlock(&l->mu);
-		rc = seg_prepare(l, seq, &files, &epoch, &odirect, &seq_free);
-		pthread_mutex_lock(&l->mu);
-		l->spare_want = false;
-		if (rc) {
-			/* Reuse the number: a txn open across the next roll must find seq + 1. */
-			if (seq_free && l->next_seq == seq + 1)
-				l->next_seq = seq;
-			__atomic_add_fetch(&l->prepare_errors, 1, __ATOMIC_RELAXED);
-			__atomic_store_n(&l->spare_err, rc, __ATOMIC_RELAXED);
-		} else {
-			l->spare_files = files;
-			l->spare_seq = seq;
-			l->spare_epoch = epoch;
-			l->spare_odirect = odirect;
-			__atomic_store_n(&l->spare_ready, true, __ATOMIC_RELEASE);
-		}
-		pthread_cond_broadcast(&l->cv);
-	}
-	pthread_mutex_unlock(&l->mu);
-	return NULL;
-}
-
-static void spare_request_locked(struct spool_lane *l)
-{
-	if (!l->spare_ready && !l->spare_want) {
-		l->spare_err = 0;
-		l->spare_want = true;
-		pthread_cond_broadcast(&l->cv);
-	}
 }
 
 /* ---- segment FIFO ---- */
@@ -521,30 +209,18 @@ static void segs_reap(struct spool_lane *l)
 static int lane_roll(struct spool_lane *l)
 {
 	struct lane_seg *old = seg_active(l), *s;
-	int rc = 0;
+	struct seg_ready seg;
+	int rc;
 
 	if (l->seg_count >= LANE_SEGS_MAX)
 		return -EAGAIN;
-	pthread_mutex_lock(&l->mu);
-	if (!l->spare_ready && !l->spare_want && l->spare_err) {
-		rc = l->spare_err;
-		l->spare_err = 0; /* try again next time */
-		pthread_mutex_unlock(&l->mu);
-		return rc == -ENOSPC || rc == -EDQUOT ? -ENOSPC : rc;
-	}
-	spare_request_locked(l);
-	while (!l->spare_ready && !l->spare_err)
-		pthread_cond_wait(&l->cv, &l->mu);
-	if (!l->spare_ready) {
-		rc = l->spare_err;
-		l->spare_err = 0;
-		pthread_mutex_unlock(&l->mu);
-		return rc == -EDQUOT ? -ENOSPC : rc;
-	}
+	rc = spool_spare_take(&l->spare, &seg);
+	if (rc)
+		return rc;
 	if (!l->st.segments_opened) {
 		/* The first segment decides the lane's write discipline, for its whole life. */
 		l->direct = l->ops->write_dsync && (l->cfg.io_mode == SPOOL_IO_DIRECT_NO_ODIRECT ||
-						    (l->cfg.io_mode == SPOOL_IO_DIRECT && l->spare_odirect));
+						    (l->cfg.io_mode == SPOOL_IO_DIRECT && seg.odirect));
 		l->st.direct = l->direct;
 	}
 	if (old)
@@ -561,9 +237,9 @@ static int lane_roll(struct spool_lane *l)
 	}
 	s = &l->segs[(l->seg_first + l->seg_count) % LANE_SEGS_MAX];
 	memset(s, 0, sizeof(*s));
-	s->files = l->spare_files;
-	s->seq = l->spare_seq;
-	s->epoch = l->spare_epoch;
+	s->files = seg.files;
+	s->seq = seg.seq;
+	s->epoch = seg.epoch;
 	s->lstart = l->head;
 	s->lend = UINT64_MAX;
 	s->durable_l = l->head;
@@ -571,10 +247,6 @@ static int lane_roll(struct spool_lane *l)
 	DS_ASSERT(s->seq < (1ull << SPOOL_ID_SEQ_BITS));
 	l->seg_count++;
 	l->have_active = true;
-	__atomic_store_n(&l->spare_ready, false, __ATOMIC_RELEASE);
-	l->spare_files.n = 0;
-	spare_request_locked(l);
-	pthread_mutex_unlock(&l->mu);
 	l->st.segments_opened++;
 	return 0;
 }
@@ -1120,7 +792,7 @@ bool spool_lane_busy(const struct spool_lane *l)
 void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st)
 {
 	*st = l->st;
-	st->prepare_errors = __atomic_load_n(&l->prepare_errors, __ATOMIC_RELAXED);
+	st->prepare_errors = spool_spare_errors(&l->spare);
 }
 
 /* ---- open/close ---- */
@@ -1163,6 +835,7 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 		    const struct spool_io_ops *ops, void *ops_ctx)
 {
 	struct spool_lane *l;
+	struct seg_params sp;
 	uint64_t *seqs;
 	int n, rc;
 
@@ -1195,7 +868,7 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 		goto fail;
 	if (mkdir(l->dir, 0750) == 0) {
 		/* A new spool directory's own name must survive a crash too. */
-		rc = fsync_parent(l->dir);
+		rc = spool_fsync_parent(l->dir);
 		if (rc)
 			goto fail;
 	} else if (errno != EEXIST) {
@@ -1206,7 +879,7 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 		rc = -errno;
 		goto fail;
 	}
-	rc = fsync_dir(l->dir);
+	rc = spool_fsync_dir(l->dir);
 	if (rc)
 		goto fail;
 	/* Segment sequence numbers strictly increase across restarts. */
@@ -1215,14 +888,20 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 		rc = n;
 		goto fail;
 	}
-	l->next_seq = n ? seqs[n - 1] + 1 : 1;
+	sp = (struct seg_params){
+		.dir = l->dir,
+		.lane_dir = l->lane_dir,
+		.lane_no = lane_no,
+		.segment_size = cfg->segment_size,
+		.lane_bytes_max = cfg->lane_bytes_max,
+		.prewrite = cfg->prewrite,
+		.want_odirect = cfg->io_mode == SPOOL_IO_DIRECT && ops->write_dsync,
+		.nfds = DS_MIN(cfg->flushes_in_flight_max + 1, (uint32_t)SPOOL_SEG_FDS_MAX),
+	};
+	rc = spool_spare_start(&l->spare, &sp, n ? seqs[n - 1] + 1 : 1);
 	free(seqs);
-	pthread_mutex_init(&l->mu, NULL);
-	pthread_cond_init(&l->cv, NULL);
-	rc = -pthread_create(&l->thr, NULL, spare_main, l);
 	if (rc)
 		goto fail;
-	l->thr_started = true;
 	rc = lane_roll(l);
 	if (rc)
 		goto fail;
@@ -1238,22 +917,7 @@ void spool_lane_close(struct spool_lane *l)
 	if (!l)
 		return;
 	DS_ASSERT(!spool_lane_busy(l));
-	if (l->thr_started) {
-		pthread_mutex_lock(&l->mu);
-		l->stop = true;
-		pthread_cond_broadcast(&l->cv);
-		pthread_mutex_unlock(&l->mu);
-		pthread_join(l->thr, NULL);
-		pthread_mutex_destroy(&l->mu);
-		pthread_cond_destroy(&l->cv);
-	}
-	if (l->spare_ready && l->spare_files.n) {
-		/* An unused spare: remove it instead of leaving an empty segment per restart. */
-		char path[PATH_MAX];
-		if (!spool_seg_path(path, sizeof(path), l->dir, l->lane_no, l->spare_seq))
-			unlink(path);
-		seg_files_close(&l->spare_files);
-	}
+	spool_spare_stop(&l->spare);
 	for (unsigned i = 0; i < l->seg_count; i++)
 		seg_files_close(&seg_at(l, i)->files);
 	if (l->ring)
@@ -1310,8 +974,7 @@ int spool_txn_begin(struct spool_lane *l, struct spool_txn *t)
 
 	memset(t, 0, sizeof(*t));
 	/* A full disk shows here first (452 at MAIL): no spare and the active segment nearly used. */
-	spare_bad = !__atomic_load_n(&l->spare_ready, __ATOMIC_ACQUIRE) &&
-		    __atomic_load_n(&l->spare_err, __ATOMIC_RELAXED);
+	spare_bad = spool_spare_failing(&l->spare);
 	if (!s || s->counter >= (1u << SPOOL_ID_COUNTER_BITS) - 1 ||
 	    (spare_bad && seg_left(l) < seg_cap_l(l) / 8)) {
 		rc = lane_roll(l);

@@ -1,0 +1,82 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_SPOOL_SCAN_H
+#define DS_SPOOL_SCAN_H
+
+/*
+ * The scanning engine over the mapped segments of a lane, internal to
+ * spool/: the reader (spool_reader.c: list, read, verify, stats) and
+ * recovery (spool_recover.c) are its two users. Recovery skips body bytes
+ * where it can: a commit whose record ends below the durable watermark of
+ * its segment (the writer stamps in every record how far a completed
+ * flush had reached) has all its chunks durable, so chunk headers are
+ * enough. Commits past the watermark, or whose chunks sit in another
+ * segment, get their body CRC checked.
+ */
+
+#include <limits.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "spool_format.h"
+#include "spool_reader.h"
+
+enum rseg_state {
+	RSEG_LISTED, /* name seen at open, file not opened yet */
+	RSEG_MAPPED, /* opened and mapped (or too short to hold records: hdr_rc -ENODATA) */
+	RSEG_GONE,   /* could not be opened or mapped when first needed (removed meanwhile) */
+};
+
+struct rseg {
+	uint64_t seq;
+	const uint8_t *map;
+	uint64_t size;
+	int hdr_rc; /* 0, -ENODATA (unused), -EBADMSG */
+	enum rseg_state state;
+	struct spool_seg_hdr hdr;
+};
+
+struct rlane {
+	unsigned lane;
+	struct rseg *segs;
+	unsigned nsegs;
+	bool all_mapped;
+};
+
+struct spool_reader {
+	char dir[PATH_MAX];
+	struct rlane lanes[SPOOL_LANES_MAX];
+	unsigned nlanes;
+	struct ds_rcpt *rcpt; /* decode space, SPOOL_RCPT_MAX */
+};
+
+struct scan_cfg {
+	bool check_all_bodies;
+	int (*msg)(void *ctx, struct rlane *rl, const struct spool_msg *m);
+	/* A commit whose body is not there: durable says it was below the watermark. */
+	void (*dropped)(void *ctx, struct rlane *rl, const struct spool_msg *m, bool durable);
+	/*
+	 * Bytes [from, to) of a segment are not records. tail: nothing valid
+	 * follows. durable: the region starts below the segment's durable
+	 * watermark, so it held acknowledged data: corruption, not a crash.
+	 */
+	void (*bad)(void *ctx, struct rlane *rl, struct rseg *s, uint64_t from, uint64_t to, bool tail,
+		    bool zero, bool durable);
+	void (*seg)(void *ctx, struct rlane *rl, struct rseg *s);
+	void *ctx;
+};
+
+int64_t spool_scan_mono_us(void);
+/* Open and map s on first use; false if it is gone or unusable. */
+bool spool_scan_seg_map(struct spool_reader *r, struct rlane *rl, struct rseg *s);
+void spool_scan_lane_map_all(struct spool_reader *r, struct rlane *rl);
+void spool_scan_reader_map_all(struct spool_reader *r);
+struct rseg *spool_scan_seg_find(struct rlane *rl, uint64_t seq);
+/* Walk the body of m (chunks from its first segment on): 0, -EBADMSG, or fn's non-zero return. */
+int spool_scan_body_walk(struct spool_reader *r, struct rlane *rl, const struct spool_msg *m,
+			 int (*fn)(void *, const void *, size_t), void *ctx);
+/* Scan rl from its segment index first (only_id != 0: that txn's records only). */
+int spool_scan_lane_from(struct spool_reader *r, struct rlane *rl, const struct scan_cfg *cfg, unsigned first,
+			 uint64_t only_id);
+int spool_scan_lane(struct spool_reader *r, struct rlane *rl, const struct scan_cfg *cfg);
+
+#endif

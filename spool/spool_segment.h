@@ -1,0 +1,87 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_SPOOL_SEGMENT_H
+#define DS_SPOOL_SEGMENT_H
+
+/*
+ * Segment files, internal to spool/: preparing a segment (create,
+ * allocate, zero-fill, stamp, fsync with its directory) and the spare
+ * thread that keeps one prepared segment ready per lane. Everything here
+ * blocks in ordinary syscalls and runs off the hot path: on the spare
+ * thread, or in the lane's worker only at open and when a roll finds no
+ * spare ready. The lane (spool_lane.c) meets it only in
+ * spool_spare_take(), under the spare's mutex.
+ */
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+/*
+ * A segment's open files. Linux reports a writeback error once per open
+ * file description (errseq_t): of two fdatasyncs in flight on one
+ * descriptor, the one that runs first may consume the error of the other's
+ * range, and the other then returns 0 for data that never reached the
+ * disk. So an op whose success means "durable" (flush, seal, DSYNC write)
+ * holds a descriptor of its own while it is in flight: a segment is opened
+ * once per such op that may be in flight (flushes_in_flight_max, plus its
+ * seal). Buffered writes, whose errors are not writeback errors, use fd[0].
+ */
+#define SPOOL_SEG_FDS_MAX (16 + 1)
+
+struct seg_files {
+	int fd[SPOOL_SEG_FDS_MAX];
+	uint32_t n;
+};
+
+void seg_files_close(struct seg_files *f);
+
+/* What preparing a lane's segments needs; the strings outlive the spare. */
+struct seg_params {
+	const char *dir, *lane_dir;
+	unsigned lane_no;
+	uint64_t segment_size;
+	uint64_t lane_bytes_max; /* 0 = no quota */
+	bool prewrite;
+	bool want_odirect; /* open prepared segments with O_DIRECT (falls back once refused) */
+	uint32_t nfds;	   /* descriptors per segment, 1..SPOOL_SEG_FDS_MAX */
+};
+
+/* A prepared segment, handed from the spare thread to the lane. */
+struct seg_ready {
+	struct seg_files files;
+	uint64_t seq, epoch;
+	bool odirect;
+};
+
+struct spool_spare {
+	struct seg_params p;
+	pthread_t thr;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	bool started, stop, want, ready;
+	bool odirect_refused; /* O_DIRECT was refused once: stop asking */
+	int err;	      /* the last preparation failed (-errno), until taken */
+	struct seg_ready seg;
+	uint64_t next_seq;
+	uint64_t prepare_errors; /* failed preparations (atomic: read by the worker) */
+};
+
+/* Start the spare thread; the first segment it prepares gets next_seq. 0 or -errno. */
+int spool_spare_start(struct spool_spare *sp, const struct seg_params *p, uint64_t next_seq);
+/* Stop and join the thread; an unused prepared spare is closed and removed. */
+void spool_spare_stop(struct spool_spare *sp);
+/*
+ * Take the prepared segment (waiting for it if needed) and ask for the
+ * next one. A failed preparation is returned once (-ENOSPC for a full
+ * disk or quota, else its -errno); the call after that asks again.
+ */
+int spool_spare_take(struct spool_spare *sp, struct seg_ready *out);
+/* The spare is not ready and its last preparation failed (new txns should know early). */
+bool spool_spare_failing(const struct spool_spare *sp);
+uint64_t spool_spare_errors(const struct spool_spare *sp);
+
+int spool_fsync_dir(const char *path);
+/* fsync the directory holding path (its last component's parent). */
+int spool_fsync_parent(const char *path);
+
+#endif
