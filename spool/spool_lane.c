@@ -664,123 +664,142 @@ void spool_lane_kick(struct spool_lane *l)
 	lane_pump(l);
 }
 
+static void flush_latency_add(struct spool_lane *l, const struct lane_op *op)
+{
+	uint64_t lat_us = (now_ns() - op->t_start_ns) / 1000;
+
+	l->st.flushes++;
+	l->st.flush_latency_us_sum += lat_us;
+	l->st.flush_latency_us_max = DS_MAX(l->st.flush_latency_us_max, lat_us);
+}
+
+/* Direct mode: a DSYNC write completed. False if it was submitted again (not performed). */
+static bool dio_write_done(struct spool_lane *l, struct lane_op *op, uint64_t tag, int res)
+{
+	struct lane_seg *s = op->seg;
+	bool ok = false;
+
+	if (s->failed) {
+		/* Nothing: never trusted again. */
+	} else if ((res == -EAGAIN || res == -EINTR) && ++op->retries <= LANE_RETRY_MAX) {
+		/* Not performed: the same fresh blocks again (none of them acknowledged). */
+		int rc = l->ops->write_dsync(l->ctx, op_fd(op), l->ring + (op->lstart % l->ring_size),
+					     op->len, seg_file_off(s, op->lstart), tag);
+		if (!rc)
+			return false;
+		seg_fail(l, s, rc);
+	} else if (res < 0 || (uint32_t)res != op->len) {
+		/* Failed or short: what reached the disk is unknown, never written again. */
+		seg_fail(l, s, res < 0 && res != -EAGAIN && res != -EINTR ? res : -EIO);
+	} else {
+		ok = true;
+		flush_latency_add(l, op);
+	}
+	s->writes_inflight--;
+	s->ops_inflight--;
+	l->ops_inflight--;
+	l->dio_inflight--;
+	op_free(op);
+	tail_update(l);
+	if (ok)
+		dio_durable(l, s);
+	return true;
+}
+
+/* A buffered write completed: in full, short (the rest goes out alone), or failed. */
+static void write_done(struct spool_lane *l, struct lane_op *op, int res)
+{
+	struct lane_seg *s = op->seg;
+	bool finished = false;
+
+	if (s->failed) {
+		finished = true;
+	} else if (res == -EAGAIN || res == -EINTR || res == -ECANCELED || res == 0) {
+		if (++op->retries > LANE_RETRY_MAX) {
+			seg_fail(l, s, -EIO);
+			finished = true;
+		}
+	} else if (res < 0) {
+		seg_fail(l, s, res);
+		finished = true;
+	} else {
+		DS_ASSERT((uint32_t)res <= op->len - op->done);
+		op->done += (uint32_t)res;
+		finished = op->done == op->len;
+	}
+	if (!finished) {
+		int rc = submit_write(l, op);
+		if (rc) {
+			seg_fail(l, s, rc);
+			finished = true;
+		}
+	}
+	if (finished) {
+		s->writes_inflight--;
+		s->ops_inflight--;
+		l->ops_inflight--;
+		op_free(op);
+		tail_update(l);
+	}
+}
+
+/* A flush or seal completed: the range it covers is durable, or the segment is retired. */
+static void flush_done(struct spool_lane *l, struct lane_op *op, int res)
+{
+	struct lane_seg *s = op->seg;
+	uint32_t kind = op->kind;
+	uint64_t cover = op->lstart;
+
+	if (!s->failed && res == 0)
+		flush_latency_add(l, op);
+	op_free(op);
+	s->ops_inflight--;
+	l->ops_inflight--;
+	if (kind == OP_FLUSH)
+		l->flushes_inflight--;
+	else
+		s->sealing = false;
+	if (s->failed) {
+		/* Nothing: never trusted again. */
+	} else if (res == -ECANCELED) {
+		/*
+		 * Never ran (its write was short): ask again later. Any other
+		 * error, -EINTR and -EAGAIN included, may have consumed a
+		 * writeback error: a failure.
+		 */
+		if (kind == OP_FLUSH) {
+			s->flush_req_l = s->durable_l;
+			for (uint32_t i = 0; i < LANE_OPS_MAX; i++)
+				if (l->ops_tab[i].kind == OP_FLUSH && l->ops_tab[i].seg == s)
+					s->flush_req_l = DS_MAX(s->flush_req_l, l->ops_tab[i].lstart);
+		}
+	} else if (res < 0) {
+		/* A failed fsync is never retried and then trusted. */
+		seg_fail(l, s, res);
+	} else if (kind == OP_SEAL) {
+		s->sealed = true;
+		s->durable_l = s->lend;
+		advance_durable(l);
+	} else {
+		s->durable_l = DS_MAX(s->durable_l, cover);
+		advance_durable(l);
+	}
+}
+
 void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 {
 	uint32_t slot = (uint32_t)tag;
 	struct lane_op *op;
-	struct lane_seg *s;
 
 	DS_ASSERT(slot < LANE_OPS_MAX);
 	op = &l->ops_tab[slot];
 	DS_ASSERT(op->kind != OP_FREE && op->gen == (uint32_t)(tag >> 32));
-	s = op->seg;
-	if (op->kind == OP_WRITE && l->direct) {
-		bool ok = false;
-
-		if (s->failed) {
-			/* Nothing: never trusted again. */
-		} else if ((res == -EAGAIN || res == -EINTR) && ++op->retries <= LANE_RETRY_MAX) {
-			/* Not performed: the same fresh blocks again (none of them acknowledged). */
-			int rc = l->ops->write_dsync(l->ctx, op_fd(op), l->ring + (op->lstart % l->ring_size),
-						     op->len, seg_file_off(s, op->lstart), tag);
-			if (!rc) {
-				lane_pump(l);
-				return;
-			}
-			seg_fail(l, s, rc);
-		} else if (res < 0 || (uint32_t)res != op->len) {
-			/* Failed or short: what reached the disk is unknown, never written again. */
-			seg_fail(l, s, res < 0 && res != -EAGAIN && res != -EINTR ? res : -EIO);
-		} else {
-			uint64_t lat_us = (now_ns() - op->t_start_ns) / 1000;
-			ok = true;
-			l->st.flushes++;
-			l->st.flush_latency_us_sum += lat_us;
-			l->st.flush_latency_us_max = DS_MAX(l->st.flush_latency_us_max, lat_us);
-		}
-		s->writes_inflight--;
-		s->ops_inflight--;
-		l->ops_inflight--;
-		l->dio_inflight--;
-		op_free(op);
-		tail_update(l);
-		if (ok)
-			dio_durable(l, s);
-	} else if (op->kind == OP_WRITE) {
-		bool finished = false;
-
-		if (s->failed) {
-			finished = true;
-		} else if (res == -EAGAIN || res == -EINTR || res == -ECANCELED || res == 0) {
-			if (++op->retries > LANE_RETRY_MAX) {
-				seg_fail(l, s, -EIO);
-				finished = true;
-			}
-		} else if (res < 0) {
-			seg_fail(l, s, res);
-			finished = true;
-		} else {
-			DS_ASSERT((uint32_t)res <= op->len - op->done);
-			op->done += (uint32_t)res;
-			finished = op->done == op->len;
-		}
-		if (!finished) {
-			/* Short write or transient error: resubmit the rest (alone). */
-			int rc = submit_write(l, op);
-			if (rc) {
-				seg_fail(l, s, rc);
-				finished = true;
-			}
-		}
-		if (finished) {
-			s->writes_inflight--;
-			s->ops_inflight--;
-			l->ops_inflight--;
-			op_free(op);
-			tail_update(l);
-		}
-	} else {
-		uint32_t kind = op->kind;
-		uint64_t cover = op->lstart;
-		uint64_t lat_us = (now_ns() - op->t_start_ns) / 1000;
-
-		op_free(op);
-		s->ops_inflight--;
-		l->ops_inflight--;
-		if (kind == OP_FLUSH)
-			l->flushes_inflight--;
-		else
-			s->sealing = false;
-		if (s->failed) {
-			/* Nothing: never trusted again. */
-		} else if (res == -ECANCELED) {
-			/*
-			 * Never ran (its write was short): ask again later. Any
-			 * other error, -EINTR and -EAGAIN included, may have
-			 * consumed a writeback error: a failure.
-			 */
-			if (kind == OP_FLUSH) {
-				s->flush_req_l = s->durable_l;
-				for (uint32_t i = 0; i < LANE_OPS_MAX; i++)
-					if (l->ops_tab[i].kind == OP_FLUSH && l->ops_tab[i].seg == s)
-						s->flush_req_l = DS_MAX(s->flush_req_l, l->ops_tab[i].lstart);
-			}
-		} else if (res < 0) {
-			/* A failed fsync is never retried and then trusted. */
-			seg_fail(l, s, res);
-		} else {
-			l->st.flushes++;
-			l->st.flush_latency_us_sum += lat_us;
-			l->st.flush_latency_us_max = DS_MAX(l->st.flush_latency_us_max, lat_us);
-			if (kind == OP_SEAL) {
-				s->sealed = true;
-				s->durable_l = s->lend;
-			} else {
-				s->durable_l = DS_MAX(s->durable_l, cover);
-			}
-			advance_durable(l);
-		}
-	}
+	if (op->kind == OP_WRITE && l->direct)
+		dio_write_done(l, op, tag, res);
+	else if (op->kind == OP_WRITE)
+		write_done(l, op, res);
+	else
+		flush_done(l, op, res);
 	lane_pump(l);
 }
 

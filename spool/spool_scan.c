@@ -341,10 +341,106 @@ static void seg_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zero)
  * segment provided no segment before first holds a record of only_id (see
  * spool_reader_read).
  */
+/*
+ * Scan segment s into ssp (records, chunks, bad regions). A server may be
+ * writing this segment: a record that was not there when the scan passed
+ * may have landed before a later record that vouches for it (watermark).
+ * If a "durable" bad region parses now, it was a write in progress: scan
+ * again (a few times at most).
+ */
+static void seg_scan_stable(struct seg_scan *ssp, struct rseg *s)
+{
+	static const struct spool_scan_ops sops = {.rec = seg_rec, .bad = seg_bad};
+
+	ssp->s = s;
+	for (int attempt = 0;; attempt++) {
+		bool moved = false;
+
+		ssp->watermark = 0;
+		ssp->npc = 0;
+		ssp->nbad = 0;
+		ssp->nch = 0;
+		spool_seg_scan(s->map, s->size, s->hdr.epoch, SPOOL_SEG_DATA_OFF, &sops, ssp);
+		if (ssp->err)
+			return;
+		for (unsigned k = 0; k < ssp->nbad && !moved; k++) {
+			struct spool_rec probe;
+			moved = ssp->bad[k].from < ssp->watermark &&
+				spool_rec_check(s->map, s->size, s->hdr.epoch, ssp->bad[k].from, &probe);
+		}
+		if (!moved || attempt == 4)
+			return;
+	}
+}
+
+/* Count the segment's chunks into the lane's table (txn id -> count, bytes). */
+static int seg_count_chunks(struct seg_scan *ssp, struct ctab *tab)
+{
+	for (size_t k = 0; k < ssp->nch; k++) {
+		/*
+		 * Segment sequence 0 is never used: such a chunk is padding
+		 * (--spool-io direct) and belongs to no message. It must not be
+		 * counted, least of all under id 0, the empty-slot mark.
+		 */
+		if (!((ssp->ch[k].txn_id >> SPOOL_ID_COUNTER_BITS) & 0xffffffffull))
+			continue;
+		struct ctab_ent *e = ctab_get(tab, ssp->ch[k].txn_id, true);
+		if (!e)
+			return -ENOMEM;
+		e->count++;
+		e->bytes += ssp->ch[k].len;
+	}
+	return 0;
+}
+
+/* One commit of segment s: kept (cfg->msg) if its whole body is there, else dropped. */
+static int seg_commit(struct seg_scan *ssp, struct ctab *tab, struct rseg *s, const struct pend_commit *pc)
+{
+	struct spool_reader *r = ssp->r;
+	struct rlane *rl = ssp->rl;
+	const struct scan_cfg *cfg = ssp->cfg;
+	struct spool_commit c;
+	struct spool_msg m;
+	struct ctab_ent *e;
+	bool durable, ok;
+
+	if (spool_commit_decode(pc->payload, pc->len, &c, r->rcpt, SPOOL_RCPT_MAX))
+		return 0; /* CRC matched but not decodable: not written by this format */
+	memset(&m, 0, sizeof(m));
+	m.id = pc->txn_id;
+	m.lane = rl->lane;
+	m.seq = s->seq;
+	m.off = pc->off;
+	m.size = c.body_len;
+	m.body_crc = c.body_crc;
+	m.chunk_count = c.chunk_count;
+	m.first_seq = c.first_seq;
+	m.first_off = c.first_off;
+	m.received_at_us = c.env.received_at_us;
+	m.env = c.env;
+	DS_ASSERT(pc->end > pc->off && pc->end <= s->size);
+	e = ctab_get(tab, pc->txn_id, false);
+	ok = c.chunk_count == 0 ? c.body_len == 0
+				: (e && e->count == c.chunk_count && e->bytes == c.body_len);
+	if (e)
+		ctab_del(tab, e);
+	durable = pc->end <= ssp->watermark;
+	if (ok && (cfg->check_all_bodies || !durable || (c.chunk_count && c.first_seq != s->seq)))
+		ok = spool_scan_body_walk(r, rl, &m, NULL, NULL) == 0;
+	else if (!ok && durable)
+		/* A live writer may have added chunks after this lane's scan passed them. */
+		ok = spool_scan_body_walk(r, rl, &m, NULL, NULL) == 0;
+	if (!ok) {
+		if (cfg->dropped)
+			cfg->dropped(cfg->ctx, rl, &m, durable);
+		return 0;
+	}
+	return cfg->msg ? cfg->msg(cfg->ctx, rl, &m) : 0;
+}
+
 int spool_scan_lane_from(struct spool_reader *r, struct rlane *rl, const struct scan_cfg *cfg, unsigned first,
 			 uint64_t only_id)
 {
-	static const struct spool_scan_ops sops = {.rec = seg_rec, .bad = seg_bad};
 	struct ctab tab = {0};
 	struct seg_scan *ssp = calloc(1, sizeof(*ssp));
 	int rc = 0;
@@ -356,109 +452,25 @@ int spool_scan_lane_from(struct spool_reader *r, struct rlane *rl, const struct 
 	ssp->cfg = cfg;
 	ssp->tab = &tab;
 	ssp->only_id = only_id;
-
 	for (unsigned i = first; i < rl->nsegs && !rc; i++) {
 		struct rseg *s = &rl->segs[i];
 
 		if (!spool_scan_seg_map(r, rl, s))
 			continue; /* gone: as if never listed (whole-lane scans map all first) */
-
 		if (cfg->seg)
 			cfg->seg(cfg->ctx, rl, s);
 		if (s->hdr_rc)
 			continue;
-		ssp->s = s;
-		for (int attempt = 0;; attempt++) {
-			bool moved = false;
-
-			ssp->watermark = 0;
-			ssp->npc = 0;
-			ssp->nbad = 0;
-			ssp->nch = 0;
-			spool_seg_scan(s->map, s->size, s->hdr.epoch, SPOOL_SEG_DATA_OFF, &sops, ssp);
-			if (ssp->err)
-				break;
-			/*
-			 * A server may be writing this segment: a record that was not
-			 * there when the scan passed may have landed before a later
-			 * record that vouches for it (watermark). If a "durable" bad
-			 * region parses now, it was a write in progress: scan again.
-			 */
-			for (unsigned k = 0; k < ssp->nbad && !moved; k++) {
-				struct spool_rec probe;
-				moved = ssp->bad[k].from < ssp->watermark &&
-					spool_rec_check(s->map, s->size, s->hdr.epoch, ssp->bad[k].from,
-							&probe);
-			}
-			if (!moved || attempt == 4)
-				break;
-		}
-		if (ssp->err) {
-			rc = ssp->err;
-			break;
-		}
-		for (size_t k = 0; k < ssp->nch; k++) {
-			/*
-			 * Segment sequence 0 is never used: such a chunk is padding
-			 * (--spool-io direct) and belongs to no message. It must not
-			 * be counted, least of all under id 0, the empty-slot mark.
-			 */
-			if (!((ssp->ch[k].txn_id >> SPOOL_ID_COUNTER_BITS) & 0xffffffffull))
-				continue;
-			struct ctab_ent *e = ctab_get(&tab, ssp->ch[k].txn_id, true);
-			if (!e) {
-				rc = -ENOMEM;
-				break;
-			}
-			e->count++;
-			e->bytes += ssp->ch[k].len;
-		}
+		seg_scan_stable(ssp, s);
+		rc = ssp->err ? ssp->err : seg_count_chunks(ssp, &tab);
 		if (rc)
 			break;
 		for (unsigned k = 0; k < ssp->nbad && cfg->bad; k++)
 			cfg->bad(cfg->ctx, rl, s, ssp->bad[k].from, ssp->bad[k].to, ssp->bad[k].tail,
 				 ssp->bad[k].zero, ssp->bad[k].from < ssp->watermark);
-		/* Match chunk counts first: a later commit may not see chunks of an earlier one. */
-		for (size_t k = 0; k < ssp->npc && !rc; k++) {
-			struct pend_commit *pc = &ssp->pc[k];
-			struct spool_commit c;
-			struct spool_msg m;
-			struct ctab_ent *e;
-			bool durable, ok;
-
-			if (spool_commit_decode(pc->payload, pc->len, &c, r->rcpt, SPOOL_RCPT_MAX))
-				continue; /* CRC matched but not decodable: not written by this format */
-			memset(&m, 0, sizeof(m));
-			m.id = pc->txn_id;
-			m.lane = rl->lane;
-			m.seq = s->seq;
-			m.off = pc->off;
-			m.size = c.body_len;
-			m.body_crc = c.body_crc;
-			m.chunk_count = c.chunk_count;
-			m.first_seq = c.first_seq;
-			m.first_off = c.first_off;
-			m.received_at_us = c.env.received_at_us;
-			m.env = c.env;
-			e = ctab_get(&tab, pc->txn_id, false);
-			ok = c.chunk_count == 0 ? c.body_len == 0
-						: (e && e->count == c.chunk_count && e->bytes == c.body_len);
-			if (e)
-				ctab_del(&tab, e);
-			durable = pc->end <= ssp->watermark;
-			if (ok &&
-			    (cfg->check_all_bodies || !durable || (c.chunk_count && c.first_seq != s->seq)))
-				ok = spool_scan_body_walk(r, rl, &m, NULL, NULL) == 0;
-			else if (!ok && durable)
-				/* A live writer may have added chunks after this lane's scan passed them. */
-				ok = spool_scan_body_walk(r, rl, &m, NULL, NULL) == 0;
-			if (!ok) {
-				if (cfg->dropped)
-					cfg->dropped(cfg->ctx, rl, &m, durable);
-				continue;
-			}
-			rc = cfg->msg ? cfg->msg(cfg->ctx, rl, &m) : 0;
-		}
+		/* Chunk counts first (above): a later commit may not see chunks of an earlier one. */
+		for (size_t k = 0; k < ssp->npc && !rc; k++)
+			rc = seg_commit(ssp, &tab, s, &ssp->pc[k]);
 	}
 	free(ssp->pc);
 	free(ssp->ch);

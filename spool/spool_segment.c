@@ -93,70 +93,46 @@ int spool_fsync_parent(const char *path)
  * (the sequence number can be used again: a gap in a lane's sequence
  * would cut the body of a message that spans it).
  */
-static int seg_prepare(struct spool_spare *sp, uint64_t seq, struct seg_ready *out, bool *seq_free)
+/* Allocate size bytes and, with prewrite, write every one of them (paced). */
+static int seg_fill(int fd, uint64_t size, bool prewrite)
 {
-	const struct seg_params *p = &sp->p;
-	struct seg_files *files = &out->files;
-	char path[PATH_MAX];
+	if (fallocate(fd, 0, 0, (off_t)size)) {
+		int rc = -errno;
+		if (rc != -EOPNOTSUPP || ftruncate(fd, (off_t)size))
+			return rc;
+	}
+	if (!prewrite)
+		return 0;
+	/*
+	 * Paced: each chunk is written back before the next is dirtied.
+	 * Zero-filling 64 MiB into the page cache and fsyncing it at the end
+	 * would put tens of megabytes of writeback in the device queue in front
+	 * of the hot path's fdatasync (a p99 spike each time a segment is
+	 * prepared); this way a flush waits behind one chunk at most.
+	 */
+	enum { ZB = 256 << 10 };
+	static const uint8_t zero[ZB];
+	for (uint64_t off = 0; off < size;) {
+		size_t n = (size_t)DS_MIN((uint64_t)ZB, size - off);
+		ssize_t w = pwrite(fd, zero, n, (off_t)off);
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		if (sync_file_range(fd, (off_t)off, w,
+				    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
+					    SYNC_FILE_RANGE_WAIT_AFTER) &&
+		    errno != ENOSYS && errno != EINVAL)
+			return -errno;
+		off += (uint64_t)w;
+	}
+	return 0;
+}
+
+/* Write the header with a fresh epoch and make file and directory entry durable. */
+static int seg_stamp(int fd, const struct seg_params *p, uint64_t seq, uint64_t *epoch)
+{
 	uint8_t hdr[SPOOL_SEG_HDR_SIZE];
 	struct spool_seg_hdr h = {0};
-	uint64_t size = p->segment_size;
-	int fd, rc;
 
-	*seq_free = true;
-	files->n = 0;
-	if (p->lane_bytes_max) {
-		uint64_t *seqs;
-		int n = spool_seg_list(p->lane_dir, &seqs);
-		free(seqs);
-		if (n < 0)
-			return n;
-		if ((uint64_t)(n + 1) * size > p->lane_bytes_max)
-			return -ENOSPC;
-	}
-	rc = spool_seg_path(path, sizeof(path), p->dir, p->lane_no, seq);
-	if (rc)
-		return rc;
-	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-	if (fd < 0) {
-		*seq_free = errno != EEXIST;
-		return -errno;
-	}
-	if (fallocate(fd, 0, 0, (off_t)size)) {
-		rc = -errno;
-		if (rc == -EOPNOTSUPP && !ftruncate(fd, (off_t)size))
-			rc = 0;
-		if (rc)
-			goto fail;
-	}
-	if (p->prewrite) {
-		/*
-		 * Paced: each chunk is written back before the next is dirtied.
-		 * Zero-filling 64 MiB into the page cache and fsyncing it at the
-		 * end would put tens of megabytes of writeback in the device queue
-		 * in front of the hot path's fdatasync (a p99 spike each time a
-		 * segment is prepared); this way a flush waits behind one chunk
-		 * at most.
-		 */
-		enum { ZB = 256 << 10 };
-		static const uint8_t zero[ZB];
-		for (uint64_t off = 0; off < size;) {
-			size_t n = (size_t)DS_MIN((uint64_t)ZB, size - off);
-			ssize_t w = pwrite(fd, zero, n, (off_t)off);
-			if (w <= 0) {
-				rc = w < 0 ? -errno : -EIO;
-				goto fail;
-			}
-			if (sync_file_range(fd, (off_t)off, w,
-					    SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE |
-						    SYNC_FILE_RANGE_WAIT_AFTER) &&
-			    errno != ENOSYS && errno != EINVAL) {
-				rc = -errno;
-				goto fail;
-			}
-			off += (uint64_t)w;
-		}
-	}
 	do {
 		if (getrandom(&h.epoch, sizeof(h.epoch), 0) != sizeof(h.epoch))
 			h.epoch = now_ns() ^ ((uint64_t)seq << 32) ^ (uint64_t)getpid();
@@ -165,52 +141,94 @@ static int seg_prepare(struct spool_spare *sp, uint64_t seq, struct seg_ready *o
 	h.lane = p->lane_no;
 	h.seq = seq;
 	h.created_us = wall_us();
-	h.segment_size = size;
+	h.segment_size = p->segment_size;
 	spool_seg_hdr_encode(hdr, &h);
-	if (pwrite(fd, hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr)) {
-		rc = -EIO;
-		goto fail;
+	if (pwrite(fd, hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr))
+		return -EIO;
+	if (fsync(fd))
+		return -errno;
+	*epoch = h.epoch;
+	return spool_fsync_dir(p->lane_dir);
+}
+
+/*
+ * Prepared and durable through the page cache; with want_odirect, data goes
+ * around it from now on: *fd becomes an O_DIRECT descriptor. A file system
+ * that refuses O_DIRECT (EINVAL) is said once, and never asked again.
+ */
+static int seg_open_direct(struct spool_spare *sp, const char *path, int *fd, bool *odirect)
+{
+	*odirect = false;
+	if (!sp->p.want_odirect || __atomic_load_n(&sp->odirect_refused, __ATOMIC_RELAXED))
+		return 0;
+	int dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+	if (dfd >= 0) {
+		posix_fadvise(*fd, 0, (off_t)sp->p.segment_size, POSIX_FADV_DONTNEED);
+		close(*fd);
+		*fd = dfd;
+		*odirect = true;
+		return 0;
 	}
-	if (fsync(fd)) {
-		rc = -errno;
-		goto fail;
+	if (errno != EINVAL)
+		return -errno;
+	static int logged;
+	if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
+		fprintf(stderr,
+			"spool: O_DIRECT refused on %s (EINVAL): spool-io direct falls back to buffered\n",
+			sp->p.lane_dir);
+	__atomic_store_n(&sp->odirect_refused, true, __ATOMIC_RELAXED);
+	return 0;
+}
+
+/* The lane quota (tests): room for one more segment? 0 or -ENOSPC. */
+static int seg_quota(const struct seg_params *p)
+{
+	uint64_t *seqs;
+	int n;
+
+	if (!p->lane_bytes_max)
+		return 0;
+	n = spool_seg_list(p->lane_dir, &seqs);
+	free(seqs);
+	if (n < 0)
+		return n;
+	return (uint64_t)(n + 1) * p->segment_size > p->lane_bytes_max ? -ENOSPC : 0;
+}
+
+static int seg_prepare(struct spool_spare *sp, uint64_t seq, struct seg_ready *out, bool *seq_free)
+{
+	const struct seg_params *p = &sp->p;
+	char path[PATH_MAX];
+	int fd, rc;
+
+	*seq_free = true;
+	out->files.n = 0;
+	rc = seg_quota(p);
+	if (!rc)
+		rc = spool_seg_path(path, sizeof(path), p->dir, p->lane_no, seq);
+	if (rc)
+		return rc;
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		*seq_free = errno != EEXIST;
+		return -errno;
 	}
-	rc = spool_fsync_dir(p->lane_dir);
+	rc = seg_fill(fd, p->segment_size, p->prewrite);
+	if (!rc)
+		rc = seg_stamp(fd, p, seq, &out->epoch);
+	if (!rc)
+		rc = seg_open_direct(sp, path, &fd, &out->odirect);
 	if (rc)
 		goto fail;
-	out->odirect = false;
-	if (p->want_odirect && !__atomic_load_n(&sp->odirect_refused, __ATOMIC_RELAXED)) {
-		/* Prepared and durable through the page cache; data goes around it from now on. */
-		int dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
-		if (dfd >= 0) {
-			posix_fadvise(fd, 0, (off_t)size, POSIX_FADV_DONTNEED);
-			close(fd);
-			fd = dfd;
-			out->odirect = true;
-		} else if (errno == EINVAL) {
-			static int logged;
-			if (!__atomic_exchange_n(&logged, 1, __ATOMIC_RELAXED))
-				fprintf(stderr,
-					"spool: O_DIRECT refused on %s (EINVAL): spool-io direct falls back "
-					"to "
-					"buffered\n",
-					p->lane_dir);
-			__atomic_store_n(&sp->odirect_refused, true, __ATOMIC_RELAXED);
-		} else {
-			rc = -errno;
-			goto fail;
-		}
-	}
-	files->fd[0] = fd;
-	files->n = 1;
-	rc = seg_files_open(path, O_RDWR | O_CLOEXEC | (out->odirect ? O_DIRECT : 0), p->nfds, files);
+	out->files.fd[0] = fd;
+	out->files.n = 1;
+	rc = seg_files_open(path, O_RDWR | O_CLOEXEC | (out->odirect ? O_DIRECT : 0), p->nfds, &out->files);
 	if (rc) {
-		seg_files_close(files);
+		seg_files_close(&out->files);
 		fd = -1;
 		goto fail;
 	}
 	out->seq = seq;
-	out->epoch = h.epoch;
 	return 0;
 fail:
 	if (fd >= 0)
