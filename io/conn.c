@@ -429,7 +429,14 @@ static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
 					c->want_close = true;
 				break;
 			}
-			c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_commit_s * 1000;
+			/*
+			 * No client clock runs while we wait for our own flush: the
+			 * spool always settles and a commit is never abandoned (a 451
+			 * for a message that then becomes durable would be sent
+			 * twice). The command clock starts at the reply
+			 * (io_conn_settled).
+			 */
+			c->deadline_ms = 0;
 			return off;
 		case SMTP_BLOCKED:
 			return off;

@@ -55,7 +55,6 @@ struct io_config {
 	uint32_t timeout_greeting_s;	 /* PROXY header wait before the banner */
 	uint32_t timeout_command_s;	 /* RFC 5321 4.5.3.2: 5 minutes */
 	uint32_t timeout_data_s;	 /* per data block: 3 minutes */
-	uint32_t timeout_commit_s;	 /* our own wait for the spool before 451 */
 	uint32_t shutdown_timeout_s;	 /* SIGTERM: how long transactions in flight may take */
 	uint32_t recv_buffers;		 /* provided buffers per worker */
 	uint32_t recv_buffer_size;	 /* bytes each */

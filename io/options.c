@@ -68,8 +68,6 @@ static const struct opt_def opts[] = {
 	{"timeout-command-s", OPT_U32, CF(timeout_command_s), 1, 86400, 0,
 	 "S per command (RFC 5321 4.5.3.2)"},
 	{"timeout-data-s", OPT_U32, CF(timeout_data_s), 1, 86400, 0, "S per data block"},
-	{"timeout-commit-s", OPT_U32, CF(timeout_commit_s), 1, 86400, 0,
-	 "S deadline shown for the spool's answer"},
 	{"shutdown-timeout-s", OPT_U32, CF(shutdown_timeout_s), 0, 86400, 0,
 	 "S on SIGTERM/SIGINT, time for transactions in flight"},
 	{"segment-size", OPT_U64, CF(spool.segment_size), SPOOL_SEGMENT_SIZE_MIN, SPOOL_SEGMENT_SIZE_MAX, 0,
@@ -102,6 +100,26 @@ static const struct opt_def opts[] = {
 	 "N io_uring submission queue entries per worker (completion queue: at least 16384 and 2 x N)"},
 };
 
+/*
+ * Options that no longer do anything. Still accepted, as a flag and as a
+ * key, so that existing configurations load; each use prints a warning.
+ * Not in --help nor in dist/dotspool.conf.
+ */
+static const struct {
+	const char *name;
+	const char *why;
+} obsolete_opts[] = {
+	{"timeout-commit-s", "a commit is never abandoned (see dist/README.md)"},
+};
+
+static const char *obsolete_why(const char *name)
+{
+	for (size_t i = 0; i < DS_ARRAY_SIZE(obsolete_opts); i++)
+		if (!strcmp(obsolete_opts[i].name, name))
+			return obsolete_opts[i].why;
+	return NULL;
+}
+
 static int fail(char *err, size_t cap, const char *fmt, ...)
 {
 	va_list ap;
@@ -124,7 +142,6 @@ void io_config_defaults(struct io_config *cfg)
 	cfg->timeout_greeting_s = 30;
 	cfg->timeout_command_s = 300;
 	cfg->timeout_data_s = 180;
-	cfg->timeout_commit_s = 600;
 	cfg->shutdown_timeout_s = 10;
 	cfg->recv_buffers = 1024;
 	cfg->recv_buffer_size = 4096;
@@ -221,12 +238,12 @@ static const struct opt_def *opt_find(const char *name)
 bool io_option_takes_value(const char *name)
 {
 	const struct opt_def *d = opt_find(name);
-	return d && d->kind != OPT_FLAG_NEG;
+	return (d && d->kind != OPT_FLAG_NEG) || obsolete_why(name);
 }
 
 bool io_option_known(const char *name)
 {
-	return opt_find(name) != NULL;
+	return opt_find(name) != NULL || obsolete_why(name) != NULL;
 }
 
 void io_config_begin_source(struct io_config *cfg)
@@ -239,6 +256,13 @@ void io_config_begin_source(struct io_config *cfg)
 int io_option_apply(struct io_config *cfg, const char *name, const char *value, char *err, size_t errcap)
 {
 	const struct opt_def *d = opt_find(name);
+	const char *why = obsolete_why(name);
+	if (why) {
+		if (!value)
+			return fail(err, errcap, "'%s' needs a value", name);
+		fprintf(stderr, "dotspool: %s is obsolete and ignored: %s\n", name, why);
+		return 0;
+	}
 	if (!d)
 		return fail(err, errcap, "unknown option '%s'", name);
 	if (d->kind != OPT_FLAG_NEG && !value)

@@ -119,7 +119,8 @@ def test_override(exe, tmp):
                  f"listen = 127.0.0.1:{port_a}\nspool = {spool}\nthreads = 1\nsegment-size = 1M\n"
                  f"spool-buffer-size = 256K\nmax-connections = 64\n")
     log = open(os.path.join(tmp, "server.log"), "w+")
-    p = subprocess.Popen([exe, "--config", conf, "--listen", f"127.0.0.1:{port_b}"], stdout=log, stderr=log)
+    p = subprocess.Popen([exe, "--config", conf, "--listen", f"127.0.0.1:{port_b}", "--timeout-commit-s", "5"],
+                         stdout=log, stderr=log)
     try:
         got = None
         deadline = time.monotonic() + 20
@@ -144,6 +145,8 @@ def test_override(exe, tmp):
     check(rc == 0, f"SIGTERM: server exits 0 (got {rc})")
     check(f"listening on 127.0.0.1:{port_b}" in out and f"127.0.0.1:{port_a}" not in out,
           "server log names only the command-line listener")
+    check("dotspool: timeout-commit-s is obsolete and ignored" in out,
+          "obsolete flag --timeout-commit-s 5: the server starts and warns")
     if rc != 0:
         print(out)
 
@@ -174,6 +177,16 @@ def main(argv):
         path = write(tmp, "good.conf", GOOD)
         rc, out, err = run(exe, "--check-config", path)
         check(rc == 0 and out == f"dotspool: {path}: OK\n", f"good file is OK {err.strip()}")
+        # An obsolete key still loads, with a warning on stderr, and is not offered any more.
+        warn = ("dotspool: timeout-commit-s is obsolete and ignored: a commit is never abandoned "
+                "(see dist/README.md)\n")
+        check("timeout-commit" not in helptext, "--help no longer lists timeout-commit-s")
+        check("timeout-commit-s =" not in text, "the example no longer documents timeout-commit-s")
+        for key in ("timeout-commit-s", "timeout_commit_s"):
+            path = write(tmp, "obsolete.conf", f"threads = 1\n{key} = 600\n")
+            rc, out, err = run(exe, "--check-config", path)
+            check(rc == 0 and out == f"dotspool: {path}: OK\n" and err == warn,
+                  f"obsolete key '{key} = 600': OK with a warning ({err.strip()!r})")
         path = write(tmp, "empty.conf", "")
         rc, out, err = run(exe, "--check-config", path)
         check(rc == 0, "empty file is OK")
