@@ -34,16 +34,16 @@
 #define SMTP_QUEUE_ID_MAX 32 /* including the NUL */
 
 struct smtp_config {
-	const char *hostname;           /* our name in the greeting and Received: */
+	const char *hostname;		   /* our name in the greeting and Received: */
 	const char *const *accept_domains; /* "example.com" exact, ".example.com" any subdomain */
 	uint32_t accept_domain_count;
-	bool lmtp;                      /* LHLO instead of HELO/EHLO, per-recipient replies */
-	bool tls_available;             /* advertise STARTTLS */
-	uint64_t max_message_size;      /* bytes; SIZE advertised with this value */
-	uint32_t max_recipients;        /* per message, default 1000 */
-	uint32_t max_cmd_line;          /* octets incl. CRLF, default 512 */
-	uint32_t max_text_line;         /* octets incl. CRLF, default 1000 */
-	uint32_t max_errors;            /* consecutive errors before 421, default 10 */
+	bool lmtp;		   /* LHLO instead of HELO/EHLO, per-recipient replies */
+	bool tls_available;	   /* advertise STARTTLS */
+	uint64_t max_message_size; /* bytes; SIZE advertised with this value */
+	uint32_t max_recipients;   /* per message, default 1000 */
+	uint32_t max_cmd_line;	   /* octets incl. CRLF, default 512 */
+	uint32_t max_text_line;	   /* octets incl. CRLF, default 1000 */
+	uint32_t max_errors;	   /* consecutive errors before 421, default 10 */
 };
 
 void smtp_config_defaults(struct smtp_config *cfg);
@@ -72,14 +72,23 @@ struct smtp_sink {
 	void (*data_abort)(void *ctx);
 	/* Wall clock, microseconds since the Unix epoch. */
 	int64_t (*now_us)(void *ctx);
+	/*
+	 * Optional (may be NULL), for logs: a final 4xx/5xx reply line was
+	 * queued. line has no CRLF; helo and mail_from are those of the
+	 * session and of the transaction the reply answers ("" when none),
+	 * taken before the reply resets anything (a refusal at the end of
+	 * data still names its sender, also when pipelined commands follow).
+	 * The strings are valid only during the call.
+	 */
+	void (*refused)(void *ctx, unsigned code, const char *line, const char *helo, const char *mail_from);
 };
 
 enum smtp_status {
-	SMTP_OK = 0,      /* all input consumed; feed more when it arrives */
+	SMTP_OK = 0,	  /* all input consumed; feed more when it arrives */
 	SMTP_WAIT_COMMIT, /* waiting for smtp_session_commit_done() */
-	SMTP_BLOCKED,     /* output buffer full: send output, then feed the rest */
-	SMTP_STARTTLS,    /* start TLS after sending the output; discard unread input */
-	SMTP_CLOSE,       /* send the output, then close the connection */
+	SMTP_BLOCKED,	  /* output buffer full: send output, then feed the rest */
+	SMTP_STARTTLS,	  /* start TLS after sending the output; discard unread input */
+	SMTP_CLOSE,	  /* send the output, then close the connection */
 };
 
 struct smtp_peer {
@@ -118,9 +127,9 @@ void smtp_session_shutdown(struct smtp_session *s);
 
 /* Phase, for the io layer's choice of timeout (RFC 5321 4.5.3.2). */
 enum smtp_phase {
-	SMTP_PHASE_COMMAND,  /* waiting for a command */
-	SMTP_PHASE_DATA,     /* inside DATA/BDAT */
-	SMTP_PHASE_COMMIT,   /* waiting for the spool */
+	SMTP_PHASE_COMMAND, /* waiting for a command */
+	SMTP_PHASE_DATA,    /* inside DATA/BDAT */
+	SMTP_PHASE_COMMIT,  /* waiting for the spool */
 	SMTP_PHASE_CLOSED,
 };
 enum smtp_phase smtp_session_phase(const struct smtp_session *s);

@@ -150,6 +150,16 @@ static void out_put(struct smtp_session *s, const char *buf, size_t n)
 	s->out_len = (uint16_t)(s->out_len + n);
 }
 
+/* A final 4xx/5xx line (NUL-terminated, no CRLF) is about to be queued: tell the sink. */
+static void note_refusal(const struct smtp_session *s, const char *line, int n)
+{
+	if (!s->sink->refused || n < 4 || (line[0] != '4' && line[0] != '5') || line[3] != ' ')
+		return;
+	unsigned code =
+		(unsigned)(line[0] - '0') * 100 + (unsigned)(line[1] - '0') * 10 + (unsigned)(line[2] - '0');
+	s->sink->refused(s->ctx, code, line, s->helo, s->mail_given ? s->arena : "");
+}
+
 __attribute__((format(printf, 2, 3))) static void reply(struct smtp_session *s, const char *fmt, ...)
 {
 	char buf[SMTP_REPLY_RESERVE];
@@ -161,6 +171,7 @@ __attribute__((format(printf, 2, 3))) static void reply(struct smtp_session *s, 
 	DS_ASSERT(n > 0);
 	/* Replies are built from bounded, validated strings: truncation is a bug. */
 	DS_ASSERT((size_t)n < sizeof(buf) - 2);
+	note_refusal(s, buf, n);
 	buf[n++] = '\r';
 	buf[n++] = '\n';
 	out_put(s, buf, (size_t)n);
@@ -684,6 +695,7 @@ static void vreply(struct smtp_session *s, const char *fmt, va_list ap)
 	int n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
 
 	DS_ASSERT(n > 0 && (size_t)n < sizeof(buf) - 2);
+	note_refusal(s, buf, n);
 	buf[n++] = '\r';
 	buf[n++] = '\n';
 	out_put(s, buf, (size_t)n);

@@ -97,36 +97,27 @@ static void log_refusal(struct io_worker *w, const char *reason, unsigned code, 
 }
 
 /*
- * Replies leaving the session (n bytes at p, about to be consumed): count
- * them by class, and log every final 4xx/5xx line, the refusal and its
- * reason. Lines split across two sends are counted but not logged.
+ * Replies leaving the connection (n bytes at p): count them by class. The
+ * session's refusals are logged when it queues them (sink_refused), while
+ * the transaction they answer is still known.
  */
 static void conn_replies_out(struct io_conn *c, const uint8_t *p, size_t n)
 {
-	struct io_worker *w = c->w;
-	io_metrics_scan_replies(w->m, &c->rscan, p, n);
-	size_t i = 0;
-	while (i + 5 < n) {
-		const uint8_t *eol = memchr(p + i, '\n', n - i);
-		if (!eol)
-			break;
-		size_t len = (size_t)(eol - (p + i)) + 1;
-		if ((p[i] == '4' || p[i] == '5') && p[i + 3] == ' ' && len > 6) {
-			unsigned code = (unsigned)(p[i] - '0') * 100 + (unsigned)(p[i + 1] - '0') * 10 +
-					(unsigned)(p[i + 2] - '0');
-			char reason[128];
-			size_t rl = DS_MIN(len - 6, sizeof(reason) - 1); /* text without "NNN " and CRLF */
-			memcpy(reason, p + i + 4, rl);
-			reason[rl] = 0;
-			struct io_log_refusal f = {.reason = reason,
-						   .code = code,
-						   .client = c->peer_text,
-						   .helo = c->s ? smtp_session_helo(c->s) : NULL,
-						   .sender = c->s ? smtp_session_mail_from(c->s) : NULL};
-			io_log_refused(w->log, &f);
-		}
-		i += len;
-	}
+	io_metrics_scan_replies(c->w->m, &c->rscan, p, n);
+}
+
+/* io's own goodbye line (421 at shutdown) left: count and log it like the session's refusals. */
+static void conn_bye_out(struct io_conn *c)
+{
+	char reason[sizeof(io_bye)];
+	conn_replies_out(c, (const uint8_t *)io_bye, sizeof(io_bye) - 1);
+	snprintf(reason, sizeof(reason), "%.*s", (int)(sizeof(io_bye) - 7), io_bye + 4);
+	struct io_log_refusal f = {.reason = reason,
+				   .code = 421,
+				   .client = c->peer_text,
+				   .helo = c->s ? smtp_session_helo(c->s) : NULL,
+				   .sender = c->s ? smtp_session_mail_from(c->s) : NULL};
+	io_log_refused(c->w->log, &f);
 }
 
 /* ---- the session's sink: spool calls ---- */
@@ -196,12 +187,24 @@ static int64_t sink_now_us(void *ctx)
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
+/* One log line per final 4xx/5xx reply the session queues, with its transaction's sender. */
+static void sink_refused(void *ctx, unsigned code, const char *line, const char *helo, const char *mail_from)
+{
+	struct io_conn *c = ctx;
+	char reason[128]; /* the text without "NNN " */
+	snprintf(reason, sizeof(reason), "%s", line + 4);
+	struct io_log_refusal f = {
+		.reason = reason, .code = code, .client = c->peer_text, .helo = helo, .sender = mail_from};
+	io_log_refused(c->w->log, &f);
+}
+
 static const struct smtp_sink io_sink = {
 	.data_begin = sink_data_begin,
 	.data_write = sink_data_write,
 	.data_commit = sink_data_commit,
 	.data_abort = sink_data_abort,
 	.now_us = sink_now_us,
+	.refused = sink_refused,
 };
 
 /* ---- pool ---- */
@@ -460,7 +463,7 @@ static void conn_flush_tls(struct io_conn *c)
 			const uint8_t *out = smtp_session_output(c->s, &len);
 			if (len == 0 && c->bye_pending) {
 				if (io_tls_write(c->tls, (const uint8_t *)io_bye, sizeof(io_bye) - 1) > 0) {
-					conn_replies_out(c, (const uint8_t *)io_bye, sizeof(io_bye) - 1);
+					conn_bye_out(c);
 					c->bye_pending = false;
 					c->want_close = true;
 				}
@@ -833,7 +836,7 @@ void io_conn_on_send(struct io_worker *w, uint64_t key, int res)
 		conn_close(c); /* a short send of the goodbye line: give up on it */
 		return;
 	} else {
-		conn_replies_out(c, (const uint8_t *)io_bye, sizeof(io_bye) - 1);
+		conn_bye_out(c);
 	}
 	conn_flush_output(c);
 	if (!c->send_inflight && c->state == IO_CONN_ACTIVE)

@@ -120,8 +120,13 @@ static int64_t core_bench_now(void *ctx)
 /* A whole pipelined transaction through the session (commands, 4 KiB of data, replies). */
 MICRO_BENCH(core_session_txn_4k)
 {
-	static const struct smtp_sink sink = {core_bench_begin, core_bench_write, core_bench_commit,
-					      core_bench_abort, core_bench_now};
+	static const struct smtp_sink sink = {
+		.data_begin = core_bench_begin,
+		.data_write = core_bench_write,
+		.data_commit = core_bench_commit,
+		.data_abort = core_bench_abort,
+		.now_us = core_bench_now,
+	};
 	static const char *const doms[] = {"example.com"};
 	static uint8_t mem[4096];
 	static uint8_t in[8192];

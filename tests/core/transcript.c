@@ -16,6 +16,8 @@
  *   !expect-status ok|wait|close|starttls|blocked   last status of input
  *   !expect-discarded N            bytes left unread at SMTP_STARTTLS
  *   !expect-commits N / !expect-aborts N
+ *   !expect-refused CODE sender=ADDR   the last refused() call of the session (sink hook)
+ *   !expect-refusals N                 refused() calls so far
  *   !sink begin=-28 write=-5 commit=-28   make the next calls fail
  *   !tls DESC | !timeout | !shutdown | !expect-idle 0|1
  *
@@ -49,6 +51,8 @@ struct fake {
 	int commit_ok_given;
 	int queued_replies;
 	uint64_t committed_hash; /* of every committed message's bytes */
+	char refused[1024];	 /* last refused(): "CODE sender=ADDR" */
+	int refusals;
 };
 
 struct run {
@@ -178,7 +182,18 @@ static int64_t fk_now(void *ctx)
 	return 1795000000123456LL; /* Tue, 18 Nov 2026 */
 }
 
-static const struct smtp_sink fake_sink = {fk_begin, fk_write, fk_commit, fk_abort, fk_now};
+static void fk_refused(void *ctx, unsigned code, const char *line, const char *helo, const char *mail_from)
+{
+	struct fake *f = ctx;
+	if (code < 400 || code > 599 || (unsigned)(line[0] - '0') != code / 100 || !helo || !mail_from) {
+		fprintf(stderr, "sink: bad refused(%u, \"%s\")\n", code, line);
+		abort();
+	}
+	snprintf(f->refused, sizeof(f->refused), "%u sender=%s", code, mail_from);
+	f->refusals++;
+}
+
+static const struct smtp_sink fake_sink = {fk_begin, fk_write, fk_commit, fk_abort, fk_now, fk_refused};
 
 static void collect(struct run *r)
 {
@@ -503,6 +518,14 @@ static int run_file(struct run *r, const char *file)
 			drive(r);
 			if (r->fk.aborts != atoi(buf + 15))
 				fail(r, "aborts %d, expected %s", r->fk.aborts, buf + 15);
+		} else if (!strncmp(buf, "!expect-refused ", 16)) {
+			drive(r);
+			if (strcmp(r->fk.refused, buf + 16))
+				fail(r, "last refusal \"%s\", expected \"%s\"", r->fk.refused, buf + 16);
+		} else if (!strncmp(buf, "!expect-refusals ", 17)) {
+			drive(r);
+			if (r->fk.refusals != atoi(buf + 17))
+				fail(r, "refusals %d, expected %s", r->fk.refusals, buf + 17);
 		} else if (!strncmp(buf, "!expect-idle ", 13)) {
 			drive(r);
 			if (smtp_session_idle(r->s) != (bool)atoi(buf + 13))

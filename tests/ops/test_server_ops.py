@@ -18,6 +18,8 @@ Sections (each reported on its own; the script fails if any fails):
                session keeps working; a broken key keeps the old certificate.
   5 config     --config FILE (listen, spool, metrics, log-level) and --listen
                overriding the file's listen.
+  6 data-refusals  refusals at the end of data (552 too big, SMTP alone and
+               pipelined, LMTP per recipient) are logged with their sender.
 
 Servers listen on loopback (free ports), use temporary spools, are stopped by
 their own PID, and every network operation has a timeout. Exit 0 pass,
@@ -525,6 +527,67 @@ def sec_refusals(t):
     stop_ok(t, srv)
 
 
+# ---------------------------------------------------------------- 6: end-of-data refusals
+
+def too_big(c, sender, rcpts, after=b""):
+    """MAIL, RCPTs, DATA and a 4 KB body over --max-message-size 1024; returns the replies to the dot."""
+    c.send("MAIL FROM:<%s>\r\n" % sender)
+    code, text = c.reply()
+    if code != 250:
+        raise Fail("MAIL -> %d %s" % (code, text))
+    for r in rcpts:
+        code, text = c.cmd("RCPT TO:<%s>" % r)
+        if code != 250:
+            raise Fail("RCPT -> %d %s" % (code, text))
+    code, text = c.cmd("DATA")
+    if code != 354:
+        raise Fail("DATA -> %d %s" % (code, text))
+    c.send(b"Subject: too big\r\n\r\n" + dslib.body_lines(4000) + b".\r\n" + after)
+    return c.reply()
+
+
+def sec_data_refusals(t):
+    lmtp_port = dslib.free_port()
+    srv = new_server(t, extra=["--max-message-size", "1024"], lmtp=("127.0.0.1", lmtp_port))
+    srv.section = "6 data-refusals"
+    srv.start()
+    c = dslib.RawSMTP("127.0.0.1", srv.port, timeout_s=IO_TIMEOUT_S)
+    try:
+        t.eq(c.reply()[0], 220, "banner")
+        t.eq(c.cmd("EHLO " + HELO)[0], 250, "EHLO")
+        code, text = too_big(c, "big@client.example", ["u@localhost"])
+        t.eq(code, 552, "a 4 KB message over --max-message-size 1024 gets 552", text)
+        # Pipelined: a new MAIL right behind the dot must not lend its sender to the 552.
+        code, text = too_big(c, "pipe@client.example", ["u@localhost"],
+                             after=b"MAIL FROM:<next@client.example>\r\nRSET\r\n")
+        t.eq(code, 552, "pipelined: 552", text)
+        t.eq(c.reply()[0], 250, "pipelined MAIL after the dot: 250")
+        t.eq(c.reply()[0], 250, "pipelined RSET: 250")
+    finally:
+        c.quit()
+    evs = wait_events(srv, "refused", 2, code=552)
+    t.eq(len(evs), 2, "two event=refused code=552 lines", log_text(srv)[-3000:])
+    t.eq([e.get("sender") for e in evs], ["big@client.example", "pipe@client.example"],
+         "each 552 is logged with the sender of its transaction", "\n".join(e["_line"] for e in evs))
+    t.check(all(e.get("helo") == HELO and e.get("client") == "127.0.0.1" for e in evs),
+            "and with the client's helo and address", "\n".join(e["_line"] for e in evs))
+    t.check(all("message size exceeds" in e.get("reason", "") for e in evs), "reason is the reply text")
+
+    # LMTP: one 552 per recipient, each logged with the sender.
+    c = dslib.RawSMTP("127.0.0.1", lmtp_port, timeout_s=IO_TIMEOUT_S)
+    try:
+        t.eq(c.reply()[0], 220, "LMTP banner")
+        t.eq(c.cmd("LHLO " + HELO)[0], 250, "LHLO")
+        code, text = too_big(c, "lmtp@client.example", ["u1@localhost", "u2@localhost"])
+        t.eq(code, 552, "LMTP: 552 for the first recipient", text)
+        t.eq(c.reply()[0], 552, "LMTP: 552 for the second recipient")
+    finally:
+        c.quit()
+    evs = wait_events(srv, "refused", 2, code=552, sender="lmtp@client.example")
+    t.eq(len(evs), 2, "LMTP: two code=552 lines with sender=lmtp@client.example", log_text(srv)[-3000:])
+    stop_ok(t, srv)
+
+
 # ---------------------------------------------------------------- 4: TLS reload on SIGHUP
 
 def leaf_der(pem_path):
@@ -738,6 +801,7 @@ def main(t):
     sections.run("3 logs", sec_logs, state)
     sections.run("4 tls-reload", sec_tls_reload)
     sections.run("5 config", sec_config)
+    sections.run("6 data-refusals", sec_data_refusals)
     print("\nsummary:")
     for name, res, dt, detail in sections.results:
         print("  %-14s %s  %.2f s" % (name, res, dt))

@@ -10,7 +10,8 @@
  *  - data_commit's body_size equals the bytes written;
  *  - no 2xx "queued as" reply unless commit_done(0) was just called;
  *  - replies are well-formed ("ddd" + ' ' or '-') and output stays bounded;
- *  - *used never exceeds the input length; SMTP_OK consumes everything.
+ *  - *used never exceeds the input length; SMTP_OK consumes everything;
+ *  - refused() gets a 4xx/5xx code matching its line and readable strings.
  */
 #include <errno.h>
 #include <stdio.h>
@@ -95,7 +96,17 @@ static int64_t z_now(void *ctx)
 	return 1795000000000000LL;
 }
 
-static const struct smtp_sink sink = {z_begin, z_write, z_commit, z_abort, z_now};
+static void z_refused(void *ctx, unsigned code, const char *line, const char *helo, const char *mail_from)
+{
+	(void)ctx;
+	CHECK(code >= 400 && code <= 599 && line[3] == ' ');
+	CHECK((unsigned)(line[0] - '0') == code / 100);
+	CHECK(helo != NULL && mail_from != NULL);
+	(void)strlen(helo);
+	(void)strlen(mail_from);
+}
+
+static const struct smtp_sink sink = {z_begin, z_write, z_commit, z_abort, z_now, z_refused};
 
 /* Drain output; check reply lines; count "queued as". */
 static void drain(struct smtp_session *s, bool queued_ok)
