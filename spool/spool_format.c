@@ -58,6 +58,9 @@ int spool_seg_hdr_decode(const uint8_t *p, size_t n, struct spool_seg_hdr *h)
 	    get32(p + 60) != crc32c(0, p, 60))
 		return -EBADMSG;
 	h->version = get32(p + 8);
+	/* A newer writer's segment is not damage: never quarantined, refused by name. */
+	if (h->version > SPOOL_FORMAT_VERSION)
+		return -EPROTONOSUPPORT;
 	if (h->version != SPOOL_FORMAT_VERSION)
 		return -EBADMSG;
 	h->lane = get32(p + 16);

@@ -261,6 +261,11 @@ static void v_seg(void *ctx, struct rlane *rl, struct rseg *s)
 	v->rep->segments++;
 	if (s->hdr_rc == -ENODATA) {
 		v->rep->empty_segments++;
+	} else if (s->hdr_rc == -EPROTONOSUPPORT) {
+		v->rep->bad_segment_headers++;
+		if (v->log)
+			fprintf(v->log, "lane %u segment %llu: written by a newer dotspool (format %u)\n",
+				rl->lane, (unsigned long long)s->seq, s->hdr.version);
 	} else if (s->hdr_rc) {
 		v->rep->bad_segment_headers++;
 		if (v->log)

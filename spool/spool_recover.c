@@ -19,6 +19,7 @@ struct rctx {
 	FILE *note;
 	struct rseg *note_seg;
 	unsigned note_lane;
+	bool newer; /* a segment of a newer format: recovery fails, nothing is touched */
 };
 
 static int r_msg(void *ctx, struct rlane *rl, const struct spool_msg *m)
@@ -89,7 +90,16 @@ static void r_seg(void *ctx, struct rlane *rl, struct rseg *s)
 	struct rctx *c = ctx;
 
 	c->rep->segments++;
-	if (s->hdr_rc && s->hdr_rc != -ENODATA) {
+	if (s->hdr_rc == -EPROTONOSUPPORT) {
+		/* Written by a newer dotspool: left exactly as it is, and we do not start. */
+		if (!c->newer)
+			fprintf(stderr,
+				"spool: %s/lane-%02u/%012llu.seg was written by a newer dotspool (segment "
+				"format %u; this binary reads up to %u): refusing to use this spool\n",
+				c->dir, rl->lane, (unsigned long long)s->seq, s->hdr.version,
+				SPOOL_FORMAT_VERSION);
+		c->newer = true;
+	} else if (s->hdr_rc && s->hdr_rc != -ENODATA) {
 		c->rep->quarantined++;
 		r_note(c, rl, s, "quarantined segment: bad header (size %llu, seq %llu)\n", s->size, s->seq);
 	}
@@ -116,6 +126,8 @@ int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *
 	for (unsigned i = 0; i < r->nlanes && !rc; i++)
 		rc = spool_scan_lane(r, &r->lanes[i], &sc);
 	note_close(&c);
+	if (!rc && c.newer)
+		rc = -EPROTONOSUPPORT;
 	spool_reader_close(r);
 	rep->elapsed_us = (uint64_t)(spool_scan_mono_us() - t0);
 	return rc;
