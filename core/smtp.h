@@ -81,6 +81,12 @@ struct smtp_sink {
 	 * The strings are valid only during the call.
 	 */
 	void (*refused)(void *ctx, unsigned code, const char *line, const char *helo, const char *mail_from);
+	/*
+	 * Optional (may be NULL), for metrics: a reply with this code (200..599)
+	 * was queued. Once per reply: a multi-line reply (EHLO) counts once,
+	 * each LMTP per-recipient reply counts.
+	 */
+	void (*replied)(void *ctx, unsigned code);
 };
 
 enum smtp_status {

@@ -150,31 +150,51 @@ static void out_put(struct smtp_session *s, const char *buf, size_t n)
 	s->out_len = (uint16_t)(s->out_len + n);
 }
 
-/* A final 4xx/5xx line (NUL-terminated, no CRLF) is about to be queued: tell the sink. */
-static void note_refusal(const struct smtp_session *s, const char *line, int n)
+/* A reply with this code was queued: tell the sink (metrics count replies by class). */
+static void note_replied(const struct smtp_session *s, unsigned code)
 {
-	if (!s->sink->refused || n < 4 || (line[0] != '4' && line[0] != '5') || line[3] != ' ')
-		return;
+	if (s->sink->replied)
+		s->sink->replied(s->ctx, code);
+}
+
+/*
+ * One reply line (NUL-terminated, no CRLF) is about to be queued: a final
+ * line ("250 ..." or a bare "250") is one reply; a 4xx/5xx one is also a
+ * refusal, for the logs.
+ */
+static void note_reply(const struct smtp_session *s, const char *line, int n)
+{
+	DS_ASSERT(n >= 3 && line[0] >= '2' && line[0] <= '5');
+	if (n > 3 && line[3] != ' ')
+		return; /* "250-..." continues */
 	unsigned code =
 		(unsigned)(line[0] - '0') * 100 + (unsigned)(line[1] - '0') * 10 + (unsigned)(line[2] - '0');
-	s->sink->refused(s->ctx, code, line, s->helo, s->mail_given ? s->arena : "");
+	note_replied(s, code);
+	if (s->sink->refused && code >= 400 && n > 3)
+		s->sink->refused(s->ctx, code, line, s->helo, s->mail_given ? s->arena : "");
+}
+
+/* Queue one reply line: fmt is the line without CRLF. */
+static void vreply(struct smtp_session *s, const char *fmt, va_list ap)
+{
+	char buf[SMTP_REPLY_RESERVE];
+	int n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
+
+	/* Replies are built from bounded, validated strings: truncation is a bug. */
+	DS_ASSERT(n > 0 && (size_t)n < sizeof(buf) - 2);
+	note_reply(s, buf, n);
+	buf[n++] = '\r';
+	buf[n++] = '\n';
+	out_put(s, buf, (size_t)n);
 }
 
 __attribute__((format(printf, 2, 3))) static void reply(struct smtp_session *s, const char *fmt, ...)
 {
-	char buf[SMTP_REPLY_RESERVE];
 	va_list ap;
 
 	va_start(ap, fmt);
-	int n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
+	vreply(s, fmt, ap);
 	va_end(ap);
-	DS_ASSERT(n > 0);
-	/* Replies are built from bounded, validated strings: truncation is a bug. */
-	DS_ASSERT((size_t)n < sizeof(buf) - 2);
-	note_refusal(s, buf, n);
-	buf[n++] = '\r';
-	buf[n++] = '\n';
-	out_put(s, buf, (size_t)n);
 }
 
 const uint8_t *smtp_session_output(struct smtp_session *s, size_t *len)
@@ -689,18 +709,6 @@ static size_t bdat_input(struct smtp_session *s, const uint8_t *buf, size_t len,
 
 /* ---- commands ---- */
 
-static void vreply(struct smtp_session *s, const char *fmt, va_list ap)
-{
-	char buf[SMTP_REPLY_RESERVE];
-	int n = vsnprintf(buf, sizeof(buf) - 2, fmt, ap);
-
-	DS_ASSERT(n > 0 && (size_t)n < sizeof(buf) - 2);
-	note_refusal(s, buf, n);
-	buf[n++] = '\r';
-	buf[n++] = '\n';
-	out_put(s, buf, (size_t)n);
-}
-
 static enum smtp_status cmd_fail(struct smtp_session *s, const char *fmt, ...)
 {
 	va_list ap;
@@ -763,6 +771,7 @@ static enum smtp_status do_helo(struct smtp_session *s, const struct smtp_cmd *c
 			 s->cfg->lmtp ? "250 DSN" : "250-DSN", s->cfg->lmtp ? "" : "250 PRDR\r\n");
 	DS_ASSERT(n > 0 && (size_t)n < sizeof(buf));
 	out_put(s, buf, (size_t)n);
+	note_replied(s, 250); /* one reply of many lines */
 	return SMTP_OK;
 }
 

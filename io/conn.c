@@ -96,21 +96,11 @@ static void log_refusal(struct io_worker *w, const char *reason, unsigned code, 
 	io_log_refused(w->log, &f);
 }
 
-/*
- * Replies leaving the connection (n bytes at p): count them by class. The
- * session's refusals are logged when it queues them (sink_refused), while
- * the transaction they answer is still known.
- */
-static void conn_replies_out(struct io_conn *c, const uint8_t *p, size_t n)
-{
-	io_metrics_scan_replies(c->w->m, &c->rscan, p, n);
-}
-
 /* io's own goodbye line (421 at shutdown) left: count and log it like the session's refusals. */
 static void conn_bye_out(struct io_conn *c)
 {
 	char reason[sizeof(io_bye)];
-	conn_replies_out(c, (const uint8_t *)io_bye, sizeof(io_bye) - 1);
+	io_metrics_reply(c->w->m, 421);
 	snprintf(reason, sizeof(reason), "%.*s", (int)(sizeof(io_bye) - 7), io_bye + 4);
 	struct io_log_refusal f = {.reason = reason,
 				   .code = 421,
@@ -149,10 +139,15 @@ static int sink_data_commit(void *ctx, const struct ds_envelope *env)
 	if (!c->txn_open)
 		return -EIO;
 	c->txn_open = false;
-	c->commit_pending = true;
 	c->env = *env; /* its strings stay in the session until commit_done */
 	c->dot_us = io_now_us();
 	int ret = spool_txn_commit(c->w->lane, &c->txn, env, conn_key(c));
+	if (ret < 0 && ret != -EAGAIN) {
+		/* Not taken (the txn failed earlier): the session answers 451/452 now. */
+		io_metrics_message_rejected(c->w->m);
+		return ret;
+	}
+	c->commit_pending = true;
 	if (ret == -EAGAIN) {
 		/*
 		 * No room for the commit record in the lane's staging memory
@@ -162,13 +157,8 @@ static int sink_data_commit(void *ctx, const struct ds_envelope *env)
 		 */
 		c->commit_retry = true;
 		conn_park(c);
-		return 0;
 	}
-	if (ret < 0) {
-		c->commit_pending = false;
-		c->settle_deferred = false;
-	}
-	return ret;
+	return 0;
 }
 
 static void sink_data_abort(void *ctx)
@@ -198,6 +188,13 @@ static void sink_refused(void *ctx, unsigned code, const char *line, const char 
 	io_log_refused(c->w->log, &f);
 }
 
+/* Replies are counted by class as the session queues them. */
+static void sink_replied(void *ctx, unsigned code)
+{
+	struct io_conn *c = ctx;
+	io_metrics_reply(c->w->m, code);
+}
+
 static const struct smtp_sink io_sink = {
 	.data_begin = sink_data_begin,
 	.data_write = sink_data_write,
@@ -205,6 +202,7 @@ static const struct smtp_sink io_sink = {
 	.data_abort = sink_data_abort,
 	.now_us = sink_now_us,
 	.refused = sink_refused,
+	.replied = sink_replied,
 };
 
 /* ---- pool ---- */
@@ -405,9 +403,7 @@ static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
 		size_t n = DS_MIN(len - off, room - IO_SPOOL_SLACK_BYTES);
 		size_t used = 0, out_before = 0;
 		smtp_session_output(c->s, &out_before);
-		c->in_session = true;
 		enum smtp_status st = smtp_session_input(c->s, buf + off, n, &used);
-		c->in_session = false;
 		DS_ASSERT(used <= n);
 		off += used;
 		size_t out_after = 0;
@@ -421,17 +417,6 @@ static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
 			break;
 		case SMTP_WAIT_COMMIT:
 			DS_ASSERT(c->commit_pending);
-			if (c->settle_deferred) {
-				/* The spool failed the commit at once, inside the call. */
-				c->settle_deferred = false;
-				c->commit_pending = false;
-				c->in_session = true;
-				st = smtp_session_commit_done(c->s, c->settle_res);
-				c->in_session = false;
-				if (st == SMTP_CLOSE)
-					c->want_close = true;
-				break;
-			}
 			/*
 			 * No client clock runs while we wait for our own flush: the
 			 * spool always settles and a commit is never abandoned (a 451
@@ -479,7 +464,6 @@ static void conn_flush_tls(struct io_conn *c)
 				c->want_close = true;
 				break;
 			}
-			conn_replies_out(c, out, (size_t)r);
 			smtp_session_output_consumed(c->s, (size_t)r);
 		}
 		smtp_session_output(c->s, &len);
@@ -669,9 +653,7 @@ static void conn_tls_handshake(struct io_conn *c)
 	if (io_tls_describe(c->tls, desc, sizeof(desc)) < 0)
 		snprintf(desc, sizeof(desc), "TLS");
 	c->tls_up = true;
-	c->in_session = true;
 	smtp_session_tls_started(c->s, desc);
-	c->in_session = false;
 	c->deadline_ms = io_now_ms() + (int64_t)c->w->cfg->timeout_command_s * 1000;
 }
 
@@ -820,9 +802,6 @@ void io_conn_on_send(struct io_worker *w, uint64_t key, int res)
 			conn_hs_queue(c); /* it may have stopped on a full output buffer */
 	} else if (c->send_len) {
 		DS_ASSERT((uint32_t)res <= c->send_len);
-		size_t have = 0;
-		const uint8_t *out = smtp_session_output(c->s, &have);
-		conn_replies_out(c, out, (size_t)res);
 		smtp_session_output_consumed(c->s, (size_t)res);
 		size_t left = 0;
 		smtp_session_output(c->s, &left);
@@ -846,15 +825,11 @@ void io_conn_on_send(struct io_worker *w, uint64_t key, int res)
 		conn_try_free(c);
 }
 
-void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
+/* The spool's answer for a commit it took: 250 (res 0) or 451/452. */
+static void conn_commit_done(struct io_conn *c, int res)
 {
-	struct io_conn *c = conn_lookup(w, cookie);
-	DS_ASSERT(c != NULL && c->commit_pending);
-	if (c->in_session) {
-		c->settle_deferred = true;
-		c->settle_res = res;
-		return;
-	}
+	struct io_worker *w = c->w;
+	DS_ASSERT(c->commit_pending);
 	c->commit_pending = false;
 	uint64_t gap_us = (uint64_t)DS_MAX(io_now_us() - c->dot_us, 0);
 	if (res == 0) {
@@ -877,6 +852,13 @@ void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
 		c->bye_pending = true;
 	c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
 	conn_flush_output(c);
+}
+
+void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
+{
+	struct io_conn *c = conn_lookup(w, cookie);
+	DS_ASSERT(c != NULL);
+	conn_commit_done(c, res);
 }
 
 static void conn_log_refused_fd(struct io_worker *w, const struct sockaddr_storage *ss, const char *reason)
@@ -974,9 +956,7 @@ void io_conns_tick(struct io_worker *w, int64_t now_ms)
 		}
 		if (c->commit_pending)
 			continue; /* the spool always settles; a flush is never abandoned */
-		c->in_session = true;
 		smtp_session_timeout(c->s);
-		c->in_session = false;
 		c->want_close = true;
 		c->deadline_ms = now_ms + 5000; /* for the 421 itself */
 		conn_flush_output(c);
@@ -1034,10 +1014,13 @@ void io_conns_resume_parked(struct io_worker *w)
 			conn_try_free(c);
 		} else if (c->commit_retry) {
 			c->commit_retry = false;
-			/* 0: queued (or settled at once, through io_conn_settled); -EAGAIN: still no room. */
-			if (spool_txn_commit(w->lane, &c->txn, &c->env, conn_key(c)) == -EAGAIN) {
+			/* 0: queued, settled() follows; -EAGAIN: still no room; else failed now. */
+			int ret = spool_txn_commit(w->lane, &c->txn, &c->env, conn_key(c));
+			if (ret == -EAGAIN) {
 				c->commit_retry = true;
 				conn_park(c);
+			} else if (ret < 0) {
+				conn_commit_done(c, ret);
 			}
 		} else {
 			conn_resume(c);

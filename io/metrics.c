@@ -32,26 +32,6 @@ void io_metrics_init(struct io_metrics *m)
 	DS_ASSERT(((uintptr_t)m & 63) == 0);
 }
 
-void io_metrics_scan_replies(struct io_metrics *m, struct io_reply_scan *st, const uint8_t *p, size_t len)
-{
-	for (size_t i = 0; i < len; i++) {
-		uint8_t b = p[i];
-		if (b == '\n') {
-			if (st->final && st->cls >= '2' && st->cls <= '5')
-				io_counter_add(&m->replies[st->cls - '2'], 1);
-			st->col = 0;
-			st->final = false;
-			continue;
-		}
-		if (st->col == 0)
-			st->cls = b;
-		else if (st->col == 3)
-			st->final = b == ' ' || b == '\r';
-		if (st->col < 4)
-			st->col++;
-	}
-}
-
 size_t io_metrics_render_bound(unsigned n)
 {
 	/*

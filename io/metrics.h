@@ -140,7 +140,7 @@ static inline void io_metrics_conn_refused(struct io_metrics *m, enum io_refuse_
 		io_counter_add(&m->connections_refused[r], 1);
 }
 
-/* One reply sent (each line of a multi-line reply counts once, LMTP counts each recipient reply). */
+/* One reply (a multi-line reply counts once, LMTP counts each recipient reply). */
 static inline void io_metrics_reply(struct io_metrics *m, unsigned code)
 {
 	unsigned c = code / 100;
@@ -186,20 +186,6 @@ static inline void io_metrics_spool_bytes(struct io_metrics *m, uint64_t used_by
 	io_counter_set(&m->spool_bytes_used, used_bytes);
 	io_counter_set(&m->spool_bytes_free, free_bytes);
 }
-
-/*
- * Counts replies by class from the bytes a connection sent, in as many
- * pieces as they were sent: a reply is counted at the end of its final
- * line ("250 ...", "250\r\n"; "250-..." continuation lines are not), so
- * a multi-line EHLO reply counts once and LMTP's per-recipient replies
- * each count. One io_reply_scan per connection, zeroed at accept.
- */
-struct io_reply_scan {
-	uint8_t col; /* bytes seen on the current line, saturating at 4 */
-	uint8_t cls; /* first digit of the current line */
-	bool final;  /* 4th byte was ' ' or CR */
-};
-void io_metrics_scan_replies(struct io_metrics *m, struct io_reply_scan *st, const uint8_t *p, size_t len);
 
 /* ---- reader side: any thread ---- */
 

@@ -114,24 +114,22 @@ static int ops_flush(void *ctx, int fd, uint64_t tag)
 
 static void ops_settled(void *ctx, uint64_t cookie, int res)
 {
-	struct io_worker *w = ctx;
-	w->settled_in_call++;
-	io_conn_settled(w, cookie, res);
+	io_conn_settled(ctx, cookie, res);
 }
 
-/* A spool completion; when it finished a flush, record its latency and batch. */
+/* A spool completion; when it finished a flush, record its latency and batch (from the lane's stats). */
 static void spool_complete(struct io_worker *w, uint64_t tag, int res)
 {
-	w->settled_in_call = 0;
 	spool_lane_complete(w->lane, tag, res);
 	struct spool_lane_stats st;
 	spool_lane_stats(w->lane, &st);
 	uint64_t n = st.flushes - w->lane_stats.flushes;
 	if (n) {
 		uint64_t us = (st.flush_latency_us_sum - w->lane_stats.flush_latency_us_sum) / n;
+		uint64_t messages = st.commits_durable - w->lane_stats.commits_durable;
 		bool ok = st.flush_errors == w->lane_stats.flush_errors;
 		for (uint64_t i = 0; i < n; i++)
-			io_metrics_flush_done(w->m, us, i == 0 ? w->settled_in_call : 0, ok);
+			io_metrics_flush_done(w->m, us, i == 0 ? messages : 0, ok);
 	}
 	w->lane_stats = st;
 }

@@ -56,25 +56,21 @@ struct io_conn {
 	bool recv_cancel; /* cancel requested for it */
 	bool busy;	  /* inside a CQE handler: freeing waits until it returns */
 	bool send_inflight;
-	bool commit_pending;  /* spool owes us a settled() */
-	bool txn_open;	      /* a spool txn is open (begun, not committed or aborted) */
-	bool want_close;      /* close once the output is sent */
-	bool parked;	      /* on the wait-for-spool-room list */
-	bool counted;	      /* holds a slot in the connection limits */
-	bool in_session;      /* inside a smtp_session_* call (settled() may not re-enter) */
-	bool settle_deferred; /* settled() arrived while in_session */
-	bool bye_pending;     /* send a 421 shutdown line once the session's output is out */
-	bool tls_starting;    /* STARTTLS accepted: 220 going out in plaintext, input dropped */
-	bool tls_up;	      /* handshake done: input and output are TLS records */
-	bool tls_failed;      /* handshake failed: send the alert, then close */
-	bool tls_closing;     /* close_notify queued */
-	bool hs_queued;	      /* on the worker's handshake queue */
-	bool peer_eof;	      /* the client half-closed: finish its input and replies, then close */
-	bool commit_retry;    /* no room for the commit record in the lane: parked, then retried */
-	int settle_res;
+	bool commit_pending;	 /* spool owes us a settled() */
+	bool txn_open;		 /* a spool txn is open (begun, not committed or aborted) */
+	bool want_close;	 /* close once the output is sent */
+	bool parked;		 /* on the wait-for-spool-room list */
+	bool counted;		 /* holds a slot in the connection limits */
+	bool bye_pending;	 /* send a 421 shutdown line once the session's output is out */
+	bool tls_starting;	 /* STARTTLS accepted: 220 going out in plaintext, input dropped */
+	bool tls_up;		 /* handshake done: input and output are TLS records */
+	bool tls_failed;	 /* handshake failed: send the alert, then close */
+	bool tls_closing;	 /* close_notify queued */
+	bool hs_queued;		 /* on the worker's handshake queue */
+	bool peer_eof;		 /* the client half-closed: finish its input and replies, then close */
+	bool commit_retry;	 /* no room for the commit record in the lane: parked, then retried */
 	uint32_t progress_bytes; /* data bytes since the deadline was last pushed out */
 	uint16_t peer_port;
-	struct io_reply_scan rscan; /* replies by class, for metrics */
 	uint32_t send_len;
 	int64_t dot_us;		/* final dot of the message being committed */
 	struct ds_envelope env; /* its envelope (strings live in the session until commit_done) */
@@ -159,7 +155,6 @@ struct io_worker {
 	struct io_log_ring *log; /* ours */
 	struct io_mserve ms;
 	int64_t statvfs_next_ms;
-	uint32_t settled_in_call; /* settle() calls inside one spool_lane_complete() */
 	struct spool_lane_stats lane_stats;
 	bool stopping;
 	int64_t stop_deadline_ms;

@@ -84,8 +84,9 @@ struct spool_io_ops {
 	int (*write_dsync)(void *ctx, int fd, const void *buf, uint32_t len, uint64_t off, uint64_t tag);
 	/*
 	 * A commit is settled: res 0 = durable (answer 250), -errno = failed
-	 * (answer 451 4.3.0, or 452 4.3.1 for -ENOSPC). Called from
-	 * spool_lane_complete() or spool_txn_commit(), once per committed txn.
+	 * (answer 451 4.3.0, or 452 4.3.1 for -ENOSPC). Called once per commit
+	 * that spool_txn_commit() took (returned 0), from spool_lane_complete()
+	 * or spool_lane_kick(); never from inside spool_txn_commit().
 	 */
 	void (*settled)(void *ctx, uint64_t cookie, int res);
 };
@@ -123,12 +124,15 @@ int spool_txn_begin(struct spool_lane *l, struct spool_txn *t); /* 0, -ENOSPC, -
 int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf,
 		     size_t len); /* 0, -EAGAIN, -ENOSPC, -EIO */
 /*
- * Queue the commit; ops->settled(cookie, res) follows once the group's flush completes.
- * Returns 0 once the cookie is taken: a txn that already failed (segment
- * error, disk full, envelope over the format's limit: -EMSGSIZE) is settled
- * with its error from inside this call. Returns -EAGAIN (cookie not taken,
- * nothing written) when staging memory or the commit queue is full: retry
- * after the next completion.
+ * Queue the commit. Returns 0 once the cookie is taken: ops->settled(cookie,
+ * res) follows, exactly once, when the group's flush completes (or fails).
+ * Returns -errno when the txn cannot be committed (it failed earlier:
+ * segment error -EIO, disk full -ENOSPC; or its envelope is over the
+ * format's limit: -EMSGSIZE): the cookie is not taken, settled() is not
+ * called for it, the txn is closed, and the caller answers with the error.
+ * Returns -EAGAIN (cookie not taken, nothing written, txn still open) when
+ * staging memory or the commit queue is full: retry after the next
+ * completion.
  */
 int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env,
 		     uint64_t cookie);
@@ -153,9 +157,11 @@ struct spool_lane_stats {
 	uint64_t pad_bytes;
 	bool direct;
 	uint64_t prepare_errors; /* failed segment preparations (disk full, EMFILE, EIO, quota) */
+	/* Commits settled durable, a running sum: its growth across one completion is
+	 * the number of messages that flush (or direct-mode write) made durable. */
+	uint64_t commits_durable;
 };
 void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st);
 
 /* Read-only access to committed messages (dotspool-ctl, consumers). See spool/spool_reader.h. */
-
 #endif

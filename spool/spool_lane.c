@@ -343,6 +343,7 @@ static void advance_durable(struct spool_lane *l)
 			break;
 		l->commit_first = (l->commit_first + 1) % LANE_COMMITS_MAX;
 		l->commit_count--;
+		l->st.commits_durable++;
 		l->ops->settled(l->ctx, c.cookie, 0);
 	}
 }
@@ -1122,22 +1123,22 @@ int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_
 
 	if (txn_state(t) != TXN_OPEN) {
 		err = t->priv[P_ERR] ? -(int)t->priv[P_ERR] : -EINVAL;
-		goto settle_now;
+		goto fail;
 	}
 	if ((uint32_t)(t->priv[P_COUNT_GEN] >> 32) != l->gen) {
 		err = -EIO;
-		goto settle_now;
+		goto fail;
 	}
 	size = spool_commit_size(env);
 	if (!size) {
 		err = -EMSGSIZE;
-		goto settle_now;
+		goto fail;
 	}
 	total = spool_rec_total(size);
 	if (total > l->ring_size / 2) {
 		/* Could wait for room forever: an envelope too big for this staging size. */
 		err = -EMSGSIZE;
-		goto settle_now;
+		goto fail;
 	}
 	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX)
 		return -EAGAIN;
@@ -1148,7 +1149,7 @@ int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_
 		rc = lane_roll(l);
 		if (rc) {
 			err = rc == -EAGAIN ? -EIO : rc;
-			goto settle_now;
+			goto fail;
 		}
 	}
 	s = seg_active(l);
@@ -1167,10 +1168,10 @@ int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_
 	l->st.commits++;
 	t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
 	return 0;
-settle_now:
+fail:
+	/* Closed like an abort: the caller answers with err (the cookie was not taken). */
 	t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
-	l->ops->settled(l->ctx, cookie, err);
-	return 0;
+	return err;
 }
 
 void spool_txn_abort(struct spool_lane *l, struct spool_txn *t)

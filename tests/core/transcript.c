@@ -18,6 +18,8 @@
  *   !expect-commits N / !expect-aborts N
  *   !expect-refused CODE sender=ADDR   the last refused() call of the session (sink hook)
  *   !expect-refusals N                 refused() calls so far
+ * Always checked: replied() reports every reply the output holds, once, with
+ * its class (final lines: "250 ...", not "250-...").
  *   !sink begin=-28 write=-5 commit=-28   make the next calls fail
  *   !tls DESC | !timeout | !shutdown | !expect-idle 0|1
  *
@@ -53,6 +55,19 @@ struct fake {
 	uint64_t committed_hash; /* of every committed message's bytes */
 	char refused[1024];	 /* last refused(): "CODE sender=ADDR" */
 	int refusals;
+	uint64_t replied[4]; /* replied() calls by class 2xx..5xx */
+};
+
+/*
+ * The replies in bytes the session output, by class: a reply ends with its
+ * final line ("250 ..." or "250\r\n"; "250-..." lines continue it). The
+ * oracle for replied(): the same count, read back from the text.
+ */
+struct reply_scan {
+	uint8_t col; /* bytes seen on the current line, saturating at 4 */
+	uint8_t cls; /* first digit of the current line */
+	bool final;  /* 4th byte was ' ' or CR */
+	uint64_t count[4];
 };
 
 struct run {
@@ -66,6 +81,7 @@ struct run {
 	char domain_buf[256];
 	char hostname[64];
 	struct fake fk;
+	struct reply_scan rscan; /* of every output byte, since fk was reset */
 	struct smtp_session *s;
 	void *mem;
 	uint8_t pending[MAX_IN];
@@ -193,7 +209,38 @@ static void fk_refused(void *ctx, unsigned code, const char *line, const char *h
 	f->refusals++;
 }
 
-static const struct smtp_sink fake_sink = {fk_begin, fk_write, fk_commit, fk_abort, fk_now, fk_refused};
+static void fk_replied(void *ctx, unsigned code)
+{
+	struct fake *f = ctx;
+	if (code < 200 || code > 599) {
+		fprintf(stderr, "sink: bad replied(%u)\n", code);
+		abort();
+	}
+	f->replied[code / 100 - 2]++;
+}
+
+static const struct smtp_sink fake_sink = {fk_begin, fk_write,	 fk_commit, fk_abort,
+					   fk_now,   fk_refused, fk_replied};
+
+static void reply_scan(struct reply_scan *st, const uint8_t *p, size_t len)
+{
+	for (size_t i = 0; i < len; i++) {
+		uint8_t b = p[i];
+		if (b == '\n') {
+			if (st->final && st->cls >= '2' && st->cls <= '5')
+				st->count[st->cls - '2']++;
+			st->col = 0;
+			st->final = false;
+			continue;
+		}
+		if (st->col == 0)
+			st->cls = b;
+		else if (st->col == 3)
+			st->final = b == ' ' || b == '\r';
+		if (st->col < 4)
+			st->col++;
+	}
+}
 
 static void collect(struct run *r)
 {
@@ -210,10 +257,22 @@ static void collect(struct run *r)
 		for (size_t i = 0; i + 20 <= n; i++)
 			if (!memcmp(o + i, "Ok: queued as", 13) && (i < 2 || o[i - 2] != '>'))
 				r->fk.queued_replies++;
+		reply_scan(&r->rscan, o, n);
 		r->out_len += n;
 		r->all_out_len += n;
 		smtp_session_output_consumed(r->s, n);
 		o = smtp_session_output(r->s, &n);
+	}
+	/* Every reply is queued whole: once the output is empty, each was reported. */
+	if (memcmp(r->rscan.count, r->fk.replied, sizeof(r->fk.replied))) {
+		fail(r,
+		     "INVARIANT: replies in the output 2xx..5xx %llu/%llu/%llu/%llu, replied() "
+		     "%llu/%llu/%llu/%llu",
+		     (unsigned long long)r->rscan.count[0], (unsigned long long)r->rscan.count[1],
+		     (unsigned long long)r->rscan.count[2], (unsigned long long)r->rscan.count[3],
+		     (unsigned long long)r->fk.replied[0], (unsigned long long)r->fk.replied[1],
+		     (unsigned long long)r->fk.replied[2], (unsigned long long)r->fk.replied[3]);
+		abort();
 	}
 	if (r->fk.queued_replies > r->fk.commit_ok_given) {
 		fail(r, "INVARIANT: %d queued replies but %d commit_done(0)", r->fk.queued_replies,
@@ -333,6 +392,7 @@ static void session_start(struct run *r)
 	r->mem = malloc(smtp_session_size(&r->cfg));
 	struct smtp_peer peer = {"192.0.2.7", 40000};
 	memset(&r->fk, 0, sizeof(r->fk));
+	memset(&r->rscan, 0, sizeof(r->rscan));
 	r->s = smtp_session_init(r->mem, &r->cfg, &fake_sink, &r->fk, &peer);
 	r->out_len = r->out_pos = r->all_out_len = 0;
 	r->pending_len = 0;

@@ -306,43 +306,12 @@ static void test_concurrent_render(void **state)
 	free(w[0]);
 }
 
-static void test_scan_replies(void **state)
-{
-	struct io_metrics *m = alloc_metrics();
-	struct io_reply_scan st = {0};
-	static const char sent[] = "220 mx ESMTP dotspool\r\n"
-				   "250-mx\r\n250-PIPELINING\r\n250-SIZE 1000\r\n250 8BITMIME\r\n"
-				   "250 2.1.0 Ok\r\n354 End data with <CR><LF>.<CR><LF>\r\n"
-				   "250 2.0.0 Ok\r\n452 4.5.3 Too many\r\n550\r\n421 4.3.2 bye\r\n";
-	/* Every split of the stream into two sends gives the same counts. */
-	for (size_t cut = 0; cut <= sizeof(sent) - 1; cut += 3) {
-		io_metrics_init(m);
-		memset(&st, 0, sizeof(st));
-		io_metrics_scan_replies(m, &st, (const uint8_t *)sent, cut);
-		io_metrics_scan_replies(m, &st, (const uint8_t *)sent + cut, sizeof(sent) - 1 - cut);
-		assert_int_equal(io_counter_get(&m->replies[IO_REPLY_2XX]), 4);
-		assert_int_equal(io_counter_get(&m->replies[IO_REPLY_3XX]), 1);
-		assert_int_equal(io_counter_get(&m->replies[IO_REPLY_4XX]), 2);
-		assert_int_equal(io_counter_get(&m->replies[IO_REPLY_5XX]), 1);
-	}
-	/* Byte by byte, and a line still open is not counted yet. */
-	io_metrics_init(m);
-	memset(&st, 0, sizeof(st));
-	for (size_t i = 0; i < sizeof(sent) - 1; i++)
-		io_metrics_scan_replies(m, &st, (const uint8_t *)sent + i, 1);
-	io_metrics_scan_replies(m, &st, (const uint8_t *)"250 Ok\r", 7);
-	assert_int_equal(io_counter_get(&m->replies[IO_REPLY_2XX]), 4);
-	io_metrics_scan_replies(m, &st, (const uint8_t *)"\n", 1);
-	assert_int_equal(io_counter_get(&m->replies[IO_REPLY_2XX]), 5);
-	free(m);
-}
-
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
 		cmocka_unit_test(test_counters),	  cmocka_unit_test(test_render),
 		cmocka_unit_test(test_render_bound),	  cmocka_unit_test(test_http),
-		cmocka_unit_test(test_concurrent_render), cmocka_unit_test(test_scan_replies),
+		cmocka_unit_test(test_concurrent_render),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -106,7 +106,13 @@ static void z_refused(void *ctx, unsigned code, const char *line, const char *he
 	(void)strlen(mail_from);
 }
 
-static const struct smtp_sink sink = {z_begin, z_write, z_commit, z_abort, z_now, z_refused};
+static void z_replied(void *ctx, unsigned code)
+{
+	(void)ctx;
+	CHECK(code >= 200 && code <= 599);
+}
+
+static const struct smtp_sink sink = {z_begin, z_write, z_commit, z_abort, z_now, z_refused, z_replied};
 
 /* Drain output; check reply lines; count "queued as". */
 static void drain(struct smtp_session *s, bool queued_ok)
