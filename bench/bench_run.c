@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
+#include "ds_nofile.h"
 #include "bench_msg.h"
 #include "bench_sched.h"
 
@@ -1171,15 +1172,6 @@ static void eng_free(struct engine *e)
 	}
 }
 
-static void raise_nofile(uint32_t conns)
-{
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)conns + 64) {
-		rl.rlim_cur = rl.rlim_max;
-		setrlimit(RLIMIT_NOFILE, &rl);
-	}
-}
-
 static void eng_wait(struct engine *e, uint64_t now)
 {
 	uint64_t wake = now + TICK_NS / 10;
@@ -1217,7 +1209,7 @@ int bench_run(const struct bench_opts *o, struct bench_result *r)
 	e->r = r;
 	e->open_loop = o->rate_per_s > 0;
 	e->pid = (uint32_t)getpid();
-	raise_nofile(o->connections);
+	ds_raise_nofile((uint64_t)o->connections + 64);
 	int rc = eng_alloc(e);
 	if (rc < 0) {
 		eng_free(e);

@@ -6,6 +6,7 @@
 #include <time.h>
 
 #include "ds_assert.h"
+#include "ds_clock.h"
 
 int bench_sched_init(struct bench_sched *s, uint64_t start_ns, double rate_per_s, uint64_t limit)
 {
@@ -46,7 +47,5 @@ uint64_t bench_sched_next_ns(const struct bench_sched *s)
 
 uint64_t bench_now_ns(void)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+	return (uint64_t)ds_mono_ns();
 }

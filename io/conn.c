@@ -22,9 +22,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "ds_assert.h"
 #include "conn.h"
+#include "ds_assert.h"
+#include "ds_clock.h"
+#include "iplimit.h"
 #include "proxy.h"
+#include "ring.h"
 
 /* Room the trace header may take in the spool on top of the input bytes. */
 #define IO_SPOOL_SLACK_BYTES 4096
@@ -84,7 +87,7 @@ static uint16_t addr_text(const struct sockaddr_storage *ss, char *text, size_t 
 /* Send n bytes at p (valid until the completion): plaintext replies or TLS records. */
 static void conn_send(struct io_conn *c, const uint8_t *p, size_t n)
 {
-	struct io_uring_sqe *sqe = io_sqe(c->w);
+	struct io_uring_sqe *sqe = io_sqe(&c->w->ring);
 	io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SEND, conn_key(c)));
 	c->send_inflight = true;
@@ -92,22 +95,22 @@ static void conn_send(struct io_conn *c, const uint8_t *p, size_t n)
 
 static void log_refusal(struct io_worker *w, const char *reason, unsigned code, const char *client)
 {
-	struct io_log_refusal f = {.reason = reason, .code = code, .client = client};
-	io_log_refused(w->log, &f);
+	struct obs_log_refusal f = {.reason = reason, .code = code, .client = client};
+	obs_log_refused(w->log, &f);
 }
 
 /* io's own goodbye line (421 at shutdown) left: count and log it like the session's refusals. */
 static void conn_bye_out(struct io_conn *c)
 {
 	char reason[sizeof(io_bye)];
-	io_metrics_reply(c->w->m, 421);
+	obs_metrics_reply(c->w->m, 421);
 	snprintf(reason, sizeof(reason), "%.*s", (int)(sizeof(io_bye) - 7), io_bye + 4);
-	struct io_log_refusal f = {.reason = reason,
-				   .code = 421,
-				   .client = c->peer_text,
-				   .helo = c->s ? smtp_session_helo(c->s) : NULL,
-				   .sender = c->s ? smtp_session_mail_from(c->s) : NULL};
-	io_log_refused(c->w->log, &f);
+	struct obs_log_refusal f = {.reason = reason,
+				    .code = 421,
+				    .client = c->peer_text,
+				    .helo = c->s ? smtp_session_helo(c->s) : NULL,
+				    .sender = c->s ? smtp_session_mail_from(c->s) : NULL};
+	obs_log_refused(c->w->log, &f);
 }
 
 /* ---- the session's sink: spool calls ---- */
@@ -140,11 +143,11 @@ static int sink_data_commit(void *ctx, const struct ds_envelope *env)
 		return -EIO;
 	c->txn_open = false;
 	c->env = *env; /* its strings stay in the session until commit_done */
-	c->dot_us = io_now_us();
+	c->dot_us = ds_mono_us();
 	int ret = spool_txn_commit(c->w->lane, &c->txn, env, conn_key(c));
 	if (ret < 0 && ret != -EAGAIN) {
 		/* Not taken (the txn failed earlier): the session answers 451/452 now. */
-		io_metrics_message_rejected(c->w->m);
+		obs_metrics_message_rejected(c->w->m);
 		return ret;
 	}
 	c->commit_pending = true;
@@ -172,9 +175,7 @@ static void sink_data_abort(void *ctx)
 
 static int64_t sink_now_us(void *ctx)
 {
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+	return ds_wall_us();
 }
 
 /* One log line per final 4xx/5xx reply the session queues, with its transaction's sender. */
@@ -183,16 +184,16 @@ static void sink_refused(void *ctx, unsigned code, const char *line, const char 
 	struct io_conn *c = ctx;
 	char reason[128]; /* the text without "NNN " */
 	snprintf(reason, sizeof(reason), "%s", line + 4);
-	struct io_log_refusal f = {
+	struct obs_log_refusal f = {
 		.reason = reason, .code = code, .client = c->peer_text, .helo = helo, .sender = mail_from};
-	io_log_refused(c->w->log, &f);
+	obs_log_refused(c->w->log, &f);
 }
 
 /* Replies are counted by class as the session queues them. */
 static void sink_replied(void *ctx, unsigned code)
 {
 	struct io_conn *c = ctx;
-	io_metrics_reply(c->w->m, code);
+	obs_metrics_reply(c->w->m, code);
 }
 
 static const struct smtp_sink io_sink = {
@@ -275,7 +276,7 @@ static void conn_arm_recv(struct io_conn *c)
 	struct io_worker *w = c->w;
 	if (c->recv_armed || c->peer_eof || (c->state != IO_CONN_ACTIVE && c->state != IO_CONN_PROXY))
 		return;
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = 0;
@@ -288,7 +289,7 @@ static void conn_pause_recv(struct io_conn *c)
 {
 	if (!c->recv_armed || c->recv_cancel)
 		return;
-	struct io_uring_sqe *sqe = io_sqe(c->w);
+	struct io_uring_sqe *sqe = io_sqe(&c->w->ring);
 	io_uring_prep_cancel64(sqe, io_ud(IO_OP_RECV, conn_key(c)), 0);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_IGNORE, 0));
 	c->recv_cancel = true;
@@ -304,7 +305,8 @@ static int pending_append(struct io_conn *c, const uint8_t *buf, size_t len)
 	 * kept, and they are bounded by the worker's provided buffers. Only
 	 * input beyond that means a broken state.
 	 */
-	size_t hard_cap = (size_t)cfg->pending_input_max + (size_t)c->w->rbuf_count * c->w->rbuf_size;
+	size_t hard_cap =
+		(size_t)cfg->pending_input_max + (size_t)c->w->ring.rbuf_count * c->w->ring.rbuf_size;
 	if (c->tls)
 		hard_cap += IO_TLS_IN_CAP_BYTES; /* ciphertext already fed is decrypted whole */
 	size_t need = (size_t)c->pending_len + len;
@@ -351,7 +353,7 @@ static void conn_push_deadline(struct io_conn *c, bool replied)
 {
 	const struct io_config *cfg = c->w->cfg;
 	enum smtp_phase ph = smtp_session_phase(c->s);
-	int64_t now = io_now_ms();
+	int64_t now = ds_mono_ms();
 	if (ph == SMTP_PHASE_DATA) {
 		/* Per data block, but a trickle does not count as progress. */
 		if (replied || c->progress_bytes >= IO_DATA_PROGRESS_BYTES) {
@@ -511,7 +513,7 @@ static void conn_flush_output(struct io_conn *c)
 	}
 	conn_send(c, out, len);
 	if (c->deadline_ms == 0)
-		c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
+		c->deadline_ms = ds_mono_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
 }
 
 static void conn_try_free(struct io_conn *c)
@@ -541,7 +543,7 @@ static void conn_try_free(struct io_conn *c)
 	c->pending_len = c->pending_cap = 0;
 	c->state = IO_CONN_FREE;
 	c->gen++;
-	io_metrics_conn_close(w->m);
+	obs_metrics_conn_close(w->m);
 	c->next_free = w->free_list;
 	w->free_list = c;
 	DS_ASSERT(w->conn_active > 0);
@@ -568,7 +570,7 @@ static void conn_start_session(struct io_conn *c)
 	c->s = smtp_session_init(w->session_mem + (size_t)c->idx * w->session_size, cfg, &io_sink, c, &peer);
 	DS_ASSERT(c->s != NULL);
 	c->state = IO_CONN_ACTIVE;
-	c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
+	c->deadline_ms = ds_mono_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
 	if (w->stopping) {
 		smtp_session_shutdown(c->s);
 		c->bye_pending = true;
@@ -588,7 +590,7 @@ static void conn_proxy_input(struct io_conn *c, const uint8_t *buf, size_t len)
 	if (r == 0 && c->pending_len < IO_PROXY_MAX_BYTES)
 		return;
 	if (r <= 0) {
-		io_metrics_conn_refused(c->w->m, IO_REFUSE_PROXY_ERROR);
+		obs_metrics_conn_refused(c->w->m, OBS_REFUSE_PROXY_ERROR);
 		log_refusal(c->w, "proxy_error", 0, c->peer_text);
 		conn_close(c);
 		return;
@@ -644,20 +646,19 @@ static void conn_tls_handshake(struct io_conn *c)
 	if (r < 0) {
 		c->tls_failed = true; /* send the alert, then close */
 		c->want_close = true;
-		io_metrics_tls_handshake(c->w->m, false);
+		obs_metrics_tls_handshake(c->w->m, false);
 		log_refusal(c->w, "tls_handshake_failed", 0, c->peer_text);
 		return;
 	}
-	io_metrics_tls_handshake(c->w->m, true);
+	obs_metrics_tls_handshake(c->w->m, true);
 	char desc[96];
 	if (io_tls_describe(c->tls, desc, sizeof(desc)) < 0)
 		snprintf(desc, sizeof(desc), "TLS");
 	c->tls_up = true;
 	smtp_session_tls_started(c->s, desc);
-	c->deadline_ms = io_now_ms() + (int64_t)c->w->cfg->timeout_command_s * 1000;
+	c->deadline_ms = ds_mono_ms() + (int64_t)c->w->cfg->timeout_command_s * 1000;
 }
 
-/* Ciphertext in: handshake, then decrypt into the plaintext path. */
 /* Decrypted input into the plaintext path, until no whole record is left. */
 static void conn_tls_drain(struct io_conn *c)
 {
@@ -747,8 +748,8 @@ void io_conn_on_recv(struct io_worker *w, uint64_t key, int res, uint32_t flags)
 	if (res > 0) {
 		DS_ASSERT(flags & IORING_CQE_F_BUFFER);
 		uint16_t bid = (uint16_t)(flags >> IORING_CQE_BUFFER_SHIFT);
-		conn_input(c, w->rbufs + (size_t)bid * w->rbuf_size, (size_t)res);
-		io_rbuf_return(w, bid);
+		conn_input(c, io_rbuf(&w->ring, bid), (size_t)res);
+		io_rbuf_return(&w->ring, bid);
 	} else if (res == 0 && c->state == IO_CONN_ACTIVE) {
 		/*
 		 * Half-close (printf ... | nc -N): the client may still read.
@@ -831,15 +832,15 @@ static void conn_commit_done(struct io_conn *c, int res)
 	struct io_worker *w = c->w;
 	DS_ASSERT(c->commit_pending);
 	c->commit_pending = false;
-	uint64_t gap_us = (uint64_t)DS_MAX(io_now_us() - c->dot_us, 0);
+	uint64_t gap_us = (uint64_t)DS_MAX(ds_mono_us() - c->dot_us, 0);
 	if (res == 0) {
 		char id[32];
 		spool_id_format(c->txn.id, id, sizeof(id));
-		io_metrics_message_accepted(w->m, c->env.body_size, gap_us);
+		obs_metrics_message_accepted(w->m, c->env.body_size, gap_us);
 		/* Also when the client has gone: this is the message it may send again. */
-		io_log_accepted(w->log, id, &c->env, gap_us);
+		obs_log_accepted(w->log, id, &c->env, gap_us);
 	} else {
-		io_metrics_message_rejected(w->m);
+		obs_metrics_message_rejected(w->m);
 	}
 	if (c->state == IO_CONN_CLOSING) {
 		conn_try_free(c);
@@ -850,7 +851,7 @@ static void conn_commit_done(struct io_conn *c, int res)
 		c->want_close = true;
 	if (w->stopping && smtp_session_idle(c->s))
 		c->bye_pending = true;
-	c->deadline_ms = io_now_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
+	c->deadline_ms = ds_mono_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
 	conn_flush_output(c);
 }
 
@@ -859,6 +860,19 @@ void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
 	struct io_conn *c = conn_lookup(w, cookie);
 	DS_ASSERT(c != NULL);
 	conn_commit_done(c, res);
+}
+
+static void log_setsockopt_failed(struct io_worker *w, const struct sockaddr_storage *ss, const char *option,
+				  int err)
+{
+	char text[INET6_ADDRSTRLEN] = "";
+	addr_text(ss, text, sizeof(text));
+	if (!obs_log_begin(w->log, OBS_LOG_WARN, "setsockopt_failed"))
+		return;
+	obs_log_str(w->log, "option", option);
+	obs_log_str(w->log, "client", text);
+	obs_log_str(w->log, "error", strerror(err));
+	obs_log_end(w->log);
 }
 
 static void conn_log_refused_fd(struct io_worker *w, const struct sockaddr_storage *ss, const char *reason)
@@ -890,7 +904,7 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	socklen_t sl = sizeof(ss);
 
 	if (w->stopping) {
-		io_metrics_conn_refused(w->m, IO_REFUSE_SHUTDOWN);
+		obs_metrics_conn_refused(w->m, OBS_REFUSE_SHUTDOWN);
 		refuse(fd, io_bye);
 		return;
 	}
@@ -902,25 +916,26 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	if (atomic_fetch_add(&w->sh->connections, 1) >= cfg->max_connections ||
 	    (!w->free_list && w->conn_fresh >= w->conn_max)) {
 		atomic_fetch_sub(&w->sh->connections, 1);
-		io_metrics_conn_refused(w->m, IO_REFUSE_LIMIT_TOTAL);
+		obs_metrics_conn_refused(w->m, OBS_REFUSE_LIMIT_TOTAL);
 		conn_log_refused_fd(w, &ss, "limit_total");
 		refuse(fd, "421 4.7.0 Too many connections, try again later\r\n");
 		return;
 	}
 	if (io_iplimit_take(w->sh->iplimit, &ss, cfg->max_connections_per_ip) < 0) {
 		atomic_fetch_sub(&w->sh->connections, 1);
-		io_metrics_conn_refused(w->m, IO_REFUSE_LIMIT_PER_IP);
+		obs_metrics_conn_refused(w->m, OBS_REFUSE_LIMIT_PER_IP);
 		conn_log_refused_fd(w, &ss, "limit_per_ip");
 		refuse(fd, "421 4.7.0 Too many connections from your address\r\n");
 		return;
 	}
 	int one = 1;
-	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
+		log_setsockopt_failed(w, &ss, "TCP_NODELAY", errno); /* replies may wait for Nagle */
 
 	struct io_conn *c = conn_slot_get(w);
 	DS_ASSERT(c != NULL);
 	w->conn_active++;
-	io_metrics_conn_open(w->m);
+	obs_metrics_conn_open(w->m);
 	uint32_t gen = c->gen;
 	uint32_t idx = c->idx;
 	memset(c, 0, sizeof(*c));
@@ -934,7 +949,7 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	c->peer_port = addr_text(&ss, c->peer_text, sizeof(c->peer_text));
 	if (w->listeners[listen_idx].kind == IO_LISTEN_SMTP_PROXY) {
 		c->state = IO_CONN_PROXY;
-		c->deadline_ms = io_now_ms() + (int64_t)cfg->timeout_greeting_s * 1000;
+		c->deadline_ms = ds_mono_ms() + (int64_t)cfg->timeout_greeting_s * 1000;
 	} else {
 		conn_start_session(c);
 	}
@@ -988,11 +1003,6 @@ void io_conns_close_all(struct io_worker *w)
 	}
 }
 
-void io_conns_end_of_turn(struct io_worker *w)
-{
-	(void)w;
-}
-
 void io_conns_resume_parked(struct io_worker *w)
 {
 	if (!w->parked || spool_lane_append_room(w->lane) <= IO_SPOOL_SLACK_BYTES)
@@ -1029,9 +1039,9 @@ void io_conns_resume_parked(struct io_worker *w)
 }
 
 /* Run queued handshake steps: at most budget_us of them in one turn. */
-bool io_conns_handshakes(struct io_worker *w, int64_t budget_us)
+void io_conns_handshakes(struct io_worker *w, int64_t budget_us)
 {
-	int64_t t0 = io_now_us(), spent = 0;
+	int64_t t0 = ds_mono_us(), spent = 0;
 	while (w->hs_head && spent < budget_us) {
 		struct io_conn *c = w->hs_head;
 		w->hs_head = c->next_hs;
@@ -1051,7 +1061,6 @@ bool io_conns_handshakes(struct io_worker *w, int64_t budget_us)
 		}
 		if (c->state == IO_CONN_CLOSING)
 			conn_try_free(c);
-		spent = io_now_us() - t0;
+		spent = ds_mono_us() - t0;
 	}
-	return w->hs_head != NULL;
 }

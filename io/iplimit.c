@@ -5,12 +5,13 @@
  * Memory is fixed at start-up: one node per possible connection.
  */
 #include <errno.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ds_assert.h"
-#include "io.h"
+#include "iplimit.h"
 
 struct io_ipnode {
 	uint8_t key[16];

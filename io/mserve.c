@@ -2,10 +2,10 @@
 /*
  * The Prometheus endpoint (--metrics ADDR:PORT), served by worker 0 from
  * its own io_uring loop: no extra thread, no lock. A scrape reads every
- * worker's counters with relaxed loads (io/metrics.h).
+ * worker's counters with relaxed loads (obs/metrics.h).
  *
  * Bounded: IO_MSERVE_SLOTS scrapes at once (more are closed at accept),
- * one request of at most IO_METRICS_HTTP_REQUEST_MAX bytes each, and
+ * one request of at most OBS_METRICS_HTTP_REQUEST_MAX bytes each, and
  * IO_MSERVE_TIMEOUT_MS from accept to the last byte sent. Each slot's
  * buffers are allocated at start-up.
  */
@@ -16,9 +16,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "ds_assert.h"
-#include "conn.h"
 #include "mserve.h"
+
+#include "ds_assert.h"
+#include "ds_clock.h"
+#include "ring.h"
 
 #define IO_MSERVE_TIMEOUT_MS 5000
 
@@ -35,7 +37,9 @@ static int ms_listen(const struct io_config *cfg)
 	if (fd < 0)
 		return -errno;
 	int one = 1;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0)
+		fprintf(stderr, "dotspool: warning: metrics %s: SO_REUSEADDR: %s\n", cfg->metrics_listen,
+			strerror(errno));
 	if (bind(fd, (const struct sockaddr *)&cfg->metrics_addr, cfg->metrics_addr_len) < 0 ||
 	    listen(fd, 16) < 0) {
 		int err = -errno;
@@ -53,7 +57,7 @@ int io_mserve_open(struct io_worker *w)
 		m->slot[i].fd = -1;
 	if (!w->cfg->metrics_listen[0] || w->no != 0)
 		return 0;
-	size_t cap = io_metrics_render_bound(w->sh->metrics_count) + IO_METRICS_HTTP_HEADER_MAX;
+	size_t cap = obs_metrics_render_bound(w->sh->metrics_count) + OBS_METRICS_HTTP_HEADER_MAX;
 	for (unsigned i = 0; i < IO_MSERVE_SLOTS; i++) {
 		m->slot[i].out = malloc(cap);
 		if (!m->slot[i].out)
@@ -72,7 +76,7 @@ void io_mserve_arm(struct io_worker *w)
 	struct io_mserve *m = &w->ms;
 	if (m->fd < 0 || m->armed || w->stopping)
 		return;
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	io_uring_prep_multishot_accept(sqe, m->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_METRICS, ms_tag(MS_ACCEPT, 0, 0)));
 	m->armed = true;
@@ -81,7 +85,7 @@ void io_mserve_arm(struct io_worker *w)
 static void ms_recv(struct io_worker *w, unsigned i)
 {
 	struct io_mslot *s = &w->ms.slot[i];
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	io_uring_prep_recv(sqe, s->fd, s->req + s->req_len, sizeof(s->req) - s->req_len, 0);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_METRICS, ms_tag(MS_RECV, i, s->gen)));
 	s->op_inflight = true;
@@ -90,7 +94,7 @@ static void ms_recv(struct io_worker *w, unsigned i)
 static void ms_send(struct io_worker *w, unsigned i)
 {
 	struct io_mslot *s = &w->ms.slot[i];
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	io_uring_prep_send(sqe, s->fd, s->out + s->out_off, s->out_len - s->out_off, MSG_NOSIGNAL);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_METRICS, ms_tag(MS_SEND, i, s->gen)));
 	s->op_inflight = true;
@@ -114,7 +118,7 @@ static void ms_accept(struct io_worker *w, int fd)
 		s->fd = fd;
 		s->req_len = 0;
 		s->out_len = s->out_off = 0;
-		s->deadline_ms = io_now_ms() + IO_MSERVE_TIMEOUT_MS;
+		s->deadline_ms = ds_mono_ms() + IO_MSERVE_TIMEOUT_MS;
 		ms_recv(w, i);
 		return;
 	}
@@ -129,8 +133,8 @@ static void ms_on_recv(struct io_worker *w, unsigned i, int res)
 		return;
 	}
 	s->req_len += (size_t)res;
-	int r = io_metrics_http(s->req, s->req_len, (const struct io_metrics *const *)w->sh->metrics,
-				w->sh->metrics_count, s->out, w->ms.out_cap, &s->out_len);
+	int r = obs_metrics_http(s->req, s->req_len, (const struct obs_metrics *const *)w->sh->metrics,
+				 w->sh->metrics_count, s->out, w->ms.out_cap, &s->out_len);
 	if (r == 0 && s->req_len < sizeof(s->req)) {
 		ms_recv(w, i);
 		return;

@@ -2,9 +2,9 @@
 #ifndef DS_IO_MSERVE_H
 #define DS_IO_MSERVE_H
 
-/* The /metrics HTTP endpoint on worker 0's ring (types in worker.h). */
+/* The /metrics HTTP endpoint on worker 0's ring (types in io_types.h). */
 
-#include "worker.h"
+#include "io_types.h"
 
 int io_mserve_open(struct io_worker *w); /* binds --metrics (worker 0 only); -errno */
 void io_mserve_arm(struct io_worker *w);

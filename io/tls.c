@@ -53,66 +53,24 @@
  *    layer's timer: the usual command timeout applies from STARTTLS to the
  *    end of the handshake; memory stays bounded by the fixed buffers.
  *
- * Wiring into io/conn.c (what the lead does), step by step:
- *  1. Start-up: each worker calls io_tls_server_create(&w->tls, cert, key,
- *     conn_max, err, sizeof err) when --tls-cert/--tls-key are set (fail
- *     start-up with err otherwise) and sets smtp_config.tls_available.
- *     SIGHUP: each worker calls io_tls_server_reload() on its own server
- *     (from its own thread); on error log err and keep running.
- *     Shutdown: destroy every conn, then io_tls_server_destroy().
- *  2. conn_feed() gets SMTP_STARTTLS (the session has queued "220 2.0.0
- *     Ready to start TLS"): call io_tls_conn_create(&c->tls, w->tls) now
- *     (-EMFILE: conn_max TLS sessions on this worker, or -ENOMEM: close the
- *     connection, the client retries later), set c->tls_starting, return
- *     len, and set c->pending_len = 0. Every byte after "STARTTLS\r\n" in
- *     this read, whatever was queued in c->pending, and every byte of recv
- *     completions handled before the 220's send completes is dropped: the
- *     client sent it before it could have seen the 220, in plaintext. This
- *     is the CVE-2011-0411 defence: pipelined plaintext is never executed
- *     and never reaches TLS (a client that glued its ClientHello to the
- *     STARTTLS line loses it, and its handshake times out, as RFC 3207
- *     wants). Input that was still in the kernel and arrives glued in front
- *     of a later ClientHello fails the handshake (-EPROTO): tested.
- *  3. The 220 is sent in plaintext as usual. On its send completion:
- *     clear c->tls_starting; from now on every recv completion is
- *     ciphertext.
- *  4. A recv completion (buf, len) on a TLS connection: until off == len:
- *        off += io_tls_feed(c->tls, buf + off, len - off);
- *        if the handshake is not done: r = io_tls_handshake(c->tls):
- *          0: done: io_tls_describe(c->tls, c->tls_desc, sizeof) (about 64
- *             bytes; keep it in the conn, the session and envelope.tls point
- *             to it), smtp_session_tls_started(c->s, c->tls_desc), and go on
- *             reading below (fed bytes may already hold the EHLO);
- *          -EAGAIN: nothing more now; -EPROTO/-ECONNRESET: flush output,
- *             then close;
- *        once done: while ((r = io_tls_read(c->tls, pt, sizeof pt)) > 0)
- *             conn_input(c, pt, r); i.e. plaintext takes exactly today's
- *             path, leftovers the session cannot take yet go to c->pending
- *             as plaintext, and recv pauses when pending is full, as today.
- *             r == 0 (close_notify) or r < 0 other than -EAGAIN: close.
- *     pt is one per-worker scratch buffer (16 KiB), not per connection.
- *     Every rbuf is thus consumed whole before io_rbuf_return(), and
- *     io_tls_feed taking less than len (its 17 KiB input is full) is
- *     resolved by the handshake/read calls of the same loop.
- *  5. Replies (conn_flush_output): with TLS, instead of sending
- *     smtp_session_output() bytes, r = io_tls_write(c->tls, out, len) and
- *     smtp_session_output_consumed(c->s, r) at once (the plaintext is
- *     copied into records); loop while r > 0 and output remains; -EAGAIN:
- *     the TLS output is full, continue after the send completes.
- *  6. Sending: if no send is in flight and io_tls_output(c->tls, &n) has
- *     n > 0, send those bytes; on completion io_tls_output_consumed(c->tls,
- *     res) (partial sends fine), then, if the handshake is not done, call
- *     io_tls_handshake() again (it may have stopped on a full output
- *     buffer), step 5 again, and send again. The pointer stays valid while
- *     in flight: this module only appends behind pending bytes, never moves
- *     them. After the handshake fails, still send the output (the alert).
- *  7. QUIT or 421: after the reply, io_tls_close_notify(), send the output,
- *     close. io_tls_conn_destroy() when the connection is freed.
- *  8. Timeouts: the command timeout covers STARTTLS to the end of the
- *     handshake (a client sending nothing, or half a record, is closed by
- *     it), then the usual command/data timeouts on plaintext progress.
- *  9. Build: add tls.c to the dotspool target in io/CMakeLists.txt and link
- *     ${MBEDTLS_LIB} ${MBEDX509_LIB} ${MBEDCRYPTO_LIB}.
+ * How io/conn.c drives it (every socket operation stays on the ring):
+ *  - start-up: each worker creates its own server (io_worker_create) when
+ *    --tls-cert/--tls-key are set; SIGHUP: each reloads its own, from its
+ *    own thread, and keeps the old one on error;
+ *  - SMTP_STARTTLS from the session (its 220 queued): io_tls_conn_create()
+ *    (on failure the connection closes; the client retries later), then
+ *    every plaintext byte received before that 220 has been sent is dropped
+ *    (conn_starttls: CVE-2011-0411, RFC 3207);
+ *  - ciphertext in: io_tls_feed(); handshake steps are queued and run after
+ *    the turn's commits were submitted, within a CPU budget per turn
+ *    (io_conns_handshakes), so their cost overlaps the group-commit flush;
+ *    then io_tls_read() into one per-worker scratch buffer feeds the
+ *    plaintext path, exactly as without TLS;
+ *  - replies: io_tls_write() copies the session's output into records
+ *    (consumed at once); io_tls_output() is sent, one send in flight, and
+ *    io_tls_output_consumed() on its completion;
+ *  - QUIT or 421: io_tls_close_notify() after the reply, then close; the
+ *    usual command timeout covers STARTTLS to the end of the handshake.
  */
 #include <errno.h>
 #include <stdbool.h>

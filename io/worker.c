@@ -22,34 +22,12 @@
 #include <sys/uio.h> /* RWF_DSYNC */
 
 #include "ds_assert.h"
-#include "worker.h"
+#include "ds_clock.h"
 #include "conn.h"
+#include "io_types.h"
 #include "mserve.h"
+#include "ring.h"
 #include "spool.h"
-
-int64_t io_now_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
-int64_t io_now_ms(void)
-{
-	return io_now_us() / 1000;
-}
-
-struct io_uring_sqe *io_sqe(struct io_worker *w)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&w->ring);
-	if (!sqe) {
-		/* SQ full: hand what we have to the kernel and take a fresh slot. */
-		io_uring_submit(&w->ring);
-		sqe = io_uring_get_sqe(&w->ring);
-	}
-	DS_ASSERT(sqe != NULL);
-	return sqe;
-}
 
 /* ---- spool storage interface, implemented with io_uring ---- */
 
@@ -57,7 +35,7 @@ static int ops_write(void *ctx, int fd, const void *buf, uint32_t len, uint64_t 
 {
 	struct io_worker *w = ctx;
 	DS_ASSERT(tag <= IO_TAG_MASK);
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	io_uring_prep_write(sqe, fd, buf, len, off);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SPOOL, tag));
 	return 0;
@@ -75,13 +53,9 @@ static int ops_write_flush(void *ctx, int fd, const void *buf, uint32_t len, uin
 {
 	struct io_worker *w = ctx;
 	DS_ASSERT(wtag <= IO_TAG_MASK && ftag <= IO_TAG_MASK);
-	if (io_uring_sq_space_left(&w->ring) < 2)
-		io_uring_submit(&w->ring);
-	if (io_uring_sq_space_left(&w->ring) < 2)
+	struct io_uring_sqe *wsqe, *fsqe;
+	if (io_sqe_pair(&w->ring, &wsqe, &fsqe) < 0)
 		return -EAGAIN; /* the kernel took nothing (-EBUSY): the lane tries again next turn */
-	struct io_uring_sqe *wsqe = io_uring_get_sqe(&w->ring);
-	struct io_uring_sqe *fsqe = io_uring_get_sqe(&w->ring);
-	DS_ASSERT(wsqe != NULL && fsqe != NULL);
 	io_uring_prep_write(wsqe, fd, buf, len, off);
 	wsqe->flags |= IOSQE_IO_LINK;
 	io_uring_sqe_set_data64(wsqe, io_ud(IO_OP_SPOOL, wtag));
@@ -95,7 +69,7 @@ static int ops_write_dsync(void *ctx, int fd, const void *buf, uint32_t len, uin
 {
 	struct io_worker *w = ctx;
 	DS_ASSERT(tag <= IO_TAG_MASK);
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	io_uring_prep_write(sqe, fd, buf, len, off);
 	sqe->rw_flags = RWF_DSYNC;
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SPOOL, tag));
@@ -106,7 +80,7 @@ static int ops_flush(void *ctx, int fd, uint64_t tag)
 {
 	struct io_worker *w = ctx;
 	DS_ASSERT(tag <= IO_TAG_MASK);
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	io_uring_prep_fsync(sqe, fd, IORING_FSYNC_DATASYNC);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_SPOOL, tag));
 	return 0;
@@ -129,7 +103,7 @@ static void spool_complete(struct io_worker *w, uint64_t tag, int res)
 		uint64_t messages = st.commits_durable - w->lane_stats.commits_durable;
 		bool ok = st.flush_errors == w->lane_stats.flush_errors;
 		for (uint64_t i = 0; i < n; i++)
-			io_metrics_flush_done(w->m, us, i == 0 ? messages : 0, ok);
+			obs_metrics_flush_done(w->m, us, i == 0 ? messages : 0, ok);
 	}
 	w->lane_stats = st;
 }
@@ -144,8 +118,8 @@ static void spool_gauges(struct io_worker *w, int64_t now_ms)
 	uint64_t free_bytes = 0;
 	if (statvfs(w->cfg->spool_dir, &vfs) == 0)
 		free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
-	io_metrics_spool_bytes(w->m, w->lane_stats.segments_opened * w->cfg->spool.segment_size, free_bytes);
-	io_counter_set(&w->m->spool_pad_bytes, w->lane_stats.pad_bytes);
+	obs_metrics_spool_bytes(w->m, w->lane_stats.segments_opened * w->cfg->spool.segment_size, free_bytes);
+	obs_counter_set(&w->m->spool_pad_bytes, w->lane_stats.pad_bytes);
 }
 
 static const struct spool_io_ops io_spool_ops = {
@@ -158,18 +132,28 @@ static const struct spool_io_ops io_spool_ops = {
 
 /* ---- listeners ---- */
 
-static int listener_open(const struct io_listen_spec *spec)
+/*
+ * A listening socket of this worker. SO_REUSEPORT is essential (one
+ * listener per worker on the same address: the kernel spreads the
+ * connections); SO_REUSEADDR (a restart need not wait out TIME_WAIT) and
+ * IPV6_V6ONLY (an IPv6 listener leaves the IPv4 port alone) are not: a
+ * warning, from worker 0 only (report).
+ */
+static int listener_open(const struct io_listen_spec *spec, bool report)
 {
 	int one = 1;
 	int fd = socket(spec->addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-	/* One listener per worker on the same address: the kernel spreads connections. */
+	if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) < 0 && report)
+		fprintf(stderr, "dotspool: warning: listen %s: SO_REUSEADDR: %s\n", spec->text,
+			strerror(errno));
 	if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0)
 		goto fail;
-	if (spec->addr.ss_family == AF_INET6)
-		setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+	if (spec->addr.ss_family == AF_INET6 &&
+	    setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one)) < 0 && report)
+		fprintf(stderr, "dotspool: warning: listen %s: IPV6_V6ONLY: %s\n", spec->text,
+			strerror(errno));
 	if (bind(fd, (const struct sockaddr *)&spec->addr, spec->addr_len) < 0)
 		goto fail;
 	if (listen(fd, 4096) < 0)
@@ -181,12 +165,12 @@ fail:;
 	return err;
 }
 
-void io_listener_arm(struct io_worker *w, uint32_t i)
+static void listener_arm(struct io_worker *w, uint32_t i)
 {
 	struct io_listener *l = &w->listeners[i];
 	if (l->armed || l->fd < 0 || w->stopping)
 		return;
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	io_uring_prep_multishot_accept(sqe, l->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_ACCEPT, i));
 	l->armed = true;
@@ -199,7 +183,7 @@ static void listeners_close(struct io_worker *w)
 		if (l->fd < 0)
 			continue;
 		if (l->armed) {
-			struct io_uring_sqe *sqe = io_sqe(w);
+			struct io_uring_sqe *sqe = io_sqe(&w->ring);
 			io_uring_prep_cancel64(sqe, io_ud(IO_OP_ACCEPT, i), 0);
 			io_uring_sqe_set_data64(sqe, io_ud(IO_OP_IGNORE, 0));
 		}
@@ -215,105 +199,11 @@ static void listeners_close(struct io_worker *w)
 	}
 }
 
-/* ---- ring and buffers ---- */
-
-static int ring_setup(struct io_worker *w)
-{
-	struct io_uring_params p;
-	static const unsigned flag_sets[] = {
-		IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
-		IORING_SETUP_COOP_TASKRUN,
-		0,
-	};
-	/* The kernel rounds both sizes up to a power of 2 and wants CQ >= SQ. */
-	uint32_t sq_entries = w->cfg->ring_entries;
-	DS_ASSERT(sq_entries >= IO_RING_ENTRIES_MIN && sq_entries <= IO_RING_ENTRIES_MAX);
-	uint32_t sq_pow2 = 1;
-	while (sq_pow2 < sq_entries)
-		sq_pow2 <<= 1;
-	uint32_t cq_entries = DS_MAX((uint32_t)IO_RING_CQ_ENTRIES_MIN, 2 * sq_pow2);
-	int ret = -EINVAL;
-	for (size_t i = 0; i < DS_ARRAY_SIZE(flag_sets); i++) {
-		memset(&p, 0, sizeof(p));
-		p.flags = flag_sets[i] | IORING_SETUP_CQSIZE | IORING_SETUP_SUBMIT_ALL;
-		p.cq_entries = cq_entries;
-		ret = io_uring_queue_init_params(sq_entries, &w->ring, &p);
-		if (ret == 0) {
-			w->ring_up = true;
-			if (w->no == 0 && i > 0)
-				fprintf(stderr, "dotspool: io_uring without %s (older kernel)\n",
-					i == 1 ? "DEFER_TASKRUN" : "COOP_TASKRUN");
-			break;
-		}
-	}
-	if (ret < 0)
-		return ret;
-	if (!(p.features & IORING_FEAT_NODROP) && w->no == 0)
-		fprintf(stderr, "dotspool: warning: kernel lacks IORING_FEAT_NODROP\n");
-
-	/* Provided buffer ring for multishot recv (liburing 2.3 API). */
-	w->rbuf_count = w->cfg->recv_buffers;
-	w->rbuf_size = w->cfg->recv_buffer_size;
-	w->br_map_bytes = (size_t)w->rbuf_count * sizeof(struct io_uring_buf);
-	void *map = mmap(NULL, w->br_map_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (map == MAP_FAILED)
-		return -ENOMEM;
-	w->br = map;
-	struct io_uring_buf_reg reg = {
-		.ring_addr = (unsigned long)map,
-		.ring_entries = w->rbuf_count,
-		.bgid = 0,
-	};
-	ret = io_uring_register_buf_ring(&w->ring, &reg, 0);
-	if (ret < 0) {
-		fprintf(stderr, "dotspool: io_uring provided buffer rings unsupported: %s\n", strerror(-ret));
-		return ret;
-	}
-	w->rbufs = aligned_alloc(4096, (size_t)w->rbuf_count * w->rbuf_size);
-	if (!w->rbufs)
-		return -ENOMEM;
-	io_uring_buf_ring_init(w->br);
-	int mask = io_uring_buf_ring_mask(w->rbuf_count);
-	for (uint32_t i = 0; i < w->rbuf_count; i++)
-		io_uring_buf_ring_add(w->br, w->rbufs + (size_t)i * w->rbuf_size, w->rbuf_size, i, mask, i);
-	io_uring_buf_ring_advance(w->br, w->rbuf_count);
-	return 0;
-}
-
-void io_rbuf_return(struct io_worker *w, uint16_t bid)
-{
-	io_uring_buf_ring_add(w->br, w->rbufs + (size_t)bid * w->rbuf_size, w->rbuf_size, bid,
-			      io_uring_buf_ring_mask(w->rbuf_count), 0);
-	io_uring_buf_ring_advance(w->br, 1);
-}
-
-static void probe_opcodes(struct io_worker *w)
-{
-	static const struct {
-		int op;
-		const char *name;
-	} need[] = {
-		{IORING_OP_ACCEPT, "ACCEPT"}, {IORING_OP_RECV, "RECV"},
-		{IORING_OP_SEND, "SEND"},     {IORING_OP_WRITE, "WRITE"},
-		{IORING_OP_FSYNC, "FSYNC"},   {IORING_OP_TIMEOUT, "TIMEOUT"},
-		{IORING_OP_READ, "READ"},     {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
-	};
-	struct io_uring_probe *probe = io_uring_get_probe_ring(&w->ring);
-	if (!probe)
-		return;
-	for (size_t i = 0; i < DS_ARRAY_SIZE(need); i++)
-		if (!io_uring_opcode_supported(probe, need[i].op))
-			fprintf(stderr,
-				"dotspool: io_uring opcode %s missing: this kernel cannot run dotspool\n",
-				need[i].name);
-	io_uring_free_probe(probe);
-}
-
 /* ---- timers and wake-ups ---- */
 
 static void tick_arm(struct io_worker *w)
 {
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	w->tick_ts.tv_sec = 0;
 	w->tick_ts.tv_nsec = 250 * 1000 * 1000;
 	io_uring_prep_timeout(sqe, &w->tick_ts, 0, 0);
@@ -322,7 +212,7 @@ static void tick_arm(struct io_worker *w)
 
 static void wake_arm(struct io_worker *w)
 {
-	struct io_uring_sqe *sqe = io_sqe(w);
+	struct io_uring_sqe *sqe = io_sqe(&w->ring);
 	io_uring_prep_read(sqe, w->wake_fd, &w->wake_buf, sizeof(w->wake_buf), 0);
 	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_WAKE, 0));
 }
@@ -345,7 +235,7 @@ static void begin_shutdown(struct io_worker *w)
 	if (w->stopping)
 		return;
 	w->stopping = true;
-	w->stop_deadline_ms = io_now_ms() + (int64_t)w->cfg->shutdown_timeout_s * 1000;
+	w->stop_deadline_ms = ds_mono_ms() + (int64_t)w->cfg->shutdown_timeout_s * 1000;
 	listeners_close(w);
 	io_mserve_stop(w);
 	io_conns_shutdown(w);
@@ -353,11 +243,11 @@ static void begin_shutdown(struct io_worker *w)
 
 static void on_tick(struct io_worker *w)
 {
-	int64_t now = io_now_ms();
+	int64_t now = ds_mono_ms();
 	if (w->accept_pause_until_ms && now >= (int64_t)w->accept_pause_until_ms) {
 		w->accept_pause_until_ms = 0;
 		for (uint32_t i = 0; i < w->listener_count; i++)
-			io_listener_arm(w, i);
+			listener_arm(w, i);
 	}
 	io_conns_tick(w, now);
 	io_mserve_tick(w, now);
@@ -383,16 +273,16 @@ static void dispatch(struct io_worker *w, struct io_uring_cqe *cqe)
 		} else if (cqe->res == -EMFILE || cqe->res == -ENFILE || cqe->res == -ENOMEM ||
 			   cqe->res == -ENOBUFS) {
 			/* Out of descriptors: pause accepting instead of spinning on the error. */
-			w->accept_pause_until_ms = io_now_ms() + 200;
+			w->accept_pause_until_ms = ds_mono_ms() + 200;
 			if (l->armed) {
-				struct io_uring_sqe *sqe = io_sqe(w);
+				struct io_uring_sqe *sqe = io_sqe(&w->ring);
 				io_uring_prep_cancel64(sqe, ud, 0);
 				io_uring_sqe_set_data64(sqe, io_ud(IO_OP_IGNORE, 0));
 			}
 			return;
 		}
 		if (!l->armed && !w->accept_pause_until_ms)
-			io_listener_arm(w, (uint32_t)low);
+			listener_arm(w, (uint32_t)low);
 		return;
 	}
 	case IO_OP_RECV:
@@ -461,13 +351,14 @@ static void *worker_main(void *arg)
 	 * leaves what it set up (ring, buffers, connection table) to
 	 * io_worker_destroy(), which main() calls after joining every worker.
 	 */
-	int ret = ring_setup(w);
+	int ret = io_ring_init(&w->ring, w->cfg->ring_entries, w->cfg->recv_buffers, w->cfg->recv_buffer_size,
+			       w->no == 0);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: worker %u: io_uring setup failed: %s\n", w->no, strerror(-ret));
 		return worker_failed(w);
 	}
 	if (w->no == 0)
-		probe_opcodes(w);
+		io_ring_probe(&w->ring);
 	ret = spool_lane_open(&w->lane, &w->cfg->spool, w->no, &io_spool_ops, w);
 	if (ret < 0) {
 		char dir[4200];
@@ -480,7 +371,7 @@ static void *worker_main(void *arg)
 	spool_lane_stats(w->lane, &w->lane_stats);
 	io_mserve_arm(w);
 	for (uint32_t i = 0; i < w->listener_count; i++)
-		io_listener_arm(w, i);
+		listener_arm(w, i);
 	tick_arm(w);
 	wake_arm(w);
 	if (atomic_load(&w->sh->stopping))
@@ -488,9 +379,9 @@ static void *worker_main(void *arg)
 
 	while (!worker_done(w)) {
 		spool_lane_kick(w->lane);
-		io_conns_end_of_turn(w);
 		/* Handshakes left over from the last turn: look at new completions, do not sleep. */
-		ret = w->hs_head ? io_uring_submit(&w->ring) : io_uring_submit_and_wait(&w->ring, 1);
+		ret = w->hs_head ? io_uring_submit(&w->ring.uring)
+				 : io_uring_submit_and_wait(&w->ring.uring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
 			fprintf(stderr, "dotspool: worker %u: io_uring_submit: %s\n", w->no, strerror(-ret));
 			w->exit_code = 1;
@@ -498,17 +389,17 @@ static void *worker_main(void *arg)
 		}
 		struct io_uring_cqe *cqe;
 		unsigned head, n = 0;
-		io_uring_for_each_cqe(&w->ring, head, cqe)
+		io_uring_for_each_cqe(&w->ring.uring, head, cqe)
 		{
 			dispatch(w, cqe);
 			n++;
 		}
-		io_uring_cq_advance(&w->ring, n);
+		io_uring_cq_advance(&w->ring.uring, n);
 		io_conns_resume_parked(w);
 		if (w->hs_head) {
 			/* This turn's commits and replies go to the kernel before the CPU-heavy part. */
 			spool_lane_kick(w->lane);
-			io_uring_submit(&w->ring);
+			io_uring_submit(&w->ring.uring);
 			io_conns_handshakes(w, IO_HS_BUDGET_US);
 		}
 	}
@@ -531,7 +422,7 @@ int io_worker_create(struct io_worker **out, const struct io_config *cfg, struct
 	w->cfg = cfg;
 	w->sh = sh;
 	w->m = sh->metrics[no];
-	w->log = io_log_ring(sh->log, no);
+	w->log = obs_log_ring(sh->log, no);
 	DS_ASSERT(w->m != NULL && w->log != NULL);
 	for (unsigned i = 0; i < IO_MSERVE_SLOTS; i++)
 		w->ms.slot[i].fd = -1;
@@ -546,7 +437,7 @@ int io_worker_create(struct io_worker **out, const struct io_config *cfg, struct
 		return -errno;
 	}
 	for (uint32_t i = 0; i < cfg->listen_count; i++) {
-		int fd = listener_open(&cfg->listen[i]);
+		int fd = listener_open(&cfg->listen[i], no == 0);
 		if (fd < 0) {
 			fprintf(stderr, "dotspool: listen %s: %s\n", cfg->listen[i].text, strerror(-fd));
 			w->listener_count = i;
@@ -600,13 +491,6 @@ void io_worker_wake(struct io_worker *w)
 	(void)n;
 }
 
-void io_worker_stop(struct io_worker *w)
-{
-	uint64_t one = 1;
-	ssize_t n = write(w->wake_fd, &one, sizeof(one));
-	(void)n;
-}
-
 int io_worker_join(struct io_worker *w)
 {
 	if (w->started)
@@ -622,13 +506,7 @@ void io_worker_destroy(struct io_worker *w)
 	for (uint32_t i = 0; i < w->listener_count; i++)
 		if (w->listeners[i].fd >= 0)
 			close(w->listeners[i].fd);
-	/* Closing the ring also unregisters the provided buffer ring that lives in br. */
-	if (w->ring_up)
-		io_uring_queue_exit(&w->ring);
-	w->ring_up = false;
-	if (w->br)
-		munmap(w->br, w->br_map_bytes);
-	free(w->rbufs);
+	io_ring_fini(&w->ring);
 	io_conns_fini(w);
 	io_mserve_fini(w);
 	if (w->tls)

@@ -32,6 +32,7 @@
 
 #include "crc32c.h"
 #include "ds_assert.h"
+#include "ds_clock.h"
 #include "spool_format.h"
 #include "spool_segment.h"
 
@@ -132,13 +133,6 @@ void spool_config_defaults(struct spool_config *cfg)
 	cfg->prewrite = true;
 	cfg->lane_bytes_max = 0;
 	cfg->io_mode = SPOOL_IO_BUFFERED;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
 /* ---- segment FIFO ---- */
@@ -416,7 +410,7 @@ static int submit_flush(struct spool_lane *l, struct lane_seg *s, uint32_t kind,
 		return -EAGAIN;
 	}
 	op->lstart = cover;
-	op->t_start_ns = now_ns();
+	op->t_start_ns = (uint64_t)ds_mono_ns();
 	rc = l->ops->flush(l->ctx, op_fd(op), tag);
 	if (rc) {
 		op_free(op);
@@ -505,7 +499,7 @@ static int start_write(struct spool_lane *l, struct lane_seg *s, uint32_t len, u
 	}
 	op->lstart = l->submitted;
 	op->len = len;
-	op->t_start_ns = now_ns();
+	op->t_start_ns = (uint64_t)ds_mono_ns();
 	if (dsync) {
 		rc = l->ops->write_dsync(l->ctx, op_fd(op), l->ring + (op->lstart % l->ring_size), op->len,
 					 seg_file_off(s, op->lstart), tag);
@@ -667,7 +661,7 @@ void spool_lane_kick(struct spool_lane *l)
 
 static void flush_latency_add(struct spool_lane *l, const struct lane_op *op)
 {
-	uint64_t lat_us = (now_ns() - op->t_start_ns) / 1000;
+	uint64_t lat_us = ((uint64_t)ds_mono_ns() - op->t_start_ns) / 1000;
 
 	l->st.flushes++;
 	l->st.flush_latency_us_sum += lat_us;

@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
+#include "ds_clock.h"
 #include "spool_scan.h"
 
 struct rctx {
@@ -110,13 +111,13 @@ int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *
 	struct spool_reader *r;
 	struct rctx c = {.rep = rep, .dir = cfg->dir};
 	struct scan_cfg sc = {.msg = r_msg, .dropped = r_dropped, .bad = r_bad, .seg = r_seg, .ctx = &c};
-	int64_t t0 = spool_scan_mono_us();
+	int64_t t0 = ds_mono_us();
 	int rc;
 
 	memset(rep, 0, sizeof(*rep));
 	rc = spool_reader_open(&r, cfg->dir);
 	if (rc == -ENOENT) {
-		rep->elapsed_us = (uint64_t)(spool_scan_mono_us() - t0);
+		rep->elapsed_us = (uint64_t)(ds_mono_us() - t0);
 		return 0; /* nothing spooled yet */
 	}
 	if (rc)
@@ -129,7 +130,7 @@ int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *
 	if (!rc && c.newer)
 		rc = -EPROTONOSUPPORT;
 	spool_reader_close(r);
-	rep->elapsed_us = (uint64_t)(spool_scan_mono_us() - t0);
+	rep->elapsed_us = (uint64_t)(ds_mono_us() - t0);
 	return rc;
 }
 

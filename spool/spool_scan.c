@@ -16,13 +16,6 @@
 #include "ds_assert.h"
 #include "ds_grow.h"
 
-int64_t spool_scan_mono_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 /*
  * Open and map one listed segment. Returns false if it is gone (removed
  * since it was listed, or not mappable): such a segment does not exist for

@@ -65,7 +65,6 @@ struct scan_cfg {
 	void *ctx;
 };
 
-int64_t spool_scan_mono_us(void);
 /* Open and map s on first use; false if it is gone or unusable. */
 bool spool_scan_seg_map(struct spool_reader *r, struct rlane *rl, struct rseg *s);
 void spool_scan_lane_map_all(struct spool_reader *r, struct rlane *rl);

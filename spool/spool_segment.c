@@ -17,21 +17,8 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
+#include "ds_clock.h"
 #include "spool_format.h"
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-static int64_t wall_us(void)
-{
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
 
 int spool_fsync_dir(const char *path)
 {
@@ -135,12 +122,12 @@ static int seg_stamp(int fd, const struct seg_params *p, uint64_t seq, uint64_t 
 
 	do {
 		if (getrandom(&h.epoch, sizeof(h.epoch), 0) != sizeof(h.epoch))
-			h.epoch = now_ns() ^ ((uint64_t)seq << 32) ^ (uint64_t)getpid();
+			h.epoch = (uint64_t)ds_mono_ns() ^ ((uint64_t)seq << 32) ^ (uint64_t)getpid();
 	} while (!h.epoch);
 	h.version = SPOOL_FORMAT_VERSION;
 	h.lane = p->lane_no;
 	h.seq = seq;
-	h.created_us = wall_us();
+	h.created_us = ds_wall_us();
 	h.segment_size = p->segment_size;
 	spool_seg_hdr_encode(hdr, &h);
 	if (pwrite(fd, hdr, sizeof(hdr), 0) != (ssize_t)sizeof(hdr))

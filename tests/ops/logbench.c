@@ -6,11 +6,11 @@
  *
  * Measures, in ns per call on the calling thread, with the logger thread
  * running and draining to OUTPUT:
- *   accepted      io_log_accepted() of a typical message, the ring never full
+ *   accepted      obs_log_accepted() of a typical message, the ring never full
  *                 (calls in batches of BATCH, then wait for the logger to
  *                 drain: only the calls are timed)
  *   filtered      the same call with the level set to warn (line skipped)
- *   flat-out      io_log_accepted() back to back: the logger falls behind
+ *   flat-out      obs_log_accepted() back to back: the logger falls behind
  *                 and lines are dropped, never waited for
  */
 #include <stdio.h>
@@ -50,12 +50,12 @@ int main(int argc, char **argv)
 		perror(path);
 		return 1;
 	}
-	struct io_log *l;
-	if (io_log_create(&l, 1, 16u << 20, f, IO_LOG_INFO) < 0 || io_log_start(l) < 0) {
+	struct obs_log *l;
+	if (obs_log_create(&l, 1, 16u << 20, f, OBS_LOG_INFO) < 0 || obs_log_start(l) < 0) {
 		fprintf(stderr, "dotspool-logbench: cannot start the logger\n");
 		return 1;
 	}
-	struct io_log_ring *r = io_log_ring(l, 0);
+	struct obs_log_ring *r = obs_log_ring(l, 0);
 	struct ds_rcpt rcpt[3] = {
 		{"alice@example.com", ""}, {"bob@example.com", ""}, {"carol@example.com", ""}};
 	struct ds_envelope env = {
@@ -73,10 +73,10 @@ int main(int argc, char **argv)
 	for (unsigned long i = 0; i < iters; i += BATCH) {
 		uint64_t t0 = now_ns(), c0 = cpu_ns();
 		for (unsigned k = 0; k < BATCH; k++)
-			failed += io_log_accepted(r, "00017f3a9c2e", &env, 412 + k) != 0;
+			failed += obs_log_accepted(r, "00017f3a9c2e", &env, 412 + k) != 0;
 		timed_cpu += cpu_ns() - c0;
 		timed += now_ns() - t0;
-		while (io_log_written(l) < i + BATCH - failed) {
+		while (obs_log_written(l) < i + BATCH - failed) {
 			struct timespec d = {0, 50000};
 			nanosleep(&d, NULL);
 		}
@@ -86,24 +86,24 @@ int main(int argc, char **argv)
 	       (double)timed / (double)n1, (double)timed_cpu / (double)n1, n1, (unsigned long long)failed);
 
 	/* filtered */
-	io_log_set_level(l, IO_LOG_WARN);
+	obs_log_set_level(l, OBS_LOG_WARN);
 	uint64_t t0 = now_ns();
 	for (unsigned long i = 0; i < iters; i++)
-		io_log_accepted(r, "00017f3a9c2e", &env, 412);
+		obs_log_accepted(r, "00017f3a9c2e", &env, 412);
 	printf("filtered  %8.1f ns/call\n", (double)(now_ns() - t0) / (double)iters);
-	io_log_set_level(l, IO_LOG_INFO);
+	obs_log_set_level(l, OBS_LOG_INFO);
 
 	/* flat-out */
-	uint64_t d0 = io_log_dropped(l, 0);
+	uint64_t d0 = obs_log_dropped(l, 0);
 	t0 = now_ns();
 	for (unsigned long i = 0; i < iters; i++)
-		io_log_accepted(r, "00017f3a9c2e", &env, 412);
+		obs_log_accepted(r, "00017f3a9c2e", &env, 412);
 	uint64_t dt = now_ns() - t0;
-	uint64_t dropped = io_log_dropped(l, 0) - d0;
+	uint64_t dropped = obs_log_dropped(l, 0) - d0;
 	printf("flat-out  %8.1f ns/call  (%lu calls, %llu dropped = %.1f%%)\n", (double)dt / (double)iters,
 	       iters, (unsigned long long)dropped, 100.0 * (double)dropped / (double)iters);
-	io_log_stop(l);
-	io_log_destroy(l);
+	obs_log_stop(l);
+	obs_log_destroy(l);
 	fclose(f);
 	return 0;
 }

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /*
  * A stand-in for the workers' /metrics listener, so real HTTP clients
- * (Python's urllib, curl) can be pointed at io_metrics_http(): listens on
+ * (Python's urllib, curl) can be pointed at obs_metrics_http(): listens on
  * 127.0.0.1 (port 0 = any; the port is printed on stdout), answers
  * `requests` connections one at a time, then exits 0.
  *
@@ -26,15 +26,15 @@ int main(int argc, char **argv)
 	long requests = argc > 1 ? strtol(argv[1], NULL, 10) : 1;
 	if (requests < 1 || requests > 1000)
 		return 2;
-	static struct io_metrics w[NW];
-	const struct io_metrics *pw[NW] = {&w[0], &w[1]};
+	static struct obs_metrics w[NW];
+	const struct obs_metrics *pw[NW] = {&w[0], &w[1]};
 	for (unsigned i = 0; i < NW; i++) {
-		io_metrics_init(&w[i]);
+		obs_metrics_init(&w[i]);
 		for (unsigned k = 0; k < 100 * (i + 1); k++) {
-			io_metrics_conn_open(&w[i]);
-			io_metrics_reply(&w[i], 250);
-			io_metrics_message_accepted(&w[i], 1000 + k, 30 * k);
-			io_metrics_flush_done(&w[i], 200 * k, k % 9, true);
+			obs_metrics_conn_open(&w[i]);
+			obs_metrics_reply(&w[i], 250);
+			obs_metrics_message_accepted(&w[i], 1000 + k, 30 * k);
+			obs_metrics_flush_done(&w[i], 200 * k, k % 9, true);
 		}
 	}
 	int ls = socket(AF_INET, SOCK_STREAM, 0);
@@ -49,9 +49,9 @@ int main(int argc, char **argv)
 	printf("%u\n", ntohs(a.sin_port));
 	fflush(stdout);
 
-	size_t cap = io_metrics_render_bound(NW) + IO_METRICS_HTTP_HEADER_MAX;
+	size_t cap = obs_metrics_render_bound(NW) + OBS_METRICS_HTTP_HEADER_MAX;
 	char *out = malloc(cap);
-	uint8_t *req = malloc(IO_METRICS_HTTP_REQUEST_MAX);
+	uint8_t *req = malloc(OBS_METRICS_HTTP_REQUEST_MAX);
 	DS_ASSERT(out && req);
 	for (long n = 0; n < requests; n++) {
 		int c = accept(ls, NULL, NULL);
@@ -63,11 +63,11 @@ int main(int argc, char **argv)
 		int r = 0;
 		/* Same shape as a worker: append what arrived, ask again until there is a verdict. */
 		while (r == 0) {
-			ssize_t got = recv(c, req + len, IO_METRICS_HTTP_REQUEST_MAX - len, 0);
+			ssize_t got = recv(c, req + len, OBS_METRICS_HTTP_REQUEST_MAX - len, 0);
 			if (got <= 0)
 				break;
 			len += (size_t)got;
-			r = io_metrics_http(req, len, pw, NW, out, cap, &out_len);
+			r = obs_metrics_http(req, len, pw, NW, out, cap, &out_len);
 		}
 		if (r > 0) {
 			for (size_t off = 0; off < out_len;) {
@@ -83,7 +83,7 @@ int main(int argc, char **argv)
 		 * request) would send a RST that can destroy the response in flight.
 		 */
 		shutdown(c, SHUT_WR);
-		while (recv(c, req, IO_METRICS_HTTP_REQUEST_MAX, 0) > 0)
+		while (recv(c, req, OBS_METRICS_HTTP_REQUEST_MAX, 0) > 0)
 			;
 		close(c);
 	}

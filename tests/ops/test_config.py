@@ -211,7 +211,7 @@ def main(argv):
             if rc == 1 and err.startswith(f"dotspool: {path}:{line}: {msg}"):
                 print(f"XPASS {what}: now refused, move it to MATRIX")
             else:
-                print(f"XFAIL {what}: --check-config says {out.strip() or err.strip()!r} (known bug in io/options.c)")
+                print(f"XFAIL {what}: --check-config says {out.strip() or err.strip()!r} (known bug in daemon/options.c)")
 
         # A constraint between keys (no single line to blame).
         path = write(tmp, "cross.conf", "segment-size = 1M\nspool-buffer-size = 512K\n")

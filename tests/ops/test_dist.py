@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
 """Checks of dist/: the example configuration documents every option of
-io/options.c, and the systemd unit is valid (systemd-analyze verify, when
+daemon/options.c, and the systemd unit is valid (systemd-analyze verify, when
 available) with the settings issue 8 asks for.
 
-Usage: test_dist.py DIST_DIR io/options.c
+Usage: test_dist.py DIST_DIR daemon/options.c
 """
 import os
 import re

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Unit tests for io/log.c: escaping, ring wrap-around, drops, many producers. */
+/* Unit tests for obs/log.c: escaping, ring wrap-around, drops, many producers. */
 #include <errno.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -19,7 +19,7 @@
 static void check_escape(const char *src, size_t len, const char *want)
 {
 	char out[128];
-	size_t n = io_log_escape(out, sizeof(out), src, len);
+	size_t n = obs_log_escape(out, sizeof(out), src, len);
 	if (strcmp(out, want) != 0)
 		fail_msg("escape of '%.*s': got [%s] want [%s]", (int)len, src, out, want);
 	assert_int_equal(n, strlen(want));
@@ -45,19 +45,19 @@ static void test_escape(void **state)
 
 	/* Truncation never splits an escape and always closes the quote. */
 	char out[8];
-	size_t n = io_log_escape(out, sizeof(out), "\x01\x02", 2);
+	size_t n = obs_log_escape(out, sizeof(out), "\x01\x02", 2);
 	assert_string_equal(out, "\"\\x01\"");
 	assert_int_equal(n, 6);
-	n = io_log_escape(out, sizeof(out), "abcdefghij", 10);
+	n = obs_log_escape(out, sizeof(out), "abcdefghij", 10);
 	assert_string_equal(out, "abcdefg");
-	n = io_log_escape(out, sizeof(out), "abcdefgh ij", 11); /* long plain prefix, then quoting */
+	n = obs_log_escape(out, sizeof(out), "abcdefgh ij", 11); /* long plain prefix, then quoting */
 	assert_string_equal(out, "\"abcde\"");
 	assert_int_equal(n, 7);
-	n = io_log_escape(out, sizeof(out), "abc\"", 4);
+	n = obs_log_escape(out, sizeof(out), "abc\"", 4);
 	assert_string_equal(out, "\"abc\\\"\"");
-	n = io_log_escape(out, sizeof(out), "abcd\"", 5); /* the escape does not fit: cut before it */
+	n = obs_log_escape(out, sizeof(out), "abcd\"", 5); /* the escape does not fit: cut before it */
 	assert_string_equal(out, "\"abcd\"");
-	n = io_log_escape(out, 2, "a b", 3);
+	n = obs_log_escape(out, 2, "a b", 3);
 	assert_string_equal(out, "");
 	assert_int_equal(n, 0);
 }
@@ -113,7 +113,7 @@ static void test_escape_roundtrip(void **state)
 			unsigned r = (unsigned)(x >> 40);
 			src[i] = (char)(r % 4 ? ' ' + r % 95 : r >> 8);
 		}
-		size_t n = io_log_escape(esc, sizeof(esc), src, len);
+		size_t n = obs_log_escape(esc, sizeof(esc), src, len);
 		assert_int_equal(strlen(esc), n);
 		assert_null(memchr(esc, ' ', esc[0] == '"' ? 0 : n)); /* unquoted: no space, so one token */
 		assert_null(strchr(esc[0] == '"' ? "" : esc, '='));
@@ -149,9 +149,9 @@ static void test_lines(void **state)
 {
 	FILE *f = tmpfile();
 	assert_non_null(f);
-	struct io_log *l;
-	assert_int_equal(io_log_create(&l, 1, 8192, f, IO_LOG_INFO), 0);
-	struct io_log_ring *r = io_log_ring(l, 0);
+	struct obs_log *l;
+	assert_int_equal(obs_log_create(&l, 1, 8192, f, OBS_LOG_INFO), 0);
+	struct obs_log_ring *r = obs_log_ring(l, 0);
 
 	struct ds_rcpt rcpt[2] = {{"a@example.com", ""}, {"b@example.com", ""}};
 	struct ds_envelope env = {
@@ -163,32 +163,32 @@ static void test_lines(void **state)
 		.tls = "",
 		.body_size = 1234,
 	};
-	assert_int_equal(io_log_accepted(r, "0001a2b3", &env, 77), 0);
+	assert_int_equal(obs_log_accepted(r, "0001a2b3", &env, 77), 0);
 	env.tls = "TLSv1.3 TLS1-3-AES-128-GCM-SHA256";
 	env.mail_from = "s@example.org";
-	assert_int_equal(io_log_accepted(r, "0001a2b4", &env, 5), 0);
-	struct io_log_refusal ref = {.reason = "limit_per_ip", .code = 421, .client = "::1"};
-	assert_int_equal(io_log_refused(r, &ref), 0);
+	assert_int_equal(obs_log_accepted(r, "0001a2b4", &env, 5), 0);
+	struct obs_log_refusal ref = {.reason = "limit_per_ip", .code = 421, .client = "::1"};
+	assert_int_equal(obs_log_refused(r, &ref), 0);
 
 	/* Filtered levels cost nothing and write nothing. */
-	assert_false(io_log_begin(r, IO_LOG_DEBUG, "noise"));
-	io_log_set_level(l, IO_LOG_WARN);
-	assert_int_equal(io_log_accepted(r, "filtered", &env, 1), 0);
-	assert_true(io_log_begin(r, IO_LOG_ERROR, "boom"));
-	io_log_str(r, "err", "disk on fire");
-	assert_int_equal(io_log_end(r), 0);
+	assert_false(obs_log_begin(r, OBS_LOG_DEBUG, "noise"));
+	obs_log_set_level(l, OBS_LOG_WARN);
+	assert_int_equal(obs_log_accepted(r, "filtered", &env, 1), 0);
+	assert_true(obs_log_begin(r, OBS_LOG_ERROR, "boom"));
+	obs_log_str(r, "err", "disk on fire");
+	assert_int_equal(obs_log_end(r), 0);
 
 	/* A line too long is cut at a field boundary and marked. */
-	io_log_set_level(l, IO_LOG_DEBUG);
+	obs_log_set_level(l, OBS_LOG_DEBUG);
 	char big[600];
 	memset(big, 'x', sizeof(big) - 1);
 	big[sizeof(big) - 1] = 0;
-	assert_true(io_log_begin(r, IO_LOG_DEBUG, "long"));
+	assert_true(obs_log_begin(r, OBS_LOG_DEBUG, "long"));
 	for (int i = 0; i < 8; i++)
-		io_log_str(r, "v", big);
-	assert_int_equal(io_log_end(r), 0);
+		obs_log_str(r, "v", big);
+	assert_int_equal(obs_log_end(r), 0);
 
-	io_log_drain(l);
+	obs_log_drain(l);
 	char *out = slurp(f);
 	assert_int_equal(count_lines(out), 5);
 	char *line = strtok(out, "\n");
@@ -210,11 +210,11 @@ static void test_lines(void **state)
 	assert_string_equal(line + 30, " level=error event=boom err=\"disk on fire\"");
 	line = strtok(NULL, "\n");
 	assert_int_equal(strncmp(line + 30, " level=debug event=long v=xxxx", 30), 0);
-	assert_true(strlen(line) - 30 - strlen(" level=debug ") <= IO_LOG_LINE_MAX);
+	assert_true(strlen(line) - 30 - strlen(" level=debug ") <= OBS_LOG_LINE_MAX);
 	assert_non_null(strstr(line, " truncated=true"));
 	assert_int_equal(strlen(strstr(line, " truncated=true")), strlen(" truncated=true"));
 	free(out);
-	io_log_destroy(l);
+	obs_log_destroy(l);
 	fclose(f);
 }
 
@@ -223,25 +223,25 @@ static void test_wrap(void **state)
 {
 	FILE *f = tmpfile();
 	assert_non_null(f);
-	struct io_log *l;
-	assert_int_equal(io_log_create(&l, 1, 4096, f, IO_LOG_INFO), 0);
-	struct io_log_ring *r = io_log_ring(l, 0);
+	struct obs_log *l;
+	assert_int_equal(obs_log_create(&l, 1, 4096, f, OBS_LOG_INFO), 0);
+	struct obs_log_ring *r = obs_log_ring(l, 0);
 	char pad[200];
 	memset(pad, 'p', sizeof(pad));
 	unsigned written = 0;
 	const unsigned total = 20000;
 	for (unsigned i = 0; i < total; i++) {
-		assert_true(io_log_begin(r, IO_LOG_INFO, "w"));
-		io_log_u64(r, "seq", i);
-		io_log_strn(r, "pad", pad, (i * 37) % sizeof(pad) + 1); /* every record size */
-		assert_int_equal(io_log_end(r), 0);
+		assert_true(obs_log_begin(r, OBS_LOG_INFO, "w"));
+		obs_log_u64(r, "seq", i);
+		obs_log_strn(r, "pad", pad, (i * 37) % sizeof(pad) + 1); /* every record size */
+		assert_int_equal(obs_log_end(r), 0);
 		written++;
 		if (i % 7 == 6)
-			io_log_drain(l);
+			obs_log_drain(l);
 	}
-	io_log_drain(l);
-	assert_int_equal(io_log_dropped(l, 0), 0);
-	assert_int_equal(io_log_written(l), total);
+	obs_log_drain(l);
+	assert_int_equal(obs_log_dropped(l, 0), 0);
+	assert_int_equal(obs_log_written(l), total);
 	char *out = slurp(f);
 	unsigned want = 0;
 	for (char *line = strtok(out, "\n"); line; line = strtok(NULL, "\n")) {
@@ -254,7 +254,7 @@ static void test_wrap(void **state)
 	}
 	assert_int_equal(want, total);
 	free(out);
-	io_log_destroy(l);
+	obs_log_destroy(l);
 	fclose(f);
 }
 
@@ -270,15 +270,15 @@ static void test_full_drops(void **state)
 {
 	FILE *f = tmpfile();
 	assert_non_null(f);
-	struct io_log *l;
-	assert_int_equal(io_log_create(&l, 2, 4096, f, IO_LOG_INFO), 0);
-	struct io_log_ring *r = io_log_ring(l, 1);
+	struct obs_log *l;
+	assert_int_equal(obs_log_create(&l, 2, 4096, f, OBS_LOG_INFO), 0);
+	struct obs_log_ring *r = obs_log_ring(l, 1);
 	unsigned ok = 0, dropped = 0;
 	uint64_t t0 = now_ns();
 	for (unsigned i = 0; i < 100000; i++) {
-		assert_true(io_log_begin(r, IO_LOG_INFO, "fill"));
-		io_log_u64(r, "seq", i);
-		int ret = io_log_end(r);
+		assert_true(obs_log_begin(r, OBS_LOG_INFO, "fill"));
+		obs_log_u64(r, "seq", i);
+		int ret = obs_log_end(r);
 		if (ret == 0) {
 			assert_int_equal(dropped, 0); /* no success once full */
 			ok++;
@@ -291,15 +291,15 @@ static void test_full_drops(void **state)
 	/* Never blocks: 100000 calls against a full ring well under a second even under ASan. */
 	assert_true(dt < 1000000000ull);
 	assert_true(ok > 50 && ok < 4096 / 16);
-	assert_int_equal(io_log_dropped(l, 1), dropped);
-	assert_int_equal(io_log_dropped(l, 0), 0);
+	assert_int_equal(obs_log_dropped(l, 1), dropped);
+	assert_int_equal(obs_log_dropped(l, 0), 0);
 
-	io_log_drain(l);
-	assert_int_equal(io_log_written(l), ok);
+	obs_log_drain(l);
+	assert_int_equal(obs_log_written(l), ok);
 	/* Room again. */
-	assert_true(io_log_begin(r, IO_LOG_INFO, "after"));
-	assert_int_equal(io_log_end(r), 0);
-	io_log_drain(l);
+	assert_true(obs_log_begin(r, OBS_LOG_INFO, "after"));
+	assert_int_equal(obs_log_end(r), 0);
+	obs_log_drain(l);
 	char *out = slurp(f);
 	assert_int_equal(count_lines(out), ok + 2); /* + the log_dropped report */
 	char want[64];
@@ -308,7 +308,7 @@ static void test_full_drops(void **state)
 	assert_non_null(strstr(out, "event=fill seq=0\n"));
 	assert_non_null(strstr(out, "event=after\n"));
 	free(out);
-	io_log_destroy(l);
+	obs_log_destroy(l);
 	fclose(f);
 }
 
@@ -316,7 +316,7 @@ static void test_full_drops(void **state)
 #define PER_PRODUCER 20000
 
 struct prod {
-	struct io_log_ring *ring;
+	struct obs_log_ring *ring;
 	unsigned id;
 	unsigned retries;
 };
@@ -326,11 +326,11 @@ static void *producer(void *arg)
 	struct prod *p = arg;
 	for (unsigned i = 0; i < PER_PRODUCER; i++) {
 		for (;;) {
-			assert_true(io_log_begin(p->ring, IO_LOG_INFO, "mp"));
-			io_log_u64(p->ring, "p", p->id);
-			io_log_u64(p->ring, "seq", i);
-			io_log_str(p->ring, "helo", "some client.example");
-			if (io_log_end(p->ring) == 0)
+			assert_true(obs_log_begin(p->ring, OBS_LOG_INFO, "mp"));
+			obs_log_u64(p->ring, "p", p->id);
+			obs_log_u64(p->ring, "seq", i);
+			obs_log_str(p->ring, "helo", "some client.example");
+			if (obs_log_end(p->ring) == 0)
 				break;
 			/* Full: the test wants every line, so wait for the logger (a worker would not). */
 			p->retries++;
@@ -345,19 +345,19 @@ static void test_multi_producer(void **state)
 {
 	FILE *f = tmpfile();
 	assert_non_null(f);
-	struct io_log *l;
-	assert_int_equal(io_log_create(&l, PRODUCERS, 1 << 16, f, IO_LOG_INFO), 0);
-	assert_int_equal(io_log_start(l), 0);
+	struct obs_log *l;
+	assert_int_equal(obs_log_create(&l, PRODUCERS, 1 << 16, f, OBS_LOG_INFO), 0);
+	assert_int_equal(obs_log_start(l), 0);
 	pthread_t t[PRODUCERS];
 	struct prod p[PRODUCERS];
 	for (unsigned i = 0; i < PRODUCERS; i++) {
-		p[i] = (struct prod){.ring = io_log_ring(l, i), .id = i};
+		p[i] = (struct prod){.ring = obs_log_ring(l, i), .id = i};
 		assert_int_equal(pthread_create(&t[i], NULL, producer, &p[i]), 0);
 	}
 	for (unsigned i = 0; i < PRODUCERS; i++)
 		pthread_join(t[i], NULL);
-	io_log_stop(l);
-	assert_int_equal(io_log_written(l), PRODUCERS * PER_PRODUCER);
+	obs_log_stop(l);
+	assert_int_equal(obs_log_written(l), PRODUCERS * PER_PRODUCER);
 	char *out = slurp(f);
 	unsigned next[PRODUCERS] = {0};
 	unsigned lines = 0, reports = 0;
@@ -381,26 +381,26 @@ static void test_multi_producer(void **state)
 	}
 	assert_int_equal(lines, PRODUCERS * PER_PRODUCER);
 	free(out);
-	io_log_destroy(l);
+	obs_log_destroy(l);
 	fclose(f);
 }
 
 static void test_create_limits(void **state)
 {
-	struct io_log *l;
-	assert_int_equal(io_log_create(&l, 0, 4096, NULL, IO_LOG_INFO), -EINVAL);
-	assert_int_equal(io_log_create(&l, 1, 4095, NULL, IO_LOG_INFO), -EINVAL);
-	assert_int_equal(io_log_create(&l, 1, 6000, NULL, IO_LOG_INFO), -EINVAL);
-	assert_int_equal(io_log_create(&l, 1, 2048, NULL, IO_LOG_INFO), -EINVAL);
-	assert_int_equal(io_log_create(&l, IO_LOG_RINGS_MAX + 1, 4096, NULL, IO_LOG_INFO), -EINVAL);
+	struct obs_log *l;
+	assert_int_equal(obs_log_create(&l, 0, 4096, NULL, OBS_LOG_INFO), -EINVAL);
+	assert_int_equal(obs_log_create(&l, 1, 4095, NULL, OBS_LOG_INFO), -EINVAL);
+	assert_int_equal(obs_log_create(&l, 1, 6000, NULL, OBS_LOG_INFO), -EINVAL);
+	assert_int_equal(obs_log_create(&l, 1, 2048, NULL, OBS_LOG_INFO), -EINVAL);
+	assert_int_equal(obs_log_create(&l, OBS_LOG_RINGS_MAX + 1, 4096, NULL, OBS_LOG_INFO), -EINVAL);
 	assert_null(l);
-	enum io_log_level lv;
-	assert_int_equal(io_log_level_parse("debug", &lv), 0);
-	assert_int_equal(lv, IO_LOG_DEBUG);
-	assert_int_equal(io_log_level_parse("warn", &lv), 0);
-	assert_int_equal(lv, IO_LOG_WARN);
-	assert_int_equal(io_log_level_parse("verbose", &lv), -EINVAL);
-	assert_string_equal(io_log_level_name(IO_LOG_ERROR), "error");
+	enum obs_log_level lv;
+	assert_int_equal(obs_log_level_parse("debug", &lv), 0);
+	assert_int_equal(lv, OBS_LOG_DEBUG);
+	assert_int_equal(obs_log_level_parse("warn", &lv), 0);
+	assert_int_equal(lv, OBS_LOG_WARN);
+	assert_int_equal(obs_log_level_parse("verbose", &lv), -EINVAL);
+	assert_string_equal(obs_log_level_name(OBS_LOG_ERROR), "error");
 }
 
 int main(void)

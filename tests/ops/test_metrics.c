@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Unit tests for io/metrics.c: counters, rendering, the /metrics HTTP front. */
+/* Unit tests for obs/metrics.c: counters, rendering, the /metrics HTTP front. */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -16,11 +16,11 @@
 
 #define NW 3
 
-static struct io_metrics *alloc_metrics(void)
+static struct obs_metrics *alloc_metrics(void)
 {
-	struct io_metrics *m = aligned_alloc(64, sizeof(*m));
+	struct obs_metrics *m = aligned_alloc(64, sizeof(*m));
 	assert_non_null(m);
-	io_metrics_init(m);
+	obs_metrics_init(m);
 	return m;
 }
 
@@ -37,64 +37,64 @@ static long long sample(const char *text, const char *series)
 	return -1;
 }
 
-static void fill(struct io_metrics *m)
+static void fill(struct obs_metrics *m)
 {
-	io_metrics_conn_open(m);
-	io_metrics_conn_open(m);
-	io_metrics_conn_open(m);
-	io_metrics_conn_close(m);
-	io_metrics_conn_refused(m, IO_REFUSE_LIMIT_PER_IP);
-	io_metrics_conn_refused(m, IO_REFUSE_SHUTDOWN);
-	io_metrics_conn_refused(m, IO_REFUSE_SHUTDOWN);
-	io_metrics_conn_refused(m, IO_REFUSE_COUNT); /* ignored */
-	io_metrics_reply(m, 220);
-	io_metrics_reply(m, 250);
-	io_metrics_reply(m, 354);
-	io_metrics_reply(m, 451);
-	io_metrics_reply(m, 554);
-	io_metrics_reply(m, 999);		       /* ignored */
-	io_metrics_message_accepted(m, 1000, 10);      /* <= 25us */
-	io_metrics_message_accepted(m, 2000, 25);      /* <= 25us: le is inclusive */
-	io_metrics_message_accepted(m, 3000, 26);      /* <= 50us */
-	io_metrics_message_accepted(m, 4000, 2000000); /* +Inf */
-	io_metrics_message_rejected(m);
-	io_metrics_tls_handshake(m, true);
-	io_metrics_tls_handshake(m, false);
-	io_metrics_flush_done(m, 800, 1, true);
-	io_metrics_flush_done(m, 1200, 3, true);
-	io_metrics_flush_done(m, 300000, 1000, false);
-	io_metrics_spool_bytes(m, 12345, 67890);
+	obs_metrics_conn_open(m);
+	obs_metrics_conn_open(m);
+	obs_metrics_conn_open(m);
+	obs_metrics_conn_close(m);
+	obs_metrics_conn_refused(m, OBS_REFUSE_LIMIT_PER_IP);
+	obs_metrics_conn_refused(m, OBS_REFUSE_SHUTDOWN);
+	obs_metrics_conn_refused(m, OBS_REFUSE_SHUTDOWN);
+	obs_metrics_conn_refused(m, OBS_REFUSE_COUNT); /* ignored */
+	obs_metrics_reply(m, 220);
+	obs_metrics_reply(m, 250);
+	obs_metrics_reply(m, 354);
+	obs_metrics_reply(m, 451);
+	obs_metrics_reply(m, 554);
+	obs_metrics_reply(m, 999);			/* ignored */
+	obs_metrics_message_accepted(m, 1000, 10);	/* <= 25us */
+	obs_metrics_message_accepted(m, 2000, 25);	/* <= 25us: le is inclusive */
+	obs_metrics_message_accepted(m, 3000, 26);	/* <= 50us */
+	obs_metrics_message_accepted(m, 4000, 2000000); /* +Inf */
+	obs_metrics_message_rejected(m);
+	obs_metrics_tls_handshake(m, true);
+	obs_metrics_tls_handshake(m, false);
+	obs_metrics_flush_done(m, 800, 1, true);
+	obs_metrics_flush_done(m, 1200, 3, true);
+	obs_metrics_flush_done(m, 300000, 1000, false);
+	obs_metrics_spool_bytes(m, 12345, 67890);
 }
 
 static void test_counters(void **state)
 {
-	struct io_metrics *m = alloc_metrics();
+	struct obs_metrics *m = alloc_metrics();
 	fill(m);
-	assert_int_equal(io_counter_get(&m->connections_current), 2);
-	assert_int_equal(io_counter_get(&m->connections_total), 3);
-	assert_int_equal(io_counter_get(&m->connections_refused[IO_REFUSE_SHUTDOWN]), 2);
-	assert_int_equal(io_counter_get(&m->replies[IO_REPLY_2XX]), 2);
-	assert_int_equal(io_counter_get(&m->bytes_accepted), 10000);
-	assert_int_equal(io_counter_get(&m->sync_gap.bucket[0]), 2);
-	assert_int_equal(io_counter_get(&m->sync_gap.bucket[1]), 1);
-	assert_int_equal(io_counter_get(&m->sync_gap.bucket[IO_METRICS_LAT_BUCKETS]), 1);
-	assert_int_equal(io_counter_get(&m->flush_errors), 1);
-	assert_int_equal(io_counter_get(&m->messages_per_flush.bucket[0]), 1);
-	assert_int_equal(io_counter_get(&m->messages_per_flush.bucket[2]), 1); /* 3 <= 4 */
-	assert_int_equal(io_counter_get(&m->messages_per_flush.bucket[IO_METRICS_BATCH_BUCKETS]), 1);
+	assert_int_equal(obs_counter_get(&m->connections_current), 2);
+	assert_int_equal(obs_counter_get(&m->connections_total), 3);
+	assert_int_equal(obs_counter_get(&m->connections_refused[OBS_REFUSE_SHUTDOWN]), 2);
+	assert_int_equal(obs_counter_get(&m->replies[OBS_REPLY_2XX]), 2);
+	assert_int_equal(obs_counter_get(&m->bytes_accepted), 10000);
+	assert_int_equal(obs_counter_get(&m->sync_gap.bucket[0]), 2);
+	assert_int_equal(obs_counter_get(&m->sync_gap.bucket[1]), 1);
+	assert_int_equal(obs_counter_get(&m->sync_gap.bucket[OBS_METRICS_LAT_BUCKETS]), 1);
+	assert_int_equal(obs_counter_get(&m->flush_errors), 1);
+	assert_int_equal(obs_counter_get(&m->messages_per_flush.bucket[0]), 1);
+	assert_int_equal(obs_counter_get(&m->messages_per_flush.bucket[2]), 1); /* 3 <= 4 */
+	assert_int_equal(obs_counter_get(&m->messages_per_flush.bucket[OBS_METRICS_BATCH_BUCKETS]), 1);
 	free(m);
 }
 
 static void test_render(void **state)
 {
-	struct io_metrics *w[NW] = {alloc_metrics(), NULL, alloc_metrics()};
+	struct obs_metrics *w[NW] = {alloc_metrics(), NULL, alloc_metrics()};
 	fill(w[0]);
 	fill(w[2]);
-	io_metrics_conn_open(w[2]);
-	size_t cap = io_metrics_render_bound(NW);
+	obs_metrics_conn_open(w[2]);
+	size_t cap = obs_metrics_render_bound(NW);
 	char *buf = malloc(cap);
 	assert_non_null(buf);
-	size_t len = io_metrics_render((const struct io_metrics *const *)w, NW, buf, cap);
+	size_t len = obs_metrics_render((const struct obs_metrics *const *)w, NW, buf, cap);
 	assert_true(len > 0 && len < cap);
 	assert_int_equal(strlen(buf), len);
 	assert_int_equal(buf[len - 1], '\n');
@@ -126,11 +126,11 @@ static void test_render(void **state)
 
 	/* snprintf-like truncation: same length reported, NUL-terminated prefix. */
 	char small[100];
-	size_t len2 = io_metrics_render((const struct io_metrics *const *)w, NW, small, sizeof(small));
+	size_t len2 = obs_metrics_render((const struct obs_metrics *const *)w, NW, small, sizeof(small));
 	assert_int_equal(len2, len);
 	assert_int_equal(strlen(small), sizeof(small) - 1);
 	assert_memory_equal(small, buf, sizeof(small) - 1);
-	assert_int_equal(io_metrics_render((const struct io_metrics *const *)w, NW, NULL, 0), len);
+	assert_int_equal(obs_metrics_render((const struct obs_metrics *const *)w, NW, NULL, 0), len);
 	free(buf);
 	free(w[0]);
 	free(w[2]);
@@ -140,17 +140,17 @@ static void test_render(void **state)
 static void test_render_bound(void **state)
 {
 	enum { MAXW = 64 };
-	struct io_metrics *w[MAXW];
+	struct obs_metrics *w[MAXW];
 	for (unsigned i = 0; i < MAXW; i++) {
 		w[i] = alloc_metrics();
 		memset(w[i], 0xff, sizeof(*w[i]));
 	}
-	size_t cap = io_metrics_render_bound(MAXW);
-	size_t len = io_metrics_render((const struct io_metrics *const *)w, MAXW, NULL, 0);
+	size_t cap = obs_metrics_render_bound(MAXW);
+	size_t len = obs_metrics_render((const struct obs_metrics *const *)w, MAXW, NULL, 0);
 	print_message("render of %u workers at UINT64_MAX: %zu bytes, bound %zu\n", MAXW, len, cap);
 	assert_true(len < cap);
-	assert_true(io_metrics_render((const struct io_metrics *const *)w, 1, NULL, 0) <
-		    io_metrics_render_bound(1));
+	assert_true(obs_metrics_render((const struct obs_metrics *const *)w, 1, NULL, 0) <
+		    obs_metrics_render_bound(1));
 	for (unsigned i = 0; i < MAXW; i++)
 		free(w[i]);
 }
@@ -161,23 +161,23 @@ struct http_case {
 	const char *want_prefix;
 };
 
-static int http(const char *req, size_t len, char *out, size_t cap, size_t *out_len, struct io_metrics **w,
+static int http(const char *req, size_t len, char *out, size_t cap, size_t *out_len, struct obs_metrics **w,
 		unsigned n)
 {
 	/* Exactly sized heap copy so ASan sees any overread. */
 	uint8_t *copy = malloc(len ? len : 1);
 	assert_non_null(copy);
 	memcpy(copy, req, len);
-	int r = io_metrics_http(copy, len, (const struct io_metrics *const *)w, n, out, cap, out_len);
+	int r = obs_metrics_http(copy, len, (const struct obs_metrics *const *)w, n, out, cap, out_len);
 	free(copy);
 	return r;
 }
 
 static void test_http(void **state)
 {
-	struct io_metrics *w[1] = {alloc_metrics()};
+	struct obs_metrics *w[1] = {alloc_metrics()};
 	fill(w[0]);
-	size_t cap = io_metrics_render_bound(1) + IO_METRICS_HTTP_HEADER_MAX;
+	size_t cap = obs_metrics_render_bound(1) + OBS_METRICS_HTTP_HEADER_MAX;
 	char *out = malloc(cap);
 	assert_non_null(out);
 	size_t out_len;
@@ -241,13 +241,13 @@ static void test_http(void **state)
 	}
 
 	/* Oversized header block: need-more until the bound, then 400. */
-	size_t big = IO_METRICS_HTTP_REQUEST_MAX + 10;
+	size_t big = OBS_METRICS_HTTP_REQUEST_MAX + 10;
 	char *req = malloc(big);
 	assert_non_null(req);
 	memcpy(req, "GET /metrics HTTP/1.1\r\nX: ", 26);
 	memset(req + 26, 'a', big - 26);
-	assert_int_equal(http(req, IO_METRICS_HTTP_REQUEST_MAX - 1, out, cap, &out_len, w, 1), 0);
-	assert_int_equal(http(req, IO_METRICS_HTTP_REQUEST_MAX, out, cap, &out_len, w, 1), 400);
+	assert_int_equal(http(req, OBS_METRICS_HTTP_REQUEST_MAX - 1, out, cap, &out_len, w, 1), 0);
+	assert_int_equal(http(req, OBS_METRICS_HTTP_REQUEST_MAX, out, cap, &out_len, w, 1), 400);
 	assert_int_equal(http(req, big, out, cap, &out_len, w, 1), 400);
 	/* The end of headers beyond the bound does not count. */
 	memcpy(req + big - 4, "\r\n\r\n", 4);
@@ -271,11 +271,11 @@ static atomic_bool writer_stop;
 
 static void *writer(void *arg)
 {
-	struct io_metrics *m = arg;
+	struct obs_metrics *m = arg;
 	uint64_t i = 0;
 	while (!atomic_load(&writer_stop)) {
-		io_metrics_message_accepted(m, 100, i % 3000);
-		io_metrics_flush_done(m, i % 500, i % 20, true);
+		obs_metrics_message_accepted(m, 100, i % 3000);
+		obs_metrics_flush_done(m, i % 500, i % 20, true);
 		i++;
 	}
 	return NULL;
@@ -283,16 +283,16 @@ static void *writer(void *arg)
 
 static void test_concurrent_render(void **state)
 {
-	struct io_metrics *w[1] = {alloc_metrics()};
+	struct obs_metrics *w[1] = {alloc_metrics()};
 	pthread_t t;
 	atomic_store(&writer_stop, false);
 	assert_int_equal(pthread_create(&t, NULL, writer, w[0]), 0);
-	size_t cap = io_metrics_render_bound(1);
+	size_t cap = obs_metrics_render_bound(1);
 	char *buf = malloc(cap);
 	assert_non_null(buf);
 	long long last = 0;
 	for (int k = 0; k < 2000; k++) {
-		io_metrics_render((const struct io_metrics *const *)w, 1, buf, cap);
+		obs_metrics_render((const struct obs_metrics *const *)w, 1, buf, cap);
 		long long inf = sample(buf, "dotspool_sync_gap_seconds_bucket{worker=\"0\",le=\"+Inf\"}");
 		long long cnt = sample(buf, "dotspool_sync_gap_seconds_count{worker=\"0\"}");
 		assert_int_equal(inf, cnt);

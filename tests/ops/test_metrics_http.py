@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Scrape io_metrics_http() with real HTTP clients (urllib, curl, raw sockets).
+"""Scrape obs_metrics_http() with real HTTP clients (urllib, curl, raw sockets).
 
 Usage: test_metrics_http.py ops_metrics_serve check_exposition.py
 """

@@ -440,7 +440,7 @@ def sec_logs(t, state):
          text[-2000:])
     stop_ok(t, w)
 
-    # The session knows both by the time of the RCPT (struct io_log_refusal has helo
+    # The session knows both by the time of the RCPT (struct obs_log_refusal has helo
     # and sender fields).
     got = (ref[0].get("helo"), ref[0].get("sender"))
     soft(t, got == (HELO, "denied-sender@client.example"),

@@ -10,7 +10,7 @@
  * "empty" slot; the next real txn to land on that slot inherited them, its
  * commit no longer matched its chunks and an acknowledged message vanished
  * from `dotspool-ctl list` (spool_reader_foreach) and from recovery
- * (spool_recover, run by io/main.c at start-up). The fix: writers use
+ * (spool_recover, run by daemon/main.c at start-up). The fix: writers use
  * spool_id_make(lane, 0, 1) and readers ignore every chunk whose id has
  * segment sequence 0 (FORMAT.md, "Padding"), old id-0 pads included.
  *

@@ -12,27 +12,27 @@
 #include "ds_assert.h"
 #include "metrics.h"
 
-const uint64_t io_metrics_lat_bounds_us[IO_METRICS_LAT_BUCKETS] = {
+const uint64_t obs_metrics_lat_bounds_us[OBS_METRICS_LAT_BUCKETS] = {
 	25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 25000, 50000, 100000, 250000, 1000000,
 };
 /* The same bounds as Prometheus "le" labels, in seconds. */
-static const char *const lat_le[IO_METRICS_LAT_BUCKETS] = {
+static const char *const lat_le[OBS_METRICS_LAT_BUCKETS] = {
 	"0.000025", "0.00005", "0.0001", "0.00025", "0.0005", "0.001", "0.0025",
 	"0.005",    "0.01",    "0.025",	 "0.05",    "0.1",    "0.25",  "1",
 };
-const uint64_t io_metrics_batch_bounds[IO_METRICS_BATCH_BUCKETS] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+const uint64_t obs_metrics_batch_bounds[OBS_METRICS_BATCH_BUCKETS] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
 
-static const char *const refuse_name[IO_REFUSE_COUNT] = {"limit_total", "limit_per_ip", "shutdown",
-							 "proxy_error"};
-static const char *const reply_name[IO_REPLY_COUNT] = {"2xx", "3xx", "4xx", "5xx"};
+static const char *const refuse_name[OBS_REFUSE_COUNT] = {"limit_total", "limit_per_ip", "shutdown",
+							  "proxy_error"};
+static const char *const reply_name[OBS_REPLY_COUNT] = {"2xx", "3xx", "4xx", "5xx"};
 
-void io_metrics_init(struct io_metrics *m)
+void obs_metrics_init(struct obs_metrics *m)
 {
 	memset(m, 0, sizeof(*m));
 	DS_ASSERT(((uintptr_t)m & 63) == 0);
 }
 
-size_t io_metrics_render_bound(unsigned n)
+size_t obs_metrics_render_bound(unsigned n)
 {
 	/*
 	 * Per worker: about 70 sample lines of at most ~110 bytes (longest
@@ -66,23 +66,23 @@ static void family(struct out *o, const char *name, const char *type, const char
 }
 
 /* One sample per worker of a simple counter/gauge. */
-static void per_worker(struct out *o, const struct io_metrics *const *w, unsigned n, const char *name,
+static void per_worker(struct out *o, const struct obs_metrics *const *w, unsigned n, const char *name,
 		       const char *type, const char *help, size_t off)
 {
 	family(o, name, type, help);
 	for (unsigned i = 0; i < n; i++)
 		if (w[i])
 			put(o, "%s{worker=\"%u\"} %llu\n", name, i,
-			    (unsigned long long)io_counter_get(
-				    (const io_counter_t *)((const uint8_t *)w[i] + off)));
+			    (unsigned long long)obs_counter_get(
+				    (const obs_counter_t *)((const uint8_t *)w[i] + off)));
 }
 
-static uint64_t sum_all(const struct io_metrics *const *w, unsigned n, size_t off)
+static uint64_t sum_all(const struct obs_metrics *const *w, unsigned n, size_t off)
 {
 	uint64_t s = 0;
 	for (unsigned i = 0; i < n; i++)
 		if (w[i])
-			s += io_counter_get((const io_counter_t *)((const uint8_t *)w[i] + off));
+			s += obs_counter_get((const obs_counter_t *)((const uint8_t *)w[i] + off));
 	return s;
 }
 
@@ -115,31 +115,31 @@ static void hist_samples(struct out *o, const char *name, const char *labels, co
 	put(o, "%s_count%s%s%s %llu\n", name, lb, labels, rb, (unsigned long long)cum);
 }
 
-static void lat_family(struct out *o, const struct io_metrics *const *w, unsigned n, const char *name,
+static void lat_family(struct out *o, const struct obs_metrics *const *w, unsigned n, const char *name,
 		       const char *help, size_t off)
 {
 	family(o, name, "histogram", help);
 	for (unsigned i = 0; i < n; i++) {
 		if (!w[i])
 			continue;
-		const struct io_metrics_lat_hist *h = (const void *)((const uint8_t *)w[i] + off);
-		uint64_t b[IO_METRICS_LAT_BUCKETS + 1];
-		for (unsigned k = 0; k <= IO_METRICS_LAT_BUCKETS; k++)
-			b[k] = io_counter_get(&h->bucket[k]);
+		const struct obs_metrics_lat_hist *h = (const void *)((const uint8_t *)w[i] + off);
+		uint64_t b[OBS_METRICS_LAT_BUCKETS + 1];
+		for (unsigned k = 0; k <= OBS_METRICS_LAT_BUCKETS; k++)
+			b[k] = obs_counter_get(&h->bucket[k]);
 		char labels[32];
 		snprintf(labels, sizeof(labels), "worker=\"%u\"", i);
-		hist_samples(o, name, labels, b, IO_METRICS_LAT_BUCKETS, lat_le, NULL,
-			     io_counter_get(&h->sum_us), true);
+		hist_samples(o, name, labels, b, OBS_METRICS_LAT_BUCKETS, lat_le, NULL,
+			     obs_counter_get(&h->sum_us), true);
 	}
 }
 
-size_t io_metrics_render(const struct io_metrics *const *w, unsigned n, char *buf, size_t cap)
+size_t obs_metrics_render(const struct obs_metrics *const *w, unsigned n, char *buf, size_t cap)
 {
 	struct out o = {.buf = buf, .cap = cap, .len = 0};
 	if (cap)
 		buf[0] = 0;
 
-#define OFF(f) offsetof(struct io_metrics, f)
+#define OFF(f) offsetof(struct obs_metrics, f)
 	per_worker(&o, w, n, "dotspool_connections_current", "gauge", "Connections open now.",
 		   OFF(connections_current));
 	per_worker(&o, w, n, "dotspool_connections_total", "counter", "Connections accepted and served.",
@@ -148,10 +148,10 @@ size_t io_metrics_render(const struct io_metrics *const *w, unsigned n, char *bu
 	family(&o, "dotspool_connections_refused_total", "counter",
 	       "Connections refused before a session, by reason.");
 	for (unsigned i = 0; i < n; i++)
-		for (unsigned r = 0; w[i] && r < IO_REFUSE_COUNT; r++)
+		for (unsigned r = 0; w[i] && r < OBS_REFUSE_COUNT; r++)
 			put(&o, "dotspool_connections_refused_total{worker=\"%u\",reason=\"%s\"} %llu\n", i,
 			    refuse_name[r],
-			    (unsigned long long)io_counter_get(&w[i]->connections_refused[r]));
+			    (unsigned long long)obs_counter_get(&w[i]->connections_refused[r]));
 
 	per_worker(&o, w, n, "dotspool_messages_accepted_total", "counter",
 		   "Messages answered 250 at the end of data (durable).", OFF(messages_accepted));
@@ -162,18 +162,18 @@ size_t io_metrics_render(const struct io_metrics *const *w, unsigned n, char *bu
 
 	family(&o, "dotspool_replies_total", "counter", "SMTP/LMTP replies sent, by code class.");
 	for (unsigned i = 0; i < n; i++)
-		for (unsigned c = 0; w[i] && c < IO_REPLY_COUNT; c++)
+		for (unsigned c = 0; w[i] && c < OBS_REPLY_COUNT; c++)
 			put(&o, "dotspool_replies_total{worker=\"%u\",class=\"%s\"} %llu\n", i, reply_name[c],
-			    (unsigned long long)io_counter_get(&w[i]->replies[c]));
+			    (unsigned long long)obs_counter_get(&w[i]->replies[c]));
 
 	family(&o, "dotspool_tls_handshakes_total", "counter", "TLS handshakes, by result.");
 	for (unsigned i = 0; i < n; i++) {
 		if (!w[i])
 			continue;
 		put(&o, "dotspool_tls_handshakes_total{worker=\"%u\",result=\"ok\"} %llu\n", i,
-		    (unsigned long long)io_counter_get(&w[i]->tls_handshakes_ok));
+		    (unsigned long long)obs_counter_get(&w[i]->tls_handshakes_ok));
 		put(&o, "dotspool_tls_handshakes_total{worker=\"%u\",result=\"failed\"} %llu\n", i,
-		    (unsigned long long)io_counter_get(&w[i]->tls_handshakes_failed));
+		    (unsigned long long)obs_counter_get(&w[i]->tls_handshakes_failed));
 	}
 
 	per_worker(&o, w, n, "dotspool_flushes_total", "counter", "Group-commit flushes completed.",
@@ -194,13 +194,13 @@ size_t io_metrics_render(const struct io_metrics *const *w, unsigned n, char *bu
 	for (unsigned i = 0; i < n; i++) {
 		if (!w[i])
 			continue;
-		uint64_t b[IO_METRICS_BATCH_BUCKETS + 1];
-		for (unsigned k = 0; k <= IO_METRICS_BATCH_BUCKETS; k++)
-			b[k] = io_counter_get(&w[i]->messages_per_flush.bucket[k]);
+		uint64_t b[OBS_METRICS_BATCH_BUCKETS + 1];
+		for (unsigned k = 0; k <= OBS_METRICS_BATCH_BUCKETS; k++)
+			b[k] = obs_counter_get(&w[i]->messages_per_flush.bucket[k]);
 		char labels[32];
 		snprintf(labels, sizeof(labels), "worker=\"%u\"", i);
-		hist_samples(&o, "dotspool_messages_per_flush", labels, b, IO_METRICS_BATCH_BUCKETS, NULL,
-			     io_metrics_batch_bounds, io_counter_get(&w[i]->messages_per_flush.sum), false);
+		hist_samples(&o, "dotspool_messages_per_flush", labels, b, OBS_METRICS_BATCH_BUCKETS, NULL,
+			     obs_metrics_batch_bounds, obs_counter_get(&w[i]->messages_per_flush.sum), false);
 	}
 
 	lat_family(&o, w, n, "dotspool_sync_gap_seconds",
@@ -221,10 +221,10 @@ size_t io_metrics_render(const struct io_metrics *const *w, unsigned n, char *bu
 
 	family(&o, "dotspool_server_sync_gap_seconds", "histogram",
 	       "Final dot received to 250 sent, all workers (RFC 1047 synchronization gap).");
-	uint64_t b[IO_METRICS_LAT_BUCKETS + 1];
-	for (unsigned k = 0; k <= IO_METRICS_LAT_BUCKETS; k++)
-		b[k] = sum_all(w, n, OFF(sync_gap.bucket) + k * sizeof(io_counter_t));
-	hist_samples(&o, "dotspool_server_sync_gap_seconds", "", b, IO_METRICS_LAT_BUCKETS, lat_le, NULL,
+	uint64_t b[OBS_METRICS_LAT_BUCKETS + 1];
+	for (unsigned k = 0; k <= OBS_METRICS_LAT_BUCKETS; k++)
+		b[k] = sum_all(w, n, OFF(sync_gap.bucket) + k * sizeof(obs_counter_t));
+	hist_samples(&o, "dotspool_server_sync_gap_seconds", "", b, OBS_METRICS_LAT_BUCKETS, lat_le, NULL,
 		     sum_all(w, n, OFF(sync_gap.sum_us)), true);
 #undef OFF
 	return o.len;
@@ -263,14 +263,14 @@ static size_t headers_end(const uint8_t *p, size_t len)
 	return 0;
 }
 
-int io_metrics_http(const uint8_t *req, size_t len, const struct io_metrics *const *workers, unsigned n,
-		    char *out, size_t cap, size_t *out_len)
+int obs_metrics_http(const uint8_t *req, size_t len, const struct obs_metrics *const *workers, unsigned n,
+		     char *out, size_t cap, size_t *out_len)
 {
 	*out_len = 0;
-	size_t scan = DS_MIN(len, (size_t)IO_METRICS_HTTP_REQUEST_MAX);
+	size_t scan = DS_MIN(len, (size_t)OBS_METRICS_HTTP_REQUEST_MAX);
 	size_t end = headers_end(req, scan);
 	if (!end) {
-		if (len < IO_METRICS_HTTP_REQUEST_MAX)
+		if (len < OBS_METRICS_HTTP_REQUEST_MAX)
 			return 0;
 		return respond(out, cap, out_len, 400, "Bad Request", "", "request too large\n");
 	}
@@ -303,20 +303,20 @@ int io_metrics_http(const uint8_t *req, size_t len, const struct io_metrics *con
 		return respond(out, cap, out_len, 404, "Not Found", "", "try /metrics\n");
 
 	/* Render the body after a reserved header area, then slide it down behind the real header. */
-	if (cap < IO_METRICS_HTTP_HEADER_MAX + 1)
+	if (cap < OBS_METRICS_HTTP_HEADER_MAX + 1)
 		return -ENOSPC;
-	size_t blen = io_metrics_render(workers, n, out + IO_METRICS_HTTP_HEADER_MAX,
-					cap - IO_METRICS_HTTP_HEADER_MAX);
-	if (blen >= cap - IO_METRICS_HTTP_HEADER_MAX)
+	size_t blen = obs_metrics_render(workers, n, out + OBS_METRICS_HTTP_HEADER_MAX,
+					 cap - OBS_METRICS_HTTP_HEADER_MAX);
+	if (blen >= cap - OBS_METRICS_HTTP_HEADER_MAX)
 		return -ENOSPC;
-	char hdr[IO_METRICS_HTTP_HEADER_MAX];
+	char hdr[OBS_METRICS_HTTP_HEADER_MAX];
 	int h = snprintf(
 		hdr, sizeof(hdr),
 		"HTTP/1.0 200 OK\r\nContent-Type: %s\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
 		content_type, blen);
 	DS_ASSERT(h > 0 && (size_t)h < sizeof(hdr));
 	size_t body = head ? 0 : blen;
-	memmove(out + h, out + IO_METRICS_HTTP_HEADER_MAX, body);
+	memmove(out + h, out + OBS_METRICS_HTTP_HEADER_MAX, body);
 	memcpy(out, hdr, (size_t)h);
 	*out_len = (size_t)h + body;
 	return 200;

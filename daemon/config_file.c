@@ -10,7 +10,7 @@
 #include <stdio.h>
 #include <string.h>
 
-#include "io.h"
+#include "options.h"
 
 struct cf_state {
 	struct io_config *cfg;
@@ -45,12 +45,12 @@ static int cf_handler(void *user, const char *section, const char *name, const c
 		if (!name[i])
 			break;
 	}
-	if (!io_option_known(key) || !strcmp(key, "no-prewrite")) {
+	if (!daemon_option_known(key) || !strcmp(key, "no-prewrite")) {
 		snprintf(st->err, st->errcap, "unknown key '%s'", name);
 		st->failed = true;
 		return 0;
 	}
-	if (io_option_apply(st->cfg, key, value, msg, sizeof(msg)) < 0) {
+	if (daemon_option_apply(st->cfg, key, value, msg, sizeof(msg)) < 0) {
 		snprintf(st->err, st->errcap, "%s", msg);
 		st->failed = true;
 		return 0;
@@ -58,7 +58,7 @@ static int cf_handler(void *user, const char *section, const char *name, const c
 	return 1;
 }
 
-int io_config_load_file(struct io_config *cfg, const char *path, char *err, size_t errcap)
+int daemon_config_load_file(struct io_config *cfg, const char *path, char *err, size_t errcap)
 {
 	struct cf_state st = {.cfg = cfg, .path = path, .err = err, .errcap = errcap};
 	FILE *f = fopen(path, "r");
@@ -66,7 +66,7 @@ int io_config_load_file(struct io_config *cfg, const char *path, char *err, size
 		snprintf(err, errcap, "%s: %s", path, strerror(errno));
 		return -errno;
 	}
-	io_config_begin_source(cfg);
+	daemon_config_begin_source(cfg);
 	int ret = ini_parse_file(f, cf_handler, &st);
 	fclose(f);
 	if (st.failed) {

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_IO_LOG_H
-#define DS_IO_LOG_H
+#ifndef DS_OBS_LOG_H
+#define DS_OBS_LOG_H
 
 /*
  * Structured logging (logfmt) that never blocks the hot path.
@@ -11,7 +11,7 @@
  * syscall, no allocation. When the ring is full the line is dropped and
  * the ring's dropped counter grows; the logger thread reports drops as a
  * warn line of its own. One logger thread drains every ring to a FILE*
- * (stderr by default), polling every IO_LOG_POLL_MS when the rings are
+ * (stderr by default), polling every OBS_LOG_POLL_MS when the rings are
  * empty, so a line appears at most ~10 ms after it was logged.
  *
  * Lines look like:
@@ -28,63 +28,64 @@
 
 struct ds_envelope;
 
-#define IO_LOG_LINE_MAX	 1024 /* bytes of one line after the timestamp and level, truncated beyond */
-#define IO_LOG_VALUE_MAX 256  /* raw bytes of one value before escaping, truncated beyond */
-#define IO_LOG_RINGS_MAX 256
-#define IO_LOG_RING_MIN	 4096
-#define IO_LOG_RING_MAX	 (64u << 20)
-#define IO_LOG_POLL_MS	 10
+#define OBS_LOG_LINE_MAX  1024 /* bytes of one line after the timestamp and level, truncated beyond */
+#define OBS_LOG_VALUE_MAX 256  /* raw bytes of one value before escaping, truncated beyond */
+#define OBS_LOG_RINGS_MAX 256
+#define OBS_LOG_RING_MIN  4096
+#define OBS_LOG_RING_MAX  (64u << 20)
+#define OBS_LOG_POLL_MS	  10
 
-enum io_log_level {
-	IO_LOG_ERROR,
-	IO_LOG_WARN,
-	IO_LOG_INFO,
-	IO_LOG_DEBUG,
+enum obs_log_level {
+	OBS_LOG_ERROR,
+	OBS_LOG_WARN,
+	OBS_LOG_INFO,
+	OBS_LOG_DEBUG,
 };
 
-struct io_log;
-struct io_log_ring;
+struct obs_log;
+struct obs_log_ring;
 
 /* "error", "warn", "info", "debug" -> level; -EINVAL otherwise. */
-int io_log_level_parse(const char *name, enum io_log_level *out);
-const char *io_log_level_name(enum io_log_level level);
+int obs_log_level_parse(const char *name, enum obs_log_level *out);
+const char *obs_log_level_name(enum obs_log_level level);
 
 /*
  * rings: one per producer thread (workers, main thread...); ring_bytes: a
- * power of 2 in [IO_LOG_RING_MIN, IO_LOG_RING_MAX]; out: where lines go
- * (NULL means stderr). The logger thread starts with io_log_start().
+ * power of 2 in [OBS_LOG_RING_MIN, OBS_LOG_RING_MAX]; out: where lines go
+ * (NULL means stderr). The logger thread starts with obs_log_start().
  */
-int io_log_create(struct io_log **out, unsigned rings, size_t ring_bytes, FILE *f, enum io_log_level level);
-int io_log_start(struct io_log *l);
+int obs_log_create(struct obs_log **out, unsigned rings, size_t ring_bytes, FILE *f,
+		   enum obs_log_level level);
+int obs_log_start(struct obs_log *l);
 /* Drains every ring, then joins the logger thread. Producers must have stopped logging. */
-void io_log_stop(struct io_log *l);
-void io_log_destroy(struct io_log *l);
+void obs_log_stop(struct obs_log *l);
+void obs_log_destroy(struct obs_log *l);
 /* Producer i's ring (i < rings). Only one thread may log through it. */
-struct io_log_ring *io_log_ring(struct io_log *l, unsigned i);
+struct obs_log_ring *obs_log_ring(struct obs_log *l, unsigned i);
 /* Level change at run time (SIGHUP); any thread. */
-void io_log_set_level(struct io_log *l, enum io_log_level level);
+void obs_log_set_level(struct obs_log *l, enum obs_log_level level);
 /* Lines dropped on ring i because it was full. */
-uint64_t io_log_dropped(const struct io_log *l, unsigned i);
+uint64_t obs_log_dropped(const struct obs_log *l, unsigned i);
 /* Lines written by the logger thread so far (all rings). */
-uint64_t io_log_written(const struct io_log *l);
+uint64_t obs_log_written(const struct obs_log *l);
 /* Drain every ring once from the calling thread (tests, or without a logger thread). */
-void io_log_drain(struct io_log *l);
+void obs_log_drain(struct obs_log *l);
 
 /* ---- producer side: builder for one line ---- */
 
 /* Starts a line with event=name; false when the level is filtered out (then skip the rest). */
-bool io_log_begin(struct io_log_ring *r, enum io_log_level level, const char *event);
+bool obs_log_begin(struct obs_log_ring *r, enum obs_log_level level, const char *event);
 /* key=value, value escaped (NULL is ""). */
-void io_log_str(struct io_log_ring *r, const char *key, const char *value);
-void io_log_strn(struct io_log_ring *r, const char *key, const char *value, size_t len);
-void io_log_u64(struct io_log_ring *r, const char *key, uint64_t value);
-void io_log_bool(struct io_log_ring *r, const char *key, bool value);
+void obs_log_str(struct obs_log_ring *r, const char *key, const char *value);
+void obs_log_strn(struct obs_log_ring *r, const char *key, const char *value, size_t len);
+void obs_log_u64(struct obs_log_ring *r, const char *key, uint64_t value);
+void obs_log_bool(struct obs_log_ring *r, const char *key, bool value);
 /* Publishes the line: 0, or -ENOBUFS when the ring was full (line dropped, counted). */
-int io_log_end(struct io_log_ring *r);
+int obs_log_end(struct obs_log_ring *r);
 
 /* logfmt escaping of one value into dst (cap > 0, NUL-terminated); returns bytes written. Exposed for tests.
  */
-size_t io_log_escape(char *dst, size_t cap, const char *src, size_t len);
+size_t obs_log_escape(char *dst, size_t cap, const char *src, size_t len);
 
 /* ---- the lines issue 8 asks for ---- */
 
@@ -92,11 +93,11 @@ size_t io_log_escape(char *dst, size_t cap, const char *src, size_t len);
  * One line per accepted message (after its 250 was sent): queue_id,
  * client, helo, sender, rcpts, size, tls, gap_us.
  */
-int io_log_accepted(struct io_log_ring *r, const char *queue_id, const struct ds_envelope *env,
-		    uint64_t gap_us);
+int obs_log_accepted(struct obs_log_ring *r, const char *queue_id, const struct ds_envelope *env,
+		     uint64_t gap_us);
 
 /* One line per refused transaction or connection; any string may be NULL. */
-struct io_log_refusal {
+struct obs_log_refusal {
 	const char *reason; /* short token: limit_total, limit_per_ip, shutdown, proxy_error, spool_error,
 			       too_big... */
 	unsigned code;	    /* SMTP reply code sent, 0 when none (connection just closed) */
@@ -104,6 +105,6 @@ struct io_log_refusal {
 	const char *helo;
 	const char *sender;
 };
-int io_log_refused(struct io_log_ring *r, const struct io_log_refusal *f);
+int obs_log_refused(struct obs_log_ring *r, const struct obs_log_refusal *f);
 
 #endif

@@ -19,15 +19,20 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
+#include "ds_nofile.h"
 #include "io.h"
+#include "iplimit.h"
 #include "log.h"
 #include "metrics.h"
+#include "options.h"
+#include "spool.h"
+#include "spool_reader.h"
 
 #define DS_VERSION "0.1.0"
 
 /*
  * Command line: --name value or --name=value for every option of
- * io/options.c, plus --config FILE, --check-config FILE, --help, --version.
+ * daemon/options.c, plus --config FILE, --check-config FILE, --help, --version.
  * The file is read first, then the command line overrides it.
  */
 static int parse_args(struct io_config *cfg, int argc, char **argv)
@@ -38,7 +43,7 @@ static int parse_args(struct io_config *cfg, int argc, char **argv)
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
-			io_options_usage(stdout);
+			daemon_options_usage(stdout);
 			exit(0);
 		}
 		if (!strcmp(a, "--version")) {
@@ -53,12 +58,12 @@ static int parse_args(struct io_config *cfg, int argc, char **argv)
 			bool check = !strcmp(a, "--check-config");
 			config = argv[++i];
 			if (check) {
-				if (io_config_load_file(cfg, config, err, sizeof(err)) < 0) {
+				if (daemon_config_load_file(cfg, config, err, sizeof(err)) < 0) {
 					fprintf(stderr, "dotspool: %s\n", err);
 					exit(1);
 				}
 				/* A constraint between keys has no line to blame: name the file. */
-				if (io_config_finish(cfg, err, sizeof(err)) < 0) {
+				if (daemon_config_finish(cfg, err, sizeof(err)) < 0) {
 					fprintf(stderr, "dotspool: %s: %s\n", config, err);
 					exit(1);
 				}
@@ -67,11 +72,11 @@ static int parse_args(struct io_config *cfg, int argc, char **argv)
 			}
 		}
 	}
-	if (config && io_config_load_file(cfg, config, err, sizeof(err)) < 0) {
+	if (config && daemon_config_load_file(cfg, config, err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotspool: %s\n", err);
 		return -EINVAL;
 	}
-	io_config_begin_source(cfg);
+	daemon_config_begin_source(cfg);
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "--config")) {
@@ -92,25 +97,25 @@ static int parse_args(struct io_config *cfg, int argc, char **argv)
 		}
 		memcpy(name, a + 2, n);
 		name[n] = 0;
-		if (!io_option_known(name)) {
+		if (!daemon_option_known(name)) {
 			fprintf(stderr, "dotspool: unknown option '%s' (see --help)\n", a);
 			return -EINVAL;
 		}
 		if (eq) {
 			value = eq + 1;
-		} else if (io_option_takes_value(name)) {
+		} else if (daemon_option_takes_value(name)) {
 			if (i + 1 >= argc) {
 				fprintf(stderr, "dotspool: --%s needs a value\n", name);
 				return -EINVAL;
 			}
 			value = argv[++i];
 		}
-		if (io_option_apply(cfg, name, value, err, sizeof(err)) < 0) {
+		if (daemon_option_apply(cfg, name, value, err, sizeof(err)) < 0) {
 			fprintf(stderr, "dotspool: --%s\n", err);
 			return -EINVAL;
 		}
 	}
-	if (io_config_finish(cfg, err, sizeof(err)) < 0) {
+	if (daemon_config_finish(cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotspool: %s\n", err);
 		return -EINVAL;
 	}
@@ -134,18 +139,14 @@ static int mkdir_p(const char *path)
 	return 0;
 }
 
-static void raise_nofile(uint32_t want)
+/* Every connection is a descriptor; 256 more for segments, listeners, rings and the rest. */
+static void raise_nofile(uint32_t max_connections)
 {
-	struct rlimit rl;
-	if (getrlimit(RLIMIT_NOFILE, &rl) < 0)
-		return;
-	rlim_t need = (rlim_t)want + 256;
-	if (rl.rlim_cur >= need)
-		return;
-	rl.rlim_cur = DS_MIN(need, rl.rlim_max);
-	if (setrlimit(RLIMIT_NOFILE, &rl) < 0 || rl.rlim_cur < need)
+	uint64_t need = (uint64_t)max_connections + 256;
+	uint64_t have = ds_raise_nofile(need);
+	if (have < need)
 		fprintf(stderr, "dotspool: warning: RLIMIT_NOFILE %llu is below --max-connections + 256\n",
-			(unsigned long long)rl.rlim_cur);
+			(unsigned long long)have);
 }
 
 /*
@@ -160,7 +161,7 @@ static int workers_teardown(struct io_shared *sh, struct io_worker **workers, ui
 	atomic_store(&sh->stopping, true);
 	for (uint32_t i = 0; i < n; i++)
 		if (workers[i])
-			io_worker_stop(workers[i]);
+			io_worker_wake(workers[i]); /* it sees stopping */
 	int rc = 0;
 	for (uint32_t i = 0; i < n; i++) {
 		if (!workers[i])
@@ -179,8 +180,8 @@ static void shared_destroy(struct io_shared *sh)
 	io_iplimit_destroy(sh->iplimit);
 	sh->iplimit = NULL;
 	if (sh->log) {
-		io_log_stop(sh->log);
-		io_log_destroy(sh->log);
+		obs_log_stop(sh->log);
+		obs_log_destroy(sh->log);
 		sh->log = NULL;
 	}
 	for (uint32_t i = 0; i < IO_THREADS_MAX; i++) {
@@ -192,7 +193,7 @@ static void shared_destroy(struct io_shared *sh)
 int main(int argc, char **argv)
 {
 	static struct io_config cfg;
-	io_config_defaults(&cfg);
+	daemon_config_defaults(&cfg);
 	if (parse_args(&cfg, argc, argv) < 0)
 		return 2;
 
@@ -233,12 +234,8 @@ int main(int argc, char **argv)
 		fprintf(stderr, "dotspool: spool recovery failed: %s\n", strerror(-ret));
 		return 1;
 	}
-	fprintf(stderr,
-		"dotspool: recovered %llu messages (%llu bytes) in %llu segments in %.3f s; "
-		"torn tails %llu, quarantined %llu\n",
-		(unsigned long long)rep.messages, (unsigned long long)rep.bytes,
-		(unsigned long long)rep.segments, rep.elapsed_us / 1e6, (unsigned long long)rep.torn_tails,
-		(unsigned long long)rep.quarantined);
+	fputs("dotspool: ", stderr);
+	spool_recovery_report_print(&rep, stderr);
 
 	static struct io_shared sh;
 	ret = io_iplimit_create(&sh.iplimit, cfg.max_connections);
@@ -248,20 +245,20 @@ int main(int argc, char **argv)
 	}
 	for (uint32_t i = 0; i < cfg.threads; i++) {
 		/* Cache-line aligned: two workers' counters never share a line. */
-		sh.metrics[i] = aligned_alloc(64, (sizeof(struct io_metrics) + 63) & ~(size_t)63);
+		sh.metrics[i] = aligned_alloc(64, (sizeof(struct obs_metrics) + 63) & ~(size_t)63);
 		if (!sh.metrics[i]) {
 			fprintf(stderr, "dotspool: start-up failed: %s\n", strerror(ENOMEM));
 			shared_destroy(&sh);
 			return 1;
 		}
-		io_metrics_init(sh.metrics[i]);
+		obs_metrics_init(sh.metrics[i]);
 	}
 	sh.metrics_count = cfg.threads;
-	enum io_log_level level = IO_LOG_INFO;
-	io_log_level_parse(cfg.log_level, &level);
-	ret = io_log_create(&sh.log, cfg.threads + 1, cfg.log_ring_size, stderr, level);
+	enum obs_log_level level = OBS_LOG_INFO;
+	obs_log_level_parse(cfg.log_level, &level);
+	ret = obs_log_create(&sh.log, cfg.threads + 1, cfg.log_ring_size, stderr, level);
 	if (ret == 0)
-		ret = io_log_start(sh.log);
+		ret = obs_log_start(sh.log);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: log: %s\n", strerror(-ret));
 		shared_destroy(&sh);

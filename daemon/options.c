@@ -2,7 +2,7 @@
 /*
  * Every setting of the server, in one table: the command line (--name
  * value) and the configuration file (name = value) both go through
- * io_option_apply(), so a flag and its config key can never drift apart.
+ * daemon_option_apply(), so a flag and its config key can never drift apart.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -15,9 +15,10 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
-#include "io.h"
-#include "spool.h"
 #include "log.h"
+#include "options.h"
+#include "ring.h"
+#include "spool.h"
 
 enum opt_kind {
 	OPT_U32,
@@ -90,7 +91,7 @@ static const struct opt_def opts[] = {
 	 "ADDR:PORT serve Prometheus metrics at http://ADDR:PORT/metrics (default: off)"},
 	{"log-level", OPT_STR, CF(log_level), 1, 15, 0,
 	 "LEVEL error, warn, info (a line per accepted message and per refusal), debug (default info)"},
-	{"log-buffer-size", OPT_U32, CF(log_ring_size), IO_LOG_RING_MIN, IO_LOG_RING_MAX, 0,
+	{"log-buffer-size", OPT_U32, CF(log_ring_size), OBS_LOG_RING_MIN, OBS_LOG_RING_MAX, 0,
 	 "BYTES log buffer per worker, a power of 2; lines beyond it are dropped and counted"},
 	{"recv-buffers", OPT_U32, CF(recv_buffers), 16, 32768, 0,
 	 "N provided receive buffers per worker (power of 2)"},
@@ -129,7 +130,7 @@ static int fail(char *err, size_t cap, const char *fmt, ...)
 	return -EINVAL;
 }
 
-void io_config_defaults(struct io_config *cfg)
+void daemon_config_defaults(struct io_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
 	smtp_config_defaults(&cfg->smtp);
@@ -151,7 +152,8 @@ void io_config_defaults(struct io_config *cfg)
 	cfg->log_ring_size = 1u << 20;
 }
 
-int io_parse_addr(const char *text, struct sockaddr_storage *ss, socklen_t *len)
+/* IP:PORT or [IPv6]:PORT, literal addresses only. */
+static int parse_addr(const char *text, struct sockaddr_storage *ss, socklen_t *len)
 {
 	char host[256];
 	const char *port;
@@ -235,25 +237,25 @@ static const struct opt_def *opt_find(const char *name)
 	return NULL;
 }
 
-bool io_option_takes_value(const char *name)
+bool daemon_option_takes_value(const char *name)
 {
 	const struct opt_def *d = opt_find(name);
 	return (d && d->kind != OPT_FLAG_NEG) || obsolete_why(name);
 }
 
-bool io_option_known(const char *name)
+bool daemon_option_known(const char *name)
 {
 	return opt_find(name) != NULL || obsolete_why(name) != NULL;
 }
 
-void io_config_begin_source(struct io_config *cfg)
+void daemon_config_begin_source(struct io_config *cfg)
 {
 	/* A new source (the command line after the file) replaces lists rather than extending them. */
 	cfg->listen_from_source = false;
 	cfg->domains_from_source = false;
 }
 
-int io_option_apply(struct io_config *cfg, const char *name, const char *value, char *err, size_t errcap)
+int daemon_option_apply(struct io_config *cfg, const char *name, const char *value, char *err, size_t errcap)
 {
 	const struct opt_def *d = opt_find(name);
 	const char *why = obsolete_why(name);
@@ -300,7 +302,7 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 			return fail(err, errcap, "'%s': bad value '%s' (1..%llu characters, no spaces)", name,
 				    value, (unsigned long long)d->max);
 		if (!strcmp(name, "metrics")) {
-			if (io_parse_addr(value, &cfg->metrics_addr, &cfg->metrics_addr_len) < 0)
+			if (parse_addr(value, &cfg->metrics_addr, &cfg->metrics_addr_len) < 0)
 				return fail(err, errcap,
 					    "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name,
 					    value);
@@ -317,8 +319,8 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 					    value);
 			return 0;
 		}
-		enum io_log_level lvl;
-		if (!strcmp(name, "log-level") && io_log_level_parse(value, &lvl) < 0)
+		enum obs_log_level lvl;
+		if (!strcmp(name, "log-level") && obs_log_level_parse(value, &lvl) < 0)
 			return fail(err, errcap, "'%s': '%s' is not one of error, warn, info, debug", name,
 				    value);
 		char *dst = (char *)(base + d->off);
@@ -333,7 +335,7 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 		if (cfg->listen_count >= IO_LISTEN_MAX)
 			return fail(err, errcap, "at most %d listeners", IO_LISTEN_MAX);
 		struct io_listen_spec *l = &cfg->listen[cfg->listen_count];
-		if (strlen(value) >= sizeof(l->text) || io_parse_addr(value, &l->addr, &l->addr_len) < 0)
+		if (strlen(value) >= sizeof(l->text) || parse_addr(value, &l->addr, &l->addr_len) < 0)
 			return fail(err, errcap, "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name,
 				    value);
 		l->kind = (enum io_listen_kind)d->listen_kind;
@@ -361,11 +363,11 @@ int io_option_apply(struct io_config *cfg, const char *name, const char *value, 
 	return fail(err, errcap, "internal: bad option kind");
 }
 
-int io_config_finish(struct io_config *cfg, char *err, size_t errcap)
+int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap)
 {
 	if (cfg->listen_count == 0) {
 		bool saved = cfg->listen_from_source;
-		int ret = io_option_apply(cfg, "listen", "127.0.0.1:2525", err, errcap);
+		int ret = daemon_option_apply(cfg, "listen", "127.0.0.1:2525", err, errcap);
 		cfg->listen_from_source = saved;
 		if (ret < 0)
 			return ret;
@@ -386,10 +388,10 @@ int io_config_finish(struct io_config *cfg, char *err, size_t errcap)
 	return 0;
 }
 
-void io_options_usage(FILE *f)
+void daemon_options_usage(FILE *f)
 {
 	struct io_config d;
-	io_config_defaults(&d);
+	daemon_config_defaults(&d);
 	fprintf(f, "Usage: dotspool [--config FILE] [OPTIONS]\n"
 		   "       dotspool --check-config FILE\n"
 		   "SMTP/LMTP ingest server: answers the final dot with 250 once the message is durable.\n"
@@ -414,14 +416,4 @@ void io_options_usage(FILE *f)
 		"validate FILE, print the error (file:line: key), exit 0/1");
 	fprintf(f, "  --%-24s %s\n", "help, --version", "");
 	fprintf(f, "\nSizes accept K, M, G suffixes. Signals: SIGTERM/SIGINT stop gracefully.\n");
-}
-
-size_t io_options_count(void)
-{
-	return DS_ARRAY_SIZE(opts);
-}
-
-const char *io_option_name(size_t i)
-{
-	return i < DS_ARRAY_SIZE(opts) ? opts[i].name : NULL;
 }

@@ -22,6 +22,7 @@
 #include <time.h>
 
 #include "ds_assert.h"
+#include "ds_clock.h"
 #include "ds_envelope.h"
 #include "log.h"
 
@@ -35,23 +36,23 @@
 
 struct rec_hdr {
 	uint32_t len;	/* payload bytes, or REC_PAD: skip to the buffer's end */
-	uint32_t level; /* enum io_log_level */
+	uint32_t level; /* enum obs_log_level */
 	int64_t ts_ns;	/* CLOCK_REALTIME */
 };
 _Static_assert(sizeof(struct rec_hdr) == REC_ALIGN, "record header is one alignment unit");
 
-struct io_log_ring {
+struct obs_log_ring {
 	/* Producer's cache lines. */
 	_Alignas(64) _Atomic uint64_t head;
 	uint64_t tail_seen; /* producer's last view of tail: refreshed only when the ring looks full */
 	_Atomic uint64_t dropped;
 	const _Atomic int *level;
-	bool active; /* between a successful io_log_begin() and io_log_end() */
+	bool active; /* between a successful obs_log_begin() and obs_log_end() */
 	bool truncated;
 	uint32_t line_level;
 	int64_t line_ts_ns;
 	size_t line_len;
-	char line[IO_LOG_LINE_MAX];
+	char line[OBS_LOG_LINE_MAX];
 
 	/* Consumer's cache line. */
 	_Alignas(64) _Atomic uint64_t tail;
@@ -62,8 +63,8 @@ struct io_log_ring {
 	size_t size;
 };
 
-struct io_log {
-	struct io_log_ring *rings;
+struct obs_log {
+	struct obs_log_ring *rings;
 	unsigned ring_count;
 	FILE *f;
 	_Atomic int level;
@@ -85,46 +86,47 @@ struct io_log {
 
 static const char *const level_names[] = {"error", "warn", "info", "debug"};
 
-int io_log_level_parse(const char *name, enum io_log_level *out)
+int obs_log_level_parse(const char *name, enum obs_log_level *out)
 {
 	for (unsigned i = 0; i < DS_ARRAY_SIZE(level_names); i++) {
 		if (!strcmp(name, level_names[i])) {
-			*out = (enum io_log_level)i;
+			*out = (enum obs_log_level)i;
 			return 0;
 		}
 	}
 	return -EINVAL;
 }
 
-const char *io_log_level_name(enum io_log_level level)
+const char *obs_log_level_name(enum obs_log_level level)
 {
 	return (unsigned)level < DS_ARRAY_SIZE(level_names) ? level_names[level] : "?";
 }
 
-int io_log_create(struct io_log **out, unsigned rings, size_t ring_bytes, FILE *f, enum io_log_level level)
+int obs_log_create(struct obs_log **out, unsigned rings, size_t ring_bytes, FILE *f, enum obs_log_level level)
 {
 	*out = NULL;
-	if (rings == 0 || rings > IO_LOG_RINGS_MAX || ring_bytes < IO_LOG_RING_MIN ||
-	    ring_bytes > IO_LOG_RING_MAX || (ring_bytes & (ring_bytes - 1)) || (unsigned)level > IO_LOG_DEBUG)
+	if (rings == 0 || rings > OBS_LOG_RINGS_MAX || ring_bytes < OBS_LOG_RING_MIN ||
+	    ring_bytes > OBS_LOG_RING_MAX || (ring_bytes & (ring_bytes - 1)) ||
+	    (unsigned)level > OBS_LOG_DEBUG)
 		return -EINVAL;
-	struct io_log *l = calloc(1, sizeof(*l));
+	struct obs_log *l = calloc(1, sizeof(*l));
 	if (!l)
 		return -ENOMEM;
-	l->rings = aligned_alloc(64, sizeof(struct io_log_ring) * rings);
+	l->rings = aligned_alloc(64, sizeof(struct obs_log_ring) * rings);
 	if (!l->rings) {
 		free(l);
 		return -ENOMEM;
 	}
-	memset(l->rings, 0, sizeof(struct io_log_ring) * rings);
+	memset(l->rings, 0, sizeof(struct obs_log_ring) * rings);
 	l->ring_count = rings;
 	l->f = f ? f : stderr;
 	atomic_init(&l->level, (int)level);
 	l->ts_sec_cached = -1;
 	for (unsigned i = 0; i < rings; i++) {
-		struct io_log_ring *r = &l->rings[i];
+		struct obs_log_ring *r = &l->rings[i];
 		r->data = aligned_alloc(64, ring_bytes);
 		if (!r->data) {
-			io_log_destroy(l);
+			obs_log_destroy(l);
 			return -ENOMEM;
 		}
 		r->size = ring_bytes;
@@ -134,7 +136,7 @@ int io_log_create(struct io_log **out, unsigned rings, size_t ring_bytes, FILE *
 	return 0;
 }
 
-void io_log_destroy(struct io_log *l)
+void obs_log_destroy(struct obs_log *l)
 {
 	if (!l)
 		return;
@@ -145,26 +147,26 @@ void io_log_destroy(struct io_log *l)
 	free(l);
 }
 
-struct io_log_ring *io_log_ring(struct io_log *l, unsigned i)
+struct obs_log_ring *obs_log_ring(struct obs_log *l, unsigned i)
 {
 	DS_ASSERT(i < l->ring_count);
 	return &l->rings[i];
 }
 
-void io_log_set_level(struct io_log *l, enum io_log_level level)
+void obs_log_set_level(struct obs_log *l, enum obs_log_level level)
 {
 	atomic_store_explicit(&l->level, (int)level, memory_order_relaxed);
 }
 
-uint64_t io_log_dropped(const struct io_log *l, unsigned i)
+uint64_t obs_log_dropped(const struct obs_log *l, unsigned i)
 {
 	DS_ASSERT(i < l->ring_count);
 	return atomic_load_explicit(&l->rings[i].dropped, memory_order_relaxed);
 }
 
-uint64_t io_log_written(const struct io_log *l)
+uint64_t obs_log_written(const struct obs_log *l)
 {
-	return atomic_load_explicit(&((struct io_log *)l)->written, memory_order_relaxed);
+	return atomic_load_explicit(&((struct obs_log *)l)->written, memory_order_relaxed);
 }
 
 /* ---------------- producer ---------------- */
@@ -174,19 +176,18 @@ static inline size_t rec_size(size_t payload)
 	return sizeof(struct rec_hdr) + ((payload + REC_ALIGN - 1) & ~(size_t)(REC_ALIGN - 1));
 }
 
-bool io_log_begin(struct io_log_ring *r, enum io_log_level level, const char *event)
+bool obs_log_begin(struct obs_log_ring *r, enum obs_log_level level, const char *event)
 {
 	DS_ASSERT(!r->active);
 	if ((int)level > atomic_load_explicit(r->level, memory_order_relaxed))
 		return false;
-	struct timespec ts;
-	clock_gettime(CLOCK_REALTIME, &ts);
+	int64_t now_ns = ds_wall_ns();
 	r->active = true;
 	r->truncated = false;
 	r->line_level = (uint32_t)level;
-	r->line_ts_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+	r->line_ts_ns = now_ns;
 	r->line_len = 0;
-	io_log_str(r, "event", event);
+	obs_log_str(r, "event", event);
 	return true;
 }
 
@@ -275,13 +276,13 @@ static size_t escape_into(char *dst, size_t cap, const char *src, size_t len, si
 	return o;
 }
 
-size_t io_log_escape(char *dst, size_t cap, const char *src, size_t len)
+size_t obs_log_escape(char *dst, size_t cap, const char *src, size_t len)
 {
 	size_t consumed;
 	return escape_into(dst, cap, src, len, &consumed);
 }
 
-void io_log_strn(struct io_log_ring *r, const char *key, const char *value, size_t len)
+void obs_log_strn(struct obs_log_ring *r, const char *key, const char *value, size_t len)
 {
 	DS_ASSERT(r->active);
 	if (r->truncated)
@@ -289,9 +290,9 @@ void io_log_strn(struct io_log_ring *r, const char *key, const char *value, size
 	if (!value)
 		value = "", len = 0;
 	bool cut = false;
-	if (len > IO_LOG_VALUE_MAX)
-		len = IO_LOG_VALUE_MAX, cut = true;
-	size_t limit = IO_LOG_LINE_MAX - LINE_RESERVE;
+	if (len > OBS_LOG_VALUE_MAX)
+		len = OBS_LOG_VALUE_MAX, cut = true;
+	size_t limit = OBS_LOG_LINE_MAX - LINE_RESERVE;
 	size_t klen = strlen(key);
 	size_t sep = r->line_len ? 1 : 0;
 	if (r->line_len + sep + klen + 1 + 3 > limit) {
@@ -312,12 +313,12 @@ void io_log_strn(struct io_log_ring *r, const char *key, const char *value, size
 		r->truncated = true;
 }
 
-void io_log_str(struct io_log_ring *r, const char *key, const char *value)
+void obs_log_str(struct obs_log_ring *r, const char *key, const char *value)
 {
-	io_log_strn(r, key, value, value ? strlen(value) : 0);
+	obs_log_strn(r, key, value, value ? strlen(value) : 0);
 }
 
-void io_log_u64(struct io_log_ring *r, const char *key, uint64_t value)
+void obs_log_u64(struct obs_log_ring *r, const char *key, uint64_t value)
 {
 	char num[24];
 	char *p = num + sizeof(num);
@@ -325,21 +326,21 @@ void io_log_u64(struct io_log_ring *r, const char *key, uint64_t value)
 		*--p = (char)('0' + value % 10);
 		value /= 10;
 	} while (value);
-	io_log_strn(r, key, p, (size_t)(num + sizeof(num) - p));
+	obs_log_strn(r, key, p, (size_t)(num + sizeof(num) - p));
 }
 
-void io_log_bool(struct io_log_ring *r, const char *key, bool value)
+void obs_log_bool(struct obs_log_ring *r, const char *key, bool value)
 {
-	io_log_strn(r, key, value ? "true" : "false", value ? 4 : 5);
+	obs_log_strn(r, key, value ? "true" : "false", value ? 4 : 5);
 }
 
-int io_log_end(struct io_log_ring *r)
+int obs_log_end(struct obs_log_ring *r)
 {
 	DS_ASSERT(r->active);
 	r->active = false;
 	if (r->truncated) {
 		static const char mark[] = " truncated=true";
-		DS_ASSERT(r->line_len + sizeof(mark) - 1 <= IO_LOG_LINE_MAX);
+		DS_ASSERT(r->line_len + sizeof(mark) - 1 <= OBS_LOG_LINE_MAX);
 		memcpy(r->line + r->line_len, mark, sizeof(mark) - 1);
 		r->line_len += sizeof(mark) - 1;
 	}
@@ -372,7 +373,7 @@ int io_log_end(struct io_log_ring *r)
 
 /* ---------------- consumer ---------------- */
 
-static void out_flush(struct io_log *l)
+static void out_flush(struct obs_log *l)
 {
 	if (l->out_len) {
 		fwrite(l->out, 1, l->out_len, l->f);
@@ -381,14 +382,14 @@ static void out_flush(struct io_log *l)
 	fflush(l->f);
 }
 
-/* Makes room for one more line (prefix + IO_LOG_LINE_MAX + newline). */
-static void out_reserve(struct io_log *l)
+/* Makes room for one more line (prefix + OBS_LOG_LINE_MAX + newline). */
+static void out_reserve(struct obs_log *l)
 {
-	if (l->out_len + PREFIX_MAX + IO_LOG_LINE_MAX + 1 > sizeof(l->out))
+	if (l->out_len + PREFIX_MAX + OBS_LOG_LINE_MAX + 1 > sizeof(l->out))
 		out_flush(l);
 }
 
-static void out_prefix(struct io_log *l, int64_t ts_ns, const char *level)
+static void out_prefix(struct obs_log *l, int64_t ts_ns, const char *level)
 {
 	int64_t sec = ts_ns / 1000000000;
 	if (sec != l->ts_sec_cached) {
@@ -405,7 +406,7 @@ static void out_prefix(struct io_log *l, int64_t ts_ns, const char *level)
 }
 
 /* Copies out every record published on r; returns how many lines were written. */
-static unsigned drain_ring(struct io_log *l, struct io_log_ring *r, unsigned index)
+static unsigned drain_ring(struct obs_log *l, struct obs_log_ring *r, unsigned index)
 {
 	unsigned lines = 0;
 	uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
@@ -418,9 +419,9 @@ static unsigned drain_ring(struct io_log *l, struct io_log_ring *r, unsigned ind
 			tail += r->size - pos;
 			continue;
 		}
-		DS_ASSERT(h.len <= IO_LOG_LINE_MAX && pos + rec_size(h.len) <= r->size);
+		DS_ASSERT(h.len <= OBS_LOG_LINE_MAX && pos + rec_size(h.len) <= r->size);
 		out_reserve(l);
-		out_prefix(l, h.ts_ns, io_log_level_name((enum io_log_level)h.level));
+		out_prefix(l, h.ts_ns, obs_log_level_name((enum obs_log_level)h.level));
 		memcpy(l->out + l->out_len, r->data + pos + sizeof(h), h.len);
 		l->out_len += h.len;
 		l->out[l->out_len++] = '\n';
@@ -433,10 +434,8 @@ static unsigned drain_ring(struct io_log *l, struct io_log_ring *r, unsigned ind
 
 	uint64_t dropped = atomic_load_explicit(&r->dropped, memory_order_relaxed);
 	if (dropped != r->dropped_reported) {
-		struct timespec ts;
-		clock_gettime(CLOCK_REALTIME, &ts);
 		out_reserve(l);
-		out_prefix(l, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, "warn");
+		out_prefix(l, ds_wall_ns(), "warn");
 		l->out_len +=
 			(size_t)snprintf(l->out + l->out_len, 64, "event=log_dropped ring=%u lines=%llu\n",
 					 index, (unsigned long long)(dropped - r->dropped_reported));
@@ -445,7 +444,7 @@ static unsigned drain_ring(struct io_log *l, struct io_log_ring *r, unsigned ind
 	return lines;
 }
 
-static unsigned drain_all(struct io_log *l)
+static unsigned drain_all(struct obs_log *l)
 {
 	unsigned lines = 0;
 	for (unsigned i = 0; i < l->ring_count; i++)
@@ -457,7 +456,7 @@ static unsigned drain_all(struct io_log *l)
 	return lines;
 }
 
-void io_log_drain(struct io_log *l)
+void obs_log_drain(struct obs_log *l)
 {
 	while (drain_all(l))
 		;
@@ -466,20 +465,20 @@ void io_log_drain(struct io_log *l)
 
 static void *logger_main(void *arg)
 {
-	struct io_log *l = arg;
+	struct obs_log *l = arg;
 	while (!atomic_load_explicit(&l->stop, memory_order_acquire)) {
 		if (drain_all(l))
 			continue;
-		/* Nothing pending: poll again in IO_LOG_POLL_MS (producers never make a syscall to wake us).
+		/* Nothing pending: poll again in OBS_LOG_POLL_MS (producers never make a syscall to wake us).
 		 */
-		struct timespec d = {.tv_sec = 0, .tv_nsec = IO_LOG_POLL_MS * 1000000L};
+		struct timespec d = {.tv_sec = 0, .tv_nsec = OBS_LOG_POLL_MS * 1000000L};
 		nanosleep(&d, NULL);
 	}
-	io_log_drain(l);
+	obs_log_drain(l);
 	return NULL;
 }
 
-int io_log_start(struct io_log *l)
+int obs_log_start(struct obs_log *l)
 {
 	DS_ASSERT(!l->started);
 	atomic_store(&l->stop, false);
@@ -491,7 +490,7 @@ int io_log_start(struct io_log *l)
 	return 0;
 }
 
-void io_log_stop(struct io_log *l)
+void obs_log_stop(struct obs_log *l)
 {
 	if (!l->started)
 		return;
@@ -502,30 +501,30 @@ void io_log_stop(struct io_log *l)
 
 /* ---------------- the lines of issue 8 ---------------- */
 
-int io_log_accepted(struct io_log_ring *r, const char *queue_id, const struct ds_envelope *env,
-		    uint64_t gap_us)
+int obs_log_accepted(struct obs_log_ring *r, const char *queue_id, const struct ds_envelope *env,
+		     uint64_t gap_us)
 {
-	if (!io_log_begin(r, IO_LOG_INFO, "accepted"))
+	if (!obs_log_begin(r, OBS_LOG_INFO, "accepted"))
 		return 0;
-	io_log_str(r, "queue_id", queue_id);
-	io_log_str(r, "client", env->client_addr);
-	io_log_str(r, "helo", env->helo);
-	io_log_str(r, "sender", env->mail_from);
-	io_log_u64(r, "rcpts", env->rcpt_count);
-	io_log_u64(r, "size", env->body_size);
-	io_log_str(r, "tls", env->tls && env->tls[0] ? env->tls : "none");
-	io_log_u64(r, "gap_us", gap_us);
-	return io_log_end(r);
+	obs_log_str(r, "queue_id", queue_id);
+	obs_log_str(r, "client", env->client_addr);
+	obs_log_str(r, "helo", env->helo);
+	obs_log_str(r, "sender", env->mail_from);
+	obs_log_u64(r, "rcpts", env->rcpt_count);
+	obs_log_u64(r, "size", env->body_size);
+	obs_log_str(r, "tls", env->tls && env->tls[0] ? env->tls : "none");
+	obs_log_u64(r, "gap_us", gap_us);
+	return obs_log_end(r);
 }
 
-int io_log_refused(struct io_log_ring *r, const struct io_log_refusal *f)
+int obs_log_refused(struct obs_log_ring *r, const struct obs_log_refusal *f)
 {
-	if (!io_log_begin(r, IO_LOG_INFO, "refused"))
+	if (!obs_log_begin(r, OBS_LOG_INFO, "refused"))
 		return 0;
-	io_log_str(r, "reason", f->reason);
-	io_log_u64(r, "code", f->code);
-	io_log_str(r, "client", f->client);
-	io_log_str(r, "helo", f->helo);
-	io_log_str(r, "sender", f->sender);
-	return io_log_end(r);
+	obs_log_str(r, "reason", f->reason);
+	obs_log_u64(r, "code", f->code);
+	obs_log_str(r, "client", f->client);
+	obs_log_str(r, "helo", f->helo);
+	obs_log_str(r, "sender", f->sender);
+	return obs_log_end(r);
 }

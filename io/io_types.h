@@ -1,40 +1,28 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_IO_WORKER_H
-#define DS_IO_WORKER_H
+#ifndef DS_IO_TYPES_H
+#define DS_IO_TYPES_H
 
-/* Private to io/: the worker and its connections. */
+/*
+ * Private to io/: the types of a worker, its connections, its listeners and
+ * its /metrics endpoint, shared by worker.c, conn.c and mserve.c. Types
+ * only: each file's functions are declared in its own header (conn.h,
+ * mserve.h), the worker's life cycle in io.h, the ring's primitives in
+ * ring.h.
+ */
 
 #include <arpa/inet.h>
-#include <liburing.h>
 #include <pthread.h>
 
 #include "io.h"
-#include "tls.h"
-#include "metrics.h"
 #include "log.h"
-
-/* user_data: operation in the top 4 bits, the rest depends on it. */
-enum io_op {
-	IO_OP_ACCEPT = 1, /* low bits: listener index */
-	IO_OP_RECV,	  /* conn index << 32 | generation */
-	IO_OP_SEND,
-	IO_OP_SPOOL, /* spool tag (60 bits) */
-	IO_OP_TICK,
-	IO_OP_WAKE,
-	IO_OP_IGNORE,  /* cancellations: nothing to do on completion */
-	IO_OP_METRICS, /* the /metrics endpoint (io/mserve.c) */
-};
+#include "metrics.h"
+#include "ring.h"
+#include "smtp.h"
+#include "spool.h"
+#include "tls.h"
 
 /* Scratch for decrypted input, one per worker. */
 #define IO_TLS_PT_BYTES 16384
-
-#define IO_OP_SHIFT 60
-#define IO_TAG_MASK ((1ull << IO_OP_SHIFT) - 1)
-
-static inline uint64_t io_ud(enum io_op op, uint64_t low)
-{
-	return ((uint64_t)op << IO_OP_SHIFT) | (low & IO_TAG_MASK);
-}
 
 enum io_conn_state {
 	IO_CONN_FREE = 0,
@@ -95,7 +83,7 @@ struct io_mslot {
 	uint32_t gen;
 	bool op_inflight;
 	size_t req_len;
-	uint8_t req[IO_METRICS_HTTP_REQUEST_MAX];
+	uint8_t req[OBS_METRICS_HTTP_REQUEST_MAX];
 	char *out;
 	size_t out_len, out_off;
 	int64_t deadline_ms;
@@ -120,19 +108,12 @@ struct io_worker {
 	struct io_shared *sh;
 	pthread_t thread;
 	bool started;
-	bool ring_up; /* ring initialised: io_worker_destroy() tears it down */
-	struct io_uring ring;
+	struct io_ring ring; /* and its provided receive buffers */
 	int wake_fd;
 	uint64_t wake_buf;
 	struct __kernel_timespec tick_ts;
 	struct io_listener listeners[IO_LISTEN_MAX];
 	uint32_t listener_count;
-	/* provided receive buffers */
-	struct io_uring_buf_ring *br;
-	size_t br_map_bytes;
-	uint8_t *rbufs;
-	uint32_t rbuf_count;
-	uint32_t rbuf_size;
 	/* connections */
 	struct io_conn *conns;
 	uint8_t *session_mem;
@@ -151,8 +132,8 @@ struct io_worker {
 	struct io_tls_server *tls; /* NULL without --tls-cert */
 	uint8_t *tls_pt;	   /* scratch for decrypted input */
 	unsigned tls_reload_gen;
-	struct io_metrics *m;	 /* ours; read by worker 0's /metrics */
-	struct io_log_ring *log; /* ours */
+	struct obs_metrics *m;	  /* ours; read by worker 0's /metrics */
+	struct obs_log_ring *log; /* ours */
 	struct io_mserve ms;
 	int64_t statvfs_next_ms;
 	struct spool_lane_stats lane_stats;
@@ -161,8 +142,5 @@ struct io_worker {
 	int exit_code;
 	uint64_t accept_pause_until_ms;
 };
-
-int64_t io_now_ms(void);
-int64_t io_now_us(void); /* CLOCK_MONOTONIC */
 
 #endif

@@ -1,0 +1,33 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_DAEMON_OPTIONS_H
+#define DS_DAEMON_OPTIONS_H
+
+/*
+ * Every setting of the server, in one table (daemon/options.c): the
+ * command line (--name value) and the configuration file (name = value,
+ * daemon/config_file.c) both go through daemon_option_apply(), so a flag
+ * and its config key can never drift apart. They fill struct io_config,
+ * what the engine is told (io/io_config.h).
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#include "io_config.h"
+
+void daemon_config_defaults(struct io_config *cfg);
+/* A new source (the command line after the file) replaces lists rather than extending them. */
+void daemon_config_begin_source(struct io_config *cfg);
+bool daemon_option_known(const char *name);
+bool daemon_option_takes_value(const char *name);
+/* 0, or -EINVAL with a one-line reason in err. */
+int daemon_option_apply(struct io_config *cfg, const char *name, const char *value, char *err, size_t errcap);
+/* Defaults that depend on other settings, and constraints between keys. */
+int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap);
+void daemon_options_usage(FILE *f);
+
+/* daemon/config_file.c: INI file (libinih). err gets "FILE:LINE: message". */
+int daemon_config_load_file(struct io_config *cfg, const char *path, char *err, size_t errcap);
+
+#endif

@@ -1,0 +1,66 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_IO_CONFIG_H
+#define DS_IO_CONFIG_H
+
+/*
+ * What the engine is told: listeners, limits, timeouts, buffers, and the
+ * session's and the spool's settings it hands on. Types only; the daemon
+ * fills it from flags and the config file (daemon/options.c).
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include "smtp.h"
+#include "spool.h"
+
+#define IO_LISTEN_MAX  16
+#define IO_DOMAIN_MAX  256
+#define IO_THREADS_MAX 64
+
+enum io_listen_kind {
+	IO_LISTEN_SMTP,
+	IO_LISTEN_LMTP,
+	IO_LISTEN_SMTP_PROXY, /* SMTP behind a load balancer: PROXY v1/v2 header first */
+};
+
+struct io_listen_spec {
+	enum io_listen_kind kind;
+	struct sockaddr_storage addr;
+	socklen_t addr_len;
+	char text[80]; /* as given on the command line */
+};
+
+struct io_config {
+	struct io_listen_spec listen[IO_LISTEN_MAX];
+	uint32_t listen_count;
+	const char *accept_domains[IO_DOMAIN_MAX];
+	uint32_t accept_domain_count;
+	char hostname[256];
+	uint32_t threads;
+	uint32_t max_connections;	 /* whole server */
+	uint32_t max_connections_per_ip; /* whole server, per client address */
+	uint32_t timeout_greeting_s;	 /* PROXY header wait before the banner */
+	uint32_t timeout_command_s;	 /* RFC 5321 4.5.3.2: 5 minutes */
+	uint32_t timeout_data_s;	 /* per data block: 3 minutes */
+	uint32_t shutdown_timeout_s;	 /* SIGTERM: how long transactions in flight may take */
+	uint32_t recv_buffers;		 /* provided buffers per worker */
+	uint32_t recv_buffer_size;	 /* bytes each */
+	uint32_t pending_input_max;	 /* per-connection unread input bytes before recv stops */
+	uint32_t ring_entries;		 /* io_uring submission queue entries per worker (io/ring.h) */
+	struct smtp_config smtp;
+	struct spool_config spool;
+	char spool_dir[4096];
+	char tls_cert[4096]; /* PEM chain; STARTTLS is offered only with both */
+	char tls_key[4096];
+	char metrics_listen[80]; /* ADDR:PORT of /metrics, "" = off */
+	struct sockaddr_storage metrics_addr;
+	socklen_t metrics_addr_len;
+	char log_level[16];	  /* error, warn, info, debug */
+	uint32_t log_ring_size;	  /* bytes of log buffer per worker */
+	bool listen_from_source;  /* the current source (file, command line) set the listeners */
+	bool domains_from_source; /* ... the accepted domains */
+};
+
+#endif

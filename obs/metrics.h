@@ -1,0 +1,215 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_OBS_METRICS_H
+#define DS_OBS_METRICS_H
+
+/*
+ * Per-worker metrics with no lock and no read-modify-write on the hot path.
+ *
+ * Each worker owns one struct obs_metrics and is the only thread that writes
+ * it. A counter update is a relaxed load plus a relaxed store of the same
+ * variable (a plain add on x86-64: no LOCK prefix, no fence); any other
+ * thread reads with relaxed loads. Values read while the worker writes are
+ * each exact but not a snapshot of the whole struct, which is what
+ * Prometheus expects of independent counters. Histograms store per-bucket
+ * (non-cumulative) counts and no separate count: the renderer derives the
+ * cumulative buckets and _count from the same loads, so +Inf == _count
+ * holds even while the worker keeps observing.
+ *
+ * The struct is cache-line aligned so two workers' metrics never share a
+ * line (no false sharing between cores).
+ */
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* Latency buckets in microseconds (the last, +Inf, is implicit). */
+#define OBS_METRICS_LAT_BUCKETS 14
+/* Messages-per-flush buckets (the last, +Inf, is implicit). */
+#define OBS_METRICS_BATCH_BUCKETS 10
+
+/* Upper bound of an HTTP request for /metrics, headers included. */
+#define OBS_METRICS_HTTP_REQUEST_MAX 8192
+/* Room for the HTTP status line and headers ahead of the body. */
+#define OBS_METRICS_HTTP_HEADER_MAX 256
+
+enum obs_refuse_reason {
+	OBS_REFUSE_LIMIT_TOTAL,	 /* --max-connections reached */
+	OBS_REFUSE_LIMIT_PER_IP, /* --max-connections-per-ip reached */
+	OBS_REFUSE_SHUTDOWN,	 /* accepted while stopping: 421 */
+	OBS_REFUSE_PROXY_ERROR,	 /* bad or missing PROXY header */
+	OBS_REFUSE_COUNT,
+};
+
+enum obs_reply_class {
+	OBS_REPLY_2XX,
+	OBS_REPLY_3XX,
+	OBS_REPLY_4XX,
+	OBS_REPLY_5XX,
+	OBS_REPLY_COUNT,
+};
+
+typedef _Atomic uint64_t obs_counter_t;
+
+struct obs_metrics_lat_hist {
+	obs_counter_t bucket[OBS_METRICS_LAT_BUCKETS + 1]; /* non-cumulative; last is +Inf */
+	obs_counter_t sum_us;
+};
+
+struct obs_metrics_batch_hist {
+	obs_counter_t bucket[OBS_METRICS_BATCH_BUCKETS + 1];
+	obs_counter_t sum;
+};
+
+struct obs_metrics {
+	_Alignas(64) obs_counter_t connections_current; /* gauge */
+	obs_counter_t connections_total;
+	obs_counter_t connections_refused[OBS_REFUSE_COUNT];
+	obs_counter_t messages_accepted;
+	obs_counter_t bytes_accepted;
+	obs_counter_t messages_rejected; /* end of data answered 4xx/5xx (size, spool error, ...) */
+	obs_counter_t replies[OBS_REPLY_COUNT];
+	obs_counter_t tls_handshakes_ok;
+	obs_counter_t tls_handshakes_failed;
+	obs_counter_t flushes;
+	obs_counter_t flush_errors;
+	obs_counter_t spool_pad_bytes;	/* --spool-io direct: block padding written (set from the lane) */
+	obs_counter_t spool_bytes_used; /* gauge, set by the worker from its spool lane */
+	obs_counter_t spool_bytes_free; /* gauge */
+	struct obs_metrics_batch_hist messages_per_flush;
+	struct obs_metrics_lat_hist sync_gap;	    /* final dot received -> 250 sent (RFC 1047 gap) */
+	struct obs_metrics_lat_hist flush_duration; /* flush submitted -> completed */
+};
+
+/* Bucket upper bounds, exported for tests. */
+extern const uint64_t obs_metrics_lat_bounds_us[OBS_METRICS_LAT_BUCKETS];
+extern const uint64_t obs_metrics_batch_bounds[OBS_METRICS_BATCH_BUCKETS];
+
+void obs_metrics_init(struct obs_metrics *m);
+
+/* ---- writer side: only the owning worker thread calls these ---- */
+
+static inline void obs_counter_add(obs_counter_t *c, uint64_t n)
+{
+	atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n, memory_order_relaxed);
+}
+
+static inline void obs_counter_set(obs_counter_t *c, uint64_t v)
+{
+	atomic_store_explicit(c, v, memory_order_relaxed);
+}
+
+static inline uint64_t obs_counter_get(const obs_counter_t *c)
+{
+	return atomic_load_explicit((obs_counter_t *)c, memory_order_relaxed);
+}
+
+static inline unsigned obs_metrics_bucket_of(const uint64_t *bounds, unsigned n, uint64_t v)
+{
+	unsigned i = 0;
+	while (i < n && v > bounds[i])
+		i++;
+	return i; /* n means +Inf */
+}
+
+static inline void obs_metrics_lat_observe(struct obs_metrics_lat_hist *h, uint64_t us)
+{
+	obs_counter_add(
+		&h->bucket[obs_metrics_bucket_of(obs_metrics_lat_bounds_us, OBS_METRICS_LAT_BUCKETS, us)], 1);
+	obs_counter_add(&h->sum_us, us);
+}
+
+/* A connection was accepted and is being served. */
+static inline void obs_metrics_conn_open(struct obs_metrics *m)
+{
+	obs_counter_add(&m->connections_current, 1);
+	obs_counter_add(&m->connections_total, 1);
+}
+
+/* A connection counted by obs_metrics_conn_open() was closed. */
+static inline void obs_metrics_conn_close(struct obs_metrics *m)
+{
+	obs_counter_add(&m->connections_current, (uint64_t)-1); /* wraps back: unsigned decrement */
+}
+
+/* A connection was refused (closed with or without a 421) before a session. */
+static inline void obs_metrics_conn_refused(struct obs_metrics *m, enum obs_refuse_reason r)
+{
+	if ((unsigned)r < OBS_REFUSE_COUNT)
+		obs_counter_add(&m->connections_refused[r], 1);
+}
+
+/* One reply (a multi-line reply counts once, LMTP counts each recipient reply). */
+static inline void obs_metrics_reply(struct obs_metrics *m, unsigned code)
+{
+	unsigned c = code / 100;
+	if (c >= 2 && c <= 5)
+		obs_counter_add(&m->replies[c - 2], 1);
+}
+
+/* 250 sent for a message: size_bytes of body, gap_us from the final dot to the 250. */
+static inline void obs_metrics_message_accepted(struct obs_metrics *m, uint64_t size_bytes, uint64_t gap_us)
+{
+	obs_counter_add(&m->messages_accepted, 1);
+	obs_counter_add(&m->bytes_accepted, size_bytes);
+	obs_metrics_lat_observe(&m->sync_gap, gap_us);
+}
+
+/* The end of data was answered 4xx/5xx. */
+static inline void obs_metrics_message_rejected(struct obs_metrics *m)
+{
+	obs_counter_add(&m->messages_rejected, 1);
+}
+
+static inline void obs_metrics_tls_handshake(struct obs_metrics *m, bool ok)
+{
+	obs_counter_add(ok ? &m->tls_handshakes_ok : &m->tls_handshakes_failed, 1);
+}
+
+/* A group-commit flush completed (ok or not) covering `messages` commits, after duration_us. */
+static inline void obs_metrics_flush_done(struct obs_metrics *m, uint64_t duration_us, uint64_t messages,
+					  bool ok)
+{
+	obs_counter_add(&m->flushes, 1);
+	if (!ok)
+		obs_counter_add(&m->flush_errors, 1);
+	obs_metrics_lat_observe(&m->flush_duration, duration_us);
+	obs_counter_add(&m->messages_per_flush.bucket[obs_metrics_bucket_of(
+				obs_metrics_batch_bounds, OBS_METRICS_BATCH_BUCKETS, messages)],
+			1);
+	obs_counter_add(&m->messages_per_flush.sum, messages);
+}
+
+static inline void obs_metrics_spool_bytes(struct obs_metrics *m, uint64_t used_bytes, uint64_t free_bytes)
+{
+	obs_counter_set(&m->spool_bytes_used, used_bytes);
+	obs_counter_set(&m->spool_bytes_free, free_bytes);
+}
+
+/* ---- reader side: any thread ---- */
+
+/*
+ * Prometheus text exposition format 0.0.4 for n workers (NULL entries are
+ * skipped). Returns the length of the full text, like snprintf: if it is
+ * >= cap the output was truncated (still NUL-terminated when cap > 0).
+ */
+size_t obs_metrics_render(const struct obs_metrics *const *workers, unsigned n, char *buf, size_t cap);
+
+/* A buffer of this size always holds obs_metrics_render() of n workers (plus NUL). */
+size_t obs_metrics_render_bound(unsigned n);
+
+/*
+ * One HTTP/1.x request for the metrics endpoint, req[0..len) being all
+ * bytes received so far on the connection. Returns:
+ *   0            need more bytes (headers not complete, len < OBS_METRICS_HTTP_REQUEST_MAX)
+ *   200          GET or HEAD /metrics: a full response is in out[0..*out_len)
+ *   400/404/405  error response in out[0..*out_len) (400 also for an oversized request)
+ *   -ENOSPC      cap too small (use obs_metrics_render_bound(n) + OBS_METRICS_HTTP_HEADER_MAX)
+ * Every response is HTTP/1.0 with Connection: close: the caller sends
+ * out[0..*out_len) and closes.
+ */
+int obs_metrics_http(const uint8_t *req, size_t len, const struct obs_metrics *const *workers, unsigned n,
+		     char *out, size_t cap, size_t *out_len);
+
+#endif
