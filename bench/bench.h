@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef BENCH_BENCH_H
-#define BENCH_BENCH_H
+#ifndef DS_BENCH_H
+#define DS_BENCH_H
 
 /*
  * dotspool-bench engine: one io_uring, one thread, N SMTP/LMTP client

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef BENCH_MSG_H
-#define BENCH_MSG_H
+#ifndef DS_BENCH_MSG_H
+#define DS_BENCH_MSG_H
 
 /*
  * Test message generator: headers with a unique Message-ID, then a body of

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef BENCH_SCHED_H
-#define BENCH_SCHED_H
+#ifndef DS_BENCH_SCHED_H
+#define DS_BENCH_SCHED_H
 
 /*
  * Open-loop arrival schedule: message k (k = 0, 1, ...) is due at

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef BENCH_HIST_H
-#define BENCH_HIST_H
+#ifndef DS_BENCH_HIST_H
+#define DS_BENCH_HIST_H
 
 /*
  * Log-linear (HDR-style) histogram of non-negative integer values (the

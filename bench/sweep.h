@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef BENCH_SWEEP_H
-#define BENCH_SWEEP_H
+#ifndef DS_BENCH_SWEEP_H
+#define DS_BENCH_SWEEP_H
 
 #include <stdbool.h>
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_GROW_H
-#define DS_GROW_H
+#ifndef DS_COMMON_GROW_H
+#define DS_COMMON_GROW_H
 
 #include <stddef.h>
 #include <stdlib.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_SMTP_H
-#define DS_SMTP_H
+#ifndef DS_CORE_SMTP_H
+#define DS_CORE_SMTP_H
 
 /*
  * core/: the SMTP/LMTP session as a pure state machine.

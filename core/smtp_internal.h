@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_SMTP_INTERNAL_H
-#define DS_SMTP_INTERNAL_H
+#ifndef DS_CORE_SMTP_INTERNAL_H
+#define DS_CORE_SMTP_INTERNAL_H
 
 /*
  * Pieces of core/ shared between its files and its tests: the stateless

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef IO_PROXY_H
-#define IO_PROXY_H
+#ifndef DS_IO_PROXY_H
+#define DS_IO_PROXY_H
 
 /*
  * HAProxy PROXY protocol (v1 text and v2 binary) header parser.

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_CRC32C_H
-#define DS_CRC32C_H
+#ifndef DS_SPOOL_CRC32C_H
+#define DS_SPOOL_CRC32C_H
 
 #include <stddef.h>
 #include <stdint.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_MICRO_H
-#define DS_MICRO_H
+#ifndef DS_BENCH_MICRO_H
+#define DS_BENCH_MICRO_H
 
 /*
  * Microbenchmarks are written in C against this header; one C++ file

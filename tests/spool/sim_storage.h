@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_SIM_STORAGE_H
-#define DS_SIM_STORAGE_H
+#ifndef DS_TESTS_SPOOL_SIM_STORAGE_H
+#define DS_TESTS_SPOOL_SIM_STORAGE_H
 
 /*
  * Simulated storage behind struct spool_io_ops. Writes land in a volatile

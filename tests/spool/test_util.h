@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_SPOOL_TEST_UTIL_H
-#define DS_SPOOL_TEST_UTIL_H
+#ifndef DS_TESTS_SPOOL_TEST_UTIL_H
+#define DS_TESTS_SPOOL_TEST_UTIL_H
 
 #include <errno.h>
 #include <ftw.h>

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-#ifndef DS_TLS_TESTLIB_H
-#define DS_TLS_TESTLIB_H
+#ifndef DS_TESTS_TLS_TESTLIB_H
+#define DS_TESTS_TLS_TESTLIB_H
 
 /*
  * Test-side helpers shared by the TLS unit tests and dotspool-tlsbench: an
