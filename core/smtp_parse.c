@@ -205,6 +205,88 @@ static bool literal_valid(const char *s, size_t len)
 	return true;
 }
 
+/* A-d-l: "@dom,@dom:" source route, accepted and ignored (RFC 5321 4.1.2, C.); *i past its ':'. */
+static int path_skip_route(const char *s, size_t len, size_t *i)
+{
+	size_t k = *i;
+	if (s[k] != '@')
+		return 0;
+	while (k < len && s[k] != ':') {
+		if (s[k] == '>' || s[k] == '<' || s[k] == ' ' || s[k] == '"')
+			return -EINVAL;
+		k++;
+	}
+	if (k >= len)
+		return -EINVAL;
+	*i = k + 1;
+	return 0;
+}
+
+/* The Local-part at *i, a Quoted-string or a Dot-string (RFC 5321 4.1.2); *i past it. */
+static int path_local_part(const char *s, size_t len, size_t *i, bool *utf8)
+{
+	size_t k = *i;
+	if (k < len && s[k] == '"') {
+		k++;
+		for (;;) {
+			if (k >= len)
+				return -EINVAL;
+			unsigned char c = (unsigned char)s[k];
+			if (c == '"')
+				break;
+			if (c == '\\') {
+				if (k + 1 >= len || (unsigned char)s[k + 1] < 32 ||
+				    (unsigned char)s[k + 1] > 126)
+					return -EINVAL;
+				k += 2;
+				continue;
+			}
+			if (c >= 0x80)
+				*utf8 = true;
+			else if (c < 32 || c == 127)
+				return -EINVAL;
+			k++;
+		}
+		*i = k + 1;
+		return 0;
+	}
+	bool dot_ok = false;
+	while (k < len) {
+		unsigned char c = (unsigned char)s[k];
+		if (c == '.') {
+			if (!dot_ok)
+				return -EINVAL;
+			dot_ok = false;
+		} else if (is_atext(c) || c >= 0x80) {
+			if (c >= 0x80)
+				*utf8 = true;
+			dot_ok = true;
+		} else {
+			break;
+		}
+		k++;
+	}
+	if (!dot_ok)
+		return -EINVAL;
+	*i = k;
+	return 0;
+}
+
+/* The domain of a mailbox, d[0, dlen): a name, or an address literal in brackets. */
+static int path_domain(const char *d, size_t dlen, struct smtp_path *p, bool *utf8)
+{
+	if (dlen >= 2 && d[0] == '[') {
+		if (d[dlen - 1] != ']' || !literal_valid(d + 1, dlen - 2))
+			return -EINVAL;
+		p->domain_literal = true;
+		return 0;
+	}
+	for (size_t k = 0; k < dlen; k++)
+		if ((unsigned char)d[k] >= 0x80)
+			*utf8 = true;
+	return domain_valid(d, dlen, true) ? 0 : -EINVAL;
+}
+
 int smtp_parse_path(const char *s, size_t len, bool allow_utf8, size_t *consumed, struct smtp_path *p)
 {
 	memset(p, 0, sizeof(*p));
@@ -216,62 +298,14 @@ int smtp_parse_path(const char *s, size_t len, bool allow_utf8, size_t *consumed
 		return 0;
 	}
 	size_t i = 1;
-	/* A-d-l: "@dom,@dom:" source route, accepted and ignored (RFC 5321 4.1.2, C.). */
-	if (s[i] == '@') {
-		while (i < len && s[i] != ':') {
-			if (s[i] == '>' || s[i] == '<' || s[i] == ' ' || s[i] == '"')
-				return -EINVAL;
-			i++;
-		}
-		if (i >= len)
-			return -EINVAL;
-		i++;
-	}
-	size_t start = i;
 	bool utf8 = false;
-	/* Local-part */
-	if (i < len && s[i] == '"') {
-		i++;
-		for (;;) {
-			if (i >= len)
-				return -EINVAL;
-			unsigned char c = (unsigned char)s[i];
-			if (c == '"')
-				break;
-			if (c == '\\') {
-				if (i + 1 >= len || (unsigned char)s[i + 1] < 32 ||
-				    (unsigned char)s[i + 1] > 126)
-					return -EINVAL;
-				i += 2;
-				continue;
-			}
-			if (c >= 0x80)
-				utf8 = true;
-			else if (c < 32 || c == 127)
-				return -EINVAL;
-			i++;
-		}
-		i++;
-	} else {
-		bool dot_ok = false;
-		while (i < len) {
-			unsigned char c = (unsigned char)s[i];
-			if (c == '.') {
-				if (!dot_ok)
-					return -EINVAL;
-				dot_ok = false;
-			} else if (is_atext(c) || c >= 0x80) {
-				if (c >= 0x80)
-					utf8 = true;
-				dot_ok = true;
-			} else {
-				break;
-			}
-			i++;
-		}
-		if (!dot_ok)
-			return -EINVAL;
-	}
+	int rc = path_skip_route(s, len, &i);
+	if (rc)
+		return rc;
+	size_t start = i;
+	rc = path_local_part(s, len, &i, &utf8);
+	if (rc)
+		return rc;
 	size_t local_len = i - start;
 	if (i >= len)
 		return -EINVAL;
@@ -298,25 +332,14 @@ int smtp_parse_path(const char *s, size_t len, bool allow_utf8, size_t *consumed
 	if (i >= len)
 		return -EINVAL;
 	size_t dlen = i - dstart;
-	if (i + 1 > SMTP_PATH_MAX)
+	if (i + 1 > SMTP_PATH_MAX || dlen > SMTP_DOMAIN_MAX)
 		return -ENAMETOOLONG;
-	if (dlen > SMTP_DOMAIN_MAX)
-		return -ENAMETOOLONG;
-	const char *d = s + dstart;
-	if (dlen >= 2 && d[0] == '[') {
-		if (d[dlen - 1] != ']' || !literal_valid(d + 1, dlen - 2))
-			return -EINVAL;
-		p->domain_literal = true;
-	} else {
-		for (size_t k = 0; k < dlen; k++)
-			if ((unsigned char)d[k] >= 0x80)
-				utf8 = true;
-		if (!domain_valid(d, dlen, true))
-			return -EINVAL;
-	}
+	rc = path_domain(s + dstart, dlen, p, &utf8);
+	if (rc)
+		return rc;
 	p->mailbox = s + start;
 	p->mailbox_len = i - start;
-	p->domain = d;
+	p->domain = s + dstart;
 	p->domain_len = dlen;
 	p->utf8 = utf8;
 	if (utf8 && (!allow_utf8 || !smtp_utf8_valid(p->mailbox, p->mailbox_len)))

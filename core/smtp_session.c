@@ -1057,11 +1057,61 @@ static enum smtp_status process_line(struct smtp_session *s, const uint8_t *line
 	}
 }
 
+/*
+ * Command bytes: one line, or the part of it that has arrived (kept in
+ * s->cmd until its LF). Returns the bytes consumed.
+ */
+static size_t command_input(struct smtp_session *s, const uint8_t *buf, size_t len, enum smtp_status *st)
+{
+	*st = SMTP_OK;
+	/* Replies go out in order: no new command while earlier replies are pending. */
+	if (s->gen != GEN_NONE)
+		gen_run(s);
+	if (s->gen != GEN_NONE || out_free(s) < SMTP_REPLY_RESERVE) {
+		*st = SMTP_BLOCKED;
+		return 0;
+	}
+	const uint8_t *lf = memchr(buf, '\n', len);
+	size_t n = lf ? (size_t)(lf - buf) + 1 : len;
+	if (s->cmd_overflow) {
+		overflow_scan(s, buf, n);
+		if (lf)
+			*st = overflow_end(s);
+		return n;
+	}
+	if ((uint64_t)s->cmd_len + n > cmd_cap(s->cfg)) {
+		/* Over-long: drop it all, up to and including its LF; never parse the rest. */
+		s->cmd_overflow = true;
+		s->cmd_prev_cr = false;
+		s->cmd_bare = false;
+		overflow_scan(s, s->cmd, s->cmd_len);
+		overflow_scan(s, buf, n);
+		s->cmd_len = 0;
+		if (lf)
+			*st = overflow_end(s);
+		return n;
+	}
+	if (!lf) {
+		memcpy(s->cmd + s->cmd_len, buf, n);
+		s->cmd_len += (uint32_t)n;
+		return n;
+	}
+	if (s->cmd_len == 0) {
+		/* Whole line in the input: parse it in place. */
+		*st = process_line(s, buf, n);
+		return n;
+	}
+	memcpy(s->cmd + s->cmd_len, buf, n);
+	size_t l = s->cmd_len + n;
+	s->cmd_len = 0;
+	*st = process_line(s, s->cmd, l);
+	return n;
+}
+
 enum smtp_status smtp_session_input(struct smtp_session *s, const uint8_t *buf, size_t len, size_t *used)
 {
 	enum smtp_status st = SMTP_OK;
 	size_t pos = 0;
-	uint32_t cap = cmd_cap(s->cfg);
 
 	*used = 0;
 	switch (s->state) {
@@ -1076,57 +1126,15 @@ enum smtp_status smtp_session_input(struct smtp_session *s, const uint8_t *buf, 
 	}
 	if (s->gen != GEN_NONE)
 		gen_run(s);
-	while (pos < len) {
+	while (pos < len && st == SMTP_OK) {
 		if (s->state == ST_DATA) {
 			pos += data_input(s, buf + pos, len - pos, &st);
 		} else if (s->state == ST_BDAT) {
 			pos += bdat_input(s, buf + pos, len - pos, &st);
 		} else {
 			DS_ASSERT(s->state == ST_COMMAND);
-			/* Replies go out in order: no new command while earlier replies are pending. */
-			if (s->gen != GEN_NONE)
-				gen_run(s);
-			if (s->gen != GEN_NONE || out_free(s) < SMTP_REPLY_RESERVE) {
-				st = SMTP_BLOCKED;
-				break;
-			}
-			const uint8_t *lf = memchr(buf + pos, '\n', len - pos);
-			size_t n = lf ? (size_t)(lf - (buf + pos)) + 1 : len - pos;
-			if (s->cmd_overflow) {
-				overflow_scan(s, buf + pos, n);
-				pos += n;
-				if (lf)
-					st = overflow_end(s);
-			} else if ((uint64_t)s->cmd_len + n > cap) {
-				/* Over-long: drop it all, up to and including its LF; never parse the rest.
-				 */
-				s->cmd_overflow = true;
-				s->cmd_prev_cr = false;
-				s->cmd_bare = false;
-				overflow_scan(s, s->cmd, s->cmd_len);
-				overflow_scan(s, buf + pos, n);
-				pos += n;
-				s->cmd_len = 0;
-				if (lf)
-					st = overflow_end(s);
-			} else if (!lf) {
-				memcpy(s->cmd + s->cmd_len, buf + pos, n);
-				s->cmd_len += (uint32_t)n;
-				pos += n;
-			} else if (s->cmd_len == 0) {
-				/* Whole line in the input: parse it in place. */
-				pos += n;
-				st = process_line(s, buf + pos - n, n);
-			} else {
-				memcpy(s->cmd + s->cmd_len, buf + pos, n);
-				pos += n;
-				size_t l = s->cmd_len + n;
-				s->cmd_len = 0;
-				st = process_line(s, s->cmd, l);
-			}
+			pos += command_input(s, buf + pos, len - pos, &st);
 		}
-		if (st != SMTP_OK)
-			break;
 	}
 	*used = pos;
 	if (st == SMTP_OK && s->gen != GEN_NONE)
