@@ -720,9 +720,70 @@ static void tls_begin(struct engine *e, struct conn *c)
 #define EXT_PIPELINING 1u
 #define EXT_STARTTLS   2u
 
-static void on_reply(struct engine *e, struct conn *c, int code, unsigned ext)
+/* The banner: EHLO (LHLO) next. */
+static void on_banner_reply(struct engine *e, struct conn *c, int code, uint64_t now)
+{
+	bench_hist_record(&e->r->hist[BENCH_PH_BANNER], now - c->t_phase);
+	if (code != 220) {
+		result_code(e, code);
+		conn_close(e, c, -1);
+		return;
+	}
+	char line[BENCH_ADDR_MAX + 16];
+	snprintf(line, sizeof(line), "%s %s\r\n", e->o->lmtp ? "LHLO" : "EHLO", e->o->helo);
+	conn_send_simple(e, c, line, CS_EHLO);
+}
+
+/* The EHLO reply: STARTTLS next if asked for, else the connection is ready for messages. */
+static void on_ehlo_reply(struct engine *e, struct conn *c, int code, unsigned ext, uint64_t now)
 {
 	bool saw_pipelining = ext & EXT_PIPELINING;
+	bench_hist_record(&e->r->hist[BENCH_PH_EHLO], now - c->t_phase);
+	if (code != 250) {
+		result_code(e, code);
+		conn_close(e, c, -1);
+		return;
+	}
+	if (e->o->starttls && !c->tls_on) {
+		if (!(ext & EXT_STARTTLS)) {
+			conn_close(e, c, BENCH_ERR_TLS);
+			return;
+		}
+		conn_send_simple(e, c, "STARTTLS\r\n", CS_STARTTLS);
+		return;
+	}
+	c->pipelining_ok = saw_pipelining;
+	if (saw_pipelining)
+		e->r->server_pipelining = true;
+	c->st = CS_IDLE;
+	c->deadline_ns = 0;
+	if (c->has_msg)
+		conn_start_msg(e, c);
+	else
+		conn_ready(e, c);
+}
+
+/* A reply to the final dot (LMTP: one per recipient); the message is done after the last. */
+static void on_final_reply(struct engine *e, struct conn *c, int code, uint64_t now)
+{
+	bool ok = code >= 200 && code < 300;
+	c->finals_got++;
+	if (ok) {
+		if (c->finals_ok == 0)
+			ack_log(e, c);
+		c->finals_ok++;
+	} else {
+		result_code(e, code);
+	}
+	if (c->finals_got < c->finals_expected)
+		return;
+	bench_hist_record(&e->r->hist[BENCH_PH_FINAL_DOT], now - c->t_dot);
+	bench_hist_record(&e->r->hist[BENCH_PH_MESSAGE], now - c->sched_ns);
+	conn_msg_done(e, c, c->finals_ok == c->finals_expected);
+}
+
+static void on_reply(struct engine *e, struct conn *c, int code, unsigned ext)
+{
 	uint64_t now = bench_now_ns();
 	if (code == 421 && c->st != CS_QUIT) {
 		result_code(e, code);
@@ -731,42 +792,10 @@ static void on_reply(struct engine *e, struct conn *c, int code, unsigned ext)
 	}
 	switch (c->st) {
 	case CS_BANNER:
-		bench_hist_record(&e->r->hist[BENCH_PH_BANNER], now - c->t_phase);
-		if (code != 220) {
-			result_code(e, code);
-			conn_close(e, c, -1);
-			return;
-		}
-		{
-			char line[BENCH_ADDR_MAX + 16];
-			snprintf(line, sizeof(line), "%s %s\r\n", e->o->lmtp ? "LHLO" : "EHLO", e->o->helo);
-			conn_send_simple(e, c, line, CS_EHLO);
-		}
+		on_banner_reply(e, c, code, now);
 		return;
 	case CS_EHLO:
-		bench_hist_record(&e->r->hist[BENCH_PH_EHLO], now - c->t_phase);
-		if (code != 250) {
-			result_code(e, code);
-			conn_close(e, c, -1);
-			return;
-		}
-		if (e->o->starttls && !c->tls_on) {
-			if (!(ext & EXT_STARTTLS)) {
-				conn_close(e, c, BENCH_ERR_TLS);
-				return;
-			}
-			conn_send_simple(e, c, "STARTTLS\r\n", CS_STARTTLS);
-			return;
-		}
-		c->pipelining_ok = saw_pipelining;
-		if (saw_pipelining)
-			e->r->server_pipelining = true;
-		c->st = CS_IDLE;
-		c->deadline_ns = 0;
-		if (c->has_msg)
-			conn_start_msg(e, c);
-		else
-			conn_ready(e, c);
+		on_ehlo_reply(e, c, code, ext, now);
 		return;
 	case CS_STARTTLS:
 		if (code != 220 || c->tls_on) {
@@ -779,23 +808,9 @@ static void on_reply(struct engine *e, struct conn *c, int code, unsigned ext)
 	case CS_CMDS:
 		on_cmd_reply(e, c, code, now);
 		return;
-	case CS_BODY: {
-		bool ok = code >= 200 && code < 300;
-		c->finals_got++;
-		if (ok) {
-			if (c->finals_ok == 0)
-				ack_log(e, c);
-			c->finals_ok++;
-		} else {
-			result_code(e, code);
-		}
-		if (c->finals_got < c->finals_expected)
-			return;
-		bench_hist_record(&e->r->hist[BENCH_PH_FINAL_DOT], now - c->t_dot);
-		bench_hist_record(&e->r->hist[BENCH_PH_MESSAGE], now - c->sched_ns);
-		conn_msg_done(e, c, c->finals_ok == c->finals_expected);
+	case CS_BODY:
+		on_final_reply(e, c, code, now);
 		return;
-	}
 	case CS_ABORT_DOT:
 		conn_msg_abort(e, c);
 		return;
@@ -884,6 +899,75 @@ static void tls_read(struct engine *e, struct conn *c)
 	conn_post_recv(e, c);
 }
 
+/* The connect completed: wait for the banner. */
+static void on_connected(struct engine *e, struct conn *c, int res, uint64_t now)
+{
+	DS_ASSERT(c->st == CS_CONNECTING);
+	if (res < 0) {
+		if (!e->open_loop)
+			c->retry_at_ns = now + CONNECT_RETRY_NS;
+		conn_close(e, c, BENCH_ERR_CONNECT);
+		return;
+	}
+	bench_hist_record(&e->r->hist[BENCH_PH_CONNECT], now - c->t_phase);
+	c->st = CS_BANNER;
+	c->t_phase = now;
+	conn_deadline(e, c);
+	conn_post_recv(e, c);
+}
+
+/* res bytes arrived: replies (through TLS when it is on). */
+static void on_received(struct engine *e, struct conn *c, int res)
+{
+	if (res <= 0) {
+		conn_close(e, c, c->st == CS_QUIT ? -1 : BENCH_ERR_CLOSED);
+		return;
+	}
+	if (c->tls_on) {
+		c->cin_len += (size_t)res;
+		if (c->tls_hs)
+			tls_handshake(e, c);
+		else
+			tls_read(e, c);
+		return;
+	}
+	c->rlen += (size_t)res;
+	if (!conn_parse(e, c))
+		return;
+	conn_post_recv(e, c);
+}
+
+/* A send completed: res bytes of TLS records (tls) or of the plaintext segments left. */
+static void on_sent(struct engine *e, struct conn *c, int res, bool tls)
+{
+	if (res <= 0) {
+		conn_close(e, c, BENCH_ERR_CLOSED);
+		return;
+	}
+	if (tls) {
+		c->cout_off += (size_t)res;
+		DS_ASSERT(c->cout_off <= c->cout_len);
+		if (c->cout_off == c->cout_len) {
+			c->cout_off = c->cout_len = 0;
+			c->cout_has_body = false;
+		}
+		if (c->tls_hs)
+			tls_handshake(e, c);
+		else
+			conn_kick_send(e, c);
+		return;
+	}
+	DS_ASSERT(c->seg_count > 0);
+	struct send_seg *s = &c->segs[0];
+	s->off += (size_t)res;
+	DS_ASSERT(s->off <= s->len);
+	if (s->off == s->len) {
+		c->segs[0] = c->segs[1];
+		c->seg_count--;
+	}
+	conn_kick_send(e, c);
+}
+
 static void on_cqe(struct engine *e, struct io_uring_cqe *cqe)
 {
 	uint64_t ud = io_uring_cqe_get_data64(cqe);
@@ -901,73 +985,17 @@ static void on_cqe(struct engine *e, struct io_uring_cqe *cqe)
 			conn_release_slot(e, c);
 		return;
 	}
-	uint64_t now = bench_now_ns();
 	switch (op) {
 	case OP_CONNECT:
-		DS_ASSERT(c->st == CS_CONNECTING);
-		if (res < 0) {
-			if (!e->open_loop)
-				c->retry_at_ns = now + CONNECT_RETRY_NS;
-			conn_close(e, c, BENCH_ERR_CONNECT);
-			return;
-		}
-		bench_hist_record(&e->r->hist[BENCH_PH_CONNECT], now - c->t_phase);
-		c->st = CS_BANNER;
-		c->t_phase = now;
-		conn_deadline(e, c);
-		conn_post_recv(e, c);
+		on_connected(e, c, res, bench_now_ns());
 		return;
 	case OP_RECV:
-		if (res <= 0) {
-			conn_close(e, c, c->st == CS_QUIT ? -1 : BENCH_ERR_CLOSED);
-			return;
-		}
-		if (c->tls_on) {
-			c->cin_len += (size_t)res;
-			if (c->tls_hs) {
-				tls_handshake(e, c);
-				return;
-			}
-			tls_read(e, c);
-			return;
-		}
-		c->rlen += (size_t)res;
-		if (!conn_parse(e, c))
-			return;
-		conn_post_recv(e, c);
+		on_received(e, c, res);
 		return;
 	case OP_SEND_TLS:
-		if (res <= 0) {
-			conn_close(e, c, BENCH_ERR_CLOSED);
-			return;
-		}
-		c->cout_off += (size_t)res;
-		DS_ASSERT(c->cout_off <= c->cout_len);
-		if (c->cout_off == c->cout_len) {
-			c->cout_off = c->cout_len = 0;
-			c->cout_has_body = false;
-		}
-		if (c->tls_hs)
-			tls_handshake(e, c);
-		else
-			conn_kick_send(e, c);
+	case OP_SEND:
+		on_sent(e, c, res, op == OP_SEND_TLS);
 		return;
-	case OP_SEND: {
-		if (res <= 0) {
-			conn_close(e, c, BENCH_ERR_CLOSED);
-			return;
-		}
-		DS_ASSERT(c->seg_count > 0);
-		struct send_seg *s = &c->segs[0];
-		s->off += (size_t)res;
-		DS_ASSERT(s->off <= s->len);
-		if (s->off == s->len) {
-			c->segs[0] = c->segs[1];
-			c->seg_count--;
-		}
-		conn_kick_send(e, c);
-		return;
-	}
 	default:
 		DS_ASSERT(false && "unknown op");
 	}
@@ -1198,6 +1226,57 @@ static void eng_wait(struct engine *e, uint64_t now)
 	io_uring_cq_advance(&e->ring, n);
 }
 
+/* Until the run's work is done: release due messages, tick, send, wait. */
+static void eng_run(struct engine *e)
+{
+	uint64_t now = bench_now_ns();
+	e->next_tick_ns = now + TICK_NS;
+	for (;;) {
+		now = bench_now_ns();
+		if (!e->started && eng_warm(e))
+			eng_start(e);
+		if (e->started && !eng_work_left(e, now))
+			break;
+		eng_release_due(e, now);
+		if (now >= e->next_tick_ns) {
+			eng_tick(e, now);
+			e->next_tick_ns = now + TICK_NS;
+		}
+		eng_progress(e, now);
+		eng_wait(e, now);
+	}
+}
+
+/* QUIT every connection, bounded: what has not closed after QUIT_DRAIN_NS is closed. */
+static void eng_drain(struct engine *e)
+{
+	const struct bench_opts *o = e->o;
+	e->stopping = true;
+	for (uint32_t i = 0; i < o->connections; i++) {
+		struct conn *c = &e->conns[i];
+		if (c->st == CS_IDLE)
+			conn_send_simple(e, c, "QUIT\r\n", CS_QUIT);
+		else if (c->st != CS_FREE && c->st != CS_QUIT)
+			conn_close(e, c, -1);
+	}
+	uint64_t drain_end = bench_now_ns() + QUIT_DRAIN_NS;
+	for (;;) {
+		uint64_t now = bench_now_ns();
+		bool busy = false;
+		for (uint32_t i = 0; i < o->connections; i++)
+			busy |= e->conns[i].st != CS_FREE;
+		if (!busy)
+			break;
+		if (now > drain_end) {
+			for (uint32_t i = 0; i < o->connections; i++)
+				conn_close(e, &e->conns[i], -1);
+			if (now > drain_end + QUIT_DRAIN_NS)
+				break; /* operations that never complete: give up, exit closes them */
+		}
+		eng_wait(e, now);
+	}
+}
+
 int bench_run(const struct bench_opts *o, struct bench_result *r)
 {
 	DS_ASSERT(o->connections >= 1 && o->connections <= BENCH_CONN_MAX);
@@ -1226,54 +1305,14 @@ int bench_run(const struct bench_opts *o, struct bench_result *r)
 	/* Warm-up: open the connections (unless each message opens its own). */
 	for (uint32_t i = 0; i < o->connections; i++) {
 		struct conn *c = &e->conns[i];
-		if (o->new_conn_per_msg) {
+		if (o->new_conn_per_msg)
 			avail_push(e, c);
-		} else {
+		else
 			conn_connect(e, c);
-		}
 	}
-	uint64_t now = bench_now_ns();
-	e->next_tick_ns = now + TICK_NS;
-	for (;;) {
-		now = bench_now_ns();
-		if (!e->started && eng_warm(e))
-			eng_start(e);
-		if (e->started && !eng_work_left(e, now))
-			break;
-		eng_release_due(e, now);
-		if (now >= e->next_tick_ns) {
-			eng_tick(e, now);
-			e->next_tick_ns = now + TICK_NS;
-		}
-		eng_progress(e, now);
-		eng_wait(e, now);
-	}
+	eng_run(e);
 	r->elapsed_s = (double)(e->last_done_ns - e->start_ns) / 1e9;
-	/* Drain: QUIT every connection, bounded. */
-	e->stopping = true;
-	for (uint32_t i = 0; i < o->connections; i++) {
-		struct conn *c = &e->conns[i];
-		if (c->st == CS_IDLE)
-			conn_send_simple(e, c, "QUIT\r\n", CS_QUIT);
-		else if (c->st != CS_FREE && c->st != CS_QUIT)
-			conn_close(e, c, -1);
-	}
-	uint64_t drain_end = bench_now_ns() + QUIT_DRAIN_NS;
-	for (;;) {
-		now = bench_now_ns();
-		bool busy = false;
-		for (uint32_t i = 0; i < o->connections; i++)
-			busy |= e->conns[i].st != CS_FREE;
-		if (!busy)
-			break;
-		if (now > drain_end) {
-			for (uint32_t i = 0; i < o->connections; i++)
-				conn_close(e, &e->conns[i], -1);
-			if (now > drain_end + QUIT_DRAIN_NS)
-				break; /* operations that never complete: give up, exit closes them */
-		}
-		eng_wait(e, now);
-	}
+	eng_drain(e);
 	if (o->progress)
 		fprintf(stderr, "\n");
 	if (o->ack_log != NULL)

@@ -142,6 +142,74 @@ static void usage(FILE *f)
 		   "  --help\n");
 }
 
+/*
+ * Rounds interleave the modes (A B C A B C ...) so that a noisy neighbour
+ * on a shared disk hits every mode alike, not just one. Returns 1 if a mode
+ * failed (it says why), else 0.
+ */
+static int probe_rounds(const struct probe_opts *o, struct probe_result *res)
+{
+	int status = 0;
+	struct probe_opts ro = *o;
+	ro.count = DS_MAX(o->count / o->rounds, 1ull);
+	ro.duration_s = o->duration_s / o->rounds;
+	for (uint32_t round = 0; round < o->rounds; round++) {
+		for (int i = 0; i < MODE_COUNT; i++) {
+			if (!o->modes[i] || res[i].error < 0)
+				continue;
+			struct probe_result one = res[i];
+			res[i].error = probe_mode(&ro, (enum probe_mode)i, &one);
+			res[i].hist = one.hist; /* same buckets, updated count/min/max/sum */
+			res[i].flushes += one.flushes;
+			res[i].elapsed_s += one.elapsed_s;
+			if (res[i].error < 0) {
+				fprintf(stderr, "dotspool-diskprobe: %s: %s\n", mode_names[i],
+					strerror(-res[i].error));
+				status = 1;
+			}
+		}
+	}
+	return status;
+}
+
+/* One JSON object (--json) or a table. */
+static void print_results(const struct probe_opts *o, const struct probe_result *res)
+{
+	if (o->json) {
+		printf("{\"dir\":\"%s\",\"block_bytes\":%zu,\"modes\":{", o->dir, o->block_bytes);
+		const char *sep = "";
+		for (int i = 0; i < MODE_COUNT; i++) {
+			if (!o->modes[i])
+				continue;
+			const struct bench_hist *h = &res[i].hist;
+			printf("%s\"%s\":{\"ok\":%s,\"flushes\":%llu,\"flushes_per_s\":%.1f,\"p50_us\":%.1f,"
+			       "\"p99_us\":%.1f,\"max_us\":%.1f,\"mean_us\":%.1f}",
+			       sep, mode_names[i], res[i].error ? "false" : "true",
+			       (unsigned long long)res[i].flushes,
+			       res[i].elapsed_s > 0 ? (double)res[i].flushes / res[i].elapsed_s : 0,
+			       (double)bench_hist_percentile(h, 50) / 1e3,
+			       (double)bench_hist_percentile(h, 99) / 1e3, (double)bench_hist_max(h) / 1e3,
+			       bench_hist_mean(h) / 1e3);
+			sep = ",";
+		}
+		printf("}}\n");
+	} else {
+		printf("dotspool-diskprobe: %s, %zu-byte writes\n", o->dir, o->block_bytes);
+		printf("%-12s %9s %12s %10s %10s %10s   (microseconds)\n", "mode", "flushes", "flushes/s",
+		       "p50", "p99", "max");
+		for (int i = 0; i < MODE_COUNT; i++) {
+			if (!o->modes[i] || res[i].error)
+				continue;
+			const struct bench_hist *h = &res[i].hist;
+			printf("%-12s %9llu %12.1f %10.1f %10.1f %10.1f\n", mode_names[i],
+			       (unsigned long long)res[i].flushes,
+			       res[i].elapsed_s > 0 ? (double)res[i].flushes / res[i].elapsed_s : 0,
+			       (double)bench_hist_percentile(h, 50) / 1e3,
+			       (double)bench_hist_percentile(h, 99) / 1e3, (double)bench_hist_max(h) / 1e3);
+		}
+	}
+}
+
 int main(int argc, char **argv)
 {
 	struct probe_opts o = {.dir = ".",
@@ -248,67 +316,12 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	struct probe_result res[MODE_COUNT] = {0};
-	int status = 0;
 	for (int i = 0; i < MODE_COUNT; i++)
 		if (o.modes[i] &&
 		    bench_hist_init(&res[i].hist, BENCH_HIST_MAX_NS, BENCH_HIST_SUB_BITS_DEFAULT) < 0)
 			return 2;
-	/*
-	 * Rounds interleave the modes (A B C A B C ...) so that a noisy
-	 * neighbour on a shared disk hits every mode alike, not just one.
-	 */
-	struct probe_opts ro = o;
-	ro.count = DS_MAX(o.count / o.rounds, 1ull);
-	ro.duration_s = o.duration_s / o.rounds;
-	for (uint32_t round = 0; round < o.rounds; round++) {
-		for (int i = 0; i < MODE_COUNT; i++) {
-			if (!o.modes[i] || res[i].error < 0)
-				continue;
-			struct probe_result one = res[i];
-			res[i].error = probe_mode(&ro, (enum probe_mode)i, &one);
-			res[i].hist = one.hist; /* same buckets, updated count/min/max/sum */
-			res[i].flushes += one.flushes;
-			res[i].elapsed_s += one.elapsed_s;
-			if (res[i].error < 0) {
-				fprintf(stderr, "dotspool-diskprobe: %s: %s\n", mode_names[i],
-					strerror(-res[i].error));
-				status = 1;
-			}
-		}
-	}
-	if (o.json) {
-		printf("{\"dir\":\"%s\",\"block_bytes\":%zu,\"modes\":{", o.dir, o.block_bytes);
-		const char *sep = "";
-		for (int i = 0; i < MODE_COUNT; i++) {
-			if (!o.modes[i])
-				continue;
-			const struct bench_hist *h = &res[i].hist;
-			printf("%s\"%s\":{\"ok\":%s,\"flushes\":%llu,\"flushes_per_s\":%.1f,\"p50_us\":%.1f,"
-			       "\"p99_us\":%.1f,\"max_us\":%.1f,\"mean_us\":%.1f}",
-			       sep, mode_names[i], res[i].error ? "false" : "true",
-			       (unsigned long long)res[i].flushes,
-			       res[i].elapsed_s > 0 ? (double)res[i].flushes / res[i].elapsed_s : 0,
-			       (double)bench_hist_percentile(h, 50) / 1e3,
-			       (double)bench_hist_percentile(h, 99) / 1e3, (double)bench_hist_max(h) / 1e3,
-			       bench_hist_mean(h) / 1e3);
-			sep = ",";
-		}
-		printf("}}\n");
-	} else {
-		printf("dotspool-diskprobe: %s, %zu-byte writes\n", o.dir, o.block_bytes);
-		printf("%-12s %9s %12s %10s %10s %10s   (microseconds)\n", "mode", "flushes", "flushes/s",
-		       "p50", "p99", "max");
-		for (int i = 0; i < MODE_COUNT; i++) {
-			if (!o.modes[i] || res[i].error)
-				continue;
-			const struct bench_hist *h = &res[i].hist;
-			printf("%-12s %9llu %12.1f %10.1f %10.1f %10.1f\n", mode_names[i],
-			       (unsigned long long)res[i].flushes,
-			       res[i].elapsed_s > 0 ? (double)res[i].flushes / res[i].elapsed_s : 0,
-			       (double)bench_hist_percentile(h, 50) / 1e3,
-			       (double)bench_hist_percentile(h, 99) / 1e3, (double)bench_hist_max(h) / 1e3);
-		}
-	}
+	int status = probe_rounds(&o, res);
+	print_results(&o, res);
 	for (int i = 0; i < MODE_COUNT; i++)
 		if (o.modes[i])
 			bench_hist_free(&res[i].hist);

@@ -30,16 +30,31 @@
 
 #define DS_VERSION "0.1.0"
 
-/*
- * Command line: --name value or --name=value for every option of
- * daemon/options.c, plus --config FILE, --check-config FILE, --help, --version.
- * The file is read first, then the command line overrides it.
- */
-static int parse_args(struct io_config *cfg, int argc, char **argv)
+/* --check-config FILE: load and check FILE alone, say so, exit 0 or 1. */
+static void check_config_and_exit(struct io_config *cfg, const char *path)
 {
 	char err[768];
-	const char *config = NULL;
+	if (daemon_config_load_file(cfg, path, err, sizeof(err)) < 0) {
+		fprintf(stderr, "dotspool: %s\n", err);
+		exit(1);
+	}
+	/* A constraint between keys has no line to blame: name the file. */
+	if (daemon_config_finish(cfg, err, sizeof(err)) < 0) {
+		fprintf(stderr, "dotspool: %s: %s\n", path, err);
+		exit(1);
+	}
+	printf("dotspool: %s: OK\n", path);
+	exit(0);
+}
 
+/*
+ * First pass: the arguments that act before any option (--help, --version,
+ * --check-config exit here). Returns 0 with *config the --config FILE (or
+ * NULL), or -EINVAL.
+ */
+static int scan_special_args(struct io_config *cfg, int argc, char **argv, const char **config)
+{
+	*config = NULL;
 	for (int i = 1; i < argc; i++) {
 		const char *a = argv[i];
 		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -55,65 +70,76 @@ static int parse_args(struct io_config *cfg, int argc, char **argv)
 				fprintf(stderr, "dotspool: %s needs a FILE\n", a);
 				return -EINVAL;
 			}
-			bool check = !strcmp(a, "--check-config");
-			config = argv[++i];
-			if (check) {
-				if (daemon_config_load_file(cfg, config, err, sizeof(err)) < 0) {
-					fprintf(stderr, "dotspool: %s\n", err);
-					exit(1);
-				}
-				/* A constraint between keys has no line to blame: name the file. */
-				if (daemon_config_finish(cfg, err, sizeof(err)) < 0) {
-					fprintf(stderr, "dotspool: %s: %s\n", config, err);
-					exit(1);
-				}
-				printf("dotspool: %s: OK\n", config);
-				exit(0);
-			}
+			*config = argv[++i];
+			if (!strcmp(a, "--check-config"))
+				check_config_and_exit(cfg, *config);
 		}
 	}
+	return 0;
+}
+
+/* One --name value or --name=value at argv[*i]; *i moves past its value. */
+static int apply_arg(struct io_config *cfg, int argc, char **argv, int *i)
+{
+	char err[768];
+	const char *a = argv[*i];
+	if (strncmp(a, "--", 2) != 0) {
+		fprintf(stderr, "dotspool: unexpected argument '%s' (see --help)\n", a);
+		return -EINVAL;
+	}
+	char name[64];
+	const char *value = NULL;
+	const char *eq = strchr(a + 2, '=');
+	size_t n = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+	if (n >= sizeof(name)) {
+		fprintf(stderr, "dotspool: unknown option '%s' (see --help)\n", a);
+		return -EINVAL;
+	}
+	memcpy(name, a + 2, n);
+	name[n] = 0;
+	if (!daemon_option_known(name)) {
+		fprintf(stderr, "dotspool: unknown option '%s' (see --help)\n", a);
+		return -EINVAL;
+	}
+	if (eq) {
+		value = eq + 1;
+	} else if (daemon_option_takes_value(name)) {
+		if (*i + 1 >= argc) {
+			fprintf(stderr, "dotspool: --%s needs a value\n", name);
+			return -EINVAL;
+		}
+		value = argv[++*i];
+	}
+	if (daemon_option_apply(cfg, name, value, err, sizeof(err)) < 0) {
+		fprintf(stderr, "dotspool: --%s\n", err);
+		return -EINVAL;
+	}
+	return 0;
+}
+
+/*
+ * Command line: --name value or --name=value for every option of
+ * daemon/options.c, plus --config FILE, --check-config FILE, --help, --version.
+ * The file is read first, then the command line overrides it.
+ */
+static int parse_args(struct io_config *cfg, int argc, char **argv)
+{
+	char err[768];
+	const char *config;
+	if (scan_special_args(cfg, argc, argv, &config) < 0)
+		return -EINVAL;
 	if (config && daemon_config_load_file(cfg, config, err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotspool: %s\n", err);
 		return -EINVAL;
 	}
 	daemon_config_begin_source(cfg);
 	for (int i = 1; i < argc; i++) {
-		const char *a = argv[i];
-		if (!strcmp(a, "--config")) {
+		if (!strcmp(argv[i], "--config")) {
 			i++;
 			continue;
 		}
-		if (strncmp(a, "--", 2) != 0) {
-			fprintf(stderr, "dotspool: unexpected argument '%s' (see --help)\n", a);
+		if (apply_arg(cfg, argc, argv, &i) < 0)
 			return -EINVAL;
-		}
-		char name[64];
-		const char *value = NULL;
-		const char *eq = strchr(a + 2, '=');
-		size_t n = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
-		if (n >= sizeof(name)) {
-			fprintf(stderr, "dotspool: unknown option '%s' (see --help)\n", a);
-			return -EINVAL;
-		}
-		memcpy(name, a + 2, n);
-		name[n] = 0;
-		if (!daemon_option_known(name)) {
-			fprintf(stderr, "dotspool: unknown option '%s' (see --help)\n", a);
-			return -EINVAL;
-		}
-		if (eq) {
-			value = eq + 1;
-		} else if (daemon_option_takes_value(name)) {
-			if (i + 1 >= argc) {
-				fprintf(stderr, "dotspool: --%s needs a value\n", name);
-				return -EINVAL;
-			}
-			value = argv[++i];
-		}
-		if (daemon_option_apply(cfg, name, value, err, sizeof(err)) < 0) {
-			fprintf(stderr, "dotspool: --%s\n", err);
-			return -EINVAL;
-		}
 	}
 	if (daemon_config_finish(cfg, err, sizeof(err)) < 0) {
 		fprintf(stderr, "dotspool: %s\n", err);
@@ -190,6 +216,144 @@ static void shared_destroy(struct io_shared *sh)
 	}
 }
 
+/*
+ * The spool directory, locked and recovered. One server per spool: a second
+ * one would recover the first one's open segments and race it for segment
+ * numbers. The lock lives as long as the process (the descriptor is never
+ * closed); dotspool-ctl only reads and does not take it.
+ */
+static int spool_prepare(const struct io_config *cfg)
+{
+	int ret = mkdir_p(cfg->spool_dir);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: spool %s: %s\n", cfg->spool_dir, strerror(-ret));
+		return ret;
+	}
+	char lock_path[4200];
+	snprintf(lock_path, sizeof(lock_path), "%s/dotspool.lock", cfg->spool_dir);
+	int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
+	if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		int err = errno;
+		fprintf(stderr, "dotspool: spool %s: %s\n", cfg->spool_dir,
+			err == EWOULDBLOCK ? "in use by another dotspool (lock held on dotspool.lock)"
+					   : strerror(err));
+		return -err;
+	}
+	struct spool_recovery_report rep;
+	memset(&rep, 0, sizeof(rep));
+	ret = spool_recover(&cfg->spool, &rep);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: spool recovery failed: %s\n", strerror(-ret));
+		return ret;
+	}
+	fputs("dotspool: ", stderr);
+	spool_recovery_report_print(&rep, stderr);
+	return 0;
+}
+
+/* What the workers share: the per-address limits, one metrics block each, the log. */
+static int shared_create(struct io_shared *sh, const struct io_config *cfg)
+{
+	int ret = io_iplimit_create(&sh->iplimit, cfg->max_connections);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: start-up failed: %s\n", strerror(-ret));
+		return ret;
+	}
+	for (uint32_t i = 0; i < cfg->threads; i++) {
+		/* Cache-line aligned: two workers' counters never share a line. */
+		sh->metrics[i] = aligned_alloc(64, (sizeof(struct obs_metrics) + 63) & ~(size_t)63);
+		if (!sh->metrics[i]) {
+			fprintf(stderr, "dotspool: start-up failed: %s\n", strerror(ENOMEM));
+			return -ENOMEM;
+		}
+		obs_metrics_init(sh->metrics[i]);
+	}
+	sh->metrics_count = cfg->threads;
+	enum obs_log_level level = OBS_LOG_INFO;
+	obs_log_level_parse(cfg->log_level, &level);
+	ret = obs_log_create(&sh->log, cfg->threads + 1, cfg->log_ring_size, stderr, level);
+	if (ret == 0)
+		ret = obs_log_start(sh->log);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: log: %s\n", strerror(-ret));
+		return ret;
+	}
+	return 0;
+}
+
+/*
+ * Create and start every worker, and wait until each has its ring and its
+ * spool lane. On failure the caller tears down workers[0, *created).
+ */
+static int workers_start(struct io_shared *sh, const struct io_config *cfg, struct io_worker **workers,
+			 uint32_t *created, uint32_t *started)
+{
+	int ret = 0;
+	for (uint32_t i = 0; i < cfg->threads; i++) {
+		ret = io_worker_create(&workers[i], cfg, sh, i);
+		if (ret < 0)
+			break;
+		++*created;
+		ret = io_worker_start(workers[i]);
+		if (ret < 0)
+			break;
+		++*started;
+	}
+	if (ret < 0) {
+		/* Worker `started` is the one that could not be created or started. */
+		fprintf(stderr, "dotspool: start-up failed: worker %u: %s\n", *started, strerror(-ret));
+		return ret;
+	}
+	/* "ready" only once every worker has its ring and its spool lane. */
+	while (atomic_load(&sh->workers_ready) + atomic_load(&sh->workers_failed) < *started) {
+		struct timespec ts = {0, 2 * 1000 * 1000};
+		nanosleep(&ts, NULL);
+	}
+	unsigned failed = atomic_load(&sh->workers_failed);
+	if (failed) {
+		fprintf(stderr, "dotspool: start-up failed: %u of %u worker(s) could not start\n", failed,
+			*started);
+		return -EIO;
+	}
+	return 0;
+}
+
+static void announce_ready(const struct io_config *cfg)
+{
+	for (uint32_t i = 0; i < cfg->listen_count; i++)
+		fprintf(stderr, "dotspool: listening on %s (%s)\n", cfg->listen[i].text,
+			cfg->listen[i].kind == IO_LISTEN_LMTP	      ? "lmtp"
+			: cfg->listen[i].kind == IO_LISTEN_SMTP_PROXY ? "smtp+proxy"
+								      : "smtp");
+	if (cfg->metrics_listen[0])
+		fprintf(stderr, "dotspool: metrics on http://%s/metrics\n", cfg->metrics_listen);
+	if (cfg->tls_cert[0])
+		fprintf(stderr, "dotspool: STARTTLS offered (TLS 1.2, %s)\n", cfg->tls_cert);
+	fprintf(stderr, "dotspool: %u worker(s), spool %s, ready\n", cfg->threads, cfg->spool_dir);
+}
+
+/* Until SIGTERM or SIGINT; SIGHUP makes every worker reload the TLS certificate and key. */
+static void wait_for_stop(const sigset_t *sigs, struct io_shared *sh, const struct io_config *cfg,
+			  struct io_worker **workers, uint32_t started)
+{
+	for (;;) {
+		int sig = 0;
+		if (sigwait(sigs, &sig) != 0)
+			continue;
+		if (sig == SIGHUP) {
+			/* Workers reload the TLS certificate and key from their own loops. */
+			fprintf(stderr, "dotspool: SIGHUP: reloading\n");
+			atomic_fetch_add(&sh->reload_gen, 1);
+			for (uint32_t i = 0; i < started; i++)
+				io_worker_wake(workers[i]);
+			continue;
+		}
+		fprintf(stderr, "dotspool: %s: stopping (up to %u s for transactions in flight)\n",
+			sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg->shutdown_timeout_s);
+		return;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	static struct io_config cfg;
@@ -206,61 +370,11 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile(cfg.max_connections);
-
-	int ret = mkdir_p(cfg.spool_dir);
-	if (ret < 0) {
-		fprintf(stderr, "dotspool: spool %s: %s\n", cfg.spool_dir, strerror(-ret));
+	if (spool_prepare(&cfg) < 0)
 		return 1;
-	}
-	/*
-	 * One server per spool: a second one would recover the first one's
-	 * open segments and race it for segment numbers. The lock lives as long
-	 * as the process (the descriptor is never closed); dotspool-ctl only
-	 * reads and does not take it.
-	 */
-	char lock_path[4200];
-	snprintf(lock_path, sizeof(lock_path), "%s/dotspool.lock", cfg.spool_dir);
-	int lock_fd = open(lock_path, O_RDWR | O_CREAT | O_CLOEXEC, 0640);
-	if (lock_fd < 0 || flock(lock_fd, LOCK_EX | LOCK_NB) < 0) {
-		fprintf(stderr, "dotspool: spool %s: %s\n", cfg.spool_dir,
-			errno == EWOULDBLOCK ? "in use by another dotspool (lock held on dotspool.lock)"
-					     : strerror(errno));
-		return 1;
-	}
-	struct spool_recovery_report rep;
-	memset(&rep, 0, sizeof(rep));
-	ret = spool_recover(&cfg.spool, &rep);
-	if (ret < 0) {
-		fprintf(stderr, "dotspool: spool recovery failed: %s\n", strerror(-ret));
-		return 1;
-	}
-	fputs("dotspool: ", stderr);
-	spool_recovery_report_print(&rep, stderr);
 
 	static struct io_shared sh;
-	ret = io_iplimit_create(&sh.iplimit, cfg.max_connections);
-	if (ret < 0) {
-		fprintf(stderr, "dotspool: start-up failed: %s\n", strerror(-ret));
-		return 1;
-	}
-	for (uint32_t i = 0; i < cfg.threads; i++) {
-		/* Cache-line aligned: two workers' counters never share a line. */
-		sh.metrics[i] = aligned_alloc(64, (sizeof(struct obs_metrics) + 63) & ~(size_t)63);
-		if (!sh.metrics[i]) {
-			fprintf(stderr, "dotspool: start-up failed: %s\n", strerror(ENOMEM));
-			shared_destroy(&sh);
-			return 1;
-		}
-		obs_metrics_init(sh.metrics[i]);
-	}
-	sh.metrics_count = cfg.threads;
-	enum obs_log_level level = OBS_LOG_INFO;
-	obs_log_level_parse(cfg.log_level, &level);
-	ret = obs_log_create(&sh.log, cfg.threads + 1, cfg.log_ring_size, stderr, level);
-	if (ret == 0)
-		ret = obs_log_start(sh.log);
-	if (ret < 0) {
-		fprintf(stderr, "dotspool: log: %s\n", strerror(-ret));
+	if (shared_create(&sh, &cfg) < 0) {
 		shared_destroy(&sh);
 		return 1;
 	}
@@ -271,63 +385,13 @@ int main(int argc, char **argv)
 	 */
 	struct io_worker *workers[IO_THREADS_MAX] = {0};
 	uint32_t created = 0, started = 0;
-	for (uint32_t i = 0; i < cfg.threads; i++) {
-		ret = io_worker_create(&workers[i], &cfg, &sh, i);
-		if (ret < 0)
-			break;
-		created++;
-		ret = io_worker_start(workers[i]);
-		if (ret < 0)
-			break;
-		started++;
-	}
-	if (ret < 0) {
-		/* Worker `started` is the one that could not be created or started. */
-		fprintf(stderr, "dotspool: start-up failed: worker %u: %s\n", started, strerror(-ret));
+	if (workers_start(&sh, &cfg, workers, &created, &started) < 0) {
 		workers_teardown(&sh, workers, created);
 		shared_destroy(&sh);
 		return 1;
 	}
-	/* "ready" only once every worker has its ring and its spool lane. */
-	while (atomic_load(&sh.workers_ready) + atomic_load(&sh.workers_failed) < started) {
-		struct timespec ts = {0, 2 * 1000 * 1000};
-		nanosleep(&ts, NULL);
-	}
-	unsigned failed = atomic_load(&sh.workers_failed);
-	if (failed) {
-		fprintf(stderr, "dotspool: start-up failed: %u of %u worker(s) could not start\n", failed,
-			started);
-		workers_teardown(&sh, workers, created);
-		shared_destroy(&sh);
-		return 1;
-	}
-	for (uint32_t i = 0; i < cfg.listen_count; i++)
-		fprintf(stderr, "dotspool: listening on %s (%s)\n", cfg.listen[i].text,
-			cfg.listen[i].kind == IO_LISTEN_LMTP	     ? "lmtp"
-			: cfg.listen[i].kind == IO_LISTEN_SMTP_PROXY ? "smtp+proxy"
-								     : "smtp");
-	if (cfg.metrics_listen[0])
-		fprintf(stderr, "dotspool: metrics on http://%s/metrics\n", cfg.metrics_listen);
-	if (cfg.tls_cert[0])
-		fprintf(stderr, "dotspool: STARTTLS offered (TLS 1.2, %s)\n", cfg.tls_cert);
-	fprintf(stderr, "dotspool: %u worker(s), spool %s, ready\n", cfg.threads, cfg.spool_dir);
-
-	for (;;) {
-		int sig = 0;
-		if (sigwait(&sigs, &sig) != 0)
-			continue;
-		if (sig == SIGHUP) {
-			/* Workers reload the TLS certificate and key from their own loops. */
-			fprintf(stderr, "dotspool: SIGHUP: reloading\n");
-			atomic_fetch_add(&sh.reload_gen, 1);
-			for (uint32_t i = 0; i < started; i++)
-				io_worker_wake(workers[i]);
-			continue;
-		}
-		fprintf(stderr, "dotspool: %s: stopping (up to %u s for transactions in flight)\n",
-			sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg.shutdown_timeout_s);
-		break;
-	}
+	announce_ready(&cfg);
+	wait_for_stop(&sigs, &sh, &cfg, workers, started);
 	int rc = workers_teardown(&sh, workers, created);
 	shared_destroy(&sh);
 	fprintf(stderr, "dotspool: stopped\n");

@@ -255,6 +255,100 @@ void daemon_config_begin_source(struct io_config *cfg)
 	cfg->domains_from_source = false;
 }
 
+/* OPT_U32, OPT_U64: a number in the option's range, with its further rules. */
+static int apply_number(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
+			size_t errcap)
+{
+	const char *name = d->name;
+	uint8_t *base = (uint8_t *)cfg;
+	uint64_t v;
+	if (parse_u64(value, &v) < 0 || v < d->min || v > d->max)
+		return fail(err, errcap, "'%s': '%s' is not a number in [%llu, %llu]", name, value,
+			    (unsigned long long)d->min, (unsigned long long)d->max);
+	if ((!strcmp(name, "recv-buffers") || !strcmp(name, "log-buffer-size")) && (v & (v - 1)))
+		return fail(err, errcap, "'%s': '%s' is not a power of 2", name, value);
+	if (!strcmp(name, "segment-size") && (v & 4095))
+		return fail(err, errcap, "'%s': '%s' is not a multiple of 4096", name, value);
+	if (d->kind == OPT_U32)
+		*(uint32_t *)(base + d->off) = (uint32_t)v;
+	else
+		*(uint64_t *)(base + d->off) = v;
+	return 0;
+}
+
+/* OPT_STR: a word, checked by what it names (an address, a write mode, a log level). */
+static int apply_string(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
+			size_t errcap)
+{
+	const char *name = d->name;
+	uint8_t *base = (uint8_t *)cfg;
+	size_t n = strlen(value);
+	if (n < d->min || n > d->max || strpbrk(value, " \t\r\n"))
+		return fail(err, errcap, "'%s': bad value '%s' (1..%llu characters, no spaces)", name, value,
+			    (unsigned long long)d->max);
+	if (!strcmp(name, "metrics") && parse_addr(value, &cfg->metrics_addr, &cfg->metrics_addr_len) < 0)
+		return fail(err, errcap, "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name, value);
+	if (!strcmp(name, "spool-io")) {
+		/* Not a string field: the spool's write mode. */
+		enum spool_io_mode *mode = (enum spool_io_mode *)(base + d->off);
+		if (!strcmp(value, "buffered"))
+			*mode = SPOOL_IO_BUFFERED;
+		else if (!strcmp(value, "direct"))
+			*mode = SPOOL_IO_DIRECT;
+		else
+			return fail(err, errcap, "'%s': '%s' is not one of buffered, direct", name, value);
+		return 0;
+	}
+	enum obs_log_level lvl;
+	if (!strcmp(name, "log-level") && obs_log_level_parse(value, &lvl) < 0)
+		return fail(err, errcap, "'%s': '%s' is not one of error, warn, info, debug", name, value);
+	memcpy(base + d->off, value, n + 1);
+	return 0;
+}
+
+/* A list option (listeners, domains): the first item of a source replaces the earlier source's. */
+static void list_from_source(bool *from_source, uint32_t *count)
+{
+	if (!*from_source) {
+		*count = 0;
+		*from_source = true;
+	}
+}
+
+/* OPT_LISTEN: one more listener. */
+static int apply_listen(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
+			size_t errcap)
+{
+	list_from_source(&cfg->listen_from_source, &cfg->listen_count);
+	if (cfg->listen_count >= IO_LISTEN_MAX)
+		return fail(err, errcap, "at most %d listeners", IO_LISTEN_MAX);
+	struct io_listen_spec *l = &cfg->listen[cfg->listen_count];
+	if (strlen(value) >= sizeof(l->text) || parse_addr(value, &l->addr, &l->addr_len) < 0)
+		return fail(err, errcap, "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", d->name,
+			    value);
+	l->kind = (enum io_listen_kind)d->listen_kind;
+	snprintf(l->text, sizeof(l->text), "%s", value);
+	cfg->listen_count++;
+	return 0;
+}
+
+/* OPT_DOMAIN: one more accepted domain. */
+static int apply_domain(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
+			size_t errcap)
+{
+	list_from_source(&cfg->domains_from_source, &cfg->accept_domain_count);
+	size_t n = strlen(value);
+	if (n == 0 || n > 255 || strpbrk(value, " \t\r\n@[]<>"))
+		return fail(err, errcap, "'%s': bad domain '%s'", d->name, value);
+	if (cfg->accept_domain_count >= IO_DOMAIN_MAX)
+		return fail(err, errcap, "at most %d accepted domains", IO_DOMAIN_MAX);
+	char *copy = strdup(value);
+	if (!copy)
+		return fail(err, errcap, "out of memory");
+	cfg->accept_domains[cfg->accept_domain_count++] = copy;
+	return 0;
+}
+
 int daemon_option_apply(struct io_config *cfg, const char *name, const char *value, char *err, size_t errcap)
 {
 	const struct opt_def *d = opt_find(name);
@@ -269,96 +363,24 @@ int daemon_option_apply(struct io_config *cfg, const char *name, const char *val
 		return fail(err, errcap, "unknown option '%s'", name);
 	if (d->kind != OPT_FLAG_NEG && !value)
 		return fail(err, errcap, "'%s' needs a value", name);
-	uint8_t *base = (uint8_t *)cfg;
-	uint64_t v;
+	bool *flag = (bool *)((uint8_t *)cfg + d->off);
 	switch (d->kind) {
 	case OPT_U32:
 	case OPT_U64:
-		if (parse_u64(value, &v) < 0 || v < d->min || v > d->max)
-			return fail(err, errcap, "'%s': '%s' is not a number in [%llu, %llu]", name, value,
-				    (unsigned long long)d->min, (unsigned long long)d->max);
-		if ((!strcmp(name, "recv-buffers") || !strcmp(name, "log-buffer-size")) && (v & (v - 1)))
-			return fail(err, errcap, "'%s': '%s' is not a power of 2", name, value);
-		if (!strcmp(name, "segment-size") && (v & 4095))
-			return fail(err, errcap, "'%s': '%s' is not a multiple of 4096", name, value);
-		if (d->kind == OPT_U32)
-			*(uint32_t *)(base + d->off) = (uint32_t)v;
-		else
-			*(uint64_t *)(base + d->off) = v;
-		return 0;
-	case OPT_BOOL: {
-		bool b;
-		if (parse_bool(value, &b) < 0)
+		return apply_number(cfg, d, value, err, errcap);
+	case OPT_BOOL:
+		if (parse_bool(value, flag) < 0)
 			return fail(err, errcap, "'%s': '%s' is not a boolean (true/false)", name, value);
-		*(bool *)(base + d->off) = b;
 		return 0;
-	}
 	case OPT_FLAG_NEG:
-		*(bool *)(base + d->off) = false;
+		*flag = false;
 		return 0;
-	case OPT_STR: {
-		size_t n = strlen(value);
-		if (n < d->min || n > d->max || strpbrk(value, " \t\r\n"))
-			return fail(err, errcap, "'%s': bad value '%s' (1..%llu characters, no spaces)", name,
-				    value, (unsigned long long)d->max);
-		if (!strcmp(name, "metrics")) {
-			if (parse_addr(value, &cfg->metrics_addr, &cfg->metrics_addr_len) < 0)
-				return fail(err, errcap,
-					    "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name,
-					    value);
-		}
-		if (!strcmp(name, "spool-io")) {
-			/* Not a string field: the spool's write mode. */
-			enum spool_io_mode *mode = (enum spool_io_mode *)(base + d->off);
-			if (!strcmp(value, "buffered"))
-				*mode = SPOOL_IO_BUFFERED;
-			else if (!strcmp(value, "direct"))
-				*mode = SPOOL_IO_DIRECT;
-			else
-				return fail(err, errcap, "'%s': '%s' is not one of buffered, direct", name,
-					    value);
-			return 0;
-		}
-		enum obs_log_level lvl;
-		if (!strcmp(name, "log-level") && obs_log_level_parse(value, &lvl) < 0)
-			return fail(err, errcap, "'%s': '%s' is not one of error, warn, info, debug", name,
-				    value);
-		char *dst = (char *)(base + d->off);
-		memcpy(dst, value, n + 1);
-		return 0;
-	}
-	case OPT_LISTEN: {
-		if (!cfg->listen_from_source) {
-			cfg->listen_count = 0;
-			cfg->listen_from_source = true;
-		}
-		if (cfg->listen_count >= IO_LISTEN_MAX)
-			return fail(err, errcap, "at most %d listeners", IO_LISTEN_MAX);
-		struct io_listen_spec *l = &cfg->listen[cfg->listen_count];
-		if (strlen(value) >= sizeof(l->text) || parse_addr(value, &l->addr, &l->addr_len) < 0)
-			return fail(err, errcap, "'%s': bad address '%s' (want IP:PORT or [IPv6]:PORT)", name,
-				    value);
-		l->kind = (enum io_listen_kind)d->listen_kind;
-		snprintf(l->text, sizeof(l->text), "%s", value);
-		cfg->listen_count++;
-		return 0;
-	}
-	case OPT_DOMAIN: {
-		if (!cfg->domains_from_source) {
-			cfg->accept_domain_count = 0;
-			cfg->domains_from_source = true;
-		}
-		size_t n = strlen(value);
-		if (n == 0 || n > 255 || strpbrk(value, " \t\r\n@[]<>"))
-			return fail(err, errcap, "'%s': bad domain '%s'", name, value);
-		if (cfg->accept_domain_count >= IO_DOMAIN_MAX)
-			return fail(err, errcap, "at most %d accepted domains", IO_DOMAIN_MAX);
-		char *copy = strdup(value);
-		if (!copy)
-			return fail(err, errcap, "out of memory");
-		cfg->accept_domains[cfg->accept_domain_count++] = copy;
-		return 0;
-	}
+	case OPT_STR:
+		return apply_string(cfg, d, value, err, errcap);
+	case OPT_LISTEN:
+		return apply_listen(cfg, d, value, err, errcap);
+	case OPT_DOMAIN:
+		return apply_domain(cfg, d, value, err, errcap);
 	}
 	return fail(err, errcap, "internal: bad option kind");
 }

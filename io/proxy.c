@@ -184,6 +184,29 @@ static int io_proxy_v2_tlvs(const uint8_t *p, size_t n)
 	return 0;
 }
 
+/* The v2 address block of a TCP4 or TCP6 header: source and destination, addresses and ports. */
+static int io_proxy_v2_addrs(const uint8_t *a, uint8_t fam, struct io_proxy_result *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->version = 2;
+	if (fam == IO_PROXY_V2_FAM_TCP4) {
+		r->family = AF_INET;
+		if (!inet_ntop(AF_INET, a, r->src_addr, sizeof(r->src_addr)) ||
+		    !inet_ntop(AF_INET, a + 4, r->dst_addr, sizeof(r->dst_addr)))
+			return -EINVAL;
+		a += 8;
+	} else {
+		r->family = AF_INET6;
+		if (!inet_ntop(AF_INET6, a, r->src_addr, sizeof(r->src_addr)) ||
+		    !inet_ntop(AF_INET6, a + 16, r->dst_addr, sizeof(r->dst_addr)))
+			return -EINVAL;
+		a += 32;
+	}
+	r->src_port = (uint16_t)((a[0] << 8) | a[1]);
+	r->dst_port = (uint16_t)((a[2] << 8) | a[3]);
+	return 0;
+}
+
 static int io_proxy_v2(const uint8_t *buf, size_t len, struct io_proxy_result *res)
 {
 	size_t cmp = DS_MIN(len, sizeof(io_proxy_v2_sig));
@@ -238,24 +261,8 @@ static int io_proxy_v2(const uint8_t *buf, size_t len, struct io_proxy_result *r
 	if (io_proxy_v2_tlvs(buf + IO_PROXY_V2_HDR_BYTES + addr_len, body_len - addr_len))
 		return -EINVAL;
 
-	memset(&r, 0, sizeof(r));
-	r.version = 2;
-	const uint8_t *a = buf + IO_PROXY_V2_HDR_BYTES;
-	if (fam == IO_PROXY_V2_FAM_TCP4) {
-		r.family = AF_INET;
-		if (!inet_ntop(AF_INET, a, r.src_addr, sizeof(r.src_addr)) ||
-		    !inet_ntop(AF_INET, a + 4, r.dst_addr, sizeof(r.dst_addr)))
-			return -EINVAL;
-		a += 8;
-	} else {
-		r.family = AF_INET6;
-		if (!inet_ntop(AF_INET6, a, r.src_addr, sizeof(r.src_addr)) ||
-		    !inet_ntop(AF_INET6, a + 16, r.dst_addr, sizeof(r.dst_addr)))
-			return -EINVAL;
-		a += 32;
-	}
-	r.src_port = (uint16_t)((a[0] << 8) | a[1]);
-	r.dst_port = (uint16_t)((a[2] << 8) | a[3]);
+	if (io_proxy_v2_addrs(buf + IO_PROXY_V2_HDR_BYTES, fam, &r))
+		return -EINVAL;
 	*res = r;
 	return (int)total;
 }

@@ -195,6 +195,75 @@ static void cfg_put(struct io_tls_cfg *cfg)
 	free(cfg);
 }
 
+/*
+ * The certificate chain and its key: both parse, the key is the leaf's, and
+ * it is RSA or ECDSA. 0, or non-zero (the failing mbedTLS code, or 1) with
+ * err set.
+ */
+static int cfg_load_pair(struct io_tls_cfg *cfg, const char *cert_path, const char *key_path, char *err,
+			 size_t errcap)
+{
+	int r = mbedtls_x509_crt_parse_file(&cfg->chain, cert_path);
+	if (r != 0) {
+		/* >0: some certificates of the file did not parse: refuse a half-read chain. */
+		set_err(err, errcap, "tls: cannot load certificate chain", cert_path, r < 0 ? r : 0);
+		return r;
+	}
+	r = mbedtls_pk_parse_keyfile(&cfg->key, key_path, NULL);
+	if (r != 0) {
+		set_err(err, errcap, "tls: cannot load private key", key_path, r);
+		return r;
+	}
+	/* The first certificate of the file is the leaf: the key must be its. */
+	r = mbedtls_pk_check_pair(&cfg->chain.pk, &cfg->key);
+	if (r != 0) {
+		set_err(err, errcap, "tls: private key does not match the first certificate of", cert_path,
+			r);
+		return r;
+	}
+	if (!mbedtls_pk_can_do(&cfg->key, MBEDTLS_PK_ECDSA) &&
+	    !mbedtls_pk_can_do(&cfg->key, MBEDTLS_PK_RSA)) {
+		set_err(err, errcap, "tls: key is neither RSA nor ECDSA:", key_path, 0);
+		return 1;
+	}
+	return 0;
+}
+
+/*
+ * The server configuration: TLS 1.2 only, our suites, groups and hashes, no
+ * renegotiation, no client certificates, session tickets, our certificate.
+ * 0, or the failing mbedTLS code with err set.
+ */
+static int cfg_setup_conf(struct io_tls_server *s, struct io_tls_cfg *cfg, char *err, size_t errcap)
+{
+	int r = mbedtls_ssl_config_defaults(&cfg->conf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
+					    MBEDTLS_SSL_PRESET_DEFAULT);
+	if (r != 0) {
+		set_err(err, errcap, "tls: config defaults", NULL, r);
+		return r;
+	}
+	mbedtls_ssl_conf_rng(&cfg->conf, mbedtls_ctr_drbg_random, &s->drbg);
+	mbedtls_ssl_conf_min_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+	mbedtls_ssl_conf_max_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
+	mbedtls_ssl_conf_ciphersuites(&cfg->conf, io_tls_suites);
+	mbedtls_ssl_conf_curves(&cfg->conf, io_tls_groups);
+	mbedtls_ssl_conf_sig_hashes(&cfg->conf, io_tls_sig_hashes);
+	mbedtls_ssl_conf_renegotiation(&cfg->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
+	mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_NONE); /* no client certificates */
+	r = mbedtls_ssl_ticket_setup(&cfg->ticket, mbedtls_ctr_drbg_random, &s->drbg,
+				     MBEDTLS_CIPHER_AES_256_GCM, IO_TLS_TICKET_LIFETIME_S);
+	if (r != 0) {
+		set_err(err, errcap, "tls: session ticket key", NULL, r);
+		return r;
+	}
+	mbedtls_ssl_conf_session_tickets_cb(&cfg->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
+					    &cfg->ticket);
+	r = mbedtls_ssl_conf_own_cert(&cfg->conf, &cfg->chain, &cfg->key);
+	if (r != 0)
+		set_err(err, errcap, "tls: own certificate", NULL, r);
+	return r;
+}
+
 static int cfg_create(struct io_tls_server *s, const char *cert_path, const char *key_path,
 		      struct io_tls_cfg **out, char *err, size_t errcap)
 {
@@ -209,66 +278,18 @@ static int cfg_create(struct io_tls_server *s, const char *cert_path, const char
 	mbedtls_ssl_config_init(&cfg->conf);
 	mbedtls_ssl_ticket_init(&cfg->ticket);
 
-	int rc = -EINVAL;
-	int r = mbedtls_x509_crt_parse_file(&cfg->chain, cert_path);
-	if (r != 0) {
-		/* >0: some certificates of the file did not parse: refuse a half-read chain. */
-		set_err(err, errcap, "tls: cannot load certificate chain", cert_path, r < 0 ? r : 0);
-		goto fail;
+	int r = cfg_load_pair(cfg, cert_path, key_path, err, errcap);
+	if (r == 0)
+		r = cfg_setup_conf(s, cfg, err, errcap);
+	if (r == 0) {
+		*out = cfg;
+		return 0;
 	}
-	r = mbedtls_pk_parse_keyfile(&cfg->key, key_path, NULL);
-	if (r != 0) {
-		set_err(err, errcap, "tls: cannot load private key", key_path, r);
-		goto fail;
-	}
-	/* The first certificate of the file is the leaf: the key must be its. */
-	r = mbedtls_pk_check_pair(&cfg->chain.pk, &cfg->key);
-	if (r != 0) {
-		set_err(err, errcap, "tls: private key does not match the first certificate of", cert_path,
-			r);
-		goto fail;
-	}
-	if (!mbedtls_pk_can_do(&cfg->key, MBEDTLS_PK_ECDSA) &&
-	    !mbedtls_pk_can_do(&cfg->key, MBEDTLS_PK_RSA)) {
-		set_err(err, errcap, "tls: key is neither RSA nor ECDSA:", key_path, 0);
-		goto fail;
-	}
-
-	r = mbedtls_ssl_config_defaults(&cfg->conf, MBEDTLS_SSL_IS_SERVER, MBEDTLS_SSL_TRANSPORT_STREAM,
-					MBEDTLS_SSL_PRESET_DEFAULT);
-	if (r != 0) {
-		set_err(err, errcap, "tls: config defaults", NULL, r);
-		goto fail;
-	}
-	mbedtls_ssl_conf_rng(&cfg->conf, mbedtls_ctr_drbg_random, &s->drbg);
-	mbedtls_ssl_conf_min_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
-	mbedtls_ssl_conf_max_version(&cfg->conf, MBEDTLS_SSL_MAJOR_VERSION_3, MBEDTLS_SSL_MINOR_VERSION_3);
-	mbedtls_ssl_conf_ciphersuites(&cfg->conf, io_tls_suites);
-	mbedtls_ssl_conf_curves(&cfg->conf, io_tls_groups);
-	mbedtls_ssl_conf_sig_hashes(&cfg->conf, io_tls_sig_hashes);
-	mbedtls_ssl_conf_renegotiation(&cfg->conf, MBEDTLS_SSL_RENEGOTIATION_DISABLED);
-	mbedtls_ssl_conf_authmode(&cfg->conf, MBEDTLS_SSL_VERIFY_NONE); /* no client certificates */
-	r = mbedtls_ssl_ticket_setup(&cfg->ticket, mbedtls_ctr_drbg_random, &s->drbg,
-				     MBEDTLS_CIPHER_AES_256_GCM, IO_TLS_TICKET_LIFETIME_S);
-	if (r != 0) {
-		set_err(err, errcap, "tls: session ticket key", NULL, r);
-		goto fail;
-	}
-	mbedtls_ssl_conf_session_tickets_cb(&cfg->conf, mbedtls_ssl_ticket_write, mbedtls_ssl_ticket_parse,
-					    &cfg->ticket);
-	r = mbedtls_ssl_conf_own_cert(&cfg->conf, &cfg->chain, &cfg->key);
-	if (r != 0) {
-		set_err(err, errcap, "tls: own certificate", NULL, r);
-		goto fail;
-	}
-	*out = cfg;
-	return 0;
-fail:
+	cfg_put(cfg);
 	if (r == MBEDTLS_ERR_SSL_ALLOC_FAILED || r == MBEDTLS_ERR_X509_ALLOC_FAILED ||
 	    r == MBEDTLS_ERR_PK_ALLOC_FAILED)
-		rc = -ENOMEM;
-	cfg_put(cfg);
-	return rc;
+		return -ENOMEM;
+	return -EINVAL;
 }
 
 int io_tls_server_create(struct io_tls_server **out, const char *cert_pem_path, const char *key_pem_path,

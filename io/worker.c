@@ -335,9 +335,14 @@ static void *worker_failed(struct io_worker *w)
 	return NULL;
 }
 
-static void *worker_main(void *arg)
+/*
+ * The thread's own set-up: pinned to its core, its ring, its spool lane.
+ * A worker that cannot start says why, tells the others to stop and leaves
+ * what it set up (ring, buffers, connection table) to io_worker_destroy(),
+ * which main() calls after joining every worker.
+ */
+static int worker_setup(struct io_worker *w)
 {
-	struct io_worker *w = arg;
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
 	if (ncpu > 0) {
 		cpu_set_t set;
@@ -345,17 +350,11 @@ static void *worker_main(void *arg)
 		CPU_SET(w->no % (unsigned)ncpu, &set);
 		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
 	}
-
-	/*
-	 * A worker that cannot start says why, tells the others to stop and
-	 * leaves what it set up (ring, buffers, connection table) to
-	 * io_worker_destroy(), which main() calls after joining every worker.
-	 */
 	int ret = io_ring_init(&w->ring, w->cfg->ring_entries, w->cfg->recv_buffers, w->cfg->recv_buffer_size,
 			       w->no == 0);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: worker %u: io_uring setup failed: %s\n", w->no, strerror(-ret));
-		return worker_failed(w);
+		return ret;
 	}
 	if (w->no == 0)
 		io_ring_probe(&w->ring);
@@ -365,27 +364,28 @@ static void *worker_main(void *arg)
 		if (spool_lane_dir_path(dir, sizeof(dir), w->cfg->spool_dir, w->no) < 0)
 			snprintf(dir, sizeof(dir), "%u", w->no);
 		fprintf(stderr, "dotspool: worker %u: spool lane %s: %s\n", w->no, dir, strerror(-ret));
-		return worker_failed(w);
+		return ret;
 	}
-	atomic_fetch_add(&w->sh->workers_ready, 1);
 	spool_lane_stats(w->lane, &w->lane_stats);
-	io_mserve_arm(w);
-	for (uint32_t i = 0; i < w->listener_count; i++)
-		listener_arm(w, i);
-	tick_arm(w);
-	wake_arm(w);
-	if (atomic_load(&w->sh->stopping))
-		begin_shutdown(w);
+	return 0;
+}
 
+/*
+ * The loop: kick the lane (group commit), submit and wait, handle the
+ * completions, then the TLS handshake steps that wait. Until shutdown has
+ * closed every connection and the lane is idle.
+ */
+static void worker_loop(struct io_worker *w)
+{
 	while (!worker_done(w)) {
 		spool_lane_kick(w->lane);
 		/* Handshakes left over from the last turn: look at new completions, do not sleep. */
-		ret = w->hs_head ? io_uring_submit(&w->ring.uring)
-				 : io_uring_submit_and_wait(&w->ring.uring, 1);
+		int ret = w->hs_head ? io_uring_submit(&w->ring.uring)
+				     : io_uring_submit_and_wait(&w->ring.uring, 1);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
 			fprintf(stderr, "dotspool: worker %u: io_uring_submit: %s\n", w->no, strerror(-ret));
 			w->exit_code = 1;
-			break;
+			return;
 		}
 		struct io_uring_cqe *cqe;
 		unsigned head, n = 0;
@@ -403,6 +403,22 @@ static void *worker_main(void *arg)
 			io_conns_handshakes(w, IO_HS_BUDGET_US);
 		}
 	}
+}
+
+static void *worker_main(void *arg)
+{
+	struct io_worker *w = arg;
+	if (worker_setup(w) < 0)
+		return worker_failed(w);
+	atomic_fetch_add(&w->sh->workers_ready, 1);
+	io_mserve_arm(w);
+	for (uint32_t i = 0; i < w->listener_count; i++)
+		listener_arm(w, i);
+	tick_arm(w);
+	wake_arm(w);
+	if (atomic_load(&w->sh->stopping))
+		begin_shutdown(w);
+	worker_loop(w);
 	if (spool_lane_busy(w->lane)) {
 		/* Never close a lane with a flush in flight: its buffers belong to the kernel. */
 		w->exit_code = 1;

@@ -133,64 +133,66 @@ static void lat_family(struct out *o, const struct obs_metrics *const *w, unsign
 	}
 }
 
-size_t obs_metrics_render(const struct obs_metrics *const *w, unsigned n, char *buf, size_t cap)
-{
-	struct out o = {.buf = buf, .cap = cap, .len = 0};
-	if (cap)
-		buf[0] = 0;
-
 #define OFF(f) offsetof(struct obs_metrics, f)
-	per_worker(&o, w, n, "dotspool_connections_current", "gauge", "Connections open now.",
+
+/* Connections, messages, replies, TLS handshakes: what the sessions did. */
+static void render_sessions(struct out *o, const struct obs_metrics *const *w, unsigned n)
+{
+	per_worker(o, w, n, "dotspool_connections_current", "gauge", "Connections open now.",
 		   OFF(connections_current));
-	per_worker(&o, w, n, "dotspool_connections_total", "counter", "Connections accepted and served.",
+	per_worker(o, w, n, "dotspool_connections_total", "counter", "Connections accepted and served.",
 		   OFF(connections_total));
 
-	family(&o, "dotspool_connections_refused_total", "counter",
+	family(o, "dotspool_connections_refused_total", "counter",
 	       "Connections refused before a session, by reason.");
 	for (unsigned i = 0; i < n; i++)
 		for (unsigned r = 0; w[i] && r < OBS_REFUSE_COUNT; r++)
-			put(&o, "dotspool_connections_refused_total{worker=\"%u\",reason=\"%s\"} %llu\n", i,
+			put(o, "dotspool_connections_refused_total{worker=\"%u\",reason=\"%s\"} %llu\n", i,
 			    refuse_name[r],
 			    (unsigned long long)obs_counter_get(&w[i]->connections_refused[r]));
 
-	per_worker(&o, w, n, "dotspool_messages_accepted_total", "counter",
+	per_worker(o, w, n, "dotspool_messages_accepted_total", "counter",
 		   "Messages answered 250 at the end of data (durable).", OFF(messages_accepted));
-	per_worker(&o, w, n, "dotspool_accepted_bytes_total", "counter", "Bytes of messages accepted.",
+	per_worker(o, w, n, "dotspool_accepted_bytes_total", "counter", "Bytes of messages accepted.",
 		   OFF(bytes_accepted));
-	per_worker(&o, w, n, "dotspool_messages_rejected_total", "counter",
+	per_worker(o, w, n, "dotspool_messages_rejected_total", "counter",
 		   "Messages answered 4xx/5xx at the end of data.", OFF(messages_rejected));
 
-	family(&o, "dotspool_replies_total", "counter", "SMTP/LMTP replies sent, by code class.");
+	family(o, "dotspool_replies_total", "counter", "SMTP/LMTP replies sent, by code class.");
 	for (unsigned i = 0; i < n; i++)
 		for (unsigned c = 0; w[i] && c < OBS_REPLY_COUNT; c++)
-			put(&o, "dotspool_replies_total{worker=\"%u\",class=\"%s\"} %llu\n", i, reply_name[c],
+			put(o, "dotspool_replies_total{worker=\"%u\",class=\"%s\"} %llu\n", i, reply_name[c],
 			    (unsigned long long)obs_counter_get(&w[i]->replies[c]));
 
-	family(&o, "dotspool_tls_handshakes_total", "counter", "TLS handshakes, by result.");
+	family(o, "dotspool_tls_handshakes_total", "counter", "TLS handshakes, by result.");
 	for (unsigned i = 0; i < n; i++) {
 		if (!w[i])
 			continue;
-		put(&o, "dotspool_tls_handshakes_total{worker=\"%u\",result=\"ok\"} %llu\n", i,
+		put(o, "dotspool_tls_handshakes_total{worker=\"%u\",result=\"ok\"} %llu\n", i,
 		    (unsigned long long)obs_counter_get(&w[i]->tls_handshakes_ok));
-		put(&o, "dotspool_tls_handshakes_total{worker=\"%u\",result=\"failed\"} %llu\n", i,
+		put(o, "dotspool_tls_handshakes_total{worker=\"%u\",result=\"failed\"} %llu\n", i,
 		    (unsigned long long)obs_counter_get(&w[i]->tls_handshakes_failed));
 	}
+}
 
-	per_worker(&o, w, n, "dotspool_flushes_total", "counter", "Group-commit flushes completed.",
+/* Flushes, the spool's space, the batch and latency histograms: what the spool lane did. */
+static void render_spool(struct out *o, const struct obs_metrics *const *w, unsigned n)
+{
+	per_worker(o, w, n, "dotspool_flushes_total", "counter", "Group-commit flushes completed.",
 		   OFF(flushes));
-	per_worker(&o, w, n, "dotspool_flush_errors_total", "counter", "Group-commit flushes that failed.",
+	per_worker(o, w, n, "dotspool_flush_errors_total", "counter", "Group-commit flushes that failed.",
 		   OFF(flush_errors));
-	per_worker(&o, w, n, "dotspool_spool_pad_bytes_total", "counter",
+	per_worker(o, w, n, "dotspool_spool_pad_bytes_total", "counter",
 		   "Padding written to keep groups on fresh blocks (--spool-io direct; 0 when buffered).",
 		   OFF(spool_pad_bytes));
-	per_worker(&o, w, n, "dotspool_spool_used_bytes", "gauge",
+	per_worker(o, w, n, "dotspool_spool_used_bytes", "gauge",
 		   "Bytes of spool segment files this worker's lane created since start-up (preallocated).",
 		   OFF(spool_bytes_used));
-	per_worker(&o, w, n, "dotspool_spool_free_bytes", "gauge",
+	per_worker(o, w, n, "dotspool_spool_free_bytes", "gauge",
 		   "Bytes free on the spool's file system (statvfs f_bavail), refreshed every second.",
 		   OFF(spool_bytes_free));
 
-	family(&o, "dotspool_messages_per_flush", "histogram", "Commits covered by one group-commit flush.");
+	family(o, "dotspool_messages_per_flush", "histogram", "Commits covered by one group-commit flush.");
 	for (unsigned i = 0; i < n; i++) {
 		if (!w[i])
 			continue;
@@ -199,34 +201,47 @@ size_t obs_metrics_render(const struct obs_metrics *const *w, unsigned n, char *
 			b[k] = obs_counter_get(&w[i]->messages_per_flush.bucket[k]);
 		char labels[32];
 		snprintf(labels, sizeof(labels), "worker=\"%u\"", i);
-		hist_samples(&o, "dotspool_messages_per_flush", labels, b, OBS_METRICS_BATCH_BUCKETS, NULL,
+		hist_samples(o, "dotspool_messages_per_flush", labels, b, OBS_METRICS_BATCH_BUCKETS, NULL,
 			     obs_metrics_batch_bounds, obs_counter_get(&w[i]->messages_per_flush.sum), false);
 	}
 
-	lat_family(&o, w, n, "dotspool_sync_gap_seconds",
+	lat_family(o, w, n, "dotspool_sync_gap_seconds",
 		   "Final dot received to 250 sent (the RFC 1047 synchronization gap).", OFF(sync_gap));
-	lat_family(&o, w, n, "dotspool_flush_duration_seconds", "Group-commit flush submitted to completed.",
+	lat_family(o, w, n, "dotspool_flush_duration_seconds", "Group-commit flush submitted to completed.",
 		   OFF(flush_duration));
+}
 
-	/* Server-wide totals (no worker label), for dashboards and curl users. */
-	family(&o, "dotspool_server_connections_current", "gauge", "Connections open now, all workers.");
-	put(&o, "dotspool_server_connections_current %llu\n",
+/* Server-wide totals (no worker label), for dashboards and curl users. */
+static void render_totals(struct out *o, const struct obs_metrics *const *w, unsigned n)
+{
+	family(o, "dotspool_server_connections_current", "gauge", "Connections open now, all workers.");
+	put(o, "dotspool_server_connections_current %llu\n",
 	    (unsigned long long)sum_all(w, n, OFF(connections_current)));
-	family(&o, "dotspool_server_messages_accepted_total", "counter", "Messages accepted, all workers.");
-	put(&o, "dotspool_server_messages_accepted_total %llu\n",
+	family(o, "dotspool_server_messages_accepted_total", "counter", "Messages accepted, all workers.");
+	put(o, "dotspool_server_messages_accepted_total %llu\n",
 	    (unsigned long long)sum_all(w, n, OFF(messages_accepted)));
-	family(&o, "dotspool_server_accepted_bytes_total", "counter", "Bytes accepted, all workers.");
-	put(&o, "dotspool_server_accepted_bytes_total %llu\n",
+	family(o, "dotspool_server_accepted_bytes_total", "counter", "Bytes accepted, all workers.");
+	put(o, "dotspool_server_accepted_bytes_total %llu\n",
 	    (unsigned long long)sum_all(w, n, OFF(bytes_accepted)));
 
-	family(&o, "dotspool_server_sync_gap_seconds", "histogram",
+	family(o, "dotspool_server_sync_gap_seconds", "histogram",
 	       "Final dot received to 250 sent, all workers (RFC 1047 synchronization gap).");
 	uint64_t b[OBS_METRICS_LAT_BUCKETS + 1];
 	for (unsigned k = 0; k <= OBS_METRICS_LAT_BUCKETS; k++)
 		b[k] = sum_all(w, n, OFF(sync_gap.bucket) + k * sizeof(obs_counter_t));
-	hist_samples(&o, "dotspool_server_sync_gap_seconds", "", b, OBS_METRICS_LAT_BUCKETS, lat_le, NULL,
+	hist_samples(o, "dotspool_server_sync_gap_seconds", "", b, OBS_METRICS_LAT_BUCKETS, lat_le, NULL,
 		     sum_all(w, n, OFF(sync_gap.sum_us)), true);
+}
 #undef OFF
+
+size_t obs_metrics_render(const struct obs_metrics *const *w, unsigned n, char *buf, size_t cap)
+{
+	struct out o = {.buf = buf, .cap = cap, .len = 0};
+	if (cap)
+		buf[0] = 0;
+	render_sessions(&o, w, n);
+	render_spool(&o, w, n);
+	render_totals(&o, w, n);
 	return o.len;
 }
 
