@@ -3,7 +3,7 @@
 # Idempotent and quiet: only calls apt-get when something is missing.
 set -eu
 PKGS="build-essential cmake pkg-config clang liburing-dev libjemalloc-dev libmbedtls-dev \
-libbenchmark-dev libcmocka-dev libclang-rt-14-dev python3 swaks libnet-ssleay-perl openssl haproxy libinih-dev curl iproute2"
+libbenchmark-dev libcmocka-dev libclang-rt-14-dev python3 swaks libnet-ssleay-perl openssl haproxy libinih-dev curl iproute2 fuse3 libfuse3-dev"
 if [ "${DOTSPOOL_DEPS_EXTRA:-}" != "" ]; then PKGS="$PKGS $DOTSPOOL_DEPS_EXTRA"; fi
 missing=""
 for p in $PKGS; do
