@@ -101,10 +101,12 @@ static void spool_complete(struct io_worker *w, uint64_t tag, int res)
 	if (n) {
 		uint64_t us = (st.flush_latency_us_sum - w->lane_stats.flush_latency_us_sum) / n;
 		uint64_t messages = st.commits_durable - w->lane_stats.commits_durable;
-		bool ok = st.flush_errors == w->lane_stats.flush_errors;
 		for (uint64_t i = 0; i < n; i++)
-			obs_metrics_flush_done(w->m, us, i == 0 ? messages : 0, ok);
+			obs_metrics_flush_done(w->m, us, i == 0 ? messages : 0, true);
 	}
+	/* The lane counts failures apart from completed flushes (a failure never raises flushes). */
+	for (uint64_t i = w->lane_stats.flush_errors; i < st.flush_errors; i++)
+		obs_metrics_flush_failed(w->m);
 	w->lane_stats = st;
 }
 

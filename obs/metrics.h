@@ -181,6 +181,13 @@ static inline void obs_metrics_flush_done(struct obs_metrics *m, uint64_t durati
 	obs_counter_add(&m->messages_per_flush.sum, messages);
 }
 
+/* A flush (or a write the group depended on) failed: its segment was retired, its group got 451. */
+static inline void obs_metrics_flush_failed(struct obs_metrics *m)
+{
+	obs_counter_add(&m->flushes, 1);
+	obs_counter_add(&m->flush_errors, 1);
+}
+
 static inline void obs_metrics_spool_bytes(struct obs_metrics *m, uint64_t used_bytes, uint64_t free_bytes)
 {
 	obs_counter_set(&m->spool_bytes_used, used_bytes);
