@@ -148,23 +148,6 @@ static int parse_args(struct io_config *cfg, int argc, char **argv)
 	return 0;
 }
 
-static int mkdir_p(const char *path)
-{
-	char tmp[4096];
-	snprintf(tmp, sizeof(tmp), "%s", path);
-	for (char *p = tmp + 1; *p; p++) {
-		if (*p != '/')
-			continue;
-		*p = 0;
-		if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
-			return -errno;
-		*p = '/';
-	}
-	if (mkdir(tmp, 0750) < 0 && errno != EEXIST)
-		return -errno;
-	return 0;
-}
-
 /* Every connection is a descriptor; 256 more for segments, listeners, rings and the rest. */
 static void raise_nofile(uint32_t max_connections)
 {
@@ -224,7 +207,7 @@ static void shared_destroy(struct io_shared *sh)
  */
 static int spool_prepare(const struct io_config *cfg)
 {
-	int ret = mkdir_p(cfg->spool_dir);
+	int ret = spool_dir_create(cfg->spool_dir);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: spool %s: %s\n", cfg->spool_dir, strerror(-ret));
 		return ret;

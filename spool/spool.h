@@ -145,6 +145,13 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res);
 /* True while writes/flushes are in flight or commits unsettled. */
 bool spool_lane_busy(const struct spool_lane *l);
 
+/*
+ * mkdir -p for the spool directory: every directory it creates is made
+ * durable (fsync of its parent), so a spool made just before a crash is
+ * still there after it. 0 or -errno.
+ */
+int spool_dir_create(const char *path);
+
 /* DIR/lane-NN: the directory of one lane. 0 or -ENAMETOOLONG. */
 int spool_lane_dir_path(char *buf, size_t cap, const char *dir, unsigned lane);
 

@@ -348,3 +348,28 @@ uint64_t spool_spare_errors(const struct spool_spare *sp)
 {
 	return __atomic_load_n(&sp->prepare_errors, __ATOMIC_RELAXED);
 }
+
+int spool_dir_create(const char *path)
+{
+	char tmp[PATH_MAX];
+	size_t n = strlen(path);
+
+	if (n == 0 || n >= sizeof(tmp))
+		return n ? -ENAMETOOLONG : -EINVAL;
+	memcpy(tmp, path, n + 1);
+	for (size_t i = 1; i <= n; i++) {
+		if (tmp[i] != '/' && tmp[i] != 0)
+			continue;
+		char c = tmp[i];
+		tmp[i] = 0;
+		if (mkdir(tmp, 0750) == 0) {
+			int rc = spool_fsync_parent(tmp);
+			if (rc)
+				return rc;
+		} else if (errno != EEXIST) {
+			return -errno;
+		}
+		tmp[i] = c;
+	}
+	return 0;
+}

@@ -861,6 +861,24 @@ static void test_newer_format_refused(void)
 	printf("segment of a newer format: refused, untouched: ok\n");
 }
 
+/* spool_dir_create: mkdir -p (each new level fsynced into its parent); existing levels are fine. */
+static void test_dir_create(void)
+{
+	char dir[256], deep[400];
+	struct stat st;
+
+	tu_tmpdir(dir, sizeof(dir), "mkdirp");
+	snprintf(deep, sizeof(deep), "%s/a/b/c/", dir);
+	CHECK(spool_dir_create(deep) == 0);
+	CHECK(stat(deep, &st) == 0 && S_ISDIR(st.st_mode));
+	CHECK(spool_dir_create(deep) == 0);
+	snprintf(deep, sizeof(deep), "%s/a/b/c/spool", dir);
+	CHECK(spool_dir_create(deep) == 0 && stat(deep, &st) == 0);
+	CHECK(spool_dir_create("") == -EINVAL);
+	tu_rmrf(dir);
+	printf("spool directory creation: ok\n");
+}
+
 int main(void)
 {
 	test_live_reader();
@@ -876,5 +894,6 @@ int main(void)
 	test_direct();
 	test_spare_failure_gap();
 	test_newer_format_refused();
+	test_dir_create();
 	return 0;
 }
