@@ -9,24 +9,8 @@
 #include <arpa/inet.h>
 
 #include "ds_assert.h"
+#include "ds_ascii.h"
 #include "smtp_internal.h"
-
-static inline char lower(char c)
-{
-	return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
-}
-
-static bool ieq(const char *a, size_t alen, const char *b)
-{
-	size_t blen = strlen(b);
-
-	if (alen != blen)
-		return false;
-	for (size_t i = 0; i < alen; i++)
-		if (lower(a[i]) != b[i])
-			return false;
-	return true;
-}
 
 static bool iprefix(const char *a, size_t alen, const char *b)
 {
@@ -35,7 +19,7 @@ static bool iprefix(const char *a, size_t alen, const char *b)
 	if (alen < blen)
 		return false;
 	for (size_t i = 0; i < blen; i++)
-		if (lower(a[i]) != b[i])
+		if (ds_ascii_lower(a[i]) != b[i])
 			return false;
 	return true;
 }
@@ -69,7 +53,7 @@ int smtp_parse_command(const uint8_t *line, size_t len, struct smtp_cmd *cmd)
 	while (vlen < n && p[vlen] != ' ')
 		vlen++;
 	for (size_t i = 0; i < DS_ARRAY_SIZE(verbs); i++) {
-		if (ieq(p, vlen, verbs[i].name)) {
+		if (ds_ascii_ieq(p, vlen, verbs[i].name)) {
 			cmd->verb = verbs[i].verb;
 			break;
 		}
@@ -311,7 +295,7 @@ int smtp_parse_path(const char *s, size_t len, bool allow_utf8, size_t *consumed
 		return -EINVAL;
 	if (s[i] == '>') {
 		/* Only <postmaster> may lack a domain (RFC 5321 4.5.1). */
-		if (!ieq(s + start, local_len, "postmaster"))
+		if (!ds_ascii_ieq(s + start, local_len, "postmaster"))
 			return -EINVAL;
 		p->mailbox = s + start;
 		p->mailbox_len = local_len;
@@ -451,7 +435,7 @@ int smtp_parse_mail_params(const char *s, size_t len, bool lmtp, struct smtp_mai
 	while (param_next(&it, &k, &kl, &v, &vl, &hv)) {
 		if (!esmtp_keyword_valid(k, kl))
 			return -EINVAL;
-		if (ieq(k, kl, "size")) {
+		if (ds_ascii_ieq(k, kl, "size")) {
 			if (mp->has_size)
 				return -EPROTO;
 			if (!hv)
@@ -461,39 +445,39 @@ int smtp_parse_mail_params(const char *s, size_t len, bool lmtp, struct smtp_mai
 			if (r)
 				return r;
 			mp->has_size = true;
-		} else if (ieq(k, kl, "body")) {
+		} else if (ds_ascii_ieq(k, kl, "body")) {
 			if (seen_body)
 				return -EPROTO;
 			seen_body = true;
 			if (!hv)
 				return -EINVAL;
-			if (ieq(v, vl, "7bit"))
+			if (ds_ascii_ieq(v, vl, "7bit"))
 				mp->body = SMTP_BODY_7BIT;
-			else if (ieq(v, vl, "8bitmime"))
+			else if (ds_ascii_ieq(v, vl, "8bitmime"))
 				mp->body = SMTP_BODY_8BITMIME;
-			else if (ieq(v, vl, "binarymime"))
+			else if (ds_ascii_ieq(v, vl, "binarymime"))
 				mp->body = SMTP_BODY_BINARYMIME;
 			else
 				return -EINVAL;
-		} else if (ieq(k, kl, "smtputf8")) {
+		} else if (ds_ascii_ieq(k, kl, "smtputf8")) {
 			if (mp->smtputf8)
 				return -EPROTO;
 			if (hv)
 				return -EINVAL;
 			mp->smtputf8 = true;
-		} else if (ieq(k, kl, "prdr") && !lmtp) {
+		} else if (ds_ascii_ieq(k, kl, "prdr") && !lmtp) {
 			if (mp->prdr)
 				return -EPROTO;
 			if (hv)
 				return -EINVAL;
 			mp->prdr = true;
-		} else if (ieq(k, kl, "ret")) {
+		} else if (ds_ascii_ieq(k, kl, "ret")) {
 			if (mp->has_ret)
 				return -EPROTO;
-			if (!hv || !(ieq(v, vl, "full") || ieq(v, vl, "hdrs")))
+			if (!hv || !(ds_ascii_ieq(v, vl, "full") || ds_ascii_ieq(v, vl, "hdrs")))
 				return -EINVAL;
 			mp->has_ret = true;
-		} else if (ieq(k, kl, "envid")) {
+		} else if (ds_ascii_ieq(k, kl, "envid")) {
 			if (mp->has_envid)
 				return -EPROTO;
 			if (!hv || vl == 0 || vl > SMTP_ENVID_MAX || !smtp_xtext_valid(v, vl))
@@ -508,7 +492,7 @@ int smtp_parse_mail_params(const char *s, size_t len, bool lmtp, struct smtp_mai
 
 static bool notify_valid(const char *v, size_t vl)
 {
-	if (ieq(v, vl, "never"))
+	if (ds_ascii_ieq(v, vl, "never"))
 		return true;
 	unsigned seen = 0;
 	size_t i = 0;
@@ -517,11 +501,11 @@ static bool notify_valid(const char *v, size_t vl)
 		while (i < vl && v[i] != ',')
 			i++;
 		unsigned bit;
-		if (ieq(v + st, i - st, "success"))
+		if (ds_ascii_ieq(v + st, i - st, "success"))
 			bit = 1;
-		else if (ieq(v + st, i - st, "failure"))
+		else if (ds_ascii_ieq(v + st, i - st, "failure"))
 			bit = 2;
-		else if (ieq(v + st, i - st, "delay"))
+		else if (ds_ascii_ieq(v + st, i - st, "delay"))
 			bit = 4;
 		else
 			return false;
@@ -547,7 +531,7 @@ static bool orcpt_valid(const char *v, size_t vl, bool allow_utf8)
 	size_t xl = vl - tl - 1;
 	if (xl == 0)
 		return false;
-	if (ieq(v, tl, "utf-8")) {
+	if (ds_ascii_ieq(v, tl, "utf-8")) {
 		/* RFC 6533 utf-8-addr-xtext: printable ASCII minus '+' '=', \x{HEX}, or UTF-8. */
 		if (!allow_utf8 && !smtp_xtext_valid(x, xl))
 			return false;
@@ -571,13 +555,13 @@ int smtp_parse_rcpt_params(const char *s, size_t len, bool allow_utf8)
 	while (param_next(&it, &k, &kl, &v, &vl, &hv)) {
 		if (!esmtp_keyword_valid(k, kl))
 			return -EINVAL;
-		if (ieq(k, kl, "notify")) {
+		if (ds_ascii_ieq(k, kl, "notify")) {
 			if (notify)
 				return -EPROTO;
 			if (!hv || !notify_valid(v, vl))
 				return -EINVAL;
 			notify = true;
-		} else if (ieq(k, kl, "orcpt")) {
+		} else if (ds_ascii_ieq(k, kl, "orcpt")) {
 			if (orcpt)
 				return -EPROTO;
 			if (!hv || !orcpt_valid(v, vl, allow_utf8))
@@ -604,7 +588,7 @@ bool smtp_domain_accepted(const struct smtp_config *cfg, const char *domain, siz
 			if (len > al) {
 				bool match = true;
 				for (size_t k = 0; k < al; k++)
-					if (lower(domain[len - al + k]) != lower(a[k]))
+					if (ds_ascii_lower(domain[len - al + k]) != ds_ascii_lower(a[k]))
 						match = false;
 				if (match)
 					return true;
@@ -612,7 +596,7 @@ bool smtp_domain_accepted(const struct smtp_config *cfg, const char *domain, siz
 		} else if (len == al) {
 			bool match = true;
 			for (size_t k = 0; k < al; k++)
-				if (lower(domain[k]) != lower(a[k]))
+				if (ds_ascii_lower(domain[k]) != ds_ascii_lower(a[k]))
 					match = false;
 			if (match)
 				return true;

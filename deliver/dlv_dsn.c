@@ -17,6 +17,7 @@
 #include <time.h>
 
 #include "ds_assert.h"
+#include "ds_ascii.h"
 #include "dlv_dsn.h"
 
 #define OUT_BUF		4096
@@ -33,23 +34,6 @@
 #define DATE_MAX	40
 
 /* ---- small helpers ---- */
-
-static inline char lower(char c)
-{
-	return (c >= 'A' && c <= 'Z') ? (char)(c + 32) : c;
-}
-
-static bool ieq(const char *a, size_t alen, const char *b)
-{
-	size_t blen = strlen(b);
-
-	if (alen != blen)
-		return false;
-	for (size_t i = 0; i < alen; i++)
-		if (lower(a[i]) != lower(b[i]))
-			return false;
-	return true;
-}
 
 static int hexval(char c)
 {
@@ -185,7 +169,7 @@ bool dlv_dsn_param(const char *params, const char *key, const char **val, size_t
 		while (*p && *p != ' ')
 			p++;
 		const char *eq = memchr(t, '=', (size_t)(p - t));
-		if (eq && ieq(t, (size_t)(eq - t), key)) {
+		if (eq && ds_ascii_ieq(t, (size_t)(eq - t), key)) {
 			*val = eq + 1;
 			*len = (size_t)(p - eq - 1);
 			return true;
@@ -206,13 +190,13 @@ unsigned dlv_dsn_notify(const char *params)
 		size_t st = i;
 		while (i < vl && v[i] != ',')
 			i++;
-		if (ieq(v + st, i - st, "never"))
+		if (ds_ascii_ieq(v + st, i - st, "never"))
 			bits |= DLV_DSN_NOTIFY_NEVER;
-		else if (ieq(v + st, i - st, "success"))
+		else if (ds_ascii_ieq(v + st, i - st, "success"))
 			bits |= DLV_DSN_NOTIFY_SUCCESS;
-		else if (ieq(v + st, i - st, "failure"))
+		else if (ds_ascii_ieq(v + st, i - st, "failure"))
 			bits |= DLV_DSN_NOTIFY_FAILURE;
-		else if (ieq(v + st, i - st, "delay"))
+		else if (ds_ascii_ieq(v + st, i - st, "delay"))
 			bits |= DLV_DSN_NOTIFY_DELAY;
 		i++;
 	}
@@ -725,7 +709,7 @@ static void out_orcpt(struct out *o, const char *params)
 		if (!((v[i] >= 'a' && v[i] <= 'z') || (v[i] >= 'A' && v[i] <= 'Z') ||
 		      (v[i] >= '0' && v[i] <= '9') || v[i] == '-'))
 			return;
-	if (ieq(v, tl, "utf-8")) {
+	if (ds_ascii_ieq(v, tl, "utf-8")) {
 		/* RFC 6533: already utf-8-addr-xtext (maybe with raw UTF-8 under SMTPUTF8): no "+HH". */
 		char x[XADDR_MAX];
 		if (!no_ctl(semi + 1, vl - tl - 1) || vl - tl - 1 == 0)
@@ -738,11 +722,11 @@ static void out_orcpt(struct out *o, const char *params)
 	if (dl <= 0)
 		return;
 	if (ascii_printable(dec, (size_t)dl)) {
-		if (ieq(v, tl, "rfc822"))
+		if (ds_ascii_ieq(v, tl, "rfc822"))
 			out_fieldf(o, "Original-Recipient", "rfc822; %s", dec);
 		else
 			out_fieldf(o, "Original-Recipient", "%.*s; %s", (int)tl, v, dec);
-	} else if (ieq(v, tl, "rfc822") && no_ctl(dec, (size_t)dl)) {
+	} else if (ds_ascii_ieq(v, tl, "rfc822") && no_ctl(dec, (size_t)dl)) {
 		out_addr_field(o, "Original-Recipient", dec, (size_t)dl);
 	}
 }
@@ -1026,7 +1010,7 @@ int dlv_dsn_build(const struct dlv_dsn_input *in, const struct dlv_dsn_sink *out
 		return r;
 	if (has_8bit(in->env->mail_from))
 		p.text_utf8 = true;
-	p.ret_hdrs = dlv_dsn_param(in->env->mail_params, "RET", &v, &vl) && ieq(v, vl, "hdrs");
+	p.ret_hdrs = dlv_dsn_param(in->env->mail_params, "RET", &v, &vl) && ds_ascii_ieq(v, vl, "hdrs");
 	snprintf(p.boundary, sizeof(p.boundary), "%s%s", BOUNDARY_PREFIX, in->boundary_seed);
 	r = plan_orig(in, &p);
 	if (r)

@@ -152,18 +152,10 @@ static int find_msg(void *ctx, struct rlane *rl, const struct spool_msg *m)
 static unsigned lane_id_first_seg(const struct rlane *rl, uint64_t id)
 {
 	uint64_t seq = (id >> SPOOL_ID_COUNTER_BITS) & ((1ull << SPOOL_ID_SEQ_BITS) - 1);
-	unsigned lo = 0, hi = rl->nsegs;
 
 	if (rl->nsegs && rl->segs[rl->nsegs - 1].seq >> SPOOL_ID_SEQ_BITS)
 		return 0;
-	while (lo < hi) {
-		unsigned mid = (lo + hi) / 2;
-		if (rl->segs[mid].seq < seq)
-			lo = mid + 1;
-		else
-			hi = mid;
-	}
-	return lo;
+	return spool_scan_seg_index(rl, seq);
 }
 
 int spool_reader_read(struct spool_reader *r, uint64_t id, int (*fn)(void *ctx, const void *buf, size_t len),

@@ -188,7 +188,7 @@ static int walk_rec(void *ctx, const struct spool_rec *rec)
 	return w->got == w->want ? 1 : 0;
 }
 
-struct rseg *spool_scan_seg_find(struct rlane *rl, uint64_t seq)
+unsigned spool_scan_seg_index(const struct rlane *rl, uint64_t seq)
 {
 	unsigned lo = 0, hi = rl->nsegs;
 
@@ -199,7 +199,14 @@ struct rseg *spool_scan_seg_find(struct rlane *rl, uint64_t seq)
 		else
 			hi = mid;
 	}
-	return lo < rl->nsegs && rl->segs[lo].seq == seq ? &rl->segs[lo] : NULL;
+	return lo;
+}
+
+struct rseg *spool_scan_seg_find(struct rlane *rl, uint64_t seq)
+{
+	unsigned i = spool_scan_seg_index(rl, seq);
+
+	return i < rl->nsegs && rl->segs[i].seq == seq ? &rl->segs[i] : NULL;
 }
 
 /*

@@ -69,6 +69,8 @@ struct scan_cfg {
 bool spool_scan_seg_map(struct spool_reader *r, struct rlane *rl, struct rseg *s);
 void spool_scan_lane_map_all(struct spool_reader *r, struct rlane *rl);
 void spool_scan_reader_map_all(struct spool_reader *r);
+/* Index of the first segment (segments are sorted by seq) whose seq >= seq; nsegs if none. */
+unsigned spool_scan_seg_index(const struct rlane *rl, uint64_t seq);
 struct rseg *spool_scan_seg_find(struct rlane *rl, uint64_t seq);
 /* Walk the body of m (chunks from its first segment on): 0, -EBADMSG, or fn's non-zero return. */
 int spool_scan_body_walk(struct spool_reader *r, struct rlane *rl, const struct spool_msg *m,
