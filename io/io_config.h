@@ -18,6 +18,43 @@
 #define IO_LISTEN_MAX  16
 #define IO_DOMAIN_MAX  256
 #define IO_THREADS_MAX 64
+#define IO_DELIVER_HOPS_MAX 8
+
+/* --deliver-to URL (issue 14). */
+enum io_hop_kind {
+	IO_HOP_SMTP = 1, /* smtp://HOST:PORT (HOST an IP literal, [::1] for IPv6) */
+	IO_HOP_LMTP,	 /* lmtp://HOST:PORT or lmtp:/path/to/unix.socket */
+	IO_HOP_PIPE,	 /* pipe:/path/to/program */
+	IO_HOP_AMQP,	 /* amqp://... (issue 18; per message, never mixed with the others) */
+};
+
+struct io_hop_spec {
+	enum io_hop_kind kind;
+	struct sockaddr_storage addr; /* TCP (smtp, lmtp) or AF_UNIX (lmtp:/path) */
+	socklen_t addr_len;
+	char path[4096]; /* pipe program, or the unix socket path */
+	char text[512];	 /* the URL as given (logs, metrics label) */
+};
+
+struct io_deliver_config {
+	struct io_hop_spec hop[IO_DELIVER_HOPS_MAX]; /* tried in order (fallback) */
+	uint32_t hop_count;			     /* 0 = spool only (today's behaviour) */
+	uint32_t connections_max;		     /* --deliver-connections, whole server; default 64 */
+	uint32_t starttls;			     /* enum dlv_starttls: never, opportunistic, required */
+	char ca_file[4096];			     /* --deliver-ca */
+	char tls_name[256];			     /* --deliver-tls-name */
+	uint32_t retry_min_s;			     /* default 300 */
+	uint32_t retry_max_s;			     /* default 4000 */
+	uint32_t queue_lifetime_s;		     /* default 432000 (5 days) */
+	uint32_t timeout_connect_s;		     /* default 30 */
+	uint32_t timeout_greeting_s;		     /* 300 */
+	uint32_t timeout_command_s;		     /* 300 */
+	uint32_t timeout_data_init_s;		     /* 120 */
+	uint32_t timeout_data_block_s;		     /* 180 */
+	uint32_t timeout_data_done_s;		     /* 600 */
+	uint32_t timeout_pipe_s;		     /* --deliver-timeout-pipe-s: a pipe program's run time, 600 */
+	uint32_t hop_backoff_min_s;		     /* --deliver-hop-backoff-min-s: default min(retry-min, 60) */
+};
 
 enum io_listen_kind {
 	IO_LISTEN_SMTP,
@@ -51,6 +88,7 @@ struct io_config {
 	uint32_t ring_entries;		 /* io_uring submission queue entries per worker (io/ring.h) */
 	struct smtp_config smtp;
 	struct spool_config spool;
+	struct io_deliver_config deliver;
 	char spool_dir[4096];
 	char tls_cert[4096]; /* PEM chain; STARTTLS is offered only with both */
 	char tls_key[4096];

@@ -109,8 +109,42 @@ struct spool_recovery_report {
 	uint64_t elapsed_us;
 	uint64_t discarded; /* commit records whose body was not all durable (never acknowledged) */
 	uint64_t lanes;
+	/* format 2 */
+	uint64_t aborted;	 /* commits refused by an abort record (their client got 451/452) */
+	uint64_t outcomes;	 /* outcome records read */
+	uint64_t queued;	 /* messages still owed to some recipient */
+	uint64_t queued_rcpts;	 /* recipients not final */
+	uint64_t in_flight;	 /* messages with an attempt cut short by the crash */
 };
 int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *rep);
+
+/*
+ * One message recovery found that still owes delivery to some recipient
+ * (every message of every lane whose recipients are not all final, and
+ * that no abort record refused). Handed to the daemon, which gives it to
+ * the worker that drains its lane (lane % threads).
+ */
+struct spool_queue_entry {
+	uint64_t id;
+	unsigned lane;
+	uint64_t seq, off;	/* its commit record (spool_fetch_get) */
+	uint64_t size;		/* body bytes */
+	int64_t received_at_us; /* from the commit record */
+	uint32_t rcpt_count;
+	const uint8_t *rcpt_state; /* rcpt_count x enum spool_rcpt_state, folded; valid during the call */
+	uint32_t attempts;	   /* highest attempt number recorded, 0 = never attempted */
+	int64_t next_attempt_us;   /* of the record that deferred last; 0 = due now */
+	bool in_flight;		   /* some recipient is in ATTEMPT: a delivery now may duplicate one */
+};
+
+/*
+ * spool_recover, and then fn for each message still owed (in lane, then
+ * commit order). fn returns non-zero to stop (returned). A NULL fn is
+ * spool_recover. Outcome records naming messages that do not exist (their
+ * segment reclaimed) are ignored.
+ */
+int spool_recover_queue(const struct spool_config *cfg, struct spool_recovery_report *rep,
+			int (*fn)(void *ctx, const struct spool_queue_entry *e), void *ctx);
 
 int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, unsigned lane_no,
 		    const struct spool_io_ops *ops, void *ops_ctx);
@@ -137,6 +171,73 @@ int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf,
 int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env,
 		     uint64_t cookie);
 void spool_txn_abort(struct spool_lane *l, struct spool_txn *t);
+
+/*
+ * Where the commit record of a txn lies (segment sequence, file offset):
+ * valid after spool_txn_commit() returned 0, until settled() for it. The
+ * delivery queue keeps this location, not the envelope: the envelope and
+ * body are read back from the segment (spool_fetch.h). 0, or -EINVAL when
+ * the txn has no queued commit.
+ */
+int spool_txn_location(const struct spool_txn *t, uint64_t *seq, uint64_t *off);
+
+/*
+ * Delivery state (format version 2): outcome records, appended to a lane
+ * and group-committed exactly like commit records. Each names one message
+ * (by id; the message may live in any lane: after a restart with fewer
+ * --threads a worker drains other lanes too) and some of its recipients
+ * (by index in the envelope). Recovery folds every outcome record of every
+ * lane into each message's state (spool_recover_queue): per recipient, the
+ * entry with the highest attempt number wins, an outcome (deferred,
+ * delivered, failed) beats an ATTEMPT of the same number, and DELIVERED or
+ * FAILED from any attempt is final. A FAILED entry of a record whose dsn_id
+ * names no durable message does not count (the DSN did not make it: the
+ * recipient is tried again, and fails again, with a DSN).
+ */
+enum spool_rcpt_state {
+	SPOOL_RCPT_PENDING = 0,	  /* never attempted (no record) */
+	SPOOL_RCPT_ATTEMPT = 1,	  /* handed to a next hop, no outcome recorded (a crash cut it short) */
+	SPOOL_RCPT_DELIVERED = 2, /* final: the next hop took responsibility */
+	SPOOL_RCPT_DEFERRED = 3,  /* try again at next_attempt_us */
+	SPOOL_RCPT_FAILED = 4,	  /* final: permanent failure, DSN spooled as dsn_id (0: none owed) */
+};
+#define SPOOL_RCPT_STATE_FINAL(s) ((s) == SPOOL_RCPT_DELIVERED || (s) == SPOOL_RCPT_FAILED)
+
+/* Limits of one outcome record (FORMAT.md). */
+#define SPOOL_OUTCOME_RCPTS_MAX 20000u /* entries per record: a message's recipient limit */
+#define SPOOL_OUTCOME_TEXT_MAX	255u   /* reply text kept per entry, octets (longer: cut) */
+#define SPOOL_OUTCOME_HOP_MAX	255u   /* next-hop name, octets (longer: cut) */
+
+struct spool_outcome_rcpt {
+	uint32_t idx;	 /* recipient index in the message's envelope */
+	uint8_t state;	 /* enum spool_rcpt_state, not PENDING */
+	bool possible_duplicate; /* lost after the final dot (RFC 1047 gap on our client side) */
+	uint16_t code;	 /* reply code (0 for ATTEMPT) */
+	const char *esc; /* enhanced status code ("4.4.1"), "" if none */
+	const char *text; /* reply text, "" if none */
+};
+
+struct spool_outcome {
+	uint64_t id;		 /* the message */
+	uint32_t attempt;	 /* attempt number of this message, from 1 */
+	int64_t at_us;		 /* wall clock of the record */
+	int64_t next_attempt_us; /* deferred entries are due then; 0 = none */
+	uint64_t dsn_id;	 /* the DSN spooled for this record's FAILED entries; 0 = none */
+	const char *hop;	 /* next hop as configured ("lmtp:/run/x.sock"), "" if none */
+	uint32_t rcpt_count;	 /* 1..SPOOL_OUTCOME_RCPTS_MAX */
+	const struct spool_outcome_rcpt *rcpt;
+};
+
+/*
+ * Queue an outcome record on this lane. Same contract as spool_txn_commit:
+ * 0 = cookie taken, ops->settled(cookie, res) follows exactly once when the
+ * group's flush completes (res 0: the record is durable; only then may the
+ * caller act on it); -EAGAIN = staging or queue full, nothing written,
+ * retry after the next completion; -EMSGSIZE = over a record limit;
+ * -EIO / -ENOSPC = the lane cannot write now. The strings are copied.
+ * Cookies share settled() with commits: the caller tells its own apart.
+ */
+int spool_lane_outcome(struct spool_lane *l, const struct spool_outcome *o, uint64_t cookie);
 
 /* Once per event-loop turn: write what was appended and flush if commits are pending. */
 void spool_lane_kick(struct spool_lane *l);

@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_DLV_QUEUE_H
+#define DS_DLV_QUEUE_H
+
+/*
+ * deliver/: one worker's delivery queue, pure (no clock: every call gets
+ * `now_us`, wall-clock microseconds, the time base of the spool's outcome
+ * records; no randomness but a seeded xorshift for jitter; no I/O). Heap
+ * memory grows in blocks as the backlog grows and is reused, never per
+ * message on the hot path once warm.
+ *
+ * What it decides (Postfix qmgr's choices where the issue is silent):
+ * - Order: two lines, "new" (never attempted in this run and never
+ *   deferred: FIFO) and "deferred" (ordered by due time). dlv_queue_next()
+ *   takes from them in turn when both have a message due (one new, one
+ *   deferred, like qmgr), so a backlog of deferred mail never starves new
+ *   mail and the other way round.
+ * - Backoff per message: attempt n (n >= 1 attempts made) waits
+ *   min(retry_max, retry_min * 2^(n-1)), jittered by -0..25% (never below
+ *   retry_min unless retry_min is 0), from the end of the attempt.
+ * - Lifetime: a message whose age (now - received_at) is over
+ *   queue_lifetime when an attempt ends deferred is expired: the caller
+ *   fails its remaining recipients (DSN) instead of deferring.
+ * - Next hops: a hop that refused the connection, timed out, or failed
+ *   its greeting/hello/TLS is down as a whole: first for hop_backoff_min_s,
+ *   doubling per consecutive failure up to retry_max; one success clears
+ *   it. Each worker keeps its own view of the hops. dlv_queue_hop_pick() gives the
+ *   first configured hop that is up (fallback in configured order). While
+ *   every hop is down dlv_queue_next() hands out nothing and
+ *   dlv_queue_next_due_us() says when the first one comes back.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#define DLV_QUEUE_HOPS_MAX 8
+
+struct dlv_queue_config {
+	uint32_t retry_min_s;	    /* default 300 */
+	uint32_t retry_max_s;	    /* default 4000 */
+	uint32_t queue_lifetime_s;  /* default 5 days */
+	uint32_t hop_backoff_min_s; /* first back-off of a failed hop; default min(retry_min_s, 60) */
+	uint32_t hop_count;	    /* 1..DLV_QUEUE_HOPS_MAX */
+	uint64_t seed;		    /* jitter */
+};
+void dlv_queue_config_defaults(struct dlv_queue_config *cfg);
+
+enum dlv_qline { DLV_QLINE_NEW = 0, DLV_QLINE_DEFERRED = 1, DLV_QLINE_BUSY = 2 };
+
+/* One queued message. The queue owns it; pointers stay valid until dlv_queue_done(). */
+struct dlv_qmsg {
+	uint64_t id;
+	unsigned lane;
+	uint64_t seq, off; /* commit record */
+	uint64_t size;
+	int64_t received_at_us;
+	int64_t due_us;	   /* deferred: next attempt */
+	uint32_t attempts; /* attempts made, all runs */
+	uint32_t rcpt_count;
+	uint32_t rcpt_open;  /* recipients not final */
+	uint8_t *rcpt_state; /* rcpt_count x enum spool_rcpt_state values (0..4) */
+	bool redelivery;     /* recovered with an attempt cut short: a delivery counts as a re-delivery */
+	uint8_t line;	     /* enum dlv_qline */
+	uint32_t priv[6];    /* the queue's links */
+};
+
+struct dlv_queue;
+
+int dlv_queue_create(struct dlv_queue **out, const struct dlv_queue_config *cfg); /* 0, -EINVAL, -ENOMEM */
+void dlv_queue_destroy(struct dlv_queue *q);
+
+struct dlv_queue_add {
+	uint64_t id;
+	unsigned lane;
+	uint64_t seq, off, size;
+	int64_t received_at_us;
+	uint32_t rcpt_count;	   /* 1..20000 */
+	const uint8_t *rcpt_state; /* NULL = all PENDING */
+	uint32_t attempts;
+	int64_t due_us;		   /* 0 = now */
+	bool redelivery;
+};
+/*
+ * Queue a message: from a commit that just became durable (attempts 0:
+ * the new line), or from recovery (attempts > 0 or due_us set: the
+ * deferred line; a recovered message never attempted goes to the new
+ * line). Recipients already final are not delivered again; a message with
+ * none open is not queued (-EALREADY). 0, -ENOMEM, -EINVAL.
+ */
+int dlv_queue_add(struct dlv_queue *q, const struct dlv_queue_add *a, struct dlv_qmsg **out);
+
+/*
+ * The next message to attempt now (alternating lines as above), or NULL.
+ * It moves to the busy line until dlv_queue_defer(), dlv_queue_retry_now()
+ * or dlv_queue_done().
+ */
+struct dlv_qmsg *dlv_queue_next(struct dlv_queue *q, int64_t now_us);
+/* Earliest time something may become due (a deferred message, a hop back up); INT64_MAX if none. */
+int64_t dlv_queue_next_due_us(const struct dlv_queue *q);
+
+/* Attempt number for the next attempt of m (attempts + 1); the caller records it, then calls this. */
+void dlv_queue_attempt_begin(struct dlv_queue *q, struct dlv_qmsg *m);
+/* Recipient idx of a busy message reached a state (the record saying so is durable). */
+void dlv_queue_rcpt_state(struct dlv_queue *q, struct dlv_qmsg *m, uint32_t idx, uint8_t state);
+/*
+ * When a deferred message of this attempt should be tried again: the
+ * jittered backoff from now, or 0 when the message is past its lifetime
+ * (then the caller fails the open recipients instead).
+ */
+int64_t dlv_queue_backoff_us(struct dlv_queue *q, const struct dlv_qmsg *m, int64_t now_us);
+/* Back to the deferred line, due at due_us (the value recorded). */
+void dlv_queue_defer(struct dlv_queue *q, struct dlv_qmsg *m, int64_t due_us);
+/* Not attempted after all (no connection could be had): back where it was, due now, attempts unchanged. */
+void dlv_queue_retry_now(struct dlv_queue *q, struct dlv_qmsg *m);
+/* Every recipient final (or the message deleted): forget it. m is invalid afterwards. */
+void dlv_queue_done(struct dlv_queue *q, struct dlv_qmsg *m);
+
+/* Next hops. hop indexes the configured --deliver-to list. */
+int dlv_queue_hop_pick(const struct dlv_queue *q, int64_t now_us); /* first hop up, or -1 */
+void dlv_queue_hop_failed(struct dlv_queue *q, unsigned hop, int64_t now_us);
+void dlv_queue_hop_ok(struct dlv_queue *q, unsigned hop);
+bool dlv_queue_hop_up(const struct dlv_queue *q, unsigned hop, int64_t now_us);
+
+struct dlv_queue_stats {
+	uint64_t messages[3]; /* by line */
+	uint64_t bytes[3];
+	uint64_t rcpts_open;
+	int64_t oldest_received_at_us; /* INT64_MAX if empty */
+};
+void dlv_queue_stats(const struct dlv_queue *q, struct dlv_queue_stats *st);
+
+/* Walk every message (dotspool-ctl and metrics need no more); fn non-zero stops. */
+int dlv_queue_foreach(const struct dlv_queue *q, int (*fn)(void *ctx, const struct dlv_qmsg *m), void *ctx);
+
+#endif
