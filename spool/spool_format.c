@@ -61,7 +61,8 @@ int spool_seg_hdr_decode(const uint8_t *p, size_t n, struct spool_seg_hdr *h)
 	/* A newer writer's segment is not damage: never quarantined, refused by name. */
 	if (h->version > SPOOL_FORMAT_VERSION)
 		return -EPROTONOSUPPORT;
-	if (h->version != SPOOL_FORMAT_VERSION)
+	/* Version 1 segments read as they are: they simply hold no delivery records. */
+	if (h->version < SPOOL_FORMAT_VERSION_MIN)
 		return -EBADMSG;
 	h->lane = get32(p + 16);
 	h->seq = get64(p + 24);
@@ -93,9 +94,26 @@ void spool_rec_encode(uint8_t *out, uint32_t type, uint32_t len, uint64_t txn_id
 	put64(out + 32, durable_off);
 	memset(out + SPOOL_REC_HDR_SIZE + len, 0, total - SPOOL_REC_HDR_SIZE - len);
 	crc = crc32c(0, out, SPOOL_REC_HDR_SIZE);
-	if (type == SPOOL_REC_COMMIT)
+	if (type != SPOOL_REC_CHUNK)
 		crc = crc32c(crc, out + SPOOL_REC_HDR_SIZE, len);
 	put32(out + 12, crc);
+}
+
+/* Largest payload a record of this type may have; 0 for an unknown type. */
+static uint32_t rec_len_max(uint32_t type)
+{
+	switch (type) {
+	case SPOOL_REC_CHUNK:
+		return SPOOL_CHUNK_MAX;
+	case SPOOL_REC_COMMIT:
+		return SPOOL_COMMIT_MAX;
+	case SPOOL_REC_OUTCOME:
+		return SPOOL_OUTCOME_MAX;
+	case SPOOL_REC_ABORT:
+		return SPOOL_ABORT_SIZE;
+	default:
+		return 0;
+	}
 }
 
 bool spool_rec_check(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t off, struct spool_rec *r)
@@ -111,20 +129,18 @@ bool spool_rec_check(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t
 		return false;
 	type = p[4];
 	len = get32(p + 8);
-	if ((type != SPOOL_REC_CHUNK && type != SPOOL_REC_COMMIT) || p[5] || p[6] || p[7])
+	if (!rec_len_max(type) || p[5] || p[6] || p[7])
 		return false;
 	if (get64(p + 24) != epoch)
 		return false;
-	if (type == SPOOL_REC_CHUNK && len > SPOOL_CHUNK_MAX)
-		return false;
-	if (type == SPOOL_REC_COMMIT && len > SPOOL_COMMIT_MAX)
+	if (len > rec_len_max(type))
 		return false;
 	if (spool_rec_total(len) > size - off)
 		return false;
 	memcpy(hdr, p, sizeof(hdr));
 	put32(hdr + 12, 0);
 	crc = crc32c(0, hdr, sizeof(hdr));
-	if (type == SPOOL_REC_COMMIT)
+	if (type != SPOOL_REC_CHUNK)
 		crc = crc32c(crc, p + SPOOL_REC_HDR_SIZE, len);
 	if (crc != get32(p + 12))
 		return false;
@@ -259,6 +275,167 @@ int spool_commit_decode(const uint8_t *p, size_t n, struct spool_commit *c, stru
 	return 0;
 }
 
+/* ---- outcome (type 3) and abort (type 4) payloads ---- */
+
+static uint32_t str_len_cut(const char *s, uint32_t max)
+{
+	return s ? (uint32_t)strnlen(s, max) : 0;
+}
+
+static uint8_t *put_str_cut(uint8_t *p, const char *s, uint32_t max)
+{
+	uint32_t n = str_len_cut(s, max);
+
+	put32(p, n);
+	if (n)
+		memcpy(p + 4, s, n);
+	p[4 + n] = 0;
+	return p + 4 + n + 1;
+}
+
+static bool rcpt_state_valid(uint8_t st)
+{
+	return st >= SPOOL_RCPT_ATTEMPT && st <= SPOOL_RCPT_FAILED;
+}
+
+size_t spool_outcome_size(const struct spool_outcome *o)
+{
+	size_t n = SPOOL_OUTCOME_FIXED + 5 + str_len_cut(o->hop, SPOOL_OUTCOME_HOP_MAX) + 4;
+
+	if (!o->rcpt_count || o->rcpt_count > SPOOL_OUTCOME_RCPTS_MAX || !o->rcpt)
+		return 0;
+	for (uint32_t i = 0; i < o->rcpt_count; i++) {
+		const struct spool_outcome_rcpt *e = &o->rcpt[i];
+		if (!rcpt_state_valid(e->state) || e->idx >= SPOOL_RCPT_MAX)
+			return 0;
+		n += 8 + 5 + str_len_cut(e->esc, SPOOL_OUTCOME_ESC_MAX) + 5 +
+		     str_len_cut(e->text, SPOOL_OUTCOME_TEXT_MAX);
+	}
+	DS_ASSERT(n <= SPOOL_OUTCOME_MAX);
+	return n;
+}
+
+/*
+ * attempt u32, flags u32 (0), at_us i64, next_attempt_us i64, dsn_id u64,
+ * hop string, entry count u32; per entry: idx u32, state u8, flags u8
+ * (bit 0 possible_duplicate), code u16, esc string, text string.
+ */
+void spool_outcome_encode(uint8_t *out, const struct spool_outcome *o)
+{
+	uint8_t *p = out;
+
+	put32(p, o->attempt);
+	put32(p + 4, 0);
+	put64(p + 8, (uint64_t)o->at_us);
+	put64(p + 16, (uint64_t)o->next_attempt_us);
+	put64(p + 24, o->dsn_id);
+	p = put_str_cut(p + SPOOL_OUTCOME_FIXED, o->hop, SPOOL_OUTCOME_HOP_MAX);
+	put32(p, o->rcpt_count);
+	p += 4;
+	for (uint32_t i = 0; i < o->rcpt_count; i++) {
+		const struct spool_outcome_rcpt *e = &o->rcpt[i];
+		put32(p, e->idx);
+		p[4] = e->state;
+		p[5] = e->possible_duplicate ? 1 : 0;
+		p[6] = (uint8_t)e->code;
+		p[7] = (uint8_t)(e->code >> 8);
+		p = put_str_cut(p + 8, e->esc, SPOOL_OUTCOME_ESC_MAX);
+		p = put_str_cut(p, e->text, SPOOL_OUTCOME_TEXT_MAX);
+	}
+	DS_ASSERT((size_t)(p - out) == spool_outcome_size(o));
+}
+
+/* A string of at most max bytes (get_str checks the NUL and that none is inside). */
+static int get_str_max(const uint8_t **pp, const uint8_t *end, const char **out, uint32_t max)
+{
+	if (end - *pp >= 4 && get32(*pp) > max)
+		return -EBADMSG;
+	return get_str(pp, end, out);
+}
+
+static int entry_parse(const uint8_t **pp, const uint8_t *end, struct spool_outcome_rcpt *e)
+{
+	const uint8_t *p = *pp;
+
+	if (end - p < 8)
+		return -EBADMSG;
+	e->idx = get32(p);
+	e->state = p[4];
+	e->possible_duplicate = p[5] & 1;
+	e->code = (uint16_t)(p[6] | (p[7] << 8));
+	if (e->idx >= SPOOL_RCPT_MAX || !rcpt_state_valid(e->state))
+		return -EBADMSG;
+	p += 8;
+	if (get_str_max(&p, end, &e->esc, SPOOL_OUTCOME_ESC_MAX) ||
+	    get_str_max(&p, end, &e->text, SPOOL_OUTCOME_TEXT_MAX))
+		return -EBADMSG;
+	*pp = p;
+	return 0;
+}
+
+int spool_outcome_decode(const uint8_t *payload, uint32_t len, struct spool_outcome *o,
+			 struct spool_outcome_iter *it)
+{
+	const uint8_t *p = payload, *end = payload + len;
+	struct spool_outcome_rcpt e;
+
+	memset(o, 0, sizeof(*o));
+	memset(it, 0, sizeof(*it));
+	if (len < SPOOL_OUTCOME_FIXED || len > SPOOL_OUTCOME_MAX)
+		return -EBADMSG;
+	o->attempt = get32(p);
+	o->at_us = (int64_t)get64(p + 8);
+	o->next_attempt_us = (int64_t)get64(p + 16);
+	o->dsn_id = get64(p + 24);
+	p += SPOOL_OUTCOME_FIXED;
+	if (get_str_max(&p, end, &o->hop, SPOOL_OUTCOME_HOP_MAX) || end - p < 4)
+		return -EBADMSG;
+	o->rcpt_count = get32(p);
+	p += 4;
+	if (!o->rcpt_count || o->rcpt_count > SPOOL_OUTCOME_RCPTS_MAX)
+		return -EBADMSG;
+	it->p = p;
+	it->end = end;
+	it->left = o->rcpt_count;
+	/* Validate every entry now: the iterator then never meets a bad one. */
+	for (uint32_t i = 0; i < o->rcpt_count; i++)
+		if (entry_parse(&p, end, &e))
+			return -EBADMSG;
+	if (p != end)
+		return -EBADMSG;
+	return 0;
+}
+
+int spool_outcome_entry_next(struct spool_outcome_iter *it, struct spool_outcome_rcpt *e)
+{
+	int rc;
+
+	if (!it->left)
+		return 0;
+	rc = entry_parse(&it->p, it->end, e);
+	DS_ASSERT(rc == 0); /* validated by spool_outcome_decode */
+	it->left--;
+	return 1;
+}
+
+void spool_abort_encode(uint8_t out[SPOOL_ABORT_SIZE], const struct spool_abort *a)
+{
+	put32(out, a->reason);
+	put32(out + 4, 0);
+	put64(out + 8, a->commit_seq);
+	put64(out + 16, a->commit_off);
+}
+
+int spool_abort_decode(const uint8_t *payload, uint32_t len, struct spool_abort *a)
+{
+	if (len != SPOOL_ABORT_SIZE)
+		return -EBADMSG;
+	a->reason = get32(payload);
+	a->commit_seq = get64(payload + 8);
+	a->commit_off = get64(payload + 16);
+	return 0;
+}
+
 static bool all_zero(const uint8_t *p, uint64_t n)
 {
 	static const uint8_t zero[4096];
@@ -284,7 +461,8 @@ int spool_seg_scan(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t s
 		int rc;
 
 		if (spool_rec_check(map, size, epoch, off, &r)) {
-			rc = ops->rec ? ops->rec(ctx, &r) : 0;
+			bool hand = r.type == SPOOL_REC_CHUNK || r.type == SPOOL_REC_COMMIT || ops->delivery;
+			rc = ops->rec && hand ? ops->rec(ctx, &r) : 0;
 			if (rc)
 				return rc;
 			off += r.total;

@@ -3,8 +3,11 @@
 #define DS_SPOOL_FORMAT_H
 
 /*
- * On-disk format, version 1 (see spool/FORMAT.md). Internal to spool/
- * (lane, recovery, reader, tests). All integers little-endian.
+ * On-disk format, version 2 (see spool/FORMAT.md). Internal to spool/
+ * (lane, recovery, reader, tests). All integers little-endian. Version 2
+ * adds the delivery records (outcome, abort); a version 2 reader reads
+ * version 1 segments (which hold none), a version 1 binary refuses a
+ * version 2 segment by name.
  */
 
 #include <stdbool.h>
@@ -19,22 +22,35 @@
 #error "spool format encoding assumes a little-endian host"
 #endif
 
-#define SPOOL_FORMAT_VERSION 1u
-#define SPOOL_SEG_MAGIC	     "DSPOOLSG"
-#define SPOOL_SEG_HDR_SIZE   64u
-#define SPOOL_SEG_DATA_OFF   4096u	 /* records start here: data writes stay page aligned */
-#define SPOOL_REC_MAGIC	     0x52535344u /* "DSSR" */
-#define SPOOL_REC_HDR_SIZE   40u
-#define SPOOL_REC_ALIGN	     8u
+#define SPOOL_FORMAT_VERSION	 2u /* written into new segments */
+#define SPOOL_FORMAT_VERSION_MIN 1u /* oldest version read */
+#define SPOOL_SEG_MAGIC		 "DSPOOLSG"
+#define SPOOL_SEG_HDR_SIZE	 64u
+#define SPOOL_SEG_DATA_OFF	 4096u	     /* records start here: data writes stay page aligned */
+#define SPOOL_REC_MAGIC		 0x52535344u /* "DSSR" */
+#define SPOOL_REC_HDR_SIZE	 40u
+#define SPOOL_REC_ALIGN		 8u
 
 /* Limits (explicit, documented in FORMAT.md; those io/ needs are in spool.h). */
 #define SPOOL_CHUNK_MAX	 (1u << 20)    /* body payload per chunk record */
 #define SPOOL_COMMIT_MAX (128u * 1024) /* encoded commit payload */
 #define SPOOL_RCPT_MAX	 20000u
 
+/* Outcome records (format 2). Strings longer than their limit are cut when encoded. */
+#define SPOOL_OUTCOME_ESC_MAX	15u /* enhanced status code "5.123.123" fits */
+#define SPOOL_OUTCOME_FIXED	32u /* attempt .. dsn_id, before the hop string */
+#define SPOOL_OUTCOME_ENTRY_MAX (8u + (5u + SPOOL_OUTCOME_ESC_MAX) + (5u + SPOOL_OUTCOME_TEXT_MAX))
+/* Largest outcome payload: every recipient with the longest strings (about 5.5 MiB). */
+#define SPOOL_OUTCOME_MAX                                                                                    \
+	(SPOOL_OUTCOME_FIXED + 5u + SPOOL_OUTCOME_HOP_MAX + 4u +                                             \
+	 SPOOL_OUTCOME_RCPTS_MAX * SPOOL_OUTCOME_ENTRY_MAX)
+#define SPOOL_ABORT_SIZE 24u /* abort payload */
+
 enum spool_rec_type {
-	SPOOL_REC_CHUNK = 1,  /* body bytes of one txn; header CRC only (body CRC lives in the commit) */
-	SPOOL_REC_COMMIT = 2, /* envelope + body length/CRC + chunk locator; CRC over header+payload */
+	SPOOL_REC_CHUNK = 1,   /* body bytes of one txn; header CRC only (body CRC lives in the commit) */
+	SPOOL_REC_COMMIT = 2,  /* envelope + body length/CRC + chunk locator; CRC over header+payload */
+	SPOOL_REC_OUTCOME = 3, /* delivery outcome of some recipients of message txn_id; CRC over all */
+	SPOOL_REC_ABORT = 4,   /* message txn_id was refused (451/452) after all; CRC over all */
 };
 
 struct spool_seg_hdr {
@@ -95,10 +111,61 @@ void spool_commit_encode(uint8_t *out, const struct spool_commit *c, const struc
 int spool_commit_decode(const uint8_t *p, size_t n, struct spool_commit *c, struct ds_rcpt *rcpt,
 			uint32_t rcpt_cap);
 
+/*
+ * Outcome payload (type 3). Decoding allocates nothing: strings point into
+ * the payload (NUL terminated in the format), the entries are read with an
+ * iterator over the same bytes.
+ *
+ * Encode: spool_outcome_size(o) is the payload size (strings cut at their
+ * limits), or 0 if o is invalid (rcpt_count 0 or above
+ * SPOOL_OUTCOME_RCPTS_MAX, an entry with state PENDING or unknown, an idx
+ * >= SPOOL_RCPT_MAX); spool_outcome_encode() writes exactly that many bytes.
+ * o->id is not part of the payload: it is the record header's txn id.
+ */
+size_t spool_outcome_size(const struct spool_outcome *o);
+void spool_outcome_encode(uint8_t *out, const struct spool_outcome *o);
+
+struct spool_outcome_iter {
+	const uint8_t *p, *end;
+	uint32_t left; /* entries not yet returned */
+};
+/*
+ * Decode a whole outcome payload (the record's payload and len, e.g. a
+ * struct spool_rec from spool_seg_scan). Every entry is validated here, so
+ * the iterator cannot fail later. Fills o (o->id = 0: the caller takes it
+ * from the record header; o->rcpt = NULL: entries come from the iterator)
+ * and sets *it to the first entry. 0 or -EBADMSG. The payload must stay
+ * mapped while o, *it and the entries' strings are used.
+ */
+int spool_outcome_decode(const uint8_t *payload, uint32_t len, struct spool_outcome *o,
+			 struct spool_outcome_iter *it);
+/* The next entry: 1 and *e filled, or 0 at the end (after o->rcpt_count entries). */
+int spool_outcome_entry_next(struct spool_outcome_iter *it, struct spool_outcome_rcpt *e);
+
+/*
+ * Abort payload (type 4), SPOOL_ABORT_SIZE bytes: why the message's client
+ * was refused (positive errno: EIO or ENOSPC) and where its commit record
+ * was written (segment sequence, file offset; the refused copy). The record
+ * header's txn id is the refused message's id.
+ */
+struct spool_abort {
+	uint32_t reason;
+	uint64_t commit_seq, commit_off;
+};
+void spool_abort_encode(uint8_t out[SPOOL_ABORT_SIZE], const struct spool_abort *a);
+/* 0 or -EBADMSG (wrong length). */
+int spool_abort_decode(const uint8_t *payload, uint32_t len, struct spool_abort *a);
+
 /* Segment scanning shared by recovery and the reader. */
 struct spool_scan_ops {
-	/* A valid record. Return non-zero to stop the scan (returned by spool_seg_scan). */
+	/*
+	 * A valid record. Return non-zero to stop the scan (returned by
+	 * spool_seg_scan). Outcome and abort records (format 2) are handed out
+	 * only with delivery set; without it they are validated and skipped, so
+	 * a scanner written for chunks and commits only never sees them.
+	 */
 	int (*rec)(void *ctx, const struct spool_rec *r);
+	bool delivery;
 	/*
 	 * Bytes [from, to) are not records. tail: nothing valid follows (torn or
 	 * unwritten tail); zero: the region is all zero bytes.
