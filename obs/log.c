@@ -528,3 +528,64 @@ int obs_log_refused(struct obs_log_ring *r, const struct obs_log_refusal *f)
 	obs_log_str(r, "sender", f->sender);
 	return obs_log_end(r);
 }
+
+/* ---------------- the lines of the delivery stage (issue 14) ---------------- */
+
+const char *obs_log_delivery_outcome(const struct obs_log_delivery *d)
+{
+	if (d->outcome)
+		return d->outcome;
+	uint64_t total = (uint64_t)d->delivered + d->deferred + d->failed;
+	if (total == 0)
+		return "deferred"; /* nothing decided: the recipients stay queued */
+	if (d->delivered == total)
+		return "delivered";
+	if (d->deferred == total)
+		return "deferred";
+	if (d->failed == total)
+		return "failed";
+	return "mixed";
+}
+
+int obs_log_delivery(struct obs_log_ring *r, const struct obs_log_delivery *d)
+{
+	if (!obs_log_begin(r, OBS_LOG_INFO, "delivery"))
+		return 0;
+	obs_log_str(r, "queue_id", d->queue_id);
+	obs_log_str(r, "hop", d->hop);
+	obs_log_u64(r, "attempt", d->attempt);
+	obs_log_u64(r, "rcpts", d->rcpts);
+	obs_log_u64(r, "delivered", d->delivered);
+	obs_log_u64(r, "deferred", d->deferred);
+	obs_log_u64(r, "failed", d->failed);
+	obs_log_str(r, "outcome", obs_log_delivery_outcome(d));
+	obs_log_u64(r, "code", d->code);
+	obs_log_str(r, "esc", d->esc);
+	obs_log_u64(r, "delay_ms", d->delay_ms);
+	obs_log_u64(r, "duration_ms", d->duration_ms);
+	obs_log_bool(r, "possible_duplicate", d->possible_duplicate);
+	obs_log_bool(r, "redelivery", d->redelivery);
+	obs_log_str(r, "dsn_id", d->dsn_id);
+	obs_log_str(r, "reply", d->reply);
+	return obs_log_end(r);
+}
+
+int obs_log_dsn(struct obs_log_ring *r, const char *queue_id, const char *dsn_id, uint32_t failed_rcpts)
+{
+	if (!obs_log_begin(r, OBS_LOG_INFO, "dsn_queued"))
+		return 0;
+	obs_log_str(r, "queue_id", queue_id);
+	obs_log_str(r, "dsn_id", dsn_id);
+	obs_log_u64(r, "failed", failed_rcpts);
+	return obs_log_end(r);
+}
+
+int obs_log_hop(struct obs_log_ring *r, const char *hop, bool up, const char *why)
+{
+	/* Down is worth an operator's attention (mail waits); back up is the all-clear. */
+	if (!obs_log_begin(r, up ? OBS_LOG_INFO : OBS_LOG_WARN, up ? "hop_up" : "hop_down"))
+		return 0;
+	obs_log_str(r, "hop", hop);
+	obs_log_str(r, "reason", why);
+	return obs_log_end(r);
+}

@@ -107,4 +107,43 @@ struct obs_log_refusal {
 };
 int obs_log_refused(struct obs_log_ring *r, const struct obs_log_refusal *f);
 
+/* ---- the lines of the delivery stage (issue 14) ---- */
+
+/*
+ * One line per delivery attempt per message (level info, event=delivery):
+ *   queue_id hop attempt rcpts delivered deferred failed outcome code esc
+ *   delay_ms duration_ms possible_duplicate redelivery dsn_id reply
+ * reply comes last: it is the longest field, so a line over
+ * OBS_LOG_LINE_MAX loses it before anything else. Strings may be NULL
+ * (logged as ""); outcome NULL is derived from the counts.
+ */
+struct obs_log_delivery {
+	const char *queue_id;
+	const char *hop;    /* the --deliver-to URL */
+	uint32_t attempt;   /* 1 = first attempt, all runs */
+	uint32_t rcpts;	    /* recipients in this attempt */
+	uint32_t delivered; /* of which delivered, deferred, failed */
+	uint32_t deferred;
+	uint32_t failed;
+	const char *outcome;	 /* "delivered", "deferred", "failed", "mixed" */
+	uint16_t code;		 /* the deciding reply's code, 0 when none (no connection) */
+	const char *esc;	 /* its enhanced status code ("4.2.0"), or "" */
+	const char *reply;	 /* its first line's text, or why there was none ("connection refused") */
+	uint64_t delay_ms;	 /* received_at to the end of this attempt */
+	uint64_t duration_ms;	 /* this attempt */
+	bool possible_duplicate; /* connection lost after the final dot */
+	bool redelivery;	 /* a restart had cut an earlier attempt short */
+	const char *dsn_id;	 /* the queue id of the bounce this attempt spooled, or "" */
+};
+int obs_log_delivery(struct obs_log_ring *r, const struct obs_log_delivery *d);
+
+/* "delivered" when all rcpts were, "deferred"/"failed" likewise, "mixed" otherwise ("deferred" for none). */
+const char *obs_log_delivery_outcome(const struct obs_log_delivery *d);
+
+/* A bounce was spooled for queue_id (event=dsn_queued queue_id dsn_id failed). */
+int obs_log_dsn(struct obs_log_ring *r, const char *queue_id, const char *dsn_id, uint32_t failed_rcpts);
+
+/* A next hop went down (level warn, event=hop_down) or came back (info, event=hop_up): hop reason. */
+int obs_log_hop(struct obs_log_ring *r, const char *hop, bool up, const char *why);
+
 #endif

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "ds_assert.h"
+#include "ds_clock.h"
 #include "metrics.h"
 
 const uint64_t obs_metrics_lat_bounds_us[OBS_METRICS_LAT_BUCKETS] = {
@@ -21,15 +22,69 @@ static const char *const lat_le[OBS_METRICS_LAT_BUCKETS] = {
 	"0.005",    "0.01",    "0.025",	 "0.05",    "0.1",    "0.25",  "1",
 };
 const uint64_t obs_metrics_batch_bounds[OBS_METRICS_BATCH_BUCKETS] = {1, 2, 4, 8, 16, 32, 64, 128, 256, 512};
+/*
+ * Delivery latency spans a hand-off to a local next hop (milliseconds) and
+ * retries after a backoff (minutes to the queue lifetime, days).
+ */
+const uint64_t obs_metrics_dlv_lat_bounds_us[OBS_METRICS_DLV_LAT_BUCKETS] = {
+	1000,	   5000,       10000,	   25000,	50000,	     100000,   250000,
+	500000,	   1000000,    2500000,	   5000000,	10000000,    30000000, 60000000,
+	300000000, 1800000000, 3600000000, 14400000000, 86400000000,
+};
+static const char *const dlv_lat_le[OBS_METRICS_DLV_LAT_BUCKETS] = {
+	"0.001", "0.005", "0.01", "0.025", "0.05", "0.1",  "0.25", "0.5",   "1",     "2.5",
+	"5",	 "10",	  "30",	  "60",	   "300",  "1800", "3600", "14400", "86400",
+};
 
 static const char *const refuse_name[OBS_REFUSE_COUNT] = {"limit_total", "limit_per_ip", "shutdown",
 							  "proxy_error"};
 static const char *const reply_name[OBS_REPLY_COUNT] = {"2xx", "3xx", "4xx", "5xx"};
 
+static const char *const queue_state_name[OBS_QUEUE_STATE_COUNT] = {"new", "deferred", "active"};
+static const char *const outcome_name[3] = {"delivered", "deferred", "failed"};
+
+/*
+ * The hops' label values, escaped once at start-up (the exposition's
+ * escapes double a byte at most, plus the "...#i" of a cut name).
+ */
+#define HOP_LABEL_MAX (2 * OBS_METRICS_HOP_NAME_MAX + 16)
+static char hop_label[OBS_METRICS_HOPS_MAX][HOP_LABEL_MAX];
+static unsigned hop_count;
+
 void obs_metrics_init(struct obs_metrics *m)
 {
 	memset(m, 0, sizeof(*m));
 	DS_ASSERT(((uintptr_t)m & 63) == 0);
+	obs_counter_set(&m->dlv.queue_oldest_us, (uint64_t)INT64_MAX);
+}
+
+void obs_metrics_set_hops(const char *const *names, unsigned n)
+{
+	DS_ASSERT(n <= OBS_METRICS_HOPS_MAX);
+	for (unsigned i = 0; i < n; i++) {
+		const char *s = names[i] ? names[i] : "";
+		size_t len = strlen(s);
+		bool cut = len > OBS_METRICS_HOP_NAME_MAX;
+		if (cut)
+			len = OBS_METRICS_HOP_NAME_MAX;
+		char *o = hop_label[i];
+		for (size_t k = 0; k < len; k++) {
+			unsigned char c = (unsigned char)s[k];
+			if (c == '\\' || c == '"')
+				*o++ = '\\', *o++ = (char)c;
+			else if (c == '\n')
+				*o++ = '\\', *o++ = 'n';
+			else if (c < 0x20 || c >= 0x7f) /* keep the text ASCII, hence valid UTF-8 */
+				*o++ = '?';
+			else
+				*o++ = (char)c;
+		}
+		if (cut)
+			o += sprintf(o, "...#%u", i);
+		*o = 0;
+		DS_ASSERT((size_t)(o - hop_label[i]) < HOP_LABEL_MAX);
+	}
+	hop_count = n;
 }
 
 size_t obs_metrics_render_bound(unsigned n)
@@ -40,7 +95,14 @@ size_t obs_metrics_render_bound(unsigned n)
 	 * totals are fixed. Checked by tests/ops with every counter at
 	 * UINT64_MAX and IO_THREADS_MAX workers.
 	 */
-	return 16384 + (size_t)n * 12288;
+	size_t dlv = 0;
+	if (hop_count)
+		/*
+		 * The delivery families are server totals: about 60 fixed lines and
+		 * HELP/TYPE text, plus 8 series per hop, each with its label.
+		 */
+		dlv = 12288 + (size_t)hop_count * 8 * (128 + HOP_LABEL_MAX);
+	return 16384 + (size_t)n * 12288 + dlv;
 }
 
 struct out {
@@ -232,9 +294,121 @@ static void render_totals(struct out *o, const struct obs_metrics *const *w, uns
 	hist_samples(o, "dotspool_server_sync_gap_seconds", "", b, OBS_METRICS_LAT_BUCKETS, lat_le, NULL,
 		     sum_all(w, n, OFF(sync_gap.sum_us)), true);
 }
+
+/* One server-wide sample (sum over workers) of a counter or gauge, with its family. */
+static void total(struct out *o, const struct obs_metrics *const *w, unsigned n, const char *name,
+		  const char *type, const char *help, size_t off)
+{
+	family(o, name, type, help);
+	put(o, "%s %llu\n", name, (unsigned long long)sum_all(w, n, off));
+}
+
+/* The per-hop counter at off inside struct obs_metrics_hop, summed over workers, one line per hop. */
+static void per_hop(struct out *o, const struct obs_metrics *const *w, unsigned n, const char *name,
+		    const char *type, const char *help, size_t off)
+{
+	family(o, name, type, help);
+	for (unsigned h = 0; h < hop_count; h++)
+		put(o, "%s{hop=\"%s\"} %llu\n", name, hop_label[h],
+		    (unsigned long long)sum_all(w, n,
+						OFF(dlv.hop) + h * sizeof(struct obs_metrics_hop) + off));
+}
+
+/* The oldest queued message's age, max over workers; 0 when every queue is empty. */
+static void render_oldest(struct out *o, const struct obs_metrics *const *w, unsigned n, int64_t now_us)
+{
+	uint64_t age = 0;
+	for (unsigned i = 0; i < n; i++) {
+		if (!w[i])
+			continue;
+		int64_t t = (int64_t)obs_counter_get(&w[i]->dlv.queue_oldest_us);
+		/* Unsigned difference: no overflow whatever a worker stored; a clock step back reads 0. */
+		if (t != INT64_MAX && t < now_us)
+			age = DS_MAX(age, (uint64_t)now_us - (uint64_t)t);
+	}
+	family(o, "dotspool_queue_oldest_message_age_seconds", "gauge",
+	       "Age of the oldest message queued for delivery (now - received), all workers; 0 when empty.");
+	put(o, "dotspool_queue_oldest_message_age_seconds %llu.%06llu\n", (unsigned long long)(age / 1000000),
+	    (unsigned long long)(age % 1000000));
+}
+
+/* The delivery stage (issue 14): server totals, by state or next hop. Only with --deliver-to. */
+static void render_delivery(struct out *o, const struct obs_metrics *const *w, unsigned n, int64_t now_us)
+{
+	if (!hop_count)
+		return;
+	family(o, "dotspool_queue_messages", "gauge", "Messages queued for delivery, by state.");
+	for (unsigned s = 0; s < OBS_QUEUE_STATE_COUNT; s++)
+		put(o, "dotspool_queue_messages{state=\"%s\"} %llu\n", queue_state_name[s],
+		    (unsigned long long)sum_all(w, n, OFF(dlv.queue_messages) + s * sizeof(obs_counter_t)));
+	family(o, "dotspool_queue_bytes", "gauge",
+	       "Body bytes of the messages queued for delivery, by state.");
+	for (unsigned s = 0; s < OBS_QUEUE_STATE_COUNT; s++)
+		put(o, "dotspool_queue_bytes{state=\"%s\"} %llu\n", queue_state_name[s],
+		    (unsigned long long)sum_all(w, n, OFF(dlv.queue_bytes) + s * sizeof(obs_counter_t)));
+	total(o, w, n, "dotspool_queue_recipients_open", "gauge",
+	      "Recipients of queued messages without a final outcome.", OFF(dlv.queue_rcpts_open));
+	render_oldest(o, w, n, now_us);
+
+	family(o, "dotspool_deliveries_total", "counter",
+	       "Recipients that reached an outcome at a next hop, by hop and outcome.");
+	for (unsigned h = 0; h < hop_count; h++)
+		for (unsigned c = 0; c < 3; c++)
+			put(o, "dotspool_deliveries_total{hop=\"%s\",outcome=\"%s\"} %llu\n", hop_label[h],
+			    outcome_name[c],
+			    (unsigned long long)sum_all(w, n,
+							OFF(dlv.hop) + h * sizeof(struct obs_metrics_hop) +
+								offsetof(struct obs_metrics_hop, outcomes) +
+								c * sizeof(obs_counter_t)));
+	per_hop(o, w, n, "dotspool_delivery_attempts_total", "counter",
+		"Delivery attempts (one per message per attempt), by next hop.",
+		offsetof(struct obs_metrics_hop, attempts));
+
+	family(o, "dotspool_delivery_latency_seconds", "histogram",
+	       "Commit (the 250 of ingest) to the next hop's accept, per message and attempt that "
+	       "delivered.");
+	uint64_t b[OBS_METRICS_DLV_LAT_BUCKETS + 1];
+	for (unsigned k = 0; k <= OBS_METRICS_DLV_LAT_BUCKETS; k++)
+		b[k] = sum_all(w, n, OFF(dlv.latency.bucket) + k * sizeof(obs_counter_t));
+	hist_samples(o, "dotspool_delivery_latency_seconds", "", b, OBS_METRICS_DLV_LAT_BUCKETS, dlv_lat_le,
+		     NULL, sum_all(w, n, OFF(dlv.latency.sum_us)), true);
+
+	total(o, w, n, "dotspool_redeliveries_total", "counter",
+	      "Recipients delivered again after a restart cut an attempt short (possible duplicates).",
+	      OFF(dlv.redeliveries));
+	total(o, w, n, "dotspool_delivery_possible_duplicates_total", "counter",
+	      "Recipients whose connection was lost after the final dot, before the reply (tried again).",
+	      OFF(dlv.possible_duplicates));
+
+	per_hop(o, w, n, "dotspool_deliver_connections", "gauge", "Connections to the next hop open now.",
+		offsetof(struct obs_metrics_hop, conns_current));
+	per_hop(o, w, n, "dotspool_deliver_connections_total", "counter",
+		"Connections to the next hop opened.", offsetof(struct obs_metrics_hop, conns_total));
+	per_hop(o, w, n, "dotspool_deliver_connect_failures_total", "counter",
+		"Connections to the next hop that failed (refused, timed out, greeting, hello or TLS).",
+		offsetof(struct obs_metrics_hop, conn_failures));
+
+	family(o, "dotspool_deliver_hop_up", "gauge",
+	       "1 when every worker considers the next hop up, 0 while one backs it off.");
+	for (unsigned h = 0; h < hop_count; h++) {
+		bool up = true;
+		for (unsigned i = 0; i < n; i++)
+			if (w[i] && obs_counter_get(&w[i]->dlv.hop[h].down))
+				up = false;
+		put(o, "dotspool_deliver_hop_up{hop=\"%s\"} %d\n", hop_label[h], up ? 1 : 0);
+	}
+
+	total(o, w, n, "dotspool_dsn_total", "counter", "Delivery status notifications (bounces) spooled.",
+	      OFF(dlv.dsns));
+	total(o, w, n, "dotspool_outcome_records_total", "counter",
+	      "Delivery outcome records written to the spool.", OFF(dlv.records));
+	total(o, w, n, "dotspool_outcome_record_errors_total", "counter",
+	      "Delivery outcome records that could not be written.", OFF(dlv.record_errors));
+}
 #undef OFF
 
-size_t obs_metrics_render(const struct obs_metrics *const *w, unsigned n, char *buf, size_t cap)
+size_t obs_metrics_render_at(const struct obs_metrics *const *w, unsigned n, char *buf, size_t cap,
+			     int64_t now_wall_us)
 {
 	struct out o = {.buf = buf, .cap = cap, .len = 0};
 	if (cap)
@@ -242,7 +416,13 @@ size_t obs_metrics_render(const struct obs_metrics *const *w, unsigned n, char *
 	render_sessions(&o, w, n);
 	render_spool(&o, w, n);
 	render_totals(&o, w, n);
+	render_delivery(&o, w, n, now_wall_us);
 	return o.len;
+}
+
+size_t obs_metrics_render(const struct obs_metrics *const *w, unsigned n, char *buf, size_t cap)
+{
+	return obs_metrics_render_at(w, n, buf, cap, ds_wall_us());
 }
 
 /* ---------------- HTTP ---------------- */

@@ -24,10 +24,37 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ds_assert.h"
+
 /* Latency buckets in microseconds (the last, +Inf, is implicit). */
 #define OBS_METRICS_LAT_BUCKETS 14
 /* Messages-per-flush buckets (the last, +Inf, is implicit). */
 #define OBS_METRICS_BATCH_BUCKETS 10
+/* Delivery latency buckets, 1 ms .. 1 day (the last, +Inf, is implicit). */
+#define OBS_METRICS_DLV_LAT_BUCKETS 19
+
+/* Next hops (--deliver-to) with their own series; same limit as IO_DELIVER_HOPS_MAX. */
+#define OBS_METRICS_HOPS_MAX 8
+/*
+ * Raw bytes of a hop's label value (its URL); a longer one is cut and ends
+ * in "...#<index>" so two cut names stay distinct series.
+ */
+#define OBS_METRICS_HOP_NAME_MAX 256
+
+/* Index of the queue gauges' arrays: the lines of deliver/dlv_queue.h (enum dlv_qline). */
+enum obs_queue_state {
+	OBS_QUEUE_NEW,	    /* state="new" */
+	OBS_QUEUE_DEFERRED, /* state="deferred" */
+	OBS_QUEUE_ACTIVE,   /* state="active": an attempt is under way */
+	OBS_QUEUE_STATE_COUNT,
+};
+
+/* Outcome of a recipient; the values of enum dlv_class (deliver/dlv_client.h). */
+enum obs_dlv_outcome {
+	OBS_DLV_DELIVERED = 1,
+	OBS_DLV_DEFERRED = 2,
+	OBS_DLV_FAILED = 3,
+};
 
 /* Upper bound of an HTTP request for /metrics, headers included. */
 #define OBS_METRICS_HTTP_REQUEST_MAX 8192
@@ -62,6 +89,36 @@ struct obs_metrics_batch_hist {
 	obs_counter_t sum;
 };
 
+struct obs_metrics_dlv_lat_hist {
+	obs_counter_t bucket[OBS_METRICS_DLV_LAT_BUCKETS + 1]; /* non-cumulative; last is +Inf */
+	obs_counter_t sum_us;
+};
+
+/* One next hop as one worker saw it. */
+struct obs_metrics_hop {
+	obs_counter_t outcomes[3];   /* recipients, by enum obs_dlv_outcome - 1 */
+	obs_counter_t attempts;	     /* message attempts */
+	obs_counter_t conns_current; /* gauge */
+	obs_counter_t conns_total;
+	obs_counter_t conn_failures;
+	obs_counter_t down; /* gauge 0/1: this worker's view says down (0, up, until told) */
+};
+
+/* The delivery stage of one worker (issue 14). */
+struct obs_metrics_dlv {
+	obs_counter_t queue_messages[OBS_QUEUE_STATE_COUNT]; /* gauges */
+	obs_counter_t queue_bytes[OBS_QUEUE_STATE_COUNT];    /* gauges */
+	obs_counter_t queue_rcpts_open;			     /* gauge */
+	obs_counter_t queue_oldest_us;	   /* int64 wall-clock received_at of the oldest; INT64_MAX none */
+	obs_counter_t redeliveries;	   /* recipients */
+	obs_counter_t possible_duplicates; /* recipients */
+	obs_counter_t dsns;
+	obs_counter_t records;
+	obs_counter_t record_errors;
+	struct obs_metrics_dlv_lat_hist latency;
+	struct obs_metrics_hop hop[OBS_METRICS_HOPS_MAX];
+};
+
 struct obs_metrics {
 	_Alignas(64) obs_counter_t connections_current; /* gauge */
 	obs_counter_t connections_total;
@@ -80,13 +137,26 @@ struct obs_metrics {
 	struct obs_metrics_batch_hist messages_per_flush;
 	struct obs_metrics_lat_hist sync_gap;	    /* final dot received -> 250 sent (RFC 1047 gap) */
 	struct obs_metrics_lat_hist flush_duration; /* flush submitted -> completed */
+	struct obs_metrics_dlv dlv;
 };
 
 /* Bucket upper bounds, exported for tests. */
 extern const uint64_t obs_metrics_lat_bounds_us[OBS_METRICS_LAT_BUCKETS];
 extern const uint64_t obs_metrics_batch_bounds[OBS_METRICS_BATCH_BUCKETS];
+extern const uint64_t obs_metrics_dlv_lat_bounds_us[OBS_METRICS_DLV_LAT_BUCKETS];
 
 void obs_metrics_init(struct obs_metrics *m);
+
+/*
+ * The next hops' label values, names[i] for hop index i (the --deliver-to
+ * URLs as given; n <= OBS_METRICS_HOPS_MAX). A process-wide table: call it
+ * once at start-up before any worker or renderer runs; read-only after.
+ * n == 0 (the default) means no delivery stage: the render then has no
+ * delivery families at all, as before issue 14. Bytes outside printable
+ * ASCII are shown as '?', backslash, quote and newline are escaped per the
+ * exposition format.
+ */
+void obs_metrics_set_hops(const char *const *names, unsigned n);
 
 /* ---- writer side: only the owning worker thread calls these ---- */
 
@@ -194,6 +264,107 @@ static inline void obs_metrics_spool_bytes(struct obs_metrics *m, uint64_t used_
 	obs_counter_set(&m->spool_bytes_free, free_bytes);
 }
 
+/* ---- writer side, the delivery stage (issue 14): the owning worker only ---- */
+
+/*
+ * The worker's queue now (dlv_queue_stats()): messages and bytes indexed by
+ * enum obs_queue_state, recipients without a final outcome, and the
+ * wall-clock received_at of the oldest message (INT64_MAX when empty); the
+ * render computes its age at scrape time, so it keeps growing between
+ * updates.
+ */
+static inline void obs_metrics_dlv_queue(struct obs_metrics *m, const uint64_t messages[3],
+					 const uint64_t bytes[3], uint64_t rcpts_open,
+					 int64_t oldest_received_at_us)
+{
+	for (unsigned i = 0; i < OBS_QUEUE_STATE_COUNT; i++) {
+		obs_counter_set(&m->dlv.queue_messages[i], messages[i]);
+		obs_counter_set(&m->dlv.queue_bytes[i], bytes[i]);
+	}
+	obs_counter_set(&m->dlv.queue_rcpts_open, rcpts_open);
+	obs_counter_set(&m->dlv.queue_oldest_us, (uint64_t)oldest_received_at_us);
+}
+
+/* rcpts recipients reached outcome cls (enum obs_dlv_outcome == enum dlv_class) at hop. */
+static inline void obs_metrics_dlv_outcome(struct obs_metrics *m, unsigned hop, unsigned cls, uint64_t rcpts)
+{
+	DS_ASSERT(hop < OBS_METRICS_HOPS_MAX && cls >= OBS_DLV_DELIVERED && cls <= OBS_DLV_FAILED);
+	obs_counter_add(&m->dlv.hop[hop].outcomes[cls - 1], rcpts);
+}
+
+/* One attempt of one message at hop (however many recipients). */
+static inline void obs_metrics_dlv_attempt(struct obs_metrics *m, unsigned hop)
+{
+	DS_ASSERT(hop < OBS_METRICS_HOPS_MAX);
+	obs_counter_add(&m->dlv.hop[hop].attempts, 1);
+}
+
+/*
+ * Commit (the durable 250 of ingest) to the next hop's accept, us: once per
+ * message per attempt that delivered at least one recipient.
+ */
+static inline void obs_metrics_dlv_latency(struct obs_metrics *m, uint64_t us)
+{
+	struct obs_metrics_dlv_lat_hist *h = &m->dlv.latency;
+	obs_counter_add(&h->bucket[obs_metrics_bucket_of(obs_metrics_dlv_lat_bounds_us,
+							 OBS_METRICS_DLV_LAT_BUCKETS, us)],
+			1);
+	obs_counter_add(&h->sum_us, us);
+}
+
+/* rcpts recipients delivered again after a restart cut an earlier attempt short (possible duplicates). */
+static inline void obs_metrics_dlv_redelivery(struct obs_metrics *m, uint64_t rcpts)
+{
+	obs_counter_add(&m->dlv.redeliveries, rcpts);
+}
+
+/* The connection was lost after the final dot was sent, before the reply: rcpts may be delivered twice. */
+static inline void obs_metrics_dlv_possible_duplicate(struct obs_metrics *m, uint64_t rcpts)
+{
+	obs_counter_add(&m->dlv.possible_duplicates, rcpts);
+}
+
+/* A connection to hop was opened (connected and greeted or not: counted once it is usable). */
+static inline void obs_metrics_dlv_conn_open(struct obs_metrics *m, unsigned hop)
+{
+	DS_ASSERT(hop < OBS_METRICS_HOPS_MAX);
+	obs_counter_add(&m->dlv.hop[hop].conns_current, 1);
+	obs_counter_add(&m->dlv.hop[hop].conns_total, 1);
+}
+
+/* A connection counted by obs_metrics_dlv_conn_open() was closed. */
+static inline void obs_metrics_dlv_conn_close(struct obs_metrics *m, unsigned hop)
+{
+	DS_ASSERT(hop < OBS_METRICS_HOPS_MAX);
+	obs_counter_add(&m->dlv.hop[hop].conns_current, (uint64_t)-1); /* unsigned decrement */
+}
+
+/* A connection to hop could not be had (refused, timed out, greeting/hello/TLS failed). */
+static inline void obs_metrics_dlv_conn_failed(struct obs_metrics *m, unsigned hop)
+{
+	DS_ASSERT(hop < OBS_METRICS_HOPS_MAX);
+	obs_counter_add(&m->dlv.hop[hop].conn_failures, 1);
+}
+
+/* This worker's view of hop (dlv_queue_hop_up()); a hop is up until a worker says otherwise. */
+static inline void obs_metrics_dlv_hop_up(struct obs_metrics *m, unsigned hop, bool up)
+{
+	DS_ASSERT(hop < OBS_METRICS_HOPS_MAX);
+	obs_counter_set(&m->dlv.hop[hop].down, up ? 0 : 1);
+}
+
+/* A delivery status notification (bounce) was spooled. */
+static inline void obs_metrics_dlv_dsn(struct obs_metrics *m)
+{
+	obs_counter_add(&m->dlv.dsns, 1);
+}
+
+/* A delivery outcome record was written to the spool (ok) or could not be (not ok). */
+static inline void obs_metrics_dlv_record(struct obs_metrics *m, bool ok)
+{
+	obs_counter_add(ok ? &m->dlv.records : &m->dlv.record_errors, 1);
+}
+
 /* ---- reader side: any thread ---- */
 
 /*
@@ -202,6 +373,9 @@ static inline void obs_metrics_spool_bytes(struct obs_metrics *m, uint64_t used_
  * >= cap the output was truncated (still NUL-terminated when cap > 0).
  */
 size_t obs_metrics_render(const struct obs_metrics *const *workers, unsigned n, char *buf, size_t cap);
+/* The same with the wall clock's now given (the oldest message's age is computed from it); for tests. */
+size_t obs_metrics_render_at(const struct obs_metrics *const *workers, unsigned n, char *buf, size_t cap,
+			     int64_t now_wall_us);
 
 /* A buffer of this size always holds obs_metrics_render() of n workers (plus NUL). */
 size_t obs_metrics_render_bound(unsigned n);
