@@ -385,6 +385,132 @@ static void test_multi_producer(void **state)
 	fclose(f);
 }
 
+/* The delivery stage's lines (issue 14): exact text, derived outcome, levels, a long reply cut last. */
+static void test_delivery_lines(void **state)
+{
+	FILE *f = tmpfile();
+	assert_non_null(f);
+	struct obs_log *l;
+	assert_int_equal(obs_log_create(&l, 1, 16384, f, OBS_LOG_INFO), 0);
+	struct obs_log_ring *r = obs_log_ring(l, 0);
+
+	struct obs_log_delivery d = {
+		.queue_id = "0001a2b3c4d5e6f7",
+		.hop = "lmtp:/run/dovecot/lmtp",
+		.attempt = 2,
+		.rcpts = 3,
+		.delivered = 1,
+		.deferred = 1,
+		.failed = 1,
+		.code = 550,
+		.esc = "5.1.1",
+		.reply = "<b@example.com> User \"b\" unknown\r",
+		.delay_ms = 301234,
+		.duration_ms = 12,
+		.dsn_id = "0001a2b3c4d5e700",
+	};
+	assert_string_equal(obs_log_delivery_outcome(&d), "mixed");
+	assert_int_equal(obs_log_delivery(r, &d), 0);
+
+	/* All delivered on a first attempt, NULL strings, after a restart: derived "delivered". */
+	struct obs_log_delivery ok = {
+		.queue_id = "00000000000000aa",
+		.hop = "smtp://[::1]:2525",
+		.attempt = 1,
+		.rcpts = 2,
+		.delivered = 2,
+		.code = 250,
+		.esc = "2.0.0",
+		.reply = "Ok: queued as 4ABC",
+		.delay_ms = 3,
+		.duration_ms = 2,
+		.redelivery = true,
+	};
+	assert_int_equal(obs_log_delivery(r, &ok), 0);
+	/* No connection: nothing decided is "deferred"; a caller's outcome wins over the counts. */
+	struct obs_log_delivery none = {.queue_id = "q",
+					.hop = "smtp://192.0.2.1:25",
+					.attempt = 5,
+					.rcpts = 1,
+					.reply = "connection refused",
+					.possible_duplicate = true};
+	assert_string_equal(obs_log_delivery_outcome(&none), "deferred");
+	assert_int_equal(obs_log_delivery(r, &none), 0);
+	struct obs_log_delivery one = {.deferred = 2};
+	assert_string_equal(obs_log_delivery_outcome(&one), "deferred");
+	one = (struct obs_log_delivery){.failed = 4};
+	assert_string_equal(obs_log_delivery_outcome(&one), "failed");
+	one.outcome = "delivered";
+	assert_string_equal(obs_log_delivery_outcome(&one), "delivered");
+
+	assert_int_equal(obs_log_dsn(r, "0001a2b3c4d5e6f7", "0001a2b3c4d5e700", 1), 0);
+	assert_int_equal(obs_log_hop(r, "smtp://192.0.2.1:25", false, "connect: Connection refused"), 0);
+	assert_int_equal(obs_log_hop(r, "smtp://192.0.2.1:25", true, NULL), 0);
+
+	/* At warn only the hop going down is logged. */
+	obs_log_set_level(l, OBS_LOG_WARN);
+	assert_int_equal(obs_log_delivery(r, &d), 0);
+	assert_int_equal(obs_log_dsn(r, "x", "y", 1), 0);
+	assert_int_equal(obs_log_hop(r, "h2", true, "ok"), 0);
+	assert_int_equal(obs_log_hop(r, "h2", false, "timeout"), 0);
+	obs_log_set_level(l, OBS_LOG_INFO);
+
+	/* A reply too long for the line is cut; every other field is whole (the reply comes last). */
+	char longreply[OBS_LOG_LINE_MAX];
+	memset(longreply, 'r', sizeof(longreply) - 1);
+	longreply[sizeof(longreply) - 1] = 0;
+	char longhop[OBS_LOG_VALUE_MAX];
+	memset(longhop, 'h', sizeof(longhop) - 1);
+	longhop[sizeof(longhop) - 1] = 0;
+	struct obs_log_delivery big = d;
+	big.hop = longhop;
+	big.reply = longreply;
+	assert_int_equal(obs_log_delivery(r, &big), 0);
+
+	obs_log_drain(l);
+	char *out = slurp(f);
+	assert_int_equal(count_lines(out), 8);
+	char *line = strtok(out, "\n");
+	assert_string_equal(line + 30,
+			    " level=info event=delivery queue_id=0001a2b3c4d5e6f7 hop=lmtp:/run/dovecot/lmtp "
+			    "attempt=2 rcpts=3 delivered=1 deferred=1 failed=1 outcome=mixed code=550 "
+			    "esc=5.1.1 delay_ms=301234 duration_ms=12 possible_duplicate=false "
+			    "redelivery=false dsn_id=0001a2b3c4d5e700 "
+			    "reply=\"<b@example.com> User \\\"b\\\" unknown\\r\"");
+	line = strtok(NULL, "\n");
+	assert_string_equal(line + 30,
+			    " level=info event=delivery queue_id=00000000000000aa hop=smtp://[::1]:2525 "
+			    "attempt=1 rcpts=2 delivered=2 deferred=0 failed=0 outcome=delivered code=250 "
+			    "esc=2.0.0 delay_ms=3 duration_ms=2 possible_duplicate=false redelivery=true "
+			    "dsn_id=\"\" reply=\"Ok: queued as 4ABC\"");
+	line = strtok(NULL, "\n");
+	assert_string_equal(line + 30,
+			    " level=info event=delivery queue_id=q hop=smtp://192.0.2.1:25 attempt=5 "
+			    "rcpts=1 delivered=0 deferred=0 failed=0 outcome=deferred code=0 esc=\"\" "
+			    "delay_ms=0 duration_ms=0 possible_duplicate=true redelivery=false dsn_id=\"\" "
+			    "reply=\"connection refused\"");
+	line = strtok(NULL, "\n");
+	assert_string_equal(line + 30, " level=info event=dsn_queued queue_id=0001a2b3c4d5e6f7 "
+				       "dsn_id=0001a2b3c4d5e700 failed=1");
+	line = strtok(NULL, "\n");
+	assert_string_equal(line + 30, " level=warn event=hop_down hop=smtp://192.0.2.1:25 "
+				       "reason=\"connect: Connection refused\"");
+	line = strtok(NULL, "\n");
+	assert_string_equal(line + 30, " level=info event=hop_up hop=smtp://192.0.2.1:25 reason=\"\"");
+	line = strtok(NULL, "\n");
+	assert_string_equal(line + 30, " level=warn event=hop_down hop=h2 reason=timeout");
+	line = strtok(NULL, "\n");
+	assert_int_equal(
+		strncmp(line + 30, " level=info event=delivery queue_id=0001a2b3c4d5e6f7 hop=hhhh", 62), 0);
+	assert_non_null(strstr(line, " dsn_id=0001a2b3c4d5e700 reply=rrrr"));
+	assert_non_null(strstr(line, " delay_ms=301234 duration_ms=12 "));
+	assert_int_equal(strlen(strstr(line, " truncated=true")), strlen(" truncated=true"));
+	assert_true(strlen(line) - 30 - strlen(" level=info ") <= OBS_LOG_LINE_MAX);
+	free(out);
+	obs_log_destroy(l);
+	fclose(f);
+}
+
 static void test_create_limits(void **state)
 {
 	struct obs_log *l;
@@ -409,7 +535,7 @@ int main(void)
 		cmocka_unit_test(test_escape),	      cmocka_unit_test(test_escape_roundtrip),
 		cmocka_unit_test(test_lines),	      cmocka_unit_test(test_wrap),
 		cmocka_unit_test(test_full_drops),    cmocka_unit_test(test_multi_producer),
-		cmocka_unit_test(test_create_limits),
+		cmocka_unit_test(test_create_limits), cmocka_unit_test(test_delivery_lines),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }
