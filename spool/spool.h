@@ -268,6 +268,16 @@ struct spool_lane_stats {
 	/* Commits settled durable, a running sum: its growth across one completion is
 	 * the number of messages that flush (or direct-mode write) made durable. */
 	uint64_t commits_durable;
+	/* Format 2. Outcome records queued (spool_lane_outcome took the cookie), settled
+	 * durable, settled with an error (their segment failed). */
+	uint64_t outcomes, outcomes_durable, outcome_errors;
+	/*
+	 * Abort records (FORMAT.md, "Abort rule"): staged (one per failed commit, more if
+	 * the segment an abort went to failed too), commits settled with their error after
+	 * their abort record was durable, and commits settled with their error without one
+	 * (no segment could be prepared, or the abort's segment failed ABORT_TRIES times).
+	 */
+	uint64_t aborts, aborts_durable, aborts_lost;
 };
 void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st);
 

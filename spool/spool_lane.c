@@ -16,6 +16,14 @@
  * it to the one write in flight); an older segment becomes durable as a
  * whole by its seal flush. A commit settles when durable_pos reaches the
  * end of its commit record: its chunks lie before it in the stream.
+ * Outcome records (format 2) ride the same queue and settle the same way.
+ *
+ * Aborts: a failed segment fails every unsettled commit, but the bytes of
+ * a commit may still turn out intact on disk. So before such a commit is
+ * settled with its error (451/452), an abort record naming it is written
+ * to a healthy segment and made durable; only then settled(cookie, err).
+ * Failed commits wait in the abort FIFO until their abort record is
+ * staged; new commits and outcomes get -EAGAIN meanwhile.
  */
 #include "spool.h"
 
@@ -42,6 +50,13 @@
 #define LANE_RETRY_MAX	 10000
 #define TXN_OPEN	 1u
 #define TXN_CLOSED	 2u
+#define TXN_COMMITTED	 3u /* closed, its commit record queued: spool_txn_location() */
+/*
+ * Segments an abort record is tried on: a failed commit whose abort's
+ * segment failed this often, or for which this many segment preparations
+ * in a row failed, is settled with its error without one (aborts_lost).
+ */
+#define ABORT_TRIES_MAX 3u
 
 /*
  * Direct mode (SPOOL_IO_DIRECT): every write covers whole 4 KiB blocks that
@@ -84,9 +99,18 @@ struct lane_op {
 	uint64_t t_start_ns;
 };
 
+enum { Q_COMMIT = 0, Q_OUTCOME, Q_ABORT };
+
+/* A record waiting for durability (commit queue), or a failed commit owing an abort (abort FIFO). */
 struct lane_commit {
 	uint64_t cookie;
-	uint64_t lend;
+	uint64_t lend; /* end of its record in the lane's stream */
+	uint64_t id;   /* commit, abort: the message */
+	uint64_t off;  /* commit, abort: file offset of the message's commit record */
+	uint32_t seq;  /* ... and its segment (< 2^32: spool_id) */
+	uint8_t kind;  /* Q_* */
+	uint8_t err;   /* abort: positive errno the client is answered with */
+	uint8_t tries; /* abort: segments its record was staged to that failed */
 };
 
 struct spool_lane {
@@ -111,6 +135,9 @@ struct spool_lane {
 
 	struct lane_commit *commits;
 	uint32_t commit_first, commit_count;
+	struct lane_commit *aborts; /* failed commits owing an abort record (FIFO) */
+	uint32_t abort_first, abort_count;
+	uint32_t abort_roll_fails; /* segment preparations failed in a row while aborts were owed */
 	uint64_t durable_pos;
 	uint32_t gen; /* bumped when a segment fails: older open txns fail */
 
@@ -337,8 +364,44 @@ static void advance_durable(struct spool_lane *l)
 			break;
 		l->commit_first = (l->commit_first + 1) % LANE_COMMITS_MAX;
 		l->commit_count--;
-		l->st.commits_durable++;
-		l->ops->settled(l->ctx, c.cookie, 0);
+		if (c.kind == Q_ABORT) {
+			/* The refusal is durable: now the client may hear it. */
+			l->st.aborts_durable++;
+			l->ops->settled(l->ctx, c.cookie, -(int)c.err);
+		} else if (c.kind == Q_OUTCOME) {
+			l->st.outcomes_durable++;
+			l->ops->settled(l->ctx, c.cookie, 0);
+		} else {
+			l->st.commits_durable++;
+			l->ops->settled(l->ctx, c.cookie, 0);
+		}
+	}
+}
+
+static void queue_push(struct spool_lane *l, const struct lane_commit *c)
+{
+	DS_ASSERT(l->commit_count < LANE_COMMITS_MAX);
+	l->commits[(l->commit_first + l->commit_count) % LANE_COMMITS_MAX] = *c;
+	l->commit_count++;
+}
+
+static void abort_owe(struct spool_lane *l, const struct lane_commit *c)
+{
+	/* Every entry is a distinct failed commit still unsettled: never more than the queue held. */
+	DS_ASSERT(l->abort_count < LANE_COMMITS_MAX);
+	l->aborts[(l->abort_first + l->abort_count) % LANE_COMMITS_MAX] = *c;
+	l->abort_count++;
+}
+
+/* Settle the first n owed aborts with their error, without an abort record. */
+static void aborts_give_up(struct spool_lane *l, uint32_t n)
+{
+	while (n-- && l->abort_count) {
+		struct lane_commit c = l->aborts[l->abort_first];
+		l->abort_first = (l->abort_first + 1) % LANE_COMMITS_MAX;
+		l->abort_count--;
+		l->st.aborts_lost++;
+		l->ops->settled(l->ctx, c.cookie, -(int)c.err);
 	}
 }
 
@@ -362,12 +425,31 @@ static void seg_fail(struct spool_lane *l, struct lane_seg *s, int err)
 	}
 	if (l->submitted < s->lend && l->submitted >= s->lstart)
 		l->submitted = DS_MIN(s->lend, l->head);
-	/* Only the commits queued so far: settled() may queue new ones (new gen, new segment). */
+	/*
+	 * Only the entries queued so far: settled() may queue new ones (new
+	 * gen, new segment). A failed commit owes an abort record first (its
+	 * bytes may yet turn out intact); an abort whose segment failed is
+	 * owed again; an outcome is simply not durable (the caller records it
+	 * again; should this copy survive, it says the same).
+	 */
 	for (uint32_t n = l->commit_count; n; n--) {
 		struct lane_commit c = l->commits[l->commit_first];
 		l->commit_first = (l->commit_first + 1) % LANE_COMMITS_MAX;
 		l->commit_count--;
-		l->ops->settled(l->ctx, c.cookie, res);
+		if (c.kind == Q_COMMIT) {
+			c.kind = Q_ABORT;
+			c.err = (uint8_t)-res;
+			c.tries = 0;
+			abort_owe(l, &c);
+		} else if (c.kind == Q_ABORT && ++c.tries < ABORT_TRIES_MAX) {
+			abort_owe(l, &c);
+		} else if (c.kind == Q_ABORT) {
+			l->st.aborts_lost++;
+			l->ops->settled(l->ctx, c.cookie, -(int)c.err);
+		} else {
+			l->st.outcome_errors++;
+			l->ops->settled(l->ctx, c.cookie, res);
+		}
 	}
 }
 
@@ -599,10 +681,13 @@ static void dio_durable(struct spool_lane *l, struct lane_seg *s)
 	advance_durable(l);
 }
 
-static void lane_pump(struct spool_lane *l)
+static void aborts_stage(struct spool_lane *l);
+
+static void lane_pump_once(struct spool_lane *l)
 {
 	struct lane_seg *act;
 
+	aborts_stage(l);
 	if (l->direct)
 		pump_direct(l);
 	while (!l->direct && l->submitted < l->head) {
@@ -652,6 +737,16 @@ static void lane_pump(struct spool_lane *l)
 			seg_fail(l, act, rc);
 	}
 	segs_reap(l);
+}
+
+static void lane_pump(struct spool_lane *l)
+{
+	uint64_t fails = l->st.flush_errors;
+
+	lane_pump_once(l);
+	/* A segment failed while submitting: stage (and write) the aborts it owes now, not a turn later. */
+	if (l->st.flush_errors != fails && l->abort_count)
+		lane_pump_once(l);
 }
 
 void spool_lane_kick(struct spool_lane *l)
@@ -800,7 +895,7 @@ void spool_lane_complete(struct spool_lane *l, uint64_t tag, int res)
 
 bool spool_lane_busy(const struct spool_lane *l)
 {
-	return l->ops_inflight > 0 || l->commit_count > 0;
+	return l->ops_inflight > 0 || l->commit_count > 0 || l->abort_count > 0;
 }
 
 void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st)
@@ -873,7 +968,10 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 	}
 	l->cfg.dir = l->dir;
 	l->commits = calloc(LANE_COMMITS_MAX, sizeof(*l->commits));
-	if (!l->commits) {
+	l->aborts = calloc(LANE_COMMITS_MAX, sizeof(*l->aborts));
+	if (!l->commits || !l->aborts) {
+		free(l->commits);
+		free(l->aborts);
 		free(l);
 		return -ENOMEM;
 	}
@@ -937,6 +1035,7 @@ void spool_lane_close(struct spool_lane *l)
 	if (l->ring)
 		munmap(l->ring, 2 * l->ring_size);
 	free(l->commits);
+	free(l->aborts);
 	free(l);
 }
 
@@ -1007,6 +1106,65 @@ static uint64_t durable_off_for(struct spool_lane *l, struct lane_seg *s)
 	if (l->durable_pos <= s->lstart)
 		return 0;
 	return seg_file_off(s, DS_MIN(l->durable_pos, l->head));
+}
+
+/*
+ * Make room for a record of total bytes in the active segment: roll when
+ * there is no active segment or it is too full. 0, -EAGAIN (no room for a
+ * segment now: retry after a completion) or the failed preparation's error.
+ */
+static int room_for_record(struct spool_lane *l, uint64_t total)
+{
+	if (seg_active(l) && seg_left(l) >= total)
+		return 0;
+	if (l->seg_count >= LANE_SEGS_MAX - 1)
+		return -EAGAIN;
+	return lane_roll(l);
+}
+
+/*
+ * Stage an abort record for each failed commit that owes one (FORMAT.md,
+ * "Abort rule"), as far as staging room allows; each then waits in the
+ * commit queue, and is settled with its error once durable. A failed
+ * preparation of the segment they need counts against all of them: after
+ * ABORT_TRIES_MAX in a row they are settled without one (aborts_lost).
+ */
+static void aborts_stage(struct spool_lane *l)
+{
+	const uint64_t total = spool_rec_total(SPOOL_ABORT_SIZE);
+
+	while (l->abort_count) {
+		struct lane_commit c = l->aborts[l->abort_first];
+		struct spool_abort a = {.reason = c.err, .commit_seq = c.seq, .commit_off = c.off};
+		struct lane_seg *s;
+		uint8_t *dst;
+		int rc;
+
+		if (l->commit_count >= LANE_COMMITS_MAX || ring_free(l) < total)
+			return; /* room comes with a completion */
+		rc = room_for_record(l, total);
+		if (rc == -EAGAIN)
+			return;
+		if (rc) {
+			if (++l->abort_roll_fails >= ABORT_TRIES_MAX) {
+				l->abort_roll_fails = 0;
+				aborts_give_up(l, l->abort_count);
+			}
+			continue;
+		}
+		l->abort_roll_fails = 0;
+		s = seg_active(l);
+		dst = l->ring + (l->head % l->ring_size);
+		spool_abort_encode(dst + SPOOL_REC_HDR_SIZE, &a);
+		spool_rec_encode(dst, SPOOL_REC_ABORT, SPOOL_ABORT_SIZE, c.id, s->epoch,
+				 durable_off_for(l, s));
+		l->head += total;
+		c.lend = l->head;
+		queue_push(l, &c);
+		l->abort_first = (l->abort_first + 1) % LANE_COMMITS_MAX;
+		l->abort_count--;
+		l->st.aborts++;
+	}
 }
 
 /*
@@ -1134,7 +1292,8 @@ int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_
 		err = -EMSGSIZE;
 		goto fail;
 	}
-	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX)
+	/* Failed commits' aborts go first: their clients wait for the 451. */
+	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
 		return -EAGAIN;
 	if (!seg_active(l) || seg_left(l) < total) {
 		int rc;
@@ -1155,12 +1314,18 @@ int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_
 	dst = l->ring + (l->head % l->ring_size);
 	spool_commit_encode(dst + SPOOL_REC_HDR_SIZE, &c, env);
 	spool_rec_encode(dst, SPOOL_REC_COMMIT, (uint32_t)size, t->id, s->epoch, durable_off_for(l, s));
+	queue_push(l, &(struct lane_commit){.cookie = cookie,
+					    .lend = l->head + total,
+					    .id = t->id,
+					    .seq = (uint32_t)s->seq,
+					    .off = seg_file_off(s, l->head),
+					    .kind = Q_COMMIT});
 	l->head += total;
-	l->commits[(l->commit_first + l->commit_count) % LANE_COMMITS_MAX] =
-		(struct lane_commit){.cookie = cookie, .lend = l->head};
-	l->commit_count++;
 	l->st.commits++;
-	t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
+	/* The chunk locator is no longer needed: the slots keep the commit's location. */
+	t->priv[P_FIRST_SEQ] = s->seq;
+	t->priv[P_FIRST_OFF] = seg_file_off(s, l->head - total);
+	t->priv[P_CRC_STATE] = (uint64_t)TXN_COMMITTED << 32;
 	return 0;
 fail:
 	/* Closed like an abort: the caller answers with err (the cookie was not taken). */
@@ -1172,4 +1337,45 @@ void spool_txn_abort(struct spool_lane *l, struct spool_txn *t)
 {
 	/* Chunks never committed are garbage: recovery and readers skip them. */
 	t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
+}
+
+int spool_txn_location(const struct spool_txn *t, uint64_t *seq, uint64_t *off)
+{
+	if (txn_state(t) != TXN_COMMITTED)
+		return -EINVAL;
+	*seq = t->priv[P_FIRST_SEQ];
+	*off = t->priv[P_FIRST_OFF];
+	return 0;
+}
+
+int spool_lane_outcome(struct spool_lane *l, const struct spool_outcome *o, uint64_t cookie)
+{
+	struct lane_seg *s;
+	uint64_t total;
+	uint8_t *dst;
+	size_t size;
+	int rc;
+
+	if (!o->rcpt_count || o->rcpt_count > SPOOL_OUTCOME_RCPTS_MAX)
+		return -EMSGSIZE;
+	size = spool_outcome_size(o);
+	if (!size || !o->id)
+		return -EINVAL;
+	total = spool_rec_total(size);
+	/* Could wait for room forever: a record too big for this staging size or segment size. */
+	if (total > l->ring_size / 2 || total > seg_cap_l(l))
+		return -EMSGSIZE;
+	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
+		return -EAGAIN;
+	rc = room_for_record(l, total);
+	if (rc)
+		return rc == -EAGAIN ? -EAGAIN : rc == -ENOSPC ? -ENOSPC : -EIO;
+	s = seg_active(l);
+	dst = l->ring + (l->head % l->ring_size);
+	spool_outcome_encode(dst + SPOOL_REC_HDR_SIZE, o);
+	spool_rec_encode(dst, SPOOL_REC_OUTCOME, (uint32_t)size, o->id, s->epoch, durable_off_for(l, s));
+	l->head += total;
+	queue_push(l, &(struct lane_commit){.cookie = cookie, .lend = l->head, .kind = Q_OUTCOME});
+	l->st.outcomes++;
+	return 0;
 }
