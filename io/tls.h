@@ -141,4 +141,54 @@ int io_tls_describe(const struct io_tls_conn *c, char *buf, size_t cap);
  */
 void io_tls_close_notify(struct io_tls_conn *c);
 
+/* ---- client side (delivery: STARTTLS to the next hop) ---- */
+
+struct io_tls_client; /* config + CA chain + RNG; one per worker */
+
+/*
+ * Build a client configuration with the server's policy (TLS 1.2 only,
+ * ECDHE with AES-GCM or CHACHA20-POLY1305, the same groups and hashes, no
+ * renegotiation). ca_file: PEM trust anchors (one or more certificates);
+ * NULL or "": none, the peer's certificate is then not verified at all and
+ * io_tls_verify_result() reports -ENOKEY. The library's authmode is
+ * OPTIONAL: a handshake with an unverifiable certificate completes, and the
+ * caller decides with io_tls_verify_result() (delivery: `required` defers,
+ * `opportunistic` goes on and logs). conn_max bounds the live client
+ * sessions (-EMFILE beyond). On failure, -errno and a one-line reason in err.
+ */
+int io_tls_client_create(struct io_tls_client **out, const char *ca_file, uint32_t conn_max, char *err,
+			 size_t errcap);
+
+/* Free the client. Every session of it must have been destroyed first. */
+void io_tls_client_destroy(struct io_tls_client *cl);
+
+/* Live sessions of this client (for tests and statistics). */
+uint32_t io_tls_client_conn_count(const struct io_tls_client *cl);
+
+/*
+ * Start a client-side TLS session (after the next hop's "220" to STARTTLS).
+ * server_name (NULL: none) is sent as SNI and is the DNS name the
+ * certificate must carry (mbedTLS 2.28 matches DNS names, not IP
+ * addresses); without it only the chain is verified. Then drive it with the
+ * same functions as a server session: call io_tls_handshake() at once (it
+ * queues the ClientHello: send io_tls_output), feed the replies, call it
+ * again until 0; then io_tls_write / io_tls_read / io_tls_close_notify /
+ * io_tls_conn_destroy. -EMFILE at conn_max, -ENOMEM, -EINVAL (a name longer
+ * than 255 bytes).
+ */
+int io_tls_conn_create_client(struct io_tls_conn **out, struct io_tls_client *cl, const char *server_name);
+
+/*
+ * The verification of the peer's certificate, after the client handshake
+ * completed. 0: the chain verified against the CA file and, if a
+ * server_name was given, the certificate carries that name. Otherwise a
+ * one-line reason in why (cap bytes, NUL-terminated; why may be NULL) and:
+ *   -ENOKEY   no CA file was configured (nothing verified)
+ *   -EBADMSG  the certificate did not verify (untrusted, name mismatch,
+ *             expired, wrong key usage, ...)
+ *   -EAGAIN   the handshake is not complete (or failed)
+ *   -EINVAL   a server session
+ */
+int io_tls_verify_result(const struct io_tls_conn *c, char *why, size_t cap);
+
 #endif
