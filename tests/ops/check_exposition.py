@@ -5,12 +5,16 @@
 Usage: check_exposition.py FILE|-            check a body
        check_exposition.py --exe DUMP         run DUMP body and DUMP http, check both
        check_exposition.py --url URL          fetch URL (GET) and check the response
+       ... --dlv                              also require the delivery families (issue 14)
 
 Checks every line parses (HELP, TYPE, sample with labels and a float
 value), that a family's TYPE comes before its samples and its samples are
 contiguous, no duplicate series, counters >= 0, histogram buckets are
 cumulative with increasing le ending in +Inf, +Inf == _count, and every
 name starts with dotspool_. Exits 0 when valid, 1 with the first error.
+With --dlv: every delivery family is there with its type, the same
+non-empty set of hops in each per-hop family, every outcome per hop,
+every queue state, hop_up 0 or 1, and no worker label (server totals).
 """
 import math
 import re
@@ -145,6 +149,96 @@ def check(text):
     return samples, len(types), len(hist)
 
 
+DLV_FAMILIES = {
+    "dotspool_queue_messages": ("gauge", ("state",)),
+    "dotspool_queue_bytes": ("gauge", ("state",)),
+    "dotspool_queue_recipients_open": ("gauge", ()),
+    "dotspool_queue_oldest_message_age_seconds": ("gauge", ()),
+    "dotspool_deliveries_total": ("counter", ("hop", "outcome")),
+    "dotspool_delivery_attempts_total": ("counter", ("hop",)),
+    "dotspool_delivery_latency_seconds": ("histogram", ()),
+    "dotspool_redeliveries_total": ("counter", ()),
+    "dotspool_delivery_possible_duplicates_total": ("counter", ()),
+    "dotspool_deliver_connections": ("gauge", ("hop",)),
+    "dotspool_deliver_connections_total": ("counter", ("hop",)),
+    "dotspool_deliver_connect_failures_total": ("counter", ("hop",)),
+    "dotspool_deliver_hop_up": ("gauge", ("hop",)),
+    "dotspool_dsn_total": ("counter", ()),
+    "dotspool_outcome_records_total": ("counter", ()),
+    "dotspool_outcome_record_errors_total": ("counter", ()),
+}
+
+
+def check_dlv(text):
+    """The delivery families of issue 14, on a text check() accepted."""
+    types = dict(m.groups() for m in re.finditer(rf"^# TYPE ({NAME}) (\S+)$", text, re.M))
+    series = {}  # family -> list of (labels dict, value)
+    for line in text.split("\n"):
+        m = SAMPLE_RE.match(line)
+        if m and m["name"] in DLV_FAMILIES:
+            series.setdefault(m["name"], []).append((dict(LABEL_RE.findall(m["labels"] or "")), parse_value(m["value"])))
+    hops = None
+    for fam, (want_type, keys) in DLV_FAMILIES.items():
+        if types.get(fam) != want_type:
+            raise Bad(f"--dlv: family {fam} has type {types.get(fam)}, want {want_type}")
+        if want_type == "histogram":
+            continue
+        got = series.get(fam, [])
+        if not got and "hop" not in keys:
+            raise Bad(f"--dlv: family {fam} has no sample")
+        for labels, value in got:
+            if tuple(sorted(labels)) != tuple(sorted(keys)):
+                raise Bad(f"--dlv: {fam} labels {sorted(labels)}, want {sorted(keys)}")
+            if want_type == "gauge" and value < 0:
+                raise Bad(f"--dlv: {fam} negative")
+        if "state" in keys and sorted(l["state"] for l, _ in got) != ["active", "deferred", "new"]:
+            raise Bad(f"--dlv: {fam} states {[l['state'] for l, _ in got]}")
+        if "hop" in keys:
+            fam_hops = sorted({l["hop"] for l, _ in got})
+            if not fam_hops:
+                raise Bad(f"--dlv: {fam} has no hop")
+            if hops is None:
+                hops = fam_hops
+            elif fam_hops != hops:
+                raise Bad(f"--dlv: {fam} hops {fam_hops} differ from {hops}")
+            per_hop = 3 if "outcome" in keys else 1
+            if len(got) != per_hop * len(hops):
+                raise Bad(f"--dlv: {fam} has {len(got)} samples for {len(hops)} hops")
+        if "outcome" in keys:
+            for h in hops:
+                outs = sorted(l["outcome"] for l, _ in got if l["hop"] == h)
+                if outs != ["deferred", "delivered", "failed"]:
+                    raise Bad(f"--dlv: {fam} hop {h!r} outcomes {outs}")
+        if fam == "dotspool_deliver_hop_up" and any(v not in (0, 1) for _, v in got):
+            raise Bad(f"--dlv: {fam} not 0/1")
+    if not re.search(r'^dotspool_delivery_latency_seconds_bucket\{le="\+Inf"\} ', text, re.M):
+        raise Bad("--dlv: dotspool_delivery_latency_seconds has no server-wide +Inf bucket")
+    return len(hops)
+
+
+def selftest_dlv(text):
+    """check_dlv must reject broken variants of a valid text with the delivery families."""
+    lines = text.split("\n")
+    hop_line = next(l for l in lines if l.startswith("dotspool_deliver_hop_up{"))
+    out_line = next(l for l in lines if l.startswith("dotspool_deliveries_total{") and 'outcome="failed"' in l)
+    up_line = next(l for l in lines if l.startswith("dotspool_deliver_hop_up{"))
+    mutants = {
+        "raw quote in a hop": text.replace(hop_line, hop_line.replace('{hop="', '{hop="a"b', 1)),
+        "missing outcome": "\n".join(l for l in lines if l != out_line),
+        "hop_up 2": text.replace(up_line, up_line.rsplit(" ", 1)[0] + " 2"),
+        "missing family": "\n".join(l for l in lines if not l.startswith("dotspool_dsn_total")),
+        "worker label": text.replace("dotspool_queue_recipients_open ", 'dotspool_queue_recipients_open{worker="0"} ', 1),
+    }
+    for what, t in mutants.items():
+        try:
+            check(t)
+            check_dlv(t)
+        except Bad:
+            continue
+        raise Bad(f"selftest --dlv: mutant '{what}' was accepted")
+    return len(mutants)
+
+
 def selftest(text):
     """The checker must reject broken variants of a valid text."""
     lines = text.split("\n")
@@ -189,6 +283,8 @@ def check_http(raw):
 
 
 def main(argv):
+    dlv = "--dlv" in argv
+    argv = [a for a in argv if a != "--dlv"]
     try:
         if len(argv) == 3 and argv[1] == "--exe":
             body = subprocess.run([argv[2], "body"], check=True, capture_output=True, timeout=30).stdout
@@ -198,15 +294,23 @@ def main(argv):
             if body2 != body.decode("utf-8"):
                 raise Bad("HTTP body differs from the rendered text")
             n = selftest(body.decode("utf-8"))
+            if dlv:
+                check_dlv(body.decode("utf-8"))
+                n += selftest_dlv(body.decode("utf-8"))
             print(f"check_exposition: selftest: {n} broken variants rejected")
         elif len(argv) == 3 and argv[1] == "--url":
             with urllib.request.urlopen(argv[2], timeout=10) as r:
                 if r.status != 200 or not r.headers["Content-Type"].startswith("text/plain; version=0.0.4"):
                     raise Bad(f"status {r.status}, content-type {r.headers['Content-Type']}")
-                s, f, h = check(r.read().decode("utf-8"))
+                text = r.read().decode("utf-8")
+                s, f, h = check(text)
+            if dlv:
+                check_dlv(text)
         elif len(argv) == 2:
             text = sys.stdin.read() if argv[1] == "-" else open(argv[1], encoding="utf-8").read()
             s, f, h = check(text)
+            if dlv:
+                check_dlv(text)
         else:
             print(__doc__, file=sys.stderr)
             return 2
