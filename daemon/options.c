@@ -6,12 +6,15 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "ds_assert.h"
@@ -28,6 +31,8 @@ enum opt_kind {
 	OPT_LISTEN,   /* repeatable */
 	OPT_DOMAIN,   /* repeatable */
 	OPT_FLAG_NEG, /* bool option whose presence sets the field false (--no-prewrite) */
+	OPT_HOP,      /* --deliver-to URL, repeatable */
+	OPT_CHOICE,   /* one word of opt_choices(), stored as its index (uint32_t) */
 };
 
 struct opt_def {
@@ -40,6 +45,21 @@ struct opt_def {
 };
 
 #define CF(f) offsetof(struct io_config, f)
+
+/* Indexes are IO_DELIVER_STARTTLS_* (the values of enum dlv_starttls). */
+static const char *const starttls_words[] = {"never", "opportunistic", "required", NULL};
+
+/*
+ * --deliver-starttls required with no --deliver-ca verifies against the
+ * system's bundle (Debian's ca-certificates); without it, required is
+ * refused rather than left with nothing to verify against.
+ */
+#define DAEMON_SYSTEM_CA "/etc/ssl/certs/ca-certificates.crt"
+
+/* Seconds: a day for one timeout, 7 days between retries, 30 days in the queue. */
+#define DELIVER_TIMEOUT_MAX_S  86400
+#define DELIVER_RETRY_MAX_S    (7 * 86400)
+#define DELIVER_LIFETIME_MAX_S (30 * 86400)
 
 static const struct opt_def opts[] = {
 	{"listen", OPT_LISTEN, 0, 0, 0, IO_LISTEN_SMTP,
@@ -99,6 +119,43 @@ static const struct opt_def opts[] = {
 	 "BYTES unread input per connection before it stops being read"},
 	{"ring-entries", OPT_U32, CF(ring_entries), IO_RING_ENTRIES_MIN, IO_RING_ENTRIES_MAX, 0,
 	 "N io_uring submission queue entries per worker (completion queue: at least 16384 and 2 x N)"},
+	/* Delivery to the next hop (issue 14). */
+	{"deliver-to", OPT_HOP, 0, 0, 0, 0,
+	 "URL next hop: smtp://IP:PORT, lmtp://IP:PORT, lmtp:/UNIX/SOCKET or pipe:/PROGRAM; IPv6 as "
+	 "[::1]; repeatable (fallbacks, tried in order), at most 8 (default: none, spool only)"},
+	{"deliver-connections", OPT_U32, CF(deliver.connections_max), 1, 10000, 0,
+	 "N connections to next hops, whole server"},
+	{"deliver-starttls", OPT_CHOICE, CF(deliver.starttls), 0, 0, 0,
+	 "MODE never, opportunistic (when offered; a certificate that does not verify is only logged) or "
+	 "required (offered and verified, else deferred)"},
+	{"deliver-ca", OPT_STR, CF(deliver.ca_file), 1, 4000, 0,
+	 "FILE PEM CA certificates the next hop's chain is verified against (required: "
+	 "default " DAEMON_SYSTEM_CA ")"},
+	{"deliver-tls-name", OPT_STR, CF(deliver.tls_name), 1, 253, 0,
+	 "NAME DNS name the next hop's certificate must carry (default: chain verified only)"},
+	{"retry-min-s", OPT_U32, CF(deliver.retry_min_s), 1, 86400, 0,
+	 "S first wait before retrying a deferred message (doubles per attempt, jittered)"},
+	{"retry-max-s", OPT_U32, CF(deliver.retry_max_s), 1, DELIVER_RETRY_MAX_S, 0,
+	 "S longest wait between attempts (at least retry-min-s)"},
+	{"queue-lifetime-s", OPT_U32, CF(deliver.queue_lifetime_s), 1, DELIVER_LIFETIME_MAX_S, 0,
+	 "S a message older than this fails its remaining recipients (bounce)"},
+	{"deliver-hop-backoff-min-s", OPT_U32, CF(deliver.hop_backoff_min_s), 1, 86400, 0,
+	 "S a next hop that refused or timed out is left alone this long, doubling up to retry-max-s "
+	 "[default min(retry-min-s, 60)]"},
+	{"deliver-timeout-connect-s", OPT_U32, CF(deliver.timeout_connect_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
+	 "S connecting to a next hop"},
+	{"deliver-timeout-greeting-s", OPT_U32, CF(deliver.timeout_greeting_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
+	 "S waiting for the next hop's 220 (RFC 5321 4.5.3.2)"},
+	{"deliver-timeout-command-s", OPT_U32, CF(deliver.timeout_command_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
+	 "S reply to EHLO/LHLO, STARTTLS, MAIL, RCPT, RSET, QUIT"},
+	{"deliver-timeout-data-init-s", OPT_U32, CF(deliver.timeout_data_init_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
+	 "S reply to DATA"},
+	{"deliver-timeout-data-block-s", OPT_U32, CF(deliver.timeout_data_block_s), 1, DELIVER_TIMEOUT_MAX_S,
+	 0, "S each send of message data must progress within it"},
+	{"deliver-timeout-data-done-s", OPT_U32, CF(deliver.timeout_data_done_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
+	 "S reply(s) to the final dot"},
+	{"deliver-timeout-pipe-s", OPT_U32, CF(deliver.timeout_pipe_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
+	 "S run time of a pipe: program before it is killed (deferred)"},
 };
 
 /*
@@ -130,6 +187,31 @@ static int fail(char *err, size_t cap, const char *fmt, ...)
 	return -EINVAL;
 }
 
+/*
+ * Delivery defaults: Postfix's where it has one (qmgr's minimal/maximal
+ * backoff 300/4000 s, 5 days' queue lifetime, smtp_tls_security_level
+ * may; the RFC 5321 4.5.3.2 client timeouts, which Postfix also uses).
+ * hop_backoff_min_s 0 = "min(retry-min-s, 60)", settled by
+ * daemon_config_finish() once retry-min-s is known.
+ */
+static void deliver_config_defaults(struct io_deliver_config *d)
+{
+	memset(d, 0, sizeof(*d));
+	d->connections_max = 64;
+	d->starttls = IO_DELIVER_STARTTLS_OPPORTUNISTIC;
+	d->retry_min_s = 300;
+	d->retry_max_s = 4000;
+	d->queue_lifetime_s = 5 * 86400;
+	d->timeout_connect_s = 30;
+	d->timeout_greeting_s = 300;
+	d->timeout_command_s = 300;
+	d->timeout_data_init_s = 120;
+	d->timeout_data_block_s = 180;
+	d->timeout_data_done_s = 600;
+	d->timeout_pipe_s = 600;
+	d->hop_backoff_min_s = 0;
+}
+
 void daemon_config_defaults(struct io_config *cfg)
 {
 	memset(cfg, 0, sizeof(*cfg));
@@ -150,6 +232,7 @@ void daemon_config_defaults(struct io_config *cfg)
 	cfg->ring_entries = 2048;
 	snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
 	cfg->log_ring_size = 1u << 20;
+	deliver_config_defaults(&cfg->deliver);
 }
 
 /* IP:PORT or [IPv6]:PORT, literal addresses only. */
@@ -253,6 +336,7 @@ void daemon_config_begin_source(struct io_config *cfg)
 	/* A new source (the command line after the file) replaces lists rather than extending them. */
 	cfg->listen_from_source = false;
 	cfg->domains_from_source = false;
+	cfg->deliver.hops_from_source = false;
 }
 
 /* OPT_U32, OPT_U64: a number in the option's range, with its further rules. */
@@ -274,6 +358,85 @@ static int apply_number(struct io_config *cfg, const struct opt_def *d, const ch
 	else
 		*(uint64_t *)(base + d->off) = v;
 	return 0;
+}
+
+/*
+ * --deliver-ca: a readable regular file with a PEM certificate near its
+ * start (looked for in the first 64 KiB: a bundle starts with one, and a
+ * key or a DER file given by mistake is caught here, not at the first
+ * STARTTLS).
+ */
+static int check_ca_file(const char *path, char *err, size_t errcap)
+{
+	static const char marker[] = "-----BEGIN CERTIFICATE-----";
+	char buf[64 * 1024 + 1];
+	struct stat st;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return fail(err, errcap, "'deliver-ca': %s: %s", path, strerror(errno));
+	if (fstat(fd, &st) < 0 || !S_ISREG(st.st_mode)) {
+		close(fd);
+		return fail(err, errcap, "'deliver-ca': %s is not a regular file", path);
+	}
+	size_t got = 0;
+	while (got < sizeof(buf) - 1) {
+		ssize_t r = read(fd, buf + got, sizeof(buf) - 1 - got);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			int e = errno;
+			close(fd);
+			return fail(err, errcap, "'deliver-ca': %s: %s", path, strerror(e));
+		}
+		if (r == 0)
+			break;
+		got += (size_t)r;
+	}
+	close(fd);
+	buf[got] = 0;
+	for (size_t i = 0; i < got; i++)
+		if (!buf[i])
+			buf[i] = ' '; /* strstr past binary bytes */
+	if (!strstr(buf, marker))
+		return fail(err, errcap, "'deliver-ca': %s has no PEM certificate (%s) in its first 64 KiB",
+			    path, marker);
+	return 0;
+}
+
+/*
+ * --deliver-tls-name: a DNS name (letters, digits, dashes; labels of 1..63
+ * joined by dots). Not an IP address: Debian's mbedTLS 2.28 matches DNS
+ * names only, so an address here could never match.
+ */
+static int check_dns_name(const char *name, char *err, size_t errcap)
+{
+	struct in6_addr a6;
+	struct in_addr a4;
+	if (inet_pton(AF_INET, name, &a4) == 1 || inet_pton(AF_INET6, name, &a6) == 1)
+		return fail(err, errcap,
+			    "'deliver-tls-name': '%s' is an IP address; give the DNS name the certificate "
+			    "carries "
+			    "(mbedTLS 2.28 matches DNS names only)",
+			    name);
+	size_t label = 0;
+	for (const char *p = name;; p++) {
+		char c = *p;
+		if (c == '.' || c == 0) {
+			if (label == 0 || label > 63 || p[-1] == '-')
+				break;
+			if (c == 0)
+				return 0;
+			label = 0;
+			continue;
+		}
+		bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+			  (c == '-' && label > 0);
+		if (!ok)
+			break;
+		label++;
+	}
+	return fail(err, errcap,
+		    "'deliver-tls-name': '%s' is not a DNS name (labels of letters, digits, '-')", name);
 }
 
 /* OPT_STR: a word, checked by what it names (an address, a write mode, a log level). */
@@ -299,6 +462,10 @@ static int apply_string(struct io_config *cfg, const struct opt_def *d, const ch
 			return fail(err, errcap, "'%s': '%s' is not one of buffered, direct", name, value);
 		return 0;
 	}
+	if (!strcmp(name, "deliver-ca") && check_ca_file(value, err, errcap) < 0)
+		return -EINVAL;
+	if (!strcmp(name, "deliver-tls-name") && check_dns_name(value, err, errcap) < 0)
+		return -EINVAL;
 	enum obs_log_level lvl;
 	if (!strcmp(name, "log-level") && obs_log_level_parse(value, &lvl) < 0)
 		return fail(err, errcap, "'%s': '%s' is not one of error, warn, info, debug", name, value);
@@ -349,6 +516,63 @@ static int apply_domain(struct io_config *cfg, const struct opt_def *d, const ch
 	return 0;
 }
 
+/*
+ * OPT_HOP: one more next hop (--deliver-to), kept in the order given. amqp://
+ * is recognised (issue 18 will deliver it) but refused; it is per message
+ * and never a fallback of smtp/lmtp/pipe hops or the other way round.
+ */
+static int apply_hop(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
+		     size_t errcap)
+{
+	struct io_deliver_config *dc = &cfg->deliver;
+	struct io_hop_spec hop;
+	char msg[400];
+	list_from_source(&dc->hops_from_source, &dc->hop_count);
+	if (dc->hop_count >= IO_DELIVER_HOPS_MAX)
+		return fail(err, errcap, "'%s': at most %d next hops", d->name, IO_DELIVER_HOPS_MAX);
+	if (daemon_hop_parse(value, &hop, msg, sizeof(msg)) < 0)
+		return fail(err, errcap, "'%s': %s", d->name, msg);
+	for (uint32_t i = 0; i < dc->hop_count; i++) {
+		if (!strcmp(dc->hop[i].text, hop.text))
+			return fail(err, errcap, "'%s': '%s' is given twice", d->name, value);
+		if ((dc->hop[i].kind == IO_HOP_AMQP) != (hop.kind == IO_HOP_AMQP))
+			return fail(
+				err, errcap,
+				"'%s': '%s': amqp:// is per message and is not mixed with smtp, lmtp or pipe "
+				"hops",
+				d->name, value);
+	}
+	if (hop.kind == IO_HOP_AMQP)
+		return fail(err, errcap, "'%s': '%s': amqp:// is not supported yet (issue 18)", d->name,
+			    value);
+	dc->hop[dc->hop_count++] = hop;
+	return 0;
+}
+
+/* The words of an OPT_CHOICE option, NULL-terminated. */
+static const char *const *opt_choices(const struct opt_def *d)
+{
+	DS_ASSERT(d->kind == OPT_CHOICE && !strcmp(d->name, "deliver-starttls"));
+	return starttls_words;
+}
+
+/* OPT_CHOICE: one of the option's words, stored as its index. */
+static int apply_choice(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
+			size_t errcap)
+{
+	const char *const *choices = opt_choices(d);
+	char words[128] = "";
+	for (uint32_t i = 0; choices[i]; i++) {
+		if (!strcmp(choices[i], value)) {
+			*(uint32_t *)((uint8_t *)cfg + d->off) = i;
+			return 0;
+		}
+		snprintf(words + strlen(words), sizeof(words) - strlen(words), "%s%s", i ? ", " : "",
+			 choices[i]);
+	}
+	return fail(err, errcap, "'%s': '%s' is not one of %s", d->name, value, words);
+}
+
 int daemon_option_apply(struct io_config *cfg, const char *name, const char *value, char *err, size_t errcap)
 {
 	const struct opt_def *d = opt_find(name);
@@ -381,8 +605,37 @@ int daemon_option_apply(struct io_config *cfg, const char *name, const char *val
 		return apply_listen(cfg, d, value, err, errcap);
 	case OPT_DOMAIN:
 		return apply_domain(cfg, d, value, err, errcap);
+	case OPT_HOP:
+		return apply_hop(cfg, d, value, err, errcap);
+	case OPT_CHOICE:
+		return apply_choice(cfg, d, value, err, errcap);
 	}
 	return fail(err, errcap, "internal: bad option kind");
+}
+
+/* Delivery: the derived default, the rules between keys, the CA that required needs. */
+static int deliver_finish(struct io_deliver_config *d, char *err, size_t errcap)
+{
+	if (d->retry_max_s < d->retry_min_s)
+		return fail(err, errcap, "retry-max-s (%u) must be at least retry-min-s (%u)", d->retry_max_s,
+			    d->retry_min_s);
+	if (d->hop_backoff_min_s == 0)
+		d->hop_backoff_min_s = DS_MIN(d->retry_min_s, 60u);
+	if (d->hop_backoff_min_s > d->retry_max_s)
+		return fail(err, errcap, "deliver-hop-backoff-min-s (%u) must not exceed retry-max-s (%u)",
+			    d->hop_backoff_min_s, d->retry_max_s);
+	if (d->starttls == IO_DELIVER_STARTTLS_NEVER && (d->ca_file[0] || d->tls_name[0]))
+		return fail(err, errcap,
+			    "deliver-ca and deliver-tls-name have no effect with deliver-starttls never");
+	if (d->starttls == IO_DELIVER_STARTTLS_REQUIRED && !d->ca_file[0]) {
+		if (access(DAEMON_SYSTEM_CA, R_OK) < 0)
+			return fail(err, errcap,
+				    "deliver-starttls required needs CA certificates: give deliver-ca FILE "
+				    "(%s: %s)",
+				    DAEMON_SYSTEM_CA, strerror(errno));
+		snprintf(d->ca_file, sizeof(d->ca_file), "%s", DAEMON_SYSTEM_CA);
+	}
+	return 0;
 }
 
 int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap)
@@ -402,6 +655,9 @@ int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap)
 		return fail(err, errcap, "segment-size must be at least 4 x spool-buffer-size");
 	if (!cfg->tls_cert[0] != !cfg->tls_key[0])
 		return fail(err, errcap, "tls-cert and tls-key go together: set both or neither");
+	int ret = deliver_finish(&cfg->deliver, err, errcap);
+	if (ret < 0)
+		return ret;
 	cfg->smtp.tls_available = cfg->tls_cert[0] != 0;
 	cfg->smtp.hostname = cfg->hostname;
 	cfg->smtp.accept_domains = cfg->accept_domains;
@@ -423,19 +679,48 @@ void daemon_options_usage(FILE *f)
 		const struct opt_def *o = &opts[i];
 		char def[64] = "";
 		const uint8_t *base = (const uint8_t *)&d;
-		if (o->kind == OPT_U32)
+		/* A default below the range is derived from other keys: the help text says how. */
+		if (o->kind == OPT_U32 && *(const uint32_t *)(base + o->off) >= o->min)
 			snprintf(def, sizeof(def), " [default %u]", *(const uint32_t *)(base + o->off));
+		else if (o->kind == OPT_CHOICE)
+			snprintf(def, sizeof(def), " [default %s]",
+				 opt_choices(o)[*(const uint32_t *)(base + o->off)]);
 		else if (o->kind == OPT_U64)
 			snprintf(def, sizeof(def), " [default %llu]",
 				 (unsigned long long)*(const uint64_t *)(base + o->off));
 		else if (o->kind == OPT_BOOL)
 			snprintf(def, sizeof(def), " [default %s]",
 				 *(const bool *)(base + o->off) ? "true" : "false");
-		fprintf(f, "  --%-24s %s%s\n", o->name, o->help, def);
+		fprintf(f, "  --%-30s %s%s\n", o->name, o->help, def);
 	}
-	fprintf(f, "  --%-24s %s\n", "config FILE", "read settings from an INI file first");
-	fprintf(f, "  --%-24s %s\n", "check-config FILE",
+	fprintf(f, "  --%-30s %s\n", "config FILE", "read settings from an INI file first");
+	fprintf(f, "  --%-30s %s\n", "check-config FILE",
 		"validate FILE, print the error (file:line: key), exit 0/1");
-	fprintf(f, "  --%-24s %s\n", "help, --version", "");
+	fprintf(f, "  --%-30s %s\n", "help, --version", "");
 	fprintf(f, "\nSizes accept K, M, G suffixes. Signals: SIGTERM/SIGINT stop gracefully.\n");
+}
+
+void daemon_config_print_deliver(FILE *f, const struct io_config *cfg)
+{
+	const struct io_deliver_config *d = &cfg->deliver;
+	char desc[600];
+	if (d->hop_count == 0)
+		return;
+	DS_ASSERT(d->starttls < DS_ARRAY_SIZE(starttls_words) - 1);
+	for (uint32_t i = 0; i < d->hop_count; i++) {
+		daemon_hop_describe(&d->hop[i], desc, sizeof(desc));
+		fprintf(f, "dotspool: deliver-to %u: %s %s\n", i + 1, d->hop[i].text, desc);
+	}
+	fprintf(f,
+		"dotspool: deliver: deliver-connections=%u deliver-starttls=%s deliver-ca=%s "
+		"deliver-tls-name=%s "
+		"retry-min-s=%u retry-max-s=%u queue-lifetime-s=%u deliver-hop-backoff-min-s=%u "
+		"deliver-timeout-connect-s=%u deliver-timeout-greeting-s=%u deliver-timeout-command-s=%u "
+		"deliver-timeout-data-init-s=%u deliver-timeout-data-block-s=%u "
+		"deliver-timeout-data-done-s=%u "
+		"deliver-timeout-pipe-s=%u\n",
+		d->connections_max, starttls_words[d->starttls], d->ca_file[0] ? d->ca_file : "-",
+		d->tls_name[0] ? d->tls_name : "-", d->retry_min_s, d->retry_max_s, d->queue_lifetime_s,
+		d->hop_backoff_min_s, d->timeout_connect_s, d->timeout_greeting_s, d->timeout_command_s,
+		d->timeout_data_init_s, d->timeout_data_block_s, d->timeout_data_done_s, d->timeout_pipe_s);
 }

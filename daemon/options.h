@@ -26,6 +26,16 @@ int daemon_option_apply(struct io_config *cfg, const char *name, const char *val
 /* Defaults that depend on other settings, and constraints between keys. */
 int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap);
 void daemon_options_usage(FILE *f);
+/*
+ * The delivery settings as understood, for --check-config: nothing without
+ * --deliver-to, else one line per hop in order ("dotspool: deliver-to N:
+ * URL kind=... addr=... port=..."), then one line of every deliver key=value.
+ */
+void daemon_config_print_deliver(FILE *f, const struct io_config *cfg);
+
+/* daemon/hop_url.c: one --deliver-to URL. 0, or -EINVAL with a one-line reason in err. */
+int daemon_hop_parse(const char *url, struct io_hop_spec *h, char *err, size_t errcap);
+void daemon_hop_describe(const struct io_hop_spec *h, char *out, size_t cap);
 
 /* daemon/config_file.c: INI file (libinih). err gets "FILE:LINE: message". */
 int daemon_config_load_file(struct io_config *cfg, const char *path, char *err, size_t errcap);

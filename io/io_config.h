@@ -30,19 +30,30 @@ enum io_hop_kind {
 
 struct io_hop_spec {
 	enum io_hop_kind kind;
-	struct sockaddr_storage addr; /* TCP (smtp, lmtp) or AF_UNIX (lmtp:/path) */
+	struct sockaddr_storage addr; /* TCP (smtp, lmtp) or AF_UNIX (lmtp:/path); pipe: addr_len 0 */
 	socklen_t addr_len;
-	char path[4096]; /* pipe program, or the unix socket path */
+	char path[4096]; /* pipe program, or the unix socket path; "" for TCP */
 	char text[512];	 /* the URL as given (logs, metrics label) */
 };
+
+/* --deliver-starttls: the values of enum dlv_starttls (deliver/dlv_client.h), which io/ hands on. */
+#define IO_DELIVER_STARTTLS_NEVER	  0
+#define IO_DELIVER_STARTTLS_OPPORTUNISTIC 1 /* default: Postfix's smtp_tls_security_level = may */
+#define IO_DELIVER_STARTTLS_REQUIRED	  2
 
 struct io_deliver_config {
 	struct io_hop_spec hop[IO_DELIVER_HOPS_MAX]; /* tried in order (fallback) */
 	uint32_t hop_count;			     /* 0 = spool only (today's behaviour) */
 	uint32_t connections_max;		     /* --deliver-connections, whole server; default 64 */
-	uint32_t starttls;			     /* enum dlv_starttls: never, opportunistic, required */
-	char ca_file[4096];			     /* --deliver-ca */
-	char tls_name[256];			     /* --deliver-tls-name */
+	uint32_t starttls;			     /* IO_DELIVER_STARTTLS_*; default opportunistic */
+	/*
+	 * --deliver-ca, PEM. With required and no --deliver-ca the daemon puts the
+	 * system bundle here (/etc/ssl/certs/ca-certificates.crt), so required always
+	 * has one; "" otherwise. Opportunistic never stops for a certificate
+	 * (Postfix's may): with a CA file the result is only logged.
+	 */
+	char ca_file[4096];
+	char tls_name[256]; /* --deliver-tls-name: a DNS name; "" = required verifies the chain only */
 	uint32_t retry_min_s;			     /* default 300 */
 	uint32_t retry_max_s;			     /* default 4000 */
 	uint32_t queue_lifetime_s;		     /* default 432000 (5 days) */
@@ -54,6 +65,7 @@ struct io_deliver_config {
 	uint32_t timeout_data_done_s;		     /* 600 */
 	uint32_t timeout_pipe_s;		     /* --deliver-timeout-pipe-s: a pipe program's run time, 600 */
 	uint32_t hop_backoff_min_s;		     /* --deliver-hop-backoff-min-s: default min(retry-min, 60) */
+	bool hops_from_source;			     /* the current source (file, command line) set the hops */
 };
 
 enum io_listen_kind {
