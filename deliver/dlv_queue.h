@@ -33,7 +33,24 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#define DLV_QUEUE_HOPS_MAX 8
+#define DLV_QUEUE_HOPS_MAX  8
+#define DLV_QUEUE_RCPTS_MAX 20000u     /* recipients of one message (SPOOL_OUTCOME_RCPTS_MAX) */
+#define DLV_QUEUE_MSGS_MAX  (1u << 30) /* messages one queue holds (beyond: -ENOMEM) */
+
+/*
+ * Recipient states: the values of spool/spool.h's enum spool_rcpt_state
+ * (fixed by the format; tests/deliver/test_queue.c asserts they match),
+ * mirrored so deliver/ does not include spool/.
+ */
+enum dlv_rcpt_state {
+	DLV_RCPT_PENDING = 0,
+	DLV_RCPT_ATTEMPT = 1,
+	DLV_RCPT_DELIVERED = 2, /* final */
+	DLV_RCPT_DEFERRED = 3,
+	DLV_RCPT_FAILED = 4, /* final */
+};
+#define DLV_RCPT_STATE_MAX	4u
+#define DLV_RCPT_STATE_FINAL(s) ((s) == DLV_RCPT_DELIVERED || (s) == DLV_RCPT_FAILED)
 
 struct dlv_queue_config {
 	uint32_t retry_min_s;	    /* default 300 */
@@ -47,7 +64,12 @@ void dlv_queue_config_defaults(struct dlv_queue_config *cfg);
 
 enum dlv_qline { DLV_QLINE_NEW = 0, DLV_QLINE_DEFERRED = 1, DLV_QLINE_BUSY = 2 };
 
-/* One queued message. The queue owns it; pointers stay valid until dlv_queue_done(). */
+/*
+ * One queued message. The queue owns it (a slot of its block pool;
+ * recipient states of up to 8 recipients live in the slot, more in one
+ * allocation of their own); pointers stay valid until dlv_queue_done().
+ * Read-only for the caller: change it through the calls below.
+ */
 struct dlv_qmsg {
 	uint64_t id;
 	unsigned lane;
@@ -58,7 +80,7 @@ struct dlv_qmsg {
 	uint32_t attempts; /* attempts made, all runs */
 	uint32_t rcpt_count;
 	uint32_t rcpt_open;  /* recipients not final */
-	uint8_t *rcpt_state; /* rcpt_count x enum spool_rcpt_state values (0..4) */
+	uint8_t *rcpt_state; /* rcpt_count x enum dlv_rcpt_state (= spool_rcpt_state, 0..4) */
 	bool redelivery;     /* recovered with an attempt cut short: a delivery counts as a re-delivery */
 	uint8_t line;	     /* enum dlv_qline */
 	uint32_t priv[6];    /* the queue's links */
@@ -74,10 +96,10 @@ struct dlv_queue_add {
 	unsigned lane;
 	uint64_t seq, off, size;
 	int64_t received_at_us;
-	uint32_t rcpt_count;	   /* 1..20000 */
-	const uint8_t *rcpt_state; /* NULL = all PENDING */
+	uint32_t rcpt_count;	   /* 1..DLV_QUEUE_RCPTS_MAX */
+	const uint8_t *rcpt_state; /* NULL = all PENDING; copied */
 	uint32_t attempts;
-	int64_t due_us;		   /* 0 = now */
+	int64_t due_us; /* 0 = now */
 	bool redelivery;
 };
 /*
@@ -85,7 +107,8 @@ struct dlv_queue_add {
  * the new line), or from recovery (attempts > 0 or due_us set: the
  * deferred line; a recovered message never attempted goes to the new
  * line). Recipients already final are not delivered again; a message with
- * none open is not queued (-EALREADY). 0, -ENOMEM, -EINVAL.
+ * none open is not queued (-EALREADY). 0, -ENOMEM, -EINVAL (rcpt_count
+ * out of range, a state over DLV_RCPT_STATE_MAX). out may be NULL.
  */
 int dlv_queue_add(struct dlv_queue *q, const struct dlv_queue_add *a, struct dlv_qmsg **out);
 
@@ -95,28 +118,51 @@ int dlv_queue_add(struct dlv_queue *q, const struct dlv_queue_add *a, struct dlv
  * or dlv_queue_done().
  */
 struct dlv_qmsg *dlv_queue_next(struct dlv_queue *q, int64_t now_us);
-/* Earliest time something may become due (a deferred message, a hop back up); INT64_MAX if none. */
+/*
+ * The earliest time dlv_queue_next() returns a message if nothing else
+ * changes (no add, no hop news): the later of "a message is due" (new
+ * waiting: now; else the deferred line's first due time) and "a hop is up"
+ * (the earliest time one comes back). <= now when a new message waits and
+ * a hop is up; INT64_MAX when neither line holds a message. The later, not
+ * the earlier: while every hop is down a due message must not wake the
+ * worker into a loop of NULL picks.
+ */
 int64_t dlv_queue_next_due_us(const struct dlv_queue *q);
 
 /* Attempt number for the next attempt of m (attempts + 1); the caller records it, then calls this. */
 void dlv_queue_attempt_begin(struct dlv_queue *q, struct dlv_qmsg *m);
-/* Recipient idx of a busy message reached a state (the record saying so is durable). */
+/*
+ * Recipient idx of a busy message reached a state (the record saying so is
+ * durable). A final recipient never changes again (asserted): rcpt_open
+ * drops exactly once per recipient.
+ */
 void dlv_queue_rcpt_state(struct dlv_queue *q, struct dlv_qmsg *m, uint32_t idx, uint8_t state);
 /*
  * When a deferred message of this attempt should be tried again: the
- * jittered backoff from now, or 0 when the message is past its lifetime
- * (then the caller fails the open recipients instead).
+ * absolute time now_us + the jittered backoff for m->attempts attempts
+ * made (the value to record and pass to dlv_queue_defer()), or 0 when the
+ * message is past its lifetime (then the caller fails the open recipients
+ * instead). Advances the jitter generator.
  */
 int64_t dlv_queue_backoff_us(struct dlv_queue *q, const struct dlv_qmsg *m, int64_t now_us);
-/* Back to the deferred line, due at due_us (the value recorded). */
+/* Back to the deferred line, due at due_us (the value recorded); some recipient must be open. */
 void dlv_queue_defer(struct dlv_queue *q, struct dlv_qmsg *m, int64_t due_us);
-/* Not attempted after all (no connection could be had): back where it was, due now, attempts unchanged. */
+/*
+ * Not attempted after all (no connection could be had): back where it was
+ * (head of the new line, or its old place on the deferred line: it was
+ * due, so it is due now), attempts unchanged.
+ */
 void dlv_queue_retry_now(struct dlv_queue *q, struct dlv_qmsg *m);
-/* Every recipient final (or the message deleted): forget it. m is invalid afterwards. */
+/* Every recipient final (or the message deleted; any line): forget it. m is invalid afterwards. */
 void dlv_queue_done(struct dlv_queue *q, struct dlv_qmsg *m);
 
 /* Next hops. hop indexes the configured --deliver-to list. */
 int dlv_queue_hop_pick(const struct dlv_queue *q, int64_t now_us); /* first hop up, or -1 */
+/*
+ * A connection to hop failed as a whole. Ignored while the hop is already
+ * down: the other connections begun before it went down fail too, and one
+ * outage must not double the back-off once per connection.
+ */
 void dlv_queue_hop_failed(struct dlv_queue *q, unsigned hop, int64_t now_us);
 void dlv_queue_hop_ok(struct dlv_queue *q, unsigned hop);
 bool dlv_queue_hop_up(const struct dlv_queue *q, unsigned hop, int64_t now_us);
@@ -126,6 +172,7 @@ struct dlv_queue_stats {
 	uint64_t bytes[3];
 	uint64_t rcpts_open;
 	int64_t oldest_received_at_us; /* INT64_MAX if empty */
+	uint64_t pool_slots;	       /* message slots allocated (used + free): memory = about 128 B each */
 };
 void dlv_queue_stats(const struct dlv_queue *q, struct dlv_queue_stats *st);
 
