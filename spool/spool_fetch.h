@@ -35,6 +35,12 @@ struct spool_fetch_msg {
 	uint64_t priv[12];
 };
 
+/*
+ * maps_max: 2 .. 65536 (-EINVAL). A message in progress holds at most two
+ * maps at a time (its commit's segment, where the envelope strings point,
+ * and the segment its read position is in), so maps_max / 2 messages can
+ * always be in progress at once, each of any number of segments.
+ */
 int spool_fetch_open(struct spool_fetch **out, const char *dir, unsigned maps_max);
 /* Every message must have been put back. */
 void spool_fetch_close(struct spool_fetch *f);
@@ -51,11 +57,15 @@ int spool_fetch_get(struct spool_fetch *f, unsigned lane, uint64_t seq, uint64_t
 /*
  * Copy up to cap body octets at body offset off into buf: the count (> 0),
  * 0 at the end (off == m.size), -EBADMSG (a chunk missing, or the body CRC
- * does not match: reported instead of the last bytes), -errno.
+ * does not match: reported instead of the last bytes), -EINVAL (off past
+ * the end, cap 0), -EMFILE (no map free for the next segment; the read
+ * may be repeated later), -errno. Reads at increasing offsets continue
+ * where the last one ended; an offset before the current chunk walks from
+ * the first chunk again.
  */
 int spool_fetch_read(struct spool_fetch *f, struct spool_fetch_msg *fm, uint64_t off, void *buf, size_t cap);
 
-/* Done with the message: its segments may be unmapped. */
+/* Done with the message: its segments may be unmapped. A no-op for a handle get failed on. */
 void spool_fetch_put(struct spool_fetch *f, struct spool_fetch_msg *fm);
 
 #endif

@@ -86,8 +86,7 @@ void spool_reader_close(struct spool_reader *r)
 		return;
 	for (unsigned i = 0; i < r->nlanes; i++) {
 		for (unsigned k = 0; k < r->lanes[i].nsegs; k++)
-			if (r->lanes[i].segs[k].map)
-				munmap((void *)r->lanes[i].segs[k].map, r->lanes[i].segs[k].size);
+			spool_scan_seg_close(&r->lanes[i].segs[k]);
 		free(r->lanes[i].segs);
 	}
 	free(r->rcpt);

@@ -17,43 +17,72 @@
 #include "ds_grow.h"
 
 /*
+ * Open, map and check one segment file: the header (magic, size, CRC,
+ * version) must name this lane and sequence, or s->hdr_rc says why not
+ * (-ENODATA: too short or never finished, -EBADMSG, -EPROTONOSUPPORT).
+ * 0 with s->state RSEG_MAPPED, or -errno from open/mmap (the file is not
+ * there for this reader). The map is read-only and shared: it sees what a
+ * live lane writes.
+ */
+int spool_scan_seg_open(const char *dir, unsigned lane, struct rseg *s)
+{
+	char path[PATH_MAX];
+	struct stat stt;
+	int fd, rc;
+	void *m;
+
+	s->map = NULL;
+	s->size = 0;
+	if (spool_seg_path(path, sizeof(path), dir, lane, s->seq))
+		return -ENAMETOOLONG;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno; /* removed meanwhile, or never there */
+	if (fstat(fd, &stt) || stt.st_size < (off_t)SPOOL_SEG_DATA_OFF) {
+		close(fd);
+		s->hdr_rc = -ENODATA;
+		s->state = RSEG_MAPPED;
+		return 0;
+	}
+	m = mmap(NULL, (size_t)stt.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	rc = m == MAP_FAILED ? -errno : 0;
+	close(fd);
+	if (rc)
+		return rc;
+	s->map = m;
+	s->size = (uint64_t)stt.st_size;
+	s->map_size = s->size;
+	s->hdr_rc = spool_seg_hdr_decode(s->map, s->size, &s->hdr);
+	if (!s->hdr_rc && (s->hdr.seq != s->seq || s->hdr.lane != lane))
+		s->hdr_rc = -EBADMSG;
+	if (!s->hdr_rc && s->hdr.segment_size < s->size)
+		s->size = s->hdr.segment_size;
+	s->state = RSEG_MAPPED;
+	return 0;
+}
+
+void spool_scan_seg_close(struct rseg *s)
+{
+	if (s->map)
+		munmap((void *)s->map, s->map_size);
+	s->map = NULL;
+	s->size = s->map_size = 0;
+	s->state = RSEG_LISTED;
+}
+
+/*
  * Open and map one listed segment. Returns false if it is gone (removed
  * since it was listed, or not mappable): such a segment does not exist for
  * the reader.
  */
 bool spool_scan_seg_map(struct spool_reader *r, struct rlane *rl, struct rseg *s)
 {
-	char path[PATH_MAX];
-	struct stat stt;
-	int fd;
-	void *m;
-
 	if (s->state != RSEG_LISTED)
 		return s->state == RSEG_MAPPED;
-	s->state = RSEG_GONE;
-	if (spool_seg_path(path, sizeof(path), r->dir, rl->lane, s->seq))
+	if (spool_scan_seg_open(r->dir, rl->lane, s)) {
+		s->state = RSEG_GONE;
 		return false;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
-		return false; /* removed meanwhile */
-	if (fstat(fd, &stt) || stt.st_size < (off_t)SPOOL_SEG_DATA_OFF) {
-		close(fd);
-		s->hdr_rc = -ENODATA;
-		s->state = RSEG_MAPPED;
-		return true;
 	}
-	m = mmap(NULL, (size_t)stt.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	close(fd);
-	if (m == MAP_FAILED)
-		return false;
-	s->map = m;
-	s->size = (uint64_t)stt.st_size;
-	s->hdr_rc = spool_seg_hdr_decode(s->map, s->size, &s->hdr);
-	if (!s->hdr_rc && (s->hdr.seq != s->seq || s->hdr.lane != rl->lane))
-		s->hdr_rc = -EBADMSG;
-	if (!s->hdr_rc && s->hdr.segment_size < s->size)
-		s->size = s->hdr.segment_size;
-	s->state = RSEG_MAPPED;
 	return true;
 }
 
@@ -161,31 +190,71 @@ static void ctab_del(struct ctab *t, struct ctab_ent *e)
 
 /* ---- body walk ---- */
 
-struct walk {
+struct next_chunk {
 	uint64_t id;
-	uint32_t want, got;
-	uint64_t bytes;
-	uint32_t crc;
-	int (*fn)(void *ctx, const void *buf, size_t len);
-	void *ctx;
-	int fn_rc;
+	struct spool_rec *out;
 };
 
-static int walk_rec(void *ctx, const struct spool_rec *rec)
+static int next_chunk_rec(void *ctx, const struct spool_rec *rec)
 {
-	struct walk *w = ctx;
+	struct next_chunk *nc = ctx;
 
-	if (rec->type != SPOOL_REC_CHUNK || rec->txn_id != w->id)
+	if (rec->type != SPOOL_REC_CHUNK || rec->txn_id != nc->id)
 		return 0;
-	w->got++;
-	w->bytes += rec->len;
-	w->crc = crc32c(w->crc, rec->payload, rec->len);
-	if (w->fn) {
-		w->fn_rc = w->fn(w->ctx, rec->payload, rec->len);
-		if (w->fn_rc)
-			return 1;
+	*nc->out = *rec;
+	return 1;
+}
+
+int spool_scan_chunk_next(const struct spool_msg *m, struct spool_chunk_pos *pos,
+			  int (*seg)(void *ctx, uint64_t seq, const struct rseg **out), void *ctx,
+			  struct spool_rec *out)
+{
+	static const struct spool_scan_ops nops = {.rec = next_chunk_rec};
+	struct next_chunk nc = {.id = m->id, .out = out};
+
+	DS_ASSERT(pos->seq >= m->first_seq);
+	for (; pos->seq <= m->seq; pos->seq++, pos->off = SPOOL_SEG_DATA_OFF) {
+		const struct rseg *s = NULL;
+		uint64_t end;
+		int rc = seg(ctx, pos->seq, &s);
+
+		/*
+		 * No file of that number: it was never created (writers up to
+		 * a9238e9 skipped a number when a segment failed to be
+		 * prepared), so none of the body is there. A missing piece shows
+		 * in the chunk count, length and CRC. The segments of the first
+		 * chunk and of the commit must be there.
+		 */
+		if (rc == -ENOENT && pos->seq != m->first_seq && pos->seq != m->seq)
+			continue;
+		if (rc == -ENOENT || (!rc && s->hdr_rc))
+			return -EBADMSG;
+		if (rc)
+			return rc;
+		/* Chunks precede their commit in the lane's stream. */
+		end = pos->seq == m->seq ? DS_MIN(s->size, m->off) : s->size;
+		if (pos->off < end && spool_seg_scan(s->map, end, s->hdr.epoch, pos->off, &nops, &nc) == 1) {
+			pos->off = out->off + out->total;
+			return 0;
+		}
 	}
-	return w->got == w->want ? 1 : 0;
+	return -ENOENT;
+}
+
+struct walk_segs {
+	struct spool_reader *r;
+	struct rlane *rl;
+};
+
+static int walk_seg(void *ctx, uint64_t seq, const struct rseg **out)
+{
+	struct walk_segs *w = ctx;
+	struct rseg *s = spool_scan_seg_find(w->rl, seq);
+
+	if (!s || !spool_scan_seg_map(w->r, w->rl, s))
+		return -ENOENT;
+	*out = s;
+	return 0;
 }
 
 unsigned spool_scan_seg_index(const struct rlane *rl, uint64_t seq)
@@ -211,36 +280,34 @@ struct rseg *spool_scan_seg_find(struct rlane *rl, uint64_t seq)
 
 /*
  * Walk the chunks of a commit, from its first chunk record up to the
- * commit's segment. 0 if all chunks were found with the right total length
+ * commit record. 0 if all chunks were found with the right total length
  * and CRC, -EBADMSG if not, or fn's non-zero return.
  */
 int spool_scan_body_walk(struct spool_reader *r, struct rlane *rl, const struct spool_msg *m,
 			 int (*fn)(void *, const void *, size_t), void *ctx)
 {
-	static const struct spool_scan_ops wops = {.rec = walk_rec};
-	struct walk w = {.id = m->id, .want = m->chunk_count, .fn = fn, .ctx = ctx};
+	struct walk_segs ws = {.r = r, .rl = rl};
+	struct spool_chunk_pos pos = {.seq = m->first_seq, .off = m->first_off};
+	uint64_t bytes = 0;
+	uint32_t got = 0, crc = 0;
 
 	if (m->chunk_count == 0)
 		return m->size == 0 ? 0 : -EBADMSG;
-	for (uint64_t seq = m->first_seq; seq <= m->seq && w.got < w.want; seq++) {
-		struct rseg *s = spool_scan_seg_find(rl, seq);
-		/*
-		 * No file of that number: it was never created (writers up to
-		 * a9238e9 skipped a number when a segment failed to be
-		 * prepared), so none of the body is there. A missing piece shows
-		 * in the chunk count, length and CRC below.
-		 */
-		if (!s && seq != m->first_seq && seq != m->seq)
-			continue;
-		if (!s || !spool_scan_seg_map(r, rl, s) || s->hdr_rc)
-			return -EBADMSG;
-		spool_seg_scan(s->map, s->size, s->hdr.epoch,
-			       seq == m->first_seq ? m->first_off : SPOOL_SEG_DATA_OFF, &wops, &w);
-		if (w.fn_rc)
-			return w.fn_rc;
+	while (got < m->chunk_count) {
+		struct spool_rec rec;
+		int rc = spool_scan_chunk_next(m, &pos, walk_seg, &ws, &rec);
+
+		if (rc == -ENOENT)
+			break;
+		if (rc)
+			return rc;
+		got++;
+		bytes += rec.len;
+		crc = crc32c(crc, rec.payload, rec.len);
+		if (fn && (rc = fn(ctx, rec.payload, rec.len)))
+			return rc;
 	}
-	DS_ASSERT(w.got <= w.want); /* walk_rec stops collecting at want */
-	if (w.got != w.want || w.bytes != m->size || w.crc != m->body_crc)
+	if (got != m->chunk_count || bytes != m->size || crc != m->body_crc)
 		return -EBADMSG;
 	return 0;
 }

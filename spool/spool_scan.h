@@ -29,8 +29,9 @@ enum rseg_state {
 struct rseg {
 	uint64_t seq;
 	const uint8_t *map;
-	uint64_t size;
-	int hdr_rc; /* 0, -ENODATA (unused), -EBADMSG */
+	uint64_t size;	   /* usable bytes: the file, or the header's segment size if smaller */
+	uint64_t map_size; /* bytes mapped (munmap) */
+	int hdr_rc;	   /* 0, -ENODATA (unused), -EBADMSG */
 	enum rseg_state state;
 	struct spool_seg_hdr hdr;
 };
@@ -65,6 +66,13 @@ struct scan_cfg {
 	void *ctx;
 };
 
+/*
+ * Open and map segment s->seq of lane in dir, check its header (s->hdr_rc):
+ * 0, or -errno from open/mmap (-ENOENT: no such file). spool_scan_seg_close
+ * unmaps it.
+ */
+int spool_scan_seg_open(const char *dir, unsigned lane, struct rseg *s);
+void spool_scan_seg_close(struct rseg *s);
 /* Open and map s on first use; false if it is gone or unusable. */
 bool spool_scan_seg_map(struct spool_reader *r, struct rlane *rl, struct rseg *s);
 void spool_scan_lane_map_all(struct spool_reader *r, struct rlane *rl);
@@ -72,6 +80,25 @@ void spool_scan_reader_map_all(struct spool_reader *r);
 /* Index of the first segment (segments are sorted by seq) whose seq >= seq; nsegs if none. */
 unsigned spool_scan_seg_index(const struct rlane *rl, uint64_t seq);
 struct rseg *spool_scan_seg_find(struct rlane *rl, uint64_t seq);
+/* Where a walk over one message's chunk records stands: the next record to look at. */
+struct spool_chunk_pos {
+	uint64_t seq; /* segment */
+	uint64_t off; /* file offset in it */
+};
+/*
+ * The one chunk walker (body walks of the reader and recovery, and
+ * spool_fetch_read): the next chunk record of message m at or after *pos,
+ * looking in segments pos->seq .. m->seq and, in the commit's segment, only
+ * before the commit record. seg(ctx, seq, &s) hands out segment seq mapped:
+ * 0, -ENOENT (no file of that number: skipped unless it holds the first
+ * chunk or the commit), or -errno (returned). 0 with *out filled (its
+ * payload points into the map) and *pos moved past it; -ENOENT when no
+ * chunk of m remains; -EBADMSG when a segment that must be there is not
+ * (missing file, bad header).
+ */
+int spool_scan_chunk_next(const struct spool_msg *m, struct spool_chunk_pos *pos,
+			  int (*seg)(void *ctx, uint64_t seq, const struct rseg **out), void *ctx,
+			  struct spool_rec *out);
 /* Walk the body of m (chunks from its first segment on): 0, -EBADMSG, or fn's non-zero return. */
 int spool_scan_body_walk(struct spool_reader *r, struct rlane *rl, const struct spool_msg *m,
 			 int (*fn)(void *, const void *, size_t), void *ctx);
