@@ -95,13 +95,13 @@ size_t obs_metrics_render_bound(unsigned n)
 	 * totals are fixed. Checked by tests/ops with every counter at
 	 * UINT64_MAX and IO_THREADS_MAX workers.
 	 */
-	size_t dlv = 0;
-	if (hop_count)
-		/*
-		 * The delivery families are server totals: about 60 fixed lines and
-		 * HELP/TYPE text, plus 8 series per hop, each with its label.
-		 */
-		dlv = 12288 + (size_t)hop_count * 8 * (128 + HOP_LABEL_MAX);
+	/*
+	 * The delivery families are server totals: about 60 fixed lines and
+	 * HELP/TYPE text, plus 8 series per hop, each with its label. Counted
+	 * for every hop whether registered or not, so a buffer sized before
+	 * obs_metrics_set_hops() still fits.
+	 */
+	size_t dlv = 12288 + (size_t)OBS_METRICS_HOPS_MAX * 8 * (128 + HOP_LABEL_MAX);
 	return 16384 + (size_t)n * 12288 + dlv;
 }
 

@@ -377,7 +377,7 @@ size_t obs_metrics_render(const struct obs_metrics *const *workers, unsigned n, 
 size_t obs_metrics_render_at(const struct obs_metrics *const *workers, unsigned n, char *buf, size_t cap,
 			     int64_t now_wall_us);
 
-/* A buffer of this size always holds obs_metrics_render() of n workers (plus NUL). */
+/* A buffer of this size always holds obs_metrics_render() of n workers (plus NUL), with any hops. */
 size_t obs_metrics_render_bound(unsigned n);
 
 /*
