@@ -380,10 +380,12 @@ static void render_delivery(struct out *o, const struct obs_metrics *const *w, u
 	      "Recipients whose connection was lost after the final dot, before the reply (tried again).",
 	      OFF(dlv.possible_duplicates));
 
-	per_hop(o, w, n, "dotspool_deliver_connections", "gauge", "Connections to the next hop open now.",
+	per_hop(o, w, n, "dotspool_deliver_connections", "gauge",
+		"Connections to the next hop open now (connecting ones included).",
 		offsetof(struct obs_metrics_hop, conns_current));
 	per_hop(o, w, n, "dotspool_deliver_connections_total", "counter",
-		"Connections to the next hop opened.", offsetof(struct obs_metrics_hop, conns_total));
+		"Connections to the next hop opened (connects started, failed ones included).",
+		offsetof(struct obs_metrics_hop, conns_total));
 	per_hop(o, w, n, "dotspool_deliver_connect_failures_total", "counter",
 		"Connections to the next hop that failed (refused, timed out, greeting, hello or TLS).",
 		offsetof(struct obs_metrics_hop, conn_failures));

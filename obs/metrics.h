@@ -324,7 +324,7 @@ static inline void obs_metrics_dlv_possible_duplicate(struct obs_metrics *m, uin
 	obs_counter_add(&m->dlv.possible_duplicates, rcpts);
 }
 
-/* A connection to hop was opened (connected and greeted or not: counted once it is usable). */
+/* A connection to hop is being opened (connect submitted: one that then fails counts here too). */
 static inline void obs_metrics_dlv_conn_open(struct obs_metrics *m, unsigned hop)
 {
 	DS_ASSERT(hop < OBS_METRICS_HOPS_MAX);
