@@ -44,6 +44,7 @@ static void check_config_and_exit(struct io_config *cfg, const char *path)
 		exit(1);
 	}
 	printf("dotspool: %s: OK\n", path);
+	daemon_config_print_deliver(stdout, cfg);
 	exit(0);
 }
 
