@@ -20,6 +20,7 @@
 
 #include "ds_assert.h"
 #include "ds_nofile.h"
+#include "dlv.h"
 #include "io.h"
 #include "iplimit.h"
 #include "log.h"
@@ -198,6 +199,14 @@ static void shared_destroy(struct io_shared *sh)
 		free(sh->metrics[i]);
 		sh->metrics[i] = NULL;
 	}
+	io_dlv_backlog_free(sh);
+}
+
+/* A message recovery found still owed: to the worker that drains its lane. */
+static int backlog_add(void *ctx, const struct spool_queue_entry *e)
+{
+	struct io_shared *sh = ctx;
+	return io_dlv_backlog_add(sh, sh->metrics_count, e);
 }
 
 /*
@@ -206,7 +215,8 @@ static void shared_destroy(struct io_shared *sh)
  * numbers. The lock lives as long as the process (the descriptor is never
  * closed); dotspool-ctl only reads and does not take it.
  */
-static int spool_prepare(const struct io_config *cfg)
+
+static int spool_prepare(const struct io_config *cfg, struct io_shared *sh)
 {
 	int ret = spool_dir_create(cfg->spool_dir);
 	if (ret < 0) {
@@ -225,7 +235,8 @@ static int spool_prepare(const struct io_config *cfg)
 	}
 	struct spool_recovery_report rep;
 	memset(&rep, 0, sizeof(rep));
-	ret = spool_recover(&cfg->spool, &rep);
+	/* With delivery on, every message still owed (any lane, any earlier thread count) is queued. */
+	ret = spool_recover_queue(&cfg->spool, &rep, cfg->deliver.hop_count ? backlog_add : NULL, sh);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: spool recovery failed: %s\n", strerror(-ret));
 		return ret;
@@ -253,6 +264,12 @@ static int shared_create(struct io_shared *sh, const struct io_config *cfg)
 		obs_metrics_init(sh->metrics[i]);
 	}
 	sh->metrics_count = cfg->threads;
+	if (cfg->deliver.hop_count) {
+		const char *names[IO_DELIVER_HOPS_MAX];
+		for (uint32_t i = 0; i < cfg->deliver.hop_count; i++)
+			names[i] = cfg->deliver.hop[i].text;
+		obs_metrics_set_hops(names, cfg->deliver.hop_count);
+	}
 	enum obs_log_level level = OBS_LOG_INFO;
 	obs_log_level_parse(cfg->log_level, &level);
 	ret = obs_log_create(&sh->log, cfg->threads + 1, cfg->log_ring_size, stderr, level);
@@ -354,11 +371,12 @@ int main(int argc, char **argv)
 	pthread_sigmask(SIG_BLOCK, &sigs, NULL);
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile(cfg.max_connections);
-	if (spool_prepare(&cfg) < 0)
-		return 1;
-
 	static struct io_shared sh;
 	if (shared_create(&sh, &cfg) < 0) {
+		shared_destroy(&sh);
+		return 1;
+	}
+	if (spool_prepare(&cfg, &sh) < 0) {
 		shared_destroy(&sh);
 		return 1;
 	}

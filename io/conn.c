@@ -27,6 +27,7 @@
 #include "ds_clock.h"
 #include "iplimit.h"
 #include "proxy.h"
+#include "dlv.h"
 #include "ring.h"
 
 /* Room the trace header may take in the spool on top of the input bytes. */
@@ -145,6 +146,8 @@ static int sink_data_commit(void *ctx, const struct ds_envelope *env)
 	c->env = *env; /* its strings stay in the session until commit_done */
 	c->dot_us = ds_mono_us();
 	int ret = spool_txn_commit(c->w->lane, &c->txn, env, conn_key(c));
+	if (ret == 0)
+		spool_txn_location(&c->txn, &c->commit_seq, &c->commit_off);
 	if (ret < 0 && ret != -EAGAIN) {
 		/* Not taken (the txn failed earlier): the session answers 451/452 now. */
 		obs_metrics_message_rejected(c->w->m);
@@ -837,6 +840,7 @@ static void conn_commit_done(struct io_conn *c, int res)
 		char id[32];
 		spool_id_format(c->txn.id, id, sizeof(id));
 		obs_metrics_message_accepted(w->m, c->env.body_size, gap_us);
+		io_dlv_committed(w, c->txn.id, c->commit_seq, c->commit_off, &c->env);
 		/* Also when the client has gone: this is the message it may send again. */
 		obs_log_accepted(w->log, id, &c->env, gap_us);
 	} else {
@@ -1026,6 +1030,8 @@ void io_conns_resume_parked(struct io_worker *w)
 			c->commit_retry = false;
 			/* 0: queued, settled() follows; -EAGAIN: still no room; else failed now. */
 			int ret = spool_txn_commit(w->lane, &c->txn, &c->env, conn_key(c));
+			if (ret == 0)
+				spool_txn_location(&c->txn, &c->commit_seq, &c->commit_off);
 			if (ret == -EAGAIN) {
 				c->commit_retry = true;
 				conn_park(c);

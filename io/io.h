@@ -16,6 +16,7 @@
 struct obs_metrics;
 struct obs_log;
 struct io_iplimit;
+struct io_dlv_backlog;
 
 /* Shared between workers; touched at accept/close only, never per message. */
 struct io_shared {
@@ -28,6 +29,8 @@ struct io_shared {
 	unsigned metrics_count;
 	struct obs_log *log;
 	struct io_iplimit *iplimit;
+	/* Messages recovery found still owed, one list per worker (io/dlv.h); NULL when none. */
+	struct io_dlv_backlog *backlog;
 };
 
 struct io_worker;

@@ -32,6 +32,7 @@ enum io_conn_state {
 };
 
 struct io_worker;
+struct io_dlv;
 
 struct io_conn {
 	struct io_worker *w;
@@ -69,6 +70,7 @@ struct io_conn {
 	struct sockaddr_storage peer;
 	char peer_text[INET6_ADDRSTRLEN];
 	struct spool_txn txn;
+	uint64_t commit_seq, commit_off; /* where its commit record lies (delivery queue) */
 	struct smtp_session *s;
 	struct io_tls_conn *tls; /* only after STARTTLS */
 	struct io_conn *next_free;
@@ -129,6 +131,7 @@ struct io_worker {
 	struct smtp_config smtp_cfg;
 	struct smtp_config lmtp_cfg;
 	struct spool_lane *lane;
+	struct io_dlv *dlv; /* the delivery stage; NULL without --deliver-to */
 	struct io_tls_server *tls; /* NULL without --tls-cert */
 	uint8_t *tls_pt;	   /* scratch for decrypted input */
 	unsigned tls_reload_gen;

@@ -24,6 +24,7 @@
 #include "ds_assert.h"
 #include "ds_clock.h"
 #include "conn.h"
+#include "dlv.h"
 #include "io_types.h"
 #include "mserve.h"
 #include "ring.h"
@@ -88,7 +89,10 @@ static int ops_flush(void *ctx, int fd, uint64_t tag)
 
 static void ops_settled(void *ctx, uint64_t cookie, int res)
 {
-	io_conn_settled(ctx, cookie, res);
+	if (cookie & IO_DLV_COOKIE_BIT)
+		io_dlv_settled(ctx, cookie, res);
+	else
+		io_conn_settled(ctx, cookie, res);
 }
 
 /* A spool completion; when it finished a flush, record its latency and batch (from the lane's stats). */
@@ -241,6 +245,7 @@ static void begin_shutdown(struct io_worker *w)
 	listeners_close(w);
 	io_mserve_stop(w);
 	io_conns_shutdown(w);
+	io_dlv_shutdown(w);
 }
 
 static void on_tick(struct io_worker *w)
@@ -253,9 +258,12 @@ static void on_tick(struct io_worker *w)
 	}
 	io_conns_tick(w, now);
 	io_mserve_tick(w, now);
+	io_dlv_tick(w, now);
 	spool_gauges(w, now);
-	if (w->stopping && now >= w->stop_deadline_ms)
+	if (w->stopping && now >= w->stop_deadline_ms) {
 		io_conns_close_all(w);
+		io_dlv_close_all(w);
+	}
 	tick_arm(w);
 }
 
@@ -302,6 +310,9 @@ static void dispatch(struct io_worker *w, struct io_uring_cqe *cqe)
 	case IO_OP_TICK:
 		on_tick(w);
 		return;
+	case IO_OP_DLV:
+		io_dlv_complete(w, low, cqe->res, cqe->flags);
+		return;
 	case IO_OP_WAKE:
 		if (w->tls && atomic_load(&w->sh->reload_gen) != w->tls_reload_gen)
 			tls_reload(w);
@@ -318,7 +329,7 @@ static void dispatch(struct io_worker *w, struct io_uring_cqe *cqe)
 
 static bool worker_done(struct io_worker *w)
 {
-	return w->stopping && w->conn_active == 0 && !spool_lane_busy(w->lane);
+	return w->stopping && w->conn_active == 0 && !io_dlv_busy(w) && !spool_lane_busy(w->lane);
 }
 
 /*
@@ -369,6 +380,11 @@ static int worker_setup(struct io_worker *w)
 		return ret;
 	}
 	spool_lane_stats(w->lane, &w->lane_stats);
+	ret = io_dlv_create(w);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: worker %u: delivery stage: %s\n", w->no, strerror(-ret));
+		return ret;
+	}
 	return 0;
 }
 
@@ -398,6 +414,7 @@ static void worker_loop(struct io_worker *w)
 		}
 		io_uring_cq_advance(&w->ring.uring, n);
 		io_conns_resume_parked(w);
+		io_dlv_run(w);
 		if (w->hs_head) {
 			/* This turn's commits and replies go to the kernel before the CPU-heavy part. */
 			spool_lane_kick(w->lane);
@@ -421,6 +438,7 @@ static void *worker_main(void *arg)
 	if (atomic_load(&w->sh->stopping))
 		begin_shutdown(w);
 	worker_loop(w);
+	io_dlv_destroy(w);
 	if (spool_lane_busy(w->lane)) {
 		/* Never close a lane with a flush in flight: its buffers belong to the kernel. */
 		w->exit_code = 1;
@@ -524,6 +542,7 @@ void io_worker_destroy(struct io_worker *w)
 	for (uint32_t i = 0; i < w->listener_count; i++)
 		if (w->listeners[i].fd >= 0)
 			close(w->listeners[i].fd);
+	io_dlv_destroy(w); /* a worker that never reached its loop */
 	io_ring_fini(&w->ring);
 	io_conns_fini(w);
 	io_mserve_fini(w);

@@ -1,0 +1,1614 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The delivery stage of one worker: mail leaves the spool (issue 14).
+ *
+ *   queue (deliver/dlv_queue) -> a message is due and a next hop is up
+ *   -> an idle connection to that hop, or a new one (this worker's share
+ *      of --deliver-connections)
+ *   -> ATTEMPT record on the worker's lane; once durable, the message goes
+ *      to the client machine (deliver/dlv_client) on that connection; the
+ *      body is read back from the segments (spool_fetch)
+ *   -> every recipient has its outcome: the DSN for the failed ones is
+ *      spooled (a commit on the worker's lane) and an outcome record
+ *      written after it; once both are durable the queue learns the new
+ *      states (done, or deferred until the backoff says).
+ *
+ * The ATTEMPT record is what makes re-deliveries countable: a recipient
+ * recovery finds in ATTEMPT was handed to a next hop by a run that did not
+ * live to record the outcome, so delivering it again may duplicate it
+ * (the RFC 1047 gap on our client side), and is counted.
+ *
+ * Everything runs on the worker's ring: connect, send, recv are io_uring
+ * ops tagged IO_OP_DLV; timeouts are deadlines looked at on the worker's
+ * 250 ms tick (the RFC 5321 timeouts are minutes).
+ */
+#include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "dlv.h"
+#include "dlv_client.h"
+#include "dlv_dsn.h"
+#include "dlv_queue.h"
+#include "ds_assert.h"
+#include "ds_clock.h"
+#include "ds_grow.h"
+#include "io_types.h"
+#include "log.h"
+#include "metrics.h"
+#include "ring.h"
+#include "spool_fetch.h"
+#include "spool_id.h"
+
+/* An idle connection is kept this long for the next message, then QUIT (Postfix keeps 2 s). */
+#define DLV_IDLE_MS    5000
+#define DLV_RBUF_BYTES 8192
+/* One send takes at most this much of the client's output. */
+#define DLV_SEND_MAX_BYTES (256u * 1024)
+/* Attempts started in one loop turn: the rest waits for the next turn. */
+#define DLV_STARTS_PER_TURN 64
+/* Segments a worker keeps mapped for reading bodies. */
+#define DLV_FETCH_MAPS 512
+/* A DSN (bounce) is at most this big: originals are cut at 64 KiB, diagnostics at 1 KiB. */
+#define DLV_DSN_MAX_BYTES (4u * 1024 * 1024)
+
+enum dud_kind { UD_CONNECT = 1, UD_RECV, UD_SEND, UD_PWRITE, UD_PREAD, UD_PPOLL };
+enum dck_kind { CK_ATTEMPT = 1, CK_OUTCOME, CK_DSN };
+enum dconn_state { DC_FREE = 0, DC_CONNECTING, DC_UP, DC_CLOSING };
+enum djob_phase { J_FREE = 0, J_ATTEMPT, J_SENDING, J_RECORD };
+
+struct dconn;
+
+struct djob {
+	struct io_dlv *d;
+	uint32_t idx, gen;
+	uint8_t phase;
+	struct dlv_qmsg *qm;
+	struct dconn *c;
+	unsigned hop;
+	uint32_t attempt;
+	struct spool_fetch_msg fm;
+	bool fetched;
+	bool client_done; /* msg_done() ran: every recipient has its outcome */
+	bool hop_failed;  /* the connection failed before MAIL: the hop as a whole */
+	bool wait_room;	  /* on the wait list: a record found no room in the lane */
+	bool attempt_settled, outcome_taken, outcome_settled, dsn_taken, dsn_settled;
+	int outcome_res, dsn_res;
+	struct dlv_msg msg;
+	/* per recipient of this attempt (n of them) */
+	uint32_t n;
+	size_t cap;
+	struct dlv_rcpt *rcpt;
+	uint32_t *map; /* index in the envelope */
+	struct dlv_outcome *out;
+	uint8_t *state; /* what the outcome record says (enum spool_rcpt_state) */
+	uint8_t *was;	/* the state before this attempt */
+	struct spool_outcome_rcpt *rec;
+	char *arena;
+	size_t arena_len, arena_cap;
+	int64_t start_ms, due_us;
+	uint64_t dsn_id, dsn_seq, dsn_off;
+	struct ds_envelope dsn_env;
+	struct ds_rcpt dsn_rcpt;
+	struct spool_txn dsn_txn;
+	struct dlv_dsn_buf dsn_buf;
+	uint32_t dsn_failed;
+	struct djob *next;
+};
+
+struct dconn {
+	struct io_dlv *d;
+	uint32_t idx, gen;
+	uint8_t state;
+	uint8_t hop;
+	int fd;
+	unsigned ops; /* io_uring ops in flight */
+	bool recv_armed, send_armed, reached_mail;
+	int64_t deadline_ms;
+	struct dlv_pipe *pipe; /* pipe: transport (cl is NULL), once the program runs */
+	struct dlv_client *cl;
+	struct djob *job;
+	struct dconn *next_idle;
+	uint8_t rbuf[DLV_RBUF_BYTES];
+};
+
+struct io_dlv {
+	struct io_worker *w;
+	const struct io_deliver_config *cfg;
+	struct dlv_queue *q;
+	struct spool_fetch *fetch;
+	struct dlv_client_config ccfg[2]; /* smtp, lmtp */
+	uint32_t conn_max;
+	struct dconn *conns;
+	uint8_t *client_mem;
+	size_t client_size;
+	uint32_t conns_open;
+	struct dconn *idle[IO_DELIVER_HOPS_MAX];
+	struct djob *jobs;
+	struct djob *job_free;
+	struct djob *wait_head; /* jobs whose record waits for room in the lane */
+	bool stopping;
+	int64_t next_gauges_ms;
+};
+
+/* ---- tags ---- */
+
+static inline uint64_t dud(enum dud_kind k, uint32_t idx, uint32_t gen)
+{
+	DS_ASSERT(idx < (1u << 24));
+	return ((uint64_t)k << 56) | ((uint64_t)idx << 32) | gen;
+}
+
+static inline uint64_t dcookie(enum dck_kind k, const struct djob *j)
+{
+	return IO_DLV_COOKIE_BIT | ((uint64_t)k << 56) | ((uint64_t)j->idx << 32) | j->gen;
+}
+
+static int64_t timeout_ms(const struct io_dlv *d, enum dlv_timeout k)
+{
+	const struct io_deliver_config *c = d->cfg;
+	uint32_t s;
+	switch (k) {
+	case DLV_TIMEOUT_CONNECT:
+		s = c->timeout_connect_s;
+		break;
+	case DLV_TIMEOUT_GREETING:
+		s = c->timeout_greeting_s;
+		break;
+	case DLV_TIMEOUT_COMMAND:
+		s = c->timeout_command_s;
+		break;
+	case DLV_TIMEOUT_DATA_INIT:
+		s = c->timeout_data_init_s;
+		break;
+	case DLV_TIMEOUT_DATA_BLOCK:
+		s = c->timeout_data_block_s;
+		break;
+	case DLV_TIMEOUT_DATA_DONE:
+		s = c->timeout_data_done_s;
+		break;
+	default:
+		return DLV_IDLE_MS;
+	}
+	return (int64_t)(s ? s : 300) * 1000;
+}
+
+#include "dlv_pipe.h"
+
+static bool hop_is_lmtp(const struct io_dlv *d, unsigned hop)
+{
+	return d->cfg->hop[hop].kind == IO_HOP_LMTP;
+}
+
+/* ---- the backlog recovery hands over ---- */
+
+struct io_dlv_backlog {
+	struct dlv_queue_add *v;
+	size_t n, cap;
+	uint8_t *states;
+	size_t states_len, states_cap;
+};
+
+int io_dlv_backlog_add(struct io_shared *sh, unsigned threads, const struct spool_queue_entry *e)
+{
+	DS_ASSERT(threads > 0 && threads <= IO_THREADS_MAX);
+	if (!sh->backlog) {
+		sh->backlog = calloc(IO_THREADS_MAX, sizeof(struct io_dlv_backlog));
+		if (!sh->backlog)
+			return -ENOMEM;
+	}
+	struct io_dlv_backlog *b = &sh->backlog[e->lane % threads];
+	void *p = ds_grow(b->v, &b->cap, b->n, sizeof(*b->v), 1024);
+	if (!p)
+		return -ENOMEM;
+	b->v = p;
+	while (b->states_len + e->rcpt_count > b->states_cap) {
+		size_t ncap = b->states_cap ? b->states_cap * 2 : 65536;
+		p = realloc(b->states, ncap);
+		if (!p)
+			return -ENOMEM;
+		b->states = p;
+		b->states_cap = ncap;
+	}
+	memcpy(b->states + b->states_len, e->rcpt_state, e->rcpt_count);
+	b->v[b->n++] = (struct dlv_queue_add){
+		.id = e->id,
+		.lane = e->lane,
+		.seq = e->seq,
+		.off = e->off,
+		.size = e->size,
+		.received_at_us = e->received_at_us,
+		.rcpt_count = e->rcpt_count,
+		.rcpt_state = (const uint8_t *)(uintptr_t)b->states_len, /* offset until adopted */
+		.attempts = e->attempts,
+		.due_us = e->next_attempt_us,
+		.redelivery = e->in_flight,
+	};
+	b->states_len += e->rcpt_count;
+	return 0;
+}
+
+void io_dlv_backlog_free(struct io_shared *sh)
+{
+	if (!sh->backlog)
+		return;
+	for (unsigned i = 0; i < IO_THREADS_MAX; i++) {
+		free(sh->backlog[i].v);
+		free(sh->backlog[i].states);
+	}
+	free(sh->backlog);
+	sh->backlog = NULL;
+}
+
+static int backlog_adopt(struct io_dlv *d)
+{
+	struct io_worker *w = d->w;
+	if (!w->sh->backlog)
+		return 0;
+	struct io_dlv_backlog *b = &w->sh->backlog[w->no];
+	for (size_t i = 0; i < b->n; i++) {
+		struct dlv_queue_add a = b->v[i];
+		a.rcpt_state = b->states + (uintptr_t)a.rcpt_state;
+		int ret = dlv_queue_add(d->q, &a, NULL);
+		if (ret < 0 && ret != -EALREADY)
+			return ret;
+	}
+	free(b->v);
+	free(b->states);
+	memset(b, 0, sizeof(*b));
+	return 0;
+}
+
+/* ---- jobs ---- */
+
+static struct djob *job_get(struct io_dlv *d)
+{
+	struct djob *j = d->job_free;
+	if (!j)
+		return NULL;
+	d->job_free = j->next;
+	j->next = NULL;
+	j->phase = J_ATTEMPT;
+	j->qm = NULL;
+	j->c = NULL;
+	j->fetched = j->client_done = j->hop_failed = j->wait_room = false;
+	j->attempt_settled = j->outcome_taken = j->outcome_settled = j->dsn_taken = j->dsn_settled = false;
+	j->outcome_res = j->dsn_res = 0;
+	j->n = 0;
+	j->arena_len = 0;
+	j->dsn_id = 0;
+	j->dsn_failed = 0;
+	j->due_us = 0;
+	memset(&j->dsn_buf, 0, sizeof(j->dsn_buf));
+	return j;
+}
+
+static void job_put(struct io_dlv *d, struct djob *j)
+{
+	if (j->fetched)
+		spool_fetch_put(d->fetch, &j->fm);
+	j->fetched = false;
+	dlv_dsn_buf_free(&j->dsn_buf);
+	j->phase = J_FREE;
+	j->gen++;
+	j->next = d->job_free;
+	d->job_free = j;
+}
+
+static struct djob *job_lookup(struct io_dlv *d, uint64_t cookie)
+{
+	uint32_t idx = (uint32_t)((cookie >> 32) & 0xffffff);
+	if (idx >= d->conn_max)
+		return NULL;
+	struct djob *j = &d->jobs[idx];
+	return j->phase != J_FREE && j->gen == (uint32_t)cookie ? j : NULL;
+}
+
+static char *arena_str(struct djob *j, const char *s, size_t len)
+{
+	if (j->arena_len + len + 1 > j->arena_cap)
+		return NULL;
+	char *p = j->arena + j->arena_len;
+	memcpy(p, s, len);
+	p[len] = 0;
+	j->arena_len += len + 1;
+	return p;
+}
+
+/* A parameter's value (NOTIFY=, ORCPT=, RET=, ENVID=) as a C string, or NULL. */
+static const char *param_dup(struct djob *j, const char *params, const char *key)
+{
+	const char *v;
+	size_t len;
+	if (!params || !dlv_dsn_param(params, key, &v, &len))
+		return NULL;
+	return arena_str(j, v, len);
+}
+
+static bool param_word(const char *params, const char *word)
+{
+	size_t wl = strlen(word);
+	for (const char *p = params; p && *p;) {
+		while (*p == ' ')
+			p++;
+		size_t l = strcspn(p, " =");
+		if (l == wl && strncasecmp(p, word, wl) == 0)
+			return true;
+		p += strcspn(p, " ");
+	}
+	return false;
+}
+
+static int job_size(struct djob *j, uint32_t n, size_t arena)
+{
+	if (n > j->cap) {
+		size_t cap = DS_MAX((size_t)n, j->cap * 2);
+		void *a = realloc(j->rcpt, cap * sizeof(*j->rcpt));
+		if (!a)
+			return -ENOMEM;
+		j->rcpt = a;
+		if (!(a = realloc(j->map, cap * sizeof(*j->map))))
+			return -ENOMEM;
+		j->map = a;
+		if (!(a = realloc(j->out, cap * sizeof(*j->out))))
+			return -ENOMEM;
+		j->out = a;
+		if (!(a = realloc(j->state, cap)))
+			return -ENOMEM;
+		j->state = a;
+		if (!(a = realloc(j->was, cap)))
+			return -ENOMEM;
+		j->was = a;
+		if (!(a = realloc(j->rec, cap * sizeof(*j->rec))))
+			return -ENOMEM;
+		j->rec = a;
+		j->cap = cap;
+	}
+	if (arena > j->arena_cap) {
+		void *a = realloc(j->arena, arena);
+		if (!a)
+			return -ENOMEM;
+		j->arena = a;
+		j->arena_cap = arena;
+	}
+	return 0;
+}
+
+static int body_read(void *ctx, uint64_t off, void *buf, size_t cap)
+{
+	struct djob *j = ctx;
+	return spool_fetch_read(j->d->fetch, &j->fm, off, buf, cap);
+}
+
+/*
+ * The message as the client machine wants it: envelope from the commit
+ * record, only the recipients still open, DSN parameters as stored.
+ */
+static int job_build(struct io_dlv *d, struct djob *j)
+{
+	struct dlv_qmsg *qm = j->qm;
+	int ret = spool_fetch_get(d->fetch, qm->lane, qm->seq, qm->off, qm->id, &j->fm);
+	if (ret < 0)
+		return ret;
+	j->fetched = true;
+	const struct ds_envelope *env = &j->fm.m.env;
+	if (env->rcpt_count != qm->rcpt_count)
+		return -EBADMSG;
+	size_t arena = 256 + strlen(env->mail_params);
+	for (uint32_t i = 0; i < env->rcpt_count; i++)
+		arena += strlen(env->rcpt[i].params) + 2;
+	ret = job_size(j, qm->rcpt_open, arena);
+	if (ret < 0)
+		return ret;
+	uint32_t n = 0;
+	for (uint32_t i = 0; i < qm->rcpt_count; i++) {
+		if (SPOOL_RCPT_STATE_FINAL(qm->rcpt_state[i]))
+			continue;
+		DS_ASSERT(n < qm->rcpt_open);
+		j->map[n] = i;
+		j->was[n] = qm->rcpt_state[i];
+		j->state[n] = SPOOL_RCPT_ATTEMPT;
+		memset(&j->out[n], 0, sizeof(j->out[n]));
+		j->rcpt[n] = (struct dlv_rcpt){
+			.addr = env->rcpt[i].addr,
+			.notify = param_dup(j, env->rcpt[i].params, "NOTIFY"),
+			.orcpt = param_dup(j, env->rcpt[i].params, "ORCPT"),
+		};
+		n++;
+	}
+	DS_ASSERT(n == qm->rcpt_open);
+	j->n = n;
+	const char *body = param_dup(j, env->mail_params, "BODY");
+	enum dlv_body_type bt = DLV_BODY_7BIT;
+	if (body && !strcasecmp(body, "8BITMIME"))
+		bt = DLV_BODY_8BITMIME;
+	else if (body && !strcasecmp(body, "BINARYMIME"))
+		bt = DLV_BODY_BINARYMIME;
+	j->msg = (struct dlv_msg){
+		.mail_from = env->mail_from,
+		.body = bt,
+		.smtputf8 = param_word(env->mail_params, "SMTPUTF8"),
+		.ret = param_dup(j, env->mail_params, "RET"),
+		.envid = param_dup(j, env->mail_params, "ENVID"),
+		.rcpt = j->rcpt,
+		.rcpt_count = n,
+		.body_size = j->fm.m.size,
+		.read = body_read,
+		.read_ctx = j,
+	};
+	return 0;
+}
+
+static void job_wait_room(struct io_dlv *d, struct djob *j)
+{
+	if (j->wait_room)
+		return;
+	j->wait_room = true;
+	j->next = d->wait_head;
+	d->wait_head = j;
+}
+
+/* The ATTEMPT record: every recipient of this attempt, before the message goes out. */
+static int job_write_attempt(struct io_dlv *d, struct djob *j)
+{
+	for (uint32_t i = 0; i < j->n; i++)
+		j->rec[i] = (struct spool_outcome_rcpt){
+			.idx = j->map[i], .state = SPOOL_RCPT_ATTEMPT, .esc = "", .text = ""};
+	struct spool_outcome o = {
+		.id = j->qm->id,
+		.attempt = j->attempt,
+		.at_us = ds_wall_us(),
+		.hop = d->cfg->hop[j->hop].text,
+		.rcpt_count = j->n,
+		.rcpt = j->rec,
+	};
+	return spool_lane_outcome(d->w->lane, &o, dcookie(CK_ATTEMPT, j));
+}
+
+static void conn_pump(struct dconn *c);
+static void conn_close(struct dconn *c);
+static void pipe_run(struct io_dlv *d, struct djob *j);
+static void pipe_check(struct dconn *c, int64_t now_ms);
+static const struct dlv_client_ops client_ops;
+static void job_records(struct io_dlv *d, struct djob *j);
+static void job_end(struct io_dlv *d, struct djob *j);
+
+/* Give the job to its connection's client machine (its ATTEMPT record is durable). */
+static void job_submit(struct io_dlv *d, struct djob *j)
+{
+	struct dconn *c = j->c;
+	j->phase = J_SENDING;
+	if (!c) { /* the connection failed while the record was flushed: job_end has the outcomes */
+		job_end(d, j);
+		return;
+	}
+	if (!c->cl) {
+		pipe_run(d, j);
+		return;
+	}
+	int ret = dlv_client_submit(c->cl, &j->msg);
+	if (ret < 0) {
+		/* -EPIPE: closing; anything else: the message cannot go (limits): defer all. */
+		for (uint32_t i = 0; i < j->n; i++) {
+			j->out[i] = (struct dlv_outcome){
+				.cls = DLV_DEFERRED, .stage = DLV_STAGE_SUBMIT, .code = 451, .local = true};
+			snprintf(j->out[i].esc, sizeof(j->out[i].esc), "4.3.0");
+			snprintf(j->out[i].text, sizeof(j->out[i].text), "not submitted: %s", strerror(-ret));
+		}
+		j->client_done = true;
+		c->job = NULL;
+		j->c = NULL;
+		job_end(d, j);
+		conn_pump(c);
+		return;
+	}
+	conn_pump(c);
+}
+
+/* ---- connections ---- */
+
+static void conn_sqe_recv(struct dconn *c)
+{
+	struct io_uring_sqe *sqe = io_sqe(&c->d->w->ring);
+	io_uring_prep_recv(sqe, c->fd, c->rbuf, sizeof(c->rbuf), 0);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_DLV, dud(UD_RECV, c->idx, c->gen)));
+	c->recv_armed = true;
+	c->ops++;
+}
+
+static void conn_sqe_send(struct dconn *c, const uint8_t *p, size_t n)
+{
+	struct io_uring_sqe *sqe = io_sqe(&c->d->w->ring);
+	io_uring_prep_send(sqe, c->fd, p, n, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_DLV, dud(UD_SEND, c->idx, c->gen)));
+	c->send_armed = true;
+	c->ops++;
+}
+
+static void conn_deadline(struct dconn *c)
+{
+	c->deadline_ms = ds_mono_ms() + timeout_ms(c->d, dlv_client_timeout_kind(c->cl));
+}
+
+static void conn_idle(struct dconn *c)
+{
+	struct io_dlv *d = c->d;
+	c->next_idle = d->idle[c->hop];
+	d->idle[c->hop] = c;
+}
+
+static void conn_unidle(struct dconn *c)
+{
+	struct io_dlv *d = c->d;
+	for (struct dconn **p = &d->idle[c->hop]; *p; p = &(*p)->next_idle)
+		if (*p == c) {
+			*p = c->next_idle;
+			c->next_idle = NULL;
+			return;
+		}
+}
+
+static bool conn_on_idle_list(const struct dconn *c)
+{
+	for (const struct dconn *x = c->d->idle[c->hop]; x; x = x->next_idle)
+		if (x == c)
+			return true;
+	return false;
+}
+
+/* The connection failed before a transaction could start: the next hop as a whole is at fault. */
+static bool conn_hop_failure(const struct dconn *c)
+{
+	const struct dlv_outcome *e = c->cl ? dlv_client_error(c->cl) : NULL;
+	return e && e->stage != DLV_STAGE_NONE && e->stage <= DLV_STAGE_TLS;
+}
+
+/* The job's client finished with it (msg_done): the job moves on, the connection is free again. */
+static void conn_job_check(struct dconn *c)
+{
+	struct djob *j = c->job;
+	if (!j || !j->client_done)
+		return;
+	c->job = NULL;
+	j->c = NULL;
+	j->hop_failed = conn_hop_failure(c);
+	job_end(c->d, j);
+}
+
+/* After every event: send what the machine has, keep a receive armed, the deadline, the idle list. */
+static void conn_pump(struct dconn *c)
+{
+	if (c->state == DC_CLOSING || c->state == DC_FREE)
+		return;
+	if (!c->cl) {
+		pipe_check(c, ds_mono_ms());
+		return;
+	}
+	conn_job_check(c);
+	if (!c->job && c->d->stopping && dlv_client_idle(c->cl)) {
+		conn_unidle(c);
+		dlv_client_quit(c->cl);
+	}
+	if (dlv_client_closed(c->cl)) {
+		conn_close(c);
+		return;
+	}
+	if (dlv_client_idle(c->cl) || dlv_client_timeout_kind(c->cl) >= DLV_TIMEOUT_DATA_INIT)
+		c->reached_mail = true;
+	if (c->state == DC_UP) {
+		size_t len;
+		const uint8_t *out = dlv_client_output(c->cl, &len);
+		if (len && !c->send_armed)
+			conn_sqe_send(c, out, DS_MIN(len, DLV_SEND_MAX_BYTES));
+		if (!c->recv_armed)
+			conn_sqe_recv(c);
+	}
+	conn_deadline(c);
+	if (!c->job && dlv_client_idle(c->cl) && !c->d->stopping) {
+		if (!conn_on_idle_list(c))
+			conn_idle(c);
+	}
+}
+
+static void conn_status(struct dconn *c, enum dlv_status st)
+{
+	if (st == DLV_CLOSE) {
+		conn_job_check(c);
+		conn_close(c);
+		return;
+	}
+	if (st == DLV_STARTTLS) {
+		/* STARTTLS is not driven yet (io/tls client pending): the handshake fails, the machine
+		 * defers. */
+		st = dlv_client_tls_done(c->cl, -EPROTONOSUPPORT);
+		if (st == DLV_CLOSE) {
+			conn_job_check(c);
+			conn_close(c);
+			return;
+		}
+	}
+	conn_pump(c);
+}
+
+static void conn_free(struct dconn *c)
+{
+	struct io_dlv *d = c->d;
+	DS_ASSERT(c->ops == 0);
+	conn_unidle(c);
+	if (c->job && c->job->phase == J_ATTEMPT) {
+		/* Its ATTEMPT record is still flushing: job_submit() finds no connection and ends it. */
+		struct djob *j = c->job;
+		const struct dlv_outcome *e = c->cl ? dlv_client_error(c->cl) : NULL;
+		j->hop_failed = conn_hop_failure(c);
+		for (uint32_t i = 0; e && i < j->n; i++)
+			j->out[i] = *e;
+		j->c = NULL;
+		c->job = NULL;
+	}
+	if (c->cl) {
+		/* A message still in progress gets its outcomes (deferred) now. */
+		dlv_client_fini(c->cl);
+		conn_job_check(c);
+		c->cl = NULL;
+	}
+	if (c->job) { /* a pipe run that ended without an outcome (shutdown): nothing recorded */
+		struct djob *j = c->job;
+		DS_ASSERT(!c->cl);
+		c->job = NULL;
+		j->c = NULL;
+		for (uint32_t i = 0; i < j->n; i++)
+			if (!j->out[i].cls) {
+				j->out[i] =
+					(struct dlv_outcome){.cls = DLV_DEFERRED, .code = 451, .local = true};
+				snprintf(j->out[i].esc, sizeof(j->out[i].esc), "4.3.0");
+				snprintf(j->out[i].text, sizeof(j->out[i].text), "pipe run abandoned");
+			}
+		j->client_done = true;
+		job_end(d, j);
+	}
+	dlv_pipe_free(c->pipe);
+	c->pipe = NULL;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	obs_metrics_dlv_conn_close(d->w->m, c->hop);
+	c->state = DC_FREE;
+	c->gen++;
+	DS_ASSERT(d->conns_open > 0);
+	d->conns_open--;
+}
+
+static void conn_close(struct dconn *c)
+{
+	struct io_dlv *d = c->d;
+	if (c->state == DC_CLOSING || c->state == DC_FREE)
+		return;
+	const struct dlv_outcome *e = dlv_client_error(c->cl);
+	if (conn_hop_failure(c)) {
+		bool was_up = dlv_queue_hop_up(d->q, c->hop, ds_wall_us());
+		dlv_queue_hop_failed(d->q, c->hop, ds_wall_us());
+		if (c->state == DC_CONNECTING)
+			obs_metrics_dlv_conn_failed(d->w->m, c->hop);
+		obs_metrics_dlv_hop_up(d->w->m, c->hop, false);
+		if (was_up)
+			obs_log_hop(d->w->log, d->cfg->hop[c->hop].text, false, e->text);
+	} else if (c->reached_mail) {
+		if (!dlv_queue_hop_up(d->q, c->hop, ds_wall_us()))
+			obs_log_hop(d->w->log, d->cfg->hop[c->hop].text, true, "");
+		dlv_queue_hop_ok(d->q, c->hop);
+		obs_metrics_dlv_hop_up(d->w->m, c->hop, true);
+	}
+	conn_unidle(c);
+	c->state = DC_CLOSING;
+	if (c->pipe)
+		dlv_pipe_kill(c->pipe);
+	if (c->fd >= 0)
+		shutdown(c->fd, SHUT_RDWR);
+	if (c->ops == 0)
+		conn_free(c);
+}
+
+static struct dconn *conn_open(struct io_dlv *d, unsigned hop)
+{
+	if (d->conns_open >= d->conn_max)
+		return NULL;
+	struct dconn *c = NULL;
+	for (uint32_t i = 0; i < d->conn_max; i++)
+		if (d->conns[i].state == DC_FREE) {
+			c = &d->conns[i];
+			break;
+		}
+	if (!c)
+		return NULL;
+	const struct io_hop_spec *h = &d->cfg->hop[hop];
+	int fd = socket(h->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return NULL;
+	if (h->addr.ss_family != AF_UNIX) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	c->fd = fd;
+	c->hop = (uint8_t)hop;
+	c->state = DC_CONNECTING;
+	c->recv_armed = c->send_armed = c->reached_mail = false;
+	c->job = NULL;
+	c->next_idle = NULL;
+	c->cl = dlv_client_init(d->client_mem + (size_t)c->idx * d->client_size,
+				&d->ccfg[hop_is_lmtp(d, hop)], &client_ops, c);
+	d->conns_open++;
+	obs_metrics_dlv_conn_open(d->w->m, hop);
+	struct io_uring_sqe *sqe = io_sqe(&d->w->ring);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&h->addr, h->addr_len);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_DLV, dud(UD_CONNECT, c->idx, c->gen)));
+	c->ops++;
+	conn_deadline(c);
+	return c;
+}
+
+/* ---- the pipe: transport ---- */
+
+static uint64_t pipe_ud(void *ctx, enum dlv_pipe_op op)
+{
+	struct dconn *c = ctx;
+	return io_ud(IO_OP_DLV, dud((enum dud_kind)(UD_PWRITE + op), c->idx, c->gen));
+}
+
+/* A slot for one program run (spawned once the ATTEMPT record is durable). */
+static struct dconn *pipe_conn_open(struct io_dlv *d, unsigned hop)
+{
+	if (d->conns_open >= d->conn_max)
+		return NULL;
+	for (uint32_t i = 0; i < d->conn_max; i++) {
+		struct dconn *c = &d->conns[i];
+		if (c->state != DC_FREE)
+			continue;
+		c->fd = -1;
+		c->hop = (uint8_t)hop;
+		c->state = DC_UP;
+		c->cl = NULL;
+		c->pipe = NULL;
+		c->job = NULL;
+		c->next_idle = NULL;
+		c->recv_armed = c->send_armed = c->reached_mail = false;
+		c->deadline_ms = INT64_MAX;
+		d->conns_open++;
+		obs_metrics_dlv_conn_open(d->w->m, hop);
+		return c;
+	}
+	return NULL;
+}
+
+static void pipe_run(struct io_dlv *d, struct djob *j)
+{
+	struct dconn *c = j->c;
+	char id[32];
+	spool_id_format(j->qm->id, id, sizeof(id));
+	struct ds_envelope env = j->fm.m.env;
+	/* Only the recipients this attempt is for. */
+	struct ds_rcpt *r = calloc(j->n ? j->n : 1, sizeof(*r));
+	int ret = -ENOMEM;
+	if (r) {
+		for (uint32_t i = 0; i < j->n; i++)
+			r[i] = j->fm.m.env.rcpt[j->map[i]];
+		env.rcpt = r;
+		env.rcpt_count = j->n;
+		ret = dlv_pipe_start(&c->pipe, &d->w->ring, d->cfg->hop[j->hop].path, &env, id, j->attempt,
+				     j->fm.m.size, body_read, j, pipe_ud, c);
+		free(r);
+	}
+	if (ret < 0) {
+		for (uint32_t i = 0; i < j->n; i++) {
+			j->out[i] = (struct dlv_outcome){.cls = DLV_DEFERRED, .code = 451, .local = true};
+			snprintf(j->out[i].esc, sizeof(j->out[i].esc), "4.3.0");
+			snprintf(j->out[i].text, sizeof(j->out[i].text), "cannot run %s: %s",
+				 d->cfg->hop[j->hop].path, strerror(-ret));
+		}
+		j->client_done = true;
+		c->job = NULL;
+		j->c = NULL;
+		conn_close(c);
+		job_end(d, j);
+		return;
+	}
+	c->deadline_ms = ds_mono_ms() + (int64_t)DS_MAX(d->cfg->timeout_pipe_s, 1u) * 1000;
+	pipe_check(c, ds_mono_ms());
+}
+
+/* Arm what the run needs; once the program has exited and said its piece, the outcome. */
+static void pipe_check(struct dconn *c, int64_t now_ms)
+{
+	if (!c->pipe || c->state != DC_UP)
+		return;
+	c->ops += dlv_pipe_pump(c->pipe);
+	if (!dlv_pipe_done(c->pipe, now_ms))
+		return;
+	struct djob *j = c->job;
+	if (j) {
+		for (uint32_t i = 0; i < j->n; i++)
+			dlv_pipe_outcome(c->pipe, &j->out[i]);
+		j->client_done = true;
+		c->job = NULL;
+		j->c = NULL;
+		job_end(c->d, j);
+	}
+	conn_close(c);
+}
+
+/* ---- client machine callbacks ---- */
+
+static void cb_rcpt_done(void *ctx, const struct dlv_msg *m, uint32_t idx, const struct dlv_outcome *o)
+{
+	struct dconn *c = ctx;
+	struct djob *j = c->job;
+	DS_ASSERT(j && m == &j->msg && idx < j->n);
+	j->out[idx] = *o;
+}
+
+static void cb_msg_done(void *ctx, const struct dlv_msg *m)
+{
+	struct dconn *c = ctx;
+	struct djob *j = c->job;
+	DS_ASSERT(j && m == &j->msg);
+	j->client_done = true;
+}
+
+static const struct dlv_client_ops client_ops = {
+	.rcpt_done = cb_rcpt_done,
+	.msg_done = cb_msg_done,
+};
+
+/* ---- outcomes ---- */
+
+static enum spool_rcpt_state state_of(enum dlv_class cls)
+{
+	return cls == DLV_DELIVERED ? SPOOL_RCPT_DELIVERED
+	       : cls == DLV_FAILED  ? SPOOL_RCPT_FAILED
+				    : SPOOL_RCPT_DEFERRED;
+}
+
+static ssize_t dsn_orig_read(void *ctx, uint64_t off, void *buf, size_t cap)
+{
+	struct djob *j = ctx;
+	return spool_fetch_read(j->d->fetch, &j->fm, off, buf, cap);
+}
+
+/*
+ * The bounce for this attempt's failed recipients (those whose NOTIFY asks
+ * for it; never for <>): built in memory, then spooled as a new message
+ * from <> to the sender, on this worker's lane. 0 when nothing is owed or
+ * it is queued (j->dsn_taken), -EAGAIN when the lane has no room, -errno.
+ */
+static int job_dsn(struct io_dlv *d, struct djob *j)
+{
+	const struct ds_envelope *env = &j->fm.m.env;
+	if (!j->dsn_buf.data) {
+		struct dlv_dsn_rcpt *r = calloc(j->n, sizeof(*r));
+		char(*diag)[DLV_TEXT_MAX + 32] = calloc(j->n, sizeof(*diag));
+		if (!r || !diag) {
+			free(r);
+			free(diag);
+			return -ENOMEM;
+		}
+		uint32_t k = 0;
+		int64_t now = ds_wall_us();
+		for (uint32_t i = 0; i < j->n; i++) {
+			if (j->state[i] != SPOOL_RCPT_FAILED)
+				continue;
+			const struct dlv_outcome *o = &j->out[i];
+			snprintf(diag[k], sizeof(diag[k]), "%u %s%s%s", o->code, o->esc, o->esc[0] ? " " : "",
+				 o->text);
+			r[k] = (struct dlv_dsn_rcpt){
+				.addr = env->rcpt[j->map[i]].addr,
+				.params = env->rcpt[j->map[i]].params,
+				.action = DLV_DSN_FAILED,
+				.status = o->esc[0] ? o->esc : NULL,
+				.diag = o->local ? NULL : diag[k],
+				.remote_mta = NULL,
+				.last_attempt_us = now,
+			};
+			k++;
+		}
+		char idtext[32], msgid[320], seed[40];
+		spool_id_format(j->qm->id, idtext, sizeof(idtext));
+		snprintf(msgid, sizeof(msgid), "<%s.%u.dsn@%s>", idtext, j->attempt, d->w->cfg->hostname);
+		snprintf(seed, sizeof(seed), "%s.%u", idtext, j->attempt);
+		struct dlv_dsn_input in = {
+			.reporting_mta = d->w->cfg->hostname,
+			.message_id = msgid,
+			.boundary_seed = seed,
+			.now_us = now,
+			.env = env,
+			.rcpt = r,
+			.rcpt_count = DS_MIN(k, (uint32_t)DLV_DSN_RCPT_MAX),
+			.orig = {.size = j->fm.m.size, .read = dsn_orig_read, .ctx = j},
+		};
+		j->dsn_buf.max = DLV_DSN_MAX_BYTES;
+		struct dlv_dsn_result res;
+		int ret = k ? dlv_dsn_build(&in, &(struct dlv_dsn_sink){dlv_dsn_buf_write, &j->dsn_buf}, &res)
+			    : -ENODATA;
+		free(r);
+		free(diag);
+		if (ret == -ENODATA || ret == -EDESTADDRREQ) {
+			dlv_dsn_buf_free(&j->dsn_buf);
+			return 0; /* nothing owed: FAILED stands without a DSN */
+		}
+		if (ret < 0) {
+			dlv_dsn_buf_free(&j->dsn_buf);
+			return ret;
+		}
+		j->dsn_failed = res.failed;
+		j->dsn_rcpt = (struct ds_rcpt){.addr = env->mail_from, .params = ""};
+		j->dsn_env = (struct ds_envelope){
+			.client_addr = "",
+			.helo = d->w->cfg->hostname,
+			.proto = "LOCAL",
+			.mail_from = "",
+			.mail_params = res.body_8bit
+					       ? (res.smtputf8 ? "BODY=8BITMIME SMTPUTF8" : "BODY=8BITMIME")
+					       : (res.smtputf8 ? "SMTPUTF8" : ""),
+			.rcpt = &j->dsn_rcpt,
+			.rcpt_count = 1,
+			.tls = "",
+			.received_at_us = now,
+			.body_size = j->dsn_buf.len,
+		};
+	}
+	if (!j->dsn_buf.data)
+		return 0;
+	struct spool_lane *l = d->w->lane;
+	if (spool_lane_append_room(l) < j->dsn_buf.len + 65536)
+		return -EAGAIN;
+	int ret = spool_txn_begin(l, &j->dsn_txn);
+	if (ret < 0)
+		return ret;
+	ret = spool_txn_append(l, &j->dsn_txn, j->dsn_buf.data, j->dsn_buf.len);
+	if (ret < 0) {
+		spool_txn_abort(l, &j->dsn_txn);
+		return ret;
+	}
+	/* A commit that fails (not -EAGAIN) has closed the txn; -EAGAIN leaves it open. */
+	ret = spool_txn_commit(l, &j->dsn_txn, &j->dsn_env, dcookie(CK_DSN, j));
+	if (ret == -EAGAIN)
+		spool_txn_abort(l, &j->dsn_txn);
+	if (ret < 0)
+		return ret;
+	spool_txn_location(&j->dsn_txn, &j->dsn_seq, &j->dsn_off);
+	j->dsn_id = j->dsn_txn.id;
+	j->dsn_taken = true;
+	return 0;
+}
+
+static int job_write_outcome(struct io_dlv *d, struct djob *j)
+{
+	for (uint32_t i = 0; i < j->n; i++) {
+		const struct dlv_outcome *o = &j->out[i];
+		j->rec[i] = (struct spool_outcome_rcpt){
+			.idx = j->map[i],
+			.state = j->state[i],
+			.possible_duplicate = o->possible_duplicate,
+			.code = o->code,
+			.esc = o->esc,
+			.text = o->text,
+		};
+	}
+	struct spool_outcome rec = {
+		.id = j->qm->id,
+		.attempt = j->attempt,
+		.at_us = ds_wall_us(),
+		.next_attempt_us = j->due_us,
+		.dsn_id = j->dsn_id,
+		.hop = d->cfg->hop[j->hop].text,
+		.rcpt_count = j->n,
+		.rcpt = j->rec,
+	};
+	return spool_lane_outcome(d->w->lane, &rec, dcookie(CK_OUTCOME, j));
+}
+
+/* The DSN (if owed) then the outcome record, as room in the lane allows. */
+static void job_records(struct io_dlv *d, struct djob *j)
+{
+	int ret = 0;
+	if (!j->dsn_taken && !j->outcome_taken) {
+		ret = job_dsn(d, j);
+		if (ret == -EAGAIN) {
+			job_wait_room(d, j);
+			return;
+		}
+		if (ret < 0) {
+			/* No DSN could be spooled: the failed recipients stay open, tried (and failed) again.
+			 */
+			fprintf(stderr, "dotspool: worker %u: DSN not spooled: %s\n", d->w->no,
+				strerror(-ret));
+			for (uint32_t i = 0; i < j->n; i++)
+				if (j->state[i] == SPOOL_RCPT_FAILED)
+					j->state[i] = SPOOL_RCPT_DEFERRED;
+			if (!j->due_us)
+				j->due_us = ds_wall_us() + (int64_t)d->cfg->retry_min_s * 1000000;
+		}
+	}
+	if (!j->outcome_taken) {
+		ret = job_write_outcome(d, j);
+		if (ret == -EAGAIN) {
+			job_wait_room(d, j);
+			return;
+		}
+		if (ret < 0) {
+			/* The lane cannot write: nothing is recorded, the message is tried again (at least
+			 * once). */
+			j->outcome_settled = true;
+			j->outcome_res = ret;
+			job_end(d, j);
+			return;
+		}
+		j->outcome_taken = true;
+	}
+}
+
+static void job_log(struct io_dlv *d, struct djob *j, uint32_t delivered, uint32_t deferred, uint32_t failed)
+{
+	char id[32], dsn[32] = "";
+	spool_id_format(j->qm->id, id, sizeof(id));
+	if (j->dsn_id && j->dsn_settled && j->dsn_res == 0)
+		spool_id_format(j->dsn_id, dsn, sizeof(dsn));
+	/* The reply to show: the first recipient's that is not delivered, else the first. */
+	const struct dlv_outcome *o = &j->out[0];
+	bool dup = false, redelivery = false;
+	for (uint32_t i = 0; i < j->n; i++) {
+		if (j->out[i].cls != DLV_DELIVERED && o->cls == DLV_DELIVERED)
+			o = &j->out[i];
+		dup |= j->out[i].possible_duplicate;
+		redelivery |= j->was[i] == SPOOL_RCPT_ATTEMPT && j->state[i] == SPOOL_RCPT_DELIVERED;
+	}
+	const char *outcome = delivered == j->n	 ? "delivered"
+			      : deferred == j->n ? "deferred"
+			      : failed == j->n	 ? "failed"
+						 : "mixed";
+	struct obs_log_delivery l = {
+		.queue_id = id,
+		.hop = d->cfg->hop[j->hop].text,
+		.attempt = j->attempt,
+		.rcpts = j->n,
+		.delivered = delivered,
+		.deferred = deferred,
+		.failed = failed,
+		.outcome = outcome,
+		.code = o->code,
+		.esc = o->esc,
+		.reply = o->text,
+		.delay_ms = (uint64_t)DS_MAX(ds_wall_us() - j->qm->received_at_us, 0) / 1000,
+		.duration_ms = (uint64_t)DS_MAX(ds_mono_ms() - j->start_ms, 0),
+		.possible_duplicate = dup,
+		.redelivery = redelivery,
+		.dsn_id = dsn,
+	};
+	obs_log_delivery(d->w->log, &l);
+}
+
+/* Both records settled: the queue learns the new states. */
+static void job_apply(struct io_dlv *d, struct djob *j)
+{
+	struct dlv_qmsg *qm = j->qm;
+	struct obs_metrics *m = d->w->m;
+	bool durable = j->outcome_res == 0;
+	bool dsn_ok = !j->dsn_taken || j->dsn_res == 0;
+	uint32_t cnt[4] = {0};
+	if (j->dsn_taken && j->dsn_res == 0) {
+		struct dlv_queue_add a = {
+			.id = j->dsn_id,
+			.lane = d->w->no,
+			.seq = j->dsn_seq,
+			.off = j->dsn_off,
+			.size = j->dsn_env.body_size,
+			.received_at_us = j->dsn_env.received_at_us,
+			.rcpt_count = 1,
+		};
+		dlv_queue_add(d->q, &a, NULL);
+		obs_metrics_dlv_dsn(m);
+		char id[32], dsn[32];
+		spool_id_format(qm->id, id, sizeof(id));
+		spool_id_format(j->dsn_id, dsn, sizeof(dsn));
+		obs_log_dsn(d->w->log, id, dsn, j->dsn_failed);
+	}
+	obs_metrics_dlv_record(m, durable);
+	for (uint32_t i = 0; i < j->n; i++) {
+		uint8_t s = j->state[i];
+		if (!durable)
+			s = SPOOL_RCPT_DEFERRED; /* nothing recorded: tried again */
+		else if (s == SPOOL_RCPT_FAILED && !dsn_ok)
+			s = SPOOL_RCPT_DEFERRED; /* the DSN did not make it: recovery would not count FAILED
+						    either */
+		dlv_queue_rcpt_state(d->q, qm, j->map[i], s);
+		DS_ASSERT(j->out[i].cls >= DLV_DELIVERED && j->out[i].cls <= DLV_FAILED);
+		cnt[j->out[i].cls]++;
+		if (j->state[i] == SPOOL_RCPT_DELIVERED && j->was[i] == SPOOL_RCPT_ATTEMPT)
+			obs_metrics_dlv_redelivery(m, 1);
+		if (j->out[i].possible_duplicate)
+			obs_metrics_dlv_possible_duplicate(m, 1);
+	}
+	for (unsigned k = 1; k <= 3; k++)
+		if (cnt[k])
+			obs_metrics_dlv_outcome(m, j->hop, k, cnt[k]);
+	if (cnt[DLV_DELIVERED])
+		obs_metrics_dlv_latency(m, (uint64_t)DS_MAX(ds_wall_us() - qm->received_at_us, 0));
+	job_log(d, j, cnt[DLV_DELIVERED], cnt[DLV_DEFERRED], cnt[DLV_FAILED]);
+	if (qm->rcpt_open == 0) {
+		dlv_queue_done(d->q, qm);
+	} else {
+		int64_t due = j->due_us;
+		if (!durable || !dsn_ok || !due)
+			due = ds_wall_us() + (int64_t)d->cfg->retry_min_s * 1000000;
+		dlv_queue_defer(d->q, qm, due);
+	}
+	job_put(d, j);
+}
+
+/*
+ * The attempt is over (every recipient has an outcome in j->out), or it
+ * never reached a connection. Decide the states, then the records.
+ */
+static void job_end(struct io_dlv *d, struct djob *j)
+{
+	if (j->phase == J_RECORD) {
+		/* Records in progress: finish once everything taken has settled. */
+		if ((j->outcome_taken && !j->outcome_settled) || (j->dsn_taken && !j->dsn_settled))
+			return;
+		if (j->outcome_taken || j->outcome_settled)
+			job_apply(d, j);
+		return;
+	}
+	if (j->phase == J_ATTEMPT && !j->attempt_settled)
+		return; /* the ATTEMPT record is still flushing: job_submit comes back here */
+	int64_t now = ds_wall_us();
+	if (j->hop_failed && dlv_queue_hop_pick(d->q, now) >= 0) {
+		/* The hop failed as a whole and a fallback is up: try it now, nothing to record. */
+		dlv_queue_retry_now(d->q, j->qm);
+		job_put(d, j);
+		return;
+	}
+	j->phase = J_RECORD;
+	bool deferred = false;
+	for (uint32_t i = 0; i < j->n; i++) {
+		if (!j->out[i].cls) { /* never reached the machine (the connection failed first) */
+			j->out[i] = (struct dlv_outcome){
+				.cls = DLV_DEFERRED, .stage = DLV_STAGE_CONNECT, .code = 451, .local = true};
+			snprintf(j->out[i].esc, sizeof(j->out[i].esc), "4.4.1");
+			snprintf(j->out[i].text, sizeof(j->out[i].text), "no connection to the next hop");
+		}
+		j->state[i] = state_of(j->out[i].cls);
+		deferred |= j->state[i] == SPOOL_RCPT_DEFERRED;
+	}
+	if (deferred) {
+		j->due_us = dlv_queue_backoff_us(d->q, j->qm, now);
+		if (j->due_us == 0) {
+			/* Past --queue-lifetime-s: what is still deferred fails now (4.4.7), with a DSN. */
+			for (uint32_t i = 0; i < j->n; i++) {
+				if (j->state[i] != SPOOL_RCPT_DEFERRED)
+					continue;
+				struct dlv_outcome *o = &j->out[i];
+				char last[DLV_TEXT_MAX];
+				snprintf(last, sizeof(last), "%s", o->text);
+				snprintf(o->text, sizeof(o->text),
+					 "delivery time expired; last reply: %.200s", last);
+				snprintf(o->esc, sizeof(o->esc), "4.4.7");
+				o->cls = DLV_FAILED;
+				j->state[i] = SPOOL_RCPT_FAILED;
+			}
+		}
+	}
+	job_records(d, j);
+}
+
+/* ---- starting attempts ---- */
+
+static struct dconn *conn_for(struct io_dlv *d, unsigned hop)
+{
+	if (d->cfg->hop[hop].kind == IO_HOP_PIPE)
+		return pipe_conn_open(d, hop);
+	struct dconn *c = d->idle[hop];
+	if (c) {
+		d->idle[hop] = c->next_idle;
+		c->next_idle = NULL;
+		return c;
+	}
+	return conn_open(d, hop);
+}
+
+static bool job_start(struct io_dlv *d, int64_t now)
+{
+	int hop = dlv_queue_hop_pick(d->q, now);
+	if (hop < 0 || !d->job_free)
+		return false;
+	if (!d->idle[hop] && d->conns_open >= d->conn_max)
+		return false;
+	struct dlv_qmsg *qm = dlv_queue_next(d->q, now);
+	if (!qm)
+		return false;
+	struct djob *j = job_get(d);
+	j->qm = qm;
+	j->hop = (unsigned)hop;
+	j->start_ms = ds_mono_ms();
+	int ret = job_build(d, j);
+	if (ret < 0) {
+		char id[32];
+		spool_id_format(qm->id, id, sizeof(id));
+		fprintf(stderr, "dotspool: worker %u: message %s cannot be read for delivery: %s\n", d->w->no,
+			id, strerror(-ret));
+		dlv_queue_defer(d->q, qm, ds_wall_us() + (int64_t)DS_MAX(d->cfg->retry_min_s, 1u) * 1000000);
+		job_put(d, j);
+		return true;
+	}
+	struct dconn *c = conn_for(d, (unsigned)hop);
+	if (!c) {
+		dlv_queue_retry_now(d->q, qm);
+		job_put(d, j);
+		return false;
+	}
+	dlv_queue_attempt_begin(d->q, qm);
+	j->attempt = qm->attempts;
+	j->c = c;
+	c->job = j;
+	obs_metrics_dlv_attempt(d->w->m, (unsigned)hop);
+	ret = job_write_attempt(d, j);
+	if (ret == -EAGAIN) {
+		job_wait_room(d, j);
+	} else if (ret < 0) {
+		/* The lane cannot record: do not hand anything over that could not be accounted for. */
+		c->job = NULL;
+		j->c = NULL;
+		dlv_queue_retry_now(d->q, qm);
+		job_put(d, j);
+		conn_pump(c);
+		return false;
+	}
+	return true;
+}
+
+void io_dlv_run(struct io_worker *w)
+{
+	struct io_dlv *d = w->dlv;
+	if (!d)
+		return;
+	/* Records that found no room last time. */
+	struct djob *list = d->wait_head;
+	d->wait_head = NULL;
+	while (list) {
+		struct djob *j = list;
+		list = j->next;
+		j->next = NULL;
+		j->wait_room = false;
+		if (j->phase == J_ATTEMPT) {
+			int ret = job_write_attempt(d, j);
+			if (ret == -EAGAIN) {
+				job_wait_room(d, j);
+			} else if (ret < 0) {
+				j->attempt_settled = true;
+				struct dconn *c = j->c;
+				if (c) {
+					c->job = NULL;
+					j->c = NULL;
+				}
+				dlv_queue_retry_now(d->q, j->qm);
+				job_put(d, j);
+				if (c)
+					conn_pump(c);
+			}
+		} else {
+			job_records(d, j);
+		}
+	}
+	if (d->stopping)
+		return;
+	int64_t now = ds_wall_us();
+	for (int i = 0; i < DLV_STARTS_PER_TURN; i++)
+		if (!job_start(d, now))
+			break;
+}
+
+/* ---- completions ---- */
+
+void io_dlv_complete(struct io_worker *w, uint64_t low, int res, uint32_t flags)
+{
+	struct io_dlv *d = w->dlv;
+	(void)flags;
+	DS_ASSERT(d != NULL);
+	enum dud_kind k = (enum dud_kind)(low >> 56);
+	uint32_t idx = (uint32_t)((low >> 32) & 0xffffff);
+	DS_ASSERT(idx < d->conn_max);
+	struct dconn *c = &d->conns[idx];
+	DS_ASSERT(c->gen == (uint32_t)low && c->ops > 0);
+	c->ops--;
+	if (k == UD_RECV)
+		c->recv_armed = false;
+	if (k == UD_SEND)
+		c->send_armed = false;
+	if (k >= UD_PWRITE && c->state == DC_CLOSING)
+		dlv_pipe_complete(c->pipe, (enum dlv_pipe_op)(k - UD_PWRITE), res);
+	if (c->state == DC_CLOSING) {
+		if (c->ops == 0)
+			conn_free(c);
+		return;
+	}
+	if (k >= UD_PWRITE) {
+		dlv_pipe_complete(c->pipe, (enum dlv_pipe_op)(k - UD_PWRITE), res);
+		pipe_check(c, ds_mono_ms());
+		return;
+	}
+	enum dlv_status st = DLV_OK;
+	switch (k) {
+	case UD_CONNECT:
+		if (res < 0) {
+			st = dlv_client_eof(c->cl, res);
+			break;
+		}
+		c->state = DC_UP;
+		dlv_client_connected(c->cl);
+		break;
+	case UD_RECV:
+		if (res <= 0) {
+			st = dlv_client_eof(c->cl, res);
+			break;
+		}
+		size_t used = 0;
+		st = dlv_client_input(c->cl, c->rbuf, (size_t)res, &used);
+		break;
+	case UD_SEND:
+		if (res < 0) {
+			st = dlv_client_eof(c->cl, res);
+			break;
+		}
+		st = dlv_client_output_consumed(c->cl, (size_t)res);
+		break;
+	default:
+		DS_ASSERT(!"unknown delivery completion");
+	}
+	conn_status(c, st);
+}
+
+void io_dlv_settled(struct io_worker *w, uint64_t cookie, int res)
+{
+	struct io_dlv *d = w->dlv;
+	DS_ASSERT(d != NULL);
+	struct djob *j = job_lookup(d, cookie);
+	DS_ASSERT(j != NULL);
+	switch ((enum dck_kind)((cookie >> 56) & 0x7f)) {
+	case CK_ATTEMPT:
+		j->attempt_settled = true;
+		if (res < 0) {
+			/* Not durable: nothing may go out on its account. */
+			struct dconn *c = j->c;
+			if (c) {
+				c->job = NULL;
+				j->c = NULL;
+			}
+			dlv_queue_retry_now(d->q, j->qm);
+			job_put(d, j);
+			if (c)
+				conn_pump(c);
+			return;
+		}
+		job_submit(d, j);
+		return;
+	case CK_OUTCOME:
+		j->outcome_settled = true;
+		j->outcome_res = res;
+		break;
+	case CK_DSN:
+		j->dsn_settled = true;
+		j->dsn_res = res;
+		break;
+	}
+	job_end(d, j);
+}
+
+void io_dlv_committed(struct io_worker *w, uint64_t id, uint64_t seq, uint64_t off,
+		      const struct ds_envelope *env)
+{
+	struct io_dlv *d = w->dlv;
+	if (!d)
+		return;
+	struct dlv_queue_add a = {
+		.id = id,
+		.lane = w->no,
+		.seq = seq,
+		.off = off,
+		.size = env->body_size,
+		.received_at_us = env->received_at_us,
+		.rcpt_count = env->rcpt_count,
+	};
+	int ret = dlv_queue_add(d->q, &a, NULL);
+	if (ret < 0 && ret != -EALREADY)
+		fprintf(stderr, "dotspool: worker %u: delivery queue: %s (delivered after a restart)\n",
+			w->no, strerror(-ret));
+}
+
+/* ---- timers, gauges, shutdown ---- */
+
+static void gauges(struct io_dlv *d, int64_t now_ms)
+{
+	if (now_ms < d->next_gauges_ms)
+		return;
+	d->next_gauges_ms = now_ms + 1000;
+	struct dlv_queue_stats st;
+	dlv_queue_stats(d->q, &st);
+	obs_metrics_dlv_queue(d->w->m, st.messages, st.bytes, st.rcpts_open, st.oldest_received_at_us);
+}
+
+void io_dlv_tick(struct io_worker *w, int64_t now_ms)
+{
+	struct io_dlv *d = w->dlv;
+	if (!d)
+		return;
+	for (uint32_t i = 0; i < d->conn_max; i++) {
+		struct dconn *c = &d->conns[i];
+		if (c->state == DC_FREE || c->state == DC_CLOSING)
+			continue;
+		if (!c->cl) { /* a pipe run: over its time, or exited with a child still holding its output */
+			if (c->pipe && now_ms >= c->deadline_ms)
+				dlv_pipe_kill(c->pipe);
+			pipe_check(c, now_ms);
+			continue;
+		}
+		if (now_ms < c->deadline_ms)
+			continue;
+		if (!c->job && dlv_client_idle(c->cl)) {
+			/* Idle too long (or shutting down): QUIT politely. */
+			conn_unidle(c);
+			dlv_client_quit(c->cl);
+			conn_pump(c);
+			c->deadline_ms = now_ms + timeout_ms(d, DLV_TIMEOUT_COMMAND);
+			continue;
+		}
+		conn_status(c, dlv_client_timeout(c->cl));
+	}
+	gauges(d, now_ms);
+}
+
+void io_dlv_shutdown(struct io_worker *w)
+{
+	struct io_dlv *d = w->dlv;
+	if (!d)
+		return;
+	d->stopping = true;
+	for (unsigned h = 0; h < IO_DELIVER_HOPS_MAX; h++)
+		while (d->idle[h]) {
+			struct dconn *c = d->idle[h];
+			conn_unidle(c);
+			if (dlv_client_quit(c->cl) == 0)
+				conn_pump(c);
+			else
+				conn_close(c);
+		}
+}
+
+void io_dlv_close_all(struct io_worker *w)
+{
+	struct io_dlv *d = w->dlv;
+	if (!d)
+		return;
+	for (uint32_t i = 0; i < d->conn_max; i++)
+		if (d->conns[i].state != DC_FREE)
+			conn_close(&d->conns[i]);
+}
+
+bool io_dlv_busy(const struct io_worker *w)
+{
+	const struct io_dlv *d = w->dlv;
+	if (!d)
+		return false;
+	if (d->conns_open)
+		return true;
+	for (uint32_t i = 0; i < d->conn_max; i++)
+		if (d->jobs[i].phase != J_FREE)
+			return true;
+	return false;
+}
+
+/* ---- set-up ---- */
+
+static uint32_t conn_share(const struct io_config *cfg, unsigned no)
+{
+	uint32_t total = DS_MAX(cfg->deliver.connections_max, 1u);
+	uint32_t share = total / cfg->threads + (no < total % cfg->threads);
+	return DS_MAX(share, 1u);
+}
+
+int io_dlv_create(struct io_worker *w)
+{
+	const struct io_config *cfg = w->cfg;
+	if (cfg->deliver.hop_count == 0)
+		return 0;
+	struct io_dlv *d = calloc(1, sizeof(*d));
+	if (!d)
+		return -ENOMEM;
+	w->dlv = d;
+	d->w = w;
+	d->cfg = &cfg->deliver;
+	d->conn_max = conn_share(cfg, w->no);
+	struct dlv_queue_config qc;
+	dlv_queue_config_defaults(&qc);
+	qc.retry_min_s = cfg->deliver.retry_min_s;
+	qc.retry_max_s = cfg->deliver.retry_max_s;
+	qc.queue_lifetime_s = cfg->deliver.queue_lifetime_s;
+	qc.hop_backoff_min_s = cfg->deliver.hop_backoff_min_s;
+	qc.hop_count = cfg->deliver.hop_count;
+	qc.seed = (uint64_t)ds_wall_ns() ^ ((uint64_t)w->no << 48) ^ 0x9e3779b97f4a7c15ull;
+	int ret = dlv_queue_create(&d->q, &qc);
+	if (ret < 0)
+		return ret;
+	ret = spool_fetch_open(&d->fetch, cfg->spool_dir, DLV_FETCH_MAPS);
+	if (ret < 0)
+		return ret;
+	for (int lmtp = 0; lmtp < 2; lmtp++) {
+		struct dlv_client_config *cc = &d->ccfg[lmtp];
+		dlv_client_config_defaults(cc);
+		cc->lmtp = lmtp;
+		cc->helo_name = cfg->hostname;
+		cc->max_rcpts = 20000;
+		cc->out_cap = 64 * 1024;
+		/* STARTTLS is not driven yet: never (the io/tls client is pending). */
+		cc->starttls = DLV_STARTTLS_NEVER;
+		const char *why = NULL;
+		if (dlv_client_config_check(cc, &why) < 0) {
+			fprintf(stderr, "dotspool: delivery client config: %s\n", why ? why : "invalid");
+			return -EINVAL;
+		}
+	}
+	d->client_size = DS_MAX(dlv_client_size(&d->ccfg[0]), dlv_client_size(&d->ccfg[1]));
+	d->client_size = (d->client_size + 63) & ~(size_t)63;
+	d->conns = calloc(d->conn_max, sizeof(*d->conns));
+	d->jobs = calloc(d->conn_max, sizeof(*d->jobs));
+	d->client_mem = aligned_alloc(64, d->client_size * d->conn_max);
+	if (!d->conns || !d->jobs || !d->client_mem)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < d->conn_max; i++) {
+		d->conns[i] = (struct dconn){.d = d, .idx = i, .fd = -1};
+		d->jobs[i] = (struct djob){.d = d, .idx = i, .next = d->job_free};
+		d->job_free = &d->jobs[i];
+	}
+	for (unsigned h = 0; h < cfg->deliver.hop_count; h++)
+		obs_metrics_dlv_hop_up(w->m, h, true);
+	return backlog_adopt(d);
+}
+
+void io_dlv_destroy(struct io_worker *w)
+{
+	struct io_dlv *d = w->dlv;
+	if (!d)
+		return;
+	if (d->conns)
+		for (uint32_t i = 0; i < d->conn_max; i++) {
+			struct dconn *c = &d->conns[i];
+			if (c->state != DC_FREE && c->ops == 0)
+				conn_free(c);
+		}
+	if (d->jobs)
+		for (uint32_t i = 0; i < d->conn_max; i++) {
+			struct djob *j = &d->jobs[i];
+			if (j->fetched)
+				spool_fetch_put(d->fetch, &j->fm);
+			j->fetched = false;
+			dlv_dsn_buf_free(&j->dsn_buf);
+			free(j->rcpt);
+			free(j->map);
+			free(j->out);
+			free(j->state);
+			free(j->was);
+			free(j->rec);
+			free(j->arena);
+		}
+	if (d->fetch)
+		spool_fetch_close(d->fetch);
+	if (d->q)
+		dlv_queue_destroy(d->q);
+	free(d->conns);
+	free(d->jobs);
+	free(d->client_mem);
+	free(d);
+	w->dlv = NULL;
+}
