@@ -402,6 +402,8 @@ default_process_limit = 200
 message_size_limit = {size_limit}
 smtpd_banner = $myhostname ESMTP
 biff = no
+# Queue ids unique over time (short ones derive from inode numbers and repeat after a restart).
+enable_long_queue_ids = yes
 maillog_file = {dir}/maillog
 maillog_file_prefixes = {dir}
 {extra}
@@ -418,7 +420,7 @@ _PF_QUEUE_DIRS = {
     "public": ("postfix", "postdrop", 0o2710), "pid": ("root", None, 0o755),
 }
 
-_PF_QUEUED = re.compile(r"postfix/smtpd\[\d+\]: ([0-9A-F]{6,}|[0-9B-DF-HJ-NP-TV-Zb-df-hj-np-tv-z]{10,}): client=")
+_PF_QUEUED = re.compile(r"postfix/smtpd\[\d+\]: (\w+): client=")
 _PF_MSGID = re.compile(r"postfix/cleanup\[\d+\]: (\w+): message-id=(.*)$")
 _PF_STATUS = re.compile(r"postfix/pipe\[\d+\]: (\w+): to=<([^>]*)>.* status=(\w+)")
 
@@ -520,9 +522,26 @@ class Postfix(_Peer):
         return [(m.group(1), m.group(2), m.group(3))
                 for m in _PF_STATUS.finditer(self.log_text())]
 
+    def removed(self):
+        """Queue ids qmgr is done with (log 'ID: removed': delivered, or bounced)."""
+        return re.findall(r"postfix/qmgr\[\d+\]: (\w+): removed", self.log_text())
+
+    def wait_removed(self, queue_ids, timeout=10.0):
+        """Wait until Postfix has finished every one of queue_ids; returns those not done.
+        Use this, not the files, before stopping Postfix: pipe_deliver.py writes a file before
+        Postfix records the delivery, and a stop in between makes it deliver again."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = set(queue_ids) - set(self.removed())
+            if not left or time.monotonic() >= deadline:
+                return sorted(left)
+            time.sleep(0.05)
+
     def messages(self):
         """Every message handed on, in delivery order: [Delivered] (data with CRLF lines,
-        starting with Postfix's Received header)."""
+        starting with Postfix's Received header). One per pipe(8) delivery: a message with
+        recipients in several domains appears once per domain, with the same queue_id; one
+        delivered again after Postfix was stopped mid-delivery appears again."""
         out = []
         for meta_path in glob.glob(os.path.join(self.out, "*.json")):
             with open(meta_path) as f:
