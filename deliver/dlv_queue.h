@@ -172,7 +172,7 @@ struct dlv_queue_stats {
 	uint64_t bytes[3];
 	uint64_t rcpts_open;
 	int64_t oldest_received_at_us; /* INT64_MAX if empty */
-	uint64_t pool_slots;	       /* message slots allocated (used + free): memory = about 128 B each */
+	uint64_t pool_slots; /* message slots allocated (used + free), about 160 B each; never shrinks */
 };
 void dlv_queue_stats(const struct dlv_queue *q, struct dlv_queue_stats *st);
 

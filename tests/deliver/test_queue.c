@@ -159,7 +159,9 @@ static void t_alternation(void)
 	/* A backlog: 1000 deferred messages all due. */
 	for (uint64_t i = 1; i <= 1000; i++)
 		add_deferred(q, i, T0 - 3600 * S, T0 - 1000 * S + (int64_t)i, 3);
-	/* New mail keeps arriving, one per pick: both lines always have one due. */
+	/* A backlog of new mail too, and more arriving: both lines always have one due. */
+	for (uint64_t i = 0; i < 500; i++)
+		add_new(q, next_new + 10000 + i, now);
 	unsigned picks = 0, picks_new = 0;
 	int prev_new = -1;
 
@@ -184,6 +186,14 @@ static void t_alternation(void)
 		}
 	}
 	CHECK(picks == 2000 && picks_new == 1000);
+	struct dlv_queue_stats st;
+	dlv_queue_stats(q, &st);
+	CHECK(st.messages[DLV_QLINE_NEW] == 500 && st.messages[DLV_QLINE_DEFERRED] == 0);
+	for (uint64_t i = 0; i < 500; i++) {
+		struct dlv_qmsg *m = dlv_queue_next(q, now);
+		CHECK(m && m->id >= 1000000);
+		finish(q, m);
+	}
 
 	/* Only one line due: it is drained without waiting for the other. */
 	for (uint64_t i = 0; i < 50; i++)
@@ -204,7 +214,8 @@ static void t_alternation(void)
 	CHECK(m && m->id == 5);
 	finish(q, m);
 	dlv_queue_destroy(q);
-	printf("alternation: 2000 picks under a backlog of 1000 deferred, %u new, strictly alternating\n",
+	printf("alternation: 2000 picks with backlogs on both lines (1000 deferred, 500+ new), %u new, "
+	       "strictly alternating\n",
 	       picks_new);
 }
 
