@@ -44,6 +44,12 @@
 #include "ring.h"
 #include "spool_fetch.h"
 #include "spool_id.h"
+#include "tls.h"
+
+_Static_assert(IO_DELIVER_STARTTLS_NEVER == DLV_STARTTLS_NEVER &&
+		       IO_DELIVER_STARTTLS_OPPORTUNISTIC == DLV_STARTTLS_OPPORTUNISTIC &&
+		       IO_DELIVER_STARTTLS_REQUIRED == DLV_STARTTLS_REQUIRED,
+	       "io_config's starttls values are deliver/'s");
 
 /* An idle connection is kept this long for the next message, then QUIT (Postfix keeps 2 s). */
 #define DLV_IDLE_MS    5000
@@ -110,7 +116,9 @@ struct dconn {
 	unsigned ops; /* io_uring ops in flight */
 	bool recv_armed, send_armed, reached_mail;
 	int64_t deadline_ms;
-	struct dlv_pipe *pipe; /* pipe: transport (cl is NULL), once the program runs */
+	struct dlv_pipe *pipe;	 /* pipe: transport (cl is NULL), once the program runs */
+	struct io_tls_conn *tls; /* after STARTTLS: every byte in and out is a TLS record */
+	bool tls_hs;		 /* the handshake is running */
 	struct dlv_client *cl;
 	struct djob *job;
 	struct dconn *next_idle;
@@ -134,6 +142,8 @@ struct io_dlv {
 	struct djob *wait_head; /* jobs whose record waits for room in the lane */
 	bool stopping;
 	int64_t next_gauges_ms;
+	struct io_tls_client *tls; /* NULL with --deliver-starttls never */
+	uint8_t tls_pt[16384];	   /* decrypted input */
 };
 
 /* ---- tags ---- */
@@ -474,6 +484,9 @@ static void conn_pump(struct dconn *c);
 static void conn_close(struct dconn *c);
 static void pipe_run(struct io_dlv *d, struct djob *j);
 static void pipe_check(struct dconn *c, int64_t now_ms);
+static enum dlv_status conn_tls_start(struct dconn *c);
+static enum dlv_status conn_tls_encrypt(struct dconn *c);
+static void conn_status(struct dconn *c, enum dlv_status st);
 static const struct dlv_client_ops client_ops;
 static void job_records(struct io_dlv *d, struct djob *j);
 static void job_end(struct io_dlv *d, struct djob *j);
@@ -580,6 +593,101 @@ static void conn_job_check(struct dconn *c)
 	job_end(c->d, j);
 }
 
+/* ---- STARTTLS (the io/tls client: records through memory buffers, sockets stay on the ring) ---- */
+
+static enum dlv_status conn_tls_handshake(struct dconn *c)
+{
+	struct io_dlv *d = c->d;
+	int ret = io_tls_handshake(c->tls);
+	if (ret == -EAGAIN)
+		return DLV_OK;
+	c->tls_hs = false;
+	if (ret < 0)
+		return dlv_client_tls_done(c->cl, ret);
+	char why[256];
+	if (io_tls_verify_result(c->tls, why, sizeof(why)) < 0) {
+		bool required = d->cfg->starttls == DLV_STARTTLS_REQUIRED;
+		if (obs_log_begin(d->w->log, required ? OBS_LOG_WARN : OBS_LOG_INFO, "tls_unverified")) {
+			obs_log_str(d->w->log, "hop", d->cfg->hop[c->hop].text);
+			obs_log_str(d->w->log, "action", required ? "deferred" : "continued");
+			obs_log_str(d->w->log, "reason", why);
+			obs_log_end(d->w->log);
+		}
+		if (required)
+			return dlv_client_tls_done(c->cl, -EBADMSG);
+	}
+	return dlv_client_tls_done(c->cl, 0);
+}
+
+/* The machine's STARTTLS got its 220: the handshake begins (ClientHello in the output). */
+static enum dlv_status conn_tls_start(struct dconn *c)
+{
+	struct io_dlv *d = c->d;
+	if (!d->tls)
+		return dlv_client_tls_done(c->cl, -EPROTONOSUPPORT);
+	int ret = io_tls_conn_create_client(&c->tls, d->tls, d->cfg->tls_name[0] ? d->cfg->tls_name : NULL);
+	if (ret < 0)
+		return dlv_client_tls_done(c->cl, ret);
+	c->tls_hs = true;
+	return conn_tls_handshake(c);
+}
+
+/* Ciphertext in: the handshake, then plaintext to the machine. */
+static enum dlv_status conn_tls_input(struct dconn *c, const uint8_t *buf, size_t len)
+{
+	struct io_dlv *d = c->d;
+	enum dlv_status st = DLV_OK;
+	while (st == DLV_OK) {
+		size_t n = io_tls_feed(c->tls, buf, len);
+		buf += n;
+		len -= n;
+		if (c->tls_hs) {
+			st = conn_tls_handshake(c);
+			if (c->tls_hs) {
+				if (len && n == 0)
+					return dlv_client_eof(c->cl, -EPROTO);
+				if (!len)
+					return st;
+				continue;
+			}
+		}
+		for (; st == DLV_OK;) {
+			ssize_t r = io_tls_read(c->tls, d->tls_pt, sizeof(d->tls_pt));
+			if (r == -EAGAIN)
+				break;
+			if (r <= 0)
+				return dlv_client_eof(c->cl, r == 0 ? 0 : -EPROTO);
+			size_t used = 0;
+			st = dlv_client_input(c->cl, d->tls_pt, (size_t)r, &used);
+		}
+		if (!len)
+			break;
+		if (n == 0 && io_tls_feed_room(c->tls) == 0)
+			return dlv_client_eof(c->cl, -EPROTO);
+	}
+	return st;
+}
+
+/* Plaintext the machine has: into TLS records (copied: consumed at once). */
+static enum dlv_status conn_tls_encrypt(struct dconn *c)
+{
+	enum dlv_status st = DLV_OK;
+	if (c->tls_hs)
+		return st;
+	size_t len;
+	const uint8_t *out = dlv_client_output(c->cl, &len);
+	while (len && st == DLV_OK) {
+		ssize_t n = io_tls_write(c->tls, out, len);
+		if (n == -EAGAIN)
+			break;
+		if (n < 0)
+			return dlv_client_eof(c->cl, -EPROTO);
+		st = dlv_client_output_consumed(c->cl, (size_t)n);
+		out = dlv_client_output(c->cl, &len);
+	}
+	return st;
+}
+
 /* After every event: send what the machine has, keep a receive armed, the deadline, the idle list. */
 static void conn_pump(struct dconn *c)
 {
@@ -601,10 +709,22 @@ static void conn_pump(struct dconn *c)
 	if (dlv_client_idle(c->cl) || dlv_client_timeout_kind(c->cl) >= DLV_TIMEOUT_DATA_INIT)
 		c->reached_mail = true;
 	if (c->state == DC_UP) {
-		size_t len;
-		const uint8_t *out = dlv_client_output(c->cl, &len);
-		if (len && !c->send_armed)
-			conn_sqe_send(c, out, DS_MIN(len, DLV_SEND_MAX_BYTES));
+		if (!c->send_armed) {
+			size_t len;
+			const uint8_t *out;
+			if (c->tls) {
+				enum dlv_status st = conn_tls_encrypt(c);
+				if (st == DLV_CLOSE) {
+					conn_status(c, st);
+					return;
+				}
+				out = io_tls_output(c->tls, &len);
+			} else {
+				out = dlv_client_output(c->cl, &len);
+			}
+			if (len)
+				conn_sqe_send(c, out, DS_MIN(len, DLV_SEND_MAX_BYTES));
+		}
 		if (!c->recv_armed)
 			conn_sqe_recv(c);
 	}
@@ -623,9 +743,7 @@ static void conn_status(struct dconn *c, enum dlv_status st)
 		return;
 	}
 	if (st == DLV_STARTTLS) {
-		/* STARTTLS is not driven yet (io/tls client pending): the handshake fails, the machine
-		 * defers. */
-		st = dlv_client_tls_done(c->cl, -EPROTONOSUPPORT);
+		st = conn_tls_start(c);
 		if (st == DLV_CLOSE) {
 			conn_job_check(c);
 			conn_close(c);
@@ -673,6 +791,10 @@ static void conn_free(struct dconn *c)
 	}
 	dlv_pipe_free(c->pipe);
 	c->pipe = NULL;
+	if (c->tls)
+		io_tls_conn_destroy(c->tls);
+	c->tls = NULL;
+	c->tls_hs = false;
 	if (c->fd >= 0)
 		close(c->fd);
 	c->fd = -1;
@@ -1108,7 +1230,11 @@ static void job_apply(struct io_dlv *d, struct djob *j)
 			.received_at_us = j->dsn_env.received_at_us,
 			.rcpt_count = 1,
 		};
-		dlv_queue_add(d->q, &a, NULL);
+		if (dlv_queue_add(d->q, &a, NULL) < 0)
+			fprintf(stderr,
+				"dotspool: worker %u: delivery queue full: the DSN goes out after a "
+				"restart\n",
+				d->w->no);
 		obs_metrics_dlv_dsn(m);
 		char id[32], dsn[32];
 		spool_id_format(qm->id, id, sizeof(id));
@@ -1355,14 +1481,20 @@ void io_dlv_complete(struct io_worker *w, uint64_t low, int res, uint32_t flags)
 			break;
 		}
 		size_t used = 0;
-		st = dlv_client_input(c->cl, c->rbuf, (size_t)res, &used);
+		if (c->tls)
+			st = conn_tls_input(c, c->rbuf, (size_t)res);
+		else
+			st = dlv_client_input(c->cl, c->rbuf, (size_t)res, &used);
 		break;
 	case UD_SEND:
 		if (res < 0) {
 			st = dlv_client_eof(c->cl, res);
 			break;
 		}
-		st = dlv_client_output_consumed(c->cl, (size_t)res);
+		if (c->tls)
+			io_tls_output_consumed(c->tls, (size_t)res);
+		else
+			st = dlv_client_output_consumed(c->cl, (size_t)res);
 		break;
 	default:
 		DS_ASSERT(!"unknown delivery completion");
@@ -1551,12 +1683,19 @@ int io_dlv_create(struct io_worker *w)
 		cc->helo_name = cfg->hostname;
 		cc->max_rcpts = 20000;
 		cc->out_cap = 64 * 1024;
-		/* STARTTLS is not driven yet: never (the io/tls client is pending). */
-		cc->starttls = DLV_STARTTLS_NEVER;
+		cc->starttls = (enum dlv_starttls)cfg->deliver.starttls;
 		const char *why = NULL;
 		if (dlv_client_config_check(cc, &why) < 0) {
 			fprintf(stderr, "dotspool: delivery client config: %s\n", why ? why : "invalid");
 			return -EINVAL;
+		}
+	}
+	if (cfg->deliver.starttls != DLV_STARTTLS_NEVER) {
+		char err[256];
+		ret = io_tls_client_create(&d->tls, cfg->deliver.ca_file, d->conn_max, err, sizeof(err));
+		if (ret < 0) {
+			fprintf(stderr, "dotspool: delivery TLS: %s\n", err);
+			return ret;
 		}
 	}
 	d->client_size = DS_MAX(dlv_client_size(&d->ccfg[0]), dlv_client_size(&d->ccfg[1]));
@@ -1604,6 +1743,8 @@ void io_dlv_destroy(struct io_worker *w)
 		}
 	if (d->fetch)
 		spool_fetch_close(d->fetch);
+	if (d->tls)
+		io_tls_client_destroy(d->tls);
 	if (d->q)
 		dlv_queue_destroy(d->q);
 	free(d->conns);
