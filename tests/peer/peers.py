@@ -436,11 +436,14 @@ class Postfix(_Peer):
     R/D are off; no Message-ID/Date: local_header_rewrite_clients is empty).
 
     tmpdir: a directory every user can traverse (see make_test_dir()); the instance lives in
-    a new subdirectory of it (self.dir). port: the TCP port on 127.0.0.1. extra_main_cf: more
-    main.cf lines (e.g. "smtpd_recipient_restrictions = check_recipient_access ...").
+    a new subdirectory of it (self.dir). port: the TCP port on 127.0.0.1. rcpt_replies:
+    {recipient address: "550 5.1.1 text" or "450 4.2.0 text"}, smtpd's RCPT reply for those
+    (a check_recipient_access texthash table; others get 250). extra_main_cf: more main.cf
+    lines (later lines win). size_limit: message_size_limit in bytes.
     """
 
-    def __init__(self, tmpdir, port, extra_main_cf="", size_limit=52428800):
+    def __init__(self, tmpdir, port, rcpt_replies=None, extra_main_cf="",
+                 size_limit=52428800):
         _traversable_by_all(tmpdir)
         self.port = port
         self.dir = tempfile.mkdtemp(prefix="postfix-", dir=tmpdir)
@@ -452,6 +455,7 @@ class Postfix(_Peer):
         self.maillog = os.path.join(self.dir, "maillog")
         self.stdout_path = os.path.join(self.dir, "master.out")
         self._extra = extra_main_cf
+        self._rcpt_replies = dict(rcpt_replies or {})
         self._size_limit = size_limit
         self._setup()
 
@@ -459,8 +463,18 @@ class Postfix(_Peer):
         pf_uid, pf_gid = _ids("postfix")
         nb_uid, nb_gid = _ids("nobody")
         os.makedirs(self.etc, 0o755)
+        extra = self._extra
+        if self._rcpt_replies:
+            table = os.path.join(self.etc, "rcpt_access")
+            with open(table, "w") as f:
+                for addr, reply in self._rcpt_replies.items():
+                    if not re.match(r"^[45]\d\d [245]\.\d{1,3}\.\d{1,3} \S", reply):
+                        raise PeerError("rcpt reply %r: want '5xx x.y.z text'" % reply)
+                    f.write("%s %s\n" % (addr, reply))
+            extra = ("smtpd_recipient_restrictions = check_recipient_access texthash:%s\n"
+                     % table) + extra
         with open(os.path.join(self.etc, "main.cf"), "w") as f:
-            f.write(POSTFIX_MAIN_CF.format(dir=self.dir, extra=self._extra,
+            f.write(POSTFIX_MAIN_CF.format(dir=self.dir, extra=extra,
                                            size_limit=self._size_limit))
         with open(os.path.join(self.etc, "master.cf"), "w") as f:
             f.write(POSTFIX_MASTER_CF.format(listen="127.0.0.1:%d" % self.port,
@@ -468,7 +482,7 @@ class Postfix(_Peer):
         # Postfix waits (300 ms steps) while a table or main.cf looks "just edited" (mtime
         # not yet in the past): date them back so master starts at once instead of ~2 s.
         past = time.time() - 10
-        for name in ("main.cf", "master.cf"):
+        for name in os.listdir(self.etc):
             os.utime(os.path.join(self.etc, name), (past, past))
         # A copy, so the nobody user needs no access to the source tree.
         shutil.copy(PIPE_DELIVER, os.path.join(self.dir, "pipe_deliver.py"))

@@ -116,14 +116,17 @@ def lmtp_send(path, sender, rcpts, msg):
 
 def test_postfix(tmp):
     port = peers.free_port()
-    pf = peers.Postfix(tmp, port)
+    pf = peers.Postfix(tmp, port, rcpt_replies={"bad@example.net": "550 5.1.1 no such user",
+                                                "later@example.net": "450 4.2.0 try later"})
     try:
         pf.start()
         print("postfix: started in %.3f s on 127.0.0.1:%d (%s)" % (pf.startup_s, port, pf.dir))
         sent = []
-        rr, final = smtp_send(port, "alice@example.org", ["bob@example.net", "dan@example.net"],
+        rr, final = smtp_send(port, "alice@example.org", ["bob@example.net", "bad@example.net",
+                                                          "later@example.net", "dan@example.net"],
                               MSG1)
-        check(rr == {"bob@example.net": 250, "dan@example.net": 250}, "rcpt %s" % rr)
+        check(rr == {"bob@example.net": 250, "bad@example.net": 550, "later@example.net": 450,
+                     "dan@example.net": 250}, "rcpt %s" % rr)
         sent.append((final, "alice@example.org", ["bob@example.net", "dan@example.net"], MSG1))
         _, final = smtp_send(port, "", ["bob@example.net"], MSG2)
         sent.append((final, "", ["bob@example.net"], MSG2))
