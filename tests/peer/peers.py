@@ -5,16 +5,21 @@ Python 3 stdlib only; needs root and the Debian packages postfix, dovecot-core, 
 (scripts/deps.sh). Every peer is a PRIVATE instance: its own configuration, queue, data, log
 and mail directories under a test directory, its own port or socket; the system instances and
 /etc/postfix/main.cf are never used. Each is started in its own session (process group) and
-stopped by its own PID: SIGTERM to the group, then SIGKILL after a bounded wait.
+stopped by its own PID: SIGTERM to its main process, a bounded wait for the whole group to be
+gone, then SIGKILL to the group.
 
     netns_enter()                    first thing in a test: re-exec inside a loopback-only netns
-    Postfix(tmpdir, port)            smtpd on 127.0.0.1:port, mail handed to pipe_deliver.py
+    make_test_dir()                  a /tmp directory unprivileged peer processes can traverse
+    Postfix(tmpdir, port, rcpt_replies=None)   smtpd on 127.0.0.1:port, mail handed to
+                                     pipe_deliver.py, stored byte for byte under <dir>/out
     DovecotLmtp(tmpdir, socket_path, users=None)   LMTP on a unix socket, Maildirs per user
-    SmtpSink(tmpdir, port, ...)      smtp-sink on 127.0.0.1:port (or a unix socket), for load
+    SmtpSink(tmpdir, port=None, unix_path=None, lmtp=False, ...)   smtp-sink, for load
     free_port()                      a free TCP port on 127.0.0.1
 
-Each peer: start() (waits until it answers, at most START_TIMEOUT_S), stop() (idempotent),
-pids() (its live processes), usable as a context manager.
+Each peer: start() (returns once it greets with 220, at most START_TIMEOUT_S; startup_s says
+how long it took), stop() (idempotent; [] when it stopped cleanly), kill() (SIGKILL: a crashed
+next hop; start() again works on the same port/socket and mail store), running(), pids() (its
+live processes; [] after stop), usable as a context manager. Typical start-up: 0.05-0.1 s.
 """
 
 import dataclasses
