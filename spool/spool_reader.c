@@ -111,13 +111,29 @@ int spool_reader_foreach(struct spool_reader *r, int (*fn)(void *ctx, const stru
 	struct fe_ctx f = {.fn = fn, .ctx = ctx};
 	struct scan_cfg cfg = {.msg = fe_msg, .ctx = &f};
 
-	spool_scan_reader_map_all(r);
-	for (unsigned i = 0; i < r->nlanes; i++) {
-		int rc = spool_scan_lane(r, &r->lanes[i], &cfg);
-		if (rc)
-			return rc;
-	}
-	return 0;
+	return spool_scan_spool(r, &cfg, NULL);
+}
+
+struct fes_ctx {
+	int (*fn)(void *ctx, const struct spool_msg *m, const struct spool_msg_status *st);
+	void *ctx;
+};
+
+static int fes_msg(void *ctx, struct rlane *rl, const struct spool_msg *m, const struct spool_msg_status *st)
+{
+	struct fes_ctx *f = ctx;
+	return f->fn(f->ctx, m, st);
+}
+
+int spool_reader_foreach_status(struct spool_reader *r,
+				int (*fn)(void *ctx, const struct spool_msg *m,
+					  const struct spool_msg_status *st),
+				void *ctx)
+{
+	struct fes_ctx f = {.fn = fn, .ctx = ctx};
+	struct scan_cfg cfg = {.msg_status = fes_msg, .ctx = &f};
+
+	return spool_scan_spool(r, &cfg, NULL);
 }
 
 struct find_ctx {
@@ -223,6 +239,12 @@ static void v_dropped(void *ctx, struct rlane *rl, const struct spool_msg *m, bo
 	}
 }
 
+static void v_aborted(void *ctx, struct rlane *rl, const struct spool_msg *m, bool kept)
+{
+	struct vctx *v = ctx;
+	v->rep->aborted++; /* refused, as its client was told: neither a message nor damage */
+}
+
 static void v_bad(void *ctx, struct rlane *rl, struct rseg *s, uint64_t from, uint64_t to, bool tail,
 		  bool zero, bool durable)
 {
@@ -273,28 +295,31 @@ int spool_reader_verify(struct spool_reader *r, struct spool_verify_report *rep,
 			       .dropped = v_dropped,
 			       .bad = v_bad,
 			       .seg = v_seg,
+			       .aborted = v_aborted,
 			       .ctx = &v};
+	struct spool_scan_totals tot;
+	int rc;
 
 	memset(rep, 0, sizeof(*rep));
-	spool_scan_reader_map_all(r);
-	for (unsigned i = 0; i < r->nlanes; i++) {
-		int rc = spool_scan_lane(r, &r->lanes[i], &cfg);
-		if (rc)
-			return rc;
-	}
+	rc = spool_scan_spool(r, &cfg, &tot);
+	if (rc)
+		return rc;
+	rep->outcomes = tot.outcomes;
 	return rep->bad_bodies || rep->quarantined || rep->bad_segment_headers ? -EBADMSG : 0;
 }
 
 struct sctx {
+	struct spool_reader *r;
 	struct spool_reader_stats *st;
-	struct spool_lane_summary *cur;
 };
 
 static int s_msg(void *ctx, struct rlane *rl, const struct spool_msg *m)
 {
 	struct sctx *c = ctx;
-	c->cur->messages++;
-	c->cur->bytes += m->size;
+	struct spool_lane_summary *ls = &c->st->lane[rl - c->r->lanes];
+
+	ls->messages++;
+	ls->bytes += m->size;
 	c->st->messages++;
 	c->st->bytes += m->size;
 	return 0;
@@ -302,28 +327,24 @@ static int s_msg(void *ctx, struct rlane *rl, const struct spool_msg *m)
 
 int spool_reader_stats(struct spool_reader *r, struct spool_reader_stats *st)
 {
-	struct sctx c = {.st = st};
+	struct sctx c = {.r = r, .st = st};
 	struct scan_cfg cfg = {.msg = s_msg, .ctx = &c};
 
 	memset(st, 0, sizeof(*st));
 	spool_scan_reader_map_all(r);
 	for (unsigned i = 0; i < r->nlanes; i++) {
 		struct rlane *rl = &r->lanes[i];
-		int rc;
+		struct spool_lane_summary *ls = &st->lane[st->lanes++];
 
-		c.cur = &st->lane[st->lanes++];
-		c.cur->lane = rl->lane;
-		c.cur->segments = rl->nsegs;
+		ls->lane = rl->lane;
+		ls->segments = rl->nsegs;
 		if (rl->nsegs) {
-			c.cur->first_seq = rl->segs[0].seq;
-			c.cur->last_seq = rl->segs[rl->nsegs - 1].seq;
+			ls->first_seq = rl->segs[0].seq;
+			ls->last_seq = rl->segs[rl->nsegs - 1].seq;
 		}
 		st->segments += rl->nsegs;
 		for (unsigned k = 0; k < rl->nsegs; k++)
 			st->segment_bytes += rl->segs[k].size;
-		rc = spool_scan_lane(r, rl, &cfg);
-		if (rc)
-			return rc;
 	}
-	return 0;
+	return spool_scan_spool(r, &cfg, NULL);
 }

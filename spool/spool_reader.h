@@ -39,11 +39,56 @@ struct spool_msg {
 	struct ds_envelope env; /* strings valid only during the callback */
 };
 
+/*
+ * Delivery state of one recipient (format 2), folded from every outcome
+ * record of every lane by the rule in spool.h. The strings point into the
+ * reader's maps and are valid during the callback only.
+ */
+struct spool_rcpt_status {
+	uint8_t state;		 /* enum spool_rcpt_state */
+	bool possible_duplicate; /* of the winning entry */
+	uint16_t code;		 /* reply code of the winning entry; 0 if none */
+	uint32_t attempt;	 /* attempt number of the winning entry; 0 = never attempted */
+	const char *esc;	 /* enhanced status code, "" if none */
+	const char *text;	 /* reply text, "" if none */
+	const char *hop;	 /* next hop of the winning record, "" if none */
+	int64_t at_us;		 /* wall clock of the winning record; 0 if none */
+	int64_t next_attempt_us; /* of the winning record (DEFERRED: due then); 0 if none */
+	uint64_t dsn_id;	 /* FAILED: the DSN spooled for it, 0 = none owed */
+};
+
+struct spool_msg_status {
+	uint32_t rcpt_count;
+	const struct spool_rcpt_status *rcpt; /* rcpt_count entries, in envelope order */
+	uint32_t attempts;		      /* highest attempt number recorded, 0 = never */
+	uint32_t final_rcpts;		      /* recipients DELIVERED or FAILED */
+	bool done;			      /* every recipient final */
+	bool in_flight;			      /* some recipient in ATTEMPT (cut short by a crash) */
+	/*
+	 * When the message is due: 0 (now) if a recipient is PENDING or in
+	 * ATTEMPT, else the earliest next attempt of its DEFERRED recipients;
+	 * 0 when done.
+	 */
+	int64_t next_attempt_us;
+	uint64_t dsn_id;	  /* the DSN of the latest record with a counted FAILED entry; 0 = none */
+	uint64_t outcome_records; /* outcome records naming it */
+};
+
 int spool_reader_open(struct spool_reader **out, const char *dir);
 void spool_reader_close(struct spool_reader *r);
 
-/* Calls fn for each committed message; fn returns non-zero to stop (returned). */
+/*
+ * Calls fn for each committed message; fn returns non-zero to stop
+ * (returned). A commit refused by an abort record (format 2: its client
+ * got 451/452) is not a message and is skipped; since such a record may be
+ * in any lane, every lane is scanned before the first call.
+ */
 int spool_reader_foreach(struct spool_reader *r, int (*fn)(void *ctx, const struct spool_msg *m), void *ctx);
+/* The same, with each message's delivery state folded from the outcome records of every lane. */
+int spool_reader_foreach_status(struct spool_reader *r,
+				int (*fn)(void *ctx, const struct spool_msg *m,
+					  const struct spool_msg_status *st),
+				void *ctx);
 
 /*
  * Stream the stored body of message id to fn (in chunk-sized pieces).
@@ -68,6 +113,8 @@ struct spool_verify_report {
 	uint64_t incomplete; /* commit past the durable watermark whose body is not all there */
 	uint64_t quarantined, quarantined_bytes; /* bad regions followed by valid records */
 	uint64_t torn_tails;			 /* non-zero garbage at a segment's end (crash) */
+	uint64_t aborted;  /* commits refused by an abort record (not messages, not a problem) */
+	uint64_t outcomes; /* outcome records (format 2) */
 };
 /* Check every record and every body CRC. 0 if consistent, -EBADMSG if not; problems printed to log (may be
  * NULL). */

@@ -7,6 +7,7 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -21,14 +22,51 @@ struct rctx {
 	struct rseg *note_seg;
 	unsigned note_lane;
 	bool newer; /* a segment of a newer format: recovery fails, nothing is touched */
+	int (*fn)(void *ctx, const struct spool_queue_entry *e);
+	void *fn_ctx;
+	uint8_t *rcpt_state; /* SPOOL_RCPT_MAX, for fn */
 };
 
-static int r_msg(void *ctx, struct rlane *rl, const struct spool_msg *m)
+/*
+ * A message: counted, and if some recipient is still owed, handed to fn
+ * with its folded state.
+ */
+static int r_msg(void *ctx, struct rlane *rl, const struct spool_msg *m, const struct spool_msg_status *st)
 {
 	struct rctx *c = ctx;
+	struct spool_queue_entry e;
+
+	if (c->newer)
+		return -EPROTONOSUPPORT; /* recovery fails: nothing is handed out */
 	c->rep->messages++;
 	c->rep->bytes += m->size;
-	return 0;
+	if (st->done)
+		return 0;
+	c->rep->queued++;
+	c->rep->queued_rcpts += st->rcpt_count - st->final_rcpts;
+	c->rep->in_flight += st->in_flight;
+	if (!c->fn)
+		return 0;
+	for (uint32_t i = 0; i < st->rcpt_count; i++)
+		c->rcpt_state[i] = st->rcpt[i].state;
+	e = (struct spool_queue_entry){.id = m->id,
+				       .lane = m->lane,
+				       .seq = m->seq,
+				       .off = m->off,
+				       .size = m->size,
+				       .received_at_us = m->received_at_us,
+				       .rcpt_count = st->rcpt_count,
+				       .rcpt_state = c->rcpt_state,
+				       .attempts = st->attempts,
+				       .next_attempt_us = st->next_attempt_us,
+				       .in_flight = st->in_flight};
+	return c->fn(c->fn_ctx, &e);
+}
+
+static void r_aborted(void *ctx, struct rlane *rl, const struct spool_msg *m, bool kept)
+{
+	struct rctx *c = ctx;
+	c->rep->aborted++;
 }
 
 static void r_dropped(void *ctx, struct rlane *rl, const struct spool_msg *m, bool durable)
@@ -106,11 +144,24 @@ static void r_seg(void *ctx, struct rlane *rl, struct rseg *s)
 	}
 }
 
-int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *rep)
+/*
+ * Every lane scanned, then the delivery records folded across all of them
+ * (spool_scan_spool): a commit refused by an abort record anywhere is no
+ * message, an outcome record counts only when intact (a torn one is as if
+ * never written: that delivery happens again, at least once).
+ */
+int spool_recover_queue(const struct spool_config *cfg, struct spool_recovery_report *rep,
+			int (*fn)(void *ctx, const struct spool_queue_entry *e), void *ctx)
 {
 	struct spool_reader *r;
-	struct rctx c = {.rep = rep, .dir = cfg->dir};
-	struct scan_cfg sc = {.msg = r_msg, .dropped = r_dropped, .bad = r_bad, .seg = r_seg, .ctx = &c};
+	struct rctx c = {.rep = rep, .dir = cfg->dir, .fn = fn, .fn_ctx = ctx};
+	struct scan_cfg sc = {.msg_status = r_msg,
+			      .dropped = r_dropped,
+			      .aborted = r_aborted,
+			      .bad = r_bad,
+			      .seg = r_seg,
+			      .ctx = &c};
+	struct spool_scan_totals tot = {0};
 	int64_t t0 = ds_mono_us();
 	int rc;
 
@@ -122,16 +173,28 @@ int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *
 	}
 	if (rc)
 		return rc;
+	if (fn) {
+		c.rcpt_state = malloc(SPOOL_RCPT_MAX);
+		if (!c.rcpt_state) {
+			spool_reader_close(r);
+			return -ENOMEM;
+		}
+	}
 	rep->lanes = r->nlanes;
-	spool_scan_reader_map_all(r);
-	for (unsigned i = 0; i < r->nlanes && !rc; i++)
-		rc = spool_scan_lane(r, &r->lanes[i], &sc);
+	rc = spool_scan_spool(r, &sc, &tot);
+	rep->outcomes = tot.outcomes;
 	note_close(&c);
-	if (!rc && c.newer)
+	if ((!rc || rc == -EPROTONOSUPPORT) && c.newer)
 		rc = -EPROTONOSUPPORT;
+	free(c.rcpt_state);
 	spool_reader_close(r);
 	rep->elapsed_us = (uint64_t)(ds_mono_us() - t0);
 	return rc;
+}
+
+int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *rep)
+{
+	return spool_recover_queue(cfg, rep, NULL, NULL);
 }
 
 void spool_recovery_report_print(const struct spool_recovery_report *rep, FILE *f)
@@ -139,9 +202,14 @@ void spool_recovery_report_print(const struct spool_recovery_report *rep, FILE *
 	fprintf(f,
 		"spool recovery: %llu lanes, %llu segments, %llu messages (%llu body bytes), %llu torn "
 		"tails, "
-		"%llu quarantined, %llu unacknowledged commits discarded, %llu ms\n",
+		"%llu quarantined, %llu unacknowledged commits discarded, %llu refused commits (abort "
+		"records), %llu outcome records, %llu messages queued (%llu recipients, %llu cut short "
+		"in delivery), %llu ms\n",
 		(unsigned long long)rep->lanes, (unsigned long long)rep->segments,
 		(unsigned long long)rep->messages, (unsigned long long)rep->bytes,
 		(unsigned long long)rep->torn_tails, (unsigned long long)rep->quarantined,
-		(unsigned long long)rep->discarded, (unsigned long long)(rep->elapsed_us / 1000));
+		(unsigned long long)rep->discarded, (unsigned long long)rep->aborted,
+		(unsigned long long)rep->outcomes, (unsigned long long)rep->queued,
+		(unsigned long long)rep->queued_rcpts, (unsigned long long)rep->in_flight,
+		(unsigned long long)(rep->elapsed_us / 1000));
 }

@@ -336,6 +336,8 @@ struct bad_region {
 
 struct seg_scan {
 	struct bad_region bad[BAD_REGIONS_MAX];
+	struct spool_rec *dl; /* outcome and abort records of the segment (format 2) */
+	size_t ndl, capdl;
 	unsigned nbad;
 	struct spool_reader *r;
 	struct rlane *rl;
@@ -356,13 +358,29 @@ static int seg_rec(void *ctx, const struct spool_rec *rec)
 	struct seg_scan *ss = ctx;
 
 	/* What spool_seg_scan() hands out was validated: the format's promises hold. */
-	DS_ASSERT(rec->type == SPOOL_REC_CHUNK || rec->type == SPOOL_REC_COMMIT);
+	DS_ASSERT(rec->type >= SPOOL_REC_CHUNK && rec->type <= SPOOL_REC_ABORT);
 	DS_ASSERT(rec->off >= SPOOL_SEG_DATA_OFF && rec->off % SPOOL_REC_ALIGN == 0);
-	DS_ASSERT(rec->len <= (rec->type == SPOOL_REC_CHUNK ? SPOOL_CHUNK_MAX : SPOOL_COMMIT_MAX));
+	DS_ASSERT(rec->type != SPOOL_REC_CHUNK || rec->len <= SPOOL_CHUNK_MAX);
+	DS_ASSERT(rec->type != SPOOL_REC_COMMIT || rec->len <= SPOOL_COMMIT_MAX);
 	DS_ASSERT(rec->total == spool_rec_total(rec->len));
+	/* Every record, delivery records too, vouches for the bytes below its watermark. */
 	ss->watermark = DS_MAX(ss->watermark, rec->durable_off);
 	if (ss->only_id && rec->txn_id != ss->only_id)
 		return 0; /* still counted in the watermark above: the verdict on only_id needs it */
+	if (rec->type == SPOOL_REC_OUTCOME || rec->type == SPOOL_REC_ABORT) {
+		struct spool_rec *dl;
+
+		if (ss->only_id || !ss->cfg->delivery)
+			return 0;
+		dl = ds_grow(ss->dl, &ss->capdl, ss->ndl, sizeof(*dl), 64);
+		if (!dl) {
+			ss->err = -ENOMEM;
+			return 1;
+		}
+		ss->dl = dl;
+		ss->dl[ss->ndl++] = *rec;
+		return 0;
+	}
 	if (rec->type == SPOOL_REC_CHUNK) {
 		/* Counted into the lane's table only once the segment's scan is accepted. */
 		struct chunk_seen *ch = ds_grow(ss->ch, &ss->capch, ss->nch, sizeof(*ch), 1024);
@@ -417,7 +435,7 @@ static void seg_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zero)
  */
 static void seg_scan_stable(struct seg_scan *ssp, struct rseg *s)
 {
-	static const struct spool_scan_ops sops = {.rec = seg_rec, .bad = seg_bad};
+	static const struct spool_scan_ops sops = {.rec = seg_rec, .bad = seg_bad, .delivery = true};
 
 	ssp->s = s;
 	for (int attempt = 0;; attempt++) {
@@ -427,6 +445,7 @@ static void seg_scan_stable(struct seg_scan *ssp, struct rseg *s)
 		ssp->npc = 0;
 		ssp->nbad = 0;
 		ssp->nch = 0;
+		ssp->ndl = 0;
 		spool_seg_scan(s->map, s->size, s->hdr.epoch, SPOOL_SEG_DATA_OFF, &sops, ssp);
 		if (ssp->err)
 			return;
@@ -460,39 +479,59 @@ static int seg_count_chunks(struct seg_scan *ssp, struct ctab *tab)
 	return 0;
 }
 
+/* Decode a commit payload into m (envelope strings in the map, recipients in r->rcpt). */
+static int commit_msg(struct spool_reader *r, struct rlane *rl, struct rseg *s, uint64_t off, uint64_t id,
+		      const uint8_t *payload, uint32_t len, struct spool_msg *m)
+{
+	struct spool_commit c;
+
+	if (spool_commit_decode(payload, len, &c, r->rcpt, SPOOL_RCPT_MAX))
+		return -EBADMSG;
+	memset(m, 0, sizeof(*m));
+	m->id = id;
+	m->lane = rl->lane;
+	m->seq = s->seq;
+	m->off = off;
+	m->size = c.body_len;
+	m->body_crc = c.body_crc;
+	m->chunk_count = c.chunk_count;
+	m->first_seq = c.first_seq;
+	m->first_off = c.first_off;
+	m->received_at_us = c.env.received_at_us;
+	m->env = c.env;
+	return 0;
+}
+
+int spool_scan_commit_msg(struct spool_reader *r, struct rlane *rl, struct rseg *s, uint64_t off,
+			  struct spool_msg *m)
+{
+	struct spool_rec rec;
+
+	if (!s->map || s->hdr_rc || !spool_rec_check(s->map, s->size, s->hdr.epoch, off, &rec) ||
+	    rec.type != SPOOL_REC_COMMIT)
+		return -ENOENT;
+	return commit_msg(r, rl, s, off, rec.txn_id, rec.payload, rec.len, m) ? -ENOENT : 0;
+}
+
 /* One commit of segment s: kept (cfg->msg) if its whole body is there, else dropped. */
 static int seg_commit(struct seg_scan *ssp, struct ctab *tab, struct rseg *s, const struct pend_commit *pc)
 {
 	struct spool_reader *r = ssp->r;
 	struct rlane *rl = ssp->rl;
 	const struct scan_cfg *cfg = ssp->cfg;
-	struct spool_commit c;
 	struct spool_msg m;
 	struct ctab_ent *e;
 	bool durable, ok;
 
-	if (spool_commit_decode(pc->payload, pc->len, &c, r->rcpt, SPOOL_RCPT_MAX))
+	if (commit_msg(r, rl, s, pc->off, pc->txn_id, pc->payload, pc->len, &m))
 		return 0; /* CRC matched but not decodable: not written by this format */
-	memset(&m, 0, sizeof(m));
-	m.id = pc->txn_id;
-	m.lane = rl->lane;
-	m.seq = s->seq;
-	m.off = pc->off;
-	m.size = c.body_len;
-	m.body_crc = c.body_crc;
-	m.chunk_count = c.chunk_count;
-	m.first_seq = c.first_seq;
-	m.first_off = c.first_off;
-	m.received_at_us = c.env.received_at_us;
-	m.env = c.env;
 	DS_ASSERT(pc->end > pc->off && pc->end <= s->size);
 	e = ctab_get(tab, pc->txn_id, false);
-	ok = c.chunk_count == 0 ? c.body_len == 0
-				: (e && e->count == c.chunk_count && e->bytes == c.body_len);
+	ok = m.chunk_count == 0 ? m.size == 0 : (e && e->count == m.chunk_count && e->bytes == m.size);
 	if (e)
 		ctab_del(tab, e);
 	durable = pc->end <= ssp->watermark;
-	if (ok && (cfg->check_all_bodies || !durable || (c.chunk_count && c.first_seq != s->seq)))
+	if (ok && (cfg->check_all_bodies || !durable || (m.chunk_count && m.first_seq != s->seq)))
 		ok = spool_scan_body_walk(r, rl, &m, NULL, NULL) == 0;
 	else if (!ok && durable)
 		/* A live writer may have added chunks after this lane's scan passed them. */
@@ -535,12 +574,15 @@ int spool_scan_lane_from(struct spool_reader *r, struct rlane *rl, const struct 
 		for (unsigned k = 0; k < ssp->nbad && cfg->bad; k++)
 			cfg->bad(cfg->ctx, rl, s, ssp->bad[k].from, ssp->bad[k].to, ssp->bad[k].tail,
 				 ssp->bad[k].zero, ssp->bad[k].from < ssp->watermark);
+		for (size_t k = 0; k < ssp->ndl && cfg->delivery; k++)
+			cfg->delivery(cfg->ctx, rl, s, &ssp->dl[k]);
 		/* Chunk counts first (above): a later commit may not see chunks of an earlier one. */
 		for (size_t k = 0; k < ssp->npc && !rc; k++)
 			rc = seg_commit(ssp, &tab, s, &ssp->pc[k]);
 	}
 	free(ssp->pc);
 	free(ssp->ch);
+	free(ssp->dl);
 	free(ssp);
 	free(tab.e);
 	return rc;

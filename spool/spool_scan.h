@@ -63,6 +63,21 @@ struct scan_cfg {
 	void (*bad)(void *ctx, struct rlane *rl, struct rseg *s, uint64_t from, uint64_t to, bool tail,
 		    bool zero, bool durable);
 	void (*seg)(void *ctx, struct rlane *rl, struct rseg *s);
+	/*
+	 * Format 2: an intact (CRC checked) outcome or abort record, once its
+	 * segment's scan is settled; not decoded. Whole-lane scans only.
+	 */
+	void (*delivery)(void *ctx, struct rlane *rl, struct rseg *s, const struct spool_rec *rec);
+	/*
+	 * spool_scan_spool only, called after every lane was scanned, in lane
+	 * then commit order: msg_status for each message (a commit with its
+	 * whole body and no abort record; msg too if set) with its folded
+	 * delivery state; aborted for each commit an abort record refuses
+	 * (kept: its body is all there). dropped is not called for those.
+	 */
+	int (*msg_status)(void *ctx, struct rlane *rl, const struct spool_msg *m,
+			  const struct spool_msg_status *st);
+	void (*aborted)(void *ctx, struct rlane *rl, const struct spool_msg *m, bool kept);
 	void *ctx;
 };
 
@@ -106,5 +121,24 @@ int spool_scan_body_walk(struct spool_reader *r, struct rlane *rl, const struct 
 int spool_scan_lane_from(struct spool_reader *r, struct rlane *rl, const struct scan_cfg *cfg, unsigned first,
 			 uint64_t only_id);
 int spool_scan_lane(struct spool_reader *r, struct rlane *rl, const struct scan_cfg *cfg);
+
+struct spool_scan_totals {
+	uint64_t commits;	/* commit records (kept, dropped, aborted) */
+	uint64_t outcomes;	/* outcome records read (intact and decodable) */
+	uint64_t outcomes_bad;	/* intact CRC but not decodable: ignored */
+	uint64_t outcomes_lost; /* naming no message here (reclaimed, aborted, never durable) */
+	uint64_t aborts;	/* abort records */
+};
+/*
+ * The whole spool (spool_fold.c): every lane scanned (bad, seg as they come),
+ * then abort records applied and outcome records folded across all lanes
+ * (spool.h, the fold rule), then each commit handed out in lane, then
+ * commit order (msg / msg_status / dropped / aborted). 0, -ENOMEM, or a
+ * callback's non-zero return. tot may be NULL.
+ */
+int spool_scan_spool(struct spool_reader *r, const struct scan_cfg *cfg, struct spool_scan_totals *tot);
+/* The message of the commit record at (s, off) of lane rl: 0, -ENOENT (not a valid commit there). */
+int spool_scan_commit_msg(struct spool_reader *r, struct rlane *rl, struct rseg *s, uint64_t off,
+			  struct spool_msg *m);
 
 #endif
