@@ -22,6 +22,7 @@ next hop; start() again works on the same port/socket and mail store), running()
 live processes; [] after stop), usable as a context manager. Typical start-up: 0.05-0.1 s.
 """
 
+import atexit
 import dataclasses
 import fcntl
 import glob
@@ -261,6 +262,69 @@ def _tail(path, n=5):
         return ""
 
 
+_LIVE = set()  # peers started and not yet stopped, stopped at exit if the test forgot
+
+
+@atexit.register
+def _stop_all():
+    for peer in list(_LIVE):
+        try:
+            peer.stop()
+        except Exception:
+            pass
+
+
+# The reaper: a tiny process (own session, so a ctest timeout that kills the test's process
+# group spares it) reading "+pgid"/"-pgid" lines from a pipe only this test process holds.
+# When the test dies in any way (SIGKILL, timeout) the pipe reaches EOF and the reaper stops
+# every peer group still registered: SIGTERM to the leader, SIGKILL to the group after 3 s.
+# (PR_SET_PDEATHSIG would not do: it is cleared when Postfix or smtp-sink change credentials.)
+_REAPER_CODE = r"""
+import os, signal, time
+groups, buf = set(), b""
+while True:
+    chunk = os.read(0, 4096)
+    if not chunk:
+        break
+    buf += chunk
+    *lines, buf = buf.split(b"\n")
+    for line in lines:
+        if line[:1] == b"+":
+            groups.add(int(line[1:]))
+        elif line[:1] == b"-":
+            groups.discard(int(line[1:]))
+def alive(g):
+    try:
+        os.killpg(g, 0)
+        return True
+    except OSError:
+        return False
+for g in groups:
+    try:
+        os.kill(g, signal.SIGTERM)
+    except OSError:
+        pass
+end = time.monotonic() + 3
+while any(alive(g) for g in groups) and time.monotonic() < end:
+    time.sleep(0.05)
+for g in groups:
+    try:
+        os.killpg(g, signal.SIGKILL)
+    except OSError:
+        pass
+"""
+_reaper = None
+
+
+def _reaper_send(line):
+    global _reaper
+    if _reaper is None or _reaper.poll() is not None:
+        _reaper = subprocess.Popen([sys.executable, "-c", _REAPER_CODE], stdin=subprocess.PIPE,
+                                   stdout=subprocess.DEVNULL, start_new_session=True)
+    _reaper.stdin.write(line)
+    _reaper.stdin.flush()
+
+
 class _Peer:
     """Common life cycle. A subclass sets self.dir and self.stdout_path and calls _spawn()."""
     proc = None
@@ -276,6 +340,8 @@ class _Peer:
             self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out,
                                          cwd=self.dir, env=env, start_new_session=True)
         self.pgid = self.proc.pid
+        _LIVE.add(self)
+        _reaper_send(b"+%d\n" % self.pgid)
         try:
             _wait_banner(connect, t0 + START_TIMEOUT_S, self.proc, what)
         except PeerError as e:
@@ -291,8 +357,14 @@ class _Peer:
         """Stop it by its PID (SIGTERM, wait for the whole process group, SIGKILL after
         STOP_TIMEOUT_S). Idempotent. Returns the pids that needed SIGKILL ([] = clean)."""
         killed = _stop_group(self.proc)
-        self.proc = None
+        self._forget()
         return killed
+
+    def _forget(self):
+        if self.proc is not None and self.pgid is not None:
+            _reaper_send(b"-%d\n" % self.pgid)
+        self.proc = None
+        _LIVE.discard(self)
 
     def pids(self):
         """Live processes of this peer's process group (also after stop(): should be [])."""
@@ -314,7 +386,7 @@ class _Peer:
         end = time.monotonic() + STOP_TIMEOUT_S
         while _group_pids(self.pgid) and time.monotonic() < end:
             time.sleep(0.02)
-        self.proc = None
+        self._forget()
 
     def __enter__(self):
         self.start()
