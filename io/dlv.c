@@ -605,9 +605,12 @@ static enum dlv_status conn_tls_handshake(struct dconn *c)
 	if (ret < 0)
 		return dlv_client_tls_done(c->cl, ret);
 	char why[256];
-	if (io_tls_verify_result(c->tls, why, sizeof(why)) < 0) {
+	int v = io_tls_verify_result(c->tls, why, sizeof(why));
+	if (v < 0) {
 		bool required = d->cfg->starttls == DLV_STARTTLS_REQUIRED;
-		if (obs_log_begin(d->w->log, required ? OBS_LOG_WARN : OBS_LOG_INFO, "tls_unverified")) {
+		/* Opportunistic without --deliver-ca verifies nothing: nothing to say about it. */
+		if ((required || v != -ENOKEY) &&
+		    obs_log_begin(d->w->log, required ? OBS_LOG_WARN : OBS_LOG_INFO, "tls_unverified")) {
 			obs_log_str(d->w->log, "hop", d->cfg->hop[c->hop].text);
 			obs_log_str(d->w->log, "action", required ? "deferred" : "continued");
 			obs_log_str(d->w->log, "reason", why);
@@ -810,7 +813,7 @@ static void conn_close(struct dconn *c)
 	struct io_dlv *d = c->d;
 	if (c->state == DC_CLOSING || c->state == DC_FREE)
 		return;
-	const struct dlv_outcome *e = dlv_client_error(c->cl);
+	const struct dlv_outcome *e = c->cl ? dlv_client_error(c->cl) : NULL;
 	if (conn_hop_failure(c)) {
 		bool was_up = dlv_queue_hop_up(d->q, c->hop, ds_wall_us());
 		dlv_queue_hop_failed(d->q, c->hop, ds_wall_us());
