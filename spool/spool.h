@@ -159,14 +159,17 @@ int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf,
 		     size_t len); /* 0, -EAGAIN, -ENOSPC, -EIO */
 /*
  * Queue the commit. Returns 0 once the cookie is taken: ops->settled(cookie,
- * res) follows, exactly once, when the group's flush completes (or fails).
+ * res) follows, exactly once, when the group's flush completes; when it
+ * fails, only once an abort record naming the commit is durable in a fresh
+ * segment (FORMAT.md, "Abort rule": a failed commit whose bytes survive is
+ * never a message), or the lane gave up on that (stats aborts_lost).
  * Returns -errno when the txn cannot be committed (it failed earlier:
  * segment error -EIO, disk full -ENOSPC; or its envelope is over the
  * format's limit: -EMSGSIZE): the cookie is not taken, settled() is not
  * called for it, the txn is closed, and the caller answers with the error.
  * Returns -EAGAIN (cookie not taken, nothing written, txn still open) when
- * staging memory or the commit queue is full: retry after the next
- * completion.
+ * staging memory or the commit queue is full, or abort records are still
+ * owed: retry after the next completion.
  */
 int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env,
 		     uint64_t cookie);
