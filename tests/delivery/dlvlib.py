@@ -179,3 +179,155 @@ def deliver_args(urls, retry_min_s=1, extra=()):
     a += ["--retry-min-s", str(retry_min_s), "--retry-max-s", str(max(retry_min_s * 4, 4)),
           "--deliver-hop-backoff-min-s", "1"]
     return a + list(extra)
+
+
+# ---------------------------------------------------------------------------------------------
+# Added for the delivery test scripts (H7)
+
+import re  # noqa: E402
+
+try:
+    import peers  # noqa: E402  (tests/peer/peers.py: netns_enter, real next hops)
+except ImportError:  # pragma: no cover
+    peers = None
+
+
+def enter_netns():
+    """Re-exec the test in a loopback-only network namespace (peers.netns_enter)."""
+    peers.netns_enter()
+
+
+class DServer(dslib.Server):
+    """dotspool with delivery flags, --accept-domain .test, its own metrics port."""
+
+    def __init__(self, build, urls, threads=2, extra=(), metrics=True, retry_min_s=1, **kw):
+        self.metrics_port = dslib.free_port() if metrics else None
+        a = ["--accept-domain", ".test", "--hostname", "ds.test"]
+        if self.metrics_port:
+            a += ["--metrics", "127.0.0.1:%d" % self.metrics_port]
+        a += deliver_args(urls, retry_min_s=retry_min_s) if urls else []
+        a += list(extra)
+        super().__init__(build, threads=threads, extra=a, **kw)
+
+    def metric(self, name, labels=None):
+        return metric(self.metrics_port, name, labels)
+
+    def events(self, name=None):
+        return events(self.log_text() or "", name)
+
+
+def send_ex(port, sender, rcpts, body, mail_opts=(), rcpt_opts=None, host="127.0.0.1"):
+    """Send one message with ESMTP parameters; rcpt_opts: {rcpt: [params]}. Returns the queue id."""
+    s = smtplib.SMTP(host, port, timeout=30)
+    try:
+        s.ehlo("client.test")
+        code, msg = s.mail(sender, list(mail_opts))
+        if code != 250:
+            raise dslib.Fail("MAIL %s -> %d %r" % (sender, code, msg))
+        for r in rcpts:
+            code, msg = s.rcpt(r, list((rcpt_opts or {}).get(r, ())))
+            if code != 250:
+                raise dslib.Fail("RCPT %s -> %d %r" % (r, code, msg))
+        code, msg = s.data(body)
+        if code != 250:
+            raise dslib.Fail("DATA -> %d %r" % (code, msg))
+        try:
+            s.quit()
+        except smtplib.SMTPException:
+            pass
+    finally:
+        s.close()
+    return queue_id(msg)
+
+
+_LOGFMT = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+
+
+def logfmt(line):
+    """One logfmt line -> dict (quoted values unescaped)."""
+    out = {}
+    for k, v in _LOGFMT.findall(line):
+        if v.startswith('"'):
+            v = re.sub(r'\\(.)', lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), v[1:-1])
+        out[k] = v
+    return out
+
+
+def events(text, name=None):
+    """The log's logfmt lines (event=NAME only, if given) as dicts, in order."""
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("ts=") or "event=" not in line:
+            continue
+        d = logfmt(line)
+        if name is None or d.get("event") == name:
+            out.append(d)
+    return out
+
+
+def by_queue_id(evs):
+    out = {}
+    for e in evs:
+        out.setdefault(e.get("queue_id"), []).append(e)
+    return out
+
+
+def list_states(srv):
+    """{queue id: {rcpt: state}} from dotspool-ctl list --json, or None when the listing does not
+    carry per-recipient delivery state yet."""
+    out = {}
+    seen_state = False
+    for m in srv.list():
+        st = {}
+        for r in m.get("rcpt_to", []):
+            if isinstance(r, dict) and "state" in r:
+                seen_state = True
+                st[r.get("addr", r.get("address"))] = r["state"]
+        out[m.get("id")] = st
+    return out if seen_state else None
+
+
+def body(tag, n_bytes, dots=False, eight_bit=False, subject=None):
+    """A CRLF message of about n_bytes with unique headers (Message-ID <tag@client.test>)."""
+    hdr = ("From: <%s@client.test>\r\nTo: <rcpt@dest.test>\r\nSubject: %s\r\n"
+           "Message-ID: <%s@client.test>\r\n" % (tag, subject or tag, tag)).encode()
+    if eight_bit:
+        hdr += b"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n" \
+               b"Content-Transfer-Encoding: 8bit\r\n"
+    lines = [b"\r\n"]
+    total = len(hdr) + 2
+    i = 0
+    while total < n_bytes:
+        if dots and i % 7 == 0:
+            line = b"." * (1 + i % 3) + b"dot line %d of %s\r\n" % (i, tag.encode())
+        elif eight_bit and i % 5 == 0:
+            line = "caf\u00e9 \u00fcber \u65e5\u672c %d %s\r\n".encode("utf-8") % (i, tag.encode())
+        else:
+            line = b"line %08d %s " % (i, tag.encode()) + b"x" * 40 + b"\r\n"
+        lines.append(line)
+        total += len(line)
+        i += 1
+    if dots:
+        lines.append(b".\r\n" if False else b".end\r\n")
+    return hdr + b"".join(lines)
+
+
+def first_diff(a, b):
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+def check_bytes(t, got, want, what):
+    if got != want:
+        i = first_diff(got, want)
+        raise dslib.Fail("%s: bytes differ (got %d, want %d, first difference at %d)\n got[%d:]: %r\nwant[%d:]: %r"
+                         % (what, len(got), len(want), i, i, got[i:i + 100], i, want[i:i + 100]))
+    t.checks += 1
+
+
+def wait_log(srv, pred, what, timeout_s):
+    """Wait until pred(events list) is truthy (events: all logfmt lines)."""
+    return wait_for(what, lambda: pred(srv.events()), timeout_s)
