@@ -87,6 +87,18 @@ struct smtp_sink {
 	 * each LMTP per-recipient reply counts.
 	 */
 	void (*replied)(void *ctx, unsigned code);
+	/*
+	 * Optional (may be NULL: always yes): may a new transaction start now?
+	 * Asked at MAIL once the command is valid (syntax, parameters, SIZE),
+	 * before it is answered; the spool's transaction only starts at DATA,
+	 * so this is the first point where new mail can be turned away for a
+	 * server-wide condition (a spool above its high watermark). Return 0,
+	 * or -ENOSPC (-> 452 4.3.1 Insufficient system storage), or another
+	 * -errno (-> 451 4.3.0). Refused, no transaction starts; the session
+	 * goes on (a later MAIL asks again) and the refusal does not count
+	 * toward max_errors: it is the server's state, not the client's error.
+	 */
+	int (*mail_ok)(void *ctx);
 };
 
 enum smtp_status {

@@ -819,6 +819,19 @@ static enum smtp_status do_mail(struct smtp_session *s, const struct smtp_cmd *c
 		return cmd_fail(s, "553 5.6.7 Error: non-ASCII address needs SMTPUTF8");
 	if (mp.has_size && mp.size > s->cfg->max_message_size)
 		return cmd_fail(s, "552 5.3.4 Error: message size exceeds fixed limit");
+	if (s->sink->mail_ok) {
+		r = s->sink->mail_ok(s->ctx);
+		/* Not cmd_fail(): the server's state is not the client's error (max_errors). */
+		if (r == -ENOSPC) {
+			reply(s, "452 4.3.1 Insufficient system storage");
+			return SMTP_OK;
+		}
+		if (r < 0) {
+			reply(s, "451 4.3.0 Error: local error, try again later");
+			return SMTP_OK;
+		}
+		DS_ASSERT(r == 0);
+	}
 	DS_ASSERT(s->arena == NULL);
 	if (arena_reserve(s, p.mailbox_len + plen + 2))
 		return cmd_fail(s, "452 4.3.1 Error: insufficient resources");

@@ -21,6 +21,9 @@
  * Always checked: replied() reports every reply the output holds, once, with
  * its class (final lines: "250 ...", not "250-...").
  *   !sink begin=-28 write=-5 commit=-28   make the next calls fail
+ *   !sink mail=-28 | !sink mail=0   mail_ok() answers this from now on (after
+ *                  the input so far is fed): a spool above its high watermark
+ *   !expect-mail-asks N             mail_ok() calls so far
  *   !tls DESC | !timeout | !shutdown | !expect-idle 0|1
  *
  * Usage: transcript FILE...             normal run
@@ -47,6 +50,8 @@ struct fake {
 	int begins, commits, aborts;
 	bool open;
 	int fail_begin, fail_write, fail_commit;
+	int mail_state; /* what mail_ok() answers (0 or -errno), until changed */
+	int mail_asks;
 	int id_seq;
 	char env_text[65536]; /* last envelope, "key=value\n" */
 	bool commit_pending;
@@ -219,8 +224,20 @@ static void fk_replied(void *ctx, unsigned code)
 	f->replied[code / 100 - 2]++;
 }
 
-static const struct smtp_sink fake_sink = {fk_begin, fk_write,	 fk_commit, fk_abort,
-					   fk_now,   fk_refused, fk_replied};
+static int fk_mail_ok(void *ctx)
+{
+	struct fake *f = ctx;
+	/* Asked only between transactions: nothing may be open or waiting for the spool. */
+	if (f->open || f->commit_pending) {
+		fprintf(stderr, "sink: mail_ok inside a transaction\n");
+		abort();
+	}
+	f->mail_asks++;
+	return f->mail_state;
+}
+
+static const struct smtp_sink fake_sink = {fk_begin, fk_write,	 fk_commit,  fk_abort,
+					   fk_now,   fk_refused, fk_replied, fk_mail_ok};
 
 static void reply_scan(struct reply_scan *st, const uint8_t *p, size_t len)
 {
@@ -590,8 +607,16 @@ static int run_file(struct run *r, const char *file)
 			drive(r);
 			if (smtp_session_idle(r->s) != (bool)atoi(buf + 13))
 				fail(r, "idle is %d", smtp_session_idle(r->s));
+		} else if (!strncmp(buf, "!expect-mail-asks ", 18)) {
+			drive(r);
+			if (r->fk.mail_asks != atoi(buf + 18))
+				fail(r, "mail_ok() asked %d times, expected %s", r->fk.mail_asks, buf + 18);
 		} else if (!strncmp(buf, "!sink ", 6)) {
 			char *p;
+			if ((p = strstr(buf, "mail="))) {
+				drive(r); /* the commands sent so far were asked under the old state */
+				r->fk.mail_state = atoi(p + 5);
+			}
 			if ((p = strstr(buf, "begin=")))
 				r->fk.fail_begin = atoi(p + 6);
 			if ((p = strstr(buf, "write=")))

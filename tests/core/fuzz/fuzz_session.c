@@ -11,7 +11,8 @@
  *  - no 2xx "queued as" reply unless commit_done(0) was just called;
  *  - replies are well-formed ("ddd" + ' ' or '-') and output stays bounded;
  *  - *used never exceeds the input length; SMTP_OK consumes everything;
- *  - refused() gets a 4xx/5xx code matching its line and readable strings.
+ *  - refused() gets a 4xx/5xx code matching its line and readable strings;
+ *  - mail_ok() is asked only between transactions (nothing open or pending).
  */
 #include <errno.h>
 #include <stdio.h>
@@ -112,7 +113,16 @@ static void z_replied(void *ctx, unsigned code)
 	CHECK(code >= 200 && code <= 599);
 }
 
-static const struct smtp_sink sink = {z_begin, z_write, z_commit, z_abort, z_now, z_refused, z_replied};
+/* MAIL asks between transactions only; injected refusals stand for a spool above its watermark. */
+static int z_mail_ok(void *ctx)
+{
+	struct fz *f = ctx;
+	CHECK(!f->open && !f->pending);
+	return inject(f) ? -ENOSPC : 0;
+}
+
+static const struct smtp_sink sink = {z_begin, z_write,	  z_commit,  z_abort,
+				      z_now,   z_refused, z_replied, z_mail_ok};
 
 /* Drain output; check reply lines; count "queued as". */
 static void drain(struct smtp_session *s, bool queued_ok)
