@@ -30,7 +30,9 @@
 
 struct fmsg {
 	uint64_t id;
-	uint64_t seq, off;   /* its commit record */
+	uint64_t seq, off; /* its commit record */
+	uint64_t size;	   /* body bytes */
+	int64_t received_at_us;
 	uint32_t lane_idx;   /* in r->lanes */
 	uint32_t rcpt_count; /* from the envelope */
 	uint32_t fold;	     /* first of rcpt_count entries in folds[]; FOLD_NONE: no outcome applies */
@@ -93,6 +95,8 @@ static int commit_add(struct fold *f, const struct spool_msg *m, bool kept, bool
 	f->msgs[f->nmsgs++] = (struct fmsg){.id = m->id,
 					    .seq = m->seq,
 					    .off = m->off,
+					    .size = m->size,
+					    .received_at_us = m->received_at_us,
 					    .lane_idx = f->lane_idx,
 					    .rcpt_count = m->env.rcpt_count,
 					    .fold = FOLD_NONE,
@@ -361,9 +365,17 @@ static int hand_out(struct fold *f)
 		struct spool_msg m;
 		int rc = 0;
 
-		/* The map has not changed since the scan: the record decodes as it did. */
-		if (!s || spool_scan_commit_msg(f->r, rl, s, fm->off, &m) || m.id != fm->id)
-			continue;
+		if (u->no_env) {
+			m = (struct spool_msg){.id = fm->id,
+					       .lane = rl->lane,
+					       .seq = fm->seq,
+					       .off = fm->off,
+					       .size = fm->size,
+					       .received_at_us = fm->received_at_us};
+			m.env.rcpt_count = fm->rcpt_count;
+		} else if (!s || spool_scan_commit_msg(f->r, rl, s, fm->off, &m) || m.id != fm->id) {
+			continue; /* the map has not changed since the scan: never taken */
+		}
 		if (fm->aborted) {
 			if (u->aborted)
 				u->aborted(u->ctx, rl, &m, fm->kept);

@@ -160,6 +160,7 @@ int spool_recover_queue(const struct spool_config *cfg, struct spool_recovery_re
 			      .aborted = r_aborted,
 			      .bad = r_bad,
 			      .seg = r_seg,
+			      .no_env = true,
 			      .ctx = &c};
 	struct spool_scan_totals tot = {0};
 	int64_t t0 = ds_mono_us();

@@ -505,12 +505,21 @@ static int commit_msg(struct spool_reader *r, struct rlane *rl, struct rseg *s, 
 int spool_scan_commit_msg(struct spool_reader *r, struct rlane *rl, struct rseg *s, uint64_t off,
 			  struct spool_msg *m)
 {
-	struct spool_rec rec;
+	const uint8_t *p;
+	uint32_t magic, len;
+	uint64_t id;
 
-	if (!s->map || s->hdr_rc || !spool_rec_check(s->map, s->size, s->hdr.epoch, off, &rec) ||
-	    rec.type != SPOOL_REC_COMMIT)
+	/* Validated (CRC included) by the scan; the map is read-only: only the bounds again. */
+	if (!s->map || s->hdr_rc || off < SPOOL_SEG_DATA_OFF || off + SPOOL_REC_HDR_SIZE > s->size)
 		return -ENOENT;
-	return commit_msg(r, rl, s, off, rec.txn_id, rec.payload, rec.len, m) ? -ENOENT : 0;
+	p = s->map + off;
+	memcpy(&magic, p, 4);
+	memcpy(&len, p + 8, 4);
+	memcpy(&id, p + 16, 8);
+	if (magic != SPOOL_REC_MAGIC || p[4] != SPOOL_REC_COMMIT || len > SPOOL_COMMIT_MAX ||
+	    spool_rec_total(len) > s->size - off)
+		return -ENOENT;
+	return commit_msg(r, rl, s, off, id, p + SPOOL_REC_HDR_SIZE, len, m) ? -ENOENT : 0;
 }
 
 /* One commit of segment s: kept (cfg->msg) if its whole body is there, else dropped. */

@@ -78,6 +78,12 @@ struct scan_cfg {
 	int (*msg_status)(void *ctx, struct rlane *rl, const struct spool_msg *m,
 			  const struct spool_msg_status *st);
 	void (*aborted)(void *ctx, struct rlane *rl, const struct spool_msg *m, bool kept);
+	/*
+	 * spool_scan_spool only: the callbacks need no envelope (m->env all zero
+	 * but rcpt_count; no chunk locator or body CRC), so commits are not
+	 * decoded a second time.
+	 */
+	bool no_env;
 	void *ctx;
 };
 
@@ -137,7 +143,11 @@ struct spool_scan_totals {
  * callback's non-zero return. tot may be NULL.
  */
 int spool_scan_spool(struct spool_reader *r, const struct scan_cfg *cfg, struct spool_scan_totals *tot);
-/* The message of the commit record at (s, off) of lane rl: 0, -ENOENT (not a valid commit there). */
+/*
+ * The message of the commit record at (s, off) of lane rl, which a scan of
+ * this reader found valid (the header is checked again, the CRC is not):
+ * 0, -ENOENT (not a commit there).
+ */
 int spool_scan_commit_msg(struct spool_reader *r, struct rlane *rl, struct rseg *s, uint64_t off,
 			  struct spool_msg *m);
 
