@@ -23,7 +23,8 @@ Every server is started once, with its spool on the disk (a directory under --di
 
 Usage: bench/deliver/run.py [--duration S] [--rounds N] [--rate R] [--size B]
            [--connections N] [--threads N] [--bench-threads N] [--deliver-connections N]
-           [--legs off,smtp,lmtp] [--drain-max S] [--json FILE] [--dir DIR] [--keep]
+           [--legs off,smtp,lmtp] [--drain-max S] [--server-arg=ARG]... [--json FILE]
+           [--dir DIR] [--keep]
 Env: DS_DOTSPOOL (server binary), DS_BENCH (dotspool-bench); default: the first of
 build-h9/, build/ that has them. Needs root (network namespace) and smtp-sink
 (scripts/deps.sh installs postfix)."""
@@ -51,6 +52,9 @@ def parse_args():
     ap.add_argument("--bench-threads", type=int, default=1, help="dotspool-bench threads")
     ap.add_argument("--deliver-connections", type=int, default=64, help="dotspool --deliver-connections")
     ap.add_argument("--legs", default=",".join(LEGS), help="subset of off,smtp,lmtp (off is needed for the ratio)")
+    ap.add_argument("--server-arg", action="append", default=[],
+                    help="one more argument for every dotspool under load (not the LMTP target), "
+                         "repeatable: --server-arg=--flushes-in-flight=4")
     ap.add_argument("--drain-max", type=int, default=15, help="longest wait for the queue to drain after a leg")
     ap.add_argument("--json", default="", help="also write the results as JSON to FILE")
     ap.add_argument("--dir", default="/var/tmp", help="where the spools go (the disk, not tmpfs)")
@@ -207,7 +211,8 @@ class Bench:
                                                "127.0.0.1:%d" % P_SINK, "1024"],
                                       os.path.join(self.t, "sink.out"))
         dc = ["--deliver-connections", str(a.deliver_connections)]
-        self.server("off", ["--listen", "127.0.0.1:%d" % P_OFF], M_OFF, [])
+        dc += a.server_arg
+        self.server("off", ["--listen", "127.0.0.1:%d" % P_OFF], M_OFF, list(a.server_arg))
         if "smtp" in need:
             self.server("smtp", ["--listen", "127.0.0.1:%d" % P_SMTP], M_SMTP,
                         ["--deliver-to", "smtp://127.0.0.1:%d" % P_SINK, *dc])
@@ -291,6 +296,9 @@ class Bench:
         r["flushes_per_s"] = fl / t_load
         r["flush_ms_mean"] = fdur / fl * 1e3 if fl else None
         r["commits_per_flush"] = acc / fl if fl else None
+        sg = hist_delta(m0, m1, "dotspool_server_sync_gap_seconds")
+        r["server_gap_ms"] = {k: (v * 1e3 if v is not None else None)
+                              for k, v in (("p50", hist_quantile(sg, 0.5)), ("p99", hist_quantile(sg, 0.99)))}
         fd = j["latency_us"]["final_dot"]
         r["final_dot_ms"] = {k: fd[k] / 1e3 for k in ("p50", "p99", "p999", "max")}
         r["message_p99_ms"] = j["latency_us"]["message"]["p99"] / 1e3
@@ -422,6 +430,10 @@ def report(a, peak, rate, res, meta):
             names[leg], fmt(med([r["flushes_per_s"] for r in by[leg]]), "%.0f"),
             fmt(med([r["commits_per_flush"] for r in by[leg]]), "%.1f"),
             fmt(med([r["flush_ms_mean"] for r in by[leg]]), "%.2f")) for leg in a.legs if by[leg]))
+    print("server-side final dot to 250 (dotspool_server_sync_gap_seconds, interpolated p50 / p99 ms): " +
+          "; ".join("%s %s / %s" % (names[leg], fmt(med([r["server_gap_ms"]["p50"] for r in by[leg]])),
+                                     fmt(med([r["server_gap_ms"]["p99"] for r in by[leg]])))
+                    for leg in a.legs if by[leg]))
     for leg in a.legs:
         for r in by[leg]:
             if r.get("not_delivered_sample"):
@@ -474,8 +486,9 @@ def main():
                 res.append(b.leg(leg, rate, a.duration))
         la = os.getloadavg()
         meta = "%d cpus, load %.2f %.2f %.2f at the end; %d B messages, %d connections, %d s per leg; " \
-               "dotspool --threads %d, --deliver-connections %d; spools in %s" % (
-                   os.cpu_count(), *la, a.size, a.connections, a.duration, a.threads, a.deliver_connections, a.dir)
+               "dotspool --threads %d, --deliver-connections %d%s; spools in %s" % (
+                   os.cpu_count(), *la, a.size, a.connections, a.duration, a.threads, a.deliver_connections,
+                   "".join(" " + x for x in a.server_arg), a.dir)
         verdicts = report(a, peak, rate, res, meta)
         if a.json:
             with open(a.json, "w") as f:
