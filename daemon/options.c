@@ -22,6 +22,7 @@
 #include "options.h"
 #include "ring.h"
 #include "spool.h"
+#include "watermark.h"
 
 enum opt_kind {
 	OPT_U32,
@@ -33,6 +34,7 @@ enum opt_kind {
 	OPT_FLAG_NEG, /* bool option whose presence sets the field false (--no-prewrite) */
 	OPT_HOP,      /* --deliver-to URL, repeatable */
 	OPT_CHOICE,   /* one word of opt_choices(), stored as its index (uint32_t) */
+	OPT_SPACE,    /* SIZE or N% of the spool's file system (io_watermark_config) */
 };
 
 struct opt_def {
@@ -103,6 +105,13 @@ static const struct opt_def opts[] = {
 	{"spool-io", OPT_STR, CF(spool.io_mode), 1, 15, 0,
 	 "MODE buffered (write + fdatasync per group, default) or direct (O_DIRECT segments, each group one "
 	 "block-aligned RWF_DSYNC write; falls back to buffered where O_DIRECT is refused)"},
+	/* Back-pressure (issue 15): min/max are the byte range; the N% range is in apply_space(). */
+	{"spool-max-bytes", OPT_SPACE, CF(watermark), 1u << 20, 1ull << 62, 0,
+	 "SIZE|N% high watermark on the spool's files on disk: above it new transactions get 452 4.3.1 at "
+	 "MAIL (those past MAIL finish); accepting again below 90% of it"},
+	{"spool-min-free-bytes", OPT_SPACE, CF(watermark), 0, 1ull << 62, 0,
+	 "SIZE|N% free-space floor of the spool's file system (statvfs f_bavail): below it new transactions "
+	 "get 452 at MAIL; accepting again above 110% of it; 0 = none"},
 	{"tls-cert", OPT_STR, CF(tls_cert), 1, 4000, 0,
 	 "FILE PEM certificate chain: offer STARTTLS (with --tls-key)"},
 	{"tls-key", OPT_STR, CF(tls_key), 1, 4000, 0,
@@ -233,6 +242,8 @@ void daemon_config_defaults(struct io_config *cfg)
 	snprintf(cfg->log_level, sizeof(cfg->log_level), "info");
 	cfg->log_ring_size = 1u << 20;
 	deliver_config_defaults(&cfg->deliver);
+	cfg->watermark.max_pct = IO_WATERMARK_MAX_PCT_DEFAULT;
+	cfg->watermark.min_free_auto = true;
 }
 
 /* IP:PORT or [IPv6]:PORT, literal addresses only. */
@@ -573,6 +584,45 @@ static int apply_choice(struct io_config *cfg, const struct opt_def *d, const ch
 	return fail(err, errcap, "'%s': '%s' is not one of %s", d->name, value, words);
 }
 
+/*
+ * OPT_SPACE: SIZE (bytes, K/M/G suffixes) in the option's range, or N% of
+ * the spool's file system: 1..100 for spool-max-bytes, 0..50 for
+ * spool-min-free-bytes (a floor above half the disk is a mistake).
+ */
+static int apply_space(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
+		       size_t errcap)
+{
+	struct io_watermark_config *w = &cfg->watermark;
+	bool is_max = !strcmp(d->name, "spool-max-bytes");
+	uint32_t pct_min = is_max ? 1 : 0, pct_max = is_max ? 100 : 50;
+	size_t n = strlen(value);
+	uint64_t bytes = 0, pct = 0;
+	if (n > 1 && value[n - 1] == '%') {
+		char num[16];
+		if (n - 1 >= sizeof(num))
+			return fail(err, errcap, "'%s': '%s' is not a percentage in [%u, %u]", d->name, value,
+				    pct_min, pct_max);
+		memcpy(num, value, n - 1);
+		num[n - 1] = 0;
+		if (num[strspn(num, "0123456789")] || parse_u64(num, &pct) < 0 || pct < pct_min ||
+		    pct > pct_max)
+			return fail(err, errcap, "'%s': '%s' is not a percentage in [%u, %u]", d->name, value,
+				    pct_min, pct_max);
+	} else if (parse_u64(value, &bytes) < 0 || bytes < d->min || bytes > d->max) {
+		return fail(err, errcap, "'%s': '%s' is neither a size in [%llu, %llu] nor a percentage N%%",
+			    d->name, value, (unsigned long long)d->min, (unsigned long long)d->max);
+	}
+	if (is_max) {
+		w->max_bytes = bytes;
+		w->max_pct = (uint32_t)pct;
+	} else {
+		w->min_free_bytes = bytes;
+		w->min_free_pct = (uint32_t)pct;
+		w->min_free_auto = false;
+	}
+	return 0;
+}
+
 int daemon_option_apply(struct io_config *cfg, const char *name, const char *value, char *err, size_t errcap)
 {
 	const struct opt_def *d = opt_find(name);
@@ -609,6 +659,8 @@ int daemon_option_apply(struct io_config *cfg, const char *name, const char *val
 		return apply_hop(cfg, d, value, err, errcap);
 	case OPT_CHOICE:
 		return apply_choice(cfg, d, value, err, errcap);
+	case OPT_SPACE:
+		return apply_space(cfg, d, value, err, errcap);
 	}
 	return fail(err, errcap, "internal: bad option kind");
 }
@@ -655,6 +707,16 @@ int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap)
 		return fail(err, errcap, "segment-size must be at least 4 x spool-buffer-size");
 	if (!cfg->tls_cert[0] != !cfg->tls_key[0])
 		return fail(err, errcap, "tls-cert and tls-key go together: set both or neither");
+	/*
+	 * Each lane holds its active segment and the next one its spare thread
+	 * prepared: a limit below that would refuse mail on an empty spool.
+	 */
+	uint64_t lanes_min = 2ull * cfg->threads * cfg->spool.segment_size;
+	if (cfg->watermark.max_bytes && cfg->watermark.max_bytes < lanes_min)
+		return fail(err, errcap,
+			    "spool-max-bytes (%llu) must be at least 2 x threads x segment-size (%llu): each "
+			    "lane holds its active segment and the next one",
+			    (unsigned long long)cfg->watermark.max_bytes, (unsigned long long)lanes_min);
 	int ret = deliver_finish(&cfg->deliver, err, errcap);
 	if (ret < 0)
 		return ret;
@@ -691,6 +753,11 @@ void daemon_options_usage(FILE *f)
 		else if (o->kind == OPT_BOOL)
 			snprintf(def, sizeof(def), " [default %s]",
 				 *(const bool *)(base + o->off) ? "true" : "false");
+		else if (o->kind == OPT_SPACE && !strcmp(o->name, "spool-max-bytes"))
+			snprintf(def, sizeof(def), " [default %u%%]", d.watermark.max_pct);
+		else if (o->kind == OPT_SPACE)
+			snprintf(def, sizeof(def), " [default min(1G, %u%%)]",
+				 IO_WATERMARK_FLOOR_PCT_DEFAULT);
 		fprintf(f, "  --%-30s %s%s\n", o->name, o->help, def);
 	}
 	fprintf(f, "  --%-30s %s\n", "config FILE", "read settings from an INI file first");

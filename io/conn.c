@@ -29,6 +29,7 @@
 #include "proxy.h"
 #include "dlv.h"
 #include "ring.h"
+#include "watermark.h"
 
 /* Room the trace header may take in the spool on top of the input bytes. */
 #define IO_SPOOL_SLACK_BYTES 4096
@@ -199,6 +200,17 @@ static void sink_replied(void *ctx, unsigned code)
 	obs_metrics_reply(c->w->m, code);
 }
 
+/*
+ * MAIL: no new transaction while the spool is above its high watermark
+ * (io/watermark.c). One relaxed load of the server-wide flag, no lock;
+ * transactions already past MAIL are not asked again and finish.
+ */
+static int sink_mail_ok(void *ctx)
+{
+	(void)ctx;
+	return io_watermark_high() ? -ENOSPC : 0;
+}
+
 static const struct smtp_sink io_sink = {
 	.data_begin = sink_data_begin,
 	.data_write = sink_data_write,
@@ -207,6 +219,7 @@ static const struct smtp_sink io_sink = {
 	.now_us = sink_now_us,
 	.refused = sink_refused,
 	.replied = sink_replied,
+	.mail_ok = sink_mail_ok,
 };
 
 /* ---- pool ---- */
@@ -234,6 +247,14 @@ int io_conns_init(struct io_worker *w)
 		return -ENOMEM;
 	w->session_mem = mem;
 	w->conn_fresh = 0;
+	/*
+	 * The spool's watermark sampler serves every worker's sessions: started
+	 * with the first worker's connections (before any listener is armed),
+	 * stopped with them. It logs through the log ring after the workers'
+	 * (obs_log_create makes threads + 1 rings; no other thread uses the last).
+	 */
+	if (w->no == 0)
+		return io_watermark_start(w->cfg, obs_log_ring(w->sh->log, w->cfg->threads));
 	return 0;
 }
 
@@ -270,6 +291,8 @@ void io_conns_fini(struct io_worker *w)
 		munmap(w->session_mem, (size_t)w->conn_max * w->session_size);
 	w->conns = NULL;
 	w->session_mem = NULL;
+	if (w->no == 0)
+		io_watermark_stop();
 }
 
 /* ---- receive side ---- */

@@ -68,6 +68,19 @@ struct io_deliver_config {
 	bool hops_from_source;			     /* the current source (file, command line) set the hops */
 };
 
+/*
+ * The spool's high watermark (issue 15; io/watermark.h). Each limit is a
+ * byte count, or a percentage of the spool's file system size when its
+ * byte count is 0 (resolved at every sample, so a grown file system counts).
+ */
+struct io_watermark_config {
+	uint64_t max_bytes;	 /* --spool-max-bytes SIZE; 0: max_pct */
+	uint32_t max_pct;	 /* --spool-max-bytes N%; default 80 */
+	uint64_t min_free_bytes; /* --spool-min-free-bytes SIZE (0 with min_free_pct 0: no floor) */
+	uint32_t min_free_pct;	 /* --spool-min-free-bytes N% */
+	bool min_free_auto;	 /* default: min(1 GiB, 5% of the file system) */
+};
+
 enum io_listen_kind {
 	IO_LISTEN_SMTP,
 	IO_LISTEN_LMTP,
@@ -101,6 +114,7 @@ struct io_config {
 	struct smtp_config smtp;
 	struct spool_config spool;
 	struct io_deliver_config deliver;
+	struct io_watermark_config watermark;
 	char spool_dir[4096];
 	char tls_cert[4096]; /* PEM chain; STARTTLS is offered only with both */
 	char tls_key[4096];

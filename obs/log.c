@@ -589,3 +589,19 @@ int obs_log_hop(struct obs_log_ring *r, const char *hop, bool up, const char *wh
 	obs_log_str(r, "reason", why);
 	return obs_log_end(r);
 }
+
+int obs_log_watermark(struct obs_log_ring *r, const struct obs_log_watermark *w)
+{
+	/* High turns mail away: an operator must look. Low is the all-clear. */
+	if (!obs_log_begin(r, w->high ? OBS_LOG_WARN : OBS_LOG_INFO, "spool_watermark"))
+		return 0;
+	obs_log_str(r, "state", w->high ? "high" : "low");
+	obs_log_str(r, "reason", w->reason);
+	obs_log_u64(r, "bytes", w->bytes);
+	obs_log_u64(r, "max_bytes", w->max_bytes);
+	obs_log_u64(r, "resume_bytes", w->resume_bytes);
+	obs_log_u64(r, "free_bytes", w->free_bytes);
+	obs_log_u64(r, "min_free_bytes", w->min_free_bytes);
+	obs_log_u64(r, "resume_free_bytes", w->resume_free_bytes);
+	return obs_log_end(r);
+}

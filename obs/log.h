@@ -146,4 +146,27 @@ int obs_log_dsn(struct obs_log_ring *r, const char *queue_id, const char *dsn_id
 /* A next hop went down (level warn, event=hop_down) or came back (info, event=hop_up): hop reason. */
 int obs_log_hop(struct obs_log_ring *r, const char *hop, bool up, const char *why);
 
+/* ---- the spool's high watermark (issue 15) ---- */
+
+/*
+ * The spool crossed its high watermark (level warn, state=high: new
+ * transactions get 452 at MAIL) or fell below its low one (info,
+ * state=low: accepting again). One line per change:
+ *   event=spool_watermark state=high reason=spool_max bytes=... max_bytes=...
+ *   resume_bytes=... free_bytes=... min_free_bytes=... resume_free_bytes=...
+ * reason: spool_max (bytes >= max_bytes), min_free (free_bytes <
+ * min_free_bytes), both; for state=low the reason it had gone high.
+ */
+struct obs_log_watermark {
+	bool high;
+	const char *reason;
+	uint64_t bytes;		    /* the spool's files on disk */
+	uint64_t max_bytes;	    /* high watermark on bytes */
+	uint64_t resume_bytes;	    /* low watermark on bytes */
+	uint64_t free_bytes;	    /* free on the spool's file system (for unprivileged users) */
+	uint64_t min_free_bytes;    /* free-space floor */
+	uint64_t resume_free_bytes; /* free needed to resume */
+};
+int obs_log_watermark(struct obs_log_ring *r, const struct obs_log_watermark *w);
+
 #endif

@@ -51,6 +51,28 @@ static const char *const outcome_name[3] = {"delivered", "deferred", "failed"};
 static char hop_label[OBS_METRICS_HOPS_MAX][HOP_LABEL_MAX];
 static unsigned hop_count;
 
+/* The spool's watermark: server-wide, one writer (io/watermark.c's sampler). */
+static struct obs_metrics_watermark watermark;
+
+void obs_metrics_watermark_set(bool high, bool went_high, uint64_t bytes, uint64_t max_bytes,
+			       uint64_t resume_bytes, uint64_t free_bytes, uint64_t min_free_bytes)
+{
+	obs_counter_set(&watermark.bytes, bytes);
+	obs_counter_set(&watermark.max_bytes, max_bytes);
+	obs_counter_set(&watermark.resume_bytes, resume_bytes);
+	obs_counter_set(&watermark.free_bytes, free_bytes);
+	obs_counter_set(&watermark.min_free_bytes, min_free_bytes);
+	obs_counter_set(&watermark.high, high ? 1 : 0);
+	if (went_high)
+		obs_counter_add(&watermark.highs, 1);
+	obs_counter_add(&watermark.samples, 1);
+}
+
+const struct obs_metrics_watermark *obs_metrics_watermark(void)
+{
+	return &watermark;
+}
+
 void obs_metrics_init(struct obs_metrics *m)
 {
 	memset(m, 0, sizeof(*m));
@@ -102,7 +124,9 @@ size_t obs_metrics_render_bound(unsigned n)
 	 * obs_metrics_set_hops() still fits.
 	 */
 	size_t dlv = 12288 + (size_t)OBS_METRICS_HOPS_MAX * 8 * (128 + HOP_LABEL_MAX);
-	return 16384 + (size_t)n * 12288 + dlv;
+	/* The watermark: 8 fixed families of one sample each. */
+	size_t wm = 4096;
+	return 16384 + (size_t)n * 12288 + dlv + wm;
 }
 
 struct out {
@@ -295,6 +319,44 @@ static void render_totals(struct out *o, const struct obs_metrics *const *w, uns
 		     sum_all(w, n, OFF(sync_gap.sum_us)), true);
 }
 
+/* One server-wide sample of a process-wide value, with its family. */
+static void single(struct out *o, const char *name, const char *type, const char *help,
+		   const obs_counter_t *c)
+{
+	family(o, name, type, help);
+	put(o, "%s %llu\n", name, (unsigned long long)obs_counter_get(c));
+}
+
+/* The spool's high watermark (issue 15): what MAIL is refused on, and the figures it compares. */
+static void render_watermark(struct out *o)
+{
+	const struct obs_metrics_watermark *m = &watermark;
+	single(o, "dotspool_spool_watermark_high", "gauge",
+	       "1 while the spool is above its high watermark: new transactions get 452 4.3.1 at MAIL.",
+	       &m->high);
+	single(o, "dotspool_spool_watermark_high_total", "counter",
+	       "Times the spool went above its high watermark.", &m->highs);
+	single(o, "dotspool_spool_disk_bytes", "gauge",
+	       "Bytes of the spool directory's files on disk (allocated), compared with spool-max-bytes.",
+	       &m->bytes);
+	single(o, "dotspool_spool_max_bytes", "gauge",
+	       "High watermark on the spool's bytes (spool-max-bytes).", &m->max_bytes);
+	single(o, "dotspool_spool_resume_bytes", "gauge",
+	       "Low watermark on the spool's bytes: back below it (and above the free floor) mail is "
+	       "accepted "
+	       "again.",
+	       &m->resume_bytes);
+	single(o, "dotspool_spool_fs_free_bytes", "gauge",
+	       "Bytes free on the spool's file system (statvfs f_bavail), compared with "
+	       "spool-min-free-bytes.",
+	       &m->free_bytes);
+	single(o, "dotspool_spool_min_free_bytes", "gauge",
+	       "Free-space floor on the spool's file system (spool-min-free-bytes).", &m->min_free_bytes);
+	single(o, "dotspool_spool_watermark_samples_total", "counter",
+	       "Samples of the spool's size taken (0: no sampler, the watermark gauges mean nothing).",
+	       &m->samples);
+}
+
 /* One server-wide sample (sum over workers) of a counter or gauge, with its family. */
 static void total(struct out *o, const struct obs_metrics *const *w, unsigned n, const char *name,
 		  const char *type, const char *help, size_t off)
@@ -418,6 +480,7 @@ size_t obs_metrics_render_at(const struct obs_metrics *const *w, unsigned n, cha
 	render_sessions(&o, w, n);
 	render_spool(&o, w, n);
 	render_totals(&o, w, n);
+	render_watermark(&o);
 	render_delivery(&o, w, n, now_wall_us);
 	return o.len;
 }

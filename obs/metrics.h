@@ -365,6 +365,31 @@ static inline void obs_metrics_dlv_record(struct obs_metrics *m, bool ok)
 	obs_counter_add(ok ? &m->dlv.records : &m->dlv.record_errors, 1);
 }
 
+/* ---- the spool's high watermark (issue 15): server-wide, one writer ---- */
+
+/*
+ * One process-wide block, not per worker: the spool's bytes on disk and its
+ * file system are the server's. Written by one thread only (io/watermark.c's
+ * sampler, every IO_WATERMARK_PERIOD_MS), read by the renderer; each value
+ * exact, not a snapshot of the whole block.
+ */
+struct obs_metrics_watermark {
+	obs_counter_t high;	      /* gauge 0/1: new transactions get 452 4.3.1 at MAIL */
+	obs_counter_t bytes;	      /* gauge: the spool's files on disk (allocated bytes) */
+	obs_counter_t max_bytes;      /* gauge: the high watermark on bytes in force */
+	obs_counter_t resume_bytes;   /* gauge: the low watermark on bytes */
+	obs_counter_t free_bytes;     /* gauge: free on the spool's file system (f_bavail) */
+	obs_counter_t min_free_bytes; /* gauge: the free-space floor in force */
+	obs_counter_t highs;	      /* counter: times it went high */
+	obs_counter_t samples;	      /* counter: samples taken (0: no sampler, the gauges mean nothing) */
+};
+
+/* The sampler's write of one sample; went_high counts a change to high. */
+void obs_metrics_watermark_set(bool high, bool went_high, uint64_t bytes, uint64_t max_bytes,
+			       uint64_t resume_bytes, uint64_t free_bytes, uint64_t min_free_bytes);
+/* The block the renderer reads (tests). */
+const struct obs_metrics_watermark *obs_metrics_watermark(void);
+
 /* ---- reader side: any thread ---- */
 
 /*
