@@ -16,25 +16,31 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: dotspool-ctl --spool DIR COMMAND [ARGS]\n"
-		   "\n"
-		   "Read-only inspector of a dotspool spool directory (safe while the server runs).\n"
-		   "\n"
-		   "commands:\n"
-		   "  list [--json]   one line per committed message (--json: one JSON object per line with\n"
-		   "                  id, lane, mail_from, rcpt_to, rcpt_params, size, received_at (RFC 3339 "
-		   "UTC),\n"
-		   "                  helo, client_addr, client_port, tls, proto, mail_params)\n"
-		   "  cat ID          write the exact stored bytes of message ID to stdout\n"
-		   "  verify          check every record and body checksum; exit 0 only if consistent\n"
-		   "  stats           segments, messages, bytes, per lane\n"
-		   "\n"
-		   "options:\n"
-		   "  --spool DIR     spool directory (default ./var/spool)\n"
-		   "  --json          JSON lines output for list\n"
-		   "  -h, --help      this help\n"
-		   "\n"
-		   "exit status: 0 ok, 1 not found / inconsistent / error, 2 usage\n");
+	fprintf(f,
+		"usage: dotspool-ctl --spool DIR COMMAND [ARGS]\n"
+		"\n"
+		"Read-only inspector of a dotspool spool directory (safe while the server runs).\n"
+		"\n"
+		"commands:\n"
+		"  list [--json]   one line per committed message, its delivery state last (queued while\n"
+		"                  a recipient is not final, else done); --json: one JSON object per line\n"
+		"                  with id, lane, mail_from, rcpt_to, rcpt_params, size, received_at (RFC\n"
+		"                  3339 UTC), helo, client_addr, client_port, tls, proto, mail_params,\n"
+		"                  state, attempts, next_attempt (unix s, when deferred), dsn_id (when a\n"
+		"                  DSN was spooled), recipients: [{addr, state (pending, attempt,\n"
+		"                  delivered, deferred, failed), attempts, code, esc, reply, next_attempt,\n"
+		"                  hop, possible_duplicate}] (fields present when known)\n"
+		"                  Commits refused by an abort record (client got 451/452) are not listed.\n"
+		"  cat ID          write the exact stored bytes of message ID to stdout\n"
+		"  verify          check every record and body checksum; exit 0 only if consistent\n"
+		"  stats           segments, messages, bytes, per lane\n"
+		"\n"
+		"options:\n"
+		"  --spool DIR     spool directory (default ./var/spool)\n"
+		"  --json          JSON lines output for list\n"
+		"  -h, --help      this help\n"
+		"\n"
+		"exit status: 0 ok, 1 not found / inconsistent / error, 2 usage\n");
 }
 
 static void rfc3339(int64_t us, char *buf, size_t cap)
@@ -89,7 +95,30 @@ static void json_str(FILE *f, const char *s)
 	fputc('"', f);
 }
 
-static int list_plain(void *ctx, const struct spool_msg *m)
+/* Delivery state of a message: queued while some recipient is not final. */
+static const char *msg_state(const struct spool_msg_status *st)
+{
+	return st->done ? "done" : "queued";
+}
+
+static const char *rcpt_state(uint8_t s)
+{
+	switch (s) {
+	case SPOOL_RCPT_ATTEMPT:
+		return "attempt";
+	case SPOOL_RCPT_DELIVERED:
+		return "delivered";
+	case SPOOL_RCPT_DEFERRED:
+		return "deferred";
+	case SPOOL_RCPT_FAILED:
+		return "failed";
+	default:
+		return "pending";
+	}
+}
+
+/* The plain line as before, with the message's state as a last word (recipients stay in <>). */
+static int list_plain(void *ctx, const struct spool_msg *m, const struct spool_msg_status *st)
 {
 	char id[24], ts[48];
 
@@ -98,11 +127,46 @@ static int list_plain(void *ctx, const struct spool_msg *m)
 	printf("%s %s %llu <%s> ->", id, ts, (unsigned long long)m->size, m->env.mail_from);
 	for (uint32_t i = 0; i < m->env.rcpt_count; i++)
 		printf(" <%s>", m->env.rcpt[i].addr);
-	printf("\n");
+	printf(" %s\n", msg_state(st));
 	return 0;
 }
 
-static int list_json(void *ctx, const struct spool_msg *m)
+/* Unix seconds of a microsecond wall clock (rounded down). */
+static long long unix_s(int64_t us)
+{
+	return (long long)(us >= 0 ? us / 1000000 : -((-us + 999999) / 1000000));
+}
+
+/* One recipient object of "recipients": address, folded state, and what the last word was. */
+static void json_rcpt(const struct ds_rcpt *r, const struct spool_rcpt_status *rs)
+{
+	printf("{\"addr\":");
+	json_str(stdout, r->addr);
+	printf(",\"state\":\"%s\"", rcpt_state(rs->state));
+	if (rs->attempt)
+		printf(",\"attempts\":%u", rs->attempt);
+	if (rs->code)
+		printf(",\"code\":%u", rs->code);
+	if (rs->esc && *rs->esc) {
+		printf(",\"esc\":");
+		json_str(stdout, rs->esc);
+	}
+	if (rs->text && *rs->text) {
+		printf(",\"reply\":");
+		json_str(stdout, rs->text);
+	}
+	if (rs->state == SPOOL_RCPT_DEFERRED && rs->next_attempt_us)
+		printf(",\"next_attempt\":%lld", unix_s(rs->next_attempt_us));
+	if (rs->hop && *rs->hop) {
+		printf(",\"hop\":");
+		json_str(stdout, rs->hop);
+	}
+	if (rs->possible_duplicate)
+		printf(",\"possible_duplicate\":true");
+	putchar('}');
+}
+
+static int list_json(void *ctx, const struct spool_msg *m, const struct spool_msg_status *st)
 {
 	char id[24], ts[48];
 
@@ -133,7 +197,21 @@ static int list_json(void *ctx, const struct spool_msg *m)
 	json_str(stdout, m->env.tls);
 	printf(",\"proto\":");
 	json_str(stdout, m->env.proto);
-	printf("}\n");
+	/* Delivery state (format 2), after every field older scripts read. */
+	printf(",\"state\":\"%s\",\"attempts\":%u", msg_state(st), st->attempts);
+	if (!st->done && st->next_attempt_us)
+		printf(",\"next_attempt\":%lld", unix_s(st->next_attempt_us));
+	if (st->dsn_id) {
+		spool_id_format(st->dsn_id, id, sizeof(id));
+		printf(",\"dsn_id\":\"%s\"", id);
+	}
+	printf(",\"recipients\":[");
+	for (uint32_t i = 0; i < m->env.rcpt_count && i < st->rcpt_count; i++) {
+		if (i)
+			putchar(',');
+		json_rcpt(&m->env.rcpt[i], &st->rcpt[i]);
+	}
+	printf("]}\n");
 	return 0;
 }
 
@@ -196,7 +274,7 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (!strcmp(cmd, "list")) {
-		rc = spool_reader_foreach(r, json ? list_json : list_plain, NULL);
+		rc = spool_reader_foreach_status(r, json ? list_json : list_plain, NULL);
 		if (fflush(stdout))
 			rc = -EIO;
 	} else if (!strcmp(cmd, "cat")) {
@@ -219,13 +297,15 @@ int main(int argc, char **argv)
 		rc = spool_reader_verify(r, &v, stderr);
 		printf("verify: %s: %llu segments (%llu unused), %llu messages, %llu bytes, %llu bad bodies, "
 		       "%llu quarantined regions (%llu bytes), %llu bad segment headers, %llu torn tails, "
-		       "%llu incomplete (unacknowledged) commits\n",
+		       "%llu incomplete (unacknowledged) commits, %llu refused commits (abort records), "
+		       "%llu outcome records\n",
 		       rc == 0 ? "OK" : "INCONSISTENT", (unsigned long long)v.segments,
 		       (unsigned long long)v.empty_segments, (unsigned long long)v.messages,
 		       (unsigned long long)v.bytes, (unsigned long long)v.bad_bodies,
 		       (unsigned long long)v.quarantined, (unsigned long long)v.quarantined_bytes,
 		       (unsigned long long)v.bad_segment_headers, (unsigned long long)v.torn_tails,
-		       (unsigned long long)v.incomplete);
+		       (unsigned long long)v.incomplete, (unsigned long long)v.aborted,
+		       (unsigned long long)v.outcomes);
 	} else {
 		struct spool_reader_stats *st = calloc(1, sizeof(*st));
 		if (!st) {

@@ -3,6 +3,7 @@
 import json, os, shutil, subprocess, sys, tempfile
 
 ctl, fixture = sys.argv[1], sys.argv[2]
+queue_fixture = sys.argv[3] if len(sys.argv) > 3 else None  # test_spool_queue (ctl-fixture mode)
 tmp = tempfile.mkdtemp(prefix="dsctl-")
 spool, out = os.path.join(tmp, "spool"), os.path.join(tmp, "out")
 os.mkdir(out)
@@ -36,6 +37,9 @@ try:
     lines = run("list").stdout.decode().splitlines()
     check(len(lines) == 4, f"list prints 4 lines, got {lines}")
     check(all(l.split()[0] in ids for l in lines), "list ids")
+    check(all(l.endswith(" queued") for l in lines), f"plain list ends with the state: {lines}")
+    check(lines[2].split(" -> ")[1].split()[:3] == ["<a@localhost>", "<b@localhost>", "<c@localhost>"],
+          f"plain list recipients unchanged: {lines[2]}")
 
     objs = [json.loads(l) for l in run("list", "--json").stdout.decode("utf-8").splitlines()]
     check([o["id"] for o in objs] == ids, "json ids in commit order")
@@ -54,6 +58,15 @@ try:
     check(objs[3]["size"] == 0, "empty body")
     raw = run("list", "--json").stdout
     check(b"\\u0001" in raw and b"\\t" in raw, "control characters escaped as JSON escapes")
+    # No outcome records: every message queued, every recipient pending, never attempted.
+    for o in objs:
+        check(o["state"] == "queued" and o["attempts"] == 0 and "dsn_id" not in o, f"state of {o['id']}")
+        check([r["addr"] for r in o["recipients"]] == o["rcpt_to"], "recipients follow rcpt_to")
+        check(all(r == {"addr": r["addr"], "state": "pending"} for r in o["recipients"]),
+              f"pending recipients carry nothing else: {o['recipients']}")
+    old_keys = ["id", "lane", "size", "received_at", "mail_from", "rcpt_to", "rcpt_params", "mail_params",
+                "helo", "client_addr", "client_port", "tls", "proto"]
+    check(list(objs[0].keys())[:len(old_keys)] == old_keys, f"existing fields first, same order: {list(objs[0])}")
 
     for i in ids:
         want = open(os.path.join(out, i + ".eml"), "rb").read()
@@ -116,6 +129,39 @@ try:
     check(p.returncode == 1 and b"INCONSISTENT" in p.stdout, f"verify detects corruption {p.stdout!r}")
     p = run("cat", ids[2], ok=False)
     check(p.returncode == 1 and b"checksum" in p.stderr, "cat reports checksum mismatch")
+    # Delivery state (format 2): outcome records in two lanes, an aborted commit, a DSN.
+    if queue_fixture:
+        spool3, idfile = os.path.join(tmp, "spool3"), os.path.join(tmp, "ids3")
+        subprocess.run([queue_fixture, "ctl-fixture", spool3, idfile], check=True, timeout=60)
+        a, b, c, d, e = open(idfile).read().split()
+        objs = {o["id"]: o for o in
+                (json.loads(l) for l in run("list", "--json", spool_dir=spool3).stdout.decode().splitlines())}
+        check(set(objs) == {a, b, c, e} | {i for i in objs if i.startswith("02")} and len(objs) == 5,
+              f"aborted commit {d} not listed: {sorted(objs)}")
+        o = objs[a]
+        check(o["state"] == "queued" and o["attempts"] == 1 and o["dsn_id"] == e, f"A message level: {o}")
+        check(o["next_attempt"] == 1800000000, f"A next_attempt: {o}")
+        r0, r1, r2 = o["recipients"]
+        check(r0 == {"addr": "r0@x", "state": "delivered", "attempts": 1, "code": 250, "reply": "ok",
+                     "hop": "lmtp:/run/x.sock"}, f"A r0: {r0}")
+        check(r1 == {"addr": "r1@x", "state": "deferred", "attempts": 1, "code": 451, "esc": "4.0.0",
+                     "reply": "try later", "next_attempt": 1800000000, "hop": "lmtp:/run/x.sock"}, f"A r1: {r1}")
+        check(r2["state"] == "failed" and r2["code"] == 550 and r2["esc"] == "4.0.0", f"A r2: {r2}")
+        o = objs[b]
+        check(o["state"] == "queued" and o["attempts"] == 2 and "dsn_id" not in o and "next_attempt" not in o,
+              f"B: {o}")
+        check([r["state"] for r in o["recipients"]] == ["attempt", "attempt"] and
+              all(r["attempts"] == 2 and "code" not in r for r in o["recipients"]), f"B rcpts: {o['recipients']}")
+        o = objs[c]
+        check(o["state"] == "done" and [r["state"] for r in o["recipients"]] == ["delivered"], f"C: {o}")
+        o = objs[e]
+        check(o["state"] == "queued" and o["recipients"][0]["state"] == "pending", f"E (the DSN): {o}")
+        plain = {l.split()[0]: l.split()[-1] for l in run("list", spool_dir=spool3).stdout.decode().splitlines()}
+        check(plain.get(c) == "done" and plain.get(a) == "queued" and d not in plain, f"plain states {plain}")
+        p = run("verify", spool_dir=spool3)
+        check(b"OK" in p.stdout and b"5 messages" in p.stdout and b"1 refused commits" in p.stdout and
+              b"5 outcome records" in p.stdout, f"verify with an aborted commit: {p.stdout!r}")
+        check(b"messages 5" in run("stats", spool_dir=spool3).stdout, "stats skips the aborted commit")
 finally:
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -22,7 +22,8 @@
  *  - fn's non-zero return stops the walk and is returned.
  *
  * With "bench N" (not a ctest case): recovery time of N small messages,
- * without and with one outcome record per message.
+ * without and with one outcome record per message. With "ctl-fixture DIR
+ * OUT": the spool tests/spool/test_ctl.py lists (see ctl_fixture).
  */
 #include <fcntl.h>
 #include <sys/mman.h>
@@ -749,6 +750,52 @@ static void version1(const char *dir)
 	reader_check(dir, 0);
 }
 
+/*
+ * For tests/spool/test_ctl.py: a spool with known delivery states, the ids
+ * written to OUT in order A B C D E. A: 3 recipients, delivered / deferred
+ * (due at 1800000000 s) / failed with DSN E; B: 2 recipients, attempt 2 cut
+ * short; C: delivered (done); D: refused by an abort record; E: the DSN,
+ * pending; F (in lane 2, not in OUT order): never attempted.
+ */
+static void ctl_fixture(const char *dir, const char *out)
+{
+	struct wl w, w2;
+	struct tmsg *a, *b, *c, *d, *e;
+	struct trec *t;
+	FILE *f;
+	char ids[5][24];
+
+	reset();
+	wl_open(&w, dir, 1);
+	wl_open(&w2, dir, 2);
+	a = put_msg(&w, 3, 100, true);
+	b = put_msg(&w, 2, 0, true);
+	c = put_msg(&w, 1, 10, true);
+	d = put_msg(&w, 1, 10, true);
+	e = put_msg(&w, 1, 400, true);
+	put_msg(&w2, 2, 50, true);
+	put_rec(&w, rec1(a->id, 1, 0, 0, A, A, A));
+	t = rec1(a->id, 1, e->id, 1800000000000000ll, OK, DEF, F);
+	t->e[0].code = 250;
+	t->e[2].code = 550;
+	put_rec(&w2, t);
+	put_rec(&w, rec1(b->id, 1, 0, 1700000000000000ll, DEF, DEF, P));
+	put_rec(&w2, rec1(b->id, 2, 0, 0, A, A, P));
+	put_rec(&w, rec1(c->id, 1, 0, 0, OK, P, P));
+	wl_close(&w);
+	wl_close(&w2);
+	append_abort(dir, 2, d);
+	f = fopen(out, "w");
+	CHECK(f);
+	spool_id_format(a->id, ids[0], sizeof(ids[0]));
+	spool_id_format(b->id, ids[1], sizeof(ids[1]));
+	spool_id_format(c->id, ids[2], sizeof(ids[2]));
+	spool_id_format(d->id, ids[3], sizeof(ids[3]));
+	spool_id_format(e->id, ids[4], sizeof(ids[4]));
+	fprintf(f, "%s %s %s %s %s\n", ids[0], ids[1], ids[2], ids[3], ids[4]);
+	CHECK(fclose(f) == 0);
+}
+
 /* ---- bench ---- */
 
 static int64_t now_us(void)
@@ -849,6 +896,10 @@ int main(int argc, char **argv)
 {
 	char dir[256];
 
+	if (argc == 4 && !strcmp(argv[1], "ctl-fixture")) {
+		ctl_fixture(argv[2], argv[3]);
+		return 0;
+	}
 	if (argc == 3 && !strcmp(argv[1], "bench")) {
 		bench((unsigned)strtoul(argv[2], NULL, 10));
 		return 0;
