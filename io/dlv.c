@@ -139,7 +139,8 @@ struct io_dlv {
 	struct dconn *idle[IO_DELIVER_HOPS_MAX];
 	struct djob *jobs;
 	struct djob *job_free;
-	struct djob *wait_head; /* jobs whose record waits for room in the lane */
+	struct djob *wait_head;		    /* jobs whose record waits for room in the lane */
+	bool hop_down[IO_DELIVER_HOPS_MAX]; /* hop_down logged, hop_up not yet */
 	bool stopping;
 	int64_t next_gauges_ms;
 	struct io_tls_client *tls; /* NULL with --deliver-starttls never */
@@ -581,6 +582,24 @@ static bool conn_hop_failure(const struct dconn *c)
 	return e && e->stage != DLV_STAGE_NONE && e->stage <= DLV_STAGE_TLS;
 }
 
+/*
+ * The connection got through greeting and hello: the hop is up now, not
+ * when this connection closes (an idle one lives DLV_IDLE_MS, a busy one
+ * much longer), so the gauge, the hop_up line and the back-off reset
+ * follow the hop's recovery at once.
+ */
+static void conn_hop_reached(struct dconn *c)
+{
+	struct io_dlv *d = c->d;
+	c->reached_mail = true;
+	dlv_queue_hop_ok(d->q, c->hop);
+	obs_metrics_dlv_hop_up(d->w->m, c->hop, true);
+	if (d->hop_down[c->hop]) {
+		d->hop_down[c->hop] = false;
+		obs_log_hop(d->w->log, d->cfg->hop[c->hop].text, true, "");
+	}
+}
+
 /* The job's client finished with it (msg_done): the job moves on, the connection is free again. */
 static void conn_job_check(struct dconn *c)
 {
@@ -709,8 +728,9 @@ static void conn_pump(struct dconn *c)
 		conn_close(c);
 		return;
 	}
-	if (dlv_client_idle(c->cl) || dlv_client_timeout_kind(c->cl) >= DLV_TIMEOUT_DATA_INIT)
-		c->reached_mail = true;
+	if (!c->reached_mail &&
+	    (dlv_client_idle(c->cl) || dlv_client_timeout_kind(c->cl) >= DLV_TIMEOUT_DATA_INIT))
+		conn_hop_reached(c);
 	if (c->state == DC_UP) {
 		if (!c->send_armed) {
 			size_t len;
@@ -815,18 +835,15 @@ static void conn_close(struct dconn *c)
 		return;
 	const struct dlv_outcome *e = c->cl ? dlv_client_error(c->cl) : NULL;
 	if (conn_hop_failure(c)) {
-		bool was_up = dlv_queue_hop_up(d->q, c->hop, ds_wall_us());
 		dlv_queue_hop_failed(d->q, c->hop, ds_wall_us());
 		if (c->state == DC_CONNECTING)
 			obs_metrics_dlv_conn_failed(d->w->m, c->hop);
 		obs_metrics_dlv_hop_up(d->w->m, c->hop, false);
-		if (was_up)
+		/* Once per outage: the probes after each back-off fail again without a new line. */
+		if (!d->hop_down[c->hop]) {
+			d->hop_down[c->hop] = true;
 			obs_log_hop(d->w->log, d->cfg->hop[c->hop].text, false, e->text);
-	} else if (c->reached_mail) {
-		if (!dlv_queue_hop_up(d->q, c->hop, ds_wall_us()))
-			obs_log_hop(d->w->log, d->cfg->hop[c->hop].text, true, "");
-		dlv_queue_hop_ok(d->q, c->hop);
-		obs_metrics_dlv_hop_up(d->w->m, c->hop, true);
+		}
 	}
 	conn_unidle(c);
 	c->state = DC_CLOSING;
