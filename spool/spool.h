@@ -28,6 +28,8 @@
 #define SPOOL_BUFFER_SIZE_MIN  (256u * 1024)
 #define SPOOL_LANES_MAX	       256u
 
+struct spool_reclaim;
+
 struct spool_config {
 	const char *dir;		/* spool directory; created if missing */
 	uint64_t segment_size;		/* bytes per segment file, default 64 MiB */
@@ -46,6 +48,11 @@ struct spool_config {
 		SPOOL_IO_DIRECT_NO_ODIRECT = 2, /* the direct write discipline on ordinary file
 						   descriptors (simulators, tests on tmpfs) */
 	} io_mode;
+	/*
+	 * Segment reclamation (spool_reclaim.h; FORMAT.md, "Reclamation"): NULL = off. The
+	 * lanes feed it every durable commit, outcome and abort record and every sealed segment.
+	 */
+	struct spool_reclaim *reclaim;
 };
 
 void spool_config_defaults(struct spool_config *cfg);

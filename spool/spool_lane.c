@@ -42,6 +42,7 @@
 #include "ds_assert.h"
 #include "ds_clock.h"
 #include "spool_format.h"
+#include "spool_reclaim.h"
 #include "spool_segment.h"
 
 #define LANE_SEGS_MAX	 64
@@ -104,13 +105,15 @@ enum { Q_COMMIT = 0, Q_OUTCOME, Q_ABORT };
 /* A record waiting for durability (commit queue), or a failed commit owing an abort (abort FIFO). */
 struct lane_commit {
 	uint64_t cookie;
-	uint64_t lend; /* end of its record in the lane's stream */
-	uint64_t id;   /* commit, abort: the message */
-	uint64_t off;  /* commit, abort: file offset of the message's commit record */
-	uint32_t seq;  /* ... and its segment (< 2^32: spool_id) */
-	uint8_t kind;  /* Q_* */
-	uint8_t err;   /* abort: positive errno the client is answered with */
-	uint8_t tries; /* abort: segments its record was staged to that failed */
+	uint64_t lend;	    /* end of its record in the lane's stream */
+	uint64_t id;	    /* commit, abort: the message */
+	uint64_t off;	    /* commit, abort: file offset of the message's commit record; outcome: dsn id */
+	uint32_t seq;	    /* ... and its segment (< 2^32: spool_id) */
+	uint32_t rec_seq;   /* the segment this record lies in (reclamation) */
+	uint32_t chunk_seq; /* commit: segment of its first chunk, 0 = none */
+	uint8_t kind;	    /* Q_* */
+	uint8_t err;	    /* abort: positive errno the client is answered with */
+	uint8_t tries;	    /* abort: segments its record was staged to that failed */
 };
 
 struct spool_lane {
@@ -148,6 +151,17 @@ struct spool_lane {
 	uint32_t dio_inflight; /* direct writes in flight */
 
 	struct spool_lane_stats st;
+
+	/*
+	 * Reclamation (cfg.reclaim): txns whose chunks are written but whose commit is not
+	 * durable yet (open, or committed and unsettled), counted by the segment they began in
+	 * (ascending; chunks lie there or later). The table is told the lowest such segment.
+	 */
+	struct lane_open_seq {
+		uint32_t seq, n;
+	} * open_seqs;
+	uint32_t open_first, open_count, open_cap;
+	uint64_t low_pub;
 };
 
 void spool_config_defaults(struct spool_config *cfg)
@@ -206,6 +220,78 @@ static struct lane_seg *seg_of(struct spool_lane *l, uint64_t lpos)
 	return NULL;
 }
 
+/* ---- reclamation hooks (spool_reclaim.h) ---- */
+
+static uint64_t id_seq(uint64_t id)
+{
+	return (id >> SPOOL_ID_COUNTER_BITS) & 0xffffffffull;
+}
+
+/* Tell the table the lowest segment chunks not yet covered by a durable commit may lie in. */
+static void open_publish(struct spool_lane *l)
+{
+	struct lane_seg *a = seg_active(l);
+	uint64_t low;
+
+	while (l->open_count && !l->open_seqs[l->open_first].n) {
+		l->open_first++;
+		l->open_count--;
+	}
+	/* No such txn: a new one begins in the active segment (or a later one). */
+	low = l->open_count ? l->open_seqs[l->open_first].seq : a ? a->seq : l->low_pub;
+	if (low != l->low_pub) {
+		l->low_pub = low;
+		spool_reclaim_lane_low(l->cfg.reclaim, l->lane_no, low);
+	}
+}
+
+/* A txn began in segment seq (segments only grow: appended at the end). */
+static void open_inc(struct spool_lane *l, uint64_t seq)
+{
+	if (!l->cfg.reclaim)
+		return;
+	if (!l->open_count || l->open_seqs[l->open_first + l->open_count - 1].seq != seq) {
+		if (l->open_first && l->open_first + l->open_count == l->open_cap) {
+			memmove(l->open_seqs, l->open_seqs + l->open_first,
+				l->open_count * sizeof(*l->open_seqs));
+			l->open_first = 0;
+		}
+		if (l->open_first + l->open_count == l->open_cap) {
+			uint32_t ncap = l->open_cap ? l->open_cap * 2 : 16;
+			struct lane_open_seq *n = realloc(l->open_seqs, ncap * sizeof(*n));
+			/* Without memory: the count is lost, so nothing of this lane is reclaimed again. */
+			if (!n) {
+				spool_reclaim_lane_low(l->cfg.reclaim, l->lane_no, 0);
+				l->cfg.reclaim = NULL;
+				return;
+			}
+			l->open_seqs = n;
+			l->open_cap = ncap;
+		}
+		DS_ASSERT(!l->open_count || l->open_seqs[l->open_first + l->open_count - 1].seq < seq);
+		l->open_seqs[l->open_first + l->open_count++] = (struct lane_open_seq){.seq = (uint32_t)seq};
+	}
+	l->open_seqs[l->open_first + l->open_count - 1].n++;
+	open_publish(l);
+}
+
+/* The txn that began in segment seq has its commit durable, or will never have one. */
+static void open_dec(struct spool_lane *l, uint64_t seq)
+{
+	if (!l->cfg.reclaim)
+		return;
+	for (uint32_t i = 0; i < l->open_count; i++) {
+		struct lane_open_seq *o = &l->open_seqs[l->open_first + i];
+		if (o->seq == seq) {
+			DS_ASSERT(o->n > 0);
+			o->n--;
+			open_publish(l);
+			return;
+		}
+	}
+	DS_ASSERT(!"txn not counted");
+}
+
 /* Drop finished segments from the front: sealed or failed, nothing in flight. */
 static void segs_reap(struct spool_lane *l)
 {
@@ -217,6 +303,14 @@ static void segs_reap(struct spool_lane *l)
 			break;
 		DS_ASSERT(!s->fd_busy);
 		seg_files_close(&s->files);
+		/*
+		 * Never written again. Sealed: every record in it is durable, hence settled and
+		 * told to the table (advance_durable ran). Failed: its bytes are unknown, kept.
+		 */
+		if (l->cfg.reclaim && !s->failed && l->durable_pos >= s->lend)
+			spool_reclaim_seg_sealed(l->cfg.reclaim, l->lane_no, s->seq);
+		else if (l->cfg.reclaim)
+			spool_reclaim_seg_pin(l->cfg.reclaim, l->lane_no, s->seq);
 		l->seg_first = (l->seg_first + 1) % LANE_SEGS_MAX;
 		l->seg_count--;
 	}
@@ -269,6 +363,10 @@ static int lane_roll(struct spool_lane *l)
 	l->seg_count++;
 	l->have_active = true;
 	l->st.segments_opened++;
+	if (l->cfg.reclaim) {
+		spool_reclaim_seg_add(l->cfg.reclaim, l->lane_no, s->seq, l->cfg.segment_size, false);
+		open_publish(l);
+	}
 	return 0;
 }
 
@@ -364,14 +462,26 @@ static void advance_durable(struct spool_lane *l)
 			break;
 		l->commit_first = (l->commit_first + 1) % LANE_COMMITS_MAX;
 		l->commit_count--;
+		/* The table learns of a durable record before anyone can act on it (settled). */
 		if (c.kind == Q_ABORT) {
 			/* The refusal is durable: now the client may hear it. */
+			if (l->cfg.reclaim) {
+				/* Kept while this process runs: it must outlive the refused commit. */
+				spool_reclaim_seg_pin(l->cfg.reclaim, l->lane_no, c.rec_seq);
+				open_dec(l, id_seq(c.id));
+			}
 			l->st.aborts_durable++;
 			l->ops->settled(l->ctx, c.cookie, -(int)c.err);
 		} else if (c.kind == Q_OUTCOME) {
+			if (l->cfg.reclaim)
+				spool_reclaim_msg_record(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq, c.off);
 			l->st.outcomes_durable++;
 			l->ops->settled(l->ctx, c.cookie, 0);
 		} else {
+			if (l->cfg.reclaim) {
+				spool_reclaim_msg_add(l->cfg.reclaim, c.id, l->lane_no, c.seq, c.chunk_seq);
+				open_dec(l, id_seq(c.id));
+			}
 			l->st.commits_durable++;
 			l->ops->settled(l->ctx, c.cookie, 0);
 		}
@@ -401,6 +511,7 @@ static void aborts_give_up(struct spool_lane *l, uint32_t n)
 		l->abort_first = (l->abort_first + 1) % LANE_COMMITS_MAX;
 		l->abort_count--;
 		l->st.aborts_lost++;
+		open_dec(l, id_seq(c.id));
 		l->ops->settled(l->ctx, c.cookie, -(int)c.err);
 	}
 }
@@ -418,6 +529,8 @@ static void seg_fail(struct spool_lane *l, struct lane_seg *s, int err)
 		return;
 	s->failed = true;
 	l->st.flush_errors++;
+	if (l->cfg.reclaim)
+		spool_reclaim_seg_pin(l->cfg.reclaim, l->lane_no, s->seq);
 	l->gen++;
 	if (seg_active(l) == s) {
 		s->lend = l->head;
@@ -445,6 +558,7 @@ static void seg_fail(struct spool_lane *l, struct lane_seg *s, int err)
 			abort_owe(l, &c);
 		} else if (c.kind == Q_ABORT) {
 			l->st.aborts_lost++;
+			open_dec(l, id_seq(c.id));
 			l->ops->settled(l->ctx, c.cookie, -(int)c.err);
 		} else {
 			l->st.outcome_errors++;
@@ -1034,6 +1148,7 @@ void spool_lane_close(struct spool_lane *l)
 		seg_files_close(&seg_at(l, i)->files);
 	if (l->ring)
 		munmap(l->ring, 2 * l->ring_size);
+	free(l->open_seqs);
 	free(l->commits);
 	free(l->aborts);
 	free(l);
@@ -1098,6 +1213,7 @@ int spool_txn_begin(struct spool_lane *l, struct spool_txn *t)
 	t->id = spool_id_make(l->lane_no, s->seq, s->counter++);
 	t->priv[P_COUNT_GEN] = (uint64_t)l->gen << 32;
 	t->priv[P_CRC_STATE] = (uint64_t)TXN_OPEN << 32;
+	open_inc(l, s->seq);
 	return 0;
 }
 
@@ -1160,6 +1276,7 @@ static void aborts_stage(struct spool_lane *l)
 				 durable_off_for(l, s));
 		l->head += total;
 		c.lend = l->head;
+		c.rec_seq = (uint32_t)s->seq;
 		queue_push(l, &c);
 		l->abort_first = (l->abort_first + 1) % LANE_COMMITS_MAX;
 		l->abort_count--;
@@ -1232,6 +1349,7 @@ int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf,
 			int rc = lane_roll(l);
 			if (rc) {
 				/* Part of the body may be staged: the txn is lost (451/452). */
+				open_dec(l, id_seq(t->id));
 				t->priv[P_ERR] = (uint64_t)(rc == -EAGAIN ? EIO : -rc);
 				t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
 				return -(int)t->priv[P_ERR];
@@ -1319,6 +1437,8 @@ int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_
 					    .id = t->id,
 					    .seq = (uint32_t)s->seq,
 					    .off = seg_file_off(s, l->head),
+					    .rec_seq = (uint32_t)s->seq,
+					    .chunk_seq = c.chunk_count ? (uint32_t)c.first_seq : 0,
 					    .kind = Q_COMMIT});
 	l->head += total;
 	l->st.commits++;
@@ -1329,6 +1449,8 @@ int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_
 	return 0;
 fail:
 	/* Closed like an abort: the caller answers with err (the cookie was not taken). */
+	if (txn_state(t) == TXN_OPEN)
+		open_dec(l, id_seq(t->id));
 	t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
 	return err;
 }
@@ -1336,6 +1458,8 @@ fail:
 void spool_txn_abort(struct spool_lane *l, struct spool_txn *t)
 {
 	/* Chunks never committed are garbage: recovery and readers skip them. */
+	if (txn_state(t) == TXN_OPEN)
+		open_dec(l, id_seq(t->id));
 	t->priv[P_CRC_STATE] = (uint64_t)TXN_CLOSED << 32;
 }
 
@@ -1375,7 +1499,12 @@ int spool_lane_outcome(struct spool_lane *l, const struct spool_outcome *o, uint
 	spool_outcome_encode(dst + SPOOL_REC_HDR_SIZE, o);
 	spool_rec_encode(dst, SPOOL_REC_OUTCOME, (uint32_t)size, o->id, s->epoch, durable_off_for(l, s));
 	l->head += total;
-	queue_push(l, &(struct lane_commit){.cookie = cookie, .lend = l->head, .kind = Q_OUTCOME});
+	queue_push(l, &(struct lane_commit){.cookie = cookie,
+					    .lend = l->head,
+					    .id = o->id,
+					    .off = o->dsn_id,
+					    .rec_seq = (uint32_t)s->seq,
+					    .kind = Q_OUTCOME});
 	l->st.outcomes++;
 	return 0;
 }

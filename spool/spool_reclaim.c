@@ -1,0 +1,846 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Segment reclamation: the table of which segment holds what about which
+ * message, and the unlinking. The rule and its safety argument:
+ * spool_reclaim.h and FORMAT.md, "Reclamation".
+ *
+ * Entries live in two pools addressed by index (indices stay valid when a
+ * pool grows); chained hashes find messages by id and segments by
+ * (lane, seq). A message's refs are the indices of the segments of H(M).
+ */
+#include "spool_reclaim.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ds_assert.h"
+#include "spool_format.h"
+#include "spool_scan.h"
+#include "spool_segment.h"
+
+#define NIL	      UINT32_MAX
+#define RECLAIM_BATCH 64 /* segments unlinked per pass before the table is looked at again */
+
+struct rc_seg {
+	uint64_t key;	      /* lane << 40 | seq */
+	uint32_t hnext, msgs; /* hash chain; messages whose commit is here (list through rc_msg.snext) */
+	uint32_t nonfinal, waiting;
+	uint64_t bytes;
+	bool used, known, sealed, pinned, reclaiming;
+};
+
+struct rc_msg {
+	uint64_t id;
+	uint32_t hnext, snext;
+	uint32_t cseg;	   /* C(M) */
+	uint64_t chunk_lo; /* chunks lie in chunk_lo .. C(M) of its lane (0: none before C(M)) */
+	uint32_t nref, cap;
+	uint32_t *ref; /* H(M), without C(M), no duplicates */
+	bool used, final, dsn_lost;
+};
+
+struct spool_reclaim {
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	pthread_t thr;
+	bool started, stop, dirty;
+	char dir[PATH_MAX];
+	struct spool_reclaim_ops ops;
+	void *ops_ctx;
+
+	struct rc_seg *segs;
+	uint32_t nsegs, segs_cap, seg_free; /* free list through hnext */
+	uint32_t *seg_hash, seg_hash_n;	    /* power of two */
+	struct rc_msg *msgs;
+	uint32_t nmsgs, msgs_cap, msg_free;
+	uint32_t *msg_hash, msg_hash_n;
+	uint32_t seg_live, msg_live;
+
+	uint64_t lane_top[SPOOL_LANES_MAX]; /* highest sequence a lane ever had: never reclaimed */
+	uint64_t lane_low[SPOOL_LANES_MAX]; /* open txns' chunks may lie here and above */
+
+	struct spool_reclaim_stats st;
+};
+
+static int sys_unlink(void *ctx, const char *path)
+{
+	(void)ctx;
+	return unlink(path) ? -errno : 0;
+}
+
+static int sys_fsync_dir(void *ctx, const char *path)
+{
+	(void)ctx;
+	return spool_fsync_dir(path);
+}
+
+static uint64_t seg_key(unsigned lane, uint64_t seq)
+{
+	return (uint64_t)lane << 40 | seq;
+}
+
+static uint32_t hash64(uint64_t k, uint32_t n)
+{
+	k ^= k >> 33;
+	k *= 0xff51afd7ed558ccdull;
+	k ^= k >> 33;
+	return (uint32_t)k & (n - 1);
+}
+
+/* ---- pools and hashes ---- */
+
+static int grow(void **p, uint32_t *cap, size_t elem)
+{
+	uint32_t ncap = *cap ? *cap * 2 : 1024;
+	void *np;
+
+	if (*cap >= (1u << 30))
+		return -ENOMEM;
+	np = realloc(*p, (size_t)ncap * elem);
+	if (!np)
+		return -ENOMEM;
+	memset((char *)np + (size_t)*cap * elem, 0, (size_t)(ncap - *cap) * elem);
+	*p = np;
+	*cap = ncap;
+	return 0;
+}
+
+/* Hash heads for n live entries; chains rebuilt from the pool. */
+static uint32_t *hash_new(uint32_t *hn, uint32_t want)
+{
+	uint32_t nn = *hn ? *hn : 1024, *h;
+
+	while (nn < want * 2)
+		nn *= 2;
+	h = malloc((size_t)nn * sizeof(*h));
+	if (!h)
+		return NULL;
+	memset(h, 0xff, (size_t)nn * sizeof(*h));
+	*hn = nn;
+	return h;
+}
+
+static int seg_rehash(struct spool_reclaim *r, uint32_t want)
+{
+	uint32_t hn = r->seg_hash_n, *h = hash_new(&hn, want);
+
+	if (!h)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < r->nsegs; i++) {
+		uint32_t b;
+		if (!r->segs[i].used)
+			continue;
+		b = hash64(r->segs[i].key, hn);
+		r->segs[i].hnext = h[b];
+		h[b] = i;
+	}
+	free(r->seg_hash);
+	r->seg_hash = h;
+	r->seg_hash_n = hn;
+	return 0;
+}
+
+static int msg_rehash(struct spool_reclaim *r, uint32_t want)
+{
+	uint32_t hn = r->msg_hash_n, *h = hash_new(&hn, want);
+
+	if (!h)
+		return -ENOMEM;
+	for (uint32_t i = 0; i < r->nmsgs; i++) {
+		uint32_t b;
+		if (!r->msgs[i].used)
+			continue;
+		b = hash64(r->msgs[i].id, hn);
+		r->msgs[i].hnext = h[b];
+		h[b] = i;
+	}
+	free(r->msg_hash);
+	r->msg_hash = h;
+	r->msg_hash_n = hn;
+	return 0;
+}
+
+static uint32_t seg_find(struct spool_reclaim *r, unsigned lane, uint64_t seq)
+{
+	uint64_t k = seg_key(lane, seq);
+
+	if (!r->seg_hash_n)
+		return NIL;
+	for (uint32_t i = r->seg_hash[hash64(k, r->seg_hash_n)]; i != NIL; i = r->segs[i].hnext)
+		if (r->segs[i].key == k)
+			return i;
+	return NIL;
+}
+
+/* The entry of (lane, seq), created unknown if missing; NIL only without memory. */
+static uint32_t seg_get(struct spool_reclaim *r, unsigned lane, uint64_t seq)
+{
+	uint32_t i = seg_find(r, lane, seq), b;
+	struct rc_seg *s;
+
+	if (i != NIL)
+		return i;
+	if (r->seg_free != NIL) {
+		i = r->seg_free;
+		r->seg_free = r->segs[i].hnext;
+	} else {
+		if (r->nsegs == r->segs_cap && grow((void **)&r->segs, &r->segs_cap, sizeof(*r->segs)))
+			return NIL;
+		i = r->nsegs++;
+	}
+	if (r->seg_live + 1 > r->seg_hash_n / 2 && seg_rehash(r, r->seg_live + 1)) {
+		r->segs[i].hnext = r->seg_free;
+		r->seg_free = i;
+		return NIL;
+	}
+	s = &r->segs[i];
+	memset(s, 0, sizeof(*s));
+	s->key = seg_key(lane, seq);
+	s->used = true;
+	s->msgs = NIL;
+	b = hash64(s->key, r->seg_hash_n);
+	s->hnext = r->seg_hash[b];
+	r->seg_hash[b] = i;
+	r->seg_live++;
+	return i;
+}
+
+static void seg_drop(struct spool_reclaim *r, uint32_t i)
+{
+	uint32_t *pp = &r->seg_hash[hash64(r->segs[i].key, r->seg_hash_n)];
+
+	while (*pp != i)
+		pp = &r->segs[*pp].hnext;
+	*pp = r->segs[i].hnext;
+	r->segs[i].used = false;
+	r->segs[i].hnext = r->seg_free;
+	r->seg_free = i;
+	r->seg_live--;
+}
+
+static uint32_t msg_find(struct spool_reclaim *r, uint64_t id)
+{
+	if (!r->msg_hash_n)
+		return NIL;
+	for (uint32_t i = r->msg_hash[hash64(id, r->msg_hash_n)]; i != NIL; i = r->msgs[i].hnext)
+		if (r->msgs[i].id == id)
+			return i;
+	return NIL;
+}
+
+static uint32_t msg_new(struct spool_reclaim *r, uint64_t id)
+{
+	uint32_t i, b;
+	struct rc_msg *m;
+
+	if (r->msg_free != NIL) {
+		i = r->msg_free;
+		r->msg_free = r->msgs[i].hnext;
+	} else {
+		if (r->nmsgs == r->msgs_cap && grow((void **)&r->msgs, &r->msgs_cap, sizeof(*r->msgs)))
+			return NIL;
+		i = r->nmsgs++;
+	}
+	if (r->msg_live + 1 > r->msg_hash_n / 2 && msg_rehash(r, r->msg_live + 1)) {
+		r->msgs[i].hnext = r->msg_free;
+		r->msg_free = i;
+		return NIL;
+	}
+	m = &r->msgs[i];
+	memset(m, 0, sizeof(*m));
+	m->id = id;
+	m->used = true;
+	b = hash64(id, r->msg_hash_n);
+	m->hnext = r->msg_hash[b];
+	r->msg_hash[b] = i;
+	r->msg_live++;
+	return i;
+}
+
+static void msg_drop(struct spool_reclaim *r, uint32_t i)
+{
+	uint32_t *pp = &r->msg_hash[hash64(r->msgs[i].id, r->msg_hash_n)];
+
+	while (*pp != i)
+		pp = &r->msgs[*pp].hnext;
+	*pp = r->msgs[i].hnext;
+	free(r->msgs[i].ref);
+	r->msgs[i].ref = NULL;
+	r->msgs[i].used = false;
+	r->msgs[i].hnext = r->msg_free;
+	r->msg_free = i;
+	r->msg_live--;
+}
+
+/*
+ * Add segment si to H(m) (not C(m), no duplicates), counted as m stands.
+ * Without memory the message can never be final here (nothing is lost).
+ */
+static void msg_ref(struct spool_reclaim *r, struct rc_msg *m, uint32_t si)
+{
+	if (si == NIL) {
+		m->dsn_lost = true;
+		return;
+	}
+	if (si == m->cseg)
+		return;
+	for (uint32_t k = 0; k < m->nref; k++)
+		if (m->ref[k] == si)
+			return;
+	if (m->nref == m->cap) {
+		uint32_t ncap = m->cap ? m->cap * 2 : 4;
+		uint32_t *n = realloc(m->ref, ncap * sizeof(*n));
+		if (!n) {
+			m->dsn_lost = true;
+			return;
+		}
+		m->ref = n;
+		m->cap = ncap;
+	}
+	m->ref[m->nref++] = si;
+	if (m->final)
+		r->segs[si].waiting++;
+	else
+		r->segs[si].nonfinal++;
+}
+
+/* ---- life cycle ---- */
+
+int spool_reclaim_create(struct spool_reclaim **out, const char *dir, const struct spool_reclaim_ops *ops,
+			 void *ops_ctx)
+{
+	struct spool_reclaim *r = calloc(1, sizeof(*r));
+
+	*out = NULL;
+	if (!r)
+		return -ENOMEM;
+	if (snprintf(r->dir, sizeof(r->dir), "%s", dir) >= (int)sizeof(r->dir)) {
+		free(r);
+		return -ENAMETOOLONG;
+	}
+	r->ops = ops ? *ops : (struct spool_reclaim_ops){.unlink = sys_unlink, .fsync_dir = sys_fsync_dir};
+	r->ops_ctx = ops_ctx;
+	r->seg_free = r->msg_free = NIL;
+	for (unsigned i = 0; i < SPOOL_LANES_MAX; i++)
+		r->lane_low[i] = UINT64_MAX;
+	pthread_mutex_init(&r->mu, NULL);
+	pthread_cond_init(&r->cv, NULL);
+	*out = r;
+	return 0;
+}
+
+void spool_reclaim_destroy(struct spool_reclaim *r)
+{
+	if (!r)
+		return;
+	spool_reclaim_stop(r);
+	for (uint32_t i = 0; i < r->nmsgs; i++)
+		free(r->msgs[i].ref);
+	free(r->msgs);
+	free(r->segs);
+	free(r->msg_hash);
+	free(r->seg_hash);
+	pthread_mutex_destroy(&r->mu);
+	pthread_cond_destroy(&r->cv);
+	free(r);
+}
+
+/* ---- feeding ---- */
+
+static void seg_add_locked(struct spool_reclaim *r, unsigned lane, uint64_t seq, uint64_t bytes, bool sealed)
+{
+	uint32_t i = seg_get(r, lane, seq);
+
+	DS_ASSERT(lane < SPOOL_LANES_MAX);
+	if (seq > r->lane_top[lane])
+		r->lane_top[lane] = seq;
+	if (i == NIL)
+		return; /* unknown to the table: never reclaimed */
+	if (!r->segs[i].known) {
+		r->segs[i].known = true;
+		r->segs[i].bytes = bytes;
+		r->st.segments++;
+		r->st.bytes += bytes;
+	}
+	if (sealed)
+		r->segs[i].sealed = true;
+}
+
+void spool_reclaim_seg_add(struct spool_reclaim *r, unsigned lane, uint64_t seq, uint64_t bytes, bool sealed)
+{
+	pthread_mutex_lock(&r->mu);
+	seg_add_locked(r, lane, seq, bytes, sealed);
+	r->dirty |= sealed;
+	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reclaim_seg_sealed(struct spool_reclaim *r, unsigned lane, uint64_t seq)
+{
+	pthread_mutex_lock(&r->mu);
+	uint32_t i = seg_find(r, lane, seq);
+	if (i != NIL) {
+		r->segs[i].sealed = true;
+		r->dirty = true;
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void seg_pin_locked(struct spool_reclaim *r, unsigned lane, uint64_t seq)
+{
+	uint32_t i = seg_get(r, lane, seq);
+
+	if (i != NIL && !r->segs[i].pinned) {
+		r->segs[i].pinned = true;
+		r->st.pinned++;
+	}
+}
+
+void spool_reclaim_seg_pin(struct spool_reclaim *r, unsigned lane, uint64_t seq)
+{
+	pthread_mutex_lock(&r->mu);
+	seg_pin_locked(r, lane, seq);
+	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reclaim_lane_low(struct spool_reclaim *r, unsigned lane, uint64_t seq)
+{
+	DS_ASSERT(lane < SPOOL_LANES_MAX);
+	pthread_mutex_lock(&r->mu);
+	r->lane_low[lane] = seq;
+	r->dirty = true;
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void msg_add_locked(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t commit_seq,
+			   uint64_t chunk_seq)
+{
+	uint32_t mi, ci;
+	struct rc_msg *m;
+
+	if (msg_find(r, id) != NIL)
+		return; /* registered already (a commit is durable once) */
+	ci = seg_get(r, lane, commit_seq);
+	if (ci == NIL) {
+		/* Without memory: pin what holds it (it is never reclaimed, nothing is lost). */
+		return;
+	}
+	mi = msg_new(r, id);
+	if (mi == NIL) {
+		r->segs[ci].pinned = true;
+		for (uint64_t s = chunk_seq ? chunk_seq : commit_seq; s < commit_seq; s++)
+			seg_pin_locked(r, lane, s);
+		return;
+	}
+	m = &r->msgs[mi];
+	m->cseg = ci;
+	m->snext = r->segs[ci].msgs;
+	r->segs[ci].msgs = mi;
+	r->segs[ci].nonfinal++;
+	r->st.messages++;
+	/*
+	 * Chunks protect the message only while it is not final: a final message whose body
+	 * went first is "a commit without its body", never a message (not resurrected), and
+	 * chunks are the one ref that points back in a lane (a body spanning S1..S2 while S2
+	 * holds records of S1's messages would make each wait for the other).
+	 */
+	for (uint64_t s = chunk_seq ? chunk_seq : commit_seq; s < commit_seq; s++) {
+		uint32_t si = seg_get(r, lane, s);
+		if (si == NIL) {
+			m->dsn_lost = true; /* never final here: nothing is released */
+			continue;
+		}
+		r->segs[si].nonfinal++;
+	}
+	m->chunk_lo = chunk_seq && chunk_seq < commit_seq ? chunk_seq : 0;
+}
+
+void spool_reclaim_msg_add(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t commit_seq,
+			   uint64_t chunk_seq)
+{
+	pthread_mutex_lock(&r->mu);
+	msg_add_locked(r, id, lane, commit_seq, chunk_seq);
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void msg_record_locked(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq,
+			      uint64_t dsn_id)
+{
+	uint32_t mi = msg_find(r, id);
+	struct rc_msg *m;
+
+	if (mi == NIL)
+		return;
+	m = &r->msgs[mi];
+	msg_ref(r, m, seg_get(r, lane, seq));
+	if (dsn_id) {
+		uint32_t di = msg_find(r, dsn_id);
+		/* The DSN must outlive this message's records: recovery trusts FAILED only while it exists.
+		 */
+		if (di == NIL || r->segs[r->msgs[di].cseg].reclaiming)
+			m->dsn_lost = true;
+		else
+			msg_ref(r, m, r->msgs[di].cseg);
+	}
+}
+
+void spool_reclaim_msg_record(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq,
+			      uint64_t dsn_id)
+{
+	pthread_mutex_lock(&r->mu);
+	msg_record_locked(r, id, lane, seq, dsn_id);
+	pthread_mutex_unlock(&r->mu);
+}
+
+static void msg_final_locked(struct spool_reclaim *r, uint64_t id)
+{
+	uint32_t mi = msg_find(r, id);
+	struct rc_msg *m;
+
+	if (mi == NIL)
+		return;
+	m = &r->msgs[mi];
+	if (m->final || m->dsn_lost)
+		return;
+	m->final = true;
+	r->st.final_messages++;
+	DS_ASSERT(r->segs[m->cseg].nonfinal > 0);
+	r->segs[m->cseg].nonfinal--;
+	if (m->chunk_lo) {
+		unsigned lane = (unsigned)(r->segs[m->cseg].key >> 40);
+		uint64_t cseq = r->segs[m->cseg].key & ((1ull << 40) - 1);
+		for (uint64_t q = m->chunk_lo; q < cseq; q++) {
+			uint32_t si = seg_find(r, lane, q);
+			DS_ASSERT(si != NIL && r->segs[si].nonfinal > 0);
+			r->segs[si].nonfinal--;
+		}
+	}
+	for (uint32_t k = 0; k < m->nref; k++) {
+		struct rc_seg *s = &r->segs[m->ref[k]];
+		DS_ASSERT(s->nonfinal > 0);
+		s->nonfinal--;
+		s->waiting++;
+	}
+	r->dirty = true;
+}
+
+void spool_reclaim_msg_final(struct spool_reclaim *r, uint64_t id)
+{
+	pthread_mutex_lock(&r->mu);
+	msg_final_locked(r, id);
+	if (r->dirty)
+		pthread_cond_signal(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reclaim_stats(struct spool_reclaim *r, struct spool_reclaim_stats *st)
+{
+	pthread_mutex_lock(&r->mu);
+	*st = r->st;
+	pthread_mutex_unlock(&r->mu);
+}
+
+/* ---- reclaiming ---- */
+
+static bool reclaimable(const struct spool_reclaim *r, const struct rc_seg *s)
+{
+	unsigned lane = (unsigned)(s->key >> 40);
+	uint64_t seq = s->key & ((1ull << 40) - 1);
+
+	return s->used && s->known && s->sealed && !s->pinned && !s->reclaiming && !s->nonfinal &&
+	       !s->waiting && seq < r->lane_top[lane] && seq < r->lane_low[lane];
+}
+
+/* S is gone from the disk (its unlink is durable): so is every message whose commit it held. */
+static void seg_gone_locked(struct spool_reclaim *r, uint32_t si)
+{
+	struct rc_seg *s = &r->segs[si];
+
+	for (uint32_t mi = s->msgs, next; mi != NIL; mi = next) {
+		struct rc_msg *m = &r->msgs[mi];
+		next = m->snext;
+		DS_ASSERT(m->final);
+		for (uint32_t k = 0; k < m->nref; k++) {
+			DS_ASSERT(r->segs[m->ref[k]].waiting > 0);
+			r->segs[m->ref[k]].waiting--;
+		}
+		r->st.messages--;
+		r->st.final_messages--;
+		msg_drop(r, mi);
+	}
+	s = &r->segs[si];
+	s->msgs = NIL;
+	r->st.segments--;
+	r->st.bytes -= s->bytes;
+	r->st.reclaimed++;
+	r->st.reclaimed_bytes += s->bytes;
+	seg_drop(r, si);
+}
+
+int spool_reclaim_run(struct spool_reclaim *r)
+{
+	int total = 0;
+
+	for (;;) {
+		uint32_t batch[RECLAIM_BATCH];
+		unsigned n = 0;
+
+		pthread_mutex_lock(&r->mu);
+		r->dirty = false;
+		for (uint32_t i = 0; i < r->nsegs && n < RECLAIM_BATCH; i++)
+			if (reclaimable(r, &r->segs[i])) {
+				r->segs[i].reclaiming = true;
+				batch[n++] = i;
+			}
+		pthread_mutex_unlock(&r->mu);
+		if (!n)
+			return total;
+		for (unsigned k = 0; k < n; k++) {
+			uint32_t si = batch[k];
+			uint64_t key = r->segs[si].key; /* stable: only this thread drops entries */
+			unsigned lane = (unsigned)(key >> 40);
+			uint64_t seq = key & ((1ull << 40) - 1);
+			char path[PATH_MAX], ldir[PATH_MAX];
+			int rc = spool_seg_path(path, sizeof(path), r->dir, lane, seq);
+
+			if (!rc)
+				rc = spool_lane_dir_path(ldir, sizeof(ldir), r->dir, lane);
+			if (!rc) {
+				rc = r->ops.unlink(r->ops_ctx, path);
+				if (rc == -ENOENT)
+					rc = 0;
+			}
+			/* The unlink must be durable before anything it held loses its protection. */
+			if (!rc)
+				rc = r->ops.fsync_dir(r->ops_ctx, ldir);
+			pthread_mutex_lock(&r->mu);
+			if (rc) {
+				/* Unknown whether it is gone: keep everything as if it were there. */
+				r->segs[si].reclaiming = false;
+				seg_pin_locked(r, lane, seq);
+				r->st.errors++;
+			} else {
+				seg_gone_locked(r, si);
+				total++;
+			}
+			pthread_mutex_unlock(&r->mu);
+		}
+	}
+}
+
+static void *reclaim_main(void *arg)
+{
+	struct spool_reclaim *r = arg;
+
+	pthread_mutex_lock(&r->mu);
+	while (!r->stop) {
+		if (!r->dirty) {
+			struct timespec ts;
+			clock_gettime(CLOCK_REALTIME, &ts);
+			ts.tv_sec += 1;
+			pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+			continue;
+		}
+		pthread_mutex_unlock(&r->mu);
+		spool_reclaim_run(r);
+		pthread_mutex_lock(&r->mu);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return NULL;
+}
+
+int spool_reclaim_start(struct spool_reclaim *r)
+{
+	int rc;
+
+	if (r->started)
+		return 0;
+	rc = -pthread_create(&r->thr, NULL, reclaim_main, r);
+	if (!rc)
+		r->started = true;
+	return rc;
+}
+
+void spool_reclaim_stop(struct spool_reclaim *r)
+{
+	if (!r->started)
+		return;
+	pthread_mutex_lock(&r->mu);
+	r->stop = true;
+	pthread_cond_signal(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+	pthread_join(r->thr, NULL);
+	r->started = false;
+}
+
+/* ---- start-up: the table from a scan of the whole spool ---- */
+
+struct rc_rec {
+	uint64_t id, seq, dsn_id;
+	unsigned lane;
+};
+
+struct load_ctx {
+	struct spool_reclaim *r;
+	struct rc_rec *recs;
+	size_t nrecs, cap;
+	uint64_t *finals;
+	size_t nfinals, fcap;
+	int err;
+};
+
+static void l_seg(void *ctx, struct rlane *rl, struct rseg *s)
+{
+	struct load_ctx *c = ctx;
+
+	seg_add_locked(c->r, rl->lane, s->seq, s->size, true);
+	/* A bad header (not merely unused), or a newer format: exactly as found. */
+	if (s->hdr_rc && s->hdr_rc != -ENODATA)
+		seg_pin_locked(c->r, rl->lane, s->seq);
+}
+
+static void l_bad(void *ctx, struct rlane *rl, struct rseg *s, uint64_t from, uint64_t to, bool tail,
+		  bool zero, bool durable)
+{
+	struct load_ctx *c = ctx;
+
+	(void)from;
+	(void)to;
+	(void)tail;
+	(void)durable;
+	/* Torn tails and quarantined regions: FORMAT.md promises such segments stay as found. */
+	if (!zero)
+		seg_pin_locked(c->r, rl->lane, s->seq);
+}
+
+static void l_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct spool_rec *rec)
+{
+	struct load_ctx *c = ctx;
+	struct rc_rec e = {.id = rec->txn_id, .seq = s->seq, .lane = rl->lane};
+
+	if (rec->type == SPOOL_REC_OUTCOME) {
+		struct spool_outcome o;
+		struct spool_outcome_iter it;
+		if (spool_outcome_decode(rec->payload, rec->len, &o, &it))
+			return; /* not a record: recovery ignores it too */
+		e.dsn_id = o.dsn_id;
+	}
+	if (c->nrecs == c->cap) {
+		size_t ncap = c->cap ? c->cap * 2 : 1024;
+		struct rc_rec *n = realloc(c->recs, ncap * sizeof(*n));
+		if (!n) {
+			c->err = -ENOMEM;
+			return;
+		}
+		c->recs = n;
+		c->cap = ncap;
+	}
+	c->recs[c->nrecs++] = e;
+}
+
+static int l_final(struct load_ctx *c, uint64_t id)
+{
+	if (c->nfinals == c->fcap) {
+		size_t ncap = c->fcap ? c->fcap * 2 : 1024;
+		uint64_t *n = realloc(c->finals, ncap * sizeof(*n));
+		if (!n)
+			return c->err = -ENOMEM;
+		c->finals = n;
+		c->fcap = ncap;
+	}
+	c->finals[c->nfinals++] = id;
+	return 0;
+}
+
+static int l_msg(void *ctx, struct rlane *rl, const struct spool_msg *m, const struct spool_msg_status *st)
+{
+	struct load_ctx *c = ctx;
+
+	msg_add_locked(c->r, m->id, rl->lane, m->seq, m->chunk_count ? m->first_seq : 0);
+	if (st->done)
+		l_final(c, m->id);
+	return 0;
+}
+
+static void l_aborted(void *ctx, struct rlane *rl, const struct spool_msg *m, bool kept)
+{
+	struct load_ctx *c = ctx;
+
+	(void)kept;
+	/* Not a message; final, but its commit must go before its abort record (H). */
+	msg_add_locked(c->r, m->id, rl->lane, m->seq, m->chunk_count ? m->first_seq : 0);
+	l_final(c, m->id);
+}
+
+static void l_dropped(void *ctx, struct rlane *rl, const struct spool_msg *m, bool durable)
+{
+	(void)ctx;
+	(void)rl;
+	(void)m;
+	(void)durable;
+	/* Never acknowledged: garbage, like chunks without a commit. */
+}
+
+int spool_reclaim_load(struct spool_reclaim *r)
+{
+	struct load_ctx c = {.r = r};
+	struct scan_cfg sc = {.msg_status = l_msg,
+			      .aborted = l_aborted,
+			      .dropped = l_dropped,
+			      .bad = l_bad,
+			      .seg = l_seg,
+			      .ctx = &c};
+	/* spool_scan_spool keeps the records' segments to itself: a second walk over the maps. */
+	struct scan_cfg dc = {.delivery = l_delivery, .ctx = &c};
+	struct spool_reader *rd;
+	int rc;
+
+	rc = spool_reader_open(&rd, r->dir);
+	if (rc == -ENOENT)
+		return 0;
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&r->mu);
+	rc = spool_scan_spool(rd, &sc, NULL);
+	for (unsigned i = 0; i < rd->nlanes && !rc; i++)
+		rc = spool_scan_lane(rd, &rd->lanes[i], &dc);
+	if (!rc)
+		rc = c.err;
+	if (!rc) {
+		/* Records after every commit is known (a DSN may be in any lane), finals last. */
+		for (size_t i = 0; i < c.nrecs; i++)
+			msg_record_locked(r, c.recs[i].id, c.recs[i].lane, c.recs[i].seq, c.recs[i].dsn_id);
+		for (size_t i = 0; i < c.nfinals; i++)
+			msg_final_locked(r, c.finals[i]);
+	}
+	r->dirty = true;
+	pthread_mutex_unlock(&r->mu);
+	spool_reader_close(rd);
+	free(c.recs);
+	free(c.finals);
+	return rc;
+}
+
+void spool_reclaim_dump(struct spool_reclaim *r, FILE *f)
+{
+	pthread_mutex_lock(&r->mu);
+	for (uint32_t i = 0; i < r->nsegs; i++) {
+		const struct rc_seg *s = &r->segs[i];
+		unsigned lane = (unsigned)(s->key >> 40);
+		if (!s->used)
+			continue;
+		fprintf(f,
+			"lane %u seq %llu: known %d sealed %d pinned %d nonfinal %u waiting %u (top %llu low "
+			"%llu)%s\n",
+			lane, (unsigned long long)(s->key & ((1ull << 40) - 1)), s->known, s->sealed,
+			s->pinned, s->nonfinal, s->waiting, (unsigned long long)r->lane_top[lane],
+			(unsigned long long)r->lane_low[lane], reclaimable(r, s) ? " reclaimable" : "");
+	}
+	pthread_mutex_unlock(&r->mu);
+}

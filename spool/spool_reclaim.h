@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_SPOOL_RECLAIM_H
+#define DS_SPOOL_RECLAIM_H
+
+/*
+ * Reclaiming whole segments (FORMAT.md, "Reclamation"). One table per
+ * spool, shared by every lane and the delivery stage, one mutex: it is fed
+ * per durable commit, per durable outcome/abort record, per final message
+ * and per segment sealed (all cold next to the data path), and read by its
+ * own thread, which unlinks the segments it finds reclaimable.
+ *
+ * For every message M on disk: its commit segment C(M) and H(M), the
+ * OTHER segments holding records about it (chunks, outcome records, and
+ * for a FAILED outcome the commit segment of its DSN, which recovery needs
+ * to trust the FAILED). Per segment S: nonfinal(S) counts non-final
+ * messages M with C(M)=S or S in H(M); waiting(S) counts final messages
+ * still on disk with S in H(M). S is reclaimable iff it is known, sealed,
+ * not pinned, not its lane's highest sequence, below every open txn's
+ * first segment of its lane, and nonfinal(S) == waiting(S) == 0.
+ * Reclaiming S: unlink, fsync of the lane directory, and only then every
+ * M with C(M)=S is gone (waiting(T)-- for T in H(M)): a commit always goes
+ * before the records that prove its state.
+ */
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "spool.h"
+
+struct spool_reclaim;
+
+/* Storage the reclaimer uses (tests model crashes with it). 0 or -errno. */
+struct spool_reclaim_ops {
+	int (*unlink)(void *ctx, const char *path);
+	int (*fsync_dir)(void *ctx, const char *path);
+};
+
+struct spool_reclaim_stats {
+	uint64_t segments, bytes;	     /* segments on disk the table knows, their bytes */
+	uint64_t reclaimed, reclaimed_bytes; /* unlinked so far */
+	uint64_t messages, final_messages;   /* on disk (commit segment present), of which final */
+	uint64_t pinned;		     /* segments never reclaimed by this process */
+	uint64_t errors;		     /* failed unlinks / directory fsyncs (segment pinned) */
+};
+
+/* A table for spool directory dir; ops NULL = unlink(2) and fsync of the directory. */
+int spool_reclaim_create(struct spool_reclaim **out, const char *dir, const struct spool_reclaim_ops *ops,
+			 void *ops_ctx);
+/* Stops the thread if started. */
+void spool_reclaim_destroy(struct spool_reclaim *r);
+
+/*
+ * Fill the table from a scan of the whole spool (start-up, before any lane
+ * opens, beside recovery): every segment, message, outcome and abort
+ * record; segments with a torn tail, a quarantined region or a bad header
+ * are pinned. 0 or -errno.
+ */
+int spool_reclaim_load(struct spool_reclaim *r);
+
+/* Reclaim what is reclaimable now (the thread calls this). Segments reclaimed, or -errno. */
+int spool_reclaim_run(struct spool_reclaim *r);
+/* A thread that runs spool_reclaim_run when something changed (at least once a second). */
+int spool_reclaim_start(struct spool_reclaim *r);
+void spool_reclaim_stop(struct spool_reclaim *r);
+
+/* ---- fed by the lanes (spool_lane.c) ---- */
+/* Segment (lane, seq) exists: the lane's new active one (sealed false) or one found on disk. */
+void spool_reclaim_seg_add(struct spool_reclaim *r, unsigned lane, uint64_t seq, uint64_t bytes, bool sealed);
+/* No byte will be written to it again and every record in it is durable and registered. */
+void spool_reclaim_seg_sealed(struct spool_reclaim *r, unsigned lane, uint64_t seq);
+/* Never reclaim it in this process (failed segment, abort record, damaged). */
+void spool_reclaim_seg_pin(struct spool_reclaim *r, unsigned lane, uint64_t seq);
+/* Chunks of the lane's open txns may lie at seq and above (UINT64_MAX: no open txn). */
+void spool_reclaim_lane_low(struct spool_reclaim *r, unsigned lane, uint64_t seq);
+/*
+ * The commit record of message id is durable in segment commit_seq of lane;
+ * its chunks lie in chunk_seq .. commit_seq of that lane (chunk_seq 0: no chunks).
+ */
+void spool_reclaim_msg_add(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t commit_seq,
+			   uint64_t chunk_seq);
+/*
+ * A record about message id is durable in segment seq of lane (outcome
+ * record; dsn_id its DSN or 0). Unknown ids are ignored (their commit is
+ * gone: so is what the record says). A DSN that is not in the table (or is
+ * being reclaimed) makes the message never final here: recovery would not
+ * trust that FAILED either.
+ */
+void spool_reclaim_msg_record(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq,
+			      uint64_t dsn_id);
+/*
+ * Message id reached its final state, known from durable records only
+ * (every recipient DELIVERED, or FAILED with its DSN durable).
+ */
+void spool_reclaim_msg_final(struct spool_reclaim *r, uint64_t id);
+
+void spool_reclaim_stats(struct spool_reclaim *r, struct spool_reclaim_stats *st);
+/* One line per segment the table knows (operators, tests). */
+void spool_reclaim_dump(struct spool_reclaim *r, FILE *f);
+
+#endif
