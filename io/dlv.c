@@ -44,6 +44,7 @@
 #include "ring.h"
 #include "spool_fetch.h"
 #include "spool_id.h"
+#include "spool_reclaim.h" /* H12: segment reclamation (issue 15) */
 #include "tls.h"
 
 _Static_assert(IO_DELIVER_STARTTLS_NEVER == DLV_STARTTLS_NEVER &&
@@ -1284,6 +1285,12 @@ static void job_apply(struct io_dlv *d, struct djob *j)
 		obs_metrics_dlv_latency(m, (uint64_t)DS_MAX(ds_wall_us() - qm->received_at_us, 0));
 	job_log(d, j, cnt[DLV_DELIVERED], cnt[DLV_DEFERRED], cnt[DLV_FAILED]);
 	if (qm->rcpt_open == 0) {
+		/*
+		 * H12 (issue 15): final from durable records only (not durable -> DEFERRED above,
+		 * FAILED without its DSN -> DEFERRED): its segments may be reclaimed.
+		 */
+		if (d->w->cfg->spool.reclaim)
+			spool_reclaim_msg_final(d->w->cfg->spool.reclaim, qm->id);
 		dlv_queue_done(d->q, qm);
 	} else {
 		int64_t due = j->due_us;
