@@ -205,6 +205,8 @@ static void describe(char *buf, size_t cap, uint64_t bytes, uint64_t given, uint
 		snprintf(buf, cap, "%llu bytes (%s)", (unsigned long long)bytes, auto_text);
 	else if (given)
 		snprintf(buf, cap, "%llu bytes", (unsigned long long)bytes);
+	else if (!pct)
+		snprintf(buf, cap, "0 (none)");
 	else
 		snprintf(buf, cap, "%llu bytes (%u%% of the file system)", (unsigned long long)bytes, pct);
 }
