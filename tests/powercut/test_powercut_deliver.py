@@ -256,6 +256,21 @@ class Receipts:
         return len(self.entries)
 
 
+DELIVERY_RE = re.compile(r"^ts=\S+ level=info event=delivery queue_id=([0-9A-F]{16}) .*? rcpts=(\d+) delivered=(\d+) "
+                         r".* reply=.*$")
+
+
+def logged_delivered(log_path, rcpt_count):
+    """Queue ids whose event=delivery line says all of the message's recipients (rcpt_count[id]) were delivered."""
+    out = []
+    with open(log_path, "rb") as f:
+        for line in f.read().decode("utf-8", "replace").splitlines():
+            m = DELIVERY_RE.match(line)
+            if m and m.group(1) in rcpt_count and int(m.group(2)) == int(m.group(3)) == rcpt_count[m.group(1)]:
+                out.append(m.group(1))
+    return out
+
+
 def recovery_line(srv):
     m = RECOVERY_RE.search(srv.log_text() or "")
     if not m:
@@ -288,6 +303,7 @@ class DiskRun:
         self.state_after = None
         self.metrics = None
         self.metrics_when = "-"
+        self.log_path = None
 
 
 def start_dserver(t, tools, disk, peer, mport):
@@ -351,6 +367,7 @@ def drain(t, tools, workdir, disk, seed, peer, rc, runs, msgs, what):
     fs, srv, mport, st, rep, lo = reboot(t, tools, workdir, disk, seed, peer, rc, what)
     runs[-1].state_after = st
     run = DiskRun("drain", lo)
+    run.log_path = srv.log_path
     runs.append(run)
     want = {(m["fate"][1], r) for m in msgs.values() if m["fate"][0] == "ok" for r in m["rcpts"]}
     owed = {(q, r) for q, rs in st.items() for r, (s, _) in rs.items() if s not in "DF"}
@@ -448,6 +465,27 @@ def check_disk(t, tools, rc, runs, msgs, mode, what):
             for a, (s, _) in rs.items():
                 if s == "D" and not any(j <= k for j in seen.get((q, a), [])):
                     failures.append("after %s, %s of %s is D but the peer never received it by then" % (r.label, a, q))
+    # Independent of the fold (ds-powercut-dlvstate and recovery share it): in cut mode nothing fails
+    # before the cut, so an event=delivery line saying every recipient of the message was delivered was
+    # logged after that outcome record settled, i.e. was durable. Those messages must be D in S_k and never
+    # received again. (A line the logger had not written at the SIGKILL is simply not seen.)
+    logged = 0
+    for k, r in enumerate(runs):
+        if mode != "cut" or not r.log_path:
+            continue
+        for q in logged_delivered(r.log_path, {q: len(rs) for q, rs in r.state_after.items()}):
+            logged += 1
+            bad = {a: s for a, (s, _) in r.state_after[q].items() if s != "D"}
+            if bad:
+                failures.append("%s logged %s delivered (its outcome record settled), but after the cut it is %s"
+                                % (r.label, q, bad))
+            again = [(a, runs[j].label) for (qq, a), ks in seen.items() if qq == q for j in ks if j > k]
+            if again:
+                failures.append("%s logged %s delivered (settled), yet it was received again: %s (resurrection)"
+                                % (r.label, q, again[:4]))
+    if mode == "cut":
+        print("  %d messages logged as delivered with a settled outcome: all D after their cut, none received again"
+              % logged if not any("logged" in f for f in failures) else "")
     if same_run and mode == "cut":
         failures.append("%d recipients delivered twice within one run (no flush failed), e.g. %s"
                         % (len(same_run), same_run[:5]))
@@ -523,6 +561,7 @@ def cut_mode(t, tools, workdir, peer, rc, base):
             if runs:
                 runs[-1].state_after = st
             run = DiskRun("cycle %d" % cycle, lo)
+            run.log_path = srv.log_path
             crnd = random.Random(seed)
             cut_at = crnd.uniform(*CUT_AT_S)
             load = Load(srv.port, "c%d" % cycle, base, msgs).start()
@@ -552,6 +591,7 @@ def eio_mode(t, tools, workdir, peer, rc, base):
     what = "eio run (seed %d)" % base
     fs, srv, mport, st, rep, lo = reboot(t, tools, workdir, disk, base, peer, rc, what)
     run = DiskRun("eio run", lo)
+    run.log_path = srv.log_path
     # Full speed, more clients: groups that hold commits, not only outcome records.
     load = Load(srv.port, "eio", base, msgs, clients=2 * CLIENTS, pause_s=0).start()
     time.sleep(0.6)
