@@ -34,7 +34,8 @@ import threading, time, urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SMTP_SINK = "/usr/sbin/smtp-sink"
 BOUND_S = 300
-LEGS = ("off", "smtp", "lmtp")
+LEGS = ("off", "smtp", "lmtp", "off+sink")
+OFF_LEGS = ("off", "off+sink")
 # Ports inside the namespace (nothing else listens there).
 P_OFF, P_SMTP, P_SINK, P_LMTP_TARGET, P_LMTP = 10031, 10032, 10033, 10034, 10035
 M_OFF, M_SMTP, M_LMTP_TARGET, M_LMTP = 10041, 10042, 10044, 10045
@@ -68,7 +69,7 @@ def parse_args():
         ap.error("--duration, --rounds, --drain-max must be positive")
     # Worst case: peak + warm-ups + every leg with a full drain, under the bound.
     nlegs = len(a.legs)
-    ndlv = sum(1 for x in a.legs if x != "off")
+    ndlv = sum(1 for x in a.legs if x not in OFF_LEGS)
     worst = (a.duration + 3) * (1 + nlegs * a.rounds) + 3 * ndlv + ndlv * (a.rounds + 1) * a.drain_max + 15
     if worst > BOUND_S - 20:
         ap.error("duration x legs x rounds + drains may take %d s, more than %d s" % (worst, BOUND_S - 20))
@@ -206,7 +207,7 @@ class Bench:
         need = set(a.legs) | {"off"}
         if "lmtp" in need:
             self.server("lmtp-target", ["--lmtp-listen", "127.0.0.1:%d" % P_LMTP_TARGET], M_LMTP_TARGET, [])
-        if "smtp" in need:
+        if "smtp" in need or "off+sink" in need:
             self.procs["sink"] = Proc("sink", [SMTP_SINK, "-c", "-u", "nobody", "-h", "sink.test",
                                                "127.0.0.1:%d" % P_SINK, "1024"],
                                       os.path.join(self.t, "sink.out"))
@@ -251,7 +252,8 @@ class Bench:
         return j, ru.ru_utime + ru.ru_stime
 
     def leg(self, leg, rate, duration):
-        port, mport = {"off": (P_OFF, M_OFF), "smtp": (P_SMTP, M_SMTP), "lmtp": (P_LMTP, M_LMTP)}[leg]
+        port, mport = {"off": (P_OFF, M_OFF), "off+sink": (P_OFF, M_OFF), "smtp": (P_SMTP, M_SMTP),
+                       "lmtp": (P_LMTP, M_LMTP)}[leg]
         peer = {"smtp": "sink", "lmtp": "lmtp-target"}.get(leg)
         cpu0 = {k: p.cpu_s() for k, p in self.procs.items()}
         m0 = scrape(mport)
@@ -277,8 +279,18 @@ class Bench:
 
         th = threading.Thread(target=sampler, daemon=True)
         th.start()
+        side = None
+        if leg == "off+sink":
+            # The control: delivery off, and beside it a second client sending the same rate to
+            # smtp-sink: the CPU the smtp leg's next hop and client side take, without delivery.
+            side = subprocess.Popen([self.bench, "--server", "127.0.0.1:%d" % P_SINK, "--connections", "64",
+                                     "--size", str(self.a.size), "--duration", str(duration), "--rate",
+                                     "%.0f" % rate, "--pipelining", "--json", "--quiet"],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t_start = time.time()
         j, bench_cpu = self.load(port, rate, duration, leg)
+        if side:
+            side.wait()
         t_load = time.time() - t_start
         stop.set()
         th.join()
@@ -302,7 +314,7 @@ class Bench:
         fd = j["latency_us"]["final_dot"]
         r["final_dot_ms"] = {k: fd[k] / 1e3 for k in ("p50", "p99", "p999", "max")}
         r["message_p99_ms"] = j["latency_us"]["message"]["p99"] / 1e3
-        if leg == "off":
+        if leg in OFF_LEGS:
             return r
         # The queue after the load: wait until everything accepted is delivered.
         t_end = time.time()
@@ -365,28 +377,31 @@ def med(xs):
 def report(a, peak, rate, res, meta):
     by = {leg: [r for r in res if r["leg"] == leg] for leg in a.legs}
     print("delivery benchmark (issue 14.5), %s; %s" % (time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), meta))
-    print("peak (closed loop, delivery off, %d connections, %d s): %.0f msg/s, final-dot p99 %.2f ms; "
-          "offered rate: %.0f msg/s%s; %d round(s), medians (p99 range)" %
-          (a.connections, a.duration, peak["bench"]["messages_per_s"] if peak else 0,
-           peak["final_dot_ms"]["p99"] if peak else 0, rate, "" if a.rate else " (half of peak)", a.rounds))
+    if peak:
+        print("peak (closed loop, delivery off, %d connections, %d s): %.0f msg/s, final-dot p99 %.2f ms" % (
+            a.connections, a.duration, peak["bench"]["messages_per_s"], peak["final_dot_ms"]["p99"]))
+    print("offered rate: %.0f msg/s%s; %d round(s), medians (p99 range)" % (
+        rate, " (half of peak)" if peak else " (--rate; peak not measured)", a.rounds))
     print()
     print("| leg | accepted msg/s | delivered msg/s | delivered/accepted | drain s | final-dot p50 ms | "
           "p99 ms | p99.9 ms | queue max / end (backlog max / end) | dlv latency p50 / p99 / mean ms | failed | "
           "CPU s (dotspool, peer, bench) |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    names = {"off": "delivery off", "smtp": "-> smtp-sink", "lmtp": "-> dotspool LMTP"}
+    names = {"off": "delivery off", "smtp": "-> smtp-sink", "lmtp": "-> dotspool LMTP",
+             "off+sink": "off, + same rate into smtp-sink (control)"}
     for leg in a.legs:
         rs = by[leg]
         if not rs:
             continue
         p99s = [r["final_dot_ms"]["p99"] for r in rs]
         p99 = fmt(med(p99s)) + (" (%.2f-%.2f)" % (min(p99s), max(p99s)) if len(rs) > 1 else "")
-        peer = {"smtp": "sink", "lmtp": "lmtp-target"}.get(leg)
-        cpu = "%.1f, %s, %.1f" % (med([r["cpu_s"].get(leg, 0) for r in rs]),
+        peer = {"smtp": "sink", "lmtp": "lmtp-target", "off+sink": "sink"}.get(leg)
+        srv = "off" if leg in OFF_LEGS else leg
+        cpu = "%.1f, %s, %.1f" % (med([r["cpu_s"].get(srv, 0) for r in rs]),
                                   fmt(med([r["cpu_s"].get(peer, 0) for r in rs]), "%.1f") if peer else "-",
                                   med([r["bench_cpu_s"] for r in rs]))
         failed = sum(r["bench"]["messages_failed"] for r in rs)
-        if leg == "off":
+        if leg in OFF_LEGS:
             print("| %s | %.0f | - | - | - | %s | %s | %s | - | - | %d | %s |" % (
                 names[leg], med([r["accepted_per_s"] for r in rs]), fmt(med([r["final_dot_ms"]["p50"] for r in rs])),
                 p99, fmt(med([r["final_dot_ms"]["p999"] for r in rs])), failed, cpu))
@@ -405,7 +420,7 @@ def report(a, peak, rate, res, meta):
     verdicts = {}
     off = by.get("off") or []
     for leg in a.legs:
-        if leg == "off" or not by[leg]:
+        if leg in OFF_LEGS or not by[leg]:
             continue
         rs = by[leg]
         ratio = med([r["delivered_ratio"] for r in rs])
@@ -442,7 +457,7 @@ def report(a, peak, rate, res, meta):
                     print("    " + ln[:400])
     for leg in a.legs:
         for r in by[leg]:
-            if leg != "off" and r["queue"]["samples"]:
+            if leg not in OFF_LEGS and r["queue"]["samples"]:
                 print("%s: queue gauge / backlog (accepted - delivered) every 0.5 s: %s" % (
                     names[leg], " ".join("%.0f/%.0f" % (s[1], s[3]) for s in r["queue"]["samples"])))
     return verdicts
@@ -477,7 +492,7 @@ def main():
             peak = b.leg("off", 0, a.duration)
             rate = peak["bench"]["messages_per_s"] / 2
         for leg in a.legs:  # warm each server (fresh spool) at the offered rate, drained
-            if leg != "off":
+            if leg not in OFF_LEGS:
                 b.leg(leg, rate, 2)
         for rnd in range(a.rounds):
             order = a.legs if rnd % 2 == 0 else list(reversed(a.legs))
