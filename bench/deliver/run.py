@@ -23,7 +23,7 @@ Every server is started once, with its spool on the disk (a directory under --di
 
 Usage: bench/deliver/run.py [--duration S] [--rounds N] [--rate R] [--size B]
            [--connections N] [--threads N] [--bench-threads N] [--deliver-connections N]
-           [--legs off,smtp,lmtp] [--drain-max S] [--server-arg=ARG]... [--json FILE]
+           [--legs off,smtp,lmtp,off+sink] [--drain-max S] [--server-arg=ARG]... [--json FILE]
            [--dir DIR] [--keep]
 Env: DS_DOTSPOOL (server binary), DS_BENCH (dotspool-bench); default: the first of
 build-h9/, build/ that has them. Needs root (network namespace) and smtp-sink
