@@ -52,7 +52,7 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="dotspool workers")
     ap.add_argument("--bench-threads", type=int, default=1, help="dotspool-bench threads")
     ap.add_argument("--deliver-connections", type=int, default=64, help="dotspool --deliver-connections")
-    ap.add_argument("--legs", default=",".join(LEGS), help="subset of off,smtp,lmtp (off is needed for the ratio)")
+    ap.add_argument("--legs", default=",".join(LEGS), help="subset of off,smtp,lmtp,off+sink (off is needed for the p99 ratio; off+sink is a CPU control)")
     ap.add_argument("--server-arg", action="append", default=[],
                     help="one more argument for every dotspool under load (not the LMTP target), "
                          "repeatable: --server-arg=--flushes-in-flight=4")
