@@ -28,6 +28,7 @@
 #include "options.h"
 #include "spool.h"
 #include "spool_reader.h"
+#include "spool_reclaim.h"
 
 #define DS_VERSION "0.1.0"
 
@@ -246,6 +247,37 @@ static int spool_prepare(const struct io_config *cfg, struct io_shared *sh)
 	return 0;
 }
 
+/*
+ * --reclaim: the table of what every segment holds, from a scan beside
+ * recovery; what is reclaimable now goes before the lanes open (start-up
+ * stays flat), the rest as messages become final (its own thread).
+ */
+static int reclaim_start(struct io_config *cfg)
+{
+	if (!cfg->reclaim)
+		return 0;
+	struct spool_reclaim *rc;
+	int ret = spool_reclaim_create(&rc, cfg->spool_dir, NULL, NULL);
+	if (ret == 0 && (ret = spool_reclaim_load(rc)) < 0)
+		spool_reclaim_destroy(rc);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: spool reclamation: %s\n", strerror(-ret));
+		return ret;
+	}
+	int n = spool_reclaim_run(rc);
+	struct spool_reclaim_stats st;
+	spool_reclaim_stats(rc, &st);
+	fprintf(stderr, "dotspool: spool reclamation: %d segment(s) reclaimed at start-up, %llu on disk\n",
+		n < 0 ? 0 : n, (unsigned long long)st.segments);
+	ret = spool_reclaim_start(rc);
+	if (ret < 0) {
+		spool_reclaim_destroy(rc);
+		return ret;
+	}
+	cfg->spool.reclaim = rc;
+	return 0;
+}
+
 /* What the workers share: the per-address limits, one metrics block each, the log. */
 static int shared_create(struct io_shared *sh, const struct io_config *cfg)
 {
@@ -376,7 +408,7 @@ int main(int argc, char **argv)
 		shared_destroy(&sh);
 		return 1;
 	}
-	if (spool_prepare(&cfg, &sh) < 0) {
+	if (spool_prepare(&cfg, &sh) < 0 || reclaim_start(&cfg) < 0) {
 		shared_destroy(&sh);
 		return 1;
 	}
@@ -389,12 +421,16 @@ int main(int argc, char **argv)
 	uint32_t created = 0, started = 0;
 	if (workers_start(&sh, &cfg, workers, &created, &started) < 0) {
 		workers_teardown(&sh, workers, created);
+		if (cfg.spool.reclaim)
+			spool_reclaim_destroy(cfg.spool.reclaim);
 		shared_destroy(&sh);
 		return 1;
 	}
 	announce_ready(&cfg);
 	wait_for_stop(&sigs, &sh, &cfg, workers, started);
 	int rc = workers_teardown(&sh, workers, created);
+	if (cfg.spool.reclaim)
+		spool_reclaim_destroy(cfg.spool.reclaim);
 	shared_destroy(&sh);
 	fprintf(stderr, "dotspool: stopped\n");
 	return rc;

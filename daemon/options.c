@@ -102,6 +102,9 @@ static const struct opt_def opts[] = {
 	{"prewrite", OPT_BOOL, CF(spool.prewrite), 0, 1, 0, "BOOL zero-fill segments before use"},
 	{"no-prewrite", OPT_FLAG_NEG, CF(spool.prewrite), 0, 1, 0,
 	 "fallocate segments only (for measurements)"},
+	{"reclaim", OPT_BOOL, CF(reclaim), 0, 1, 0,
+	 "BOOL delete sealed segments once every message in them is final and their records are durable "
+	 "(issue 15; spool/FORMAT.md, Reclamation)"},
 	{"spool-io", OPT_STR, CF(spool.io_mode), 1, 15, 0,
 	 "MODE buffered (write + fdatasync per group, default) or direct (O_DIRECT segments, each group one "
 	 "block-aligned RWF_DSYNC write; falls back to buffered where O_DIRECT is refused)"},

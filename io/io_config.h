@@ -123,6 +123,7 @@ struct io_config {
 	socklen_t metrics_addr_len;
 	char log_level[16];	  /* error, warn, info, debug */
 	uint32_t log_ring_size;	  /* bytes of log buffer per worker */
+	bool reclaim;		  /* --reclaim: delete segments whose messages are all final (spool_reclaim.h) */
 	bool listen_from_source;  /* the current source (file, command line) set the listeners */
 	bool domains_from_source; /* ... the accepted domains */
 };
