@@ -233,8 +233,8 @@ def send_ex(port, sender, rcpts, body, mail_opts=(), rcpt_opts=None, host="127.0
             raise dslib.Fail("DATA -> %d %r" % (code, msg))
         try:
             s.quit()
-        except smtplib.SMTPException:
-            pass
+        except (smtplib.SMTPException, OSError):
+            pass  # the 250 for DATA is what counts
     finally:
         s.close()
     return queue_id(msg)
