@@ -1266,7 +1266,9 @@ static void job_apply(struct io_dlv *d, struct djob *j)
 	for (uint32_t i = 0; i < j->n; i++) {
 		uint8_t s = j->state[i];
 		if (!durable)
-			s = SPOOL_RCPT_DEFERRED; /* nothing recorded: tried again */
+			/* Nothing recorded: tried again. One the next hop took is marked as a restart
+			 * would find it (ATTEMPT), so that its delivery again counts as a re-delivery. */
+			s = s == SPOOL_RCPT_DELIVERED ? SPOOL_RCPT_ATTEMPT : SPOOL_RCPT_DEFERRED;
 		else if (s == SPOOL_RCPT_FAILED && !dsn_ok)
 			s = SPOOL_RCPT_DEFERRED; /* the DSN did not make it: recovery would not count FAILED
 						    either */
