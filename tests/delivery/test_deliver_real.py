@@ -337,10 +337,11 @@ def part_pipe(t, tmp):
         t.check(all("time limit" in e["reply"] for e in sl), "pipe: the reason says so", repr(sl))
         # Only these run lines exist (no duplicate of a delivered message).
         t.eq(len([r for r in rs if r["sender"] in [m["sender"] for m in msgs]]), len(msgs), "no duplicates")
-        # Its retry (60 s sleep) may be running now: a stop must still be prompt and clean.
+        # Its retry (60 s sleep) may be running now: dotspool lets a running program finish
+        # within its grace period (here the 8 s limit kills it first), then exits 0.
         t0 = time.monotonic()
-        t.eq(srv.stop(), 0, "pipe: dotspool stops cleanly (exit 0) with a program running")
-        t.check(time.monotonic() - t0 < 5, "pipe: and promptly (%.1f s)" % (time.monotonic() - t0))
+        t.eq(srv.stop(timeout_s=15), 0, "pipe: dotspool stops cleanly (exit 0) with a program running")
+        t.check(time.monotonic() - t0 < 12, "pipe: within the grace period (%.1f s)" % (time.monotonic() - t0))
     finally:
         srv.stop()
 
