@@ -47,6 +47,27 @@ state read after run k's cut. Checks:
   flush, whose bytes may be intact: the abort record must stop it) is ever
   received by the peer, in the run or after the restart (by Message-ID).
 
+--reclaim (or DS_POWERCUT_RECLAIM=1): the server runs with --reclaim true
+  (segment reclamation, spool/FORMAT.md "Reclamation"; segments stay 1 MiB as
+  in test_powercut.py so each cycle seals several), and the checks that
+  assumed every message stays visible become:
+  - a message that should be on the disk after run k (acknowledged in a run
+    <= k, or in the state after an earlier run) and is not in S_k is
+    acceptable only if every one of its recipients (the client's list, or
+    the state's) had been received by the peer by the end of run k: its
+    commit segment was reclaimed because it was final. Anything else is
+    "lost by reclamation" (this check runs without --reclaim too, where no
+    absence is acceptable);
+  - a recipient received in run k whose message is gone from S_k passes the
+    ATTEMPT check only under that same condition;
+  - no resurrection is unchanged: a recipient received again in run k+1
+    must have been A in S_k, and a gone message has no A;
+  - reclamation really happened: the segment files in the lane directories
+    at the end are at most half of those ever created (the sum of each
+    lane's highest sequence, since sequences start at 1 and never repeat);
+    both are printed after every cut and at the end, with the server's
+    "reclaimed at start-up" count.
+
 Knobs: DS_POWERCUT_CYCLES (cut mode, default 4), DS_POWERCUT_DISK_CYCLES
 (cycles per disk before its drain, default all on one disk), DS_POWERCUT_SEED
 (printed; repeats the schedule), DS_POWERCUT_ARGS (extra server options, e.g.
@@ -85,6 +106,10 @@ SCRAPE_S = 0.5       # /metrics after the cut: a worker blocked on the frozen mo
 METRICS = ("dotspool_redeliveries_total", "dotspool_delivery_possible_duplicates_total",
            "dotspool_outcome_records_total", "dotspool_outcome_record_errors_total",
            "dotspool_flush_errors_total", "dotspool_queue_messages", "dotspool_queue_recipients_open")
+RECLAIM_ARGS = ["--reclaim", "true"]  # with --reclaim; DS_POWERCUT_ARGS comes later and may override
+RECLAIM = False       # set by --reclaim / DS_POWERCUT_RECLAIM=1
+RECLAIM_RE = re.compile(r"spool reclamation: (\d+) segment\(s\) reclaimed at start-up, (\d+) on disk")
+SEG_NAME_RE = re.compile(r"\A(\d{12})\.seg\Z")
 RECOVERY_RE = re.compile(r"spool recovery: .*?(\d+) messages \(.*?(\d+) refused commits .*?(\d+) outcome records, "
                          r"(\d+) messages queued \((\d+) recipients, (\d+) cut short")
 
@@ -295,12 +320,32 @@ def count_states(st):
     return " ".join("%s %d" % (k, c[k]) for k in sorted(c))
 
 
+def census(spool):
+    """{lane directory: (segment files in it, highest sequence)}: sequences start at 1 and never repeat, so the
+    highest is how many segments the lane ever created (one not yet durable at a cut may be reused)."""
+    out = {}
+    for d in sorted(os.listdir(spool)):
+        if not re.fullmatch(r"lane-\d+", d):
+            continue
+        seqs = [int(m.group(1)) for m in (SEG_NAME_RE.match(f) for f in os.listdir(os.path.join(spool, d))) if m]
+        out[d] = (len(seqs), max(seqs, default=0))
+    return out
+
+
+def census_text(c):
+    return "%d of %d segments on disk (%s)" % (sum(n for n, _ in c.values()), sum(h for _, h in c.values()),
+                                                 ", ".join("%s %d/%d" % (d, n, h) for d, (n, h) in c.items()))
+
+
 class DiskRun:
     """One server run on the disk: its peer index lines [lo, hi), the state after its end, its metrics."""
 
-    def __init__(self, label, lo):
-        self.label, self.lo, self.hi = label, lo, None
+    def __init__(self, label, lo, tag=None):
+        self.label, self.lo, self.hi, self.tag = label, lo, None, tag  # tag: the Load's, for its acks
         self.state_after = None
+        self.census_after = None  # census() of the disk after its end (reclaim mode)
+        self.bad_bodies_after = []  # commits verify found without their body after its end (reclaim mode)
+        self.reclaimed_at_start = None  # the server's "reclaimed at start-up" count
         self.metrics = None
         self.metrics_when = "-"
         self.log_path = None
@@ -309,6 +354,7 @@ class DiskRun:
 def start_dserver(t, tools, disk, peer, mport):
     args = pc.SERVER_ARGS + dlvlib.deliver_args([peer.url()], retry_min_s=1)
     args += ["--deliver-connections", "8", "--metrics", "127.0.0.1:%d" % mport]
+    args += RECLAIM_ARGS if RECLAIM else []
     args += os.environ.get("DS_POWERCUT_ARGS", "").split()
     srv = dslib.Server(tools.ctl_dir, spool=disk.spool, binary=tools.server, extra=args)
     srv.START_TIMEOUT_S = 30
@@ -320,6 +366,7 @@ def reboot(t, tools, workdir, disk, seed, peer, rc, what):
     """Mount after a cut, read what survived, start the server, compare its recovery line, verify."""
     fs = pc.mount(tools, workdir, disk, seed)
     st = dlvstate(tools, disk)
+    cen = census(disk.spool)
     lo = rc.refresh()  # before the start: delivery begins as soon as recovery has queued what is owed
     mport = dslib.free_port()
     srv = start_dserver(t, tools, disk, peer, mport)
@@ -328,7 +375,29 @@ def reboot(t, tools, workdir, disk, seed, peer, rc, what):
     t.eq({k: got[k] for k in want}, want, "%s: the server's recovery line agrees with the spool's folded state (%s)"
          % (what, count_states(st)))
     v = srv.verify()
-    t.eq(v.returncode, 0, "%s: dotspool-ctl verify exits 0" % what, (v.stdout + v.stderr).decode()[-2000:])
+    vout = (v.stdout + v.stderr).decode()
+    got["bad_bodies"] = []
+    if RECLAIM and v.returncode != 0:
+        # FORMAT.md "Reclamation": a final message's chunk segment may leave before its commit segment; until that
+        # follows, verify reports the commit's body as missing and recovery drops it. Acceptable only as exactly
+        # that (check_disk then requires each such message to be gone from the state with all of it delivered).
+        got["bad_bodies"] = re.findall(r"^lane \d+ segment \d+ offset \d+: message ([0-9A-F]{16}): body missing or "
+                                       r"corrupt$", vout, re.M)
+        other = [ln for ln in vout.splitlines() if ln and "body missing or corrupt" not in ln and
+                 not ln.startswith("verify: INCONSISTENT: ")]
+        m = re.search(r"^verify: INCONSISTENT: .* (\d+) bad bodies, 0 quarantined regions \(0 bytes\), 0 bad segment "
+                      r"headers, ", vout, re.M)
+        t.check(m and not other and int(m.group(1)) == len(got["bad_bodies"]) > 0,
+                "%s: dotspool-ctl verify reports only %d body-less commits (chunk segments reclaimed first)"
+                % (what, len(got["bad_bodies"])), vout[-2000:])
+    else:
+        t.eq(v.returncode, 0, "%s: dotspool-ctl verify exits 0" % what, vout[-2000:])
+    got["census"] = cen
+    m = RECLAIM_RE.search(srv.log_text() or "")
+    got["reclaimed_at_start"] = int(m.group(1)) if m else None
+    if RECLAIM:
+        t.check(m is not None, "%s: the server logged its start-up reclamation" % what)
+        print("  %s: after the cut %s; the server reclaimed %s at start-up" % (what, census_text(cen), m.group(1)))
     return fs, srv, mport, st, got, lo
 
 
@@ -365,8 +434,10 @@ def settle_peer(rc, timeout_s=1.0):
 def drain(t, tools, workdir, disk, seed, peer, rc, runs, msgs, what):
     """The last reboot of a disk: no load, everything is delivered, clean stop; the final state."""
     fs, srv, mport, st, rep, lo = reboot(t, tools, workdir, disk, seed, peer, rc, what)
-    runs[-1].state_after = st
-    run = DiskRun("drain", lo)
+    runs[-1].state_after, runs[-1].census_after = st, rep["census"]
+    runs[-1].bad_bodies_after = rep["bad_bodies"]
+    run = DiskRun("drain", lo, "drain")
+    run.reclaimed_at_start = rep["reclaimed_at_start"]
     run.log_path = srv.log_path
     runs.append(run)
     want = {(m["fate"][1], r) for m in msgs.values() if m["fate"][0] == "ok" for r in m["rcpts"]}
@@ -398,6 +469,7 @@ def drain(t, tools, workdir, disk, seed, peer, rc, runs, msgs, what):
     t.eq(srv.stop(), 0, "%s: server exits 0 on SIGTERM" % what)
     run.hi = settle_peer(rc)
     run.state_after = dlvstate(tools, disk)
+    run.census_after = census(disk.spool)
     fs.stop()
     return rep
 
@@ -438,9 +510,52 @@ def check_disk(t, tools, rc, runs, msgs, mode, what):
     not_final = [(q, r, s) for q, rs in final.items() for r, (s, _) in rs.items() if s != "D"]
     if not_final:
         failures.append("%d recipients not D after the drain, e.g. %s" % (len(not_final), not_final[:5]))
-    missing = [q for q in acked if q not in final]
-    if missing:
-        failures.append("%d acknowledged messages missing from the final spool, e.g. %s" % (len(missing), missing[:5]))
+    if not RECLAIM:
+        missing = [q for q in acked if q not in final]
+        if missing:
+            failures.append("%d acknowledged messages missing from the final spool, e.g. %s"
+                            % (len(missing), missing[:5]))
+    # Nothing lost by reclamation: a message that must be on the disk after run k (acknowledged in a run <= k, or
+    # in the state after an earlier run) may be absent from S_k only with reclamation on, and only if every one of
+    # its recipients had reached the peer by the end of run k (it was final, so its commit segment could go).
+    run_no = {r.tag: k for k, r in enumerate(runs)}
+    mid_of = {q: mid for q, _, mid, n in ents if n in run_of}
+    rcpts_of = {}  # queue id -> its recipients: the client's list, else the first state that held it
+    for q, (mid, m) in acked.items():
+        rcpts_of[q] = set(m["rcpts"])
+    for q, mid in mid_of.items():
+        if q not in rcpts_of and mid in msgs:
+            rcpts_of[q] = set(msgs[mid]["rcpts"])
+    for r in runs:
+        for q, rs in r.state_after.items():
+            rcpts_of.setdefault(q, set(rs))
+    first_got = {key: ks[0] for key, ks in seen.items()}
+
+    def all_received_by(q, k):
+        return all(first_got.get((q, a), k + 1) <= k for a in rcpts_of.get(q, ()))
+
+    gone_by_run = []  # per run: messages gone from its state (reclaimed), that were there or acknowledged before
+    for k, r in enumerate(runs):
+        due = {q for q, (mid, m) in acked.items() if run_no.get(m["run"], k + 1) <= k}
+        for j in range(k):
+            due.update(runs[j].state_after)
+        gone = sorted(q for q in due if q not in r.state_after)
+        bad = [q for q in gone if not RECLAIM or not all_received_by(q, k)]
+        for q in bad[:10]:
+            owed = sorted(a for a in rcpts_of.get(q, ()) if first_got.get((q, a), k + 1) > k)
+            failures.append("%s of %s is gone after %s, yet %s never reached the peer by then%s (%s)"
+                            % ("acknowledged message" if q in acked else "message", q, r.label, owed or "all of it",
+                               " (lost by reclamation)" if RECLAIM else " (lost)",
+                               "; ".join("%s: %s" % (runs[j].label, count_states({q: runs[j].state_after[q]}))
+                                         for j in range(k) if q in runs[j].state_after) or "never seen durable"))
+        if len(bad) > 10:
+            failures.append("... %d more messages gone after %s with recipients never received" % (len(bad) - 10, r.label))
+        gone_by_run.append(len(gone))
+        for q in r.bad_bodies_after:
+            if q in r.state_after or q not in rcpts_of or not all_received_by(q, k):
+                failures.append("after %s, verify found %s without its body, but %s" % (
+                    r.label, q, "the fold still has it" if q in r.state_after else "it is no message the test knows"
+                    if q not in rcpts_of else "not all of it had reached the peer (a body reclaimed too early)"))
     # per run: ATTEMPT before hand-over, D only after the peer's 250, no resurrection
     dups, same_run = [], []
     for key, ks in seen.items():
@@ -448,9 +563,12 @@ def check_disk(t, tools, rc, runs, msgs, mode, what):
         for i, k in enumerate(ks):
             st = runs[k].state_after.get(q)
             s = st.get(r, ("-", 0))[0] if st else "no message"
-            if s not in ("A", "D"):
+            if s == "no message" and RECLAIM and all_received_by(q, k):
+                pass  # final and reclaimed within the run (checked above: nothing of it was owed)
+            elif s not in ("A", "D"):
                 failures.append("%s got %s for %s, but after that run's end the recipient is %s (no durable ATTEMPT "
-                                "before the hand-over?)" % (runs[k].label, r, q, s))
+                                "before the hand-over?%s)" % (runs[k].label, r, q, s,
+                                                             " or lost by reclamation" if RECLAIM else ""))
             if i == 0:
                 continue
             prev = runs[k - 1].state_after.get(q, {}).get(r, ("-", 0)) if k > 0 else ("-", 0)
@@ -459,7 +577,9 @@ def check_disk(t, tools, rc, runs, msgs, mode, what):
                 same_run.append((q, r, runs[k].label))
             elif prev[0] != "A":
                 failures.append("%s delivered %s to %s again, but after the previous cut it was %s, not A "
-                                "(resurrection)" % (runs[k].label, q, r, prev))
+                                "(resurrection%s)" % (runs[k].label, q, r, prev,
+                                                      " of a reclaimed message" if k > 0 and q not in
+                                                      runs[k - 1].state_after else ""))
     for k, r in enumerate(runs):
         for q, rs in r.state_after.items():
             for a, (s, _) in rs.items():
@@ -473,8 +593,13 @@ def check_disk(t, tools, rc, runs, msgs, mode, what):
     for k, r in enumerate(runs):
         if mode != "cut" or not r.log_path:
             continue
-        for q in logged_delivered(r.log_path, {q: len(rs) for q, rs in r.state_after.items()}):
+        for q in logged_delivered(r.log_path, {q: len(rs) for q, rs in rcpts_of.items()}):
             logged += 1
+            if q not in r.state_after:
+                if not RECLAIM:
+                    failures.append("%s logged %s delivered (its outcome record settled), but after the cut the "
+                                    "message is gone" % (r.label, q))
+                continue  # reclaimed: whether all of it had reached the peer is checked above
             bad = {a: s for a, (s, _) in r.state_after[q].items() if s != "D"}
             if bad:
                 failures.append("%s logged %s delivered (its outcome record settled), but after the cut it is %s"
@@ -526,13 +651,28 @@ def check_disk(t, tools, rc, runs, msgs, mode, what):
         print("  duplicates (queue id, recipient, first run, again in run, state before): %s%s"
               % (dups[:20], " ..." if len(dups) > 20 else ""))
     nrc = sum(len(m["rcpts"]) for _, m in acked.values())
+    res = {}
+    if RECLAIM:
+        # Reclamation really happened: far fewer segment files than were ever created.
+        cen = runs[-1].census_after
+        left, created = sum(n for n, _ in cen.values()), sum(h for _, h in cen.values())
+        res = {"seg_left": left, "seg_created": created, "gone": gone_by_run[-1]}
+        print("  reclamation: messages gone after each run (reclaimed, every recipient at the peer): %s; of them "
+              "commits left without their body (verify): %s; at the end %s; reclaimed at each run's start-up: %s"
+              % (", ".join("%s %d" % (r.label, g) for r, g in zip(runs, gone_by_run)),
+                 [len(r.bad_bodies_after) for r in runs], census_text(cen), [r.reclaimed_at_start for r in runs]))
+        t.check(created >= 4 * len(cen) and 2 * left <= created, "%s: reclamation removed segments: %d of %d "
+                "left at the end" % (what, left, created), "too few segments created, or too many left: %s"
+                % census_text(cen))
     t.check(not failures, "%s: %d acknowledged messages (%d recipients) all delivered at least once, %d peer lines, "
             "%d duplicates (%d within a run), every duplicate cut short by a power cut, nothing final delivered "
             "again, nothing refused delivered" % (what, len(acked), nrc, runs[-1].hi - runs[0].lo, len(dups), len(same_run)),
             "%d problem(s):\n- %s" % (len(failures), "\n- ".join(failures[:40])))
     reds = sum(int(r.metrics["dotspool_redeliveries_total"]) for r in runs if r.metrics)
-    return {"acked": len(acked), "rcpts": nrc, "dups": len(dups), "same_run": len(same_run), "redeliveries": reds,
-            "refused": len(refused), "unknown": sum(1 for m in msgs.values() if m["fate"][0] == "unknown")}
+    res.update({"acked": len(acked), "rcpts": nrc, "dups": len(dups), "same_run": len(same_run),
+                "redeliveries": reds, "refused": len(refused),
+                "unknown": sum(1 for m in msgs.values() if m["fate"][0] == "unknown")})
+    return res
 
 
 def cut_mode(t, tools, workdir, peer, rc, base):
@@ -564,8 +704,10 @@ def cut_mode(t, tools, workdir, peer, rc, base):
         try:
             fs, srv, mport, st, rep, lo = reboot(t, tools, workdir, disk, seed, peer, rc, what)
             if runs:
-                runs[-1].state_after = st
-            run = DiskRun("cycle %d" % cycle, lo)
+                runs[-1].state_after, runs[-1].census_after = st, rep["census"]
+                runs[-1].bad_bodies_after = rep["bad_bodies"]
+            run = DiskRun("cycle %d" % cycle, lo, "c%d" % cycle)
+            run.reclaimed_at_start = rep["reclaimed_at_start"]
             run.log_path = srv.log_path
             crnd = random.Random(seed)
             cut_at = crnd.uniform(*CUT_AT_S)
@@ -595,7 +737,8 @@ def eio_mode(t, tools, workdir, peer, rc, base):
     runs, msgs = [], {}
     what = "eio run (seed %d)" % base
     fs, srv, mport, st, rep, lo = reboot(t, tools, workdir, disk, base, peer, rc, what)
-    run = DiskRun("eio run", lo)
+    run = DiskRun("eio run", lo, "eio")
+    run.reclaimed_at_start = rep["reclaimed_at_start"]
     run.log_path = srv.log_path
     # Full speed, more clients: groups that hold commits, not only outcome records.
     load = Load(srv.port, "eio", base, msgs, clients=2 * CLIENTS, pause_s=0).start()
@@ -669,6 +812,9 @@ def main(t, mode):
               "(%d within a run), dotspool_redeliveries_total %d over all runs; %d refused, %d never answered; "
               "%.1f s" % (mode, base, res["acked"], res["rcpts"], res["dups"], res["same_run"], res["redeliveries"],
                           res["refused"], res["unknown"], time.monotonic() - t0))
+        if RECLAIM:
+            print("  summary (reclaim): segments created %d, left at the end %d; messages gone (reclaimed) at the "
+                  "end %d" % (res["seg_created"], res["seg_left"], res["gone"]))
     finally:
         pc._cleanup()
         _stop_peers()
@@ -681,6 +827,9 @@ def main(t, mode):
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--mode", choices=["cut", "eio"], default="cut")
+    ap.add_argument("--reclaim", action="store_true", default=os.environ.get("DS_POWERCUT_RECLAIM") == "1")
     args, rest = ap.parse_known_args()
     sys.argv = [sys.argv[0]] + rest
-    dslib.run(lambda t: main(t, args.mode), name="test_powercut_deliver.py --mode %s" % args.mode)
+    RECLAIM = args.reclaim
+    dslib.run(lambda t: main(t, args.mode), name="test_powercut_deliver.py --mode %s%s"
+              % (args.mode, " --reclaim" if RECLAIM else ""))
