@@ -1050,7 +1050,9 @@ static int job_dsn(struct io_dlv *d, struct djob *j)
 				.addr = env->rcpt[j->map[i]].addr,
 				.params = env->rcpt[j->map[i]].params,
 				.action = DLV_DSN_FAILED,
-				.status = o->esc[0] ? o->esc : NULL,
+				.status = o->code >= 400 && o->code < 500 ? "4.4.7" /* expired */
+					  : o->esc[0]			  ? o->esc
+									  : NULL,
 				.diag = o->local ? NULL : diag[k],
 				.remote_mta = NULL,
 				.last_attempt_us = now,
@@ -1341,17 +1343,16 @@ static void job_end(struct io_dlv *d, struct djob *j)
 	if (deferred) {
 		j->due_us = dlv_queue_backoff_us(d->q, j->qm, now);
 		if (j->due_us == 0) {
-			/* Past --queue-lifetime-s: what is still deferred fails now (4.4.7), with a DSN. */
+			/*
+			 * Past --queue-lifetime-s: what is still deferred fails now, with a DSN.
+			 * The outcome keeps the last real reply (a FAILED entry with a 4xx code
+			 * is an expiry); the DSN says Status 4.4.7 with that reply as its
+			 * Diagnostic-Code, as Postfix does.
+			 */
 			for (uint32_t i = 0; i < j->n; i++) {
 				if (j->state[i] != SPOOL_RCPT_DEFERRED)
 					continue;
-				struct dlv_outcome *o = &j->out[i];
-				char last[DLV_TEXT_MAX];
-				snprintf(last, sizeof(last), "%s", o->text);
-				snprintf(o->text, sizeof(o->text),
-					 "delivery time expired; last reply: %.200s", last);
-				snprintf(o->esc, sizeof(o->esc), "4.4.7");
-				o->cls = DLV_FAILED;
+				j->out[i].cls = DLV_FAILED;
 				j->state[i] = SPOOL_RCPT_FAILED;
 			}
 		}
