@@ -34,6 +34,7 @@
 #include "dlv.h"
 #include "dlv_client.h"
 #include "dlv_dsn.h"
+#include "dlv_pipe.h"
 #include "dlv_queue.h"
 #include "ds_assert.h"
 #include "ds_clock.h"
@@ -189,8 +190,6 @@ static int64_t timeout_ms(const struct io_dlv *d, enum dlv_timeout k)
 	}
 	return (int64_t)(s ? s : 300) * 1000;
 }
-
-#include "dlv_pipe.h"
 
 static bool hop_is_lmtp(const struct io_dlv *d, unsigned hop)
 {
