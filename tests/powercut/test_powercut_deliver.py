@@ -396,6 +396,12 @@ def reboot(t, tools, workdir, disk, seed, peer, rc, what):
     t.eq({k: got[k] for k in want}, want, "%s: the server's recovery line agrees with the spool's folded state (%s)"
          % (what, count_states(st)))
     v = srv.verify()
+    if v.returncode == -signal.SIGBUS:
+        # Seen once in CI (seed 25090, not reproduced): the reader maps every segment file while the
+        # server prepares its spare on the FUSE file system. Said loudly, tried once more, and the
+        # second verdict counts (the read-only tool beside a live server: issue 15, point 4).
+        print("  WARN: %s: dotspool-ctl verify died of SIGBUS beside the running server; once more" % what)
+        v = srv.verify()
     vout = (v.stdout + v.stderr).decode()
     got["bad_bodies"] = []
     if RECLAIM and v.returncode != 0:
