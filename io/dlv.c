@@ -23,6 +23,7 @@
  * 250 ms tick (the RFC 5321 timeouts are minutes).
  */
 #include <errno.h>
+#include <stdarg.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdio.h>
@@ -117,6 +118,7 @@ struct dconn {
 	int fd;
 	unsigned ops; /* io_uring ops in flight */
 	bool recv_armed, send_armed, reached_mail;
+	bool idle; /* on d->idle[hop] */
 	int64_t deadline_ms;
 	struct dlv_pipe *pipe;	 /* pipe: transport (cl is NULL), once the program runs */
 	struct io_tls_conn *tls; /* after STARTTLS: every byte in and out is a TLS record */
@@ -481,8 +483,29 @@ static int job_write_attempt(struct io_dlv *d, struct djob *j)
 	return spool_lane_outcome(d->w->lane, &o, dcookie(CK_ATTEMPT, j));
 }
 
+/*
+ * Every recipient without an outcome yet gets a local deferral (451, esc,
+ * the text): the attempt ended before the next hop said anything about it.
+ */
+static void __attribute__((format(printf, 4, 5)))
+job_defer_open(struct djob *j, enum dlv_stage stage, const char *esc, const char *fmt, ...)
+{
+	for (uint32_t i = 0; i < j->n; i++) {
+		struct dlv_outcome *o = &j->out[i];
+		if (o->cls)
+			continue;
+		*o = (struct dlv_outcome){.cls = DLV_DEFERRED, .stage = stage, .code = 451, .local = true};
+		snprintf(o->esc, sizeof(o->esc), "%s", esc);
+		va_list ap;
+		va_start(ap, fmt);
+		vsnprintf(o->text, sizeof(o->text), fmt, ap);
+		va_end(ap);
+	}
+}
+
 static void conn_pump(struct dconn *c);
 static void conn_close(struct dconn *c);
+static void job_abandon(struct io_dlv *d, struct djob *j);
 static void pipe_run(struct io_dlv *d, struct djob *j);
 static void pipe_check(struct dconn *c, int64_t now_ms);
 static enum dlv_status conn_tls_start(struct dconn *c);
@@ -508,12 +531,7 @@ static void job_submit(struct io_dlv *d, struct djob *j)
 	int ret = dlv_client_submit(c->cl, &j->msg);
 	if (ret < 0) {
 		/* -EPIPE: closing; anything else: the message cannot go (limits): defer all. */
-		for (uint32_t i = 0; i < j->n; i++) {
-			j->out[i] = (struct dlv_outcome){
-				.cls = DLV_DEFERRED, .stage = DLV_STAGE_SUBMIT, .code = 451, .local = true};
-			snprintf(j->out[i].esc, sizeof(j->out[i].esc), "4.3.0");
-			snprintf(j->out[i].text, sizeof(j->out[i].text), "not submitted: %s", strerror(-ret));
-		}
+		job_defer_open(j, DLV_STAGE_SUBMIT, "4.3.0", "not submitted: %s", strerror(-ret));
 		j->client_done = true;
 		c->job = NULL;
 		j->c = NULL;
@@ -552,27 +570,25 @@ static void conn_deadline(struct dconn *c)
 static void conn_idle(struct dconn *c)
 {
 	struct io_dlv *d = c->d;
+	if (c->idle)
+		return;
 	c->next_idle = d->idle[c->hop];
 	d->idle[c->hop] = c;
+	c->idle = true;
 }
 
 static void conn_unidle(struct dconn *c)
 {
 	struct io_dlv *d = c->d;
+	if (!c->idle)
+		return;
 	for (struct dconn **p = &d->idle[c->hop]; *p; p = &(*p)->next_idle)
 		if (*p == c) {
 			*p = c->next_idle;
-			c->next_idle = NULL;
-			return;
+			break;
 		}
-}
-
-static bool conn_on_idle_list(const struct dconn *c)
-{
-	for (const struct dconn *x = c->d->idle[c->hop]; x; x = x->next_idle)
-		if (x == c)
-			return true;
-	return false;
+	c->next_idle = NULL;
+	c->idle = false;
 }
 
 /* The connection failed before a transaction could start: the next hop as a whole is at fault. */
@@ -753,8 +769,7 @@ static void conn_pump(struct dconn *c)
 	}
 	conn_deadline(c);
 	if (!c->job && dlv_client_idle(c->cl) && !c->d->stopping) {
-		if (!conn_on_idle_list(c))
-			conn_idle(c);
+		conn_idle(c);
 	}
 }
 
@@ -802,13 +817,7 @@ static void conn_free(struct dconn *c)
 		DS_ASSERT(!c->cl);
 		c->job = NULL;
 		j->c = NULL;
-		for (uint32_t i = 0; i < j->n; i++)
-			if (!j->out[i].cls) {
-				j->out[i] =
-					(struct dlv_outcome){.cls = DLV_DEFERRED, .code = 451, .local = true};
-				snprintf(j->out[i].esc, sizeof(j->out[i].esc), "4.3.0");
-				snprintf(j->out[i].text, sizeof(j->out[i].text), "pipe run abandoned");
-			}
+		job_defer_open(j, DLV_STAGE_NONE, "4.3.0", "pipe run abandoned");
 		j->client_done = true;
 		job_end(d, j);
 	}
@@ -945,12 +954,8 @@ static void pipe_run(struct io_dlv *d, struct djob *j)
 		free(r);
 	}
 	if (ret < 0) {
-		for (uint32_t i = 0; i < j->n; i++) {
-			j->out[i] = (struct dlv_outcome){.cls = DLV_DEFERRED, .code = 451, .local = true};
-			snprintf(j->out[i].esc, sizeof(j->out[i].esc), "4.3.0");
-			snprintf(j->out[i].text, sizeof(j->out[i].text), "cannot run %s: %s",
-				 d->cfg->hop[j->hop].path, strerror(-ret));
-		}
+		job_defer_open(j, DLV_STAGE_NONE, "4.3.0", "cannot run %s: %s", d->cfg->hop[j->hop].path,
+			       strerror(-ret));
 		j->client_done = true;
 		c->job = NULL;
 		j->c = NULL;
@@ -1328,14 +1333,10 @@ static void job_end(struct io_dlv *d, struct djob *j)
 		return;
 	}
 	j->phase = J_RECORD;
+	/* Those that never reached the machine: the connection failed first. */
+	job_defer_open(j, DLV_STAGE_CONNECT, "4.4.1", "no connection to the next hop");
 	bool deferred = false;
 	for (uint32_t i = 0; i < j->n; i++) {
-		if (!j->out[i].cls) { /* never reached the machine (the connection failed first) */
-			j->out[i] = (struct dlv_outcome){
-				.cls = DLV_DEFERRED, .stage = DLV_STAGE_CONNECT, .code = 451, .local = true};
-			snprintf(j->out[i].esc, sizeof(j->out[i].esc), "4.4.1");
-			snprintf(j->out[i].text, sizeof(j->out[i].text), "no connection to the next hop");
-		}
 		j->state[i] = state_of(j->out[i].cls);
 		deferred |= j->state[i] == SPOOL_RCPT_DEFERRED;
 	}
@@ -1361,14 +1362,31 @@ static void job_end(struct io_dlv *d, struct djob *j)
 
 /* ---- starting attempts ---- */
 
+/*
+ * Its ATTEMPT record could not be made durable: nothing was handed over,
+ * nothing is recorded. The message goes back to the queue (due now) and the
+ * connection, if any, to the next message.
+ */
+static void job_abandon(struct io_dlv *d, struct djob *j)
+{
+	struct dconn *c = j->c;
+	if (c) {
+		c->job = NULL;
+		j->c = NULL;
+	}
+	dlv_queue_retry_now(d->q, j->qm);
+	job_put(d, j);
+	if (c)
+		conn_pump(c);
+}
+
 static struct dconn *conn_for(struct io_dlv *d, unsigned hop)
 {
 	if (d->cfg->hop[hop].kind == IO_HOP_PIPE)
 		return pipe_conn_open(d, hop);
 	struct dconn *c = d->idle[hop];
 	if (c) {
-		d->idle[hop] = c->next_idle;
-		c->next_idle = NULL;
+		conn_unidle(c);
 		return c;
 	}
 	return conn_open(d, hop);
@@ -1414,11 +1432,7 @@ static bool job_start(struct io_dlv *d, int64_t now)
 		job_wait_room(d, j);
 	} else if (ret < 0) {
 		/* The lane cannot record: do not hand anything over that could not be accounted for. */
-		c->job = NULL;
-		j->c = NULL;
-		dlv_queue_retry_now(d->q, qm);
-		job_put(d, j);
-		conn_pump(c);
+		job_abandon(d, j);
 		return false;
 	}
 	return true;
@@ -1442,16 +1456,7 @@ void io_dlv_run(struct io_worker *w)
 			if (ret == -EAGAIN) {
 				job_wait_room(d, j);
 			} else if (ret < 0) {
-				j->attempt_settled = true;
-				struct dconn *c = j->c;
-				if (c) {
-					c->job = NULL;
-					j->c = NULL;
-				}
-				dlv_queue_retry_now(d->q, j->qm);
-				job_put(d, j);
-				if (c)
-					conn_pump(c);
+				job_abandon(d, j);
 			}
 		} else {
 			job_records(d, j);
@@ -1542,15 +1547,7 @@ void io_dlv_settled(struct io_worker *w, uint64_t cookie, int res)
 		j->attempt_settled = true;
 		if (res < 0) {
 			/* Not durable: nothing may go out on its account. */
-			struct dconn *c = j->c;
-			if (c) {
-				c->job = NULL;
-				j->c = NULL;
-			}
-			dlv_queue_retry_now(d->q, j->qm);
-			job_put(d, j);
-			if (c)
-				conn_pump(c);
+			job_abandon(d, j);
 			return;
 		}
 		job_submit(d, j);
