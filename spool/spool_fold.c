@@ -136,6 +136,9 @@ static void f_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct
 {
 	struct fold *f = ctx;
 
+	/* The caller's own look at every outcome and abort record (spool_reclaim_load). */
+	if (f->user->delivery)
+		f->user->delivery(f->user->ctx, rl, s, rec);
 	if (rec->type == SPOOL_REC_ABORT) {
 		struct spool_abort a;
 		uint64_t *na;

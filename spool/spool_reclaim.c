@@ -795,9 +795,8 @@ int spool_reclaim_load(struct spool_reclaim *r)
 			      .dropped = l_dropped,
 			      .bad = l_bad,
 			      .seg = l_seg,
+			      .delivery = l_delivery,
 			      .ctx = &c};
-	/* spool_scan_spool keeps the records' segments to itself: a second walk over the maps. */
-	struct scan_cfg dc = {.delivery = l_delivery, .ctx = &c};
 	struct spool_reader *rd;
 	int rc;
 
@@ -808,8 +807,6 @@ int spool_reclaim_load(struct spool_reclaim *r)
 		return rc;
 	pthread_mutex_lock(&r->mu);
 	rc = spool_scan_spool(rd, &sc, NULL);
-	for (unsigned i = 0; i < rd->nlanes && !rc; i++)
-		rc = spool_scan_lane(rd, &rd->lanes[i], &dc);
 	if (!rc)
 		rc = c.err;
 	if (!rc) {
