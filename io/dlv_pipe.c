@@ -78,12 +78,15 @@ static char *env_var(const char *name, const char *value)
 	return s;
 }
 
+/* DS_QUEUE_ID, DS_SENDER, DS_RECIPIENTS, DS_SIZE, DS_CLIENT_ADDR, DS_HELO, DS_RECEIVED_AT, DS_ATTEMPT */
+#define PIPE_ENV_OWN 8
+
 static char **pipe_envp(const struct ds_envelope *env, const char *queue_id, uint32_t attempt)
 {
 	size_t base = 0;
 	while (environ && environ[base])
 		base++;
-	char **envp = calloc(base + 9, sizeof(*envp));
+	char **envp = calloc(base + PIPE_ENV_OWN + 1, sizeof(*envp));
 	if (!envp)
 		return NULL;
 	size_t k = 0;
@@ -118,6 +121,7 @@ static char **pipe_envp(const struct ds_envelope *env, const char *queue_id, uin
 	envp[k++] = env_var("DS_HELO", env->helo ? env->helo : "");
 	envp[k++] = env_var("DS_RECEIVED_AT", num[1]);
 	envp[k++] = env_var("DS_ATTEMPT", num[2]);
+	DS_ASSERT(k - first == PIPE_ENV_OWN);
 	envp[k] = NULL;
 	free(rcpts);
 	for (size_t i = first; i < k; i++)
@@ -130,20 +134,17 @@ static char **pipe_envp(const struct ds_envelope *env, const char *queue_id, uin
 	return envp;
 }
 
+/* The server's environment is borrowed; the last PIPE_ENV_OWN entries are ours. */
 static void envp_free(char **envp)
 {
 	if (!envp)
 		return;
-	for (size_t i = 0; envp[i]; i++) {
-		bool ours = true;
-		for (size_t e = 0; environ && environ[e]; e++)
-			if (environ[e] == envp[i]) {
-				ours = false;
-				break;
-			}
-		if (ours)
-			free(envp[i]);
-	}
+	size_t n = 0;
+	while (envp[n])
+		n++;
+	DS_ASSERT(n >= PIPE_ENV_OWN);
+	for (size_t i = n - PIPE_ENV_OWN; i < n; i++)
+		free(envp[i]);
 	free(envp);
 }
 
