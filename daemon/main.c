@@ -29,6 +29,7 @@
 #include "spool.h"
 #include "spool_reader.h"
 #include "spool_reclaim.h"
+#include "watermark.h"
 
 #define DS_VERSION "0.1.0"
 
@@ -413,6 +414,20 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	/*
+	 * The spool's watermark sampler serves every worker's sessions: its first
+	 * sample is taken before any worker arms a listener. It logs through the
+	 * ring after the workers' (obs_log_create makes threads + 1 rings; no
+	 * other thread uses the last).
+	 */
+	int wret = io_watermark_start(&cfg, obs_log_ring(sh.log, cfg.threads));
+	if (wret < 0) {
+		fprintf(stderr, "dotspool: spool watermark: cannot start its sampler: %s\n", strerror(-wret));
+		if (cfg.spool.reclaim)
+			spool_reclaim_destroy(cfg.spool.reclaim);
+		shared_destroy(&sh);
+		return 1;
+	}
+	/*
 	 * Every start-up failure from here on goes through workers_teardown():
 	 * workers already running are stopped and joined, and every worker
 	 * created is destroyed, so a failed start leaks nothing.
@@ -421,6 +436,7 @@ int main(int argc, char **argv)
 	uint32_t created = 0, started = 0;
 	if (workers_start(&sh, &cfg, workers, &created, &started) < 0) {
 		workers_teardown(&sh, workers, created);
+		io_watermark_stop();
 		if (cfg.spool.reclaim)
 			spool_reclaim_destroy(cfg.spool.reclaim);
 		shared_destroy(&sh);
@@ -429,6 +445,7 @@ int main(int argc, char **argv)
 	announce_ready(&cfg);
 	wait_for_stop(&sigs, &sh, &cfg, workers, started);
 	int rc = workers_teardown(&sh, workers, created);
+	io_watermark_stop();
 	if (cfg.spool.reclaim)
 		spool_reclaim_destroy(cfg.spool.reclaim);
 	shared_destroy(&sh);

@@ -247,14 +247,6 @@ int io_conns_init(struct io_worker *w)
 		return -ENOMEM;
 	w->session_mem = mem;
 	w->conn_fresh = 0;
-	/*
-	 * The spool's watermark sampler serves every worker's sessions: started
-	 * with the first worker's connections (before any listener is armed),
-	 * stopped with them. It logs through the log ring after the workers'
-	 * (obs_log_create makes threads + 1 rings; no other thread uses the last).
-	 */
-	if (w->no == 0)
-		return io_watermark_start(w->cfg, obs_log_ring(w->sh->log, w->cfg->threads));
 	return 0;
 }
 
@@ -291,8 +283,6 @@ void io_conns_fini(struct io_worker *w)
 		munmap(w->session_mem, (size_t)w->conn_max * w->session_size);
 	w->conns = NULL;
 	w->session_mem = NULL;
-	if (w->no == 0)
-		io_watermark_stop();
 }
 
 /* ---- receive side ---- */
