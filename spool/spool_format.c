@@ -111,6 +111,12 @@ static uint32_t rec_len_max(uint32_t type)
 		return SPOOL_OUTCOME_MAX;
 	case SPOOL_REC_ABORT:
 		return SPOOL_ABORT_SIZE;
+	case SPOOL_REC_MOVED:
+		return SPOOL_MOVED_MAX;
+	case SPOOL_REC_OPERATOR:
+		return SPOOL_OPERATOR_MAX;
+	case SPOOL_REC_GAP:
+		return SPOOL_GAP_MAX;
 	default:
 		return 0;
 	}

@@ -3,11 +3,12 @@
 #define DS_SPOOL_FORMAT_H
 
 /*
- * On-disk format, version 2 (see spool/FORMAT.md). Internal to spool/
+ * On-disk format, version 3 (see spool/FORMAT.md). Internal to spool/
  * (lane, recovery, reader, tests). All integers little-endian. Version 2
- * adds the delivery records (outcome, abort); a version 2 reader reads
- * version 1 segments (which hold none), a version 1 binary refuses a
- * version 2 segment by name.
+ * adds the delivery records (outcome, abort), version 3 the lifecycle
+ * records (moved, operator, gap); a reader reads every older version
+ * (they hold fewer record types), an older binary refuses a newer
+ * segment by name.
  */
 
 #include <stdbool.h>
@@ -22,7 +23,7 @@
 #error "spool format encoding assumes a little-endian host"
 #endif
 
-#define SPOOL_FORMAT_VERSION	 2u /* written into new segments */
+#define SPOOL_FORMAT_VERSION	 3u /* written into new segments */
 #define SPOOL_FORMAT_VERSION_MIN 1u /* oldest version read */
 #define SPOOL_SEG_MAGIC		 "DSPOOLSG"
 #define SPOOL_SEG_HDR_SIZE	 64u
@@ -51,7 +52,16 @@ enum spool_rec_type {
 	SPOOL_REC_COMMIT = 2,  /* envelope + body length/CRC + chunk locator; CRC over header+payload */
 	SPOOL_REC_OUTCOME = 3, /* delivery outcome of some recipients of message txn_id; CRC over all */
 	SPOOL_REC_ABORT = 4,   /* message txn_id was refused (451/452) after all; CRC over all */
+	/* Format 3. Handed out by spool_seg_scan() like outcome/abort (delivery set). */
+	SPOOL_REC_MOVED = 5,	/* compaction: message txn_id now lives at a later commit (FORMAT.md) */
+	SPOOL_REC_OPERATOR = 6, /* operator action on message txn_id: hold, release, delete, ... */
+	SPOOL_REC_GAP = 7,	/* gap dedup: at-risk / confirmed fingerprints (issue 16) */
 };
+#define SPOOL_REC_TYPE_LAST SPOOL_REC_GAP
+/* Payload limits of the format 3 records (each owner's codec keeps within it). */
+#define SPOOL_MOVED_MAX	   4096u
+#define SPOOL_OPERATOR_MAX 4096u
+#define SPOOL_GAP_MAX	   (1u << 20)
 
 struct spool_seg_hdr {
 	uint32_t version;

@@ -358,7 +358,7 @@ static int seg_rec(void *ctx, const struct spool_rec *rec)
 	struct seg_scan *ss = ctx;
 
 	/* What spool_seg_scan() hands out was validated: the format's promises hold. */
-	DS_ASSERT(rec->type >= SPOOL_REC_CHUNK && rec->type <= SPOOL_REC_ABORT);
+	DS_ASSERT(rec->type >= SPOOL_REC_CHUNK && rec->type <= SPOOL_REC_TYPE_LAST);
 	DS_ASSERT(rec->off >= SPOOL_SEG_DATA_OFF && rec->off % SPOOL_REC_ALIGN == 0);
 	DS_ASSERT(rec->type != SPOOL_REC_CHUNK || rec->len <= SPOOL_CHUNK_MAX);
 	DS_ASSERT(rec->type != SPOOL_REC_COMMIT || rec->len <= SPOOL_COMMIT_MAX);
@@ -367,7 +367,7 @@ static int seg_rec(void *ctx, const struct spool_rec *rec)
 	ss->watermark = DS_MAX(ss->watermark, rec->durable_off);
 	if (ss->only_id && rec->txn_id != ss->only_id)
 		return 0; /* still counted in the watermark above: the verdict on only_id needs it */
-	if (rec->type == SPOOL_REC_OUTCOME || rec->type == SPOOL_REC_ABORT) {
+	if (rec->type != SPOOL_REC_CHUNK && rec->type != SPOOL_REC_COMMIT) {
 		struct spool_rec *dl;
 
 		if (ss->only_id || !ss->cfg->delivery)

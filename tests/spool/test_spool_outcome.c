@@ -183,7 +183,7 @@ static void test_abort_codec(void)
 	spool_rec_encode(seg + off, SPOOL_REC_ABORT, SPOOL_ABORT_SIZE + 8, 0x42, 7, 0);
 	CHECK(!spool_rec_check(seg, 16384, 7, off, &r));
 	/* Unknown types never parse. */
-	spool_rec_encode(seg + off, 5, SPOOL_ABORT_SIZE, 0x42, 7, 0);
+	spool_rec_encode(seg + off, SPOOL_REC_TYPE_LAST + 1, SPOOL_ABORT_SIZE, 0x42, 7, 0);
 	CHECK(!spool_rec_check(seg, 16384, 7, off, &r));
 	printf("abort codec: ok\n");
 }
@@ -231,15 +231,15 @@ static void test_scan_and_versions(void)
 	CHECK(spool_seg_scan(seg, 65536, 7, SPOOL_SEG_DATA_OFF, &v2, &c2) == 0);
 	CHECK(c2.chunks == 1 && c2.outcomes == 1 && c2.aborts == 1);
 
-	CHECK(SPOOL_FORMAT_VERSION == 2 && SPOOL_FORMAT_VERSION_MIN == 1);
-	for (uint32_t v = 0; v <= 3; v++) {
+	CHECK(SPOOL_FORMAT_VERSION == 3 && SPOOL_FORMAT_VERSION_MIN == 1);
+	for (uint32_t v = 0; v <= 4; v++) {
 		h.version = v;
 		spool_seg_hdr_encode(hb, &h);
 		int rc = spool_seg_hdr_decode(hb, sizeof(hb), &g);
-		CHECK(rc == (v == 0 ? -EBADMSG : v <= 2 ? 0 : -EPROTONOSUPPORT));
+		CHECK(rc == (v == 0 ? -EBADMSG : v <= 3 ? 0 : -EPROTONOSUPPORT));
 		CHECK(rc || g.version == v);
 	}
-	printf("scan opt-in, segment versions 1 and 2 read, 3 refused: ok\n");
+	printf("scan opt-in, segment versions 1 to 3 read, 4 refused: ok\n");
 }
 
 /* ---- the lane, through the simulator ---- */

@@ -724,7 +724,7 @@ static void make_v1(const char *dir, unsigned lane)
 		CHECK(spool_seg_path(path, sizeof(path), dir, lane, seqs[i]) == 0);
 		fd = open(path, O_RDWR);
 		CHECK(fd >= 0 && pread(fd, hb, sizeof(hb), 0) == (ssize_t)sizeof(hb));
-		CHECK(spool_seg_hdr_decode(hb, sizeof(hb), &h) == 0 && h.version == 2);
+		CHECK(spool_seg_hdr_decode(hb, sizeof(hb), &h) == 0 && h.version == SPOOL_FORMAT_VERSION);
 		h.version = 1;
 		spool_seg_hdr_encode(hb, &h);
 		CHECK(pwrite(fd, hb, sizeof(hb), 0) == (ssize_t)sizeof(hb));
