@@ -2,6 +2,10 @@
 # Install every build and test dependency from Debian's packages.
 # Idempotent and quiet: only calls apt-get when something is missing.
 #
+# rabbitmq-server (issue 18's broker), prometheus (promtool checks the alert rules) and the
+# Debian packaging tools (debhelper, lintian, mandoc) are test tools too: the broker and
+# prometheus are services and are kept stopped exactly like the mail servers below.
+#
 # postfix (smtpd, smtp-sink), dovecot-core and dovecot-lmtpd are the real next hops of the
 # delivery tests (tests/peer/peers.py starts private instances of them). Their system
 # instances must never run here: they would hold ports 25 and 24 and are not what the tests
@@ -10,8 +14,10 @@
 set -eu
 PKGS="build-essential cmake pkg-config clang liburing-dev libjemalloc-dev libmbedtls-dev \
 libbenchmark-dev libcmocka-dev libclang-rt-14-dev python3 swaks libnet-ssleay-perl openssl haproxy libinih-dev curl iproute2 fuse3 libfuse3-dev \
-postfix dovecot-core dovecot-lmtpd"
-MAIL_SERVICES="postfix dovecot"
+postfix dovecot-core dovecot-lmtpd \
+librabbitmq-dev rabbitmq-server libxxhash-dev libcdb-dev tinycdb \
+prometheus debhelper dpkg-dev fakeroot lintian mandoc"
+MAIL_SERVICES="postfix dovecot rabbitmq-server prometheus prometheus-node-exporter"
 if [ "${DOTSPOOL_DEPS_EXTRA:-}" != "" ]; then PKGS="$PKGS $DOTSPOOL_DEPS_EXTRA"; fi
 
 # systemd as PID 1 (a CI VM) or not (a container, where PID 1 is something else).
@@ -22,7 +28,7 @@ has_systemd() { [ -d /run/systemd/system ]; }
 # cheap (pid files, /proc) so a run with nothing to do stays silent.
 stop_system_mail() {
 	if has_systemd; then
-		for s in postfix dovecot dovecot.socket; do
+		for s in postfix dovecot dovecot.socket rabbitmq-server prometheus prometheus-node-exporter epmd epmd.socket; do
 			if systemctl is-active --quiet "$s" 2>/dev/null; then
 				systemctl stop "$s" >/dev/null 2>&1 || true
 			fi
@@ -30,6 +36,10 @@ stop_system_mail() {
 				systemctl disable "$s" >/dev/null 2>&1 || true
 			fi
 		done
+	fi
+	# The system RabbitMQ (without systemd): its node runs as user rabbitmq under beam.
+	if ! has_systemd && pgrep -u rabbitmq beam.smp >/dev/null 2>&1; then
+		pkill -u rabbitmq >/dev/null 2>&1 || true
 	fi
 	# The system Postfix: its master.pid lives in the default queue directory.
 	pf=/var/spool/postfix/pid/master.pid
