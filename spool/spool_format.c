@@ -442,6 +442,51 @@ int spool_abort_decode(const uint8_t *payload, uint32_t len, struct spool_abort 
 	return 0;
 }
 
+void spool_op_fixed_encode(uint8_t out[SPOOL_OP_FIXED], const struct spool_op_fixed *f)
+{
+	put32(out, f->action);
+	put32(out + 4, f->uid);
+	put64(out + 8, (uint64_t)f->at_us);
+	put32(out + 16, f->pid);
+	put32(out + 20, f->tail);
+}
+
+int spool_op_fixed_decode(const uint8_t *payload, uint32_t len, struct spool_op_fixed *f)
+{
+	if (len < SPOOL_OP_FIXED)
+		return -EBADMSG;
+	f->action = get32(payload);
+	f->uid = get32(payload + 4);
+	f->at_us = (int64_t)get64(payload + 8);
+	f->pid = get32(payload + 16);
+	f->tail = get32(payload + 20);
+	if (f->action < SPOOL_OP_HOLD || f->action > SPOOL_OP_RETRY || f->tail != len - SPOOL_OP_FIXED)
+		return -EBADMSG;
+	return 0;
+}
+
+void spool_gap_fixed_encode(uint8_t out[SPOOL_GAP_FIXED], const struct spool_gap_fixed *f)
+{
+	put32(out, f->kind);
+	put32(out + 4, f->tail);
+	put64(out + 8, (uint64_t)f->expires_us);
+	put64(out + 16, 0);
+}
+
+int spool_gap_fixed_decode(const uint8_t *payload, uint32_t len, struct spool_gap_fixed *f)
+{
+	if (len < SPOOL_GAP_FIXED)
+		return -EBADMSG;
+	f->kind = get32(payload);
+	f->tail = get32(payload + 4);
+	f->expires_us = (int64_t)get64(payload + 8);
+	f->reserved = get64(payload + 16);
+	if ((f->kind != SPOOL_GAP_AT_RISK && f->kind != SPOOL_GAP_CLEARED) ||
+	    f->tail != len - SPOOL_GAP_FIXED)
+		return -EBADMSG;
+	return 0;
+}
+
 static bool all_zero(const uint8_t *p, uint64_t n)
 {
 	static const uint8_t zero[4096];

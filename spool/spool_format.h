@@ -166,6 +166,49 @@ void spool_abort_encode(uint8_t out[SPOOL_ABORT_SIZE], const struct spool_abort 
 /* 0 or -EBADMSG (wrong length). */
 int spool_abort_decode(const uint8_t *payload, uint32_t len, struct spool_abort *a);
 
+/*
+ * Format 3 fixed prefixes. Each record type 5..7 starts with a fixed part
+ * that recovery, reclamation and compaction read without knowing the rest
+ * (its owner's codec appends what follows; the record's CRC covers all).
+ * The record header's txn id is always the message the record is about.
+ */
+
+/* Operator record (type 6): what an operator did to message txn_id, when, as whom. */
+enum spool_op_action {
+	SPOOL_OP_HOLD = 1,    /* not delivered until released */
+	SPOOL_OP_RELEASE = 2, /* undoes HOLD */
+	SPOOL_OP_DELETE = 3,  /* final: never delivered, no DSN (the record is the proof) */
+	SPOOL_OP_BOUNCE = 4,  /* remaining recipients fail now with a DSN (FAILED outcomes follow) */
+	SPOOL_OP_RETRY = 5,   /* due now (clears backoff; not a final state) */
+};
+#define SPOOL_OP_FIXED 24u
+struct spool_op_fixed {
+	uint32_t action; /* enum spool_op_action */
+	uint32_t uid;	 /* peer uid of the operator (SO_PEERCRED) */
+	int64_t at_us;	 /* wall clock, microseconds since the Unix epoch */
+	uint32_t pid;	 /* peer pid */
+	uint32_t tail;	 /* bytes following the fixed part (owner-defined), <= SPOOL_OPERATOR_MAX - 24 */
+};
+void spool_op_fixed_encode(uint8_t out[SPOOL_OP_FIXED], const struct spool_op_fixed *f);
+/* 0 or -EBADMSG (short payload, unknown action, tail not matching len). */
+int spool_op_fixed_decode(const uint8_t *payload, uint32_t len, struct spool_op_fixed *f);
+
+/* Gap record (type 7): message txn_id is at risk (its 250 may be lost) until expires_us, or cleared. */
+enum spool_gap_kind {
+	SPOOL_GAP_AT_RISK = 1, /* keep the message (and this record) until expires_us */
+	SPOOL_GAP_CLEARED = 2, /* the 250 was confirmed read after all: no longer at risk */
+};
+#define SPOOL_GAP_FIXED 24u
+struct spool_gap_fixed {
+	uint32_t kind;	    /* enum spool_gap_kind */
+	uint32_t tail;	    /* bytes following the fixed part (fingerprint, owner-defined) */
+	int64_t expires_us; /* AT_RISK: end of the dedup window (wall clock); CLEARED: 0 */
+	uint64_t reserved;  /* 0 */
+};
+void spool_gap_fixed_encode(uint8_t out[SPOOL_GAP_FIXED], const struct spool_gap_fixed *f);
+/* 0 or -EBADMSG. */
+int spool_gap_fixed_decode(const uint8_t *payload, uint32_t len, struct spool_gap_fixed *f);
+
 /* Segment scanning shared by recovery and the reader. */
 struct spool_scan_ops {
 	/*

@@ -188,6 +188,27 @@ static void test_abort_codec(void)
 	printf("abort codec: ok\n");
 }
 
+static void test_fixed_v3(void)
+{
+	uint8_t b[64];
+	struct spool_op_fixed o = {.action = SPOOL_OP_DELETE, .uid = 0, .at_us = 1234567, .pid = 42, .tail = 8}, p;
+	struct spool_gap_fixed g = {.kind = SPOOL_GAP_AT_RISK, .tail = 40, .expires_us = 99}, h;
+
+	spool_op_fixed_encode(b, &o);
+	CHECK(spool_op_fixed_decode(b, SPOOL_OP_FIXED + 8, &p) == 0);
+	CHECK(p.action == o.action && p.at_us == o.at_us && p.pid == 42 && p.tail == 8);
+	CHECK(spool_op_fixed_decode(b, SPOOL_OP_FIXED + 7, &p) == -EBADMSG); /* tail mismatch */
+	CHECK(spool_op_fixed_decode(b, SPOOL_OP_FIXED - 1, &p) == -EBADMSG);
+	o.action = 9;
+	spool_op_fixed_encode(b, &o);
+	CHECK(spool_op_fixed_decode(b, SPOOL_OP_FIXED + 8, &p) == -EBADMSG);
+	spool_gap_fixed_encode(b, &g);
+	CHECK(spool_gap_fixed_decode(b, SPOOL_GAP_FIXED + 40, &h) == 0);
+	CHECK(h.kind == SPOOL_GAP_AT_RISK && h.expires_us == 99 && h.tail == 40 && h.reserved == 0);
+	CHECK(spool_gap_fixed_decode(b, SPOOL_GAP_FIXED, &h) == -EBADMSG);
+	printf("format 3 fixed parts: ok\n");
+}
+
 struct scan_count {
 	unsigned chunks, commits, outcomes, aborts;
 };
@@ -936,6 +957,7 @@ int main(int argc, char **argv)
 	test_codec_round_trip();
 	test_codec_limits();
 	test_abort_codec();
+	test_fixed_v3();
 	test_scan_and_versions();
 	test_lane_outcomes(false);
 	test_lane_outcomes(true);
