@@ -62,7 +62,29 @@ def main(argv):
     }
     for k, v in want.items():
         check(keys.get(k, [None])[0] == v, f"unit: {k}={v}")
-    check(any("--config /etc/dotspool/dotspool.conf" in v for v in keys.get("ExecStart", [])), "unit: ExecStart --config")
+    check(keys.get("ExecStart", [""])[0] == "/usr/sbin/dotspool --config /etc/dotspool/dotspool.conf",
+          "unit: ExecStart=/usr/sbin/dotspool --config /etc/dotspool/dotspool.conf (the package's path)")
+    check(all(v.split()[0] in ("/usr/sbin/dotspool", "/bin/kill")
+              for k in ("ExecStartPre", "ExecStart", "ExecReload") for v in keys.get(k, [])),
+          "unit: every Exec line runs /usr/sbin/dotspool (or kill), nothing under /usr/local")
+    check(keys.get("StateDirectoryMode", [None])[0] == "0750" and keys.get("User", [None])[0] == "dotspool",
+          "unit: User=dotspool, StateDirectoryMode=0750")
+    # Safe defaults: the shipped configuration listens on loopback only.
+    listens = re.findall(r"(?m)^(?:listen|lmtp-listen|proxy-listen) = (\S+)", conf)
+    check(listens != [] and all(a.startswith(("127.", "[::1]:")) for a in listens),
+          f"dotspool.conf listens on loopback only: {listens}")
+    spool = re.findall(r"(?m)^spool = (\S+)", conf)
+    check(spool != [] and spool[0].startswith("/var/lib/dotspool/"),
+          f"dotspool.conf spool inside the unit's StateDirectory /var/lib/dotspool: {spool}")
+    # The Debian package installs these very files (debian/dotspool.install).
+    inst = os.path.join(os.path.dirname(os.path.abspath(dist)), "debian", "dotspool.install")
+    if os.path.exists(inst):
+        srcs = [l.split()[0] for l in open(inst) if l.strip() and not l.startswith("#")]
+        root = os.path.dirname(os.path.abspath(dist))
+        check("dist/dotspool.service" in srcs and "dist/dotspool.conf" in srcs,
+              "debian/dotspool.install ships dist/dotspool.service and dist/dotspool.conf")
+        for src in srcs:
+            check(os.path.exists(os.path.join(root, src)), f"debian/dotspool.install: {src} exists")
     check(any("kill -HUP $MAINPID" in v for v in keys.get("ExecReload", [])), "unit: ExecReload sends SIGHUP")
     filt = " ".join(keys.get("SystemCallFilter", []))
     check(all(s in filt for s in ("@system-service", "io_uring_setup", "io_uring_enter", "io_uring_register")),
@@ -80,8 +102,10 @@ def main(argv):
         with tempfile.TemporaryDirectory(prefix="dotspool-unit-") as tmp:
             copy = os.path.join(tmp, "dotspool.service")
             with open(copy, "w") as f:
-                f.write(unit.replace("/usr/local/bin/dotspool", "/bin/true"))
-            p = subprocess.run([analyze, "verify", copy], capture_output=True, text=True, timeout=60)
+                f.write(unit.replace("/usr/sbin/dotspool", "/bin/true"))
+            # verify runs man(1) for each Documentation=man:... entry: the pages in the tree.
+            env = dict(os.environ, MANPATH=os.path.join(os.path.dirname(os.path.abspath(dist)), "doc", "man"))
+            p = subprocess.run([analyze, "verify", copy], capture_output=True, text=True, timeout=60, env=env)
             msgs = (p.stdout + p.stderr).strip()
             check(p.returncode == 0 and msgs == "", f"systemd-analyze verify: rc {p.returncode} {msgs!r}")
             p = subprocess.run([analyze, "security", "--offline=true", copy], capture_output=True, text=True,
@@ -95,7 +119,7 @@ def main(argv):
         with tempfile.TemporaryDirectory(prefix="dotspool-unit-") as tmp:
             copy = os.path.join(tmp, "broken.service")
             with open(copy, "w") as f:
-                f.write(unit.replace("/usr/local/bin/dotspool", "/bin/true").replace("ProtectSystem=strict", "ProtectSystem=bogus"))
+                f.write(unit.replace("/usr/sbin/dotspool", "/bin/true").replace("ProtectSystem=strict", "ProtectSystem=bogus"))
             p = subprocess.run([analyze, "verify", copy], capture_output=True, text=True, timeout=60)
             check("protect system" in (p.stdout + p.stderr).lower(), "systemd-analyze verify catches a bad value")
 
