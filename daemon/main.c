@@ -253,12 +253,38 @@ static int spool_prepare(const struct io_config *cfg, struct io_shared *sh)
  * recovery; what is reclaimable now goes before the lanes open (start-up
  * stays flat), the rest as messages become final (its own thread).
  */
-static int reclaim_start(struct io_config *cfg)
+/*
+ * Reclamation's events: one log line per segment reclaimed (event=reclaim),
+ * the metrics block after every pass. Called from one thread at a time (the
+ * main thread at start-up, then the reclamation thread), which owns the log
+ * ring after the watermark sampler's.
+ */
+static void reclaim_event(void *ctx, const struct spool_reclaim_event *ev)
+{
+	struct obs_log_ring *ring = ctx;
+
+	if (ev->kind == SPOOL_RECLAIM_EV_RECLAIMED) {
+		if (ring && obs_log_begin(ring, OBS_LOG_INFO, "reclaim")) {
+			obs_log_u64(ring, "lane", ev->lane);
+			obs_log_u64(ring, "segment", ev->seq);
+			obs_log_u64(ring, "bytes", ev->bytes);
+			obs_log_u64(ring, "messages", ev->messages);
+			obs_log_end(ring);
+		}
+		return;
+	}
+	obs_metrics_reclaim_set(ev->st->segments, ev->st->bytes, ev->st->reclaimed, ev->st->reclaimed_bytes,
+				ev->st->compacted, ev->st->compacted_messages, ev->st->compacted_bytes);
+}
+
+static int reclaim_start(struct io_config *cfg, struct obs_log_ring *ring)
 {
 	if (!cfg->reclaim)
 		return 0;
 	struct spool_reclaim *rc;
 	int ret = spool_reclaim_create(&rc, cfg->spool_dir, NULL, NULL);
+	if (ret == 0)
+		spool_reclaim_set_events(rc, reclaim_event, ring);
 	if (ret == 0 && (ret = spool_reclaim_load(rc)) < 0)
 		spool_reclaim_destroy(rc);
 	if (ret < 0) {
@@ -305,7 +331,8 @@ static int shared_create(struct io_shared *sh, const struct io_config *cfg)
 	}
 	enum obs_log_level level = OBS_LOG_INFO;
 	obs_log_level_parse(cfg->log_level, &level);
-	ret = obs_log_create(&sh->log, cfg->threads + 1, cfg->log_ring_size, stderr, level);
+	/* A ring per worker, then the watermark sampler's, then reclamation's. */
+	ret = obs_log_create(&sh->log, cfg->threads + 2, cfg->log_ring_size, stderr, level);
 	if (ret == 0)
 		ret = obs_log_start(sh->log);
 	if (ret < 0) {
@@ -409,7 +436,7 @@ int main(int argc, char **argv)
 		shared_destroy(&sh);
 		return 1;
 	}
-	if (spool_prepare(&cfg, &sh) < 0 || reclaim_start(&cfg) < 0) {
+	if (spool_prepare(&cfg, &sh) < 0 || reclaim_start(&cfg, obs_log_ring(sh.log, cfg.threads + 1)) < 0) {
 		shared_destroy(&sh);
 		return 1;
 	}

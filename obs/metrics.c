@@ -38,6 +38,9 @@ static const char *const dlv_lat_le[OBS_METRICS_DLV_LAT_BUCKETS] = {
 
 static const char *const refuse_name[OBS_REFUSE_COUNT] = {"limit_total", "limit_per_ip", "shutdown",
 							  "proxy_error"};
+static const char *const throttle_name[OBS_THROTTLE_COUNT] = {
+	"client_connection_rate_max", "client_message_rate_max", "client_recipient_rate_max",
+	"session_unknown_recipients_max"};
 static const char *const reply_name[OBS_REPLY_COUNT] = {"2xx", "3xx", "4xx", "5xx"};
 
 static const char *const queue_state_name[OBS_QUEUE_STATE_COUNT] = {"new", "deferred", "active"};
@@ -71,6 +74,27 @@ void obs_metrics_watermark_set(bool high, bool went_high, uint64_t bytes, uint64
 const struct obs_metrics_watermark *obs_metrics_watermark(void)
 {
 	return &watermark;
+}
+
+/* Reclamation and compaction: server-wide, one writer (the reclamation thread). */
+static struct obs_metrics_reclaim reclaim;
+
+void obs_metrics_reclaim_set(uint64_t segments, uint64_t bytes, uint64_t reclaimed, uint64_t reclaimed_bytes,
+			     uint64_t compacted, uint64_t compacted_messages, uint64_t compacted_bytes)
+{
+	obs_counter_set(&reclaim.segments, segments);
+	obs_counter_set(&reclaim.bytes, bytes);
+	obs_counter_set(&reclaim.reclaimed, reclaimed);
+	obs_counter_set(&reclaim.reclaimed_bytes, reclaimed_bytes);
+	obs_counter_set(&reclaim.compacted, compacted);
+	obs_counter_set(&reclaim.compacted_messages, compacted_messages);
+	obs_counter_set(&reclaim.compacted_bytes, compacted_bytes);
+	obs_counter_set(&reclaim.on, 1);
+}
+
+const struct obs_metrics_reclaim *obs_metrics_reclaim(void)
+{
+	return &reclaim;
 }
 
 void obs_metrics_init(struct obs_metrics *m)
@@ -124,8 +148,8 @@ size_t obs_metrics_render_bound(unsigned n)
 	 * obs_metrics_set_hops() still fits.
 	 */
 	size_t dlv = 12288 + (size_t)OBS_METRICS_HOPS_MAX * 8 * (128 + HOP_LABEL_MAX);
-	/* The watermark: 8 fixed families of one sample each. */
-	size_t wm = 4096;
+	/* The watermark: 8 fixed families of one sample each; reclamation: 8 more. */
+	size_t wm = 4096 + 4096;
 	return 16384 + (size_t)n * 12288 + dlv + wm;
 }
 
@@ -236,6 +260,15 @@ static void render_sessions(struct out *o, const struct obs_metrics *const *w, u
 			put(o, "dotspool_connections_refused_total{worker=\"%u\",reason=\"%s\"} %llu\n", i,
 			    refuse_name[r],
 			    (unsigned long long)obs_counter_get(&w[i]->connections_refused[r]));
+
+	family(o, "dotspool_throttled_total", "counter",
+	       "Refusals by an ingress policy limit (issue 17), by the limit's key.");
+	for (unsigned i = 0; i < n; i++)
+		for (unsigned r = 0; w[i] && r < OBS_THROTTLE_COUNT; r++)
+			put(o, "dotspool_throttled_total{worker=\"%u\",limit=\"%s\"} %llu\n", i, throttle_name[r],
+			    (unsigned long long)obs_counter_get(&w[i]->throttled[r]));
+	per_worker(o, w, n, "dotspool_recipients_unknown_total", "counter",
+		   "Recipients refused as unknown at RCPT (recipient table).", OFF(recipients_unknown));
 
 	per_worker(o, w, n, "dotspool_messages_accepted_total", "counter",
 		   "Messages answered 250 at the end of data (durable).", OFF(messages_accepted));
@@ -355,6 +388,32 @@ static void render_watermark(struct out *o)
 	single(o, "dotspool_spool_watermark_samples_total", "counter",
 	       "Samples of the spool's size taken (0: no sampler, the watermark gauges mean nothing).",
 	       &m->samples);
+}
+
+/* Reclamation and compaction (issue 15): the spool's segments on disk and what left them. */
+static void render_reclaim(struct out *o)
+{
+	const struct obs_metrics_reclaim *m = &reclaim;
+	single(o, "dotspool_spool_reclaim_on", "gauge",
+	       "1 when segment reclamation runs (--reclaim); 0: the reclamation families mean nothing.",
+	       &m->on);
+	single(o, "dotspool_spool_segments", "gauge",
+	       "Segment files in the spool's lanes, as reclamation knows them.", &m->segments);
+	single(o, "dotspool_spool_bytes_on_disk", "gauge",
+	       "Bytes of the spool's segment files (segment size each), as reclamation knows them.",
+	       &m->bytes);
+	single(o, "dotspool_reclaimed_segments_total", "counter",
+	       "Segments reclaimed (every message in them final, the unlink durable).", &m->reclaimed);
+	single(o, "dotspool_reclaimed_bytes_total", "counter", "Bytes of the segments reclaimed.",
+	       &m->reclaimed_bytes);
+	single(o, "dotspool_compacted_segments_total", "counter",
+	       "Segments compacted: their live messages copied into the lane's current segment, so they can "
+	       "go.",
+	       &m->compacted);
+	single(o, "dotspool_compacted_messages_total", "counter", "Messages copied forward by compaction.",
+	       &m->compacted_messages);
+	single(o, "dotspool_compacted_bytes_total", "counter", "Body bytes copied forward by compaction.",
+	       &m->compacted_bytes);
 }
 
 /* One server-wide sample (sum over workers) of a counter or gauge, with its family. */
@@ -481,6 +540,7 @@ size_t obs_metrics_render_at(const struct obs_metrics *const *w, unsigned n, cha
 	render_spool(&o, w, n);
 	render_totals(&o, w, n);
 	render_watermark(&o);
+	render_reclaim(&o);
 	render_delivery(&o, w, n, now_wall_us);
 	return o.len;
 }

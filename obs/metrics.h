@@ -69,6 +69,15 @@ enum obs_refuse_reason {
 	OBS_REFUSE_COUNT,
 };
 
+/* Ingress policy limits (issue 17): the limit a refusal names; the order of io/throttle.h's kinds first. */
+enum obs_throttle_limit {
+	OBS_THROTTLE_CONNECTION_RATE, /* --client-connection-rate-max: 421 4.7.0 at connect */
+	OBS_THROTTLE_MESSAGE_RATE,    /* --client-message-rate-max: 450 4.7.1 at MAIL */
+	OBS_THROTTLE_RECIPIENT_RATE,  /* --client-recipient-rate-max: 450 4.7.1 at RCPT */
+	OBS_THROTTLE_UNKNOWN_MAX,     /* --session-unknown-recipients-max: 421 4.7.0 and close */
+	OBS_THROTTLE_COUNT,
+};
+
 enum obs_reply_class {
 	OBS_REPLY_2XX,
 	OBS_REPLY_3XX,
@@ -137,6 +146,8 @@ struct obs_metrics {
 	struct obs_metrics_batch_hist messages_per_flush;
 	struct obs_metrics_lat_hist sync_gap;	    /* final dot received -> 250 sent (RFC 1047 gap) */
 	struct obs_metrics_lat_hist flush_duration; /* flush submitted -> completed */
+	obs_counter_t throttled[OBS_THROTTLE_COUNT]; /* refusals by the limit that made them */
+	obs_counter_t recipients_unknown;	      /* RCPT answered 550 5.1.1 (or 421 past the limit) */
 	struct obs_metrics_dlv dlv;
 };
 
@@ -208,6 +219,19 @@ static inline void obs_metrics_conn_refused(struct obs_metrics *m, enum obs_refu
 {
 	if ((unsigned)r < OBS_REFUSE_COUNT)
 		obs_counter_add(&m->connections_refused[r], 1);
+}
+
+/* A client went over one of the ingress policy's limits. */
+static inline void obs_metrics_throttled(struct obs_metrics *m, enum obs_throttle_limit l)
+{
+	if ((unsigned)l < OBS_THROTTLE_COUNT)
+		obs_counter_add(&m->throttled[l], 1);
+}
+
+/* A recipient the table (or the next hop) does not know. */
+static inline void obs_metrics_recipient_unknown(struct obs_metrics *m)
+{
+	obs_counter_add(&m->recipients_unknown, 1);
 }
 
 /* One reply (a multi-line reply counts once, LMTP counts each recipient reply). */
@@ -389,6 +413,26 @@ void obs_metrics_watermark_set(bool high, bool went_high, uint64_t bytes, uint64
 			       uint64_t resume_bytes, uint64_t free_bytes, uint64_t min_free_bytes);
 /* The block the renderer reads (tests). */
 const struct obs_metrics_watermark *obs_metrics_watermark(void);
+
+/* ---- spool reclamation and compaction (issue 15): server-wide, one writer ---- */
+
+/*
+ * Written by the reclamation thread after each pass (spool_reclaim.c's
+ * table: what it knows of the spool), read by the renderer; each value exact.
+ */
+struct obs_metrics_reclaim {
+	obs_counter_t on;		  /* gauge 0/1: reclamation runs (the families mean something) */
+	obs_counter_t segments;		  /* gauge: segment files on disk */
+	obs_counter_t bytes;		  /* gauge: their bytes (segment size each) */
+	obs_counter_t reclaimed;	  /* counter: segments reclaimed (unlinked) */
+	obs_counter_t reclaimed_bytes;	  /* counter */
+	obs_counter_t compacted;	  /* counter: segments whose live messages were copied forward */
+	obs_counter_t compacted_messages; /* counter: messages copied */
+	obs_counter_t compacted_bytes;	  /* counter: body bytes copied */
+};
+void obs_metrics_reclaim_set(uint64_t segments, uint64_t bytes, uint64_t reclaimed, uint64_t reclaimed_bytes,
+			     uint64_t compacted, uint64_t compacted_messages, uint64_t compacted_bytes);
+const struct obs_metrics_reclaim *obs_metrics_reclaim(void);
 
 /* ---- reader side: any thread ---- */
 

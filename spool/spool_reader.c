@@ -239,6 +239,36 @@ static void v_dropped(void *ctx, struct rlane *rl, const struct spool_msg *m, bo
 	}
 }
 
+/*
+ * A durable commit without its body whose every recipient is final: fine when
+ * a segment its chunks lay in is gone (reclaimed before the commit's own, the
+ * documented intermediate state). A body that is there but corrupt, or whose
+ * segments are all present, is still damage.
+ */
+static bool v_dropped_final(void *ctx, struct rlane *rl, const struct spool_msg *m)
+{
+	struct vctx *v = ctx;
+	bool gone = false;
+	char id[24];
+
+	if (!m->chunk_count || !m->first_seq)
+		return false;
+	for (uint64_t q = m->first_seq; q < m->seq && !gone; q++) {
+		struct rseg *s = spool_scan_seg_find(rl, q);
+		gone = !s || s->state != RSEG_MAPPED;
+	}
+	if (!gone)
+		return false;
+	v->rep->bodies_reclaimed++;
+	spool_id_format(m->id, id, sizeof(id));
+	if (v->log)
+		fprintf(v->log,
+			"lane %u segment %llu offset %llu: message %s: final, body reclaimed (not an "
+			"error)\n",
+			rl->lane, (unsigned long long)m->seq, (unsigned long long)m->off, id);
+	return true;
+}
+
 static void v_aborted(void *ctx, struct rlane *rl, const struct spool_msg *m, bool kept)
 {
 	struct vctx *v = ctx;
@@ -296,6 +326,7 @@ int spool_reader_verify(struct spool_reader *r, struct spool_verify_report *rep,
 			       .bad = v_bad,
 			       .seg = v_seg,
 			       .aborted = v_aborted,
+			       .dropped_final = v_dropped_final,
 			       .ctx = &v};
 	struct spool_scan_totals tot;
 	int rc;

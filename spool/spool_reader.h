@@ -115,6 +115,12 @@ struct spool_verify_report {
 	uint64_t torn_tails;			 /* non-zero garbage at a segment's end (crash) */
 	uint64_t aborted;  /* commits refused by an abort record (not messages, not a problem) */
 	uint64_t outcomes; /* outcome records (format 2) */
+	/*
+	 * Durable commits of final messages (every recipient delivered or failed)
+	 * whose body lay in a segment already reclaimed: reclamation's intermediate
+	 * state (FORMAT.md, "Reclamation"), not a problem.
+	 */
+	uint64_t bodies_reclaimed;
 };
 /* Check every record and every body CRC. 0 if consistent, -EBADMSG if not; problems printed to log (may be
  * NULL). */

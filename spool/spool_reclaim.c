@@ -42,8 +42,10 @@ struct rc_msg {
 	uint32_t cseg;	   /* C(M) */
 	uint64_t chunk_lo; /* chunks lie in chunk_lo .. C(M) of its lane (0: none before C(M)) */
 	uint32_t nref, cap;
-	uint32_t *ref; /* H(M), without C(M), no duplicates */
+	uint32_t *ref;	       /* H(M), without C(M), no duplicates */
+	int64_t keep_until_us; /* gap window (spool_reclaim_msg_keep): not final before */
 	bool used, final, dsn_lost;
+	bool final_wanted; /* final by its records, held back by keep_until_us */
 };
 
 struct spool_reclaim {
@@ -67,7 +69,17 @@ struct spool_reclaim {
 	uint64_t lane_low[SPOOL_LANES_MAX]; /* open txns' chunks may lie here and above */
 
 	struct spool_reclaim_stats st;
+	uint32_t kept; /* messages with final_wanted set (a pass looks at them only if any) */
+	void (*ev_fn)(void *ctx, const struct spool_reclaim_event *ev);
+	void *ev_ctx;
 };
+
+static int64_t wall_us(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
 
 static int sys_unlink(void *ctx, const char *path)
 {
@@ -273,6 +285,9 @@ static void msg_drop(struct spool_reclaim *r, uint32_t i)
 	*pp = r->msgs[i].hnext;
 	free(r->msgs[i].ref);
 	r->msgs[i].ref = NULL;
+	if (r->msgs[i].final_wanted)
+		r->kept--;
+	r->msgs[i].final_wanted = false;
 	r->msgs[i].used = false;
 	r->msgs[i].hnext = r->msg_free;
 	r->msg_free = i;
@@ -508,6 +523,20 @@ static void msg_final_locked(struct spool_reclaim *r, uint64_t id)
 	m = &r->msgs[mi];
 	if (m->final || m->dsn_lost)
 		return;
+	if (m->keep_until_us && m->keep_until_us > wall_us()) {
+		/* A gap record's window: kept (byte for byte comparison of a retry) until it ends. */
+		if (!m->final_wanted) {
+			m->final_wanted = true;
+			r->kept++;
+			r->st.kept_at_risk++;
+		}
+		return;
+	}
+	if (m->final_wanted) {
+		m->final_wanted = false;
+		r->kept--;
+		r->st.kept_at_risk--;
+	}
 	m->final = true;
 	r->st.final_messages++;
 	DS_ASSERT(r->segs[m->cseg].nonfinal > 0);
@@ -537,6 +566,53 @@ void spool_reclaim_msg_final(struct spool_reclaim *r, uint64_t id)
 	if (r->dirty)
 		pthread_cond_signal(&r->cv);
 	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reclaim_msg_keep(struct spool_reclaim *r, uint64_t id, int64_t expires_us)
+{
+	pthread_mutex_lock(&r->mu);
+	uint32_t mi = msg_find(r, id);
+	/* A final message is past keeping (its window was not open when it became final). */
+	if (mi != NIL && !r->msgs[mi].final) {
+		struct rc_msg *m = &r->msgs[mi];
+		m->keep_until_us = expires_us ? DS_MAX(m->keep_until_us, expires_us) : 0;
+		if (!expires_us && m->final_wanted)
+			msg_final_locked(r, id);
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reclaim_count_compacted(struct spool_reclaim *r, uint64_t segments, uint64_t messages,
+				   uint64_t bytes)
+{
+	pthread_mutex_lock(&r->mu);
+	r->st.compacted += segments;
+	r->st.compacted_messages += messages;
+	r->st.compacted_bytes += bytes;
+	r->dirty = true;
+	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reclaim_set_events(struct spool_reclaim *r,
+			      void (*fn)(void *ctx, const struct spool_reclaim_event *ev), void *ctx)
+{
+	r->ev_fn = fn;
+	r->ev_ctx = ctx;
+}
+
+/* Held-back finals whose window is over become final (under the lock). */
+static void kept_expire_locked(struct spool_reclaim *r)
+{
+	int64_t now;
+
+	if (!r->kept)
+		return;
+	now = wall_us();
+	for (uint32_t i = 0; i < r->nmsgs && r->kept; i++) {
+		struct rc_msg *m = &r->msgs[i];
+		if (m->used && m->final_wanted && m->keep_until_us <= now)
+			msg_final_locked(r, m->id);
+	}
 }
 
 void spool_reclaim_stats(struct spool_reclaim *r, struct spool_reclaim_stats *st)
@@ -593,14 +669,22 @@ int spool_reclaim_run(struct spool_reclaim *r)
 
 		pthread_mutex_lock(&r->mu);
 		r->dirty = false;
+		kept_expire_locked(r);
 		for (uint32_t i = 0; i < r->nsegs && n < RECLAIM_BATCH; i++)
 			if (reclaimable(r, &r->segs[i])) {
 				r->segs[i].reclaiming = true;
 				batch[n++] = i;
 			}
 		pthread_mutex_unlock(&r->mu);
-		if (!n)
+		if (!n) {
+			if (r->ev_fn) {
+				struct spool_reclaim_stats st;
+				spool_reclaim_stats(r, &st);
+				r->ev_fn(r->ev_ctx, &(struct spool_reclaim_event){
+							    .kind = SPOOL_RECLAIM_EV_PASS, .st = &st});
+			}
 			return total;
+		}
 		for (unsigned k = 0; k < n; k++) {
 			uint32_t si = batch[k];
 			uint64_t key = r->segs[si].key; /* stable: only this thread drops entries */
@@ -619,6 +703,8 @@ int spool_reclaim_run(struct spool_reclaim *r)
 			/* The unlink must be durable before anything it held loses its protection. */
 			if (!rc)
 				rc = r->ops.fsync_dir(r->ops_ctx, ldir);
+			struct spool_reclaim_event ev = {
+				.kind = SPOOL_RECLAIM_EV_RECLAIMED, .lane = lane, .seq = seq};
 			pthread_mutex_lock(&r->mu);
 			if (rc) {
 				/* Unknown whether it is gone: keep everything as if it were there. */
@@ -626,10 +712,15 @@ int spool_reclaim_run(struct spool_reclaim *r)
 				seg_pin_locked(r, lane, seq);
 				r->st.errors++;
 			} else {
+				ev.bytes = r->segs[si].bytes;
+				for (uint32_t mi = r->segs[si].msgs; mi != NIL; mi = r->msgs[mi].snext)
+					ev.messages++;
 				seg_gone_locked(r, si);
 				total++;
 			}
 			pthread_mutex_unlock(&r->mu);
+			if (!rc && r->ev_fn)
+				r->ev_fn(r->ev_ctx, &ev);
 		}
 	}
 }
@@ -645,7 +736,9 @@ static void *reclaim_main(void *arg)
 			clock_gettime(CLOCK_REALTIME, &ts);
 			ts.tv_sec += 1;
 			pthread_cond_timedwait(&r->cv, &r->mu, &ts);
-			continue;
+			/* Held-back finals are looked at once a second (their windows end). */
+			if (!r->dirty && !r->kept)
+				continue;
 		}
 		pthread_mutex_unlock(&r->mu);
 		spool_reclaim_run(r);
@@ -684,6 +777,10 @@ void spool_reclaim_stop(struct spool_reclaim *r)
 struct rc_rec {
 	uint64_t id, seq, dsn_id;
 	unsigned lane;
+	/* Gap records (type 7): kind, expiry, where (a CLEARED after an AT_RISK in its lane ends it). */
+	uint32_t gap_kind;
+	uint64_t off;
+	int64_t expires_us;
 };
 
 struct load_ctx {
@@ -730,6 +827,13 @@ static void l_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct
 		if (spool_outcome_decode(rec->payload, rec->len, &o, &it))
 			return; /* not a record: recovery ignores it too */
 		e.dsn_id = o.dsn_id;
+	} else if (rec->type == SPOOL_REC_GAP) {
+		struct spool_gap_fixed g;
+		if (spool_gap_fixed_decode(rec->payload, rec->len, &g))
+			return;
+		e.gap_kind = g.kind;
+		e.expires_us = g.expires_us;
+		e.off = rec->off;
 	}
 	if (c->nrecs == c->cap) {
 		size_t ncap = c->cap ? c->cap * 2 : 1024;
@@ -787,6 +891,36 @@ static void l_dropped(void *ctx, struct rlane *rl, const struct spool_msg *m, bo
 	/* Never acknowledged: garbage, like chunks without a commit. */
 }
 
+/*
+ * Gap records: a message with an AT_RISK record whose window has not ended,
+ * and no CLEARED record after it in the same lane's stream, is kept until
+ * the window ends (FORMAT.md, "Gap records"). A CLEARED record in another
+ * lane is not ordered against it: the message is kept (the safe side).
+ */
+static void load_gaps_locked(struct spool_reclaim *r, struct load_ctx *c)
+{
+	int64_t now = wall_us();
+
+	for (size_t i = 0; i < c->nrecs; i++) {
+		const struct rc_rec *a = &c->recs[i];
+		uint32_t mi;
+		bool cleared = false;
+
+		if (a->gap_kind != SPOOL_GAP_AT_RISK || a->expires_us <= now)
+			continue;
+		mi = msg_find(r, a->id);
+		if (mi == NIL)
+			continue;
+		for (size_t k = 0; k < c->nrecs && !cleared; k++) {
+			const struct rc_rec *b = &c->recs[k];
+			cleared = b->gap_kind == SPOOL_GAP_CLEARED && b->id == a->id && b->lane == a->lane &&
+				  (b->seq > a->seq || (b->seq == a->seq && b->off > a->off));
+		}
+		if (!cleared)
+			r->msgs[mi].keep_until_us = DS_MAX(r->msgs[mi].keep_until_us, a->expires_us);
+	}
+}
+
 int spool_reclaim_load(struct spool_reclaim *r)
 {
 	struct load_ctx c = {.r = r};
@@ -813,6 +947,7 @@ int spool_reclaim_load(struct spool_reclaim *r)
 		/* Records after every commit is known (a DSN may be in any lane), finals last. */
 		for (size_t i = 0; i < c.nrecs; i++)
 			msg_record_locked(r, c.recs[i].id, c.recs[i].lane, c.recs[i].seq, c.recs[i].dsn_id);
+		load_gaps_locked(r, &c);
 		for (size_t i = 0; i < c.nfinals; i++)
 			msg_final_locked(r, c.finals[i]);
 	}

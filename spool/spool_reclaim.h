@@ -42,11 +42,34 @@ struct spool_reclaim_stats {
 	uint64_t messages, final_messages;   /* on disk (commit segment present), of which final */
 	uint64_t pinned;		     /* segments never reclaimed by this process */
 	uint64_t errors;		     /* failed unlinks / directory fsyncs (segment pinned) */
+	/* Compaction (spool_compact.h): segments emptied of live messages, messages and bytes copied. */
+	uint64_t compacted, compacted_messages, compacted_bytes;
+	uint64_t kept_at_risk; /* final messages kept for a gap record's window (issue 16) */
+};
+
+/*
+ * What the table reports as it happens: each segment reclaimed (from the
+ * thread that unlinked it: the reclamation thread, or the caller of
+ * spool_reclaim_run at start-up), and after each pass that changed
+ * something (st: the stats then). Never called with the table locked.
+ */
+enum spool_reclaim_ev_kind {
+	SPOOL_RECLAIM_EV_RECLAIMED = 1, /* lane, seq, bytes, messages (whose commit it held) */
+	SPOOL_RECLAIM_EV_PASS = 2,	/* st only */
+};
+struct spool_reclaim_event {
+	enum spool_reclaim_ev_kind kind;
+	unsigned lane;
+	uint64_t seq, bytes, messages;
+	const struct spool_reclaim_stats *st;
 };
 
 /* A table for spool directory dir; ops NULL = unlink(2) and fsync of the directory. */
 int spool_reclaim_create(struct spool_reclaim **out, const char *dir, const struct spool_reclaim_ops *ops,
 			 void *ops_ctx);
+/* Events (see struct spool_reclaim_event); set before spool_reclaim_start. */
+void spool_reclaim_set_events(struct spool_reclaim *r,
+			      void (*fn)(void *ctx, const struct spool_reclaim_event *ev), void *ctx);
 /* Stops the thread if started. */
 void spool_reclaim_destroy(struct spool_reclaim *r);
 
@@ -93,6 +116,17 @@ void spool_reclaim_msg_record(struct spool_reclaim *r, uint64_t id, unsigned lan
  * (every recipient DELIVERED, or FAILED with its DSN durable).
  */
 void spool_reclaim_msg_final(struct spool_reclaim *r, uint64_t id);
+
+/*
+ * Message id must stay on disk, final or not, until expires_us (wall clock):
+ * a gap record (type 7, issue 16) keeps it for the dedup window. A final
+ * state reached meanwhile counts once the window is over. Several calls:
+ * the latest expiry stands; 0 clears (a CLEARED record).
+ */
+void spool_reclaim_msg_keep(struct spool_reclaim *r, uint64_t id, int64_t expires_us);
+/* Compaction done with one segment: count it (stats, metrics). */
+void spool_reclaim_count_compacted(struct spool_reclaim *r, uint64_t segments, uint64_t messages,
+				   uint64_t bytes);
 
 void spool_reclaim_stats(struct spool_reclaim *r, struct spool_reclaim_stats *st);
 /* One line per segment the table knows (operators, tests). */

@@ -79,6 +79,14 @@ struct scan_cfg {
 			  const struct spool_msg_status *st);
 	void (*aborted)(void *ctx, struct rlane *rl, const struct spool_msg *m, bool kept);
 	/*
+	 * spool_scan_spool only (verify): a durable commit whose body is not all
+	 * there but whose every recipient is final by the fold. Returns true when
+	 * that is the reclamation's intermediate state (chunk segment reclaimed
+	 * before the commit's: FORMAT.md, "Reclamation"); false hands it to
+	 * dropped as before.
+	 */
+	bool (*dropped_final)(void *ctx, struct rlane *rl, const struct spool_msg *m);
+	/*
 	 * spool_scan_spool only: the callbacks need no envelope (m->env all zero
 	 * but rcpt_count; no chunk locator or body CRC), so commits are not
 	 * decoded a second time.
