@@ -29,6 +29,12 @@ src="$work/dotspool"
 mkdir -p "$src"
 if [ -n "$ref" ]; then
 	(cd "$top" && git archive --format=tar "$ref") | tar -C "$src" -xf -
+	# DS_DEB_OVERLAY="debian dist": these paths from the working tree over the commit
+	# (packaging work on top of a known-good tree).
+	for p in ${DS_DEB_OVERLAY:-}; do
+		rm -rf "${src:?}/$p"
+		(cd "$top" && tar -cf - "$p") | tar -C "$src" -xf -
+	done
 else
 	(cd "$top" && git ls-files -z --cached --others --exclude-standard) |
 		(cd "$top" && xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh) |
@@ -58,7 +64,7 @@ deb=$(ls "$work"/dotspool_*.deb)
 # Lintian on the binary package; --fail-on error: warnings are reported (and
 # overridden with a reason in debian/dotspool.lintian-overrides), errors fail.
 rc=0
-lintian --fail-on error --display-info --tag-display-limit 0 "$deb" >"$out/lintian.txt" 2>&1 || rc=1
-echo "dist/build-deb.sh: $(basename "$deb") built; lintian: $(grep -c '^E:' "$out/lintian.txt" || true) errors, $(grep -c '^W:' "$out/lintian.txt" || true) warnings, $(grep -c '^I:' "$out/lintian.txt" || true) info, $(grep -c '^N:\|^O:' "$out/lintian.txt" || true) notes/overridden"
+lintian --fail-on error --display-info --pedantic --show-overrides --tag-display-limit 0 "$deb" >"$out/lintian.txt" 2>&1 || rc=1
+echo "dist/build-deb.sh: $(basename "$deb") built; lintian: $(grep -c '^E:' "$out/lintian.txt" || true) errors, $(grep -c '^W:' "$out/lintian.txt" || true) warnings, $(grep -c '^I:' "$out/lintian.txt" || true) info, $(grep -c "^O:" "$out/lintian.txt" || true) overridden (with a reason in debian/dotspool.lintian-overrides)"
 cat "$out/lintian.txt"
 exit $rc
