@@ -18,6 +18,7 @@
  *     st == SMTP_WAIT_COMMIT: stop feeding input; when the spool reports the
  *        commit durable (or failed) call smtp_session_commit_done(), send
  *        the output, then feed the rest (buf + used).
+ *     st == SMTP_WAIT_RCPT: the same, until smtp_session_rcpt_done().
  *     st == SMTP_BLOCKED: output buffer full; send output, feed buf + used later.
  *     st == SMTP_STARTTLS: 220 queued; send it, drop any unread input
  *        (RFC 3207 / CVE-2011-0411: it was sent in plaintext), handshake,
@@ -57,7 +58,8 @@ struct smtp_sink {
 	 */
 	int (*data_begin)(void *ctx, char *id, size_t id_cap);
 	/*
-	 * Message bytes in order: first the Received: header, then the data
+	 * Message bytes in order: first the Received: header (in exactly one
+	 * call, so io/ can tell it from the bytes as received), then the data
 	 * with dot-stuffing removed. Return 0 or -errno; an error latches: the
 	 * session reads on to the end of data, then replies 451/452 (never 250).
 	 */
@@ -93,12 +95,32 @@ struct smtp_sink {
 	 * before it is answered; the spool's transaction only starts at DATA,
 	 * so this is the first point where new mail can be turned away for a
 	 * server-wide condition (a spool above its high watermark). Return 0,
-	 * or -ENOSPC (-> 452 4.3.1 Insufficient system storage), or another
-	 * -errno (-> 451 4.3.0). Refused, no transaction starts; the session
+	 * or -ENOSPC (-> 452 4.3.1 Insufficient system storage), or -EBUSY
+	 * (-> 450 4.7.1, a rate limit on the client), or another -errno
+	 * (-> 451 4.3.0). Refused, no transaction starts; the session
 	 * goes on (a later MAIL asks again) and the refusal does not count
 	 * toward max_errors: it is the server's state, not the client's error.
 	 */
 	int (*mail_ok)(void *ctx);
+	/*
+	 * Optional (may be NULL: always yes): ingress policy for one recipient
+	 * (issue 17), asked at RCPT once the command is valid and its domain
+	 * accepted, before it is answered. mailbox is "local@domain" (domain
+	 * NULL for <postmaster>), valid only during the call. Return
+	 *   0            known: 250
+	 *   -ENOENT      unknown: 550 5.1.1 <addr>: recipient unknown (counts
+	 *                toward max_errors)
+	 *   -EUSERS      unknown, and the client has had too many: 421 4.7.0
+	 *                and close (a dictionary attack ends early)
+	 *   -EBUSY       a rate limit: 450 4.7.1 (not the client's error)
+	 *   -ETIMEDOUT   cannot tell now (verification timed out or failed):
+	 *                450 4.1.1, never 250 on a guess
+	 *   -EINPROGRESS the answer comes later: the session waits
+	 *                (SMTP_WAIT_RCPT) until io calls smtp_session_rcpt_done()
+	 *                with one of the answers above
+	 *   other -errno 451 4.3.0
+	 */
+	int (*rcpt_ok)(void *ctx, const char *mailbox, size_t len, const char *domain, size_t domain_len);
 };
 
 enum smtp_status {
@@ -107,6 +129,7 @@ enum smtp_status {
 	SMTP_BLOCKED,	  /* output buffer full: send output, then feed the rest */
 	SMTP_STARTTLS,	  /* start TLS after sending the output; discard unread input */
 	SMTP_CLOSE,	  /* send the output, then close the connection */
+	SMTP_WAIT_RCPT,	  /* waiting for smtp_session_rcpt_done() (rcpt_ok said -EINPROGRESS) */
 };
 
 struct smtp_peer {
@@ -133,6 +156,21 @@ void smtp_session_output_consumed(struct smtp_session *s, size_t n);
 
 /* The spool reports the commit durable (res 0) or failed (-ENOSPC -> 452 4.3.1, else 451 4.3.0). */
 enum smtp_status smtp_session_commit_done(struct smtp_session *s, int res);
+/*
+ * Instead of commit_done (issue 16, gap dedup): the message is a retry of
+ * one already queued as orig_id and was not stored; the reply is
+ * "250 2.0.0 Ok: already queued as ORIG_ID" (LMTP: per recipient).
+ */
+enum smtp_status smtp_session_commit_dup(struct smtp_session *s, const char *orig_id);
+/* The recipients of the transaction, in order (gap dedup fingerprints them at data_begin). */
+void smtp_session_each_rcpt(const struct smtp_session *s, void (*fn)(void *ctx, const char *addr), void *ctx);
+
+/*
+ * The answer to a rcpt_ok() that said -EINPROGRESS (any of its other
+ * answers). Returns like smtp_session_commit_done(); after a timeout or
+ * fini the session is closed and this returns SMTP_CLOSE.
+ */
+enum smtp_status smtp_session_rcpt_done(struct smtp_session *s, int res);
 
 /* TLS is up: reset to the post-greeting state (new EHLO required, no STARTTLS offered). */
 void smtp_session_tls_started(struct smtp_session *s, const char *tls_desc);

@@ -28,6 +28,7 @@ enum smtp_state {
 	ST_DATA,	/* after 354, scanning to CRLF.CRLF */
 	ST_BDAT,	/* reading a BDAT chunk */
 	ST_WAIT_COMMIT, /* data_commit queued, waiting for commit_done */
+	ST_WAIT_RCPT,	/* rcpt_ok said -EINPROGRESS, waiting for rcpt_done */
 	ST_STARTTLS,	/* 220 queued, waiting for tls_started */
 	ST_CLOSED,
 };
@@ -71,6 +72,7 @@ struct smtp_session {
 	bool binary;
 	bool gen_prdr_head; /* 353 still to send */
 	bool bdat_discard;  /* BDAT chunk without a transaction: read and drop */
+	bool dup;	    /* gap dedup: the retry of a message queued as queue_id (issue 16) */
 	int data_errno;
 	const char *gen_text;
 
@@ -92,6 +94,7 @@ struct smtp_session {
 	uint32_t arena_len;
 	uint32_t arena_alloc;
 	uint32_t rcpt_off;
+	uint32_t rcpt_pending_off; /* ST_WAIT_RCPT: where the recipient being asked about starts */
 
 	uint16_t out_start;
 	uint16_t out_len;
@@ -278,6 +281,7 @@ static void txn_reset(struct smtp_session *s)
 	s->received_at_us = 0;
 	s->queue_id[0] = '\0';
 	s->gen = GEN_NONE;
+	s->dup = false;
 }
 
 /* ---- session lifecycle ---- */
@@ -322,6 +326,7 @@ enum smtp_phase smtp_session_phase(const struct smtp_session *s)
 	case ST_BDAT:
 		return SMTP_PHASE_DATA;
 	case ST_WAIT_COMMIT:
+	case ST_WAIT_RCPT:
 		return SMTP_PHASE_COMMIT;
 	case ST_CLOSED:
 		return SMTP_PHASE_CLOSED;
@@ -369,7 +374,8 @@ static void gen_run(struct smtp_session *s)
 			s->gen_off += (uint32_t)strlen(s->arena + s->gen_off) + 1;
 			s->gen_left--;
 			if (!s->gen_text && s->gen == GEN_LMTP)
-				reply(s, "250 2.1.5 <%s> Ok: queued as %s", addr, s->queue_id);
+				reply(s, "250 2.1.5 <%s> Ok: %squeued as %s", addr, s->dup ? "already " : "",
+				      s->queue_id);
 			else if (!s->gen_text)
 				reply(s, "250 2.1.5 <%s> Ok", addr);
 			else
@@ -377,7 +383,7 @@ static void gen_run(struct smtp_session *s)
 			continue;
 		}
 		if (s->gen == GEN_PRDR)
-			reply(s, "250 2.0.0 Ok: queued as %s", s->queue_id);
+			reply(s, "250 2.0.0 Ok: %squeued as %s", s->dup ? "already " : "", s->queue_id);
 		txn_reset(s);
 	}
 }
@@ -406,7 +412,7 @@ static void finish_commit(struct smtp_session *s, int res)
 		return;
 	}
 	if (res == 0)
-		reply(s, "250 2.0.0 Ok: queued as %s", s->queue_id);
+		reply(s, "250 2.0.0 Ok: %squeued as %s", s->dup ? "already " : "", s->queue_id);
 	else
 		reply(s, "%s", err_text(res));
 	txn_reset(s);
@@ -434,6 +440,40 @@ enum smtp_status smtp_session_commit_done(struct smtp_session *s, int res)
 	s->state = ST_COMMAND;
 	finish_commit(s, res);
 	return s->gen != GEN_NONE ? SMTP_BLOCKED : SMTP_OK;
+}
+
+static size_t sanitize(char *dst, size_t cap, const char *src, const char *extra_ok, bool utf8);
+
+/*
+ * Gap dedup (issue 16): the message just ended is a retry of one already
+ * queued as orig_id, proven byte for byte by io/. Nothing was stored for
+ * it (io aborted the spool txn); the client hears the original's id.
+ */
+enum smtp_status smtp_session_commit_dup(struct smtp_session *s, const char *orig_id)
+{
+	if (s->state == ST_CLOSED)
+		return SMTP_CLOSE;
+	DS_ASSERT(s->state == ST_WAIT_COMMIT);
+	char id[SMTP_QUEUE_ID_MAX];
+	sanitize(id, sizeof(id), orig_id, ".-_", false);
+	memcpy(s->queue_id, id, sizeof(id));
+	s->dup = true;
+	s->state = ST_COMMAND;
+	finish_commit(s, 0);
+	return s->gen != GEN_NONE ? SMTP_BLOCKED : SMTP_OK;
+}
+
+void smtp_session_each_rcpt(const struct smtp_session *s, void (*fn)(void *ctx, const char *addr), void *ctx)
+{
+	uint32_t p = s->rcpt_off;
+
+	if (!s->mail_given)
+		return;
+	for (uint32_t i = 0; i < s->rcpt_count; i++) {
+		fn(ctx, s->arena + p);
+		p += (uint32_t)strlen(s->arena + p) + 1;
+		p += (uint32_t)strlen(s->arena + p) + 1;
+	}
 }
 
 /* ---- data ---- */
@@ -826,6 +866,11 @@ static enum smtp_status do_mail(struct smtp_session *s, const struct smtp_cmd *c
 			reply(s, "452 4.3.1 Insufficient system storage");
 			return SMTP_OK;
 		}
+		if (r == -EBUSY) {
+			/* A rate limit on the client (issue 17): its pace, not its error. */
+			reply(s, "450 4.7.1 Error: rate limit exceeded, try again later");
+			return SMTP_OK;
+		}
 		if (r < 0) {
 			reply(s, "451 4.3.0 Error: local error, try again later");
 			return SMTP_OK;
@@ -844,6 +889,44 @@ static enum smtp_status do_mail(struct smtp_session *s, const struct smtp_cmd *c
 	s->binary = mp.body == SMTP_BODY_BINARYMIME;
 	s->declared_size = mp.size;
 	return cmd_ok(s, "250 2.1.0 Ok");
+}
+
+/*
+ * The policy's word on the recipient at rcpt_pending_off (smtp.h,
+ * rcpt_ok): keep it (250) or take it back out of the arena and say why.
+ * The refusal's text is formatted from the arena before anything can
+ * free it (only txn_reset does, after the reply).
+ */
+static enum smtp_status rcpt_answer(struct smtp_session *s, int res)
+{
+	const char *addr = s->arena + s->rcpt_pending_off;
+
+	if (res == 0) {
+		s->rcpt_count++;
+		return cmd_ok(s, "250 2.1.5 Ok");
+	}
+	s->arena_len = s->rcpt_pending_off;
+	switch (res) {
+	case -ENOENT:
+		return cmd_fail(s, "550 5.1.1 <%s>: recipient unknown", addr);
+	case -EUSERS:
+		reply(s, "421 4.7.0 %s Error: too many unknown recipients, closing", s->cfg->hostname);
+		txn_reset(s);
+		s->state = ST_CLOSED;
+		return SMTP_CLOSE;
+	case -EBUSY:
+		/* A rate limit is the client's pace, not a protocol error (max_errors). */
+		reply(s, "450 4.7.1 <%s>: Error: rate limit exceeded, try again later", addr);
+		return SMTP_OK;
+	case -ETIMEDOUT:
+	case -EAGAIN:
+		reply(s, "450 4.1.1 <%s>: Error: recipient address verification unavailable, try again later",
+		      addr);
+		return SMTP_OK;
+	default:
+		reply(s, "451 4.3.0 Error: local error, try again later");
+		return SMTP_OK;
+	}
 }
 
 static enum smtp_status do_rcpt(struct smtp_session *s, const struct smtp_cmd *c)
@@ -879,10 +962,31 @@ static enum smtp_status do_rcpt(struct smtp_session *s, const struct smtp_cmd *c
 	}
 	if (arena_reserve(s, p.mailbox_len + plen + 2))
 		return cmd_fail(s, "452 4.3.1 Error: insufficient resources");
+	/* In the arena first: the policy's answer may come later, and a refusal takes it back. */
+	s->rcpt_pending_off = s->arena_len;
 	arena_put(s, p.mailbox, p.mailbox_len);
 	arena_put(s, params, plen);
-	s->rcpt_count++;
-	return cmd_ok(s, "250 2.1.5 Ok");
+	r = 0;
+	if (s->sink->rcpt_ok) {
+		r = s->sink->rcpt_ok(s->ctx, s->arena + s->rcpt_pending_off, p.mailbox_len,
+				     p.domain ? s->arena + s->rcpt_pending_off + (p.domain - p.mailbox) : NULL,
+				     p.domain ? p.domain_len : 0);
+		if (r == -EINPROGRESS) {
+			s->state = ST_WAIT_RCPT;
+			return SMTP_WAIT_RCPT;
+		}
+	}
+	return rcpt_answer(s, r);
+}
+
+enum smtp_status smtp_session_rcpt_done(struct smtp_session *s, int res)
+{
+	if (s->state == ST_CLOSED)
+		return SMTP_CLOSE;
+	DS_ASSERT(s->state == ST_WAIT_RCPT);
+	DS_ASSERT(res != -EINPROGRESS && res <= 0);
+	s->state = ST_COMMAND;
+	return rcpt_answer(s, res);
 }
 
 static enum smtp_status do_data(struct smtp_session *s, const struct smtp_cmd *c)
@@ -1132,6 +1236,8 @@ enum smtp_status smtp_session_input(struct smtp_session *s, const uint8_t *buf, 
 		return SMTP_CLOSE;
 	case ST_WAIT_COMMIT:
 		return SMTP_WAIT_COMMIT;
+	case ST_WAIT_RCPT:
+		return SMTP_WAIT_RCPT;
 	case ST_STARTTLS:
 		return SMTP_STARTTLS;
 	default:

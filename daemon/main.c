@@ -19,13 +19,18 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
+#include "ds_clock.h"
 #include "ds_nofile.h"
+#include "ctlsock.h"
 #include "dlv.h"
+#include "gap.h"
 #include "io.h"
 #include "iplimit.h"
 #include "log.h"
 #include "metrics.h"
 #include "options.h"
+#include "rcpt_table.h"
+#include "throttle.h"
 #include "spool.h"
 #include "spool_reader.h"
 #include "spool_reclaim.h"
@@ -192,6 +197,9 @@ static void shared_destroy(struct io_shared *sh)
 {
 	io_iplimit_destroy(sh->iplimit);
 	sh->iplimit = NULL;
+	io_throttle_destroy(sh->throttle);
+	sh->throttle = NULL;
+	io_rcpt_stop(); /* its reload thread; the workers are gone */
 	if (sh->log) {
 		obs_log_stop(sh->log);
 		obs_log_destroy(sh->log);
@@ -202,6 +210,8 @@ static void shared_destroy(struct io_shared *sh)
 		sh->metrics[i] = NULL;
 	}
 	io_dlv_backlog_free(sh);
+	io_gap_destroy(sh->gap);
+	sh->gap = NULL;
 }
 
 /* A message recovery found still owed: to the worker that drains its lane. */
@@ -209,6 +219,54 @@ static int backlog_add(void *ctx, const struct spool_queue_entry *e)
 {
 	struct io_shared *sh = ctx;
 	return io_dlv_backlog_add(sh, sh->metrics_count, e);
+}
+
+/*
+ * Gap records recovery found (issue 16): AT_RISK ones go into the set after
+ * the scan, minus every message a CLEARED record names (it may lie in an
+ * earlier lane than the AT_RISK it clears) and those whose window is over.
+ */
+struct gap_load {
+	struct spool_gap_rec *v;
+	size_t n, cap;
+	bool oom;
+};
+
+static void gap_collect(void *ctx, const struct spool_gap_rec *g)
+{
+	struct gap_load *gl = ctx;
+	if (gl->n == gl->cap) {
+		size_t cap = gl->cap ? gl->cap * 2 : 256;
+		struct spool_gap_rec *v = realloc(gl->v, cap * sizeof(*v));
+		if (!v) {
+			gl->oom = true;
+			return;
+		}
+		gl->v = v;
+		gl->cap = cap;
+	}
+	gl->v[gl->n++] = *g;
+}
+
+static void gap_load_apply(struct io_shared *sh, struct gap_load *gl)
+{
+	int64_t now = ds_wall_us();
+	size_t at_risk = 0, cleared = 0, full = 0;
+	for (size_t i = 0; i < gl->n; i++)
+		if (gl->v[i].kind == SPOOL_GAP_REC_AT_RISK && gl->v[i].expires_us > now) {
+			if (io_gap_insert(sh->gap, gl->v[i].id, &gl->v[i].fp, gl->v[i].expires_us, true) == 0)
+				at_risk++;
+			else
+				full++;
+		}
+	for (size_t i = 0; i < gl->n; i++)
+		if (gl->v[i].kind == SPOOL_GAP_REC_CLEARED)
+			cleared += io_gap_remove_id(sh->gap, gl->v[i].id);
+	fprintf(stderr,
+		"dotspool: gap dedup: %zu gap record(s), %zu at-risk message(s) loaded, %zu cleared, %zu not "
+		"taken (set full)%s\n",
+		gl->n, at_risk - cleared, cleared, full, gl->oom ? ", some records not read (out of memory)" : "");
+	free(gl->v);
 }
 
 /*
@@ -238,13 +296,25 @@ static int spool_prepare(const struct io_config *cfg, struct io_shared *sh)
 	struct spool_recovery_report rep;
 	memset(&rep, 0, sizeof(rep));
 	/* With delivery on, every message still owed (any lane, any earlier thread count) is queued. */
-	ret = spool_recover_queue(&cfg->spool, &rep, cfg->deliver.hop_count ? backlog_add : NULL, sh);
+	struct gap_load gl = {0};
+	if (cfg->gap_window_s) {
+		ret = io_gap_create(&sh->gap, cfg->gap_entries);
+		if (ret < 0) {
+			fprintf(stderr, "dotspool: gap dedup set: %s\n", strerror(-ret));
+			return ret;
+		}
+	}
+	ret = spool_recover_queue_gap(&cfg->spool, &rep, cfg->deliver.hop_count ? backlog_add : NULL, sh,
+				      sh->gap ? gap_collect : NULL, &gl);
 	if (ret < 0) {
+		free(gl.v);
 		fprintf(stderr, "dotspool: spool recovery failed: %s\n", strerror(-ret));
 		return ret;
 	}
 	fputs("dotspool: ", stderr);
 	spool_recovery_report_print(&rep, stderr);
+	if (sh->gap)
+		gap_load_apply(sh, &gl);
 	return 0;
 }
 
@@ -305,10 +375,33 @@ static int reclaim_start(struct io_config *cfg, struct obs_log_ring *ring)
 	return 0;
 }
 
+/* --recipients: the table is there before any worker takes a connection; a bad file stops start-up. */
+static int recipients_start(const struct io_config *cfg)
+{
+	char err[600];
+	if (!cfg->policy.recipients[0])
+		return 0;
+	int64_t t0 = ds_mono_us();
+	int ret = io_rcpt_start(cfg->policy.recipients, cfg->policy.recipients_case_sensitive, err, sizeof(err));
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: recipients: %s\n", err);
+		return ret;
+	}
+	struct io_rcpt_table_info in;
+	io_rcpt_current_info(&in);
+	fprintf(stderr, "dotspool: recipients: %s: %llu addresses, %llu domains, %llu bytes, loaded in %lld ms\n",
+		cfg->policy.recipients, (unsigned long long)in.addresses, (unsigned long long)in.domains,
+		(unsigned long long)in.bytes, (long long)((ds_mono_us() - t0) / 1000));
+	return 0;
+}
+
 /* What the workers share: the per-address limits, one metrics block each, the log. */
 static int shared_create(struct io_shared *sh, const struct io_config *cfg)
 {
-	int ret = io_iplimit_create(&sh->iplimit, cfg->max_connections);
+	int ret = io_iplimit_create(&sh->iplimit, cfg->max_connections, cfg->policy.client_ipv6_prefix_length);
+	const uint32_t *rates = cfg->policy.rate_max;
+	if (ret == 0 && (rates[IO_THROTTLE_CONN] || rates[IO_THROTTLE_MSG] || rates[IO_THROTTLE_RCPT]))
+		ret = io_throttle_create(&sh->throttle, cfg->policy.client_table_size, rates);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: start-up failed: %s\n", strerror(-ret));
 		return ret;
@@ -331,8 +424,8 @@ static int shared_create(struct io_shared *sh, const struct io_config *cfg)
 	}
 	enum obs_log_level level = OBS_LOG_INFO;
 	obs_log_level_parse(cfg->log_level, &level);
-	/* A ring per worker, then the watermark sampler's, then reclamation's. */
-	ret = obs_log_create(&sh->log, cfg->threads + 2, cfg->log_ring_size, stderr, level);
+	/* A ring per worker, then the watermark sampler's, reclamation's, the control socket's. */
+	ret = obs_log_create(&sh->log, cfg->threads + 3, cfg->log_ring_size, stderr, level);
 	if (ret == 0)
 		ret = obs_log_start(sh->log);
 	if (ret < 0) {
@@ -393,6 +486,17 @@ static void announce_ready(const struct io_config *cfg)
 	fprintf(stderr, "dotspool: %u worker(s), spool %s, ready\n", cfg->threads, cfg->spool_dir);
 }
 
+/*
+ * What SIGHUP does (TLS certificate and key, recipient table), for callers
+ * that are not a signal (dotspool-ctl reload through the control socket):
+ * the signal itself, so there is one path, taken by the main thread's sigwait.
+ * Safe from any thread; returns at once.
+ */
+void daemon_reload(void)
+{
+	kill(getpid(), SIGHUP);
+}
+
 /* Until SIGTERM or SIGINT; SIGHUP makes every worker reload the TLS certificate and key. */
 static void wait_for_stop(const sigset_t *sigs, struct io_shared *sh, const struct io_config *cfg,
 			  struct io_worker **workers, uint32_t started)
@@ -404,6 +508,8 @@ static void wait_for_stop(const sigset_t *sigs, struct io_shared *sh, const stru
 		if (sig == SIGHUP) {
 			/* Workers reload the TLS certificate and key from their own loops. */
 			fprintf(stderr, "dotspool: SIGHUP: reloading\n");
+			/* The recipient table is rebuilt on its own thread and swapped in (io/rcpt_table.h). */
+			io_rcpt_reload();
 			atomic_fetch_add(&sh->reload_gen, 1);
 			for (uint32_t i = 0; i < started; i++)
 				io_worker_wake(workers[i]);
@@ -432,7 +538,7 @@ int main(int argc, char **argv)
 	signal(SIGPIPE, SIG_IGN);
 	raise_nofile(cfg.max_connections);
 	static struct io_shared sh;
-	if (shared_create(&sh, &cfg) < 0) {
+	if (shared_create(&sh, &cfg) < 0 || recipients_start(&cfg) < 0) {
 		shared_destroy(&sh);
 		return 1;
 	}
@@ -469,9 +575,15 @@ int main(int argc, char **argv)
 		shared_destroy(&sh);
 		return 1;
 	}
+	/* The control socket (dotspool-ctl's changing commands) once every worker runs. */
+	int cret = io_ctlsock_start(&cfg, workers, started, obs_log_ring(sh.log, cfg.threads + 2));
+	if (cret < 0)
+		fprintf(stderr, "dotspool: warning: no control socket: %s\n", strerror(-cret));
 	announce_ready(&cfg);
 	wait_for_stop(&sigs, &sh, &cfg, workers, started);
+	io_ctlsock_stop();
 	int rc = workers_teardown(&sh, workers, created);
+	io_ctlsock_fini();
 	io_watermark_stop();
 	if (cfg.spool.reclaim)
 		spool_reclaim_destroy(cfg.spool.reclaim);

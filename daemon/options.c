@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
+#include "gap.h"
 #include "log.h"
 #include "options.h"
 #include "ring.h"
@@ -35,6 +36,7 @@ enum opt_kind {
 	OPT_HOP,      /* --deliver-to URL, repeatable */
 	OPT_CHOICE,   /* one word of opt_choices(), stored as its index (uint32_t) */
 	OPT_SPACE,    /* SIZE or N% of the spool's file system (io_watermark_config) */
+	OPT_CIDR,     /* --trusted-network, repeatable */
 };
 
 struct opt_def {
@@ -102,6 +104,17 @@ static const struct opt_def opts[] = {
 	{"prewrite", OPT_BOOL, CF(spool.prewrite), 0, 1, 0, "BOOL zero-fill segments before use"},
 	{"no-prewrite", OPT_FLAG_NEG, CF(spool.prewrite), 0, 1, 0,
 	 "fallocate segments only (for measurements)"},
+	/* RFC 1047 synchronization-gap dedup (issue 16; io/gap.h). */
+	{"gap-dedup-window-s", OPT_U32, CF(gap_window_s), 0, 30 * 86400, 0,
+	 "S a message whose 250 the client never showed it read is at risk for S seconds: a retry with the "
+	 "same envelope and bytes (compared with the stored copy) gets '250 already queued as ID' and is not "
+	 "stored again; 0 = off (default 86400)"},
+	{"gap-dedup-entries", OPT_U32, CF(gap_entries), 16, IO_GAP_ENTRIES_MAX, 0,
+	 "N fingerprints the server-wide gap set holds (about 128 bytes each); full: new at-risk messages "
+	 "are stored as usual and never suppressed against (default 65536)"},
+	{"gap-dedup-all", OPT_BOOL, CF(gap_all), 0, 1, 0,
+	 "BOOL fingerprint every message, not only at-risk ones, so retries after a sender's own timeout "
+	 "are caught too (bounded by gap-dedup-entries, oldest evicted; default false)"},
 	{"reclaim", OPT_BOOL, CF(reclaim), 0, 1, 0,
 	 "BOOL delete sealed segments once every message in them is final and their records are durable "
 	 "(issue 15; spool/FORMAT.md, Reclamation)"},
@@ -131,6 +144,28 @@ static const struct opt_def opts[] = {
 	 "BYTES unread input per connection before it stops being read"},
 	{"ring-entries", OPT_U32, CF(ring_entries), IO_RING_ENTRIES_MIN, IO_RING_ENTRIES_MAX, 0,
 	 "N io_uring submission queue entries per worker (completion queue: at least 16384 and 2 x N)"},
+	/* Ingress policy (issue 17): recipient table, throttles per client. */
+	{"recipients", OPT_STR, CF(policy.recipients), 1, 4000, 0,
+	 "FILE the addresses of the accepted domains, one per line, @domain for a whole domain: others get "
+	 "550 5.1.1 at RCPT; reloaded on SIGHUP (default: none, every recipient of an accepted domain)"},
+	{"recipients-case-sensitive", OPT_BOOL, CF(policy.recipients_case_sensitive), 0, 1, 0,
+	 "BOOL local parts in the recipient table compare exactly (domains never do)"},
+	{"client-connection-rate-max", OPT_U32, CF(policy.rate_max[IO_THROTTLE_CONN]), 0, 1000000, 0,
+	 "N connections per client per minute, then 421 4.7.0 at connect; 0 = no limit"},
+	{"client-message-rate-max", OPT_U32, CF(policy.rate_max[IO_THROTTLE_MSG]), 0, 1000000, 0,
+	 "N messages (MAIL) per client per minute, then 450 4.7.1; 0 = no limit"},
+	{"client-recipient-rate-max", OPT_U32, CF(policy.rate_max[IO_THROTTLE_RCPT]), 0, 10000000, 0,
+	 "N recipients (RCPT) per client per minute, then 450 4.7.1; 0 = no limit"},
+	{"session-unknown-recipients-max", OPT_U32, CF(policy.session_unknown_recipients_max), 0, 100000, 0,
+	 "N unknown recipients per session, the next one gets 421 4.7.0 and the connection closes; 0 = no "
+	 "limit"},
+	{"client-ipv6-prefix-length", OPT_U32, CF(policy.client_ipv6_prefix_length), 32, 128, 0,
+	 "BITS an IPv6 client is its /BITS for the limits (also --max-connections-per-ip)"},
+	{"client-table-size", OPT_U32, CF(policy.client_table_size), IO_THROTTLE_ENTRIES_MIN,
+	 IO_THROTTLE_ENTRIES_MAX, 0, "N clients the rate limits remember (fixed memory, ~64 bytes each)"},
+	{"trusted-network", OPT_CIDR, 0, 0, 0, 0,
+	 "CIDR clients no limit applies to (the recipient table still does), repeatable; 'none' for no "
+	 "network (default 127.0.0.0/8 and ::1)"},
 	/* Delivery to the next hop (issue 14). */
 	{"deliver-to", OPT_HOP, 0, 0, 0, 0,
 	 "URL next hop: smtp://IP:PORT, lmtp://IP:PORT, lmtp:/UNIX/SOCKET or pipe:/PROGRAM; IPv6 as "
@@ -168,6 +203,15 @@ static const struct opt_def opts[] = {
 	 "S reply(s) to the final dot"},
 	{"deliver-timeout-pipe-s", OPT_U32, CF(deliver.timeout_pipe_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
 	 "S run time of a pipe: program before it is killed (deferred)"},
+	/* amqp:// (issue 18, io/dlv_amqp.c, doc/amqp.md) */
+	{"deliver-credentials", OPT_STR, CF(deliver.credentials_file), 1, 4000, 0,
+	 "FILE amqp:// user:password on one line (mode 0600 or stricter) instead of in the URL"},
+	{"amqp-window", OPT_U32, CF(deliver.amqp_window), 1, 65536, 0,
+	 "N amqp:// publishes awaiting the broker's confirm, per worker"},
+	{"deliver-timeout-confirm-s", OPT_U32, CF(deliver.timeout_confirm_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
+	 "S amqp:// publish to the broker's confirm; later: deferred (tried again)"},
+	{"amqp-max-message-size", OPT_U64, CF(deliver.amqp_max_message_bytes), 4096, 512ull << 20, 0,
+	 "BYTES the broker's max_message_size (RabbitMQ 3.10: 128 MiB); max-message-size must fit"},
 };
 
 /*
@@ -222,6 +266,30 @@ static void deliver_config_defaults(struct io_deliver_config *d)
 	d->timeout_data_done_s = 600;
 	d->timeout_pipe_s = 600;
 	d->hop_backoff_min_s = 0;
+	d->amqp_window = 256;
+	d->timeout_confirm_s = 30;
+	d->amqp_max_message_bytes = 128ull << 20; /* RabbitMQ 3.10's default max_message_size */
+}
+
+/*
+ * Ingress policy defaults (issue 17). Rates per client per minute, well
+ * above what one legitimate MTA sends through one address but far below a
+ * dictionary attack or a spam run; loopback is trusted (local
+ * submission, the benchmarks, health checks), as in Postfix's mynetworks.
+ */
+static void policy_config_defaults(struct io_policy_config *p)
+{
+	memset(p, 0, sizeof(*p));
+	p->rate_max[IO_THROTTLE_CONN] = 600;
+	p->rate_max[IO_THROTTLE_MSG] = 1200;
+	p->rate_max[IO_THROTTLE_RCPT] = 6000;
+	p->session_unknown_recipients_max = 20;
+	p->client_ipv6_prefix_length = 64;
+	p->client_table_size = 1u << 16;
+	int r4 = io_cidr_parse("127.0.0.0/8", &p->trusted[0]);
+	int r6 = io_cidr_parse("::1", &p->trusted[1]);
+	DS_ASSERT(r4 == 0 && r6 == 0);
+	p->trusted_count = 2;
 }
 
 void daemon_config_defaults(struct io_config *cfg)
@@ -247,6 +315,9 @@ void daemon_config_defaults(struct io_config *cfg)
 	deliver_config_defaults(&cfg->deliver);
 	cfg->watermark.max_pct = IO_WATERMARK_MAX_PCT_DEFAULT;
 	cfg->watermark.min_free_auto = true;
+	cfg->gap_window_s = 86400;
+	cfg->gap_entries = IO_GAP_ENTRIES_DEFAULT;
+	policy_config_defaults(&cfg->policy);
 }
 
 /* IP:PORT or [IPv6]:PORT, literal addresses only. */
@@ -351,6 +422,7 @@ void daemon_config_begin_source(struct io_config *cfg)
 	cfg->listen_from_source = false;
 	cfg->domains_from_source = false;
 	cfg->deliver.hops_from_source = false;
+	cfg->policy.trusted_from_source = false;
 }
 
 /* OPT_U32, OPT_U64: a number in the option's range, with its further rules. */
@@ -453,6 +525,49 @@ static int check_dns_name(const char *name, char *err, size_t errcap)
 		    "'deliver-tls-name': '%s' is not a DNS name (labels of letters, digits, '-')", name);
 }
 
+/*
+ * --deliver-credentials: "user:password" on the first line of a regular
+ * file nobody but its owner may read or write (a password in a URL shows
+ * in ps and in the config file; this one only in memory).
+ */
+static int read_credentials(struct io_config *cfg, const char *path, char *err, size_t errcap)
+{
+	struct io_deliver_config *d = &cfg->deliver;
+	int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+	if (fd < 0)
+		return fail(err, errcap, "'deliver-credentials': %s: %s", path, strerror(errno));
+	struct stat st;
+	char buf[512];
+	ssize_t n = -1;
+	if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && !(st.st_mode & 077))
+		n = read(fd, buf, sizeof(buf) - 1);
+	int e = errno;
+	close(fd);
+	if (!S_ISREG(st.st_mode))
+		return fail(err, errcap, "'deliver-credentials': %s is not a regular file", path);
+	if (st.st_mode & 077)
+		return fail(err, errcap,
+			    "'deliver-credentials': %s has mode %04o: group and others must have no access "
+			    "(chmod 600)",
+			    path, (unsigned)(st.st_mode & 07777));
+	if (n < 0)
+		return fail(err, errcap, "'deliver-credentials': %s: %s", path, strerror(e));
+	buf[n] = 0;
+	buf[strcspn(buf, "\r\n")] = 0;
+	char *colon = strchr(buf, ':');
+	if (!colon || colon == buf || (size_t)(colon - buf) >= sizeof(d->amqp_user) ||
+	    strlen(colon + 1) >= sizeof(d->amqp_pass))
+		return fail(err, errcap,
+			    "'deliver-credentials': %s: want USER:PASSWORD on the first line (user < 128, "
+			    "password < 128 bytes)",
+			    path);
+	*colon = 0;
+	memcpy(d->amqp_user, buf, (size_t)(colon - buf) + 1);
+	memcpy(d->amqp_pass, colon + 1, strlen(colon + 1) + 1);
+	explicit_bzero(buf, sizeof(buf));
+	return 0;
+}
+
 /* OPT_STR: a word, checked by what it names (an address, a write mode, a log level). */
 static int apply_string(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
 			size_t errcap)
@@ -479,6 +594,8 @@ static int apply_string(struct io_config *cfg, const struct opt_def *d, const ch
 	if (!strcmp(name, "deliver-ca") && check_ca_file(value, err, errcap) < 0)
 		return -EINVAL;
 	if (!strcmp(name, "deliver-tls-name") && check_dns_name(value, err, errcap) < 0)
+		return -EINVAL;
+	if (!strcmp(name, "deliver-credentials") && read_credentials(cfg, value, err, errcap) < 0)
 		return -EINVAL;
 	enum obs_log_level lvl;
 	if (!strcmp(name, "log-level") && obs_log_level_parse(value, &lvl) < 0)
@@ -532,8 +649,9 @@ static int apply_domain(struct io_config *cfg, const struct opt_def *d, const ch
 
 /*
  * OPT_HOP: one more next hop (--deliver-to), kept in the order given. amqp://
- * is recognised (issue 18 will deliver it) but refused; it is per message
- * and never a fallback of smtp/lmtp/pipe hops or the other way round.
+ * (issue 18) is per message and never a fallback of smtp/lmtp/pipe hops or
+ * the other way round; several amqp:// URLs are nodes of one cluster, tried
+ * in order by each worker's hand-off thread (io/dlv_amqp.c).
  */
 static int apply_hop(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
 		     size_t errcap)
@@ -556,10 +674,24 @@ static int apply_hop(struct io_config *cfg, const struct opt_def *d, const char 
 				"hops",
 				d->name, value);
 	}
-	if (hop.kind == IO_HOP_AMQP)
-		return fail(err, errcap, "'%s': '%s': amqp:// is not supported yet (issue 18)", d->name,
-			    value);
 	dc->hop[dc->hop_count++] = hop;
+	return 0;
+}
+
+/* OPT_CIDR: one more trusted network; "none" empties the list. */
+static int apply_cidr(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
+		      size_t errcap)
+{
+	struct io_policy_config *p = &cfg->policy;
+	list_from_source(&p->trusted_from_source, &p->trusted_count);
+	if (!strcmp(value, "none"))
+		return 0;
+	if (p->trusted_count >= IO_TRUSTED_MAX)
+		return fail(err, errcap, "'%s': at most %d networks", d->name, IO_TRUSTED_MAX);
+	if (io_cidr_parse(value, &p->trusted[p->trusted_count]) < 0)
+		return fail(err, errcap, "'%s': '%s' is not ADDR/BITS (e.g. 192.0.2.0/24, 2001:db8::/32)",
+			    d->name, value);
+	p->trusted_count++;
 	return 0;
 }
 
@@ -664,6 +796,8 @@ int daemon_option_apply(struct io_config *cfg, const char *name, const char *val
 		return apply_choice(cfg, d, value, err, errcap);
 	case OPT_SPACE:
 		return apply_space(cfg, d, value, err, errcap);
+	case OPT_CIDR:
+		return apply_cidr(cfg, d, value, err, errcap);
 	}
 	return fail(err, errcap, "internal: bad option kind");
 }
@@ -690,6 +824,44 @@ static int deliver_finish(struct io_deliver_config *d, char *err, size_t errcap)
 				    DAEMON_SYSTEM_CA, strerror(errno));
 		snprintf(d->ca_file, sizeof(d->ca_file), "%s", DAEMON_SYSTEM_CA);
 	}
+	return 0;
+}
+
+/*
+ * amqp:// (issue 18): credentials from the URL or the file, not both, and
+ * every message we may accept must fit the broker's max_message_size (it
+ * would be refused forever: the configuration is refused instead, see
+ * doc/amqp.md). The stored message is the data plus our Received: header.
+ */
+#define AMQP_HEADER_SLACK_BYTES (64u * 1024)
+static int amqp_finish(struct io_config *cfg, char *err, size_t errcap)
+{
+	struct io_deliver_config *d = &cfg->deliver;
+	bool amqp = d->hop_count && d->hop[0].kind == IO_HOP_AMQP;
+	if (!amqp) {
+		if (d->credentials_file[0])
+			return fail(err, errcap, "deliver-credentials is for amqp:// next hops only");
+		return 0;
+	}
+	for (uint32_t i = 0; i < d->hop_count; i++) {
+		bool url = d->hop[i].amqp.user[0] != 0;
+		if (url && d->credentials_file[0])
+			return fail(err, errcap,
+				    "'%s': credentials in the URL and in deliver-credentials: give them in one "
+				    "place",
+				    d->hop[i].text);
+		if (!url && !d->credentials_file[0])
+			return fail(err, errcap,
+				    "'%s': no credentials: amqp://USER:PASSWORD@... or deliver-credentials FILE",
+				    d->hop[i].text);
+	}
+	if (cfg->smtp.max_message_size + AMQP_HEADER_SLACK_BYTES > d->amqp_max_message_bytes)
+		return fail(err, errcap,
+			    "max-message-size (%llu) + 64 KiB of trace header must fit the broker's "
+			    "max_message_size, amqp-max-message-size (%llu): lower max-message-size or raise "
+			    "both (RabbitMQ's max_message_size, at most 512 MiB)",
+			    (unsigned long long)cfg->smtp.max_message_size,
+			    (unsigned long long)d->amqp_max_message_bytes);
 	return 0;
 }
 
@@ -721,6 +893,9 @@ int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap)
 			    "lane holds its active segment and the next one",
 			    (unsigned long long)cfg->watermark.max_bytes, (unsigned long long)lanes_min);
 	int ret = deliver_finish(&cfg->deliver, err, errcap);
+	if (ret < 0)
+		return ret;
+	ret = amqp_finish(cfg, err, errcap);
 	if (ret < 0)
 		return ret;
 	cfg->smtp.tls_available = cfg->tls_cert[0] != 0;
@@ -788,9 +963,12 @@ void daemon_config_print_deliver(FILE *f, const struct io_config *cfg)
 		"deliver-timeout-connect-s=%u deliver-timeout-greeting-s=%u deliver-timeout-command-s=%u "
 		"deliver-timeout-data-init-s=%u deliver-timeout-data-block-s=%u "
 		"deliver-timeout-data-done-s=%u "
-		"deliver-timeout-pipe-s=%u\n",
+		"deliver-timeout-pipe-s=%u amqp-window=%u deliver-timeout-confirm-s=%u "
+		"amqp-max-message-size=%llu deliver-credentials=%s\n",
 		d->connections_max, starttls_words[d->starttls], d->ca_file[0] ? d->ca_file : "-",
 		d->tls_name[0] ? d->tls_name : "-", d->retry_min_s, d->retry_max_s, d->queue_lifetime_s,
 		d->hop_backoff_min_s, d->timeout_connect_s, d->timeout_greeting_s, d->timeout_command_s,
-		d->timeout_data_init_s, d->timeout_data_block_s, d->timeout_data_done_s, d->timeout_pipe_s);
+		d->timeout_data_init_s, d->timeout_data_block_s, d->timeout_data_done_s, d->timeout_pipe_s,
+		d->amqp_window, d->timeout_confirm_s, (unsigned long long)d->amqp_max_message_bytes,
+		d->credentials_file[0] ? d->credentials_file : "-");
 }

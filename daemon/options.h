@@ -40,4 +40,11 @@ void daemon_hop_describe(const struct io_hop_spec *h, char *out, size_t cap);
 /* daemon/config_file.c: INI file (libinih). err gets "FILE:LINE: message". */
 int daemon_config_load_file(struct io_config *cfg, const char *path, char *err, size_t errcap);
 
+/*
+ * Reload what SIGHUP reloads (TLS certificate and key, --recipients table):
+ * raises SIGHUP, taken by the main thread (daemon/main.c). Any thread;
+ * returns at once, the reload runs asynchronously.
+ */
+void daemon_reload(void);
+
 #endif

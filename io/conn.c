@@ -27,7 +27,10 @@
 #include "ds_clock.h"
 #include "iplimit.h"
 #include "proxy.h"
+#include "rcpt_table.h"
+#include "throttle.h"
 #include "dlv.h"
+#include "gap.h"
 #include "ring.h"
 #include "watermark.h"
 
@@ -115,6 +118,39 @@ static void conn_bye_out(struct io_conn *c)
 	obs_log_refused(c->w->log, &f);
 }
 
+/* ---- ingress policy (issue 17) ---- */
+
+_Static_assert((int)OBS_THROTTLE_CONNECTION_RATE == (int)IO_THROTTLE_CONN &&
+		       (int)OBS_THROTTLE_MESSAGE_RATE == (int)IO_THROTTLE_MSG &&
+		       (int)OBS_THROTTLE_RECIPIENT_RATE == (int)IO_THROTTLE_RCPT,
+	       "the metrics' limits follow io/throttle.h's kinds");
+
+static const char *const throttle_key[IO_THROTTLE_KINDS] = {
+	"client_connection_rate_max", "client_message_rate_max", "client_recipient_rate_max"};
+
+/* The client as the limits see it: its key, and whether a trusted network holds it. */
+static void conn_client_set(struct io_conn *c)
+{
+	const struct io_policy_config *pc = &c->w->cfg->policy;
+	uint8_t a16[16];
+	io_client_key_of(&c->peer, pc->client_ipv6_prefix_length, &c->client);
+	io_client_addr16(&c->peer, a16);
+	c->trusted = io_cidr_match(pc->trusted, pc->trusted_count, a16);
+}
+
+/* One event of kind for the client: -EBUSY over its limit (counted, named for the log line). */
+static int conn_throttle(struct io_conn *c, enum io_throttle_kind kind)
+{
+	struct io_throttle *t = c->w->sh->throttle;
+	if (!t || c->trusted)
+		return 0;
+	if (io_throttle_hit(t, &c->client, kind, ds_mono_ms()) == 0)
+		return 0;
+	obs_metrics_throttled(c->w->m, (enum obs_throttle_limit)kind);
+	c->limit_note = throttle_key[kind];
+	return -EBUSY;
+}
+
 /* ---- the session's sink: spool calls ---- */
 
 static int sink_data_begin(void *ctx, char *id, size_t id_cap)
@@ -126,6 +162,7 @@ static int sink_data_begin(void *ctx, char *id, size_t id_cap)
 		return ret;
 	c->txn_open = true;
 	spool_id_format(c->txn.id, id, id_cap);
+	io_gap_on_begin(c);
 	return 0;
 }
 
@@ -135,6 +172,7 @@ static int sink_data_write(void *ctx, const void *buf, size_t len)
 	if (!c->txn_open)
 		return -EIO;
 	c->progress_bytes += (uint32_t)DS_MIN(len, UINT32_MAX / 2);
+	io_gap_on_write(c, buf, len);
 	return spool_txn_append(c->w->lane, &c->txn, buf, len);
 }
 
@@ -146,6 +184,12 @@ static int sink_data_commit(void *ctx, const struct ds_envelope *env)
 	c->txn_open = false;
 	c->env = *env; /* its strings stay in the session until commit_done */
 	c->dot_us = ds_mono_us();
+	if (io_gap_on_commit(c, env)) {
+		/* A proven retry of a message already queued (io/gap.h): store nothing, answer in conn_feed. */
+		spool_txn_abort(c->w->lane, &c->txn);
+		c->commit_pending = true;
+		return 0;
+	}
 	int ret = spool_txn_commit(c->w->lane, &c->txn, env, conn_key(c));
 	if (ret == 0)
 		spool_txn_location(&c->txn, &c->commit_seq, &c->commit_off);
@@ -171,6 +215,7 @@ static int sink_data_commit(void *ctx, const struct ds_envelope *env)
 static void sink_data_abort(void *ctx)
 {
 	struct io_conn *c = ctx;
+	io_gap_on_abort(c);
 	if (c->txn_open) {
 		spool_txn_abort(c->w->lane, &c->txn);
 		c->txn_open = false;
@@ -186,8 +231,12 @@ static int64_t sink_now_us(void *ctx)
 static void sink_refused(void *ctx, unsigned code, const char *line, const char *helo, const char *mail_from)
 {
 	struct io_conn *c = ctx;
-	char reason[128]; /* the text without "NNN " */
-	snprintf(reason, sizeof(reason), "%s", line + 4);
+	char reason[400]; /* the text without "NNN ", and the policy limit behind it */
+	if (c->limit_note)
+		snprintf(reason, sizeof(reason), "%s (limit %s)", line + 4, c->limit_note);
+	else
+		snprintf(reason, sizeof(reason), "%s", line + 4);
+	c->limit_note = NULL;
 	struct obs_log_refusal f = {
 		.reason = reason, .code = code, .client = c->peer_text, .helo = helo, .sender = mail_from};
 	obs_log_refused(c->w->log, &f);
@@ -207,8 +256,39 @@ static void sink_replied(void *ctx, unsigned code)
  */
 static int sink_mail_ok(void *ctx)
 {
-	(void)ctx;
-	return io_watermark_high() ? -ENOSPC : 0;
+	struct io_conn *c = ctx;
+	if (io_watermark_high())
+		return -ENOSPC;
+	return conn_throttle(c, IO_THROTTLE_MSG) < 0 ? -EBUSY : 0;
+}
+
+/*
+ * RCPT (issue 17): the client's recipient rate, then the recipient table
+ * for a recipient of an accepted domain (the session asks only for
+ * those); <postmaster> without a domain is always taken (RFC 5321 4.5.1).
+ * Unknown recipients count toward --session-unknown-recipients-max:
+ * past it, 421 and close. Trusted networks skip the limits, not the table.
+ */
+static int sink_rcpt_ok(void *ctx, const char *mailbox, size_t len, const char *domain, size_t domain_len)
+{
+	struct io_conn *c = ctx;
+	const struct io_policy_config *pc = &c->w->cfg->policy;
+	if (conn_throttle(c, IO_THROTTLE_RCPT) < 0)
+		return -EBUSY;
+	if (!domain)
+		return 0;
+	int known = io_rcpt_lookup(mailbox, len);
+	if (known != 0)
+		return 0; /* known, or no table (-ENOENT): today's behaviour */
+	obs_metrics_recipient_unknown(c->w->m);
+	c->unknown_rcpts++;
+	if (!c->trusted && pc->session_unknown_recipients_max &&
+	    c->unknown_rcpts > pc->session_unknown_recipients_max) {
+		obs_metrics_throttled(c->w->m, OBS_THROTTLE_UNKNOWN_MAX);
+		c->limit_note = "session_unknown_recipients_max";
+		return -EUSERS;
+	}
+	return -ENOENT;
 }
 
 static const struct smtp_sink io_sink = {
@@ -220,6 +300,7 @@ static const struct smtp_sink io_sink = {
 	.refused = sink_refused,
 	.replied = sink_replied,
 	.mail_ok = sink_mail_ok,
+	.rcpt_ok = sink_rcpt_ok,
 };
 
 /* ---- pool ---- */
@@ -247,7 +328,7 @@ int io_conns_init(struct io_worker *w)
 		return -ENOMEM;
 	w->session_mem = mem;
 	w->conn_fresh = 0;
-	return 0;
+	return io_gap_worker_init(w);
 }
 
 /* A free slot: a reused one, else the next never-used one. NULL when all are taken. */
@@ -276,11 +357,13 @@ void io_conns_fini(struct io_worker *w)
 				io_tls_conn_destroy(c->tls);
 			c->tls = NULL;
 			free(c->pending);
+			io_gap_conn_free(c);
 		}
 		munmap(w->conns, w->conns_bytes);
 	}
 	if (w->session_mem)
 		munmap(w->session_mem, (size_t)w->conn_max * w->session_size);
+	io_gap_worker_fini(w);
 	w->conns = NULL;
 	w->session_mem = NULL;
 }
@@ -362,7 +445,7 @@ static void pending_drop(struct io_conn *c, size_t n)
 static bool conn_can_feed(const struct io_conn *c)
 {
 	return c->state == IO_CONN_ACTIVE && !c->send_inflight && !c->commit_pending && !c->want_close &&
-	       !c->parked && !c->bye_pending;
+	       !c->parked && !c->bye_pending && !c->rcpt_wait;
 }
 
 static void conn_push_deadline(struct io_conn *c, bool replied)
@@ -402,6 +485,21 @@ static void conn_starttls(struct io_conn *c)
 	c->pending_len = 0;
 }
 
+/* A proven retry (io/gap.h): nothing was stored, the client hears the original's id. */
+static void conn_gap_dup(struct io_conn *c)
+{
+	char id[32];
+	spool_id_format(io_gap_dup_id(c), id, sizeof(id));
+	c->commit_pending = false;
+	enum smtp_status st = smtp_session_commit_dup(c->s, id);
+	io_gap_on_dup_replied(c);
+	if (st == SMTP_CLOSE)
+		c->want_close = true;
+	if (c->w->stopping && smtp_session_idle(c->s))
+		c->bye_pending = true;
+	c->deadline_ms = ds_mono_ms() + (int64_t)c->w->cfg->timeout_command_s * 1000;
+}
+
 /*
  * Hand bytes to the session until it stops taking them. Returns how many
  * it took.
@@ -435,6 +533,10 @@ static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
 			break;
 		case SMTP_WAIT_COMMIT:
 			DS_ASSERT(c->commit_pending);
+			if (io_gap_dup_id(c)) {
+				conn_gap_dup(c);
+				return off;
+			}
 			/*
 			 * No client clock runs while we wait for our own flush: the
 			 * spool always settles and a commit is never abandoned (a 451
@@ -442,6 +544,11 @@ static size_t conn_feed(struct io_conn *c, const uint8_t *buf, size_t len)
 			 * twice). The command clock starts at the reply
 			 * (io_conn_settled).
 			 */
+			c->deadline_ms = 0;
+			return off;
+		case SMTP_WAIT_RCPT:
+			/* A policy answer that comes later (verification): bounded by its own timeout. */
+			c->rcpt_wait = true;
 			c->deadline_ms = 0;
 			return off;
 		case SMTP_BLOCKED:
@@ -538,11 +645,13 @@ static void conn_try_free(struct io_conn *c)
 	if (c->state != IO_CONN_CLOSING || c->busy || c->hs_queued || c->recv_armed || c->send_inflight ||
 	    c->commit_pending || c->parked)
 		return;
+	io_gap_on_close(c); /* an unconfirmed 250 makes its message at risk */
 	if (c->s) {
 		smtp_session_fini(c->s); /* aborts the transaction in data, if any */
 		c->s = NULL;
 	}
 	sink_data_abort(c);
+	io_gap_conn_free(c);
 	if (c->tls) {
 		io_tls_conn_destroy(c->tls);
 		c->tls = NULL;
@@ -594,6 +703,58 @@ static void conn_start_session(struct io_conn *c)
 	conn_flush_output(c);
 }
 
+static const char line_per_ip[] = "421 4.7.0 Too many connections from your address\r\n";
+static const char line_conn_rate[] = "421 4.7.0 Error: too many connections from your address, try again later\r\n";
+
+/* --client-connection-rate-max for the client c->peer names: 0, or -EBUSY (counted and logged). */
+static int conn_rate_check(struct io_conn *c)
+{
+	if (conn_throttle(c, IO_THROTTLE_CONN) == 0)
+		return 0;
+	c->limit_note = NULL;
+	log_refusal(c->w, "client_connection_rate_max", 421, c->peer_text);
+	return -EBUSY;
+}
+
+/*
+ * Behind a PROXY listener the client is the header's source: the per-address
+ * connection slot moves from the load balancer's address to it, and the
+ * connection rate is the client's. Returns the 421 line to close with, or NULL.
+ */
+static const char *conn_proxy_client(struct io_conn *c, const struct io_proxy_result *res)
+{
+	struct io_worker *w = c->w;
+	struct sockaddr_storage ss;
+	memset(&ss, 0, sizeof(ss));
+	if (res->family == AF_INET) {
+		struct sockaddr_in *in = (struct sockaddr_in *)&ss;
+		in->sin_family = AF_INET;
+		in->sin_port = htons(res->src_port);
+		if (inet_pton(AF_INET, res->src_addr, &in->sin_addr) != 1)
+			return NULL;
+	} else if (res->family == AF_INET6) {
+		struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)&ss;
+		in6->sin6_family = AF_INET6;
+		in6->sin6_port = htons(res->src_port);
+		if (inet_pton(AF_INET6, res->src_addr, &in6->sin6_addr) != 1)
+			return NULL;
+	} else {
+		return NULL;
+	}
+	DS_ASSERT(c->counted);
+	io_iplimit_put(w->sh->iplimit, &c->peer);
+	c->peer = ss;
+	conn_client_set(c);
+	if (io_iplimit_take(w->sh->iplimit, &c->peer, w->cfg->max_connections_per_ip) < 0) {
+		atomic_fetch_sub(&w->sh->connections, 1);
+		c->counted = false;
+		obs_metrics_conn_refused(w->m, OBS_REFUSE_LIMIT_PER_IP);
+		log_refusal(w, "limit_per_ip", 421, c->peer_text);
+		return line_per_ip;
+	}
+	return conn_rate_check(c) < 0 ? line_conn_rate : NULL;
+}
+
 /* PROXY listener: the header must come first and whole, before our banner. */
 static void conn_proxy_input(struct io_conn *c, const uint8_t *buf, size_t len)
 {
@@ -614,6 +775,13 @@ static void conn_proxy_input(struct io_conn *c, const uint8_t *buf, size_t len)
 	if (!res.local) {
 		snprintf(c->peer_text, sizeof(c->peer_text), "%s", res.src_addr);
 		c->peer_port = res.src_port;
+		/* The limits are the client's, not the load balancer's (issue 17). */
+		const char *line = conn_proxy_client(c, &res);
+		if (line) {
+			send(c->fd, line, strlen(line), MSG_DONTWAIT | MSG_NOSIGNAL);
+			conn_close(c);
+			return;
+		}
 	}
 	pending_drop(c, (size_t)r);
 	conn_start_session(c);
@@ -639,6 +807,7 @@ static void conn_resume(struct io_conn *c)
 
 static void conn_input_plain(struct io_conn *c, const uint8_t *buf, size_t len)
 {
+	io_gap_on_input(c); /* after our 250 went out: the client read it */
 	if (c->state != IO_CONN_ACTIVE || c->want_close || c->tls_starting)
 		return;
 	size_t used = 0;
@@ -835,6 +1004,8 @@ void io_conn_on_send(struct io_worker *w, uint64_t key, int res)
 		conn_bye_out(c);
 	}
 	conn_flush_output(c);
+	if (!c->send_inflight)
+		io_gap_on_sent(c); /* every reply queued so far is out */
 	if (!c->send_inflight && c->state == IO_CONN_ACTIVE)
 		conn_resume(c);
 	c->busy = false;
@@ -854,6 +1025,7 @@ static void conn_commit_done(struct io_conn *c, int res)
 		spool_id_format(c->txn.id, id, sizeof(id));
 		obs_metrics_message_accepted(w->m, c->env.body_size, gap_us);
 		io_dlv_committed(w, c->txn.id, c->commit_seq, c->commit_off, &c->env);
+		io_gap_on_acked(c, c->txn.id, c->commit_seq, c->commit_off);
 		/* Also when the client has gone: this is the message it may send again. */
 		obs_log_accepted(w->log, id, &c->env, gap_us);
 	} else {
@@ -870,6 +1042,31 @@ static void conn_commit_done(struct io_conn *c, int res)
 		c->bye_pending = true;
 	c->deadline_ms = ds_mono_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
 	conn_flush_output(c);
+}
+
+/*
+ * The answer to a RCPT the session waits on (SMTP_WAIT_RCPT): one of
+ * rcpt_ok()'s answers (core/smtp.h). A connection that went away in the
+ * meantime is not held for it: the key no longer finds it.
+ */
+void io_conn_rcpt_answer(struct io_worker *w, uint64_t key, int res)
+{
+	struct io_conn *c = conn_lookup(w, key);
+	if (!c || !c->rcpt_wait)
+		return;
+	c->rcpt_wait = false;
+	if (c->state != IO_CONN_ACTIVE)
+		return;
+	c->busy = true;
+	if (smtp_session_rcpt_done(c->s, res) == SMTP_CLOSE)
+		c->want_close = true;
+	c->deadline_ms = ds_mono_ms() + (int64_t)w->cfg->timeout_command_s * 1000;
+	conn_flush_output(c);
+	if (!c->send_inflight && c->state == IO_CONN_ACTIVE)
+		conn_resume(c);
+	c->busy = false;
+	if (c->state == IO_CONN_CLOSING)
+		conn_try_free(c);
 }
 
 void io_conn_settled(struct io_worker *w, uint64_t cookie, int res)
@@ -942,7 +1139,7 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 		atomic_fetch_sub(&w->sh->connections, 1);
 		obs_metrics_conn_refused(w->m, OBS_REFUSE_LIMIT_PER_IP);
 		conn_log_refused_fd(w, &ss, "limit_per_ip");
-		refuse(fd, "421 4.7.0 Too many connections from your address\r\n");
+		refuse(fd, line_per_ip);
 		return;
 	}
 	int one = 1;
@@ -964,6 +1161,14 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	c->listen_idx = (uint8_t)listen_idx;
 	c->peer = ss;
 	c->peer_port = addr_text(&ss, c->peer_text, sizeof(c->peer_text));
+	conn_client_set(c);
+	if (w->listeners[listen_idx].kind != IO_LISTEN_SMTP_PROXY && conn_rate_check(c) < 0) {
+		/* Like the limits above, before any banner; the slot goes back at once. */
+		send(fd, line_conn_rate, sizeof(line_conn_rate) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
+		c->state = IO_CONN_ACTIVE;
+		conn_close(c);
+		return;
+	}
 	if (w->listeners[listen_idx].kind == IO_LISTEN_SMTP_PROXY) {
 		c->state = IO_CONN_PROXY;
 		c->deadline_ms = ds_mono_ms() + (int64_t)cfg->timeout_greeting_s * 1000;
@@ -975,6 +1180,7 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 
 void io_conns_tick(struct io_worker *w, int64_t now_ms)
 {
+	io_gap_tick(w, now_ms);
 	for (uint32_t i = 0; i < w->conn_fresh && w->conn_active; i++) {
 		struct io_conn *c = &w->conns[i];
 		if (c->state == IO_CONN_FREE || c->state == IO_CONN_CLOSING)

@@ -13,6 +13,8 @@ void io_conn_on_recv(struct io_worker *w, uint64_t key, int res, uint32_t flags)
 void io_conn_on_send(struct io_worker *w, uint64_t key, int res);
 /* The spool settled the commit of connection `cookie` (spool_io_ops.settled). */
 void io_conn_settled(struct io_worker *w, uint64_t cookie, int res);
+/* A policy answer for connection `key`'s pending RCPT (SMTP_WAIT_RCPT; core/smtp.h rcpt_ok). */
+void io_conn_rcpt_answer(struct io_worker *w, uint64_t key, int res);
 void io_conns_tick(struct io_worker *w, int64_t now_ms);
 void io_conns_shutdown(struct io_worker *w);
 void io_conns_close_all(struct io_worker *w);

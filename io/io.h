@@ -16,7 +16,9 @@
 struct obs_metrics;
 struct obs_log;
 struct io_iplimit;
+struct io_throttle;
 struct io_dlv_backlog;
+struct io_gap;
 
 /* Shared between workers; touched at accept/close only, never per message. */
 struct io_shared {
@@ -29,8 +31,11 @@ struct io_shared {
 	unsigned metrics_count;
 	struct obs_log *log;
 	struct io_iplimit *iplimit;
+	struct io_throttle *throttle; /* per-client rates (issue 17); NULL when every limit is off */
 	/* Messages recovery found still owed, one list per worker (io/dlv.h); NULL when none. */
 	struct io_dlv_backlog *backlog;
+	/* Gap dedup (io/gap.h): the server-wide set of at-risk fingerprints; NULL when off. */
+	struct io_gap *gap;
 };
 
 struct io_worker;

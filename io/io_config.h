@@ -14,6 +14,7 @@
 
 #include "smtp.h"
 #include "spool.h"
+#include "throttle.h"
 
 #define IO_LISTEN_MAX  16
 #define IO_DOMAIN_MAX  256
@@ -33,7 +34,16 @@ struct io_hop_spec {
 	struct sockaddr_storage addr; /* TCP (smtp, lmtp) or AF_UNIX (lmtp:/path); pipe: addr_len 0 */
 	socklen_t addr_len;
 	char path[4096]; /* pipe program, or the unix socket path; "" for TCP */
-	char text[512];	 /* the URL as given (logs, metrics label) */
+	char text[512];	 /* the URL as given (logs, metrics label); amqp: the password masked */
+	/* amqp:// only (issue 18; io/dlv_amqp.c): "" when not in the URL */
+	struct {
+		char user[128], pass[128]; /* percent-decoded; --deliver-credentials when "" */
+		char vhost[256];	   /* percent-decoded; "/" by default */
+		char exchange[256];	   /* ?exchange=, "" = the default exchange */
+		char routing_key[256];	   /* ?routing_key= */
+		char host[64];		   /* the IP literal, for amqp_socket_open (no DNS) */
+		uint16_t port;		   /* default 5672 */
+	} amqp;
 };
 
 /* --deliver-starttls: the values of enum dlv_starttls (deliver/dlv_client.h), which io/ hands on. */
@@ -66,6 +76,12 @@ struct io_deliver_config {
 	uint32_t timeout_pipe_s;		     /* --deliver-timeout-pipe-s: a pipe program's run time, 600 */
 	uint32_t hop_backoff_min_s;		     /* --deliver-hop-backoff-min-s: default min(retry-min, 60) */
 	bool hops_from_source;			     /* the current source (file, command line) set the hops */
+	/* amqp:// (issue 18, io/dlv_amqp.c) */
+	char credentials_file[4096]; /* --deliver-credentials: "user:password", mode 0600 or stricter */
+	char amqp_user[128], amqp_pass[128]; /* read from it by the daemon; "" otherwise */
+	uint32_t amqp_window;		     /* --amqp-window: unconfirmed publishes per worker, 256 */
+	uint32_t timeout_confirm_s;	     /* --deliver-timeout-confirm-s: publish -> confirm, 30 */
+	uint64_t amqp_max_message_bytes;     /* --amqp-max-message-size: the broker's max_message_size */
 };
 
 /*
@@ -79,6 +95,20 @@ struct io_watermark_config {
 	uint64_t min_free_bytes; /* --spool-min-free-bytes SIZE (0 with min_free_pct 0: no floor) */
 	uint32_t min_free_pct;	 /* --spool-min-free-bytes N% */
 	bool min_free_auto;	 /* default: min(1 GiB, 5% of the file system) */
+};
+
+/* Ingress policy (issue 17): recipient table, throttles, trusted networks. */
+#define IO_VERIFY_DOMAINS_MAX 64
+struct io_policy_config {
+	char recipients[4096];		    /* --recipients FILE; "" = no table (today's behaviour) */
+	bool recipients_case_sensitive;	    /* local parts compare exactly (domains never do) */
+	uint32_t rate_max[IO_THROTTLE_KINDS]; /* per client per minute; 0 = off (io/throttle.h) */
+	uint32_t session_unknown_recipients_max; /* then 421 4.7.0 and close; 0 = off */
+	uint32_t client_ipv6_prefix_length;	  /* an IPv6 client is its /N (default 64) */
+	uint32_t client_table_size;		  /* entries of the throttle table (bounded memory) */
+	struct io_cidr trusted[IO_TRUSTED_MAX];	  /* --trusted-network: no throttle applies */
+	uint32_t trusted_count;
+	bool trusted_from_source;
 };
 
 enum io_listen_kind {
@@ -115,6 +145,7 @@ struct io_config {
 	struct spool_config spool;
 	struct io_deliver_config deliver;
 	struct io_watermark_config watermark;
+	struct io_policy_config policy;
 	char spool_dir[4096];
 	char tls_cert[4096]; /* PEM chain; STARTTLS is offered only with both */
 	char tls_key[4096];
@@ -124,6 +155,9 @@ struct io_config {
 	char log_level[16];	  /* error, warn, info, debug */
 	uint32_t log_ring_size;	  /* bytes of log buffer per worker */
 	bool reclaim;		  /* --reclaim: delete segments whose messages are all final (spool_reclaim.h) */
+	uint32_t gap_window_s;	  /* --gap-dedup-window-s: RFC 1047 gap dedup window, 0 = off (io/gap.h) */
+	uint32_t gap_entries;	  /* --gap-dedup-entries: the server-wide set's bound */
+	bool gap_all;		  /* --gap-dedup-all: fingerprint every message, not only at-risk ones */
 	bool listen_from_source;  /* the current source (file, command line) set the listeners */
 	bool domains_from_source; /* ... the accepted domains */
 };

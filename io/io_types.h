@@ -19,6 +19,7 @@
 #include "ring.h"
 #include "smtp.h"
 #include "spool.h"
+#include "throttle.h"
 #include "tls.h"
 
 /* Scratch for decrypted input, one per worker. */
@@ -33,6 +34,8 @@ enum io_conn_state {
 
 struct io_worker;
 struct io_dlv;
+struct io_gap_conn;
+struct io_gap_worker;
 
 struct io_conn {
 	struct io_worker *w;
@@ -58,6 +61,11 @@ struct io_conn {
 	bool hs_queued;		 /* on the worker's handshake queue */
 	bool peer_eof;		 /* the client half-closed: finish its input and replies, then close */
 	bool commit_retry;	 /* no room for the commit record in the lane: parked, then retried */
+	bool trusted;		 /* --trusted-network: no throttle applies (issue 17) */
+	bool rcpt_wait;		 /* the session waits for a policy answer on a RCPT (verification) */
+	uint32_t unknown_rcpts;	 /* unknown recipients this session (--session-unknown-recipients-max) */
+	const char *limit_note;	 /* the limit behind the refusal being queued, for its log line */
+	struct io_client_key client; /* the client as the throttles see it (IPv6: its prefix) */
 	uint32_t progress_bytes; /* data bytes since the deadline was last pushed out */
 	uint16_t peer_port;
 	uint32_t send_len;
@@ -73,6 +81,7 @@ struct io_conn {
 	uint64_t commit_seq, commit_off; /* where its commit record lies (delivery queue) */
 	struct smtp_session *s;
 	struct io_tls_conn *tls; /* only after STARTTLS */
+	struct io_gap_conn *gap; /* gap dedup state (io/gap.h), allocated at the first DATA when on */
 	struct io_conn *next_free;
 	struct io_conn *next_parked;
 	struct io_conn *next_hs;
@@ -132,6 +141,7 @@ struct io_worker {
 	struct smtp_config lmtp_cfg;
 	struct spool_lane *lane;
 	struct io_dlv *dlv; /* the delivery stage; NULL without --deliver-to */
+	struct io_gap_worker *gapw; /* gap dedup (io/gap.h); NULL when --gap-dedup-window-s is 0 */
 	struct io_tls_server *tls; /* NULL without --tls-cert */
 	uint8_t *tls_pt;	   /* scratch for decrypted input */
 	unsigned tls_reload_gen;

@@ -3,6 +3,12 @@
  * Connections per client address. Shared by all workers, so it takes a
  * mutex, but only at accept and close: never on the message path.
  * Memory is fixed at start-up: one node per possible connection.
+ *
+ * A client is what the rate limits call one (io/throttle.h): an IPv4
+ * address, an IPv6 prefix (--client-ipv6-prefix-length, /64 by default),
+ * since one IPv6 host owns a whole /64 and would otherwise get
+ * max-connections-per-ip for each of its 2^64 addresses. The count is
+ * exact across workers.
  */
 #include <errno.h>
 #include <netinet/in.h>
@@ -12,6 +18,7 @@
 
 #include "ds_assert.h"
 #include "iplimit.h"
+#include "throttle.h"
 
 struct io_ipnode {
 	uint8_t key[16];
@@ -25,20 +32,14 @@ struct io_iplimit {
 	int32_t *buckets;
 	struct io_ipnode *nodes;
 	int32_t free_head;
+	uint32_t v6_prefix;
 };
 
-static void ip_key(const struct sockaddr_storage *ss, uint8_t key[16])
+static void ip_key(const struct io_iplimit *t, const struct sockaddr_storage *ss, uint8_t key[16])
 {
-	memset(key, 0, 16);
-	if (ss->ss_family == AF_INET) {
-		const struct sockaddr_in *in = (const struct sockaddr_in *)ss;
-		key[10] = 0xff;
-		key[11] = 0xff;
-		memcpy(key + 12, &in->sin_addr, 4);
-	} else if (ss->ss_family == AF_INET6) {
-		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)ss;
-		memcpy(key, &in6->sin6_addr, 16);
-	}
+	struct io_client_key k;
+	io_client_key_of(ss, t->v6_prefix, &k);
+	memcpy(key, k.b, 16);
 }
 
 static uint32_t ip_hash(const uint8_t key[16])
@@ -49,11 +50,12 @@ static uint32_t ip_hash(const uint8_t key[16])
 	return (uint32_t)(h ^ (h >> 32));
 }
 
-int io_iplimit_create(struct io_iplimit **out, uint32_t buckets)
+int io_iplimit_create(struct io_iplimit **out, uint32_t buckets, uint32_t v6_prefix)
 {
 	struct io_iplimit *t = calloc(1, sizeof(*t));
 	if (!t)
 		return -ENOMEM;
+	t->v6_prefix = v6_prefix ? v6_prefix : 128;
 	t->bucket_count = buckets ? buckets : 1;
 	t->buckets = malloc(sizeof(int32_t) * t->bucket_count);
 	t->nodes = calloc(t->bucket_count, sizeof(struct io_ipnode));
@@ -85,7 +87,7 @@ int io_iplimit_take(struct io_iplimit *t, const struct sockaddr_storage *addr, u
 	uint8_t key[16];
 	int ret = 0;
 
-	ip_key(addr, key);
+	ip_key(t, addr, key);
 	uint32_t b = ip_hash(key) % t->bucket_count;
 	pthread_mutex_lock(&t->lock);
 	int32_t i = t->buckets[b];
@@ -114,7 +116,7 @@ void io_iplimit_put(struct io_iplimit *t, const struct sockaddr_storage *addr)
 {
 	uint8_t key[16];
 
-	ip_key(addr, key);
+	ip_key(t, addr, key);
 	uint32_t b = ip_hash(key) % t->bucket_count;
 	pthread_mutex_lock(&t->lock);
 	int32_t *link = &t->buckets[b];

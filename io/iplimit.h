@@ -9,7 +9,8 @@
 
 struct io_iplimit;
 
-int io_iplimit_create(struct io_iplimit **out, uint32_t buckets);
+/* v6_prefix: an IPv6 client is its /v6_prefix (0 = the whole address). */
+int io_iplimit_create(struct io_iplimit **out, uint32_t buckets, uint32_t v6_prefix);
 void io_iplimit_destroy(struct io_iplimit *t);
 /* Take a slot for addr; -EBUSY when the address already holds max. */
 int io_iplimit_take(struct io_iplimit *t, const struct sockaddr_storage *addr, uint32_t max);

@@ -45,6 +45,8 @@ static const char *const reply_name[OBS_REPLY_COUNT] = {"2xx", "3xx", "4xx", "5x
 
 static const char *const queue_state_name[OBS_QUEUE_STATE_COUNT] = {"new", "deferred", "active"};
 static const char *const outcome_name[3] = {"delivered", "deferred", "failed"};
+static const char *const operator_action_name[OBS_OPERATOR_ACTIONS + 1] = {"", "hold", "release", "delete",
+									  "bounce", "retry"};
 
 /*
  * The hops' label values, escaped once at start-up (the exposition's
@@ -147,7 +149,7 @@ size_t obs_metrics_render_bound(unsigned n)
 	 * for every hop whether registered or not, so a buffer sized before
 	 * obs_metrics_set_hops() still fits.
 	 */
-	size_t dlv = 12288 + (size_t)OBS_METRICS_HOPS_MAX * 8 * (128 + HOP_LABEL_MAX);
+	size_t dlv = 12288 + 1024 /* operator */ + (size_t)OBS_METRICS_HOPS_MAX * 8 * (128 + HOP_LABEL_MAX);
 	/* The watermark: 8 fixed families of one sample each; reclamation: 8 more. */
 	size_t wm = 4096 + 4096;
 	return 16384 + (size_t)n * 12288 + dlv + wm;
@@ -350,6 +352,35 @@ static void render_totals(struct out *o, const struct obs_metrics *const *w, uns
 		b[k] = sum_all(w, n, OFF(sync_gap.bucket) + k * sizeof(obs_counter_t));
 	hist_samples(o, "dotspool_server_sync_gap_seconds", "", b, OBS_METRICS_LAT_BUCKETS, lat_le, NULL,
 		     sum_all(w, n, OFF(sync_gap.sum_us)), true);
+
+	/* Gap dedup (issue 16; io/gap.h). */
+	static const struct {
+		const char *name, *type, *help;
+		size_t off;
+	} gap[] = {
+		{"dotspool_gap_at_risk_total", "counter",
+		 "Messages whose 250 was never shown read (connection lost first): fingerprinted, at risk.",
+		 OFF(gap_at_risk_total)},
+		{"dotspool_gap_suppressed_total", "counter",
+		 "Retries of an at-risk message answered 'already queued' and not stored (byte-compared).",
+		 OFF(gap_suppressed_total)},
+		{"dotspool_gap_compare_miss_total", "counter",
+		 "Stored copies with the same envelope whose bytes differed from a new message's (stored).",
+		 OFF(gap_compare_miss)},
+		{"dotspool_gap_record_errors_total", "counter",
+		 "Gap records that could not be made durable (the entry lived in memory only).",
+		 OFF(gap_record_errors)},
+		{"dotspool_gap_set_entries", "gauge", "Fingerprints in the server-wide gap set.", OFF(gap_set_entries)},
+		{"dotspool_gap_at_risk_messages", "gauge", "At-risk messages in the gap set (within their window).",
+		 OFF(gap_set_at_risk)},
+		{"dotspool_gap_set_full_total", "counter",
+		 "At-risk messages the full gap set could not take (stored as usual, never suppressed against).",
+		 OFF(gap_set_full)},
+	};
+	for (size_t i = 0; i < sizeof(gap) / sizeof(gap[0]); i++) {
+		family(o, gap[i].name, gap[i].type, gap[i].help);
+		put(o, "%s %llu\n", gap[i].name, (unsigned long long)sum_all(w, n, gap[i].off));
+	}
 }
 
 /* One server-wide sample of a process-wide value, with its family. */
@@ -527,6 +558,54 @@ static void render_delivery(struct out *o, const struct obs_metrics *const *w, u
 	      "Delivery outcome records written to the spool.", OFF(dlv.records));
 	total(o, w, n, "dotspool_outcome_record_errors_total", "counter",
 	      "Delivery outcome records that could not be written.", OFF(dlv.record_errors));
+	total(o, w, n, "dotspool_queue_held", "gauge", "Messages an operator holds (dotspool-ctl hold).",
+	      OFF(dlv.queue_held));
+	family(o, "dotspool_operator_actions_total", "counter",
+	       "Operator actions recorded (one per message), by action (dotspool-ctl).");
+	for (unsigned a = 1; a <= OBS_OPERATOR_ACTIONS; a++)
+		put(o, "dotspool_operator_actions_total{action=\"%s\"} %llu\n", operator_action_name[a],
+		    (unsigned long long)sum_all(w, n, OFF(dlv.operator_actions) + a * sizeof(obs_counter_t)));
+}
+/* The amqp:// hand-off (issue 18): only when the next hops are amqp:// ones. */
+static const char *const handoff_result_name[OBS_HANDOFF_RESULTS] = {
+	"confirmed", "nacked", "returned", "timeout", "connection_lost", "no_connection", "too_big", "read_error",
+};
+
+static void handoff_hist(struct out *o, const struct obs_metrics *const *w, unsigned n, const char *name,
+			 const char *help, size_t off)
+{
+	family(o, name, "histogram", help);
+	uint64_t b[OBS_METRICS_DLV_LAT_BUCKETS + 1];
+	for (unsigned k = 0; k <= OBS_METRICS_DLV_LAT_BUCKETS; k++)
+		b[k] = sum_all(w, n, off + offsetof(struct obs_metrics_dlv_lat_hist, bucket) + k * sizeof(obs_counter_t));
+	hist_samples(o, name, "", b, OBS_METRICS_DLV_LAT_BUCKETS, dlv_lat_le, NULL,
+		     sum_all(w, n, off + offsetof(struct obs_metrics_dlv_lat_hist, sum_us)), true);
+}
+
+static void render_handoff(struct out *o, const struct obs_metrics *const *w, unsigned n)
+{
+	if (hop_count == 0 || strncmp(hop_label[0], "amqp://", 7) != 0)
+		return;
+	family(o, "dotspool_handoff_results_total", "counter",
+	       "Messages the broker hand-off finished with, by result (confirmed is final; the others are "
+	       "deferred, too_big failed).");
+	for (unsigned r = 0; r < OBS_HANDOFF_RESULTS; r++)
+		put(o, "dotspool_handoff_results_total{result=\"%s\"} %llu\n", handoff_result_name[r],
+		    (unsigned long long)sum_all(w, n, OFF(handoff.results) + r * sizeof(obs_counter_t)));
+	total(o, w, n, "dotspool_handoff_unconfirmed", "gauge",
+	      "Messages published to the broker and not confirmed yet (all workers).", OFF(handoff.unconfirmed));
+	total(o, w, n, "dotspool_handoff_connections_up", "gauge",
+	      "Hand-off threads (one per worker) connected to a broker now.", OFF(handoff.connected));
+	put(o, "# HELP dotspool_handoff_workers Hand-off threads (one per worker).\n"
+	       "# TYPE dotspool_handoff_workers gauge\ndotspool_handoff_workers %u\n",
+	    n);
+	total(o, w, n, "dotspool_handoff_connection_losses_total", "counter",
+	      "Broker connections lost or refused (one per outage per worker).", OFF(handoff.connection_losses));
+	handoff_hist(o, w, n, "dotspool_handoff_latency_seconds",
+		     "Accepted (received_at) to the broker's confirm, per confirmed message.",
+		     OFF(handoff.accepted_to_confirm));
+	handoff_hist(o, w, n, "dotspool_handoff_confirm_seconds",
+		     "Publish to the broker's confirm, per confirmed message.", OFF(handoff.publish_to_confirm));
 }
 #undef OFF
 
@@ -542,6 +621,7 @@ size_t obs_metrics_render_at(const struct obs_metrics *const *w, unsigned n, cha
 	render_watermark(&o);
 	render_reclaim(&o);
 	render_delivery(&o, w, n, now_wall_us);
+	render_handoff(&o, w, n);
 	return o.len;
 }
 

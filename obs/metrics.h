@@ -56,6 +56,9 @@ enum obs_dlv_outcome {
 	OBS_DLV_FAILED = 3,
 };
 
+/* Operator actions with their own series (hold, release, delete, bounce, retry: spool.h's 1..5). */
+#define OBS_OPERATOR_ACTIONS 5
+
 /* Upper bound of an HTTP request for /metrics, headers included. */
 #define OBS_METRICS_HTTP_REQUEST_MAX 8192
 /* Room for the HTTP status line and headers ahead of the body. */
@@ -126,6 +129,25 @@ struct obs_metrics_dlv {
 	obs_counter_t record_errors;
 	struct obs_metrics_dlv_lat_hist latency;
 	struct obs_metrics_hop hop[OBS_METRICS_HOPS_MAX];
+	/* Operator commands (issue 15 point 4): held messages, actions recorded by enum spool_operator_action. */
+	obs_counter_t queue_held; /* gauge */
+	obs_counter_t operator_actions[OBS_OPERATOR_ACTIONS + 1];
+};
+
+/*
+ * Per-message hand-off to a broker (amqp://, issue 18; io/dlv_handoff.h):
+ * one worker's hand-off thread as the worker saw it. result[] is indexed by
+ * enum io_handoff_why (confirmed, nacked, returned, timeout, connection_lost,
+ * no_connection, too_big, read_error).
+ */
+#define OBS_HANDOFF_RESULTS 8
+struct obs_metrics_handoff {
+	obs_counter_t results[OBS_HANDOFF_RESULTS];
+	obs_counter_t unconfirmed;	/* gauge: published, not yet confirmed */
+	obs_counter_t connected;	/* gauge 0/1 */
+	obs_counter_t connection_losses;
+	struct obs_metrics_dlv_lat_hist accepted_to_confirm; /* received_at -> broker confirm */
+	struct obs_metrics_dlv_lat_hist publish_to_confirm;  /* publish -> broker confirm */
 };
 
 struct obs_metrics {
@@ -149,6 +171,15 @@ struct obs_metrics {
 	obs_counter_t throttled[OBS_THROTTLE_COUNT]; /* refusals by the limit that made them */
 	obs_counter_t recipients_unknown;	      /* RCPT answered 550 5.1.1 (or 421 past the limit) */
 	struct obs_metrics_dlv dlv;
+	/* Gap dedup (issue 16). The set's gauges are server-wide: worker 0 sets them, the others stay 0. */
+	obs_counter_t gap_at_risk_total;    /* messages marked at risk */
+	obs_counter_t gap_suppressed_total; /* retries answered "already queued", not stored */
+	obs_counter_t gap_compare_miss;	    /* candidates (same envelope) whose bytes differed */
+	obs_counter_t gap_record_errors;    /* gap records that could not be made durable */
+	obs_counter_t gap_set_entries;	    /* gauge */
+	obs_counter_t gap_set_at_risk;	    /* gauge */
+	obs_counter_t gap_set_full;	    /* inserts the set refused, full (its own count) */
+	struct obs_metrics_handoff handoff;
 };
 
 /* Bucket upper bounds, exported for tests. */
@@ -316,6 +347,19 @@ static inline void obs_metrics_dlv_outcome(struct obs_metrics *m, unsigned hop, 
 	obs_counter_add(&m->dlv.hop[hop].outcomes[cls - 1], rcpts);
 }
 
+/* Messages on hold in this worker's queue now. */
+static inline void obs_metrics_queue_held(struct obs_metrics *m, uint64_t held)
+{
+	obs_counter_set(&m->dlv.queue_held, held);
+}
+
+/* One operator action recorded on one message (action: 1 hold .. 5 retry). */
+static inline void obs_metrics_operator_action(struct obs_metrics *m, unsigned action)
+{
+	if (action >= 1 && action <= OBS_OPERATOR_ACTIONS)
+		obs_counter_add(&m->dlv.operator_actions[action], 1);
+}
+
 /* One attempt of one message at hop (however many recipients). */
 static inline void obs_metrics_dlv_attempt(struct obs_metrics *m, unsigned hop)
 {
@@ -368,6 +412,35 @@ static inline void obs_metrics_dlv_conn_failed(struct obs_metrics *m, unsigned h
 {
 	DS_ASSERT(hop < OBS_METRICS_HOPS_MAX);
 	obs_counter_add(&m->dlv.hop[hop].conn_failures, 1);
+}
+
+/* A hand-off result (enum io_handoff_why); latencies only for a confirm (0 otherwise). */
+static inline void obs_metrics_handoff_result(struct obs_metrics *m, unsigned why, uint64_t accepted_us,
+					      uint64_t publish_us)
+{
+	struct obs_metrics_handoff *h = &m->handoff;
+	if (why >= OBS_HANDOFF_RESULTS)
+		return;
+	obs_counter_add(&h->results[why], 1);
+	if (why != 0)
+		return;
+	obs_counter_add(&h->accepted_to_confirm.bucket[obs_metrics_bucket_of(
+				obs_metrics_dlv_lat_bounds_us, OBS_METRICS_DLV_LAT_BUCKETS, accepted_us)],
+			1);
+	obs_counter_add(&h->accepted_to_confirm.sum_us, accepted_us);
+	obs_counter_add(&h->publish_to_confirm.bucket[obs_metrics_bucket_of(
+				obs_metrics_dlv_lat_bounds_us, OBS_METRICS_DLV_LAT_BUCKETS, publish_us)],
+			1);
+	obs_counter_add(&h->publish_to_confirm.sum_us, publish_us);
+}
+
+/* The hand-off thread's state now: connected, unconfirmed publishes, connection losses so far. */
+static inline void obs_metrics_handoff_state(struct obs_metrics *m, bool connected, uint64_t unconfirmed,
+					     uint64_t losses)
+{
+	obs_counter_set(&m->handoff.connected, connected ? 1 : 0);
+	obs_counter_set(&m->handoff.unconfirmed, unconfirmed);
+	obs_counter_set(&m->handoff.connection_losses, losses);
 }
 
 /* This worker's view of hop (dlv_queue_hop_up()); a hop is up until a worker says otherwise. */
@@ -461,5 +534,29 @@ size_t obs_metrics_render_bound(unsigned n);
  */
 int obs_metrics_http(const uint8_t *req, size_t len, const struct obs_metrics *const *workers, unsigned n,
 		     char *out, size_t cap, size_t *out_len);
+
+/* ---- gap dedup (issue 16) ---- */
+static inline void obs_metrics_gap_at_risk(struct obs_metrics *m)
+{
+	obs_counter_add(&m->gap_at_risk_total, 1);
+}
+static inline void obs_metrics_gap_suppressed(struct obs_metrics *m)
+{
+	obs_counter_add(&m->gap_suppressed_total, 1);
+}
+static inline void obs_metrics_gap_compare_miss(struct obs_metrics *m)
+{
+	obs_counter_add(&m->gap_compare_miss, 1);
+}
+static inline void obs_metrics_gap_record_error(struct obs_metrics *m)
+{
+	obs_counter_add(&m->gap_record_errors, 1);
+}
+static inline void obs_metrics_gap_set(struct obs_metrics *m, uint64_t entries, uint64_t at_risk, uint64_t full)
+{
+	obs_counter_set(&m->gap_set_entries, entries);
+	obs_counter_set(&m->gap_set_at_risk, at_risk);
+	obs_counter_set(&m->gap_set_full, full);
+}
 
 #endif

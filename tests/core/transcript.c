@@ -24,6 +24,12 @@
  *   !sink mail=-28 | !sink mail=0   mail_ok() answers this from now on (after
  *                  the input so far is fed): a spool above its high watermark
  *   !expect-mail-asks N             mail_ok() calls so far
+ *   !sink rcpt=N | !sink rcpt=wait   rcpt_ok() answers N (0, -2 unknown, -87
+ *                  too many unknown, -16 rate, -110 verification timeout) or
+ *                  -EINPROGRESS from now on; a local part starting "nobody"
+ *                  is always -ENOENT (a table's unknown address)
+ *   !rcpt N        the pending rcpt_ok() answer arrives (smtp_session_rcpt_done)
+ *   !expect-rcpt-asked ADDR|DOMAIN  the last rcpt_ok() question
  *   !tls DESC | !timeout | !shutdown | !expect-idle 0|1
  *
  * Usage: transcript FILE...             normal run
@@ -52,6 +58,8 @@ struct fake {
 	int fail_begin, fail_write, fail_commit;
 	int mail_state; /* what mail_ok() answers (0 or -errno), until changed */
 	int mail_asks;
+	int rcpt_state; /* what rcpt_ok() answers, until changed */
+	char rcpt_asked[600];
 	int id_seq;
 	char env_text[65536]; /* last envelope, "key=value\n" */
 	bool commit_pending;
@@ -236,8 +244,22 @@ static int fk_mail_ok(void *ctx)
 	return f->mail_state;
 }
 
-static const struct smtp_sink fake_sink = {fk_begin, fk_write,	 fk_commit,  fk_abort,
-					   fk_now,   fk_refused, fk_replied, fk_mail_ok};
+static int fk_rcpt_ok(void *ctx, const char *mailbox, size_t len, const char *domain, size_t dlen)
+{
+	struct fake *f = ctx;
+	if (strlen(mailbox) < len || (domain && (domain < mailbox || domain + dlen != mailbox + len))) {
+		fprintf(stderr, "sink: rcpt_ok with a bad mailbox or domain\n");
+		abort();
+	}
+	snprintf(f->rcpt_asked, sizeof(f->rcpt_asked), "%.*s|%.*s", (int)len, mailbox, (int)dlen,
+		 domain ? domain : "");
+	if (!strncmp(mailbox, "nobody", 6))
+		return -ENOENT;
+	return f->rcpt_state;
+}
+
+static const struct smtp_sink fake_sink = {fk_begin,   fk_write,   fk_commit,  fk_abort,  fk_now,
+					   fk_refused, fk_replied, fk_mail_ok, fk_rcpt_ok};
 
 static void reply_scan(struct reply_scan *st, const uint8_t *p, size_t len)
 {
@@ -341,6 +363,7 @@ static void drive(struct run *r)
 				fail(r, "SMTP_OK but used %zu of %zu", used, c);
 			break;
 		case SMTP_WAIT_COMMIT:
+		case SMTP_WAIT_RCPT:
 			r->waiting = true;
 			break;
 		case SMTP_CLOSE:
@@ -474,8 +497,8 @@ static bool next_reply_line(struct run *r, char *line, size_t cap)
 
 static int status_of(const char *s)
 {
-	static const char *names[] = {"ok", "wait", "blocked", "starttls", "close"};
-	for (int i = 0; i < 5; i++)
+	static const char *names[] = {"ok", "wait", "blocked", "starttls", "close", "wait-rcpt"};
+	for (int i = 0; i < 6; i++)
 		if (!strcmp(s, names[i]))
 			return i;
 	return -1;
@@ -550,6 +573,21 @@ static int run_file(struct run *r, const char *file)
 			r->waiting = false;
 			r->last = smtp_session_commit_done(r->s, res);
 			collect(r);
+		} else if (!strncmp(buf, "!rcpt ", 6)) {
+			drive(r);
+			if (!r->waiting || r->last != SMTP_WAIT_RCPT) {
+				fail(r, "!rcpt but the session is not waiting for a rcpt_ok() answer");
+				break;
+			}
+			r->waiting = false;
+			r->last = smtp_session_rcpt_done(r->s, atoi(buf + 6));
+			if (r->last == SMTP_CLOSE)
+				r->closed = true;
+			collect(r);
+		} else if (!strncmp(buf, "!expect-rcpt-asked ", 19)) {
+			drive(r);
+			if (strcmp(r->fk.rcpt_asked, buf + 19))
+				fail(r, "rcpt_ok() last asked \"%s\", expected \"%s\"", r->fk.rcpt_asked, buf + 19);
 		} else if (!strncmp(buf, "!expect-stored ", 15) || !strcmp(buf, "!expect-stored")) {
 			static uint8_t want[MAX_IN];
 			bool raw;
@@ -616,6 +654,10 @@ static int run_file(struct run *r, const char *file)
 			if ((p = strstr(buf, "mail="))) {
 				drive(r); /* the commands sent so far were asked under the old state */
 				r->fk.mail_state = atoi(p + 5);
+			}
+			if ((p = strstr(buf, "rcpt="))) {
+				drive(r);
+				r->fk.rcpt_state = !strcmp(p + 5, "wait") ? -EINPROGRESS : atoi(p + 5);
 			}
 			if ((p = strstr(buf, "begin=")))
 				r->fk.fail_begin = atoi(p + 6);

@@ -121,8 +121,18 @@ static int z_mail_ok(void *ctx)
 	return inject(f) ? -ENOSPC : 0;
 }
 
-static const struct smtp_sink sink = {z_begin, z_write,	  z_commit,  z_abort,
-				      z_now,   z_refused, z_replied, z_mail_ok};
+/* RCPT policy (issue 17): every answer, the asynchronous one included, chosen by the address. */
+static int z_rcpt_ok(void *ctx, const char *mailbox, size_t len, const char *domain, size_t dlen)
+{
+	static const int answers[] = {0, 0, -ENOENT, -EBUSY, -ETIMEDOUT, -EINPROGRESS, -EUSERS, 0};
+	(void)ctx;
+	CHECK(strlen(mailbox) >= len);
+	CHECK(!domain || (domain > mailbox && domain + dlen == mailbox + len));
+	return answers[len % 8];
+}
+
+static const struct smtp_sink sink = {z_begin,	 z_write,   z_commit,  z_abort,	 z_now,
+				      z_refused, z_replied, z_mail_ok, z_rcpt_ok};
 
 /* Drain output; check reply lines; count "queued as". */
 static void drain(struct smtp_session *s, bool queued_ok)
@@ -207,6 +217,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			drain(s, res == 0);
 			break;
 		}
+		case SMTP_WAIT_RCPT:
+			CHECK(smtp_session_phase(s) == SMTP_PHASE_COMMIT);
+			if (smtp_session_rcpt_done(s, (ctl & 1) ? 0 : -ENOENT) == SMTP_CLOSE)
+				closed = true;
+			drain(s, false);
+			break;
 		case SMTP_STARTTLS:
 			pos = size > pos + 3 ? pos + 3 : size; /* drop some unread plaintext */
 			smtp_session_tls_started(s, "TLSv1.3 TLS_AES_128_GCM_SHA256");
