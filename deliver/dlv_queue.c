@@ -76,6 +76,7 @@ struct dlv_queue {
 	uint8_t last_line; /* line of the last pick: the other goes first when both have one due */
 	struct qhop hops[DLV_QUEUE_HOPS_MAX];
 	uint64_t msgs[3], bytes[3], rcpts_open;
+	uint64_t held;
 };
 
 static inline struct qslot *slot(const struct dlv_queue *q, uint32_t idx)
@@ -343,7 +344,8 @@ static void count_out(struct dlv_queue *q, const struct dlv_qmsg *m)
 static void defer_push(struct dlv_queue *q, struct qslot *s)
 {
 	s->m.line = DLV_QLINE_DEFERRED;
-	hpush(q, &q->deferred, s->m.due_us, s->m.priv[P_SELF], s->tie);
+	/* A held message is never due: the heap's last place (its due_us is kept for the listing). */
+	hpush(q, &q->deferred, s->m.held ? INT64_MAX : s->m.due_us, s->m.priv[P_SELF], s->tie);
 	count_in(q, &s->m);
 }
 
@@ -395,12 +397,14 @@ int dlv_queue_add(struct dlv_queue *q, const struct dlv_queue_add *a, struct dlv
 	else
 		memset(m->rcpt_state, DLV_RCPT_PENDING, a->rcpt_count);
 	m->redelivery = a->redelivery;
+	m->held = a->held;
+	q->held += a->held;
 	m->priv[P_NEXT] = m->priv[P_PREV] = m->priv[P_DPOS] = m->priv[P_APOS] = QNIL;
 	m->priv[P_FROM] = QLINE_FREE;
 
 	hpush(q, &q->age, m->received_at_us, m->priv[P_SELF], 0);
 	q->rcpts_open += open;
-	if (a->attempts > 0 || a->due_us != 0) {
+	if (a->attempts > 0 || a->due_us != 0 || a->held) {
 		s->tie = q->tie_next++;
 		defer_push(q, s);
 	} else {
@@ -418,7 +422,7 @@ struct dlv_qmsg *dlv_queue_next(struct dlv_queue *q, int64_t now_us)
 	if (dlv_queue_hop_pick(q, now_us) < 0)
 		return NULL;
 	bool has_new = q->new_head != QNIL;
-	bool has_def = q->deferred.n > 0 && q->deferred.v[0].key <= now_us;
+	bool has_def = q->deferred.n > 0 && q->deferred.v[0].key <= now_us && q->deferred.v[0].key != INT64_MAX;
 
 	if (!has_new && !has_def)
 		return NULL;
@@ -452,10 +456,10 @@ int64_t dlv_queue_next_due_us(const struct dlv_queue *q)
 
 	if (q->new_head != QNIL)
 		msg_due = INT64_MIN;
-	else if (q->deferred.n > 0)
+	else if (q->deferred.n > 0 && q->deferred.v[0].key != INT64_MAX)
 		msg_due = q->deferred.v[0].key;
 	else
-		return INT64_MAX;
+		return INT64_MAX; /* nothing, or only held messages */
 	int64_t hop_up = INT64_MAX;
 
 	for (uint32_t h = 0; h < q->cfg.hop_count; h++)
@@ -546,7 +550,7 @@ void dlv_queue_retry_now(struct dlv_queue *q, struct dlv_qmsg *m)
 	DS_ASSERT(from == DLV_QLINE_NEW || from == DLV_QLINE_DEFERRED);
 	count_out(q, m);
 	m->priv[P_FROM] = QLINE_FREE;
-	if (from == DLV_QLINE_NEW) {
+	if (from == DLV_QLINE_NEW && !m->held) {
 		m->line = DLV_QLINE_NEW;
 		fifo_push_front(q, s);
 		count_in(q, m);
@@ -555,9 +559,99 @@ void dlv_queue_retry_now(struct dlv_queue *q, struct dlv_qmsg *m)
 	}
 }
 
+void dlv_queue_hold(struct dlv_queue *q, struct dlv_qmsg *m, bool held)
+{
+	struct qslot *s = own(q, m);
+
+	if (m->held == held)
+		return;
+	q->held = held ? q->held + 1 : q->held - 1;
+	if (m->line == DLV_QLINE_NEW) {
+		DS_ASSERT(held);
+		fifo_unlink(q, s);
+		count_out(q, m);
+		m->held = true;
+		s->tie = q->tie_next++;
+		defer_push(q, s);
+		return;
+	}
+	if (m->line == DLV_QLINE_DEFERRED) {
+		hremove(q, &q->deferred, m->priv[P_DPOS]);
+		count_out(q, m);
+		m->held = held;
+		if (!held)
+			m->due_us = 0; /* released: due now */
+		s->tie = q->tie_next++;
+		defer_push(q, s);
+		return;
+	}
+	m->held = held; /* busy: applies when it comes back */
+	if (!held)
+		m->due_us = 0;
+}
+
+void dlv_queue_due_now(struct dlv_queue *q, struct dlv_qmsg *m)
+{
+	struct qslot *s = own(q, m);
+
+	if (m->line != DLV_QLINE_DEFERRED || m->held)
+		return;
+	hremove(q, &q->deferred, m->priv[P_DPOS]);
+	count_out(q, m);
+	m->due_us = 0;
+	s->tie = q->tie_next++;
+	defer_push(q, s);
+}
+
+void dlv_queue_take(struct dlv_queue *q, struct dlv_qmsg *m)
+{
+	struct qslot *s = own(q, m);
+
+	DS_ASSERT(m->line != DLV_QLINE_BUSY);
+	if (m->held) {
+		m->held = false;
+		q->held--;
+	}
+	if (m->line == DLV_QLINE_NEW)
+		fifo_unlink(q, s);
+	else
+		hremove(q, &q->deferred, m->priv[P_DPOS]);
+	count_out(q, m);
+	m->priv[P_FROM] = DLV_QLINE_DEFERRED;
+	m->line = DLV_QLINE_BUSY;
+	count_in(q, m);
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+void dlv_queue_find(const struct dlv_queue *q, const uint64_t *ids, uint32_t n, struct dlv_qmsg **found)
+{
+	for (uint32_t i = 0; i < n; i++)
+		found[i] = NULL;
+	for (uint32_t b = 0; b < q->nblocks && n; b++)
+		for (uint32_t i = 0; i < QBLOCK; i++) {
+			struct dlv_qmsg *m = &q->blocks[b][i].m;
+			const uint64_t *hit;
+
+			if (m->line == QLINE_FREE)
+				continue;
+			hit = bsearch(&m->id, ids, n, sizeof(*ids), id_cmp);
+			if (hit)
+				found[hit - ids] = m;
+		}
+}
+
 void dlv_queue_done(struct dlv_queue *q, struct dlv_qmsg *m)
 {
 	struct qslot *s = own(q, m);
+
+	if (m->held)
+		q->held--;
 
 	if (m->line == DLV_QLINE_NEW)
 		fifo_unlink(q, s);
@@ -625,6 +719,7 @@ void dlv_queue_stats(const struct dlv_queue *q, struct dlv_queue_stats *st)
 		st->bytes[l] = q->bytes[l];
 	}
 	st->rcpts_open = q->rcpts_open;
+	st->held = q->held;
 	st->oldest_received_at_us = q->age.n ? q->age.v[0].key : INT64_MAX;
 	st->pool_slots = (uint64_t)q->nblocks * QBLOCK;
 }

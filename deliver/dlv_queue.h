@@ -82,6 +82,8 @@ struct dlv_qmsg {
 	uint32_t rcpt_open;  /* recipients not final */
 	uint8_t *rcpt_state; /* rcpt_count x enum dlv_rcpt_state (= spool_rcpt_state, 0..4) */
 	bool redelivery;     /* recovered with an attempt cut short: a delivery counts as a re-delivery */
+	bool held;	     /* operator hold: on the deferred line, never due, until released */
+	uint8_t mark;	     /* the caller's own (io/dlv.c: an operator record in flight); 0 when added */
 	uint8_t line;	     /* enum dlv_qline */
 	uint32_t priv[6];    /* the queue's links */
 };
@@ -101,6 +103,7 @@ struct dlv_queue_add {
 	uint32_t attempts;
 	int64_t due_us; /* 0 = now */
 	bool redelivery;
+	bool held; /* an operator held it (recovery): never due until dlv_queue_hold(.., false) */
 };
 /*
  * Queue a message: from a commit that just became durable (attempts 0:
@@ -153,6 +156,27 @@ void dlv_queue_defer(struct dlv_queue *q, struct dlv_qmsg *m, int64_t due_us);
  * due, so it is due now), attempts unchanged.
  */
 void dlv_queue_retry_now(struct dlv_queue *q, struct dlv_qmsg *m);
+/*
+ * Operator hold (issue 15): a held message sits on the deferred line and is
+ * never due (dlv_queue_next() skips it, next_due ignores it) until released;
+ * a busy one is held when it comes back (defer, retry_now). Release makes
+ * it due now (as `postqueue -f` would). Counted in stats held too.
+ */
+void dlv_queue_hold(struct dlv_queue *q, struct dlv_qmsg *m, bool held);
+/* Operator retry: a deferred (not held, not busy) message is due now; anything else is left alone. */
+void dlv_queue_due_now(struct dlv_queue *q, struct dlv_qmsg *m);
+/*
+ * Take a message that is not busy off its line for the caller (an operator
+ * bounce): busy from now on, as if dlv_queue_next() had picked it (its
+ * hold is cleared); give it back with defer/retry_now/done.
+ */
+void dlv_queue_take(struct dlv_queue *q, struct dlv_qmsg *m);
+/*
+ * Every message whose id is in ids[0, n) (sorted ascending): found[i] the
+ * message of ids[i] or NULL. One pass over the pool, O(pool * log n).
+ */
+void dlv_queue_find(const struct dlv_queue *q, const uint64_t *ids, uint32_t n, struct dlv_qmsg **found);
+
 /* Every recipient final (or the message deleted; any line): forget it. m is invalid afterwards. */
 void dlv_queue_done(struct dlv_queue *q, struct dlv_qmsg *m);
 
@@ -171,6 +195,7 @@ struct dlv_queue_stats {
 	uint64_t messages[3]; /* by line */
 	uint64_t bytes[3];
 	uint64_t rcpts_open;
+	uint64_t held; /* messages on hold (also counted in their line) */
 	int64_t oldest_received_at_us; /* INT64_MAX if empty */
 	uint64_t pool_slots; /* message slots allocated (used + free), about 160 B each; never shrinks */
 };

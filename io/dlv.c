@@ -32,9 +32,11 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "ctlsock.h"
 #include "dlv.h"
 #include "dlv_client.h"
 #include "dlv_dsn.h"
+#include "dlv_handoff.h"
 #include "dlv_pipe.h"
 #include "dlv_queue.h"
 #include "ds_assert.h"
@@ -66,8 +68,8 @@ _Static_assert(IO_DELIVER_STARTTLS_NEVER == DLV_STARTTLS_NEVER &&
 /* A DSN (bounce) is at most this big: originals are cut at 64 KiB, diagnostics at 1 KiB. */
 #define DLV_DSN_MAX_BYTES (4u * 1024 * 1024)
 
-enum dud_kind { UD_CONNECT = 1, UD_RECV, UD_SEND, UD_PWRITE, UD_PREAD, UD_PPOLL };
-enum dck_kind { CK_ATTEMPT = 1, CK_OUTCOME, CK_DSN };
+enum dud_kind { UD_CONNECT = 1, UD_RECV, UD_SEND, UD_PWRITE, UD_PREAD, UD_PPOLL, UD_HANDOFF };
+enum dck_kind { CK_ATTEMPT = 1, CK_OUTCOME, CK_DSN, CK_OPERATOR };
 enum dconn_state { DC_FREE = 0, DC_CONNECTING, DC_UP, DC_CLOSING };
 enum djob_phase { J_FREE = 0, J_ATTEMPT, J_SENDING, J_RECORD };
 
@@ -84,6 +86,7 @@ struct djob {
 	struct spool_fetch_msg fm;
 	bool fetched;
 	bool client_done; /* msg_done() ran: every recipient has its outcome */
+	bool op_bounce;	  /* an operator bounce: no attempt, every open recipient FAILED with a DSN */
 	bool hop_failed;  /* the connection failed before MAIL: the hop as a whole */
 	bool wait_room;	  /* on the wait list: a record found no room in the lane */
 	bool attempt_settled, outcome_taken, outcome_settled, dsn_taken, dsn_settled;
@@ -129,6 +132,16 @@ struct dconn {
 	uint8_t rbuf[DLV_RBUF_BYTES];
 };
 
+/* One operator record in flight (io/ctlsock.h): its message is frozen (held, marked) meanwhile. */
+struct dop {
+	struct io_ctl_batch *b;
+	struct dop *base; /* the batch's array (freed with the batch) */
+	uint32_t i;	  /* index in b->ids */
+	struct dlv_qmsg *qm;
+	bool was_held;
+	struct dop *next_wait;
+};
+
 struct io_dlv {
 	struct io_worker *w;
 	const struct io_deliver_config *cfg;
@@ -144,10 +157,19 @@ struct io_dlv {
 	struct djob *jobs;
 	struct djob *job_free;
 	struct djob *wait_head;		    /* jobs whose record waits for room in the lane */
+	struct dop *op_wait;		    /* operator records waiting for room in the lane */
+	uint64_t *bounce;		    /* messages an operator bounced: a bounce job each, when one is free */
+	size_t nbounce, capbounce;
+	uint32_t all_count; /* retry --all: made due so far */
 	bool hop_down[IO_DELIVER_HOPS_MAX]; /* hop_down logged, hop_up not yet */
 	bool stopping;
 	int64_t next_gauges_ms;
 	struct io_tls_client *tls; /* NULL with --deliver-starttls never */
+	/* amqp:// (issue 18): the per-message hand-off backend (io/dlv_handoff.h); NULL otherwise */
+	const struct io_handoff_ops *ho;
+	struct io_handoff *hoff;
+	struct io_handoff_state ho_st; /* as last read */
+	uint64_t ho_ev;		       /* buffer of the event_fd read armed on the ring */
 	uint8_t tls_pt[16384];	   /* decrypted input */
 };
 
@@ -203,6 +225,8 @@ static bool hop_is_lmtp(const struct io_dlv *d, unsigned hop)
 struct io_dlv_backlog {
 	struct dlv_queue_add *v;
 	size_t n, cap;
+	uint64_t *bounce; /* bounced by an operator, recipients still open: bounced at start */
+	size_t nbounce, capbounce;
 	uint8_t *states;
 	size_t states_len, states_cap;
 };
@@ -241,8 +265,17 @@ int io_dlv_backlog_add(struct io_shared *sh, unsigned threads, const struct spoo
 		.attempts = e->attempts,
 		.due_us = e->next_attempt_us,
 		.redelivery = e->in_flight,
+		/* A bounced message waits, frozen like a held one, for its bounce job. */
+		.held = e->held || e->bounce,
 	};
 	b->states_len += e->rcpt_count;
+	if (e->bounce) {
+		p = ds_grow(b->bounce, &b->capbounce, b->nbounce, sizeof(*b->bounce), 64);
+		if (!p)
+			return -ENOMEM;
+		b->bounce = p;
+		b->bounce[b->nbounce++] = e->id;
+	}
 	return 0;
 }
 
@@ -253,6 +286,7 @@ void io_dlv_backlog_free(struct io_shared *sh)
 	for (unsigned i = 0; i < IO_THREADS_MAX; i++) {
 		free(sh->backlog[i].v);
 		free(sh->backlog[i].states);
+		free(sh->backlog[i].bounce);
 	}
 	free(sh->backlog);
 	sh->backlog = NULL;
@@ -271,6 +305,10 @@ static int backlog_adopt(struct io_dlv *d)
 		if (ret < 0 && ret != -EALREADY)
 			return ret;
 	}
+	/* The bounce list is adopted whole: the owed bounces start from io_dlv_run. */
+	d->bounce = b->bounce;
+	d->nbounce = b->nbounce;
+	d->capbounce = b->capbounce;
 	free(b->v);
 	free(b->states);
 	memset(b, 0, sizeof(*b));
@@ -289,7 +327,7 @@ static struct djob *job_get(struct io_dlv *d)
 	j->phase = J_ATTEMPT;
 	j->qm = NULL;
 	j->c = NULL;
-	j->fetched = j->client_done = j->hop_failed = j->wait_room = false;
+	j->fetched = j->client_done = j->hop_failed = j->wait_room = j->op_bounce = false;
 	j->attempt_settled = j->outcome_taken = j->outcome_settled = j->dsn_taken = j->dsn_settled = false;
 	j->outcome_res = j->dsn_res = 0;
 	j->n = 0;
@@ -507,6 +545,7 @@ static void conn_pump(struct dconn *c);
 static void conn_close(struct dconn *c);
 static void job_abandon(struct io_dlv *d, struct djob *j);
 static void pipe_run(struct io_dlv *d, struct djob *j);
+static void handoff_run(struct io_dlv *d, struct djob *j);
 static void pipe_check(struct dconn *c, int64_t now_ms);
 static enum dlv_status conn_tls_start(struct dconn *c);
 static enum dlv_status conn_tls_encrypt(struct dconn *c);
@@ -522,6 +561,10 @@ static void job_submit(struct io_dlv *d, struct djob *j)
 	j->phase = J_SENDING;
 	if (!c) { /* the connection failed while the record was flushed: job_end has the outcomes */
 		job_end(d, j);
+		return;
+	}
+	if (d->hoff) {
+		handoff_run(d, j);
 		return;
 	}
 	if (!c->cl) {
@@ -1152,7 +1195,7 @@ static int job_write_outcome(struct io_dlv *d, struct djob *j)
 		.at_us = ds_wall_us(),
 		.next_attempt_us = j->due_us,
 		.dsn_id = j->dsn_id,
-		.hop = d->cfg->hop[j->hop].text,
+		.hop = j->op_bounce ? "" : d->cfg->hop[j->hop].text,
 		.rcpt_count = j->n,
 		.rcpt = j->rec,
 	};
@@ -1286,7 +1329,7 @@ static void job_apply(struct io_dlv *d, struct djob *j)
 		if (j->out[i].possible_duplicate)
 			obs_metrics_dlv_possible_duplicate(m, 1);
 	}
-	for (unsigned k = 1; k <= 3; k++)
+	for (unsigned k = 1; k <= 3 && !j->op_bounce; k++)
 		if (cnt[k])
 			obs_metrics_dlv_outcome(m, j->hop, k, cnt[k]);
 	if (cnt[DLV_DELIVERED])
@@ -1382,8 +1425,8 @@ static void job_abandon(struct io_dlv *d, struct djob *j)
 
 static struct dconn *conn_for(struct io_dlv *d, unsigned hop)
 {
-	if (d->cfg->hop[hop].kind == IO_HOP_PIPE)
-		return pipe_conn_open(d, hop);
+	if (d->cfg->hop[hop].kind == IO_HOP_PIPE || d->hoff)
+		return pipe_conn_open(d, hop); /* amqp: a slot of the confirm window, no socket */
 	struct dconn *c = d->idle[hop];
 	if (c) {
 		conn_unidle(c);
@@ -1399,6 +1442,8 @@ static bool job_start(struct io_dlv *d, int64_t now)
 		return false;
 	if (!d->idle[hop] && d->conns_open >= d->conn_max)
 		return false;
+	if (d->hoff && !d->ho_st.connected)
+		return false; /* amqp: the broker is away; messages wait, undeferred, until it is back */
 	struct dlv_qmsg *qm = dlv_queue_next(d->q, now);
 	if (!qm)
 		return false;
@@ -1438,11 +1483,247 @@ static bool job_start(struct io_dlv *d, int64_t now)
 	return true;
 }
 
+/* ---- operator commands (issue 15 point 4; io/ctlsock.h, deliver/README.md) ---- */
+
+#define DLV_OP_REASON "bounced by the operator"
+
+static uint64_t op_cookie(const struct dop *op)
+{
+	uintptr_t p = (uintptr_t)op;
+
+	DS_ASSERT(p < (1ull << 56));
+	return IO_DLV_COOKIE_BIT | ((uint64_t)CK_OPERATOR << 56) | p;
+}
+
+static void op_batch_step(struct io_dlv *d, struct dop *op)
+{
+	struct io_ctl_batch *b = op->b;
+
+	(void)d;
+	DS_ASSERT(b->left > 0);
+	if (--b->left == 0) {
+		free(op->base);
+		io_ctlsock_batch_done(b);
+	}
+}
+
+/*
+ * The operator record of op settled (res 0: durable) or could not be
+ * written: the queue acts only now, so a confirmed command is on disk.
+ */
+static void op_resolve(struct io_dlv *d, struct dop *op, int res)
+{
+	struct io_ctl_batch *b = op->b;
+	struct dlv_qmsg *qm = op->qm;
+
+	qm->mark = 0;
+	if (res < 0) {
+		dlv_queue_hold(d->q, qm, op->was_held); /* as it was: nothing happened */
+		b->res[op->i] = IO_CTL_ERROR;
+		op_batch_step(d, op);
+		return;
+	}
+	b->res[op->i] = IO_CTL_OK;
+	obs_metrics_operator_action(d->w->m, b->action);
+	switch (b->action) {
+	case SPOOL_OPERATOR_HOLD:
+		break; /* frozen is held */
+	case SPOOL_OPERATOR_RELEASE:
+		dlv_queue_hold(d->q, qm, false); /* due now */
+		break;
+	case SPOOL_OPERATOR_RETRY:
+		if (!op->was_held)
+			dlv_queue_hold(d->q, qm, false); /* due now; a held message stays held */
+		break;
+	case SPOOL_OPERATOR_DELETE:
+		/* Final from its durable record: never delivered, no DSN; its segments may go. */
+		if (d->w->cfg->spool.reclaim)
+			spool_reclaim_msg_final(d->w->cfg->spool.reclaim, qm->id);
+		dlv_queue_done(d->q, qm);
+		break;
+	case SPOOL_OPERATOR_BOUNCE: {
+		/* Stays frozen until a bounce job takes it (io_dlv_run). */
+		uint64_t *nb = ds_grow(d->bounce, &d->capbounce, d->nbounce, sizeof(*nb), 64);
+		if (nb) {
+			d->bounce = nb;
+			d->bounce[d->nbounce++] = qm->id;
+		} else {
+			fprintf(stderr, "dotspool: worker %u: out of memory: the bounce goes out after a restart\n",
+				d->w->no);
+		}
+		break;
+	}
+	}
+	op_batch_step(d, op);
+}
+
+static void op_write(struct io_dlv *d, struct dop *op)
+{
+	const struct io_ctl_batch *b = op->b;
+	struct spool_operator o = {.id = b->ids[op->i],
+				   .action = b->action,
+				   .uid = b->uid,
+				   .pid = b->pid,
+				   .at_us = b->at_us,
+				   .name = b->user,
+				   .reason = ""};
+	int ret = spool_lane_operator(d->w->lane, &o, op_cookie(op));
+
+	if (ret == -EAGAIN) {
+		op->next_wait = d->op_wait;
+		d->op_wait = op;
+	} else if (ret < 0) {
+		op_resolve(d, op, ret);
+	}
+}
+
+/* retry --all: every deferred message not held is due now (in memory, like postqueue -f). */
+static int op_due_now(void *ctx, const struct dlv_qmsg *m)
+{
+	struct io_dlv *d = ctx;
+
+	if (m->line == DLV_QLINE_DEFERRED && !m->held && !m->mark) {
+		dlv_queue_due_now(d->q, (struct dlv_qmsg *)m);
+		d->all_count++;
+	}
+	return 0;
+}
+
+/* A batch from the control socket: look every id up, freeze what is there, write the records. */
+static void op_batch(struct io_dlv *d, struct io_ctl_batch *b)
+{
+	if (b->all) {
+		d->all_count = 0;
+		dlv_queue_foreach(d->q, op_due_now, d);
+		b->all_count = d->all_count;
+		io_ctlsock_batch_done(b);
+		return;
+	}
+	struct dlv_qmsg **found = calloc(b->n ? b->n : 1, sizeof(*found));
+	struct dop *ops = calloc(b->n ? b->n : 1, sizeof(*ops));
+	if (!found || !ops) {
+		for (uint32_t i = 0; i < b->n; i++)
+			b->res[i] = IO_CTL_ERROR;
+		free(found);
+		free(ops);
+		io_ctlsock_batch_done(b);
+		return;
+	}
+	dlv_queue_find(d->q, b->ids, b->n, found);
+	b->left = 1; /* held until every id is looked at */
+	for (uint32_t i = 0; i < b->n; i++) {
+		struct dlv_qmsg *qm = found[i];
+		if (!qm) {
+			b->res[i] = IO_CTL_UNKNOWN;
+			continue;
+		}
+		if (qm->line == DLV_QLINE_BUSY || qm->mark) {
+			b->res[i] = IO_CTL_BUSY; /* an attempt or another action under way: asked again */
+			continue;
+		}
+		/* Frozen (held and marked) until its record settles: never picked, never freed meanwhile. */
+		ops[i] = (struct dop){.b = b, .base = ops, .i = i, .qm = qm, .was_held = qm->held};
+		qm->mark = 1;
+		dlv_queue_hold(d->q, qm, true);
+		b->left++;
+		op_write(d, &ops[i]);
+	}
+	free(found);
+	op_batch_step(d, &(struct dop){.b = b, .base = ops});
+}
+
+/* Every id still on the bounce list whose message can be taken now gets its bounce job. */
+static void job_bounce(struct io_dlv *d, struct dlv_qmsg *qm)
+{
+	struct djob *j = job_get(d);
+	j->qm = qm;
+	j->hop = 0;
+	j->op_bounce = true;
+	j->start_ms = ds_mono_ms();
+	dlv_queue_take(d->q, qm);
+	int ret = job_build(d, j);
+	if (ret < 0) {
+		char id[32];
+		spool_id_format(qm->id, id, sizeof(id));
+		fprintf(stderr, "dotspool: worker %u: message %s cannot be read to bounce it: %s\n", d->w->no, id,
+			strerror(-ret));
+		dlv_queue_defer(d->q, qm, ds_wall_us() + (int64_t)DS_MAX(d->cfg->retry_min_s, 1u) * 1000000);
+		job_put(d, j);
+		return;
+	}
+	j->attempt = DS_MAX(qm->attempts, 1u);
+	j->attempt_settled = true;
+	j->phase = J_RECORD;
+	for (uint32_t i = 0; i < j->n; i++) {
+		j->out[i] = (struct dlv_outcome){.cls = DLV_FAILED, .stage = DLV_STAGE_NONE, .code = 550, .local = true};
+		snprintf(j->out[i].esc, sizeof(j->out[i].esc), "5.0.0");
+		snprintf(j->out[i].text, sizeof(j->out[i].text), "%s", DLV_OP_REASON);
+		j->state[i] = SPOOL_RCPT_FAILED;
+	}
+	job_records(d, j);
+}
+
+static int id_cmp(const void *a, const void *b)
+{
+	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+	return x < y ? -1 : x > y;
+}
+
+static void bounces_run(struct io_dlv *d)
+{
+	if (!d->nbounce || !d->job_free)
+		return;
+	qsort(d->bounce, d->nbounce, sizeof(*d->bounce), id_cmp);
+	size_t k = 0;
+	for (size_t i = 0; i < d->nbounce; i++)
+		if (!k || d->bounce[k - 1] != d->bounce[i])
+			d->bounce[k++] = d->bounce[i];
+	d->nbounce = k;
+	struct dlv_qmsg **found = calloc(d->nbounce, sizeof(*found));
+	if (!found)
+		return;
+	dlv_queue_find(d->q, d->bounce, (uint32_t)d->nbounce, found);
+	k = 0;
+	for (size_t i = 0; i < d->nbounce; i++) {
+		struct dlv_qmsg *qm = found[i];
+		if (!qm)
+			continue; /* gone (deleted, or final meanwhile) */
+		if (qm->line == DLV_QLINE_BUSY || qm->mark || !d->job_free) {
+			d->bounce[k++] = d->bounce[i];
+			continue;
+		}
+		job_bounce(d, qm);
+	}
+	d->nbounce = k;
+	free(found);
+}
+
+/* Operator records that found no room, new batches from the control socket, owed bounces. */
+static void ops_run(struct io_dlv *d)
+{
+	struct dop *list = d->op_wait;
+	d->op_wait = NULL;
+	while (list) {
+		struct dop *op = list;
+		list = op->next_wait;
+		op->next_wait = NULL;
+		op_write(d, op);
+	}
+	for (struct io_ctl_batch *b = io_ctlsock_take(d->w->no); b;) {
+		struct io_ctl_batch *next = b->next;
+		op_batch(d, b);
+		b = next;
+	}
+	bounces_run(d);
+}
+
 void io_dlv_run(struct io_worker *w)
 {
 	struct io_dlv *d = w->dlv;
 	if (!d)
 		return;
+	if (d->hoff)
+		d->ho->kick(d->hoff); /* what the settled ATTEMPT records handed off this turn */
 	/* Records that found no room last time. */
 	struct djob *list = d->wait_head;
 	d->wait_head = NULL;
@@ -1462,12 +1743,119 @@ void io_dlv_run(struct io_worker *w)
 			job_records(d, j);
 		}
 	}
+	ops_run(d);
 	if (d->stopping)
 		return;
 	int64_t now = ds_wall_us();
 	for (int i = 0; i < DLV_STARTS_PER_TURN; i++)
 		if (!job_start(d, now))
 			break;
+}
+
+/* ---- per-message hand-off: amqp:// (issue 18; io/dlv_handoff.h, io/dlv_amqp.c) ---- */
+
+static void handoff_arm(struct io_dlv *d)
+{
+	struct io_uring_sqe *sqe = io_sqe(&d->w->ring);
+	io_uring_prep_read(sqe, d->ho->event_fd(d->hoff), &d->ho_ev, sizeof(d->ho_ev), 0);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_DLV, dud(UD_HANDOFF, 0, 0)));
+}
+
+/* The ATTEMPT record is durable: the message goes to the hand-off thread (its slot stays taken). */
+static void handoff_run(struct io_dlv *d, struct djob *j)
+{
+	struct io_handoff_req r = {
+		.cookie = dcookie(CK_ATTEMPT, j),
+		.id = j->qm->id,
+		.lane = j->qm->lane,
+		.seq = j->qm->seq,
+		.off = j->qm->off,
+		.attempt = j->attempt,
+		.rcpt_count = j->n,
+		.rcpt_idx = j->map,
+	};
+	int ret = d->ho->submit(d->hoff, &r);
+	if (ret < 0) {
+		struct dconn *c = j->c;
+		job_defer_open(j, DLV_STAGE_SUBMIT, "4.3.0", "not handed off: %s", strerror(-ret));
+		j->client_done = true;
+		c->job = NULL;
+		j->c = NULL;
+		conn_close(c);
+		job_end(d, j);
+	}
+}
+
+/* The broker's word on one message: the same outcome for every recipient of the attempt. */
+static void handoff_result(struct io_dlv *d, const struct io_handoff_result *r)
+{
+	struct djob *j = job_lookup(d, r->cookie);
+	if (!j || j->phase != J_SENDING || !j->c) {
+		/* Abandoned at the stop deadline (recorded deferred already): nothing to do. */
+		obs_metrics_handoff_result(d->w->m, r->why, 0, r->confirm_us);
+		return;
+	}
+	uint64_t accepted_us = (uint64_t)DS_MAX(ds_wall_us() - j->qm->received_at_us, 0);
+	obs_metrics_handoff_result(d->w->m, r->why, accepted_us, r->confirm_us);
+	struct dconn *c = j->c;
+	for (uint32_t i = 0; i < j->n; i++) {
+		struct dlv_outcome *o = &j->out[i];
+		*o = (struct dlv_outcome){
+			.cls = (enum dlv_class)r->cls,
+			.stage = DLV_STAGE_DOT,
+			.code = r->code,
+			/* the broker said it (ack, nack, return, too big) or we decided (the rest) */
+			.local = r->why != IO_HANDOFF_CONFIRMED && r->why != IO_HANDOFF_NACKED &&
+				 r->why != IO_HANDOFF_RETURNED && r->why != IO_HANDOFF_TOO_BIG,
+			/* published, and then no word: the broker may hold it (at least once) */
+			.possible_duplicate = r->why == IO_HANDOFF_TIMEOUT || r->why == IO_HANDOFF_CONN_LOST,
+		};
+		snprintf(o->esc, sizeof(o->esc), "%s", r->esc);
+		snprintf(o->text, sizeof(o->text), "%s", r->text);
+	}
+	j->client_done = true;
+	c->job = NULL;
+	j->c = NULL;
+	conn_close(c);
+	job_end(d, j);
+}
+
+static void handoff_log(struct io_dlv *d, bool up, const struct io_handoff_state *s)
+{
+	struct obs_log_ring *log = d->w->log;
+	if (!obs_log_begin(log, up ? OBS_LOG_INFO : OBS_LOG_WARN, up ? "hop_up" : "hop_down"))
+		return;
+	obs_log_str(log, "hop", d->cfg->hop[0].text);
+	obs_log_str(log, up ? "broker" : "reason", up ? s->peer : s->last_error);
+	obs_log_u64(log, "unconfirmed", s->in_flight);
+	obs_log_end(log);
+}
+
+/* The thread's state: connection loss and recovery (a log line each), gauges. */
+static void handoff_state(struct io_dlv *d)
+{
+	struct io_handoff_state s;
+	d->ho->state(d->hoff, &s);
+	if (s.losses != d->ho_st.losses)
+		handoff_log(d, false, &s);
+	if (s.connects != d->ho_st.connects && s.connected)
+		handoff_log(d, true, &s);
+	for (unsigned h = 0; h < d->cfg->hop_count; h++)
+		obs_metrics_dlv_hop_up(d->w->m, h, s.connected);
+	d->hop_down[0] = !s.connected;
+	obs_metrics_handoff_state(d->w->m, s.connected, s.in_flight, s.losses);
+	d->ho_st = s;
+}
+
+static void handoff_complete(struct io_dlv *d)
+{
+	struct io_handoff_result r[32];
+	unsigned n;
+	while ((n = d->ho->results(d->hoff, r, DS_ARRAY_SIZE(r))) > 0)
+		for (unsigned i = 0; i < n; i++)
+			handoff_result(d, &r[i]);
+	handoff_state(d);
+	handoff_arm(d);
 }
 
 /* ---- completions ---- */
@@ -1478,6 +1866,10 @@ void io_dlv_complete(struct io_worker *w, uint64_t low, int res, uint32_t flags)
 	(void)flags;
 	DS_ASSERT(d != NULL);
 	enum dud_kind k = (enum dud_kind)(low >> 56);
+	if (k == UD_HANDOFF) {
+		handoff_complete(d);
+		return;
+	}
 	uint32_t idx = (uint32_t)((low >> 32) & 0xffffff);
 	DS_ASSERT(idx < d->conn_max);
 	struct dconn *c = &d->conns[idx];
@@ -1540,6 +1932,10 @@ void io_dlv_settled(struct io_worker *w, uint64_t cookie, int res)
 {
 	struct io_dlv *d = w->dlv;
 	DS_ASSERT(d != NULL);
+	if (((cookie >> 56) & 0x7f) == CK_OPERATOR) {
+		op_resolve(d, (struct dop *)(uintptr_t)(cookie & ((1ull << 56) - 1)), res);
+		return;
+	}
 	struct djob *j = job_lookup(d, cookie);
 	DS_ASSERT(j != NULL);
 	switch ((enum dck_kind)((cookie >> 56) & 0x7f)) {
@@ -1560,6 +1956,8 @@ void io_dlv_settled(struct io_worker *w, uint64_t cookie, int res)
 		j->dsn_settled = true;
 		j->dsn_res = res;
 		break;
+	case CK_OPERATOR:
+		DS_ASSERT(!"operator cookies are handled above");
 	}
 	job_end(d, j);
 }
@@ -1595,6 +1993,7 @@ static void gauges(struct io_dlv *d, int64_t now_ms)
 	struct dlv_queue_stats st;
 	dlv_queue_stats(d->q, &st);
 	obs_metrics_dlv_queue(d->w->m, st.messages, st.bytes, st.rcpts_open, st.oldest_received_at_us);
+	obs_metrics_queue_held(d->w->m, st.held);
 }
 
 void io_dlv_tick(struct io_worker *w, int64_t now_ms)
@@ -1624,6 +2023,8 @@ void io_dlv_tick(struct io_worker *w, int64_t now_ms)
 		}
 		conn_status(c, dlv_client_timeout(c->cl));
 	}
+	if (d->hoff)
+		handoff_state(d);
 	gauges(d, now_ms);
 }
 
@@ -1659,7 +2060,7 @@ bool io_dlv_busy(const struct io_worker *w)
 	const struct io_dlv *d = w->dlv;
 	if (!d)
 		return false;
-	if (d->conns_open)
+	if (d->conns_open || d->op_wait)
 		return true;
 	for (uint32_t i = 0; i < d->conn_max; i++)
 		if (d->jobs[i].phase != J_FREE)
@@ -1702,6 +2103,14 @@ int io_dlv_create(struct io_worker *w)
 	ret = spool_fetch_open(&d->fetch, cfg->spool_dir, DLV_FETCH_MAPS);
 	if (ret < 0)
 		return ret;
+	if (cfg->deliver.hop[0].kind == IO_HOP_AMQP) {
+		/* amqp:// (issue 18): a hand-off thread per worker; a slot per confirm-window entry. */
+		d->ho = &io_handoff_amqp;
+		ret = d->ho->create(&d->hoff, cfg, w->no);
+		if (ret < 0)
+			return ret;
+		d->conn_max = d->ho->slots(d->hoff);
+	}
 	for (int lmtp = 0; lmtp < 2; lmtp++) {
 		struct dlv_client_config *cc = &d->ccfg[lmtp];
 		dlv_client_config_defaults(cc);
@@ -1716,7 +2125,7 @@ int io_dlv_create(struct io_worker *w)
 			return -EINVAL;
 		}
 	}
-	if (cfg->deliver.starttls != DLV_STARTTLS_NEVER) {
+	if (cfg->deliver.starttls != DLV_STARTTLS_NEVER && !d->hoff) {
 		char err[256];
 		ret = io_tls_client_create(&d->tls, cfg->deliver.ca_file, d->conn_max, err, sizeof(err));
 		if (ret < 0) {
@@ -1728,7 +2137,7 @@ int io_dlv_create(struct io_worker *w)
 	d->client_size = (d->client_size + 63) & ~(size_t)63;
 	d->conns = calloc(d->conn_max, sizeof(*d->conns));
 	d->jobs = calloc(d->conn_max, sizeof(*d->jobs));
-	d->client_mem = aligned_alloc(64, d->client_size * d->conn_max);
+	d->client_mem = aligned_alloc(64, d->client_size * (d->hoff ? 1 : d->conn_max));
 	if (!d->conns || !d->jobs || !d->client_mem)
 		return -ENOMEM;
 	for (uint32_t i = 0; i < d->conn_max; i++) {
@@ -1738,6 +2147,8 @@ int io_dlv_create(struct io_worker *w)
 	}
 	for (unsigned h = 0; h < cfg->deliver.hop_count; h++)
 		obs_metrics_dlv_hop_up(w->m, h, true);
+	if (d->hoff)
+		handoff_arm(d);
 	return backlog_adopt(d);
 }
 
@@ -1746,6 +2157,9 @@ void io_dlv_destroy(struct io_worker *w)
 	struct io_dlv *d = w->dlv;
 	if (!d)
 		return;
+	if (d->hoff) /* first: its thread reads the spool and posts results */
+		d->ho->destroy(d->hoff);
+	d->hoff = NULL;
 	if (d->conns)
 		for (uint32_t i = 0; i < d->conn_max; i++) {
 			struct dconn *c = &d->conns[i];
@@ -1776,6 +2190,7 @@ void io_dlv_destroy(struct io_worker *w)
 	free(d->conns);
 	free(d->jobs);
 	free(d->client_mem);
+	free(d->bounce);
 	free(d);
 	w->dlv = NULL;
 }

@@ -16,6 +16,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ctl_queue.h"
 #include "spool.h"
 #include "spool_reader.h"
 
@@ -24,7 +25,8 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: dotspool-ctl --spool DIR COMMAND [ARGS]\n"
 		"\n"
-		"Read-only inspector of a dotspool spool directory (safe while the server runs).\n"
+		"Spool inspector (list, cat, verify, stats, queue: read-only, safe while the server runs)\n"
+		"and the operator's queue commands (through the running server).\n"
 		"\n"
 		"commands:\n"
 		"  list [--json]   one line per committed message, its delivery state last (queued while\n"
@@ -38,7 +40,9 @@ static void usage(FILE *f)
 		"                  Commits refused by an abort record (client got 451/452) are not listed.\n"
 		"  cat ID          write the exact stored bytes of message ID to stdout\n"
 		"  verify          check every record and body checksum; exit 0 only if consistent\n"
-		"  stats           segments, messages, bytes, per lane\n"
+		"  stats           segments, messages, bytes, per lane\n");
+	ctl_queue_usage(f);
+	fprintf(f,
 		"\n"
 		"options:\n"
 		"  --spool DIR     spool directory (default ./var/spool)\n"
@@ -297,6 +301,9 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	cmd = argv[optind++];
+	/* Queue commands (ctl_queue.c) take their own options. */
+	if (ctl_queue_is_command(cmd))
+		return ctl_queue_main(dir, cmd, json, argc - optind, argv + optind);
 	/* Options after the command (list --json). */
 	for (int i = optind; i < argc; i++) {
 		if (!strcmp(argv[i], "--json")) {

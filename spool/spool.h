@@ -142,6 +142,8 @@ struct spool_queue_entry {
 	uint32_t attempts;	   /* highest attempt number recorded, 0 = never attempted */
 	int64_t next_attempt_us;   /* of the record that deferred last; 0 = due now */
 	bool in_flight;		   /* some recipient is in ATTEMPT: a delivery now may duplicate one */
+	bool held;		   /* an operator held it (last HOLD/RELEASE record): not delivered */
+	bool bounce;		   /* an operator bounced it: the open recipients fail now, with a DSN */
 };
 
 /*
@@ -248,6 +250,68 @@ struct spool_outcome {
  * Cookies share settled() with commits: the caller tells its own apart.
  */
 int spool_lane_outcome(struct spool_lane *l, const struct spool_outcome *o, uint64_t cookie);
+
+/*
+ * Operator records (format 3, type 6; FORMAT.md "Operator records"): what
+ * an operator did to one message through dotspool-ctl, written to a lane
+ * and group-committed like an outcome record (same contract as
+ * spool_lane_outcome: 0 = cookie taken and settled() follows; -EAGAIN,
+ * -EMSGSIZE, -EINVAL, -EIO, -ENOSPC). Recovery folds them per message:
+ * the last HOLD/RELEASE (by at_us, then lane, segment, offset) says held;
+ * DELETE makes the message final (never delivered, no DSN); BOUNCE owes
+ * the recipients still open a FAILED outcome with a DSN; RETRY makes a
+ * deferred message due now. Strings are copied (cut at their limits).
+ */
+enum spool_operator_action {
+	SPOOL_OPERATOR_HOLD = 1,
+	SPOOL_OPERATOR_RELEASE = 2,
+	SPOOL_OPERATOR_DELETE = 3,
+	SPOOL_OPERATOR_BOUNCE = 4,
+	SPOOL_OPERATOR_RETRY = 5,
+};
+struct spool_operator {
+	uint64_t id;	    /* the message acted on */
+	uint32_t action;    /* enum spool_operator_action */
+	uint32_t uid, pid;  /* the operator (control socket peer credentials) */
+	int64_t at_us;	    /* wall clock, microseconds since the Unix epoch */
+	const char *name;   /* operator's login name, "" if unknown (<= 64 octets kept) */
+	const char *reason; /* free text, "" if none (<= 255 octets kept) */
+};
+int spool_lane_operator(struct spool_lane *l, const struct spool_operator *o, uint64_t cookie);
+
+/*
+ * Gap records (format 3, type 7; FORMAT.md "Gap records", issue 16): a
+ * message whose 250 may never have been read (AT_RISK, with the
+ * fingerprint a retry is matched on, until expires_us), or no longer at
+ * risk (CLEARED). Same contract as spool_lane_outcome. spool_gap_fp is
+ * the whole tail of an AT_RISK record; a CLEARED record has none.
+ */
+enum spool_gap_rec_kind { SPOOL_GAP_REC_AT_RISK = 1, SPOOL_GAP_REC_CLEARED = 2 };
+struct spool_gap_fp {
+	uint64_t env_digest; /* sender and recipients (order-independent), io/gap.c */
+	uint32_t rcpt_count;
+	uint32_t hdr_len;		/* bytes of our trace header at the start of the stored copy */
+	uint64_t size;			/* message bytes as received (the stored copy minus hdr_len) */
+	uint64_t hash_lo, hash_hi;	/* XXH3-128 of those bytes */
+	uint32_t lane;			/* the stored copy's commit record (spool_fetch_get) */
+	uint64_t seq, off;
+	int64_t received_at_us;		/* of the original */
+};
+struct spool_gap_rec {
+	uint64_t id; /* the message at risk */
+	uint32_t kind;
+	int64_t expires_us; /* AT_RISK: end of the window; CLEARED: 0 */
+	struct spool_gap_fp fp; /* AT_RISK only */
+};
+int spool_lane_gap(struct spool_lane *l, const struct spool_gap_rec *g, uint64_t cookie);
+/*
+ * spool_recover_queue, and gap(gctx, g) for every intact, decodable gap
+ * record of every lane (lane, then segment order: a CLEARED record may come
+ * before the AT_RISK it clears when they lie in different lanes).
+ */
+int spool_recover_queue_gap(const struct spool_config *cfg, struct spool_recovery_report *rep,
+			    int (*fn)(void *ctx, const struct spool_queue_entry *e), void *ctx,
+			    void (*gap)(void *gctx, const struct spool_gap_rec *g), void *gctx);
 
 /* Once per event-loop turn: write what was appended and flush if commits are pending. */
 void spool_lane_kick(struct spool_lane *l);

@@ -41,6 +41,18 @@ struct fmsg {
 	uint8_t kept;	 /* whole body there */
 	uint8_t durable; /* not kept: the commit was below its segment's watermark */
 	uint8_t aborted; /* an abort record names it */
+	/* Operator records (format 3): deleted, bounced; the winning HOLD/RELEASE and last RETRY. */
+	uint8_t deleted, bounced;
+	uint32_t hold_op, retry_op; /* index in opref; FOLD_NONE: none */
+};
+
+/* One operator record (type 6): where it lies orders HOLD/RELEASE records of equal time. */
+struct opref {
+	uint64_t id;
+	int64_t at_us;
+	uint64_t seq, off;
+	uint32_t lane;
+	uint32_t action;
 };
 
 /* One intact outcome record, decoded once (its entries validated by the decode). */
@@ -71,6 +83,8 @@ struct fold {
 	size_t norefs, caporefs;
 	uint64_t *aborts;
 	size_t naborts, capaborts;
+	struct opref *ops;
+	size_t nops, capops;
 	uint32_t *hash; /* index + 1 into msgs, 0 = empty */
 	uint64_t hmask;
 	struct rfold *folds;
@@ -100,6 +114,8 @@ static int commit_add(struct fold *f, const struct spool_msg *m, bool kept, bool
 					    .lane_idx = f->lane_idx,
 					    .rcpt_count = m->env.rcpt_count,
 					    .fold = FOLD_NONE,
+					    .hold_op = FOLD_NONE,
+					    .retry_op = FOLD_NONE,
 					    .kept = kept,
 					    .durable = durable};
 	return 0;
@@ -153,6 +169,26 @@ static void f_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct
 		f->aborts = na;
 		f->aborts[f->naborts++] = rec->txn_id;
 		f->tot.aborts++;
+		return;
+	}
+	if (rec->type == SPOOL_REC_OPERATOR) {
+		struct spool_op_fixed op;
+		struct opref *np;
+
+		if (spool_op_fixed_decode(rec->payload, rec->len, &op))
+			return;
+		np = ds_grow(f->ops, &f->capops, f->nops, sizeof(*np), 64);
+		if (!np) {
+			f->err = -ENOMEM;
+			return;
+		}
+		f->ops = np;
+		f->ops[f->nops++] = (struct opref){.id = rec->txn_id,
+						   .at_us = op.at_us,
+						   .seq = s->seq,
+						   .off = rec->off,
+						   .lane = rl->lane,
+						   .action = op.action};
 		return;
 	}
 	if (rec->type == SPOOL_REC_OUTCOME) {
@@ -300,6 +336,42 @@ static int fold_record(struct fold *f, uint32_t ri)
 	return 0;
 }
 
+/* Record order of operator records: time, then lane, segment, offset (FORMAT.md). */
+static bool op_later(const struct opref *a, const struct opref *b)
+{
+	if (a->at_us != b->at_us)
+		return a->at_us > b->at_us;
+	if (a->lane != b->lane)
+		return a->lane > b->lane;
+	if (a->seq != b->seq)
+		return a->seq > b->seq;
+	return a->off > b->off;
+}
+
+static void fold_operator(struct fold *f, uint32_t oi)
+{
+	const struct opref *o = &f->ops[oi];
+	struct fmsg *m = msg_find(f, o->id);
+
+	if (!m || !m->kept || m->aborted)
+		return;
+	switch (o->action) {
+	case SPOOL_OP_DELETE:
+		m->deleted = 1;
+		break;
+	case SPOOL_OP_BOUNCE:
+		m->bounced = 1;
+		break;
+	case SPOOL_OP_RETRY:
+		if (m->retry_op == FOLD_NONE || op_later(o, &f->ops[m->retry_op]))
+			m->retry_op = oi;
+		break;
+	default: /* HOLD, RELEASE: the last one wins */
+		if (m->hold_op == FOLD_NONE || op_later(o, &f->ops[m->hold_op]))
+			m->hold_op = oi;
+	}
+}
+
 /* ---- phase 3: hand out ---- */
 
 static void status_make(struct fold *f, const struct fmsg *fm, struct spool_msg_status *st)
@@ -360,6 +432,22 @@ static void status_make(struct fold *f, const struct fmsg *fm, struct spool_msg_
 		}
 	}
 	st->done = st->final_rcpts == st->rcpt_count;
+	/* A RETRY newer than every record that deferred a recipient makes it due now. */
+	if (fm->retry_op != FOLD_NONE && next != INT64_MAX) {
+		bool newer = true;
+		for (uint32_t i = 0; i < fm->rcpt_count && newer; i++)
+			if (f->st[i].state == SPOOL_RCPT_DEFERRED &&
+			    f->st[i].at_us > f->ops[fm->retry_op].at_us)
+				newer = false;
+		if (newer)
+			due_now = true;
+	}
+	st->held = fm->hold_op != FOLD_NONE && f->ops[fm->hold_op].action == SPOOL_OP_HOLD;
+	st->bounced = fm->bounced;
+	/* DELETE is final: never delivered, no DSN, whatever its recipients say. */
+	st->deleted = fm->deleted;
+	if (fm->deleted)
+		st->done = true;
 	st->next_attempt_us = st->done || due_now || next == INT64_MAX ? 0 : next;
 }
 
@@ -446,6 +534,8 @@ int spool_scan_spool(struct spool_reader *r, const struct scan_cfg *cfg, struct 
 	}
 	for (size_t i = 0; i < f->norefs && !rc; i++)
 		rc = fold_record(f, (uint32_t)i);
+	for (size_t i = 0; i < f->nops && !rc; i++)
+		fold_operator(f, (uint32_t)i);
 	if (!rc && (cfg->msg_status || cfg->dropped_final)) {
 		f->st = calloc(SPOOL_RCPT_MAX, sizeof(*f->st));
 		if (!f->st)
@@ -460,6 +550,7 @@ int spool_scan_spool(struct spool_reader *r, const struct scan_cfg *cfg, struct 
 	free(f->folds);
 	free(f->hash);
 	free(f->aborts);
+	free(f->ops);
 	free(f->orefs);
 	free(f->msgs);
 	free(f);

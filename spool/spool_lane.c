@@ -42,6 +42,8 @@
 #include "ds_assert.h"
 #include "ds_clock.h"
 #include "spool_format.h"
+#include "spool_gap.h"
+#include "spool_oprec.h"
 #include "spool_reclaim.h"
 #include "spool_segment.h"
 
@@ -100,7 +102,15 @@ struct lane_op {
 	uint64_t t_start_ns;
 };
 
-enum { Q_COMMIT = 0, Q_OUTCOME, Q_ABORT };
+enum { Q_COMMIT = 0, Q_OUTCOME, Q_ABORT, Q_OPERATOR, Q_GAP };
+
+/*
+ * Q_MOVED: the commit record of a copy compaction writes (spool_compact.h):
+ * it settles like a commit, but a failed one owes no abort record (no
+ * client was answered; a surviving copy is a duplicate of a message that
+ * exists, FORMAT.md "Moved records").
+ */
+#define Q_MOVED 16
 
 /* A record waiting for durability (commit queue), or a failed commit owing an abort (abort FIFO). */
 struct lane_commit {
@@ -243,6 +253,45 @@ static void open_publish(struct spool_lane *l)
 		l->low_pub = low;
 		spool_reclaim_lane_low(l->cfg.reclaim, l->lane_no, low);
 	}
+}
+
+/*
+ * A copy written by compaction keeps its message's id, which names an older
+ * segment: it is counted there (sorted in), which keeps every segment of
+ * the lane from that one on while the copy is open (the old copy too).
+ */
+static void open_inc_older(struct spool_lane *l, uint64_t seq)
+{
+	uint32_t i;
+
+	if (!l->cfg.reclaim)
+		return;
+	for (i = 0; i < l->open_count; i++) {
+		struct lane_open_seq *o = &l->open_seqs[l->open_first + i];
+		if (o->seq == seq) {
+			o->n++;
+			open_publish(l);
+			return;
+		}
+		if (o->seq > seq)
+			break;
+	}
+	if (l->open_first + l->open_count == l->open_cap) {
+		uint32_t ncap = l->open_cap ? l->open_cap * 2 : 16;
+		struct lane_open_seq *n = realloc(l->open_seqs, ncap * sizeof(*n));
+		if (!n) {
+			spool_reclaim_lane_low(l->cfg.reclaim, l->lane_no, 0);
+			l->cfg.reclaim = NULL;
+			return;
+		}
+		l->open_seqs = n;
+		l->open_cap = ncap;
+	}
+	memmove(&l->open_seqs[l->open_first + i + 1], &l->open_seqs[l->open_first + i],
+		(l->open_count - i) * sizeof(*l->open_seqs));
+	l->open_seqs[l->open_first + i] = (struct lane_open_seq){.seq = (uint32_t)seq, .n = 1};
+	l->open_count++;
+	open_publish(l);
 }
 
 /* A txn began in segment seq (segments only grow: appended at the end). */
@@ -472,10 +521,11 @@ static void advance_durable(struct spool_lane *l)
 			}
 			l->st.aborts_durable++;
 			l->ops->settled(l->ctx, c.cookie, -(int)c.err);
-		} else if (c.kind == Q_OUTCOME) {
+		} else if (c.kind == Q_OUTCOME || c.kind == Q_OPERATOR || c.kind == Q_GAP) {
+			/* An operator record is about its message like an outcome: H(M) for reclamation. */
 			if (l->cfg.reclaim)
 				spool_reclaim_msg_record(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq, c.off);
-			l->st.outcomes_durable++;
+			l->st.outcomes_durable += c.kind == Q_OUTCOME;
 			l->ops->settled(l->ctx, c.cookie, 0);
 		} else {
 			if (l->cfg.reclaim) {
@@ -549,7 +599,10 @@ static void seg_fail(struct spool_lane *l, struct lane_seg *s, int err)
 		struct lane_commit c = l->commits[l->commit_first];
 		l->commit_first = (l->commit_first + 1) % LANE_COMMITS_MAX;
 		l->commit_count--;
-		if (c.kind == Q_COMMIT) {
+		if (c.kind == Q_MOVED) {
+			open_dec(l, id_seq(c.id));
+			l->ops->settled(l->ctx, c.cookie, res);
+		} else if (c.kind == Q_COMMIT) {
 			c.kind = Q_ABORT;
 			c.err = (uint8_t)-res;
 			c.tries = 0;
@@ -561,7 +614,7 @@ static void seg_fail(struct spool_lane *l, struct lane_seg *s, int err)
 			open_dec(l, id_seq(c.id));
 			l->ops->settled(l->ctx, c.cookie, -(int)c.err);
 		} else {
-			l->st.outcome_errors++;
+			l->st.outcome_errors += c.kind == Q_OUTCOME;
 			l->ops->settled(l->ctx, c.cookie, res);
 		}
 	}
@@ -1381,8 +1434,17 @@ int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf,
 	return 0;
 }
 
+static int txn_commit_kind(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env,
+			   uint64_t cookie, uint8_t kind);
+
 int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env,
 		     uint64_t cookie)
+{
+	return txn_commit_kind(l, t, env, cookie, Q_COMMIT);
+}
+
+static int txn_commit_kind(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env,
+			   uint64_t cookie, uint8_t kind)
 {
 	struct spool_commit c = {0};
 	struct lane_seg *s;
@@ -1439,7 +1501,7 @@ int spool_txn_commit(struct spool_lane *l, struct spool_txn *t, const struct ds_
 					    .off = seg_file_off(s, l->head),
 					    .rec_seq = (uint32_t)s->seq,
 					    .chunk_seq = c.chunk_count ? (uint32_t)c.first_seq : 0,
-					    .kind = Q_COMMIT});
+					    .kind = kind});
 	l->head += total;
 	l->st.commits++;
 	/* The chunk locator is no longer needed: the slots keep the commit's location. */
@@ -1506,5 +1568,138 @@ int spool_lane_outcome(struct spool_lane *l, const struct spool_outcome *o, uint
 					    .rec_seq = (uint32_t)s->seq,
 					    .kind = Q_OUTCOME});
 	l->st.outcomes++;
+	return 0;
+}
+
+/* An operator record (spool.h): staged, flushed and settled exactly like an outcome record. */
+int spool_lane_operator(struct spool_lane *l, const struct spool_operator *o, uint64_t cookie)
+{
+	struct lane_seg *s;
+	uint64_t total;
+	uint8_t *dst;
+	size_t size;
+	int rc;
+
+	size = spool_oprec_size(o);
+	if (!size)
+		return -EINVAL;
+	total = spool_rec_total(size);
+	if (total > l->ring_size / 2 || total > seg_cap_l(l))
+		return -EMSGSIZE;
+	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
+		return -EAGAIN;
+	rc = room_for_record(l, total);
+	if (rc)
+		return rc == -EAGAIN ? -EAGAIN : rc == -ENOSPC ? -ENOSPC : -EIO;
+	s = seg_active(l);
+	dst = l->ring + (l->head % l->ring_size);
+	spool_oprec_encode(dst + SPOOL_REC_HDR_SIZE, o);
+	spool_rec_encode(dst, SPOOL_REC_OPERATOR, (uint32_t)size, o->id, s->epoch, durable_off_for(l, s));
+	l->head += total;
+	queue_push(l, &(struct lane_commit){.cookie = cookie,
+					    .lend = l->head,
+					    .id = o->id,
+					    .off = 0,
+					    .rec_seq = (uint32_t)s->seq,
+					    .kind = Q_OPERATOR});
+	return 0;
+}
+
+/* A gap record (issue 16): written like an operator record, about its message (H(M)). */
+int spool_lane_gap(struct spool_lane *l, const struct spool_gap_rec *g, uint64_t cookie)
+{
+	struct lane_seg *s;
+	uint64_t total;
+	uint8_t *dst;
+	size_t size;
+	int rc;
+
+	if (!g->id || (g->kind != SPOOL_GAP_REC_AT_RISK && g->kind != SPOOL_GAP_REC_CLEARED))
+		return -EINVAL;
+	size = spool_gap_size(g);
+	total = spool_rec_total(size);
+	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
+		return -EAGAIN;
+	rc = room_for_record(l, total);
+	if (rc)
+		return rc == -EAGAIN ? -EAGAIN : rc == -ENOSPC ? -ENOSPC : -EIO;
+	s = seg_active(l);
+	dst = l->ring + (l->head % l->ring_size);
+	spool_gap_encode(dst + SPOOL_REC_HDR_SIZE, g);
+	spool_rec_encode(dst, SPOOL_REC_GAP, (uint32_t)size, g->id, s->epoch, durable_off_for(l, s));
+	l->head += total;
+	queue_push(l, &(struct lane_commit){.cookie = cookie,
+					    .lend = l->head,
+					    .id = g->id,
+					    .off = 0,
+					    .rec_seq = (uint32_t)s->seq,
+					    .kind = Q_GAP});
+	return 0;
+}
+
+/* ---- compaction (spool_compact.h): a copy of a message under its own id ---- */
+
+int spool_txn_begin_moved(struct spool_lane *l, struct spool_txn *t, uint64_t id)
+{
+	struct lane_seg *s = seg_active(l);
+	int rc;
+
+	memset(t, 0, sizeof(*t));
+	if (spool_id_lane(id) != l->lane_no || !id_seq(id))
+		return -EINVAL;
+	if (!s) {
+		rc = lane_roll(l);
+		if (rc)
+			return rc == -EAGAIN ? -ENOSPC : rc;
+		s = seg_active(l);
+	}
+	if (id_seq(id) >= s->seq)
+		return -EINVAL; /* a copy goes to a later segment than its id names */
+	t->id = id;
+	t->priv[P_COUNT_GEN] = (uint64_t)l->gen << 32;
+	t->priv[P_CRC_STATE] = (uint64_t)TXN_OPEN << 32;
+	open_inc_older(l, id_seq(id));
+	return 0;
+}
+
+int spool_txn_commit_moved(struct spool_lane *l, struct spool_txn *t, const struct ds_envelope *env,
+			   uint64_t cookie)
+{
+	return txn_commit_kind(l, t, env, cookie, Q_MOVED);
+}
+
+/* Any record of format 3 about message id (payload copied), settled like an outcome record. */
+int spool_lane_record(struct spool_lane *l, uint32_t type, uint64_t id, const void *payload, uint32_t len,
+		      uint64_t cookie)
+{
+	struct lane_seg *s;
+	uint64_t total;
+	uint8_t *dst;
+	int rc;
+
+	if (type < SPOOL_REC_MOVED || type > SPOOL_REC_TYPE_LAST || !id || !len)
+		return -EINVAL;
+	if (len > (type == SPOOL_REC_GAP ? SPOOL_GAP_MAX : SPOOL_MOVED_MAX))
+		return -EMSGSIZE;
+	total = spool_rec_total(len);
+	if (total > l->ring_size / 2 || total > seg_cap_l(l))
+		return -EMSGSIZE;
+	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
+		return -EAGAIN;
+	rc = room_for_record(l, total);
+	if (rc)
+		return rc == -EAGAIN ? -EAGAIN : rc == -ENOSPC ? -ENOSPC : -EIO;
+	s = seg_active(l);
+	dst = l->ring + (l->head % l->ring_size);
+	memcpy(dst + SPOOL_REC_HDR_SIZE, payload, len);
+	spool_rec_encode(dst, type, len, id, s->epoch, durable_off_for(l, s));
+	l->head += total;
+	/* About its message like an outcome record: H(M) for reclamation. */
+	queue_push(l, &(struct lane_commit){.cookie = cookie,
+					    .lend = l->head,
+					    .id = id,
+					    .off = 0,
+					    .rec_seq = (uint32_t)s->seq,
+					    .kind = Q_OUTCOME});
 	return 0;
 }

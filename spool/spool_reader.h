@@ -72,6 +72,10 @@ struct spool_msg_status {
 	int64_t next_attempt_us;
 	uint64_t dsn_id;	  /* the DSN of the latest record with a counted FAILED entry; 0 = none */
 	uint64_t outcome_records; /* outcome records naming it */
+	/* Operator records (format 3; spool.h, "Operator records"). */
+	bool held;    /* the last HOLD/RELEASE is a HOLD: not delivered until released */
+	bool deleted; /* DELETE: final (done is true), never delivered, no DSN */
+	bool bounced; /* BOUNCE: the open recipients fail now with a DSN (done once they have) */
 };
 
 int spool_reader_open(struct spool_reader **out, const char *dir);

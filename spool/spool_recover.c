@@ -13,6 +13,7 @@
 
 #include "ds_assert.h"
 #include "ds_clock.h"
+#include "spool_gap.h"
 #include "spool_scan.h"
 
 struct rctx {
@@ -25,7 +26,21 @@ struct rctx {
 	int (*fn)(void *ctx, const struct spool_queue_entry *e);
 	void *fn_ctx;
 	uint8_t *rcpt_state; /* SPOOL_RCPT_MAX, for fn */
+	void (*gap)(void *gctx, const struct spool_gap_rec *g);
+	void *gap_ctx;
 };
+
+/* Gap records (issue 16) to the caller; the rest of the delivery records are the fold's. */
+static void r_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct spool_rec *rec)
+{
+	struct rctx *c = ctx;
+	struct spool_gap_rec g;
+
+	if (rec->type != SPOOL_REC_GAP || !c->gap)
+		return;
+	if (spool_gap_decode(rec->payload, rec->len, rec->txn_id, &g) == 0)
+		c->gap(c->gap_ctx, &g);
+}
 
 /*
  * A message: counted, and if some recipient is still owed, handed to fn
@@ -59,7 +74,9 @@ static int r_msg(void *ctx, struct rlane *rl, const struct spool_msg *m, const s
 				       .rcpt_state = c->rcpt_state,
 				       .attempts = st->attempts,
 				       .next_attempt_us = st->next_attempt_us,
-				       .in_flight = st->in_flight};
+				       .in_flight = st->in_flight,
+				       .held = st->held,
+				       .bounce = st->bounced};
 	return c->fn(c->fn_ctx, &e);
 }
 
@@ -153,14 +170,22 @@ static void r_seg(void *ctx, struct rlane *rl, struct rseg *s)
 int spool_recover_queue(const struct spool_config *cfg, struct spool_recovery_report *rep,
 			int (*fn)(void *ctx, const struct spool_queue_entry *e), void *ctx)
 {
+	return spool_recover_queue_gap(cfg, rep, fn, ctx, NULL, NULL);
+}
+
+int spool_recover_queue_gap(const struct spool_config *cfg, struct spool_recovery_report *rep,
+			    int (*fn)(void *ctx, const struct spool_queue_entry *e), void *ctx,
+			    void (*gap)(void *gctx, const struct spool_gap_rec *g), void *gctx)
+{
 	struct spool_reader *r;
-	struct rctx c = {.rep = rep, .dir = cfg->dir, .fn = fn, .fn_ctx = ctx};
+	struct rctx c = {.rep = rep, .dir = cfg->dir, .fn = fn, .fn_ctx = ctx, .gap = gap, .gap_ctx = gctx};
 	struct scan_cfg sc = {.msg_status = r_msg,
 			      .dropped = r_dropped,
 			      .aborted = r_aborted,
 			      .bad = r_bad,
 			      .seg = r_seg,
 			      .no_env = true,
+			      .delivery = gap ? r_delivery : NULL,
 			      .ctx = &c};
 	struct spool_scan_totals tot = {0};
 	int64_t t0 = ds_mono_us();

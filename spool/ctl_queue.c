@@ -1,0 +1,605 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * dotspool-ctl queue commands (ctl_queue.h). The listing folds the spool
+ * exactly as recovery does (spool_reader_foreach_status), so what it shows
+ * as queued is what a restart would queue. The changing commands talk to
+ * the server: one request line, one answer line per id, END (the protocol
+ * is in deliver/README.md, "Operator commands").
+ */
+#include "ctl_queue.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <regex.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ds_clock.h"
+#include "spool.h"
+#include "spool_id.h"
+#include "spool_reader.h"
+
+#define CTL_SOCKET_NAME "control.sock"
+#define CTL_IDS_MAX	10000 /* the server's limit per request (io/ctlsock.h) */
+/* A message an attempt or another action holds is answered "busy": asked again this often. */
+#define CTL_BUSY_TRIES	  40
+#define CTL_BUSY_SLEEP_MS 250
+
+/* qshape's doubling buckets, in minutes: [0,5) [5,10) [10,20) ... [320, inf). */
+#define AGE_BUCKETS 8
+static const unsigned age_bucket_min[AGE_BUCKETS] = {0, 5, 10, 20, 40, 80, 160, 320};
+
+enum qstate { QS_NEW, QS_DEFERRED, QS_ACTIVE, QS_HELD, QS_COUNT };
+static const char *const qstate_name[QS_COUNT] = {"new", "deferred", "active", "held"};
+
+void ctl_queue_usage(FILE *f)
+{
+	fprintf(f,
+		"  queue [--json] [--state S] [--older-than T] [--sender RE] [--recipient RE]\n"
+		"                  every message not yet final: id, age, size, sender, state (new: never\n"
+		"                  attempted; deferred; active: an attempt was cut short or is running;\n"
+		"                  held), attempts, next attempt, last reply, then one line per recipient\n"
+		"                  with its state and last reply. T: seconds, or with s/m/h/d. RE: POSIX\n"
+		"                  extended, case-insensitive (--recipient: any recipient matches).\n"
+		"                  Read-only, safe beside a running server (like list).\n"
+		"  queue --summary [--json]\n"
+		"                  messages and bytes by state and by age (minutes: 0-5, 5-10, 10-20, "
+		"20-40,\n"
+		"                  40-80, 80-160, 160-320, 320+; qshape's doubling buckets)\n"
+		"  retry ID...|--all, hold ID..., release ID..., delete ID..., bounce ID...\n"
+		"                  sent to the running server over DIR/control.sock (its user and root\n"
+		"                  only); each change is recorded in the spool before it is confirmed.\n"
+		"                  hold: not delivered until released; release: due now; delete: gone, no\n"
+		"                  delivery, no DSN; bounce: the open recipients fail now with a DSN;\n"
+		"                  retry: due now (--all: every deferred message, not recorded). One line\n"
+		"                  per id: ok, unknown (not queued in this server), busy (asked again for\n"
+		"                  10 s), error. Without a running server these commands refuse (exit 1):\n"
+		"                  start it (offline changes are not supported).\n"
+		"  reload          what SIGHUP does, through the control socket\n");
+}
+
+bool ctl_queue_is_command(const char *cmd)
+{
+	static const char *const cmds[] = {"queue", "retry", "hold", "release", "delete", "bounce", "reload"};
+
+	for (size_t i = 0; i < sizeof(cmds) / sizeof(cmds[0]); i++)
+		if (!strcmp(cmd, cmds[i]))
+			return true;
+	return false;
+}
+
+/* ---- the listing ---- */
+
+struct qctx {
+	bool json, summary;
+	int state; /* -1: any */
+	int64_t older_than_us;
+	bool has_sender, has_rcpt;
+	regex_t sender, rcpt;
+	int64_t now_us;
+	uint64_t count[QS_COUNT], bytes[QS_COUNT];
+	uint64_t age_count[AGE_BUCKETS], age_bytes[AGE_BUCKETS];
+	uint64_t total, total_bytes;
+};
+
+static enum qstate msg_qstate(const struct spool_msg_status *st)
+{
+	if (st->held)
+		return QS_HELD;
+	if (st->in_flight)
+		return QS_ACTIVE;
+	if (st->attempts > 0 || st->next_attempt_us)
+		return QS_DEFERRED;
+	return QS_NEW;
+}
+
+static const char *rcpt_state_name(uint8_t s)
+{
+	switch (s) {
+	case SPOOL_RCPT_ATTEMPT:
+		return "attempt";
+	case SPOOL_RCPT_DELIVERED:
+		return "delivered";
+	case SPOOL_RCPT_DEFERRED:
+		return "deferred";
+	case SPOOL_RCPT_FAILED:
+		return "failed";
+	default:
+		return "pending";
+	}
+}
+
+static void json_str(const char *s)
+{
+	putchar('"');
+	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
+		if (*p == '"' || *p == '\\')
+			printf("\\%c", *p);
+		else if (*p < 0x20 || *p == 0x7f)
+			printf("\\u%04x", *p);
+		else
+			putchar(*p);
+	}
+	putchar('"');
+}
+
+static void rfc3339(int64_t us, char *buf, size_t cap)
+{
+	time_t s = (time_t)(us / 1000000);
+	struct tm tm;
+
+	gmtime_r(&s, &tm);
+	strftime(buf, cap, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static void age_text(int64_t us, char *buf, size_t cap)
+{
+	int64_t s = us > 0 ? us / 1000000 : 0;
+
+	if (s < 3600)
+		snprintf(buf, cap, "%lldm%02llds", (long long)(s / 60), (long long)(s % 60));
+	else if (s < 86400)
+		snprintf(buf, cap, "%lldh%02lldm", (long long)(s / 3600), (long long)(s % 3600 / 60));
+	else
+		snprintf(buf, cap, "%lldd%02lldh", (long long)(s / 86400), (long long)(s % 86400 / 3600));
+}
+
+/* The latest reply among the open recipients: the message's "last reply". */
+static const struct spool_rcpt_status *last_reply(const struct spool_msg_status *st)
+{
+	const struct spool_rcpt_status *best = NULL;
+
+	for (uint32_t i = 0; i < st->rcpt_count; i++) {
+		const struct spool_rcpt_status *rs = &st->rcpt[i];
+		if (SPOOL_RCPT_STATE_FINAL(rs->state) || !rs->code)
+			continue;
+		if (!best || rs->at_us > best->at_us)
+			best = rs;
+	}
+	return best;
+}
+
+static int q_msg(void *ctx, const struct spool_msg *m, const struct spool_msg_status *st)
+{
+	struct qctx *q = ctx;
+	enum qstate qs;
+	int64_t age_us;
+	char id[24], ts[40], age[32];
+
+	if (st->done)
+		return 0; /* final: delivered, failed with its DSN, or deleted */
+	qs = msg_qstate(st);
+	age_us = q->now_us - m->received_at_us;
+	if (q->state >= 0 && (int)qs != q->state)
+		return 0;
+	if (q->older_than_us && age_us < q->older_than_us)
+		return 0;
+	if (q->has_sender && regexec(&q->sender, m->env.mail_from, 0, NULL, 0))
+		return 0;
+	if (q->has_rcpt) {
+		bool hit = false;
+		for (uint32_t i = 0; i < m->env.rcpt_count && !hit; i++)
+			hit = !regexec(&q->rcpt, m->env.rcpt[i].addr, 0, NULL, 0);
+		if (!hit)
+			return 0;
+	}
+	q->total++;
+	q->total_bytes += m->size;
+	q->count[qs]++;
+	q->bytes[qs] += m->size;
+	unsigned b = 0;
+	while (b + 1 < AGE_BUCKETS && age_us >= (int64_t)age_bucket_min[b + 1] * 60 * 1000000)
+		b++;
+	q->age_count[b]++;
+	q->age_bytes[b] += m->size;
+	if (q->summary)
+		return 0;
+
+	const struct spool_rcpt_status *lr = last_reply(st);
+	spool_id_format(m->id, id, sizeof(id));
+	rfc3339(m->received_at_us, ts, sizeof(ts));
+	age_text(age_us, age, sizeof(age));
+	if (q->json) {
+		printf("{\"id\":\"%s\",\"lane\":%u,\"received_at\":\"%s\",\"age_s\":%lld,\"size\":%llu,"
+		       "\"sender\":",
+		       id, m->lane, ts, (long long)(age_us > 0 ? age_us / 1000000 : 0),
+		       (unsigned long long)m->size);
+		json_str(m->env.mail_from);
+		printf(",\"state\":\"%s\",\"held\":%s,\"bounced\":%s,\"attempts\":%u", qstate_name[qs],
+		       st->held ? "true" : "false", st->bounced ? "true" : "false", st->attempts);
+		if (st->next_attempt_us)
+			printf(",\"next_attempt\":%lld", (long long)(st->next_attempt_us / 1000000));
+		if (lr) {
+			printf(",\"last_reply\":{\"code\":%u,\"esc\":", lr->code);
+			json_str(lr->esc);
+			printf(",\"text\":");
+			json_str(lr->text);
+			printf("}");
+		}
+		printf(",\"recipients\":[");
+		for (uint32_t i = 0; i < m->env.rcpt_count && i < st->rcpt_count; i++) {
+			const struct spool_rcpt_status *rs = &st->rcpt[i];
+			printf("%s{\"addr\":", i ? "," : "");
+			json_str(m->env.rcpt[i].addr);
+			printf(",\"state\":\"%s\",\"attempts\":%u", rcpt_state_name(rs->state), rs->attempt);
+			if (rs->code) {
+				printf(",\"code\":%u,\"esc\":", rs->code);
+				json_str(rs->esc);
+				printf(",\"reply\":");
+				json_str(rs->text);
+			}
+			if (rs->state == SPOOL_RCPT_DEFERRED && rs->next_attempt_us)
+				printf(",\"next_attempt\":%lld", (long long)(rs->next_attempt_us / 1000000));
+			printf("}");
+		}
+		printf("]}\n");
+		return 0;
+	}
+	char next[40] = "now";
+	if (st->held)
+		snprintf(next, sizeof(next), "never (held)");
+	else if (st->next_attempt_us)
+		rfc3339(st->next_attempt_us, next, sizeof(next));
+	printf("%s %s age %s size %llu attempts %u next %s from <%s>\n", id, qstate_name[qs], age,
+	       (unsigned long long)m->size, st->attempts, next, m->env.mail_from);
+	if (lr)
+		printf("    last reply: %u %s%s%s\n", lr->code, lr->esc, lr->esc[0] ? " " : "", lr->text);
+	for (uint32_t i = 0; i < m->env.rcpt_count && i < st->rcpt_count; i++) {
+		const struct spool_rcpt_status *rs = &st->rcpt[i];
+		printf("    <%s> %s", m->env.rcpt[i].addr, rcpt_state_name(rs->state));
+		if (rs->code)
+			printf(" %u %s%s%s", rs->code, rs->esc, rs->esc[0] ? " " : "", rs->text);
+		putchar('\n');
+	}
+	return 0;
+}
+
+static void summary_print(const struct qctx *q)
+{
+	if (q->json) {
+		printf("{\"messages\":%llu,\"bytes\":%llu,\"by_state\":{", (unsigned long long)q->total,
+		       (unsigned long long)q->total_bytes);
+		for (int s = 0; s < QS_COUNT; s++)
+			printf("%s\"%s\":{\"messages\":%llu,\"bytes\":%llu}", s ? "," : "", qstate_name[s],
+			       (unsigned long long)q->count[s], (unsigned long long)q->bytes[s]);
+		printf("},\"by_age_minutes\":[");
+		for (int b = 0; b < AGE_BUCKETS; b++) {
+			printf("%s{\"from\":%u,", b ? "," : "", age_bucket_min[b]);
+			if (b + 1 < AGE_BUCKETS)
+				printf("\"to\":%u,", age_bucket_min[b + 1]);
+			printf("\"messages\":%llu,\"bytes\":%llu}", (unsigned long long)q->age_count[b],
+			       (unsigned long long)q->age_bytes[b]);
+		}
+		printf("]}\n");
+		return;
+	}
+	printf("%-10s %10s %14s\n", "state", "messages", "bytes");
+	for (int s = 0; s < QS_COUNT; s++)
+		printf("%-10s %10llu %14llu\n", qstate_name[s], (unsigned long long)q->count[s],
+		       (unsigned long long)q->bytes[s]);
+	printf("%-10s %10llu %14llu\n", "total", (unsigned long long)q->total,
+	       (unsigned long long)q->total_bytes);
+	printf("\n%-10s %10s %14s\n", "age (min)", "messages", "bytes");
+	for (int b = 0; b < AGE_BUCKETS; b++) {
+		char label[24];
+		if (b + 1 < AGE_BUCKETS)
+			snprintf(label, sizeof(label), "%u-%u", age_bucket_min[b], age_bucket_min[b + 1]);
+		else
+			snprintf(label, sizeof(label), "%u+", age_bucket_min[b]);
+		printf("%-10s %10llu %14llu\n", label, (unsigned long long)q->age_count[b],
+		       (unsigned long long)q->age_bytes[b]);
+	}
+}
+
+static int duration_us(const char *s, int64_t *out)
+{
+	char *end;
+	errno = 0;
+	double v = strtod(s, &end);
+	double mult = 1;
+
+	if (errno || end == s || v < 0)
+		return -EINVAL;
+	switch (*end) {
+	case 0:
+	case 's':
+		break;
+	case 'm':
+		mult = 60;
+		break;
+	case 'h':
+		mult = 3600;
+		break;
+	case 'd':
+		mult = 86400;
+		break;
+	default:
+		return -EINVAL;
+	}
+	if (*end && end[1])
+		return -EINVAL;
+	*out = (int64_t)(v * mult * 1e6);
+	return 0;
+}
+
+static int queue_cmd(const char *dir, bool json, int argc, char **argv)
+{
+	struct qctx q = {.json = json, .state = -1, .now_us = ds_wall_us()};
+	struct spool_reader *r;
+	int rc;
+
+	for (int i = 0; i < argc; i++) {
+		const char *a = argv[i];
+		bool has_val = i + 1 < argc;
+		if (!strcmp(a, "--json")) {
+			q.json = true;
+		} else if (!strcmp(a, "--summary")) {
+			q.summary = true;
+		} else if (!strcmp(a, "--state") && has_val) {
+			const char *v = argv[++i];
+			for (int s = 0; s < QS_COUNT; s++)
+				if (!strcmp(v, qstate_name[s]))
+					q.state = s;
+			if (q.state < 0) {
+				fprintf(stderr,
+					"dotspool-ctl: --state: one of new, deferred, active, held\n");
+				return 2;
+			}
+		} else if (!strcmp(a, "--older-than") && has_val) {
+			if (duration_us(argv[++i], &q.older_than_us)) {
+				fprintf(stderr, "dotspool-ctl: --older-than: seconds, or a number with s, m, "
+						"h or d\n");
+				return 2;
+			}
+		} else if ((!strcmp(a, "--sender") || !strcmp(a, "--recipient")) && has_val) {
+			bool snd = !strcmp(a, "--sender");
+			regex_t *re = snd ? &q.sender : &q.rcpt;
+			int e = regcomp(re, argv[++i], REG_EXTENDED | REG_ICASE | REG_NOSUB);
+			if (e) {
+				char msg[256];
+				regerror(e, re, msg, sizeof(msg));
+				fprintf(stderr, "dotspool-ctl: %s '%s': %s\n", a, argv[i], msg);
+				return 2;
+			}
+			if (snd)
+				q.has_sender = true;
+			else
+				q.has_rcpt = true;
+		} else {
+			fprintf(stderr, "dotspool-ctl: queue: unexpected '%s' (see --help)\n", a);
+			return 2;
+		}
+	}
+	rc = spool_reader_open(&r, dir);
+	if (rc) {
+		fprintf(stderr, "dotspool-ctl: cannot open spool %s: %s\n", dir, strerror(-rc));
+		return 1;
+	}
+	rc = spool_reader_foreach_status(r, q_msg, &q);
+	spool_reader_close(r);
+	if (!rc && q.summary)
+		summary_print(&q);
+	if (q.has_sender)
+		regfree(&q.sender);
+	if (q.has_rcpt)
+		regfree(&q.rcpt);
+	if (fflush(stdout))
+		rc = -EIO;
+	if (rc) {
+		fprintf(stderr, "dotspool-ctl: queue: %s\n", strerror(-rc));
+		return 1;
+	}
+	return 0;
+}
+
+/* ---- the changing commands: the control socket ---- */
+
+/* Why no server answers: its lock tells running from stopped. */
+static void no_server(const char *dir, const char *path, int err)
+{
+	char lock[PATH_MAX];
+	int fd;
+
+	if (err == EACCES || err == EPERM) {
+		fprintf(stderr,
+			"dotspool-ctl: permission denied on %s: the control socket is open to the server's "
+			"user "
+			"and root only\n",
+			path);
+		return;
+	}
+	snprintf(lock, sizeof(lock), "%s/dotspool.lock", dir);
+	fd = open(lock, O_RDONLY | O_CLOEXEC);
+	if (fd >= 0 && flock(fd, LOCK_SH | LOCK_NB) < 0 && errno == EWOULDBLOCK)
+		fprintf(stderr,
+			"dotspool-ctl: the server holds the spool lock but its control socket %s does not "
+			"answer (%s)\n",
+			path, strerror(err));
+	else
+		fprintf(stderr,
+			"dotspool-ctl: server not running (no control socket at %s: %s); changing commands "
+			"are "
+			"applied by the running server only: start it (offline changes are not supported)\n",
+			path, strerror(err));
+	if (fd >= 0)
+		close(fd);
+}
+
+static int ctl_connect(const char *dir, char *path, size_t cap)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd, n;
+
+	n = snprintf(path, cap, "%s/%s", dir, CTL_SOCKET_NAME);
+	if (n < 0 || (size_t)n >= sizeof(sa.sun_path)) {
+		fprintf(stderr, "dotspool-ctl: spool path too long for its control socket\n");
+		return -ENAMETOOLONG;
+	}
+	memcpy(sa.sun_path, path, (size_t)n + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int err = errno;
+		close(fd);
+		no_server(dir, path, err);
+		return -err;
+	}
+	return fd;
+}
+
+/* One request; prints the answer's id lines (busy ones kept in *busy for another go). 0 all ok, 1 not. */
+static int ctl_request(const char *dir, const char *cmd, char **ids, int n, char ***busy, int *nbusy,
+		       bool last)
+{
+	char path[PATH_MAX];
+	size_t len = strlen(cmd) + 2;
+	int fd, rc = 0;
+
+	for (int i = 0; i < n; i++)
+		len += strlen(ids[i]) + 1;
+	char *req = malloc(len + 1);
+	if (!req)
+		return 1;
+	strcpy(req, cmd);
+	for (int i = 0; i < n; i++) {
+		strcat(req, " ");
+		strcat(req, ids[i]);
+	}
+	strcat(req, "\n");
+	fd = ctl_connect(dir, path, sizeof(path));
+	if (fd < 0) {
+		free(req);
+		return 1;
+	}
+	for (size_t off = 0, l = strlen(req); off < l;) {
+		ssize_t w = send(fd, req + off, l - off, MSG_NOSIGNAL);
+		if (w <= 0 && (errno == EPIPE || errno == ECONNRESET))
+			break; /* the server answered before reading (a refusal): read what it said */
+		if (w <= 0) {
+			fprintf(stderr, "dotspool-ctl: control socket: %s\n", strerror(errno));
+			free(req);
+			close(fd);
+			return 1;
+		}
+		off += (size_t)w;
+	}
+	free(req);
+	FILE *f = fdopen(fd, "r");
+	char line[1024];
+	bool end = false;
+	*nbusy = 0;
+	while (f && fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "\r\n")] = 0;
+		if (!strncmp(line, "ERR ", 4)) {
+			fprintf(stderr, "dotspool-ctl: %s\n", line + 4);
+			rc = 1;
+			end = true;
+			break;
+		}
+		if (!strncmp(line, "END ", 4)) {
+			end = true;
+			break;
+		}
+		if (!strncmp(line, "OK ", 3)) {
+			printf("%s\n", line + 3);
+			continue;
+		}
+		char *sp = strchr(line, ' ');
+		if (sp && !strcmp(sp + 1, "busy") && !last) {
+			*sp = 0;
+			for (int i = 0; i < n; i++)
+				if (!strcasecmp(ids[i], line)) {
+					(*busy)[(*nbusy)++] = ids[i];
+					break;
+				}
+			continue;
+		}
+		printf("%s\n", line);
+		if (!sp || strcmp(sp + 1, "ok"))
+			rc = 1;
+	}
+	if (!end) {
+		fprintf(stderr, "dotspool-ctl: the server closed the control socket without an answer\n");
+		rc = 1;
+	}
+	if (f)
+		fclose(f);
+	else
+		close(fd);
+	return rc;
+}
+
+static int change_cmd(const char *dir, const char *cmd, int argc, char **argv)
+{
+	int rc = 0;
+
+	if (!strcmp(cmd, "reload")) {
+		if (argc) {
+			fprintf(stderr, "dotspool-ctl: reload takes no arguments\n");
+			return 2;
+		}
+		char **none = NULL;
+		int nb = 0;
+		return ctl_request(dir, cmd, NULL, 0, &none, &nb, true);
+	}
+	if (!argc) {
+		fprintf(stderr, "dotspool-ctl: %s: message ids needed%s\n", cmd,
+			strcmp(cmd, "retry") ? "" : " (or --all)");
+		return 2;
+	}
+	if (!strcmp(argv[0], "--all")) {
+		if (strcmp(cmd, "retry") || argc != 1) {
+			fprintf(stderr, "dotspool-ctl: --all is for retry alone\n");
+			return 2;
+		}
+		char **none = NULL;
+		int nb = 0;
+		return ctl_request(dir, cmd, argv, 1, &none, &nb, true);
+	}
+	if (argc > CTL_IDS_MAX) {
+		fprintf(stderr, "dotspool-ctl: at most %d ids in one command\n", CTL_IDS_MAX);
+		return 2;
+	}
+	char **busy = calloc((size_t)argc, sizeof(*busy)), **todo = calloc((size_t)argc, sizeof(*todo));
+	int n = argc;
+	if (!busy || !todo) {
+		free(busy);
+		free(todo);
+		return 1;
+	}
+	memcpy(todo, argv, (size_t)argc * sizeof(*todo));
+	for (int tries = 1;; tries++) {
+		int nb = 0;
+		rc |= ctl_request(dir, cmd, todo, n, &busy, &nb, tries >= CTL_BUSY_TRIES);
+		if (!nb)
+			break;
+		/* Busy: an attempt or another action holds them now; asked again shortly. */
+		memcpy(todo, busy, (size_t)nb * sizeof(*todo));
+		n = nb;
+		struct timespec ts = {0, CTL_BUSY_SLEEP_MS * 1000000L};
+		nanosleep(&ts, NULL);
+	}
+	free(busy);
+	free(todo);
+	return rc ? 1 : 0;
+}
+
+int ctl_queue_main(const char *dir, const char *cmd, bool json, int argc, char **argv)
+{
+	for (int i = 0; i < argc; i++)
+		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+			ctl_queue_usage(stdout);
+			return 0;
+		}
+	if (!strcmp(cmd, "queue"))
+		return queue_cmd(dir, json, argc, argv);
+	return change_cmd(dir, cmd, argc, argv);
+}
