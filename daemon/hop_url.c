@@ -155,6 +155,138 @@ static int parse_pipe(const char *url, const char *path, struct io_hop_spec *h, 
 	return 0;
 }
 
+/* Percent-decode src[0..n) into out (cap with its NUL): 0, or -EINVAL (bad escape, NUL, too long). */
+static int pct_decode(const char *src, size_t n, char *out, size_t cap)
+{
+	size_t o = 0;
+	for (size_t i = 0; i < n; i++) {
+		unsigned char c = (unsigned char)src[i];
+		if (c == '%') {
+			unsigned v = 0;
+			for (int k = 1; k <= 2; k++) {
+				char h = i + (size_t)k < n ? src[i + (size_t)k] : 0;
+				v <<= 4;
+				if (h >= '0' && h <= '9')
+					v |= (unsigned)(h - '0');
+				else if ((h | 0x20) >= 'a' && (h | 0x20) <= 'f')
+					v |= (unsigned)((h | 0x20) - 'a' + 10);
+				else
+					return -EINVAL;
+			}
+			if (v == 0)
+				return -EINVAL;
+			c = (unsigned char)v;
+			i += 2;
+		}
+		if (o + 1 >= cap)
+			return -EINVAL;
+		out[o++] = (char)c;
+	}
+	out[o] = 0;
+	return 0;
+}
+
+/*
+ * amqp://[USER:PASS@]HOST[:PORT][/VHOST][?exchange=E&routing_key=K] (issue 18).
+ * HOST an IPv4 literal or [IPv6] (librabbitmq's amqp_socket_open resolves
+ * names, and dotspool makes no DNS lookups); PORT 5672 by default; VHOST
+ * percent-decoded ("%2F" is "/"), "/" when absent or empty. h->text keeps
+ * the URL with the password replaced by "***" (it is shown in logs and
+ * metrics labels).
+ */
+static int parse_amqp(const char *url, const char *auth, struct io_hop_spec *h, char *err, size_t cap)
+{
+	const char *end = auth + strcspn(auth, "/?#");
+	if (*end == '#')
+		return hop_fail(err, cap, "'%s': no fragment (#) in an amqp:// URL", url);
+	const char *at = memchr(auth, '@', (size_t)(end - auth));
+	const char *hostport = auth;
+	size_t user_off = 0, user_len = 0;
+	if (at) {
+		const char *colon = memchr(auth, ':', (size_t)(at - auth));
+		if (!colon)
+			return hop_fail(err, cap, "'%s': want USER:PASSWORD@ before the host", url);
+		if (pct_decode(auth, (size_t)(colon - auth), h->amqp.user, sizeof(h->amqp.user)) < 0 ||
+		    !h->amqp.user[0])
+			return hop_fail(err, cap, "'%s': bad user name", url);
+		if (pct_decode(colon + 1, (size_t)(at - colon - 1), h->amqp.pass, sizeof(h->amqp.pass)) < 0)
+			return hop_fail(err, cap, "'%s': bad password", url);
+		user_off = (size_t)(auth - url);
+		user_len = (size_t)(colon - auth);
+		hostport = at + 1;
+	}
+	char hp[128];
+	size_t n = (size_t)(end - hostport);
+	if (n == 0)
+		return hop_fail(err, cap, "'%s': no host (want amqp://IP:PORT/VHOST)", url);
+	if (n >= sizeof(hp))
+		return hop_fail(err, cap, "'%s': dotspool makes no DNS lookups: give an IP literal", url);
+	memcpy(hp, hostport, n);
+	hp[n] = 0;
+	/* A missing port is 5672 (RabbitMQ's URI spec); parse_tcp wants one. */
+	bool v6 = hp[0] == '[';
+	const char *rb = v6 ? strchr(hp, ']') : NULL;
+	bool has_port = v6 ? (rb && rb[1] == ':') : strchr(hp, ':') != NULL;
+	if (!has_port && n + 6 < sizeof(hp))
+		strcat(hp, ":5672");
+	char tmp[160];
+	snprintf(tmp, sizeof(tmp), "amqp://%s", hp);
+	if (parse_tcp(tmp, tmp + 7, h, err, cap) < 0) {
+		/* Say it about the URL as given (parse_tcp names "amqp://HOST:PORT"). */
+		char why[400];
+		snprintf(why, sizeof(why), "%s", err);
+		const char *msg = strstr(why, "': ");
+		return hop_fail(err, cap, "'%s': %s", url, msg ? msg + 3 : why);
+	}
+	const struct sockaddr_in *in = (const struct sockaddr_in *)&h->addr;
+	const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&h->addr;
+	if (h->addr.ss_family == AF_INET) {
+		inet_ntop(AF_INET, &in->sin_addr, h->amqp.host, sizeof(h->amqp.host));
+		h->amqp.port = ntohs(in->sin_port);
+	} else {
+		inet_ntop(AF_INET6, &in6->sin6_addr, h->amqp.host, sizeof(h->amqp.host));
+		h->amqp.port = ntohs(in6->sin6_port);
+	}
+	const char *q = strchr(end, '?');
+	const char *path_end = q ? q : end + strlen(end);
+	snprintf(h->amqp.vhost, sizeof(h->amqp.vhost), "/");
+	if (*end == '/' && path_end > end + 1 &&
+	    pct_decode(end + 1, (size_t)(path_end - end - 1), h->amqp.vhost, sizeof(h->amqp.vhost)) < 0)
+		return hop_fail(err, cap, "'%s': bad virtual host (percent-encode '/' as %%2F)", url);
+	if (*end == '/' && path_end > end + 1 && memchr(end + 1, '/', (size_t)(path_end - end - 1)))
+		return hop_fail(err, cap, "'%s': one path segment only: the virtual host (%%2F for '/')",
+				url);
+	for (const char *p = q ? q + 1 : NULL; p && *p;) {
+		size_t len = strcspn(p, "&");
+		const char *eq = memchr(p, '=', len);
+		if (!eq)
+			return hop_fail(err, cap, "'%s': query items are KEY=VALUE", url);
+		size_t kl = (size_t)(eq - p);
+		char *dst;
+		size_t dcap;
+		if (kl == 8 && !strncmp(p, "exchange", 8)) {
+			dst = h->amqp.exchange;
+			dcap = sizeof(h->amqp.exchange);
+		} else if (kl == 11 && !strncmp(p, "routing_key", 11)) {
+			dst = h->amqp.routing_key;
+			dcap = sizeof(h->amqp.routing_key);
+		} else {
+			return hop_fail(err, cap, "'%s': unknown query key '%.*s' (exchange, routing_key)",
+					url, (int)kl, p);
+		}
+		if (pct_decode(eq + 1, len - kl - 1, dst, dcap) < 0)
+			return hop_fail(err, cap, "'%s': bad value of '%.*s'", url, (int)kl, p);
+		p += len;
+		if (*p == '&')
+			p++;
+	}
+	/* The text shown in logs and metrics: the password masked. */
+	if (at)
+		snprintf(h->text, sizeof(h->text), "%.*s%.*s:***%s", (int)user_off, url, (int)user_len,
+			 url + user_off, at);
+	return 0;
+}
+
 /* The scheme, case-insensitively (RFC 3986 3.1): the length of the prefix, or 0. */
 static size_t scheme_is(const char *url, const char *prefix)
 {
@@ -172,10 +304,14 @@ int daemon_hop_parse(const char *url, struct io_hop_spec *h, char *err, size_t c
 		if ((unsigned char)*p <= ' ' || *p == 0x7f)
 			return hop_fail(err, cap, "'%s': no spaces or control characters", url);
 	memcpy(h->text, url, n + 1);
-	if ((k = scheme_is(url, "amqp://")) || (k = scheme_is(url, "amqps://"))) {
-		/* Recognised so that the mix rule can be checked; the transport is issue 18's. */
+	if ((k = scheme_is(url, "amqps://"))) {
 		h->kind = IO_HOP_AMQP;
-		return 0;
+		return hop_fail(err, cap,
+				"'%s': amqps:// (TLS to the broker) is not supported yet: use amqp://", url);
+	}
+	if ((k = scheme_is(url, "amqp://"))) {
+		h->kind = IO_HOP_AMQP;
+		return parse_amqp(url, url + k, h, err, cap);
 	}
 	if ((k = scheme_is(url, "smtp://"))) {
 		h->kind = IO_HOP_SMTP;
@@ -199,7 +335,9 @@ int daemon_hop_parse(const char *url, struct io_hop_spec *h, char *err, size_t c
 	}
 	return hop_fail(
 		err, cap,
-		"'%s': not a next hop (want smtp://IP:PORT, lmtp://IP:PORT, lmtp:/PATH or pipe:/PATH)", url);
+		"'%s': not a next hop (want smtp://IP:PORT, lmtp://IP:PORT, lmtp:/PATH, pipe:/PATH or "
+		"amqp://USER:PASS@IP:PORT/VHOST?exchange=E&routing_key=K)",
+		url);
 }
 
 /* "kind=smtp addr=::1 port=25" and the like: what the URL was understood as. */
@@ -212,6 +350,10 @@ void daemon_hop_describe(const struct io_hop_spec *h, char *out, size_t cap)
 	const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&h->addr;
 	if (h->kind == IO_HOP_PIPE)
 		snprintf(out, cap, "kind=%s program=%s", kind, h->path);
+	else if (h->kind == IO_HOP_AMQP)
+		snprintf(out, cap, "kind=%s addr=%s port=%u vhost=%s exchange=%s routing_key=%s user=%s",
+			 kind, h->amqp.host, h->amqp.port, h->amqp.vhost, h->amqp.exchange,
+			 h->amqp.routing_key, h->amqp.user[0] ? h->amqp.user : "(credentials file)");
 	else if (h->addr_len && h->addr.ss_family == AF_UNIX)
 		snprintf(out, cap, "kind=%s unix=%s", kind, h->path);
 	else if (h->addr_len && h->addr.ss_family == AF_INET)

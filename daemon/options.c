@@ -73,6 +73,8 @@ static const struct opt_def opts[] = {
 	{"proxy-listen", OPT_LISTEN, 0, 0, 0, IO_LISTEN_SMTP_PROXY,
 	 "ADDR:PORT SMTP listener that requires a PROXY v1/v2 header (behind a load balancer)"},
 	{"spool", OPT_STR, CF(spool_dir), 1, 4000, 0, "DIR spool directory (default ./var/spool)"},
+	{"control-socket", OPT_STR, CF(control_socket), 1, 107, 0,
+	 "PATH dotspool-ctl's control socket (default SPOOL/control.sock; dotspool-ctl --socket PATH)"},
 	{"accept-domain", OPT_DOMAIN, 0, 0, 0, 0,
 	 "D accept mail for D; .D accepts every subdomain; repeatable (default localhost)"},
 	{"hostname", OPT_STR, CF(hostname), 1, 255, 0,
@@ -168,8 +170,10 @@ static const struct opt_def opts[] = {
 	 "network (default 127.0.0.0/8 and ::1)"},
 	/* Delivery to the next hop (issue 14). */
 	{"deliver-to", OPT_HOP, 0, 0, 0, 0,
-	 "URL next hop: smtp://IP:PORT, lmtp://IP:PORT, lmtp:/UNIX/SOCKET or pipe:/PROGRAM; IPv6 as "
-	 "[::1]; repeatable (fallbacks, tried in order), at most 8 (default: none, spool only)"},
+	 "URL next hop: smtp://IP:PORT, lmtp://IP:PORT, lmtp:/UNIX/SOCKET, pipe:/PROGRAM or "
+	 "amqp://USER:PASS@IP:PORT/VHOST?exchange=E&routing_key=K (doc/amqp.md); IPv6 as "
+	 "[::1]; repeatable (fallbacks, tried in order; amqp: nodes of one cluster), at most 8 "
+	 "(default: none, spool only)"},
 	{"deliver-connections", OPT_U32, CF(deliver.connections_max), 1, 10000, 0,
 	 "N connections to next hops, whole server"},
 	{"deliver-starttls", OPT_CHOICE, CF(deliver.starttls), 0, 0, 0,
@@ -963,12 +967,15 @@ void daemon_config_print_deliver(FILE *f, const struct io_config *cfg)
 		"deliver-timeout-connect-s=%u deliver-timeout-greeting-s=%u deliver-timeout-command-s=%u "
 		"deliver-timeout-data-init-s=%u deliver-timeout-data-block-s=%u "
 		"deliver-timeout-data-done-s=%u "
-		"deliver-timeout-pipe-s=%u amqp-window=%u deliver-timeout-confirm-s=%u "
-		"amqp-max-message-size=%llu deliver-credentials=%s\n",
+		"deliver-timeout-pipe-s=%u\n",
 		d->connections_max, starttls_words[d->starttls], d->ca_file[0] ? d->ca_file : "-",
 		d->tls_name[0] ? d->tls_name : "-", d->retry_min_s, d->retry_max_s, d->queue_lifetime_s,
 		d->hop_backoff_min_s, d->timeout_connect_s, d->timeout_greeting_s, d->timeout_command_s,
-		d->timeout_data_init_s, d->timeout_data_block_s, d->timeout_data_done_s, d->timeout_pipe_s,
-		d->amqp_window, d->timeout_confirm_s, (unsigned long long)d->amqp_max_message_bytes,
-		d->credentials_file[0] ? d->credentials_file : "-");
+		d->timeout_data_init_s, d->timeout_data_block_s, d->timeout_data_done_s, d->timeout_pipe_s);
+	if (d->hop[0].kind == IO_HOP_AMQP)
+		fprintf(f,
+			"dotspool: deliver: amqp-window=%u deliver-timeout-confirm-s=%u "
+			"amqp-max-message-size=%llu deliver-credentials=%s\n",
+			d->amqp_window, d->timeout_confirm_s, (unsigned long long)d->amqp_max_message_bytes,
+			d->credentials_file[0] ? d->credentials_file : "-");
 }

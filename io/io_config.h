@@ -150,6 +150,7 @@ struct io_config {
 	char tls_cert[4096]; /* PEM chain; STARTTLS is offered only with both */
 	char tls_key[4096];
 	char metrics_listen[80]; /* ADDR:PORT of /metrics, "" = off */
+	char control_socket[108]; /* dotspool-ctl's socket (io/ctlsock.h); "" = SPOOL/control.sock */
 	struct sockaddr_storage metrics_addr;
 	socklen_t metrics_addr_len;
 	char log_level[16];	  /* error, warn, info, debug */

@@ -15,7 +15,7 @@ set -eu
 PKGS="build-essential cmake pkg-config clang liburing-dev libjemalloc-dev libmbedtls-dev \
 libbenchmark-dev libcmocka-dev libclang-rt-14-dev python3 swaks libnet-ssleay-perl openssl haproxy libinih-dev curl iproute2 fuse3 libfuse3-dev \
 postfix dovecot-core dovecot-lmtpd \
-librabbitmq-dev rabbitmq-server libxxhash-dev libcdb-dev tinycdb \
+librabbitmq-dev rabbitmq-server python3-pika libxxhash-dev libcdb-dev tinycdb \
 prometheus debhelper dpkg-dev fakeroot lintian mandoc"
 MAIL_SERVICES="postfix dovecot rabbitmq-server prometheus prometheus-node-exporter"
 if [ "${DOTSPOOL_DEPS_EXTRA:-}" != "" ]; then PKGS="$PKGS $DOTSPOOL_DEPS_EXTRA"; fi

@@ -189,15 +189,20 @@ DELIVER_TO_BAD = [
     ("a path after the port", "smtp://127.0.0.1:25/", "nothing but IP:PORT after '//' (no path, user or query)"),
     ("user part", "smtp://u@127.0.0.1:25", "nothing but IP:PORT after '//' (no path, user or query)"),
     ("unknown scheme", "smtps://127.0.0.1:465",
-     "not a next hop (want smtp://IP:PORT, lmtp://IP:PORT, lmtp:/PATH or pipe:/PATH)"),
+     "not a next hop (want smtp://IP:PORT, lmtp://IP:PORT, lmtp:/PATH, pipe:/PATH or "
+     "amqp://USER:PASS@IP:PORT/VHOST?exchange=E&routing_key=K)"),
     ("relative unix path", "lmtp:run/lmtp", "want lmtp:/ABSOLUTE/PATH or lmtp://IP:PORT"),
     ("unix path longer than sun_path", "lmtp:/" + "s" * 107,
      "unix socket path is 108 bytes, longer than sun_path allows (107)"),
     ("relative pipe", "pipe:bin/deliver", "want pipe:/ABSOLUTE/PATH/TO/PROGRAM"),
     ("pipe program missing", "pipe:/nonexistent/deliver", "/nonexistent/deliver: No such file or directory"),
     ("pipe program a directory", "pipe:/tmp", "/tmp is not a regular file"),
-    ("amqp", "amqp://127.0.0.1:5672/", "amqp:// is not supported yet (issue 18)"),
-    ("amqps", "amqps://[::1]:5671/", "amqp:// is not supported yet (issue 18)"),
+    # amqp:// (issue 18): IP literals only, known query keys, one path segment; no amqps yet.
+    ("amqp host name", "amqp://u:p@rabbit.example:5672/",
+     "'rabbit.example': dotspool makes no DNS lookups: give an IP literal"),
+    ("amqp query key", "amqp://u:p@127.0.0.1/?queue=x", "unknown query key 'queue' (exchange, routing_key)"),
+    ("amqp vhost path", "amqp://u:p@127.0.0.1/a/b", "one path segment only: the virtual host (%2F for '/')"),
+    ("amqps", "amqps://[::1]:5671/", "amqps:// (TLS to the broker) is not supported yet: use amqp://"),
 ]
 
 SETTINGS_DEFAULT = ("dotspool: deliver: deliver-connections=64 deliver-starttls=opportunistic deliver-ca=- "
@@ -315,8 +320,9 @@ def test_deliver(exe, tmp, helptext):
     check_file(exe, tmp, "twice.conf", "deliver-to = lmtp:/run/l\ndeliver-to = smtp://[::1]:25\n"
                "deliver-to = lmtp:/run/l\n", "'deliver-to': 'lmtp:/run/l' is given twice", line=3)
     check_flags(exe, tmp, ["--deliver-to", "amqp://127.0.0.1/"],
-                "dotspool: --'deliver-to': 'amqp://127.0.0.1/': amqp:// is not supported yet (issue 18)\n",
-                "flag --deliver-to amqp:// refused")
+                "dotspool: 'amqp://127.0.0.1/': no credentials: amqp://USER:PASSWORD@... or "
+                "deliver-credentials FILE\n",
+                "flag --deliver-to amqp:// without credentials refused")
     check_flags(exe, tmp, ["--deliver-to", "smtp://[::1]:25", "--deliver-to", f"pipe:{noexec}"],
                 f"dotspool: --'deliver-to': 'pipe:{noexec}': {noexec} is not executable\n",
                 "flag --deliver-to pipe: not executable refused")

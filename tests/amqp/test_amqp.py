@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""amqp:// hand-off into a real RabbitMQ quorum queue (issue 18), one node, CI-sized.
+
+A private rabbitmq-server (tests/amqp/rabbit.py: own node name, ports, data, cookie, epmd) in a
+loopback-only namespace; exchange `dotspool` (direct) with quorum queue `mail` bound by key
+`mail`. dotspool runs with --deliver-to amqp://guest:guest@127.0.0.1:PORT/%2F?exchange=dotspool
+&routing_key=mail (credentials in the URL) and a second one with --deliver-credentials and a
+routing key no queue is bound to yet.
+
+1. Every accepted message arrives exactly once, with the documented properties (doc/amqp.md):
+   message_id = the queue id of the 250, content_type message/rfc822, delivery_mode 2,
+   timestamp, app_id, headers envelope-from / envelope-to / mail-params / rcpt-params /
+   client-addr / helo / proto / tls / received-at-us / size / attempt; the body is what
+   `dotspool-ctl cat` shows. Metrics: confirms counted, nothing unconfirmed, connection up.
+2. Mandatory publish to a key nothing is bound to: basic.return, then ack -> deferred (returned
+   counted, nothing confirmed); once a queue is bound the retries deliver each message once.
+3. The broker stops: dotspool keeps accepting (250), logs hop_down, the connection gauge says 0;
+   the broker comes back (same data): hop_up, the backlog drains, every message arrives once,
+   and what was in the queue before the stop is still there (quorum queue on disk).
+"""
+
+import os
+import stat
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "delivery"))
+sys.path.insert(0, HERE)
+import dlvlib  # noqa: E402
+from dlvlib import dslib  # noqa: E402
+import rabbit  # noqa: E402
+
+N1 = 40
+N_RET = 5
+N_DOWN = 20
+
+
+def check_props(t, props, body, sent, srv):
+    qid = props.message_id
+    t.check(props.content_type == "message/rfc822", "content_type %r" % props.content_type)
+    t.check(props.delivery_mode == 2, "delivery_mode %r" % props.delivery_mode)
+    t.check(props.app_id == "dotspool", "app_id %r" % props.app_id)
+    t.check(abs(props.timestamp - time.time()) < 300, "timestamp %r" % props.timestamp)
+    h = props.headers or {}
+    s = sent[qid]
+    t.check(h.get("envelope-from") == s["sender"], "envelope-from %r" % h.get("envelope-from"))
+    t.check(list(h.get("envelope-to", [])) == s["rcpts"], "envelope-to %r" % h.get("envelope-to"))
+    t.check(len(h.get("rcpt-params", [])) == len(s["rcpts"]), "rcpt-params %r" % h.get("rcpt-params"))
+    for k in ("mail-params", "client-addr", "helo", "proto", "tls", "received-at-us", "size", "attempt"):
+        t.check(k in h, "header %s present" % k)
+    t.check(h.get("client-addr") == "127.0.0.1" and h.get("helo") == "client.test", "client %r" % h)
+    t.check(h.get("size") == len(body), "size header %r vs body %d" % (h.get("size"), len(body)))
+    if "ENVID" in " ".join(s.get("mail_opts", [])):
+        t.check("ENVID=" in h.get("mail-params", ""), "mail-params %r" % h.get("mail-params"))
+    t.check(body.startswith(b"Received: "), "body starts with our Received: header")
+    want = srv.cat(qid)
+    if isinstance(want, str):
+        want = want.encode()
+    t.check(body == want, "body of %s is what dotspool-ctl cat shows (%d vs %d bytes)"
+            % (qid, len(body), len(want)))
+
+
+def send_batch(t, srv, n, tag):
+    sent = {}
+    for i in range(n):
+        rcpts = ["r%d.%d@dest.test" % (i, k) for k in range(1 + i % 3)]
+        mail_opts = ["RET=HDRS", "ENVID=env-%s-%d" % (tag, i)] if i % 2 == 0 else []
+        rcpt_opts = {rcpts[0]: ["NOTIFY=FAILURE"]} if i % 2 == 0 else {}
+        body = dlvlib.body("%s%03d" % (tag, i), 300 + (i * 997) % 20000, dots=i % 3 == 0)
+        qid = dlvlib.send_ex(srv.port, "%s%d@client.test" % (tag, i), rcpts, body, mail_opts, rcpt_opts)
+        sent[qid] = {"sender": "%s%d@client.test" % (tag, i), "rcpts": rcpts, "mail_opts": mail_opts}
+    return sent
+
+
+def once(t, got, sent, what):
+    ids = [p.message_id for p, _ in got]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    t.check(not dup, "%s: no duplicates (%s)" % (what, dup[:5]))
+    missing = sorted(set(sent) - set(ids))
+    t.check(not missing, "%s: every accepted message arrived (%d missing: %s)" % (what, len(missing), missing[:5]))
+    extra = sorted(set(ids) - set(sent))
+    t.check(not extra, "%s: nothing else arrived (%s)" % (what, extra[:5]))
+
+
+def main(t):
+    dlvlib.enter_netns()
+    tmp = dslib.mkdtemp("ds-amqp-")
+    c = rabbit.Cluster(tmp, nodes=1)
+    t0 = time.monotonic()
+    try:
+        c.start()
+        node = c.nodes[0]
+        print("  rabbitmq node up in %.1f s (port %d)" % (node.start_s, node.port))
+        rabbit.declare(node.port, "dotspool", "mail", "mail")
+        url = "amqp://guest:guest@127.0.0.1:%d/%%2F?exchange=dotspool&routing_key=mail" % node.port
+        srv = dlvlib.DServer(t.build, [url], threads=2, extra=["--deliver-timeout-confirm-s", "5"]).start()
+        # A second server: credentials from a file, a key nothing is bound to (yet).
+        cred = os.path.join(tmp, "cred")
+        with open(cred, "w") as f:
+            f.write("guest:guest\n")
+        os.chmod(cred, stat.S_IRUSR | stat.S_IWUSR)
+        url2 = "amqp://127.0.0.1:%d/?exchange=dotspool&routing_key=late" % node.port
+        srv2 = dlvlib.DServer(t.build, [url2], threads=1, extra=["--deliver-credentials", cred]).start()
+
+        # 1. Every message once, with its properties.
+        sent = send_batch(t, srv, N1, "a")
+        got = rabbit.drain(node.port, "mail", want=N1, timeout=30)
+        once(t, got, sent, "first batch")
+        for props, body in got:
+            if props.message_id in sent:
+                check_props(t, props, body, sent, srv)
+        dlvlib.wait_for("confirms counted", lambda: srv.metric(
+            "dotspool_handoff_results_total", {"result": "confirmed"}) >= N1, 10)
+        t.check(srv.metric("dotspool_handoff_unconfirmed") == 0, "nothing unconfirmed")
+        t.check(srv.metric("dotspool_handoff_connections_up") == 2, "both workers connected")
+        t.check(srv.metric("dotspool_deliveries_total", {"outcome": "delivered"})
+                == sum(len(s["rcpts"]) for s in sent.values()), "every recipient delivered")
+        print("  batch 1: %d messages handed off once, properties checked (%.1f s)" % (N1, time.monotonic() - t0))
+
+        # 2. Returned (no queue for the key): deferred, then delivered once a queue is bound.
+        sent2 = send_batch(t, srv2, N_RET, "r")
+        dlvlib.wait_for("returns counted", lambda: srv2.metric(
+            "dotspool_handoff_results_total", {"result": "returned"}) >= N_RET, 15)
+        t.check(srv2.metric("dotspool_handoff_results_total", {"result": "confirmed"}) == 0,
+                "a returned publish's ack is not a confirm")
+        states = [dlvlib.msg_state(srv2, q) for q in sent2]
+        t.check(all(s is not None for s in states), "returned messages still queued in dotspool")
+        rabbit.declare(node.port, "dotspool", "late", "late")
+        got2 = rabbit.drain(node.port, "late", want=N_RET, timeout=30)
+        once(t, got2, sent2, "returned then bound")
+        print("  returns: %d deferred, delivered once bound (%.1f s)" % (N_RET, time.monotonic() - t0))
+
+        # 3. The broker away for a while: accepted meanwhile, drained when it is back.
+        keep = send_batch(t, srv, 5, "k")  # left in the queue across the restart
+        dlvlib.wait_for("kept confirmed", lambda: srv.metric(
+            "dotspool_handoff_results_total", {"result": "confirmed"}) >= N1 + 5, 15)
+        node.stop()
+        dlvlib.wait_for("hop_down logged", lambda: [e for e in srv.events("hop_down")], 15)
+        t.check(srv.metric("dotspool_handoff_connections_up") == 0, "connection gauge 0 while down")
+        sent3 = send_batch(t, srv, N_DOWN, "d")
+        print("  broker down: %d more accepted (%.1f s)" % (N_DOWN, time.monotonic() - t0))
+        time.sleep(1.0)
+        node.start()
+        print("  rabbitmq node back in %.1f s" % node.start_s)
+        dlvlib.wait_for("hop_up logged", lambda: [e for e in srv.events("hop_up")
+                                                  if e.get("broker")], 30)
+        got3 = rabbit.drain(node.port, "mail", want=N_DOWN + 5, timeout=40)
+        once(t, got3, dict(sent3, **keep), "across the broker restart")
+        down = [e for e in srv.events("hop_down")]
+        t.check(down and down[0].get("reason"), "hop_down has a reason: %r" % (down[:1],))
+        dlvlib.wait_for("dotspool queue empty", lambda: srv.metric(
+            "dotspool_queue_messages") == 0, 15)
+        print("  drained after the restart (%.1f s)" % (time.monotonic() - t0))
+        srv.stop()
+        srv2.stop()
+    finally:
+        c.stop()
+
+
+if __name__ == "__main__":
+    dslib.run(main)
