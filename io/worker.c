@@ -25,6 +25,7 @@
 #include "ds_clock.h"
 #include "conn.h"
 #include "dlv.h"
+#include "gap.h"
 #include "io_types.h"
 #include "mserve.h"
 #include "ring.h"
@@ -91,6 +92,8 @@ static void ops_settled(void *ctx, uint64_t cookie, int res)
 {
 	if (cookie & IO_DLV_COOKIE_BIT)
 		io_dlv_settled(ctx, cookie, res);
+	else if (cookie & IO_GAP_COOKIE_BIT)
+		io_gap_settled(ctx, cookie, res);
 	else
 		io_conn_settled(ctx, cookie, res);
 }

@@ -1,0 +1,94 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * Gap record payloads (FORMAT.md, "Gap records"): the fixed prefix that
+ * recovery, reclamation and compaction read (spool_gap_fixed_*), then the
+ * fingerprint a retry is matched on. A CLEARED record has no tail.
+ */
+#include <errno.h>
+#include <string.h>
+
+#include "spool_format.h"
+#include "spool_gap.h"
+
+static inline void put32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, 4);
+}
+static inline void put64(uint8_t *p, uint64_t v)
+{
+	memcpy(p, &v, 8);
+}
+static inline uint32_t get32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+static inline uint64_t get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+size_t spool_gap_size(const struct spool_gap_rec *g)
+{
+	return SPOOL_GAP_FIXED + (g->kind == SPOOL_GAP_REC_AT_RISK ? SPOOL_GAP_TAIL_V1 : 0);
+}
+
+void spool_gap_encode(uint8_t *out, const struct spool_gap_rec *g)
+{
+	bool risk = g->kind == SPOOL_GAP_REC_AT_RISK;
+	struct spool_gap_fixed f = {.kind = risk ? SPOOL_GAP_AT_RISK : SPOOL_GAP_CLEARED,
+				    .tail = risk ? SPOOL_GAP_TAIL_V1 : 0,
+				    .expires_us = risk ? g->expires_us : 0};
+	spool_gap_fixed_encode(out, &f);
+	if (!risk)
+		return;
+	uint8_t *p = out + SPOOL_GAP_FIXED;
+	const struct spool_gap_fp *fp = &g->fp;
+	put32(p, 1); /* tail version */
+	put32(p + 4, fp->rcpt_count);
+	put64(p + 8, fp->env_digest);
+	put64(p + 16, fp->size);
+	put64(p + 24, fp->hash_lo);
+	put64(p + 32, fp->hash_hi);
+	put32(p + 40, fp->hdr_len);
+	put32(p + 44, fp->lane);
+	put64(p + 48, fp->seq);
+	put64(p + 56, fp->off);
+	put64(p + 64, (uint64_t)fp->received_at_us);
+	put64(p + 72, 0);
+}
+
+int spool_gap_decode(const uint8_t *payload, uint32_t len, uint64_t id, struct spool_gap_rec *g)
+{
+	struct spool_gap_fixed f;
+
+	memset(g, 0, sizeof(*g));
+	if (spool_gap_fixed_decode(payload, len, &f))
+		return -EBADMSG;
+	g->id = id;
+	g->kind = f.kind == SPOOL_GAP_AT_RISK ? SPOOL_GAP_REC_AT_RISK : SPOOL_GAP_REC_CLEARED;
+	g->expires_us = f.expires_us;
+	if (f.kind == SPOOL_GAP_CLEARED)
+		return 0; /* a tail, if a later writer adds one, is ignored */
+	/* An at-risk record must carry a fingerprint we understand: else it matches nothing. */
+	const uint8_t *p = payload + SPOOL_GAP_FIXED;
+	if (f.tail < SPOOL_GAP_TAIL_V1 || get32(p) != 1)
+		return -EBADMSG;
+	struct spool_gap_fp *fp = &g->fp;
+	fp->rcpt_count = get32(p + 4);
+	fp->env_digest = get64(p + 8);
+	fp->size = get64(p + 16);
+	fp->hash_lo = get64(p + 24);
+	fp->hash_hi = get64(p + 32);
+	fp->hdr_len = get32(p + 40);
+	fp->lane = get32(p + 44);
+	fp->seq = get64(p + 48);
+	fp->off = get64(p + 56);
+	fp->received_at_us = (int64_t)get64(p + 64);
+	if (fp->lane >= SPOOL_LANES_MAX || fp->rcpt_count == 0 || fp->rcpt_count > SPOOL_RCPT_MAX)
+		return -EBADMSG;
+	return 0;
+}
