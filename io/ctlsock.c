@@ -500,7 +500,10 @@ int io_ctlsock_start(const struct io_config *cfg, struct io_worker *const *worke
 	g.n = n;
 	g.log = log;
 	atomic_store(&g.stop, false);
-	ret = snprintf(g.path, sizeof(g.path), "%s/%s", cfg->spool_dir, IO_CTL_SOCKET_NAME);
+	if (cfg->control_socket[0])
+		ret = snprintf(g.path, sizeof(g.path), "%s", cfg->control_socket);
+	else
+		ret = snprintf(g.path, sizeof(g.path), "%s/%s", cfg->spool_dir, IO_CTL_SOCKET_NAME);
 	if (ret < 0 || (size_t)ret >= sizeof(g.path)) {
 		fprintf(stderr,
 			"dotspool: warning: spool path too long for a control socket (%zu bytes max): "

@@ -62,7 +62,8 @@ void ctl_queue_usage(FILE *f)
 		"                  per id: ok, unknown (not queued in this server), busy (asked again for\n"
 		"                  10 s), error. Without a running server these commands refuse (exit 1):\n"
 		"                  start it (offline changes are not supported).\n"
-		"  reload          what SIGHUP does, through the control socket\n");
+		"  reload          what SIGHUP does, through the control socket\n"
+		"                  (--socket PATH after the command: the server's --control-socket)\n");
 }
 
 bool ctl_queue_is_command(const char *cmd)
@@ -432,12 +433,17 @@ static void no_server(const char *dir, const char *path, int err)
 		close(fd);
 }
 
+static const char *socket_path; /* --socket PATH, else DIR/control.sock */
+
 static int ctl_connect(const char *dir, char *path, size_t cap)
 {
 	struct sockaddr_un sa = {.sun_family = AF_UNIX};
 	int fd, n;
 
-	n = snprintf(path, cap, "%s/%s", dir, CTL_SOCKET_NAME);
+	if (socket_path)
+		n = snprintf(path, cap, "%s", socket_path);
+	else
+		n = snprintf(path, cap, "%s/%s", dir, CTL_SOCKET_NAME);
 	if (n < 0 || (size_t)n >= sizeof(sa.sun_path)) {
 		fprintf(stderr, "dotspool-ctl: spool path too long for its control socket\n");
 		return -ENAMETOOLONG;
@@ -594,6 +600,18 @@ static int change_cmd(const char *dir, const char *cmd, int argc, char **argv)
 
 int ctl_queue_main(const char *dir, const char *cmd, bool json, int argc, char **argv)
 {
+	for (int i = 0; i < argc; i++) {
+		if (strcmp(argv[i], "--socket"))
+			continue;
+		if (i + 1 >= argc) {
+			fprintf(stderr, "dotspool-ctl: --socket needs a PATH\n");
+			return 2;
+		}
+		socket_path = argv[i + 1];
+		memmove(&argv[i], &argv[i + 2], (size_t)(argc - i - 2) * sizeof(*argv));
+		argc -= 2;
+		i--;
+	}
 	for (int i = 0; i < argc; i++)
 		if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
 			ctl_queue_usage(stdout);

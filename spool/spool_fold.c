@@ -24,6 +24,7 @@
 
 #include "ds_assert.h"
 #include "ds_grow.h"
+#include "spool_compact.h"
 #include "spool_scan.h"
 
 #define FOLD_NONE UINT32_MAX
@@ -41,6 +42,7 @@ struct fmsg {
 	uint8_t kept;	 /* whole body there */
 	uint8_t durable; /* not kept: the commit was below its segment's watermark */
 	uint8_t aborted; /* an abort record names it */
+	uint8_t dead;	 /* a MOVED record names this copy (format 3): another copy is the message */
 	/* Operator records (format 3): deleted, bounced; the winning HOLD/RELEASE and last RETRY. */
 	uint8_t deleted, bounced;
 	uint32_t hold_op, retry_op; /* index in opref; FOLD_NONE: none */
@@ -83,6 +85,8 @@ struct fold {
 	size_t norefs, caporefs;
 	uint64_t *aborts;
 	size_t naborts, capaborts;
+	struct spool_moved *moved; /* MOVED records (format 3): copies that are dead */
+	size_t nmoved, capmoved;
 	struct opref *ops;
 	size_t nops, capops;
 	uint32_t *hash; /* index + 1 into msgs, 0 = empty */
@@ -155,6 +159,20 @@ static void f_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct
 	/* The caller's own look at every outcome and abort record (spool_reclaim_load). */
 	if (f->user->delivery)
 		f->user->delivery(f->user->ctx, rl, s, rec);
+	if (rec->type == SPOOL_REC_MOVED) {
+		struct spool_moved mv, *nm;
+
+		if (spool_moved_decode(rec->payload, rec->len, &mv))
+			return;
+		nm = ds_grow(f->moved, &f->capmoved, f->nmoved, sizeof(*nm), 64);
+		if (!nm) {
+			f->err = -ENOMEM;
+			return;
+		}
+		f->moved = nm;
+		f->moved[f->nmoved++] = mv;
+		return;
+	}
 	if (rec->type == SPOOL_REC_ABORT) {
 		struct spool_abort a;
 		uint64_t *na;
@@ -228,6 +246,16 @@ static uint64_t id_hash(uint64_t x)
 	return x;
 }
 
+/*
+ * Which copy of an id is the message (FORMAT.md, "Moved records"): a copy
+ * with its whole body beats one without; then a copy no MOVED record names
+ * beats a named one; then the first in lane, segment, offset order.
+ */
+static unsigned copy_rank(const struct fmsg *m)
+{
+	return (unsigned)m->kept * 2 + !m->dead;
+}
+
 static int hash_build(struct fold *f)
 {
 	uint64_t cap = 16;
@@ -243,11 +271,34 @@ static int hash_build(struct fold *f)
 
 		for (; f->hash[h]; h = (h + 1) & f->hmask)
 			if (f->msgs[f->hash[h] - 1].id == f->msgs[i].id)
-				break; /* the same id twice (never written so): the first one stands */
-		if (!f->hash[h])
+				break; /* the same id twice: copies of compaction (format 3) */
+		if (!f->hash[h] || copy_rank(&f->msgs[i]) > copy_rank(&f->msgs[f->hash[h] - 1]))
 			f->hash[h] = (uint32_t)i + 1;
 	}
 	return 0;
+}
+
+/* Copies MOVED records name are dead (their id's other copy is the message). */
+static void moved_apply(struct fold *f)
+{
+	for (size_t k = 0; k < f->nmoved; k++) {
+		const struct spool_moved *mv = &f->moved[k];
+		for (size_t i = 0; i < f->nmsgs; i++) {
+			struct fmsg *m = &f->msgs[i];
+			if (m->seq == mv->dead_seq && m->off == mv->dead_off &&
+			    f->r->lanes[m->lane_idx].lane == mv->lane)
+				m->dead = 1;
+		}
+	}
+}
+
+/* Not the copy of its id that is the message: handed out to nobody. */
+static bool copy_other(const struct fold *f, const struct fmsg *fm)
+{
+	for (uint64_t h = id_hash(fm->id) & f->hmask; f->hash[h]; h = (h + 1) & f->hmask)
+		if (f->msgs[f->hash[h] - 1].id == fm->id)
+			return &f->msgs[f->hash[h] - 1] != fm;
+	return false;
 }
 
 static struct fmsg *msg_find(const struct fold *f, uint64_t id)
@@ -432,12 +483,20 @@ static void status_make(struct fold *f, const struct fmsg *fm, struct spool_msg_
 		}
 	}
 	st->done = st->final_rcpts == st->rcpt_count;
-	/* A RETRY newer than every record that deferred a recipient makes it due now. */
-	if (fm->retry_op != FOLD_NONE && next != INT64_MAX) {
+	/*
+	 * A RETRY, or the RELEASE that ended a hold, newer than every record
+	 * that deferred a recipient makes it due now (as it was in the run
+	 * that recorded it).
+	 */
+	int64_t nudge_us = INT64_MIN;
+	if (fm->retry_op != FOLD_NONE)
+		nudge_us = f->ops[fm->retry_op].at_us;
+	if (fm->hold_op != FOLD_NONE && f->ops[fm->hold_op].action == SPOOL_OP_RELEASE)
+		nudge_us = DS_MAX(nudge_us, f->ops[fm->hold_op].at_us);
+	if (nudge_us != INT64_MIN && next != INT64_MAX) {
 		bool newer = true;
 		for (uint32_t i = 0; i < fm->rcpt_count && newer; i++)
-			if (f->st[i].state == SPOOL_RCPT_DEFERRED &&
-			    f->st[i].at_us > f->ops[fm->retry_op].at_us)
+			if (f->st[i].state == SPOOL_RCPT_DEFERRED && f->st[i].at_us > nudge_us)
 				newer = false;
 		if (newer)
 			due_now = true;
@@ -462,6 +521,10 @@ static int hand_out(struct fold *f)
 		struct spool_msg m;
 		int rc = 0;
 
+		if (copy_other(f, fm)) {
+			f->tot.copies++;
+			continue;
+		}
 		if (u->no_env) {
 			m = (struct spool_msg){.id = fm->id,
 					       .lane = rl->lane,
@@ -525,6 +588,8 @@ int spool_scan_spool(struct spool_reader *r, const struct scan_cfg *cfg, struct 
 		if (!rc)
 			rc = f->err;
 	}
+	if (!rc && f->nmoved)
+		moved_apply(f);
 	if (!rc)
 		rc = hash_build(f);
 	for (size_t i = 0; i < f->naborts && !rc; i++) {
@@ -550,6 +615,7 @@ int spool_scan_spool(struct spool_reader *r, const struct scan_cfg *cfg, struct 
 	free(f->folds);
 	free(f->hash);
 	free(f->aborts);
+	free(f->moved);
 	free(f->ops);
 	free(f->orefs);
 	free(f->msgs);
