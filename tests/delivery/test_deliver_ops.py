@@ -17,7 +17,8 @@ by itself during the test.
 5. release: attempted again at once (the peer sees it again); bounce: the open recipient fails,
    exactly one DSN reaches the sender (also after another restart); retry --all: a deferred
    message is attempted again at once; reload: the server logs its SIGHUP reload.
-6. metrics: dotspool_operator_actions_total by action.
+6. metrics: dotspool_operator_actions_total by action. Every lane: after a restart with one
+   thread, a lane-1 message is held and released through worker 0.
 7. permissions: another uid (nobody) is refused: by the socket's mode (connect EACCES, the
    client says so), and, with the mode opened up, by the server's SO_PEERCRED check (told
    "permission denied", logged as event=operator_refused).
@@ -203,6 +204,24 @@ def run(t, peer, srv):
     time.sleep(2.0)
     t.eq(len([e for e in peer.index() if e["rcpt"] == "alice@client.test"]), 1, "still one DSN after a restart")
     t.check(m1 not in queue(srv), "the bounced message stays final after a restart")
+
+    print("-- 6. every lane: a lane-1 message after a restart with one thread (owed by worker 0)")
+    lane1 = None
+    for i in range(40):
+        mid = dlvlib.send_ex(srv.port, "erin%d@client.test" % i, ["later-l%d@dest.test" % i], dlvlib.body("l%d" % i, 500))
+        if mid.startswith("01"):
+            lane1, rcpt1 = mid, "later-l%d@dest.test" % i
+            break
+    t.check(lane1 is not None, "a message on lane 1 within 40 sends")
+    dlvlib.wait_for("the lane-1 message deferred", lambda: queue(srv).get(lane1, {}).get("attempts", 0) >= 1, 15)
+    t.eq(srv.stop(), 0, "clean stop")
+    srv.threads = 1
+    srv.start()
+    ok_cmd(t, srv, "hold", lane1)
+    t.check(queue(srv)[lane1]["held"], "lane 1 through worker 0: held")
+    before = rcpt_tries(peer, rcpt1)
+    ok_cmd(t, srv, "release", lane1)
+    dlvlib.wait_for("the lane-1 message tried again after release", lambda: rcpt_tries(peer, rcpt1) > before, 10)
 
     print("-- 7. permissions")
     perm_checks(t, srv, m4)
