@@ -13,7 +13,7 @@
 # configuration, then disabled, and on every run any system instance found running is stopped.
 set -eu
 PKGS="build-essential cmake pkg-config clang liburing-dev libjemalloc-dev libmbedtls-dev \
-libbenchmark-dev libcmocka-dev libclang-rt-14-dev python3 swaks libnet-ssleay-perl openssl haproxy libinih-dev curl iproute2 fuse3 libfuse3-dev \
+libbenchmark-dev libcmocka-dev libclang-rt-14-dev python3 python3-yaml swaks libnet-ssleay-perl openssl haproxy libinih-dev curl iproute2 fuse3 libfuse3-dev \
 postfix dovecot-core dovecot-lmtpd \
 librabbitmq-dev rabbitmq-server python3-pika libxxhash-dev libcdb-dev tinycdb \
 prometheus debhelper dpkg-dev fakeroot lintian mandoc"
