@@ -45,6 +45,7 @@ struct io_ctl_cmd {
 	unsigned left; /* batches not done */
 	unsigned refs; /* the thread + batches handed out */
 	unsigned nb;
+	char user[64]; /* the operator's login name: the batches point here (they may outlive serve()) */
 	struct io_ctl_batch b[]; /* one per worker */
 };
 
@@ -275,13 +276,14 @@ static void run_command(int fd, int action, char **tok, unsigned ntok, const str
 	pthread_cond_init(&c->cv, NULL);
 	c->nb = n;
 	c->refs = 1;
+	snprintf(c->user, sizeof(c->user), "%.63s", user);
 	int64_t now = ds_wall_us();
 	for (unsigned i = 0; i < n; i++)
 		c->b[i] = (struct io_ctl_batch){.cmd = c,
 						.action = (uint32_t)action,
 						.uid = cr->uid,
 						.pid = (uint32_t)cr->pid,
-						.user = user,
+						.user = c->user,
 						.at_us = now,
 						.all = all};
 	/* Count per worker, then fill. An id that does not parse is answered "invalid". */

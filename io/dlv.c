@@ -1714,7 +1714,8 @@ static void ops_run(struct io_dlv *d)
 		op_batch(d, b);
 		b = next;
 	}
-	bounces_run(d);
+	if (!d->stopping)
+		bounces_run(d); /* else owed: bounced at the next start (the BOUNCE record says so) */
 }
 
 void io_dlv_run(struct io_worker *w)
