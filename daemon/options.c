@@ -37,6 +37,7 @@ enum opt_kind {
 	OPT_CHOICE,   /* one word of opt_choices(), stored as its index (uint32_t) */
 	OPT_SPACE,    /* SIZE or N% of the spool's file system (io_watermark_config) */
 	OPT_CIDR,     /* --trusted-network, repeatable */
+	OPT_VDOMAIN,  /* --verify-recipients, repeatable */
 };
 
 struct opt_def {
@@ -168,6 +169,17 @@ static const struct opt_def opts[] = {
 	{"trusted-network", OPT_CIDR, 0, 0, 0, 0,
 	 "CIDR clients no limit applies to (the recipient table still does), repeatable; 'none' for no "
 	 "network (default 127.0.0.0/8 and ::1)"},
+	{"verify-recipients", OPT_VDOMAIN, 0, 0, 0, 0,
+	 "D ask the first smtp:// or lmtp:// --deliver-to hop about each recipient of D at RCPT (MAIL FROM:<>, "
+	 "RCPT, no data): 2xx 250, 5xx 550 5.1.1, else 450 4.1.1; .D for its subdomains; repeatable"},
+	{"verify-timeout-s", OPT_U32, CF(policy.verify_timeout_s), 1, 3600, 0,
+	 "S a verification probe without an answer by then: 450 4.1.1"},
+	{"verify-positive-ttl-s", OPT_U32, CF(policy.verify_positive_ttl_s), 0, 30 * 86400, 0,
+	 "S how long a recipient the next hop took is remembered (per worker); 0 = never"},
+	{"verify-negative-ttl-s", OPT_U32, CF(policy.verify_negative_ttl_s), 0, 30 * 86400, 0,
+	 "S how long a recipient the next hop refused is remembered (per worker); 0 = never"},
+	{"verify-cache-size", OPT_U32, CF(policy.verify_cache_size), 64, 1u << 24, 0,
+	 "N verification answers remembered per worker (fixed memory, 24 bytes each)"},
 	/* Delivery to the next hop (issue 14). */
 	{"deliver-to", OPT_HOP, 0, 0, 0, 0,
 	 "URL next hop: smtp://IP:PORT, lmtp://IP:PORT, lmtp:/UNIX/SOCKET, pipe:/PROGRAM or "
@@ -294,6 +306,10 @@ static void policy_config_defaults(struct io_policy_config *p)
 	int r6 = io_cidr_parse("::1", &p->trusted[1]);
 	DS_ASSERT(r4 == 0 && r6 == 0);
 	p->trusted_count = 2;
+	p->verify_timeout_s = 10;
+	p->verify_positive_ttl_s = 3600;
+	p->verify_negative_ttl_s = 600;
+	p->verify_cache_size = 65536;
 }
 
 void daemon_config_defaults(struct io_config *cfg)
@@ -427,6 +443,7 @@ void daemon_config_begin_source(struct io_config *cfg)
 	cfg->domains_from_source = false;
 	cfg->deliver.hops_from_source = false;
 	cfg->policy.trusted_from_source = false;
+	cfg->policy.verify_from_source = false;
 }
 
 /* OPT_U32, OPT_U64: a number in the option's range, with its further rules. */
@@ -699,6 +716,21 @@ static int apply_cidr(struct io_config *cfg, const struct opt_def *d, const char
 	return 0;
 }
 
+/* OPT_VDOMAIN: one more domain whose recipients the next hop verifies. */
+static int apply_vdomain(struct io_config *cfg, const struct opt_def *d, const char *value, char *err,
+			 size_t errcap)
+{
+	struct io_policy_config *p = &cfg->policy;
+	list_from_source(&p->verify_from_source, &p->verify_domain_count);
+	size_t n = strlen(value);
+	if (n == 0 || n > 255 || strpbrk(value, " \t\r\n@[]<>") || !strcmp(value, "."))
+		return fail(err, errcap, "'%s': bad domain '%s'", d->name, value);
+	if (p->verify_domain_count >= IO_VERIFY_DOMAINS_MAX)
+		return fail(err, errcap, "'%s': at most %d domains", d->name, IO_VERIFY_DOMAINS_MAX);
+	memcpy(p->verify_domains[p->verify_domain_count++], value, n + 1);
+	return 0;
+}
+
 /* The words of an OPT_CHOICE option, NULL-terminated. */
 static const char *const *opt_choices(const struct opt_def *d)
 {
@@ -802,6 +834,8 @@ int daemon_option_apply(struct io_config *cfg, const char *name, const char *val
 		return apply_space(cfg, d, value, err, errcap);
 	case OPT_CIDR:
 		return apply_cidr(cfg, d, value, err, errcap);
+	case OPT_VDOMAIN:
+		return apply_vdomain(cfg, d, value, err, errcap);
 	}
 	return fail(err, errcap, "internal: bad option kind");
 }
@@ -899,6 +933,14 @@ int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap)
 	int ret = deliver_finish(&cfg->deliver, err, errcap);
 	if (ret < 0)
 		return ret;
+	if (cfg->policy.verify_domain_count) {
+		bool hop = false;
+		for (uint32_t i = 0; i < cfg->deliver.hop_count; i++)
+			hop |= cfg->deliver.hop[i].kind == IO_HOP_SMTP || cfg->deliver.hop[i].kind == IO_HOP_LMTP;
+		if (!hop)
+			return fail(err, errcap,
+				    "verify-recipients needs an smtp:// or lmtp:// deliver-to hop to ask");
+	}
 	ret = amqp_finish(cfg, err, errcap);
 	if (ret < 0)
 		return ret;

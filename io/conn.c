@@ -29,6 +29,7 @@
 #include "proxy.h"
 #include "rcpt_table.h"
 #include "throttle.h"
+#include "verify.h"
 #include "dlv.h"
 #include "gap.h"
 #include "ring.h"
@@ -262,6 +263,21 @@ static int sink_mail_ok(void *ctx)
 	return conn_throttle(c, IO_THROTTLE_MSG) < 0 ? -EBUSY : 0;
 }
 
+/* An unknown recipient: -ENOENT (550), or -EUSERS past --session-unknown-recipients-max (421, close). */
+static int conn_unknown(struct io_conn *c)
+{
+	const struct io_policy_config *pc = &c->w->cfg->policy;
+	obs_metrics_recipient_unknown(c->w->m);
+	c->unknown_rcpts++;
+	if (!c->trusted && pc->session_unknown_recipients_max &&
+	    c->unknown_rcpts > pc->session_unknown_recipients_max) {
+		obs_metrics_throttled(c->w->m, OBS_THROTTLE_UNKNOWN_MAX);
+		c->limit_note = "session_unknown_recipients_max";
+		return -EUSERS;
+	}
+	return -ENOENT;
+}
+
 /*
  * RCPT (issue 17): the client's recipient rate, then the recipient table
  * for a recipient of an accepted domain (the session asks only for
@@ -272,23 +288,19 @@ static int sink_mail_ok(void *ctx)
 static int sink_rcpt_ok(void *ctx, const char *mailbox, size_t len, const char *domain, size_t domain_len)
 {
 	struct io_conn *c = ctx;
-	const struct io_policy_config *pc = &c->w->cfg->policy;
 	if (conn_throttle(c, IO_THROTTLE_RCPT) < 0)
 		return -EBUSY;
 	if (!domain)
 		return 0;
+	if (c->w->verify && io_verify_domain(c->w, domain, domain_len)) {
+		/* The next hop's word (io/verify.h): cached, or the session waits for the probe. */
+		int r = io_verify_ask(c->w, mailbox, len, conn_key(c));
+		return r == -ENOENT ? conn_unknown(c) : r;
+	}
 	int known = io_rcpt_lookup(mailbox, len);
 	if (known != 0)
 		return 0; /* known, or no table (-ENOENT): today's behaviour */
-	obs_metrics_recipient_unknown(c->w->m);
-	c->unknown_rcpts++;
-	if (!c->trusted && pc->session_unknown_recipients_max &&
-	    c->unknown_rcpts > pc->session_unknown_recipients_max) {
-		obs_metrics_throttled(c->w->m, OBS_THROTTLE_UNKNOWN_MAX);
-		c->limit_note = "session_unknown_recipients_max";
-		return -EUSERS;
-	}
-	return -ENOENT;
+	return conn_unknown(c);
 }
 
 static const struct smtp_sink io_sink = {
@@ -1057,6 +1069,8 @@ void io_conn_rcpt_answer(struct io_worker *w, uint64_t key, int res)
 	c->rcpt_wait = false;
 	if (c->state != IO_CONN_ACTIVE)
 		return;
+	if (res == -ENOENT)
+		res = conn_unknown(c);
 	c->busy = true;
 	if (smtp_session_rcpt_done(c->s, res) == SMTP_CLOSE)
 		c->want_close = true;

@@ -109,6 +109,14 @@ struct io_policy_config {
 	struct io_cidr trusted[IO_TRUSTED_MAX];	  /* --trusted-network: no throttle applies */
 	uint32_t trusted_count;
 	bool trusted_from_source;
+	/* --verify-recipients DOMAIN: ask the first SMTP/LMTP --deliver-to hop at RCPT (io/verify.h). */
+	char verify_domains[IO_VERIFY_DOMAINS_MAX][256];
+	uint32_t verify_domain_count;
+	bool verify_from_source;
+	uint32_t verify_timeout_s;	 /* no answer: 450 4.1.1 */
+	uint32_t verify_positive_ttl_s;	 /* cache of 2xx answers; 0 = not cached */
+	uint32_t verify_negative_ttl_s;	 /* cache of 5xx answers; 0 = not cached */
+	uint32_t verify_cache_size;	 /* entries per worker */
 };
 
 enum io_listen_kind {

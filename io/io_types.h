@@ -34,6 +34,7 @@ enum io_conn_state {
 
 struct io_worker;
 struct io_dlv;
+struct io_verify;
 struct io_gap_conn;
 struct io_gap_worker;
 
@@ -141,6 +142,7 @@ struct io_worker {
 	struct smtp_config lmtp_cfg;
 	struct spool_lane *lane;
 	struct io_dlv *dlv; /* the delivery stage; NULL without --deliver-to */
+	struct io_verify *verify; /* recipient verification (io/verify.h); NULL without --verify-recipients */
 	struct io_gap_worker *gapw; /* gap dedup (io/gap.h); NULL when --gap-dedup-window-s is 0 */
 	struct io_tls_server *tls; /* NULL without --tls-cert */
 	uint8_t *tls_pt;	   /* scratch for decrypted input */

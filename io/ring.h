@@ -25,6 +25,7 @@ enum io_op {
 	IO_OP_IGNORE,  /* cancellations: nothing to do on completion */
 	IO_OP_METRICS, /* the /metrics endpoint (io/mserve.c) */
 	IO_OP_DLV,     /* the delivery stage (io/dlv.c): kind << 56 | connection << 32 | generation */
+	IO_OP_VERIFY,  /* recipient verification probes (io/verify.c): probe << 32 | generation */
 };
 
 /* Submission queue entries per ring (--ring-entries); the kernel's limit is 32768. */

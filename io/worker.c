@@ -30,6 +30,7 @@
 #include "mserve.h"
 #include "ring.h"
 #include "spool.h"
+#include "verify.h"
 
 /* ---- spool storage interface, implemented with io_uring ---- */
 
@@ -262,6 +263,7 @@ static void on_tick(struct io_worker *w)
 	io_conns_tick(w, now);
 	io_mserve_tick(w, now);
 	io_dlv_tick(w, now);
+	io_verify_tick(w, now);
 	spool_gauges(w, now);
 	if (w->stopping && now >= w->stop_deadline_ms) {
 		io_conns_close_all(w);
@@ -316,6 +318,9 @@ static void dispatch(struct io_worker *w, struct io_uring_cqe *cqe)
 	case IO_OP_DLV:
 		io_dlv_complete(w, low, cqe->res, cqe->flags);
 		return;
+	case IO_OP_VERIFY:
+		io_verify_complete(w, low, cqe->res);
+		return;
 	case IO_OP_WAKE:
 		if (w->tls && atomic_load(&w->sh->reload_gen) != w->tls_reload_gen)
 			tls_reload(w);
@@ -332,7 +337,8 @@ static void dispatch(struct io_worker *w, struct io_uring_cqe *cqe)
 
 static bool worker_done(struct io_worker *w)
 {
-	return w->stopping && w->conn_active == 0 && !io_dlv_busy(w) && !spool_lane_busy(w->lane);
+	return w->stopping && w->conn_active == 0 && !io_dlv_busy(w) && !io_verify_busy(w) &&
+	       io_gap_quiesce(w) && !spool_lane_busy(w->lane);
 }
 
 /*
@@ -388,6 +394,11 @@ static int worker_setup(struct io_worker *w)
 		fprintf(stderr, "dotspool: worker %u: delivery stage: %s\n", w->no, strerror(-ret));
 		return ret;
 	}
+	ret = io_verify_create(w, io_conn_rcpt_answer);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: worker %u: recipient verification: %s\n", w->no, strerror(-ret));
+		return ret;
+	}
 	return 0;
 }
 
@@ -441,6 +452,7 @@ static void *worker_main(void *arg)
 	if (atomic_load(&w->sh->stopping))
 		begin_shutdown(w);
 	worker_loop(w);
+	io_verify_destroy(w);
 	io_dlv_destroy(w);
 	if (spool_lane_busy(w->lane)) {
 		/* Never close a lane with a flush in flight: its buffers belong to the kernel. */
@@ -545,6 +557,7 @@ void io_worker_destroy(struct io_worker *w)
 	for (uint32_t i = 0; i < w->listener_count; i++)
 		if (w->listeners[i].fd >= 0)
 			close(w->listeners[i].fd);
+	io_verify_destroy(w);
 	io_dlv_destroy(w); /* a worker that never reached its loop */
 	io_ring_fini(&w->ring);
 	io_conns_fini(w);

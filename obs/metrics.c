@@ -41,6 +41,8 @@ static const char *const refuse_name[OBS_REFUSE_COUNT] = {"limit_total", "limit_
 static const char *const throttle_name[OBS_THROTTLE_COUNT] = {
 	"client_connection_rate_max", "client_message_rate_max", "client_recipient_rate_max",
 	"session_unknown_recipients_max"};
+static const char *const verify_name[OBS_VERIFY_COUNT] = {"known", "unknown", "tempfail", "cached_known",
+							   "cached_unknown"};
 static const char *const reply_name[OBS_REPLY_COUNT] = {"2xx", "3xx", "4xx", "5xx"};
 
 static const char *const queue_state_name[OBS_QUEUE_STATE_COUNT] = {"new", "deferred", "active"};
@@ -270,7 +272,14 @@ static void render_sessions(struct out *o, const struct obs_metrics *const *w, u
 			put(o, "dotspool_throttled_total{worker=\"%u\",limit=\"%s\"} %llu\n", i, throttle_name[r],
 			    (unsigned long long)obs_counter_get(&w[i]->throttled[r]));
 	per_worker(o, w, n, "dotspool_recipients_unknown_total", "counter",
-		   "Recipients refused as unknown at RCPT (recipient table).", OFF(recipients_unknown));
+		   "Recipients refused as unknown at RCPT (recipient table or verification).",
+		   OFF(recipients_unknown));
+	family(o, "dotspool_recipient_verifications_total", "counter",
+	       "Recipient verification answers (--verify-recipients): probes of the next hop and cache hits.");
+	for (unsigned i = 0; i < n; i++)
+		for (unsigned r = 0; w[i] && r < OBS_VERIFY_COUNT; r++)
+			put(o, "dotspool_recipient_verifications_total{worker=\"%u\",result=\"%s\"} %llu\n", i,
+			    verify_name[r], (unsigned long long)obs_counter_get(&w[i]->verify[r]));
 
 	per_worker(o, w, n, "dotspool_messages_accepted_total", "counter",
 		   "Messages answered 250 at the end of data (durable).", OFF(messages_accepted));

@@ -72,6 +72,16 @@ enum obs_refuse_reason {
 	OBS_REFUSE_COUNT,
 };
 
+/* Recipient verification by the next hop (issue 17): what answered RCPT. */
+enum obs_verify_result {
+	OBS_VERIFY_KNOWN,	   /* probe: 2xx */
+	OBS_VERIFY_UNKNOWN,	   /* probe: 5xx */
+	OBS_VERIFY_TEMPFAIL,	   /* probe: 4xx, failure, timeout, no free probe */
+	OBS_VERIFY_CACHED_KNOWN,   /* positive cache */
+	OBS_VERIFY_CACHED_UNKNOWN, /* negative cache */
+	OBS_VERIFY_COUNT,
+};
+
 /* Ingress policy limits (issue 17): the limit a refusal names; the order of io/throttle.h's kinds first. */
 enum obs_throttle_limit {
 	OBS_THROTTLE_CONNECTION_RATE, /* --client-connection-rate-max: 421 4.7.0 at connect */
@@ -170,6 +180,7 @@ struct obs_metrics {
 	struct obs_metrics_lat_hist flush_duration; /* flush submitted -> completed */
 	obs_counter_t throttled[OBS_THROTTLE_COUNT]; /* refusals by the limit that made them */
 	obs_counter_t recipients_unknown;	      /* RCPT answered 550 5.1.1 (or 421 past the limit) */
+	obs_counter_t verify[OBS_VERIFY_COUNT];	      /* recipient verification answers */
 	struct obs_metrics_dlv dlv;
 	/* Gap dedup (issue 16). The set's gauges are server-wide: worker 0 sets them, the others stay 0. */
 	obs_counter_t gap_at_risk_total;    /* messages marked at risk */
@@ -257,6 +268,13 @@ static inline void obs_metrics_throttled(struct obs_metrics *m, enum obs_throttl
 {
 	if ((unsigned)l < OBS_THROTTLE_COUNT)
 		obs_counter_add(&m->throttled[l], 1);
+}
+
+/* A recipient verification answer (probe or cache). */
+static inline void obs_metrics_verify(struct obs_metrics *m, enum obs_verify_result r)
+{
+	if ((unsigned)r < OBS_VERIFY_COUNT)
+		obs_counter_add(&m->verify[r], 1);
 }
 
 /* A recipient the table (or the next hop) does not know. */
