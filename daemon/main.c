@@ -226,15 +226,44 @@ static int backlog_add(void *ctx, const struct spool_queue_entry *e)
  * the scan, minus every message a CLEARED record names (it may lie in an
  * earlier lane than the AT_RISK it clears) and those whose window is over.
  */
+struct gap_tail {
+	uint64_t id, seq, off;
+	unsigned lane;
+	int64_t received_at_us;
+};
+
 struct gap_load {
 	struct spool_gap_rec *v;
 	size_t n, cap;
 	bool oom;
+	/* Per lane: its last watermark record and the position from which commits are at risk. */
+	bool wm[SPOOL_LANES_MAX];
+	uint64_t wm_rec_seq[SPOOL_LANES_MAX], wm_rec_off[SPOOL_LANES_MAX];
+	uint64_t thr_seq[SPOOL_LANES_MAX], thr_off[SPOOL_LANES_MAX];
+	struct gap_tail *tail;
+	size_t ntail, tail_cap;
 };
+
+static bool gap_pos_lt(uint64_t s1, uint64_t o1, uint64_t s2, uint64_t o2)
+{
+	return s1 < s2 || (s1 == s2 && o1 < o2);
+}
 
 static void gap_collect(void *ctx, const struct spool_gap_rec *g)
 {
 	struct gap_load *gl = ctx;
+	if (g->watermark) {
+		unsigned l = g->rec_lane;
+		if (l < SPOOL_LANES_MAX &&
+		    (!gl->wm[l] || gap_pos_lt(gl->wm_rec_seq[l], gl->wm_rec_off[l], g->rec_seq, g->rec_off))) {
+			gl->wm[l] = true;
+			gl->wm_rec_seq[l] = g->rec_seq;
+			gl->wm_rec_off[l] = g->rec_off;
+			gl->thr_seq[l] = g->wm_all ? g->rec_seq : g->wm_seq;
+			gl->thr_off[l] = g->wm_all ? g->rec_off : g->wm_off;
+		}
+		return;
+	}
 	if (gl->n == gl->cap) {
 		size_t cap = gl->cap ? gl->cap * 2 : 256;
 		struct spool_gap_rec *v = realloc(gl->v, cap * sizeof(*v));
@@ -248,7 +277,60 @@ static void gap_collect(void *ctx, const struct spool_gap_rec *g)
 	gl->v[gl->n++] = *g;
 }
 
-static void gap_load_apply(struct io_shared *sh, struct gap_load *gl)
+/* A message of a lane at or after its watermark's threshold: its 250's fate is unknown (a crash). */
+static void gap_msg(void *ctx, uint64_t id, unsigned lane, uint64_t seq, uint64_t off, int64_t received_at_us)
+{
+	struct gap_load *gl = ctx;
+	if (lane >= SPOOL_LANES_MAX || !gl->wm[lane] || gap_pos_lt(seq, off, gl->thr_seq[lane], gl->thr_off[lane]))
+		return;
+	if (gl->ntail == gl->tail_cap) {
+		size_t cap = gl->tail_cap ? gl->tail_cap * 2 : 64;
+		struct gap_tail *v = realloc(gl->tail, cap * sizeof(*v));
+		if (!v) {
+			gl->oom = true;
+			return;
+		}
+		gl->tail = v;
+		gl->tail_cap = cap;
+	}
+	gl->tail[gl->ntail++] = (struct gap_tail){
+		.id = id, .seq = seq, .off = off, .lane = lane, .received_at_us = received_at_us};
+}
+
+/*
+ * The crash's tail (FORMAT.md, "Gap records"): every message after its
+ * lane's last watermark that no gap record names is at risk from its
+ * receipt for the window, fingerprinted from the stored copy, and owed an
+ * AT_RISK record (its lane's worker writes it before its first watermark).
+ */
+static size_t gap_tail_apply(const struct io_config *cfg, struct io_shared *sh, struct gap_load *gl, int64_t now)
+{
+	struct spool_fetch *f = NULL;
+	size_t n = 0;
+	uint8_t *scratch = malloc(65536);
+	if (!scratch || spool_fetch_open(&f, cfg->spool_dir, 4) < 0) {
+		free(scratch);
+		return 0;
+	}
+	for (size_t i = 0; i < gl->ntail; i++) {
+		const struct gap_tail *t = &gl->tail[i];
+		int64_t exp = t->received_at_us + (int64_t)cfg->gap_window_s * 1000000;
+		bool named = false;
+		for (size_t k = 0; k < gl->n && !named; k++)
+			named = gl->v[k].id == t->id;
+		struct spool_gap_rec g = {.id = t->id, .kind = SPOOL_GAP_REC_AT_RISK, .expires_us = exp};
+		if (named || exp <= now ||
+		    io_gap_fp_stored(f, t->lane, t->seq, t->off, t->id, scratch, 65536, &g.fp) < 0)
+			continue;
+		if (io_gap_insert(sh->gap, t->id, &g.fp, exp, true) == 0 && io_gap_owe(sh->gap, &g) == 0)
+			n++;
+	}
+	spool_fetch_close(f);
+	free(scratch);
+	return n;
+}
+
+static void gap_load_apply(const struct io_config *cfg, struct io_shared *sh, struct gap_load *gl)
 {
 	int64_t now = ds_wall_us();
 	size_t at_risk = 0, cleared = 0, full = 0;
@@ -262,11 +344,14 @@ static void gap_load_apply(struct io_shared *sh, struct gap_load *gl)
 	for (size_t i = 0; i < gl->n; i++)
 		if (gl->v[i].kind == SPOOL_GAP_REC_CLEARED)
 			cleared += io_gap_remove_id(sh->gap, gl->v[i].id);
+	size_t tail = gap_tail_apply(cfg, sh, gl, now);
 	fprintf(stderr,
 		"dotspool: gap dedup: %zu gap record(s), %zu at-risk message(s) loaded, %zu cleared, %zu not "
-		"taken (set full)%s\n",
-		gl->n, at_risk - cleared, cleared, full, gl->oom ? ", some records not read (out of memory)" : "");
+		"taken (set full), %zu at risk from a crash (after their lane's watermark)%s\n",
+		gl->n, at_risk - cleared, cleared, full, tail,
+		gl->oom ? ", some records not read (out of memory)" : "");
 	free(gl->v);
+	free(gl->tail);
 }
 
 /*
@@ -304,17 +389,19 @@ static int spool_prepare(const struct io_config *cfg, struct io_shared *sh)
 			return ret;
 		}
 	}
+	struct spool_recover_gap_ops gops = {.rec = gap_collect, .msg = gap_msg, .ctx = &gl};
 	ret = spool_recover_queue_gap(&cfg->spool, &rep, cfg->deliver.hop_count ? backlog_add : NULL, sh,
-				      sh->gap ? gap_collect : NULL, &gl);
+				      sh->gap ? &gops : NULL);
 	if (ret < 0) {
 		free(gl.v);
+		free(gl.tail);
 		fprintf(stderr, "dotspool: spool recovery failed: %s\n", strerror(-ret));
 		return ret;
 	}
 	fputs("dotspool: ", stderr);
 	spool_recovery_report_print(&rep, stderr);
 	if (sh->gap)
-		gap_load_apply(sh, &gl);
+		gap_load_apply(cfg, sh, &gl);
 	return 0;
 }
 

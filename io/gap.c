@@ -47,6 +47,9 @@ struct io_gap {
 	uint64_t age;
 	uint64_t at_risk, full, evicted;
 	struct gap_entry *e;
+	/* AT_RISK records recovery owes the lanes (a crash's tail), taken by the workers. */
+	struct spool_gap_rec *owed;
+	size_t nowed, owed_cap;
 };
 
 int io_gap_create(struct io_gap **out, uint32_t entries_max)
@@ -78,6 +81,7 @@ void io_gap_destroy(struct io_gap *g)
 	if (!g)
 		return;
 	pthread_mutex_destroy(&g->mu);
+	free(g->owed);
 	free(g->bucket);
 	free(g->e);
 	free(g);
@@ -254,6 +258,44 @@ void io_gap_stats(struct io_gap *g, struct io_gap_stats *st)
 	pthread_mutex_unlock(&g->mu);
 }
 
+int io_gap_owe(struct io_gap *g, const struct spool_gap_rec *rec)
+{
+	int ret = 0;
+	pthread_mutex_lock(&g->mu);
+	if (g->nowed == g->owed_cap) {
+		size_t cap = g->owed_cap ? g->owed_cap * 2 : 64;
+		struct spool_gap_rec *v = realloc(g->owed, cap * sizeof(*v));
+		if (!v) {
+			ret = -ENOMEM;
+			goto out;
+		}
+		g->owed = v;
+		g->owed_cap = cap;
+	}
+	g->owed[g->nowed++] = *rec;
+out:
+	pthread_mutex_unlock(&g->mu);
+	return ret;
+}
+
+/* The owed records of lanes worker `no` of `threads` writes (lane % threads == no). */
+static unsigned owed_take(struct io_gap *g, unsigned no, unsigned threads, struct spool_gap_rec *out,
+			  unsigned cap)
+{
+	unsigned n = 0;
+	pthread_mutex_lock(&g->mu);
+	for (size_t i = 0; i < g->nowed && n < cap;) {
+		if (g->owed[i].fp.lane % threads == no) {
+			out[n++] = g->owed[i];
+			g->owed[i] = g->owed[--g->nowed];
+		} else {
+			i++;
+		}
+	}
+	pthread_mutex_unlock(&g->mu);
+	return n;
+}
+
 /* ---- fingerprints ---- */
 
 uint64_t io_gap_rcpt_hash(const char *addr)
@@ -298,6 +340,71 @@ void io_gap_hash_free(struct io_gap_hash *h)
 	h->st = NULL;
 }
 
+/* Length of our Received: header at the start of a stored copy (folded lines), 0 if none. */
+static size_t trace_header_len(const uint8_t *p, size_t n)
+{
+	if (n < 9 || memcmp(p, "Received:", 9))
+		return 0;
+	for (size_t i = 0; i + 1 < n; i++)
+		if (p[i] == '\r' && p[i + 1] == '\n' && (i + 2 >= n || (p[i + 2] != ' ' && p[i + 2] != '\t')))
+			return i + 2;
+	return 0;
+}
+
+int io_gap_fp_stored(struct spool_fetch *f, unsigned lane, uint64_t seq, uint64_t off, uint64_t id,
+		     uint8_t *scratch, size_t cap, struct spool_gap_fp *out)
+{
+	struct spool_fetch_msg fm;
+	struct io_gap_hash h = {0};
+	int ret = spool_fetch_get(f, lane, seq, off, id, &fm);
+
+	if (ret < 0)
+		return ret;
+	uint64_t sum = 0;
+	for (uint32_t i = 0; i < fm.m.env.rcpt_count; i++)
+		sum += io_gap_rcpt_hash(fm.m.env.rcpt[i].addr);
+	*out = (struct spool_gap_fp){.env_digest =
+					     io_gap_env_digest(fm.m.env.mail_from, sum, fm.m.env.rcpt_count),
+				     .rcpt_count = fm.m.env.rcpt_count,
+				     .lane = lane,
+				     .seq = seq,
+				     .off = off,
+				     .received_at_us = fm.m.received_at_us};
+	/* The header is at most a few hundred bytes: read enough of the start to find its end. */
+	size_t head = 0, want = (size_t)DS_MIN(fm.m.size, (uint64_t)DS_MIN(cap, (size_t)4096));
+	while (head < want) {
+		int r = spool_fetch_read(f, &fm, head, scratch + head, want - head);
+		if (r <= 0) {
+			ret = r < 0 ? r : -EBADMSG;
+			goto out;
+		}
+		head += (size_t)r;
+	}
+	size_t hl = trace_header_len(scratch, head);
+	if (!hl || (ret = io_gap_hash_reset(&h)) < 0) {
+		ret = ret < 0 ? ret : -EBADMSG;
+		goto out;
+	}
+	out->hdr_len = (uint32_t)hl;
+	io_gap_hash_update(&h, scratch + hl, head - hl);
+	for (uint64_t pos = head; pos < fm.m.size;) {
+		int r = spool_fetch_read(f, &fm, pos, scratch, cap);
+		if (r <= 0) {
+			ret = r < 0 ? r : -EBADMSG;
+			goto out;
+		}
+		io_gap_hash_update(&h, scratch, (size_t)r);
+		pos += (uint64_t)r;
+	}
+	out->size = h.size;
+	io_gap_hash_final(&h, &out->hash_lo, &out->hash_hi);
+	ret = 0;
+out:
+	io_gap_hash_free(&h);
+	spool_fetch_put(f, &fm);
+	return ret;
+}
+
 /* ---- per worker ---- */
 
 #define GAP_SCRATCH_BYTES 65536
@@ -312,6 +419,11 @@ struct io_gap_worker {
 	unsigned npend;
 	uint64_t cookies;
 	int64_t expire_next_ms;
+	/* The lane's watermark (FORMAT.md, "Gap records"): the last one written. */
+	int64_t wm_next_ms;
+	bool wm_written, wm_all, wm_final;
+	uint64_t wm_seq, wm_off, wm_commits;
+	bool owed_done; /* recovery's owed records for our lanes taken */
 };
 
 int io_gap_worker_init(struct io_worker *w)
@@ -383,15 +495,97 @@ void io_gap_settled(struct io_worker *w, uint64_t cookie, int res)
 		obs_metrics_gap_record_error(w->m);
 }
 
+static bool pos_lt(uint64_t s1, uint64_t o1, uint64_t s2, uint64_t o2)
+{
+	return s1 < s2 || (s1 == s2 && o1 < o2);
+}
+
+/*
+ * The lane's watermark: the lowest commit of this lane whose 250's fate is
+ * open (commit not settled yet, or 250 queued and not confirmed, in any of
+ * our connections), or "every commit before this record" when none is.
+ * Written when it moved, at most once a second, and only once every
+ * AT_RISK record owed so far is staged before it (so it is durable first).
+ */
+static int watermark_put(struct io_worker *w, bool force)
+{
+	struct io_gap_worker *gw = w->gapw;
+	uint64_t ms = UINT64_MAX, mo = UINT64_MAX;
+	bool open = false;
+
+	if (gw->npend)
+		return -EAGAIN;
+	for (uint32_t i = 0; i < w->conn_fresh; i++) {
+		const struct io_conn *c = &w->conns[i];
+		if (c->state == IO_CONN_FREE)
+			continue;
+		if (c->commit_pending && !c->commit_retry && !io_gap_dup_id(c) &&
+		    pos_lt(c->commit_seq, c->commit_off, ms, mo)) {
+			ms = c->commit_seq, mo = c->commit_off;
+			open = true;
+		}
+		for (unsigned k = 0; c->gap && k < c->gap->nacks; k++) {
+			const struct io_gap_ack_ent *a = &c->gap->acks[k];
+			if (!a->dup && pos_lt(a->fp.seq, a->fp.off, ms, mo)) {
+				ms = a->fp.seq, mo = a->fp.off;
+				open = true;
+			}
+		}
+	}
+	struct spool_lane_stats st;
+	spool_lane_stats(w->lane, &st);
+	if (!force && gw->wm_written &&
+	    (open ? !gw->wm_all && gw->wm_seq == ms && gw->wm_off == mo
+		  : gw->wm_all && gw->wm_commits == st.commits))
+		return 0;
+	struct spool_gap_rec g = {.id = ((uint64_t)w->no << 56) | 1, /* the lane's padding id: no message */
+				  .kind = SPOOL_GAP_REC_CLEARED,
+				  .watermark = true,
+				  .wm_all = !open,
+				  .wm_seq = open ? ms : 0,
+				  .wm_off = open ? mo : 0};
+	int ret = spool_lane_gap(w->lane, &g, IO_GAP_COOKIE_BIT | (++gw->cookies & 0xffffffffffull));
+	if (ret < 0)
+		return ret;
+	gw->wm_written = true;
+	gw->wm_all = !open;
+	gw->wm_seq = ms;
+	gw->wm_off = mo;
+	gw->wm_commits = st.commits;
+	return 0;
+}
+
+bool io_gap_quiesce(struct io_worker *w)
+{
+	struct io_gap_worker *gw = w->gapw;
+	if (!gw || gw->wm_final)
+		return true;
+	/* Stopping, every connection gone: a last watermark, so a clean restart has no tail at risk. */
+	if (watermark_put(w, true) == 0)
+		gw->wm_final = true;
+	return gw->wm_final;
+}
+
 void io_gap_tick(struct io_worker *w, int64_t now_ms)
 {
 	struct io_gap_worker *gw = w->gapw;
 	if (!gw)
 		return;
+	if (!gw->owed_done) {
+		/* Recovery's at-risk tail of our lanes, recorded before our first watermark. */
+		struct spool_gap_rec v[64];
+		unsigned k;
+		while ((k = owed_take(gw->set, w->no, w->cfg->threads, v, 64)) > 0)
+			for (unsigned i = 0; i < k; i++)
+				record_put(w, &v[i]);
+		gw->owed_done = true;
+	}
 	unsigned n = gw->npend;
 	gw->npend = 0;
 	for (unsigned i = 0; i < n; i++)
 		record_put(w, &gw->pend[i]);
+	if (now_ms >= gw->wm_next_ms && watermark_put(w, false) == 0)
+		gw->wm_next_ms = now_ms + 1000;
 	if (now_ms >= gw->expire_next_ms) {
 		gw->expire_next_ms = now_ms + 1000;
 		io_gap_expire(gw->set, ds_wall_us());

@@ -167,6 +167,17 @@ void io_gap_on_close(struct io_conn *c);
 void io_gap_conn_free(struct io_conn *c);
 
 void io_gap_settled(struct io_worker *w, uint64_t cookie, int res);
+/* Stopping with no connection left: the last watermark staged (true), or not yet possible (false). */
+bool io_gap_quiesce(struct io_worker *w);
+/* Recovery: an AT_RISK record the worker of its lane writes at its first tick. 0 or -ENOMEM. */
+int io_gap_owe(struct io_gap *g, const struct spool_gap_rec *rec);
+/*
+ * The fingerprint of a stored message (recovery's at-risk tail): envelope
+ * from its commit record, our trace header skipped, XXH3-128 of the rest.
+ * scratch: cap >= 4096 bytes. 0, -EBADMSG, or spool_fetch's errors.
+ */
+int io_gap_fp_stored(struct spool_fetch *f, unsigned lane, uint64_t seq, uint64_t off, uint64_t id,
+		     uint8_t *scratch, size_t cap, struct spool_gap_fp *out);
 /* Once per tick: records waiting for lane room, expiry, gauges. */
 void io_gap_tick(struct io_worker *w, int64_t now_ms);
 

@@ -298,20 +298,37 @@ struct spool_gap_fp {
 	int64_t received_at_us;		/* of the original */
 };
 struct spool_gap_rec {
-	uint64_t id; /* the message at risk */
+	uint64_t id; /* the message at risk; a watermark: the lane's padding id (lane << 56 | 1) */
 	uint32_t kind;
 	int64_t expires_us; /* AT_RISK: end of the window; CLEARED: 0 */
 	struct spool_gap_fp fp; /* AT_RISK only */
+	/*
+	 * A CLEARED record with a watermark tail: every commit of this lane
+	 * before (wm_seq, wm_off) -- or, wm_all, before this record itself --
+	 * had its 250 confirmed or its AT_RISK record staged before this one.
+	 */
+	bool watermark, wm_all;
+	uint64_t wm_seq, wm_off;
+	/* Where recovery found it (not encoded). */
+	unsigned rec_lane;
+	uint64_t rec_seq, rec_off;
 };
 int spool_lane_gap(struct spool_lane *l, const struct spool_gap_rec *g, uint64_t cookie);
 /*
- * spool_recover_queue, and gap(gctx, g) for every intact, decodable gap
- * record of every lane (lane, then segment order: a CLEARED record may come
- * before the AT_RISK it clears when they lie in different lanes).
+ * spool_recover_queue, and for gap dedup: rec(ctx, g) for every intact,
+ * decodable gap record of every lane (lane, then segment order: a CLEARED
+ * record may come before the AT_RISK it clears when they lie in different
+ * lanes), all of them before the first msg(ctx, ...): one call per
+ * message recovery keeps (final or not), with its commit's location.
  */
+struct spool_recover_gap_ops {
+	void (*rec)(void *ctx, const struct spool_gap_rec *g);
+	void (*msg)(void *ctx, uint64_t id, unsigned lane, uint64_t seq, uint64_t off, int64_t received_at_us);
+	void *ctx;
+};
 int spool_recover_queue_gap(const struct spool_config *cfg, struct spool_recovery_report *rep,
 			    int (*fn)(void *ctx, const struct spool_queue_entry *e), void *ctx,
-			    void (*gap)(void *gctx, const struct spool_gap_rec *g), void *gctx);
+			    const struct spool_recover_gap_ops *gap);
 
 /* Once per event-loop turn: write what was appended and flush if commits are pending. */
 void spool_lane_kick(struct spool_lane *l);

@@ -33,7 +33,9 @@ static inline uint64_t get64(const uint8_t *p)
 
 size_t spool_gap_size(const struct spool_gap_rec *g)
 {
-	return SPOOL_GAP_FIXED + (g->kind == SPOOL_GAP_REC_AT_RISK ? SPOOL_GAP_TAIL_V1 : 0);
+	if (g->kind == SPOOL_GAP_REC_AT_RISK)
+		return SPOOL_GAP_FIXED + SPOOL_GAP_TAIL_V1;
+	return SPOOL_GAP_FIXED + (g->watermark ? SPOOL_GAP_TAIL_WM : 0);
 }
 
 void spool_gap_encode(uint8_t *out, const struct spool_gap_rec *g)
@@ -42,9 +44,19 @@ void spool_gap_encode(uint8_t *out, const struct spool_gap_rec *g)
 	struct spool_gap_fixed f = {.kind = risk ? SPOOL_GAP_AT_RISK : SPOOL_GAP_CLEARED,
 				    .tail = risk ? SPOOL_GAP_TAIL_V1 : 0,
 				    .expires_us = risk ? g->expires_us : 0};
+	if (!risk && g->watermark)
+		f.tail = SPOOL_GAP_TAIL_WM;
 	spool_gap_fixed_encode(out, &f);
-	if (!risk)
+	if (!risk) {
+		if (g->watermark) {
+			uint8_t *p = out + SPOOL_GAP_FIXED;
+			put32(p, 2); /* tail version 2: a lane's watermark */
+			put32(p + 4, g->wm_all ? 1 : 0);
+			put64(p + 8, g->wm_seq);
+			put64(p + 16, g->wm_off);
+		}
 		return;
+	}
 	uint8_t *p = out + SPOOL_GAP_FIXED;
 	const struct spool_gap_fp *fp = &g->fp;
 	put32(p, 1); /* tail version */
@@ -71,8 +83,16 @@ int spool_gap_decode(const uint8_t *payload, uint32_t len, uint64_t id, struct s
 	g->id = id;
 	g->kind = f.kind == SPOOL_GAP_AT_RISK ? SPOOL_GAP_REC_AT_RISK : SPOOL_GAP_REC_CLEARED;
 	g->expires_us = f.expires_us;
-	if (f.kind == SPOOL_GAP_CLEARED)
-		return 0; /* a tail, if a later writer adds one, is ignored */
+	if (f.kind == SPOOL_GAP_CLEARED) {
+		const uint8_t *p = payload + SPOOL_GAP_FIXED;
+		if (f.tail >= SPOOL_GAP_TAIL_WM && get32(p) == 2) {
+			g->watermark = true;
+			g->wm_all = get32(p + 4) & 1;
+			g->wm_seq = get64(p + 8);
+			g->wm_off = get64(p + 16);
+		}
+		return 0; /* other tails are ignored */
+	}
 	/* An at-risk record must carry a fingerprint we understand: else it matches nothing. */
 	const uint8_t *p = payload + SPOOL_GAP_FIXED;
 	if (f.tail < SPOOL_GAP_TAIL_V1 || get32(p) != 1)

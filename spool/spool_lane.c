@@ -41,6 +41,7 @@
 #include "crc32c.h"
 #include "ds_assert.h"
 #include "ds_clock.h"
+#include "spool_compact.h"
 #include "spool_format.h"
 #include "spool_gap.h"
 #include "spool_oprec.h"
@@ -523,8 +524,14 @@ static void advance_durable(struct spool_lane *l)
 			l->ops->settled(l->ctx, c.cookie, -(int)c.err);
 		} else if (c.kind == Q_OUTCOME || c.kind == Q_OPERATOR || c.kind == Q_GAP) {
 			/* An operator record is about its message like an outcome: H(M) for reclamation. */
-			if (l->cfg.reclaim)
-				spool_reclaim_msg_record(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq, c.off);
+			if (l->cfg.reclaim) {
+				spool_reclaim_msg_record(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq,
+							 c.kind == Q_GAP ? 0 : c.off);
+				/* A gap record keeps its message for the window (AT_RISK) or no more
+				 * (CLEARED: 0). */
+				if (c.kind == Q_GAP)
+					spool_reclaim_msg_keep(l->cfg.reclaim, c.id, (int64_t)c.off);
+			}
 			l->st.outcomes_durable += c.kind == Q_OUTCOME;
 			l->ops->settled(l->ctx, c.cookie, 0);
 		} else {
@@ -1631,7 +1638,8 @@ int spool_lane_gap(struct spool_lane *l, const struct spool_gap_rec *g, uint64_t
 	queue_push(l, &(struct lane_commit){.cookie = cookie,
 					    .lend = l->head,
 					    .id = g->id,
-					    .off = 0,
+					    .off = g->kind == SPOOL_GAP_REC_AT_RISK ? (uint64_t)g->expires_us
+										    : 0,
 					    .rec_seq = (uint32_t)s->seq,
 					    .kind = Q_GAP});
 	return 0;
@@ -1677,9 +1685,12 @@ int spool_lane_record(struct spool_lane *l, uint32_t type, uint64_t id, const vo
 	uint8_t *dst;
 	int rc;
 
-	if (type < SPOOL_REC_MOVED || type > SPOOL_REC_TYPE_LAST || !id || !len)
+	if ((type != SPOOL_REC_OUTCOME && type < SPOOL_REC_MOVED) || type > SPOOL_REC_TYPE_LAST || !id ||
+	    !len)
 		return -EINVAL;
-	if (len > (type == SPOOL_REC_GAP ? SPOOL_GAP_MAX : SPOOL_MOVED_MAX))
+	if (len > (type == SPOOL_REC_GAP       ? SPOOL_GAP_MAX
+		   : type == SPOOL_REC_OUTCOME ? SPOOL_OUTCOME_MAX
+					       : SPOOL_MOVED_MAX))
 		return -EMSGSIZE;
 	total = spool_rec_total(len);
 	if (total > l->ring_size / 2 || total > seg_cap_l(l))

@@ -26,8 +26,7 @@ struct rctx {
 	int (*fn)(void *ctx, const struct spool_queue_entry *e);
 	void *fn_ctx;
 	uint8_t *rcpt_state; /* SPOOL_RCPT_MAX, for fn */
-	void (*gap)(void *gctx, const struct spool_gap_rec *g);
-	void *gap_ctx;
+	const struct spool_recover_gap_ops *gap;
 };
 
 /* Gap records (issue 16) to the caller; the rest of the delivery records are the fold's. */
@@ -36,10 +35,14 @@ static void r_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct
 	struct rctx *c = ctx;
 	struct spool_gap_rec g;
 
-	if (rec->type != SPOOL_REC_GAP || !c->gap)
+	if (rec->type != SPOOL_REC_GAP || !c->gap || !c->gap->rec)
 		return;
-	if (spool_gap_decode(rec->payload, rec->len, rec->txn_id, &g) == 0)
-		c->gap(c->gap_ctx, &g);
+	if (spool_gap_decode(rec->payload, rec->len, rec->txn_id, &g) == 0) {
+		g.rec_lane = rl->lane;
+		g.rec_seq = s->seq;
+		g.rec_off = rec->off;
+		c->gap->rec(c->gap->ctx, &g);
+	}
 }
 
 /*
@@ -55,6 +58,8 @@ static int r_msg(void *ctx, struct rlane *rl, const struct spool_msg *m, const s
 		return -EPROTONOSUPPORT; /* recovery fails: nothing is handed out */
 	c->rep->messages++;
 	c->rep->bytes += m->size;
+	if (c->gap && c->gap->msg)
+		c->gap->msg(c->gap->ctx, m->id, m->lane, m->seq, m->off, m->received_at_us);
 	if (st->done)
 		return 0;
 	c->rep->queued++;
@@ -170,15 +175,15 @@ static void r_seg(void *ctx, struct rlane *rl, struct rseg *s)
 int spool_recover_queue(const struct spool_config *cfg, struct spool_recovery_report *rep,
 			int (*fn)(void *ctx, const struct spool_queue_entry *e), void *ctx)
 {
-	return spool_recover_queue_gap(cfg, rep, fn, ctx, NULL, NULL);
+	return spool_recover_queue_gap(cfg, rep, fn, ctx, NULL);
 }
 
 int spool_recover_queue_gap(const struct spool_config *cfg, struct spool_recovery_report *rep,
 			    int (*fn)(void *ctx, const struct spool_queue_entry *e), void *ctx,
-			    void (*gap)(void *gctx, const struct spool_gap_rec *g), void *gctx)
+			    const struct spool_recover_gap_ops *gap)
 {
 	struct spool_reader *r;
-	struct rctx c = {.rep = rep, .dir = cfg->dir, .fn = fn, .fn_ctx = ctx, .gap = gap, .gap_ctx = gctx};
+	struct rctx c = {.rep = rep, .dir = cfg->dir, .fn = fn, .fn_ctx = ctx, .gap = gap};
 	struct scan_cfg sc = {.msg_status = r_msg,
 			      .dropped = r_dropped,
 			      .aborted = r_aborted,

@@ -275,6 +275,46 @@ def main(t):
         lpx.stop()
         srv.stop()
 
+    # 12. A crash with a 250 whose fate is open (sent, the client silent): after kill -9 the
+    # commits after the lane's last watermark are at risk (fingerprinted from the stored copy);
+    # a message confirmed before that watermark is not. A clean stop leaves no such tail.
+    s3 = t.server(threads=1)
+    s3.start()
+    try:
+        mid_ok, data_ok = message("confirmed")
+        smtp_send(s3.port, data_ok)
+        time.sleep(1.5)  # a watermark passes it
+        mid_open, data_open = message("open")
+        c = dslib.RawSMTP("127.0.0.1", s3.port)
+        c.reply()
+        c.cmd("EHLO client.example")
+        c.cmd("MAIL FROM:<s@gap.example>")
+        c.cmd("RCPT TO:<r@localhost>")
+        c.cmd("DATA")
+        c.send(data_open + b".\r\n")
+        code, text = c.reply()  # 250 read, nothing sent after it: its fate is open
+        t.eq(code, 250, "the open message got its 250")
+        time.sleep(1.5)  # a watermark is written with it open
+        s3.kill()
+        c.sock.close()
+        s3.start()
+        t.check("1 at risk from a crash" in (s3.log_text() or ""), "kill -9: the open message is at risk",
+                s3.log())
+        code, text = smtp_send(s3.port, data_open)
+        t.check("already queued" in text and queued_id(text) == queued_id(c.transcript[-1]),
+                "its retry after the crash is suppressed", text)
+        code, text = smtp_send(s3.port, data_ok)
+        t.check("already" not in text, "a message confirmed before the watermark is not at risk", text)
+        s3.stop()
+        s3.start()
+        t.check("0 at risk from a crash" in (s3.log_text() or ""), "a clean stop leaves no tail at risk",
+                s3.log())
+        got = copies(s3)
+        t.eq(got.get(mid_open, 0), 1, "the open message is stored once")
+        t.eq(got.get(mid_ok, 0), 2, "the confirmed one twice")
+    finally:
+        s3.stop()
+
     # 10. After the window: stored. 11. Window 0 (off): every retry stored.
     for window, what in ((2, "after the window"), (0, "with --gap-dedup-window-s 0")):
         mport = dslib.free_port()
