@@ -225,6 +225,7 @@ def run(t, peer, srv):
 
     print("-- 7. permissions")
     perm_checks(t, srv, m4)
+    t.eq(srv.stop(), 0, "clean stop at the end (sanitizers: no report)")
 
 
 def perm_checks(t, srv, mid):
