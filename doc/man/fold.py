@@ -38,7 +38,8 @@ def main(paths):
                 continue
             # One sentence per line: split after '.', '?' or '!' followed by a space and a capital.
             for sentence in re.split(r"(?<=[.?!]) (?=[A-Z(])", line):
-                out.extend(fold(sentence))
+                # A folded line starting with '.' or "'" would be a request: \& before it.
+                out.extend(("\\&" + l) if l[:1] in ".'" else l for l in fold(sentence))
         open(path, "w").write("\n".join(out))
 
 

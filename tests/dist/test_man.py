@@ -53,7 +53,8 @@ def option_table(options_c):
 
 
 def ctl_commands(text):
-    """Command names of dotspool-ctl --help: the first word of each entry under 'commands:'."""
+    """Command names of dotspool-ctl --help: under 'commands:', each entry line (two-space indent)
+    names one or more commands before its description column ('retry ID...|--all, hold ID...')."""
     cmds, inside = [], False
     for line in text.splitlines():
         if re.match(r"^[a-z ]*commands?[^:]*:\s*$", line, re.I):
@@ -61,10 +62,12 @@ def ctl_commands(text):
             continue
         if inside and re.match(r"^\S", line):
             inside = False
-        if inside:
-            m = re.match(r"^  ([a-z][a-z-]*)\b", line)
-            if m:
-                cmds.append(m[1])
+        if inside and re.match(r"^  [a-z]", line):
+            head = re.split(r"\s{2,}", line.strip())[0]
+            for part in head.split(", "):
+                m = re.match(r"^([a-z][a-z-]*)\b", part)
+                if m and m[1] not in cmds:
+                    cmds.append(m[1])
     return cmds
 
 
@@ -113,7 +116,9 @@ def main(argv):
     for c in cmds:
         check(re.search(rf"^\.It Cm {re.escape(c)}\b", ctl8, re.M) is not None,
               f"dotspool-ctl(8) documents the command '{c}'")
-    cflags = help_flags(out)
+    # Every --flag the help mentions anywhere (command options such as queue --state are inside
+    # the command lines).
+    cflags = set(re.findall(r"--([a-z0-9][a-z0-9-]*)", out))
     check({"spool", "help"} <= cflags, f"dotspool-ctl --help: {len(cflags)} flags parsed")
     for f in sorted(cflags):
         check(mdoc_flag(ctl8, f), f"dotspool-ctl(8) documents --{f}")
