@@ -253,7 +253,8 @@ static void state_down(struct io_handoff *h, const char *why)
 	bool was = h->st.connected;
 	h->st.connected = false;
 	h->st.peer[0] = 0;
-	if (was || h->st.losses == h->st.connects) /* count an outage once, not each failed retry */
+	/* An outage counts once (not each failed retry); so does a broker never reached at start. */
+	if (was || (h->st.connects == 0 && h->st.losses == 0))
 		h->st.losses++;
 	snprintf(h->st.last_error, sizeof(h->st.last_error), "%s", why);
 	pthread_mutex_unlock(&h->mu);
@@ -339,8 +340,6 @@ static int try_connect(struct io_handoff *h)
 	h->sock_fd = amqp_get_sockfd(h->conn);
 	h->st.connected = true;
 	h->st.connects++;
-	if (h->st.losses < h->st.connects - 1)
-		h->st.losses = h->st.connects - 1;
 	snprintf(h->st.peer, sizeof(h->st.peer), "%s:%u", s->amqp.host, s->amqp.port);
 	pthread_mutex_unlock(&h->mu);
 	h->notify_owed = true;

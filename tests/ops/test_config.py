@@ -381,10 +381,12 @@ def main(argv):
         rc, helptext, _ = run(exe, "--help")
         known = set(re.findall(r"(?m)^  --([a-z0-9-]+)", helptext))
         check(rc == 0 and {"listen", "threads", "spool"} <= known, f"--help lists {len(known)} options")
-        # A file example (deliver-ca) is uncommented only where that file exists on this machine.
+        # A file example (deliver-ca, deliver-credentials) is uncommented only where that file
+        # exists on this machine.
         uncommented = re.sub(r"(?m)^# ([a-z0-9-]+) = (\S+)",
                              lambda m: f"{m[1]} = {m[2]}" if m[1] in known and (
-                                 m[1] != "deliver-ca" or os.path.exists(m[2])) else m[0], text)
+                                 m[1] not in ("deliver-ca", "deliver-credentials")
+                                 or os.path.exists(m[2])) else m[0], text)
         check(uncommented != text, "example has commented defaults")
         path = write(tmp, "all-defaults.conf", uncommented)
         rc, out, err = run(exe, "--check-config", path)
