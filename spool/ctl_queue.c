@@ -12,6 +12,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <regex.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,6 +81,7 @@ bool ctl_queue_is_command(const char *cmd)
 /* ---- the listing ---- */
 
 struct qctx {
+	FILE *out; /* the listing goes to memory first: printed once the scan finished (SIGBUS guard) */
 	bool json, summary;
 	int state; /* -1: any */
 	int64_t older_than_us;
@@ -117,18 +120,18 @@ static const char *rcpt_state_name(uint8_t s)
 	}
 }
 
-static void json_str(const char *s)
+static void json_str(FILE *f, const char *s)
 {
-	putchar('"');
+	fputc('"', f);
 	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
 		if (*p == '"' || *p == '\\')
-			printf("\\%c", *p);
+			fprintf(f, "\\%c", *p);
 		else if (*p < 0x20 || *p == 0x7f)
-			printf("\\u%04x", *p);
+			fprintf(f, "\\u%04x", *p);
 		else
-			putchar(*p);
+			fputc(*p, f);
 	}
-	putchar('"');
+	fputc('"', f);
 }
 
 static void rfc3339(int64_t us, char *buf, size_t cap)
@@ -208,39 +211,43 @@ static int q_msg(void *ctx, const struct spool_msg *m, const struct spool_msg_st
 	rfc3339(m->received_at_us, ts, sizeof(ts));
 	age_text(age_us, age, sizeof(age));
 	if (q->json) {
-		printf("{\"id\":\"%s\",\"lane\":%u,\"received_at\":\"%s\",\"age_s\":%lld,\"size\":%llu,"
-		       "\"sender\":",
-		       id, m->lane, ts, (long long)(age_us > 0 ? age_us / 1000000 : 0),
-		       (unsigned long long)m->size);
-		json_str(m->env.mail_from);
-		printf(",\"state\":\"%s\",\"held\":%s,\"bounced\":%s,\"attempts\":%u", qstate_name[qs],
-		       st->held ? "true" : "false", st->bounced ? "true" : "false", st->attempts);
+		fprintf(q->out,
+			"{\"id\":\"%s\",\"lane\":%u,\"received_at\":\"%s\",\"age_s\":%lld,\"size\":%llu,"
+			"\"sender\":",
+			id, m->lane, ts, (long long)(age_us > 0 ? age_us / 1000000 : 0),
+			(unsigned long long)m->size);
+		json_str(q->out, m->env.mail_from);
+		fprintf(q->out, ",\"state\":\"%s\",\"held\":%s,\"bounced\":%s,\"attempts\":%u",
+			qstate_name[qs], st->held ? "true" : "false", st->bounced ? "true" : "false",
+			st->attempts);
 		if (st->next_attempt_us)
-			printf(",\"next_attempt\":%lld", (long long)(st->next_attempt_us / 1000000));
+			fprintf(q->out, ",\"next_attempt\":%lld", (long long)(st->next_attempt_us / 1000000));
 		if (lr) {
-			printf(",\"last_reply\":{\"code\":%u,\"esc\":", lr->code);
-			json_str(lr->esc);
-			printf(",\"text\":");
-			json_str(lr->text);
-			printf("}");
+			fprintf(q->out, ",\"last_reply\":{\"code\":%u,\"esc\":", lr->code);
+			json_str(q->out, lr->esc);
+			fprintf(q->out, ",\"text\":");
+			json_str(q->out, lr->text);
+			fprintf(q->out, "}");
 		}
-		printf(",\"recipients\":[");
+		fprintf(q->out, ",\"recipients\":[");
 		for (uint32_t i = 0; i < m->env.rcpt_count && i < st->rcpt_count; i++) {
 			const struct spool_rcpt_status *rs = &st->rcpt[i];
-			printf("%s{\"addr\":", i ? "," : "");
-			json_str(m->env.rcpt[i].addr);
-			printf(",\"state\":\"%s\",\"attempts\":%u", rcpt_state_name(rs->state), rs->attempt);
+			fprintf(q->out, "%s{\"addr\":", i ? "," : "");
+			json_str(q->out, m->env.rcpt[i].addr);
+			fprintf(q->out, ",\"state\":\"%s\",\"attempts\":%u", rcpt_state_name(rs->state),
+				rs->attempt);
 			if (rs->code) {
-				printf(",\"code\":%u,\"esc\":", rs->code);
-				json_str(rs->esc);
-				printf(",\"reply\":");
-				json_str(rs->text);
+				fprintf(q->out, ",\"code\":%u,\"esc\":", rs->code);
+				json_str(q->out, rs->esc);
+				fprintf(q->out, ",\"reply\":");
+				json_str(q->out, rs->text);
 			}
 			if (rs->state == SPOOL_RCPT_DEFERRED && rs->next_attempt_us)
-				printf(",\"next_attempt\":%lld", (long long)(rs->next_attempt_us / 1000000));
-			printf("}");
+				fprintf(q->out, ",\"next_attempt\":%lld",
+					(long long)(rs->next_attempt_us / 1000000));
+			fprintf(q->out, "}");
 		}
-		printf("]}\n");
+		fprintf(q->out, "]}\n");
 		return 0;
 	}
 	char next[40] = "now";
@@ -248,16 +255,17 @@ static int q_msg(void *ctx, const struct spool_msg *m, const struct spool_msg_st
 		snprintf(next, sizeof(next), "never (held)");
 	else if (st->next_attempt_us)
 		rfc3339(st->next_attempt_us, next, sizeof(next));
-	printf("%s %s age %s size %llu attempts %u next %s from <%s>\n", id, qstate_name[qs], age,
-	       (unsigned long long)m->size, st->attempts, next, m->env.mail_from);
+	fprintf(q->out, "%s %s age %s size %llu attempts %u next %s from <%s>\n", id, qstate_name[qs], age,
+		(unsigned long long)m->size, st->attempts, next, m->env.mail_from);
 	if (lr)
-		printf("    last reply: %u %s%s%s\n", lr->code, lr->esc, lr->esc[0] ? " " : "", lr->text);
+		fprintf(q->out, "    last reply: %u %s%s%s\n", lr->code, lr->esc, lr->esc[0] ? " " : "",
+			lr->text);
 	for (uint32_t i = 0; i < m->env.rcpt_count && i < st->rcpt_count; i++) {
 		const struct spool_rcpt_status *rs = &st->rcpt[i];
-		printf("    <%s> %s", m->env.rcpt[i].addr, rcpt_state_name(rs->state));
+		fprintf(q->out, "    <%s> %s", m->env.rcpt[i].addr, rcpt_state_name(rs->state));
 		if (rs->code)
-			printf(" %u %s%s%s", rs->code, rs->esc, rs->esc[0] ? " " : "", rs->text);
-		putchar('\n');
+			fprintf(q->out, " %u %s%s%s", rs->code, rs->esc, rs->esc[0] ? " " : "", rs->text);
+		fputc('\n', q->out);
 	}
 	return 0;
 }
@@ -265,37 +273,38 @@ static int q_msg(void *ctx, const struct spool_msg *m, const struct spool_msg_st
 static void summary_print(const struct qctx *q)
 {
 	if (q->json) {
-		printf("{\"messages\":%llu,\"bytes\":%llu,\"by_state\":{", (unsigned long long)q->total,
-		       (unsigned long long)q->total_bytes);
+		fprintf(q->out, "{\"messages\":%llu,\"bytes\":%llu,\"by_state\":{",
+			(unsigned long long)q->total, (unsigned long long)q->total_bytes);
 		for (int s = 0; s < QS_COUNT; s++)
-			printf("%s\"%s\":{\"messages\":%llu,\"bytes\":%llu}", s ? "," : "", qstate_name[s],
-			       (unsigned long long)q->count[s], (unsigned long long)q->bytes[s]);
-		printf("},\"by_age_minutes\":[");
+			fprintf(q->out, "%s\"%s\":{\"messages\":%llu,\"bytes\":%llu}", s ? "," : "",
+				qstate_name[s], (unsigned long long)q->count[s],
+				(unsigned long long)q->bytes[s]);
+		fprintf(q->out, "},\"by_age_minutes\":[");
 		for (int b = 0; b < AGE_BUCKETS; b++) {
-			printf("%s{\"from\":%u,", b ? "," : "", age_bucket_min[b]);
+			fprintf(q->out, "%s{\"from\":%u,", b ? "," : "", age_bucket_min[b]);
 			if (b + 1 < AGE_BUCKETS)
-				printf("\"to\":%u,", age_bucket_min[b + 1]);
-			printf("\"messages\":%llu,\"bytes\":%llu}", (unsigned long long)q->age_count[b],
-			       (unsigned long long)q->age_bytes[b]);
+				fprintf(q->out, "\"to\":%u,", age_bucket_min[b + 1]);
+			fprintf(q->out, "\"messages\":%llu,\"bytes\":%llu}",
+				(unsigned long long)q->age_count[b], (unsigned long long)q->age_bytes[b]);
 		}
-		printf("]}\n");
+		fprintf(q->out, "]}\n");
 		return;
 	}
-	printf("%-10s %10s %14s\n", "state", "messages", "bytes");
+	fprintf(q->out, "%-10s %10s %14s\n", "state", "messages", "bytes");
 	for (int s = 0; s < QS_COUNT; s++)
-		printf("%-10s %10llu %14llu\n", qstate_name[s], (unsigned long long)q->count[s],
-		       (unsigned long long)q->bytes[s]);
-	printf("%-10s %10llu %14llu\n", "total", (unsigned long long)q->total,
-	       (unsigned long long)q->total_bytes);
-	printf("\n%-10s %10s %14s\n", "age (min)", "messages", "bytes");
+		fprintf(q->out, "%-10s %10llu %14llu\n", qstate_name[s], (unsigned long long)q->count[s],
+			(unsigned long long)q->bytes[s]);
+	fprintf(q->out, "%-10s %10llu %14llu\n", "total", (unsigned long long)q->total,
+		(unsigned long long)q->total_bytes);
+	fprintf(q->out, "\n%-10s %10s %14s\n", "age (min)", "messages", "bytes");
 	for (int b = 0; b < AGE_BUCKETS; b++) {
 		char label[24];
 		if (b + 1 < AGE_BUCKETS)
 			snprintf(label, sizeof(label), "%u-%u", age_bucket_min[b], age_bucket_min[b + 1]);
 		else
 			snprintf(label, sizeof(label), "%u+", age_bucket_min[b]);
-		printf("%-10s %10llu %14llu\n", label, (unsigned long long)q->age_count[b],
-		       (unsigned long long)q->age_bytes[b]);
+		fprintf(q->out, "%-10s %10llu %14llu\n", label, (unsigned long long)q->age_count[b],
+			(unsigned long long)q->age_bytes[b]);
 	}
 }
 
@@ -330,10 +339,84 @@ static int duration_us(const char *s, int64_t *out)
 	return 0;
 }
 
+/*
+ * SIGBUS guard, as list has (ctl.c): the reader maps segments a running
+ * server owns; one reclaimed or unreadable under the map turns a load into
+ * SIGBUS. The listing is built in memory; on SIGBUS it is dropped and the
+ * scan runs again on a fresh reader (segments listed anew), at most
+ * Q_BUS_TRIES times; only a finished scan is printed.
+ */
+#define Q_BUS_TRIES 5
+static sigjmp_buf q_jmp;
+static volatile sig_atomic_t q_armed;
+
+static void q_sigbus(int sig)
+{
+	if (q_armed) {
+		q_armed = 0;
+		siglongjmp(q_jmp, 1);
+	}
+	signal(sig, SIG_DFL);
+	raise(sig);
+}
+
+static int guarded_scan(const char *dir, struct qctx *q)
+{
+	static struct spool_reader *volatile cur;
+	static char *buf;
+	static size_t len;
+	static volatile int tries;
+	const struct qctx start = *q;
+	struct sigaction sa = {.sa_handler = q_sigbus};
+	struct spool_reader *r;
+	int rc;
+
+	sigaction(SIGBUS, &sa, NULL);
+	if (sigsetjmp(q_jmp, 1)) {
+		if (cur)
+			spool_reader_close(cur);
+		cur = NULL;
+		fclose(q->out);
+		free(buf);
+		buf = NULL;
+		fprintf(stderr, "dotspool-ctl: a segment changed under the reader (SIGBUS); reading again\n");
+		if (++tries >= Q_BUS_TRIES) {
+			fprintf(stderr, "dotspool-ctl: gave up after %d tries\n", Q_BUS_TRIES);
+			return -EIO;
+		}
+	}
+	*q = start;
+	q->out = open_memstream(&buf, &len);
+	if (!q->out)
+		return -ENOMEM;
+	rc = spool_reader_open(&r, dir);
+	if (rc) {
+		fclose(q->out);
+		free(buf);
+		buf = NULL;
+		fprintf(stderr, "dotspool-ctl: cannot open spool %s: %s\n", dir, strerror(-rc));
+		return rc;
+	}
+	cur = r;
+	q_armed = 1;
+	rc = spool_reader_foreach_status(r, q_msg, q);
+	q_armed = 0;
+	cur = NULL;
+	spool_reader_close(r);
+	if (!rc && q->summary)
+		summary_print(q);
+	fclose(q->out);
+	q->out = NULL;
+	if (!rc && len && fwrite(buf, 1, len, stdout) != len)
+		rc = -EIO;
+	free(buf);
+	buf = NULL;
+	return rc;
+}
+
 static int queue_cmd(const char *dir, bool json, int argc, char **argv)
 {
 	struct qctx q = {.json = json, .state = -1, .now_us = ds_wall_us()};
-	struct spool_reader *r;
 	int rc;
 
 	for (int i = 0; i < argc; i++) {
@@ -378,15 +461,7 @@ static int queue_cmd(const char *dir, bool json, int argc, char **argv)
 			return 2;
 		}
 	}
-	rc = spool_reader_open(&r, dir);
-	if (rc) {
-		fprintf(stderr, "dotspool-ctl: cannot open spool %s: %s\n", dir, strerror(-rc));
-		return 1;
-	}
-	rc = spool_reader_foreach_status(r, q_msg, &q);
-	spool_reader_close(r);
-	if (!rc && q.summary)
-		summary_print(&q);
+	rc = guarded_scan(dir, &q);
 	if (q.has_sender)
 		regfree(&q.sender);
 	if (q.has_rcpt)
