@@ -5,6 +5,8 @@ dotspool runs on ds-powercut (powercut_fs.c: everything not fsynced is lost at a
 scripted next hop answering 450 to later*@ recipients, so messages stay queued. The control
 socket lives off the mount (--control-socket: the FUSE file system has no sockets). Rounds:
 
+0. hold M0 while the next data fsync of a segment fails (EIO): the command answers "error" (exit 1),
+   M0 is not held, neither in the listing nor after a cut.
 1. hold M0; the moment dotspool-ctl says "ok": cut, SIGKILL, remount (the crash's disk), start:
    M0 is held (queue --json), not tried.
 2. delete M1 the same way: M1 is gone from the queue (list: done), never tried again; M0 still held.
@@ -94,6 +96,16 @@ def main(t):
         dlvlib.wait_for("three messages deferred", lambda: all(
             queue(tools, disk.spool).get(m, {}).get("attempts", 0) >= 1 for m in ids), 20)
         m0, m1, m2 = ids
+
+        print("-- 0. the record's flush fails (EIO): the command says error, nothing held, also after a cut")
+        state["fs"].cmd("eio-next-fsync /spool/lane-*.seg data")
+        rc, out, err = ctl(tools, disk.spool, "hold", m0, "--socket", sock)
+        t.check(rc == 1 and "%s error" % m0 in out, "hold with a failed flush: error, exit 1", out + err)
+        t.check(not queue(tools, disk.spool).get(m0, {}).get("held", True), "not held in the spool")
+        r = pc.cut_and_kill(state["fs"], state["srv"])
+        state["fs"].stop()
+        start()
+        t.check(not queue(tools, disk.spool).get(m0, {}).get("held", True), "after the cut: not held")
 
         print("-- 1. hold, cut")
         before0 = tries(peer, "later0@localhost")
