@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
+#include "spool_compact.h"
 #include "spool_format.h"
 #include "spool_scan.h"
 #include "spool_segment.h"
@@ -33,6 +34,8 @@ struct rc_seg {
 	uint32_t hnext, msgs; /* hash chain; messages whose commit is here (list through rc_msg.snext) */
 	uint32_t nonfinal, waiting;
 	uint64_t bytes;
+	int64_t created_us;	 /* compaction: how old it is (header's creation time, or when first seen) */
+	int64_t compact_next_us; /* compaction: not looked at again before */
 	bool used, known, sealed, pinned, reclaiming;
 };
 
@@ -45,7 +48,17 @@ struct rc_msg {
 	uint32_t *ref;	       /* H(M), without C(M), no duplicates */
 	int64_t keep_until_us; /* gap window (spool_reclaim_msg_keep): not final before */
 	bool used, final, dsn_lost;
-	bool final_wanted; /* final by its records, held back by keep_until_us */
+	bool final_wanted; /* final by its records, held back by keep_until_us or a move */
+	/*
+	 * Compaction (spool_reclaim_msg_moving): a copy is being written. Refs
+	 * ref[mark, nref) were registered since the move began (records the copy's
+	 * summary does not cover: they stay); new_cseg/new_chunk_lo: the copy's
+	 * commit segment once durable (NIL before), protected like C(M) until the
+	 * move is committed.
+	 */
+	bool moving;
+	uint32_t mark, new_cseg;
+	uint64_t new_chunk_lo;
 };
 
 struct spool_reclaim {
@@ -304,11 +317,18 @@ static void msg_ref(struct spool_reclaim *r, struct rc_msg *m, uint32_t si)
 		m->dsn_lost = true;
 		return;
 	}
-	if (si == m->cseg)
+	if (si == m->cseg || (m->moving && si == m->new_cseg))
 		return;
 	for (uint32_t k = 0; k < m->nref; k++)
-		if (m->ref[k] == si)
+		if (m->ref[k] == si) {
+			/* Registered again during a move: a record the copy's summary may not cover. */
+			if (m->moving && k < m->mark) {
+				m->ref[k] = m->ref[m->mark - 1];
+				m->ref[m->mark - 1] = si;
+				m->mark--;
+			}
 			return;
+		}
 	if (m->nref == m->cap) {
 		uint32_t ncap = m->cap ? m->cap * 2 : 4;
 		uint32_t *n = realloc(m->ref, ncap * sizeof(*n));
@@ -381,6 +401,7 @@ static void seg_add_locked(struct spool_reclaim *r, unsigned lane, uint64_t seq,
 	if (!r->segs[i].known) {
 		r->segs[i].known = true;
 		r->segs[i].bytes = bytes;
+		r->segs[i].created_us = wall_us();
 		r->st.segments++;
 		r->st.bytes += bytes;
 	}
@@ -439,8 +460,27 @@ static void msg_add_locked(struct spool_reclaim *r, uint64_t id, unsigned lane, 
 	uint32_t mi, ci;
 	struct rc_msg *m;
 
-	if (msg_find(r, id) != NIL)
-		return; /* registered already (a commit is durable once) */
+	mi = msg_find(r, id);
+	if (mi != NIL) {
+		/* Registered already (a commit is durable once), unless this is a moving message's copy. */
+		m = &r->msgs[mi];
+		if (m->moving && m->new_cseg == NIL && (ci = seg_get(r, lane, commit_seq)) != NIL &&
+		    ci != m->cseg) {
+			m->new_cseg = ci;
+			r->segs[ci].nonfinal++;
+			m->new_chunk_lo = chunk_seq && chunk_seq < commit_seq ? chunk_seq : 0;
+			for (uint64_t s = m->new_chunk_lo ? m->new_chunk_lo : commit_seq; s < commit_seq;
+			     s++) {
+				uint32_t si = seg_get(r, lane, s);
+				if (si == NIL) {
+					m->dsn_lost = true; /* never final here: nothing is released */
+					continue;
+				}
+				r->segs[si].nonfinal++;
+			}
+		}
+		return;
+	}
 	ci = seg_get(r, lane, commit_seq);
 	if (ci == NIL) {
 		/* Without memory: pin what holds it (it is never reclaimed, nothing is lost). */
@@ -523,7 +563,7 @@ static void msg_final_locked(struct spool_reclaim *r, uint64_t id)
 	m = &r->msgs[mi];
 	if (m->final || m->dsn_lost)
 		return;
-	if (m->keep_until_us && m->keep_until_us > wall_us()) {
+	if (m->moving || (m->keep_until_us && m->keep_until_us > wall_us())) {
 		/* A gap record's window: kept (byte for byte comparison of a retry) until it ends. */
 		if (!m->final_wanted) {
 			m->final_wanted = true;
@@ -613,6 +653,151 @@ static void kept_expire_locked(struct spool_reclaim *r)
 		if (m->used && m->final_wanted && m->keep_until_us <= now)
 			msg_final_locked(r, m->id);
 	}
+}
+
+/* ---- compaction (spool_compact.h) ---- */
+
+int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t now_us, int64_t age_us,
+			       uint64_t *seq, uint64_t *ids, unsigned max)
+{
+	int best = -ENOENT;
+	uint32_t bi = NIL;
+
+	pthread_mutex_lock(&r->mu);
+	for (uint32_t i = 0; i < r->nsegs; i++) {
+		struct rc_seg *s = &r->segs[i];
+		uint64_t q = s->key & ((1ull << 40) - 1);
+		unsigned live = 0;
+		bool ok = true;
+
+		if (!s->used || (unsigned)(s->key >> 40) != lane || !s->known || !s->sealed || s->pinned ||
+		    s->reclaiming || q >= r->lane_top[lane] || s->created_us > now_us - age_us ||
+		    s->compact_next_us > now_us || !s->nonfinal ||
+		    (bi != NIL && q > (r->segs[bi].key & ((1ull << 40) - 1))))
+			continue;
+		for (uint32_t mi = s->msgs; mi != NIL && ok; mi = r->msgs[mi].snext) {
+			const struct rc_msg *m = &r->msgs[mi];
+			/* A gap record's window (its record is not carried forward): the segment waits. */
+			ok = !m->moving && !m->dsn_lost && m->keep_until_us <= now_us;
+			live += !m->final;
+		}
+		if (!ok || !live || live > max)
+			continue;
+		bi = i;
+		best = (int)live;
+	}
+	if (bi != NIL) {
+		unsigned n = 0;
+		*seq = r->segs[bi].key & ((1ull << 40) - 1);
+		for (uint32_t mi = r->segs[bi].msgs; mi != NIL; mi = r->msgs[mi].snext)
+			if (!r->msgs[mi].final)
+				ids[n++] = r->msgs[mi].id;
+		DS_ASSERT((int)n == best);
+	}
+	pthread_mutex_unlock(&r->mu);
+	return best;
+}
+
+void spool_reclaim_compact_defer(struct spool_reclaim *r, unsigned lane, uint64_t seq, int64_t until_us)
+{
+	pthread_mutex_lock(&r->mu);
+	uint32_t i = seg_find(r, lane, seq);
+	if (i != NIL)
+		r->segs[i].compact_next_us = until_us;
+	pthread_mutex_unlock(&r->mu);
+}
+
+int spool_reclaim_msg_moving(struct spool_reclaim *r, uint64_t id)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&r->mu);
+	uint32_t mi = msg_find(r, id);
+	if (mi == NIL || r->msgs[mi].final || r->msgs[mi].moving || r->msgs[mi].dsn_lost) {
+		rc = mi == NIL ? -ENOENT : -EBUSY;
+	} else {
+		struct rc_msg *m = &r->msgs[mi];
+		m->moving = true;
+		m->mark = m->nref;
+		m->new_cseg = NIL;
+		m->new_chunk_lo = 0;
+	}
+	pthread_mutex_unlock(&r->mu);
+	return rc;
+}
+
+/* Segments of a copy's chunk range (lo .. cseg's seq - 1; lo 0: none): nonfinal by d. */
+static void chunks_count(struct spool_reclaim *r, uint32_t cseg, uint64_t lo, int d)
+{
+	unsigned lane = (unsigned)(r->segs[cseg].key >> 40);
+	uint64_t cseq = r->segs[cseg].key & ((1ull << 40) - 1);
+
+	for (uint64_t q = lo; lo && q < cseq; q++) {
+		uint32_t si = seg_find(r, lane, q);
+		if (si == NIL)
+			continue; /* never counted (no memory): the message never goes final here */
+		DS_ASSERT(d > 0 || r->segs[si].nonfinal > 0);
+		r->segs[si].nonfinal += (uint32_t)d;
+	}
+}
+
+static void seg_unlist(struct spool_reclaim *r, uint32_t si, uint32_t mi)
+{
+	uint32_t *pp = &r->segs[si].msgs;
+
+	while (*pp != mi) {
+		DS_ASSERT(*pp != NIL);
+		pp = &r->msgs[*pp].snext;
+	}
+	*pp = r->msgs[mi].snext;
+}
+
+int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit)
+{
+	int rc = 0;
+
+	pthread_mutex_lock(&r->mu);
+	uint32_t mi = msg_find(r, id);
+	struct rc_msg *m = mi == NIL ? NULL : &r->msgs[mi];
+	if (!m || !m->moving) {
+		pthread_mutex_unlock(&r->mu);
+		return -ENOENT;
+	}
+	if (commit && m->new_cseg == NIL)
+		commit = false, rc = -EAGAIN; /* the copy is not durable: nothing moves */
+	if (commit) {
+		/* The copy with its summary is durable: the old copy and the records before the move go. */
+		DS_ASSERT(r->segs[m->cseg].nonfinal > 0);
+		r->segs[m->cseg].nonfinal--;
+		chunks_count(r, m->cseg, m->chunk_lo, -1);
+		seg_unlist(r, m->cseg, mi);
+		m->cseg = m->new_cseg;
+		m->chunk_lo = m->new_chunk_lo;
+		m->snext = r->segs[m->cseg].msgs;
+		r->segs[m->cseg].msgs = mi;
+		for (uint32_t k = 0; k < m->nref; k++) {
+			DS_ASSERT(r->segs[m->ref[k]].nonfinal > 0);
+			if (k < m->mark || m->ref[k] == m->cseg)
+				r->segs[m->ref[k]].nonfinal--;
+		}
+		uint32_t n = 0;
+		for (uint32_t k = m->mark; k < m->nref; k++)
+			if (m->ref[k] != m->cseg)
+				m->ref[n++] = m->ref[k];
+		m->nref = n;
+	} else if (m->new_cseg != NIL) {
+		/* Given up after the copy was durable: it is a duplicate nothing protects. */
+		r->segs[m->new_cseg].nonfinal--;
+		chunks_count(r, m->new_cseg, m->new_chunk_lo, -1);
+	}
+	m->moving = false;
+	m->new_cseg = NIL;
+	m->mark = 0;
+	r->dirty = true;
+	if (m->final_wanted)
+		msg_final_locked(r, id);
+	pthread_mutex_unlock(&r->mu);
+	return rc;
 }
 
 void spool_reclaim_stats(struct spool_reclaim *r, struct spool_reclaim_stats *st)
@@ -777,6 +962,10 @@ void spool_reclaim_stop(struct spool_reclaim *r)
 struct rc_rec {
 	uint64_t id, seq, dsn_id;
 	unsigned lane;
+	int64_t at_us; /* outcome records: their time (older than a summary: redundant) */
+	bool summary;  /* an outcome record of compaction (SPOOL_OUTCOME_F_SUMMARY) */
+	bool outcome;
+	bool superseded; /* an outcome record older than a summary of its message: not a ref */
 	/* Gap records (type 7): kind, expiry, where (a CLEARED after an AT_RISK in its lane ends it). */
 	uint32_t gap_kind;
 	uint64_t off;
@@ -797,6 +986,11 @@ static void l_seg(void *ctx, struct rlane *rl, struct rseg *s)
 	struct load_ctx *c = ctx;
 
 	seg_add_locked(c->r, rl->lane, s->seq, s->size, true);
+	if (!s->hdr_rc) {
+		uint32_t i = seg_find(c->r, rl->lane, s->seq);
+		if (i != NIL)
+			c->r->segs[i].created_us = s->hdr.created_us;
+	}
 	/* A bad header (not merely unused), or a newer format: exactly as found. */
 	if (s->hdr_rc && s->hdr_rc != -ENODATA)
 		seg_pin_locked(c->r, rl->lane, s->seq);
@@ -826,7 +1020,13 @@ static void l_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct
 		struct spool_outcome_iter it;
 		if (spool_outcome_decode(rec->payload, rec->len, &o, &it))
 			return; /* not a record: recovery ignores it too */
+		uint32_t flags;
+		memcpy(&flags, rec->payload + 4, 4);
 		e.dsn_id = o.dsn_id;
+		e.at_us = o.at_us;
+		e.off = rec->off;
+		e.outcome = true;
+		e.summary = flags & SPOOL_OUTCOME_F_SUMMARY;
 	} else if (rec->type == SPOOL_REC_GAP) {
 		struct spool_gap_fixed g;
 		if (spool_gap_fixed_decode(rec->payload, rec->len, &g))
@@ -892,6 +1092,68 @@ static void l_dropped(void *ctx, struct rlane *rl, const struct spool_msg *m, bo
 }
 
 /*
+ * Compaction's summaries (SPOOL_OUTCOME_F_SUMMARY): an outcome record about
+ * a message older than its latest summary says nothing the summary does not
+ * (FORMAT.md, "Moved records"), so its segment does not wait for the
+ * message. Without this a copy moved forward would point back at the
+ * segments of its old records, and two such messages could keep each
+ * other's segments forever. The summary itself, and records as old as it
+ * or newer, count as before.
+ */
+static int summaries_locked(struct spool_reclaim *r, struct load_ctx *c)
+{
+	struct sum {
+		uint64_t id, seq, off;
+		unsigned lane;
+	} *h = NULL;
+	size_t n = 0, cap = 16;
+
+	(void)r;
+	for (size_t i = 0; i < c->nrecs; i++)
+		n += c->recs[i].summary;
+	if (!n)
+		return 0;
+	while (cap < 2 * n)
+		cap *= 2;
+	h = calloc(cap, sizeof(*h));
+	if (!h)
+		return -ENOMEM; /* every record counts: nothing is released early */
+	/* The latest summary of each message in its lane's stream (a copy is moved in its id's lane). */
+	for (size_t i = 0; i < c->nrecs; i++) {
+		const struct rc_rec *e = &c->recs[i];
+		if (!e->summary)
+			continue;
+		for (size_t k = hash64(e->id, (uint32_t)cap);; k = (k + 1) & (cap - 1)) {
+			if (!h[k].id || h[k].id == e->id) {
+				if (!h[k].id ||
+				    (e->lane == h[k].lane &&
+				     (e->seq > h[k].seq || (e->seq == h[k].seq && e->off > h[k].off))))
+					h[k] = (struct sum){e->id, e->seq, e->off, e->lane};
+				break;
+			}
+		}
+	}
+	/*
+	 * Superseded: an outcome record before the summary in the same lane's stream. A record
+	 * of another lane is not ordered against it (clocks are not trusted here): it counts.
+	 */
+	for (size_t i = 0; i < c->nrecs; i++) {
+		struct rc_rec *e = &c->recs[i];
+		if (!e->outcome || e->summary)
+			continue;
+		for (size_t k = hash64(e->id, (uint32_t)cap); h[k].id; k = (k + 1) & (cap - 1))
+			if (h[k].id == e->id) {
+				e->superseded =
+					e->lane == h[k].lane &&
+					(e->seq < h[k].seq || (e->seq == h[k].seq && e->off < h[k].off));
+				break;
+			}
+	}
+	free(h);
+	return 0;
+}
+
+/*
  * Gap records: a message with an AT_RISK record whose window has not ended,
  * and no CLEARED record after it in the same lane's stream, is kept until
  * the window ends (FORMAT.md, "Gap records"). A CLEARED record in another
@@ -945,8 +1207,11 @@ int spool_reclaim_load(struct spool_reclaim *r)
 		rc = c.err;
 	if (!rc) {
 		/* Records after every commit is known (a DSN may be in any lane), finals last. */
+		summaries_locked(r, &c);
 		for (size_t i = 0; i < c.nrecs; i++)
-			msg_record_locked(r, c.recs[i].id, c.recs[i].lane, c.recs[i].seq, c.recs[i].dsn_id);
+			if (!c.recs[i].superseded)
+				msg_record_locked(r, c.recs[i].id, c.recs[i].lane, c.recs[i].seq,
+						  c.recs[i].dsn_id);
 		load_gaps_locked(r, &c);
 		for (size_t i = 0; i < c.nfinals; i++)
 			msg_final_locked(r, c.finals[i]);
@@ -962,6 +1227,17 @@ int spool_reclaim_load(struct spool_reclaim *r)
 void spool_reclaim_dump(struct spool_reclaim *r, FILE *f)
 {
 	pthread_mutex_lock(&r->mu);
+	for (uint32_t i = 0; i < r->nmsgs && getenv("DS_RECLAIM_DUMP_MSGS"); i++) {
+		const struct rc_msg *m = &r->msgs[i];
+		if (!m->used)
+			continue;
+		fprintf(f, "msg %016llx C %llu final %d moving %d refs", (unsigned long long)m->id,
+			(unsigned long long)(r->segs[m->cseg].key & ((1ull << 40) - 1)), m->final, m->moving);
+		for (uint32_t k = 0; k < m->nref; k++)
+			fprintf(f, " %llu",
+				(unsigned long long)(r->segs[m->ref[k]].key & ((1ull << 40) - 1)));
+		fputc('\n', f);
+	}
 	for (uint32_t i = 0; i < r->nsegs; i++) {
 		const struct rc_seg *s = &r->segs[i];
 		unsigned lane = (unsigned)(s->key >> 40);

@@ -128,6 +128,32 @@ void spool_reclaim_msg_keep(struct spool_reclaim *r, uint64_t id, int64_t expire
 void spool_reclaim_count_compacted(struct spool_reclaim *r, uint64_t segments, uint64_t messages,
 				   uint64_t bytes);
 
+/*
+ * Compaction (spool_compact.h; FORMAT.md "Moved records").
+ *
+ * compact_pick: the lowest sealed, unpinned segment of lane, not its
+ * highest, created at least age_us before now_us and not deferred, whose
+ * commits include 1..max messages not final (none moving): their ids in
+ * ids, the segment in *seq; returns how many, or -ENOENT. compact_defer:
+ * not picked again before until_us.
+ *
+ * msg_moving: a copy of message id (same id) is about to be written to its
+ * lane's current segment, followed by a summary of its delivery state.
+ * While it moves, the message is not final here (a final state waits for
+ * the move to end), its copy's commit, once durable (the lane's msg_add),
+ * is protected like its commit, and the records registered since are
+ * marked. msg_moved(commit): the copy is the message from now on: its old
+ * commit, chunks and every record registered before the move stop
+ * protecting it (the summary replaces them); -EAGAIN if the copy is not
+ * durable yet (nothing changes, the move ends). msg_moved(!commit): the
+ * move is given up; a durable copy is a duplicate nothing protects.
+ */
+int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t now_us, int64_t age_us,
+			       uint64_t *seq, uint64_t *ids, unsigned max);
+void spool_reclaim_compact_defer(struct spool_reclaim *r, unsigned lane, uint64_t seq, int64_t until_us);
+int spool_reclaim_msg_moving(struct spool_reclaim *r, uint64_t id); /* 0, -ENOENT, -EBUSY (final, moving) */
+int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit);
+
 void spool_reclaim_stats(struct spool_reclaim *r, struct spool_reclaim_stats *st);
 /* One line per segment the table knows (operators, tests). */
 void spool_reclaim_dump(struct spool_reclaim *r, FILE *f);

@@ -142,6 +142,7 @@ struct spool_scan_totals {
 	uint64_t outcomes_bad;	/* intact CRC but not decodable: ignored */
 	uint64_t outcomes_lost; /* naming no message here (reclaimed, aborted, never durable) */
 	uint64_t aborts;	/* abort records */
+	uint64_t copies;	/* format 3: commits of an id another copy of which is the message */
 };
 /*
  * The whole spool (spool_fold.c): every lane scanned (bad, seg as they come),
