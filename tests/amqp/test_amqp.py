@@ -14,13 +14,19 @@ routing key no queue is bound to yet.
    `dotspool-ctl cat` shows. Metrics: confirms counted, nothing unconfirmed, connection up.
 2. Mandatory publish to a key nothing is bound to: basic.return, then ack -> deferred (returned
    counted, nothing confirmed); once a queue is bound the retries deliver each message once.
+0. --check-config takes an amqp URL with encoded credentials and vhost.
 3. The broker stops: dotspool keeps accepting (250), logs hop_down, the connection gauge says 0;
    the broker comes back (same data): hop_up, the backlog drains, every message arrives once,
    and what was in the queue before the stop is still there (quorum queue on disk). This batch
    is read by dist/amqp-consumer.py, with one planted duplicate message_id it must drop.
+4. The broker frozen (SIGSTOP) past --deliver-timeout-confirm-s: the publishes time out, are
+   counted as possible duplicates and published again after SIGCONT; every message is in the
+   queue (duplicates only as repeated message_ids). A message spooled earlier and larger than
+   --amqp-max-message-size fails with a bounce (5.3.4) that is itself handed off.
 """
 
 import os
+import signal
 import stat
 import subprocess
 import sys
@@ -91,6 +97,18 @@ def main(t):
     tmp = dslib.mkdtemp("ds-amqp-")
     c = rabbit.Cluster(tmp, nodes=1)
     t0 = time.monotonic()
+    # 0. The URL as understood (password masked), before any broker exists.
+    r = subprocess.run([os.path.join(t.build, "dotspool"), "--check-config", "/dev/null", "--deliver-to",
+                        "amqp://u%40x:p%3Aw@127.0.0.1/v%2Fh?exchange=ex&routing_key=rk"],
+                       capture_output=True, text=True, timeout=30)
+    t.check(r.returncode == 0, "--check-config with an amqp URL: %s" % r.stderr)
+    # 4a. A message spooled while delivery was off, larger than the broker will take later.
+    big_spool = os.path.join(tmp, "big-spool")
+    off = dlvlib.DServer(t.build, [], threads=1, spool=big_spool).start()
+    big_id = dlvlib.send_ex(off.port, "big@client.test", ["r@dest.test"], dlvlib.body("big", 100000),
+                            ["RET=HDRS"], {"r@dest.test": ["NOTIFY=FAILURE"]})
+    rc = off.stop()
+    t.check(rc == 0, "off stopped cleanly (exit %r)" % (rc,))
     try:
         c.start()
         node = c.nodes[0]
@@ -177,8 +195,48 @@ def main(t):
         dlvlib.wait_for("dotspool queue empty", lambda: srv.metric(
             "dotspool_queue_messages") == 0, 15)
         print("  drained after the restart (%.1f s)" % (time.monotonic() - t0))
-        srv.stop()
-        srv2.stop()
+        rc = srv2.stop()
+        t.check(rc == 0, "srv2 stopped cleanly (exit %r)" % (rc,))
+
+        # 4. No confirm in time (the broker frozen with SIGSTOP): deferred as a possible
+        # duplicate, published again once it runs; the queue then holds it at least once
+        # (duplicates only by message_id).
+        froze = send_batch(t, srv, 3, "f")  # the connection is up and confirming
+        got_f = rabbit.drain(node.port, "mail", want=3, timeout=20)
+        once(t, got_f, froze, "before the freeze")
+        os.killpg(node.proc.pid, signal.SIGSTOP)
+        try:
+            frozen = send_batch(t, srv, 4, "z")
+            dlvlib.wait_for("confirm timeouts", lambda: srv.metric(
+                "dotspool_handoff_results_total", {"result": "timeout"}) >= 4, 20)
+        finally:
+            os.killpg(node.proc.pid, signal.SIGCONT)
+        got_z = rabbit.drain(node.port, "mail", want=None, timeout=30, idle_s=3.0)
+        ids = [p.message_id for p, _ in got_z]
+        t.check(set(ids) == set(frozen), "after the freeze every message is in the queue (%s)" % ids)
+        t.check(srv.metric("dotspool_delivery_possible_duplicates_total") >= 4,
+                "timed-out publishes counted as possible duplicates")
+        print("  confirm timeout: %d timed out, %d copies in the queue for %d messages (%.1f s)"
+              % (srv.metric("dotspool_handoff_results_total", {"result": "timeout"}), len(ids), len(frozen),
+                 time.monotonic() - t0))
+        rc = srv.stop()
+        t.check(rc == 0, "srv stopped cleanly (exit %r)" % (rc,))
+
+        # 4b. The big message, now over --amqp-max-message-size: failed with a bounce (554 5.3.4),
+        # and the bounce (small) is handed off like any message.
+        big = dlvlib.DServer(t.build, [url], threads=1, spool=big_spool,
+                             extra=["--max-message-size", "1024", "--amqp-max-message-size", "66560"]).start()
+        dlvlib.wait_for("too_big counted", lambda: big.metric(
+            "dotspool_handoff_results_total", {"result": "too_big"}) >= 1, 15)
+        got_b = rabbit.drain(node.port, "mail", want=1, timeout=20)
+        t.check(len(got_b) == 1 and (got_b[0][0].headers or {}).get("envelope-from") == ""
+                and list(got_b[0][0].headers.get("envelope-to", [])) == ["big@client.test"],
+                "the bounce of the too-big message was handed off (%r)" % [(p.message_id, p.headers) for p, _ in got_b])
+        t.check(b"5.3.4" in got_b[0][1] if got_b else False, "the bounce says 5.3.4")
+        t.check(big.metric("dotspool_deliveries_total", {"outcome": "failed"}) == 1,
+                "the big message's recipient failed (final), %s" % big_id)
+        rc = big.stop()
+        t.check(rc == 0, "big stopped cleanly (exit %r)" % (rc,))
     finally:
         c.stop()
 
