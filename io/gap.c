@@ -184,8 +184,8 @@ out:
 	return ret;
 }
 
-unsigned io_gap_lookup(struct io_gap *g, uint64_t env_digest, uint32_t rcpt_count, int64_t now_us,
-		       struct io_gap_cand *out, unsigned cap)
+unsigned io_gap_lookup(struct io_gap *g, uint64_t env_digest, uint32_t rcpt_count, uint64_t head_hash,
+		       int64_t now_us, struct io_gap_cand *out, unsigned cap)
 {
 	unsigned n = 0, total = 0;
 
@@ -195,7 +195,7 @@ unsigned io_gap_lookup(struct io_gap *g, uint64_t env_digest, uint32_t rcpt_coun
 	for (uint32_t s = g->bucket[bucket_of(g, env_digest)]; s; s = g->e[s - 1].next) {
 		const struct gap_entry *e = &g->e[s - 1];
 		if (e->fp.env_digest != env_digest || e->fp.rcpt_count != rcpt_count ||
-		    e->expires_us <= now_us)
+		    e->fp.head_hash != head_hash || e->expires_us <= now_us)
 			continue;
 		/* Newest first: keep the cap most recent (a retry follows its original closely). */
 		struct io_gap_cand c = {.slot = s - 1, .id = e->id, .at_risk = e->at_risk, .fp = e->fp};
@@ -386,6 +386,11 @@ int io_gap_fp_stored(struct spool_fetch *f, unsigned lane, uint64_t seq, uint64_
 		goto out;
 	}
 	out->hdr_len = (uint32_t)hl;
+	if (fm.m.size - hl > head - hl && head - hl < IO_GAP_HEAD_BYTES) {
+		ret = -EBADMSG; /* cannot happen: the header is far shorter than what was read */
+		goto out;
+	}
+	out->head_hash = XXH3_64bits(scratch + hl, DS_MIN(head - hl, (size_t)IO_GAP_HEAD_BYTES));
 	io_gap_hash_update(&h, scratch + hl, head - hl);
 	for (uint64_t pos = head; pos < fm.m.size;) {
 		int r = spool_fetch_read(f, &fm, pos, scratch, cap);
@@ -644,11 +649,26 @@ void io_gap_on_begin(struct io_conn *c)
 	gc->rcpt_count = 0;
 	smtp_session_each_rcpt(c->s, rcpt_add, gc);
 	gc->env_digest = io_gap_env_digest(smtp_session_mail_from(c->s), gc->rcpt_sum, gc->rcpt_count);
-	if (!gc->in_data)
-		return;
+	gc->head_len = 0;
+	gc->looked_up = false;
+}
+
+static bool cand_cmp(struct io_conn *c, struct io_gap_conn *gc, unsigned i, uint64_t pos, const uint8_t *buf,
+		     size_t len);
+
+/*
+ * The first IO_GAP_HEAD_BYTES of the message (or all of a shorter one) are
+ * in: look the set up on envelope + head hash (almost every transaction
+ * stops here: an empty set, or no entry with this envelope and head), open
+ * the stored copies of the candidates and compare the head with them.
+ */
+static void head_lookup(struct io_conn *c, struct io_gap_conn *gc)
+{
 	struct io_gap_worker *gw = c->w->gapw;
-	unsigned n = io_gap_lookup(gw->set, gc->env_digest, gc->rcpt_count, ds_wall_us(), gc->cand,
-				   IO_GAP_CAND_MAX);
+	gc->looked_up = true;
+	gc->head_hash = XXH3_64bits(gc->head, gc->head_len);
+	unsigned n = io_gap_lookup(gw->set, gc->env_digest, gc->rcpt_count, gc->head_hash, ds_wall_us(),
+				   gc->cand, IO_GAP_CAND_MAX);
 	gc->ncand = DS_MIN(n, IO_GAP_CAND_MAX);
 	for (unsigned i = 0; i < gc->ncand; i++) {
 		const struct spool_gap_fp *fp = &gc->cand[i].fp;
@@ -656,7 +676,7 @@ void io_gap_on_begin(struct io_conn *c)
 		gc->cand_open[i] = spool_fetch_get(gw->fetch, fp->lane, fp->seq, fp->off, gc->cand[i].id,
 						   &gc->fm[i]) == 0 &&
 				   gc->fm[i].m.size == (uint64_t)fp->hdr_len + fp->size;
-		gc->cand_same[i] = gc->cand_open[i];
+		gc->cand_same[i] = gc->cand_open[i] && cand_cmp(c, gc, i, 0, gc->head, gc->head_len);
 	}
 }
 
@@ -693,10 +713,22 @@ void io_gap_on_write(struct io_conn *c, const void *buf, size_t len)
 		gc->hdr_len = (uint32_t)len;
 		return;
 	}
+	const uint8_t *p = buf;
 	uint64_t pos = gc->hash.size;
 	io_gap_hash_update(&gc->hash, buf, len);
-	for (unsigned i = 0; i < gc->ncand; i++)
-		if (gc->cand_same[i] && !cand_cmp(c, gc, i, pos, buf, len))
+	if (!gc->looked_up) {
+		size_t k = DS_MIN(len, (size_t)(IO_GAP_HEAD_BYTES - gc->head_len));
+		memcpy(gc->head + gc->head_len, p, k);
+		gc->head_len += (uint32_t)k;
+		if (gc->head_len < IO_GAP_HEAD_BYTES)
+			return;
+		head_lookup(c, gc);
+		p += k;
+		len -= k;
+		pos += k;
+	}
+	for (unsigned i = 0; i < gc->ncand && len; i++)
+		if (gc->cand_same[i] && !cand_cmp(c, gc, i, pos, p, len))
 			gc->cand_same[i] = false;
 }
 
@@ -709,7 +741,10 @@ bool io_gap_on_commit(struct io_conn *c, const struct ds_envelope *env)
 	if (!gc->in_data)
 		return false;
 	gc->in_data = false;
+	if (!gc->looked_up)
+		head_lookup(c, gc); /* a message shorter than the head: all of it is in gc->head */
 	gc->cur = (struct spool_gap_fp){.env_digest = gc->env_digest,
+					.head_hash = gc->head_hash,
 					.rcpt_count = gc->rcpt_count,
 					.hdr_len = gc->hdr_len,
 					.size = gc->hash.size,

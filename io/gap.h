@@ -32,6 +32,7 @@
 #define IO_GAP_ENTRIES_MAX     (1u << 24)
 #define IO_GAP_CAND_MAX	       4u	    /* stored copies one transaction is compared with at once */
 #define IO_GAP_PEND_MAX	       256u	    /* gap records per worker waiting for lane room */
+#define IO_GAP_HEAD_BYTES      1024u	    /* the message's first bytes, hashed into the set's key */
 #define IO_GAP_COOKIE_BIT      (1ull << 62) /* settled() of a gap record (conn cookies stay below) */
 
 /* ---- the server-wide set ---- */
@@ -71,8 +72,8 @@ int io_gap_insert(struct io_gap *g, uint64_t id, const struct spool_gap_fp *fp, 
  * copied to out, newest first. Lock-free (one relaxed
  * load) when the set is empty: the ingest path's only cost then.
  */
-unsigned io_gap_lookup(struct io_gap *g, uint64_t env_digest, uint32_t rcpt_count, int64_t now_us,
-		       struct io_gap_cand *out, unsigned cap);
+unsigned io_gap_lookup(struct io_gap *g, uint64_t env_digest, uint32_t rcpt_count, uint64_t head_hash,
+		       int64_t now_us, struct io_gap_cand *out, unsigned cap);
 /* Drop entry (slot, id) if it is still that one: true when dropped. */
 bool io_gap_remove(struct io_gap *g, uint32_t slot, uint64_t id);
 /* Drop every entry of message id (recovery applying CLEARED records): count dropped. */
@@ -126,8 +127,12 @@ struct io_gap_ack_ent {
 struct io_gap_conn {
 	struct io_gap_hash hash;
 	bool in_data;
-	bool hdr_seen; /* the first data_write (our Received: header) went by */
+	bool hdr_seen;	/* the first data_write (our Received: header) went by */
+	bool looked_up; /* the head is complete and the set was asked */
 	uint32_t hdr_len;
+	uint32_t head_len;
+	uint64_t head_hash;
+	uint8_t head[IO_GAP_HEAD_BYTES]; /* the first bytes as received, kept until the lookup */
 	uint64_t rcpt_sum;
 	uint32_t rcpt_count;
 	uint64_t env_digest;

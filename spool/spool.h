@@ -293,6 +293,7 @@ struct spool_gap_fp {
 	uint32_t hdr_len;		/* bytes of our trace header at the start of the stored copy */
 	uint64_t size;			/* message bytes as received (the stored copy minus hdr_len) */
 	uint64_t hash_lo, hash_hi;	/* XXH3-128 of those bytes */
+	uint64_t head_hash;		/* XXH3-64 of their first min(size, 1024) bytes (the set's key) */
 	uint32_t lane;			/* the stored copy's commit record (spool_fetch_get) */
 	uint64_t seq, off;
 	int64_t received_at_us;		/* of the original */

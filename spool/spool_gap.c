@@ -70,7 +70,7 @@ void spool_gap_encode(uint8_t *out, const struct spool_gap_rec *g)
 	put64(p + 48, fp->seq);
 	put64(p + 56, fp->off);
 	put64(p + 64, (uint64_t)fp->received_at_us);
-	put64(p + 72, 0);
+	put64(p + 72, fp->head_hash);
 }
 
 int spool_gap_decode(const uint8_t *payload, uint32_t len, uint64_t id, struct spool_gap_rec *g)
@@ -108,6 +108,7 @@ int spool_gap_decode(const uint8_t *payload, uint32_t len, uint64_t id, struct s
 	fp->seq = get64(p + 48);
 	fp->off = get64(p + 56);
 	fp->received_at_us = (int64_t)get64(p + 64);
+	fp->head_hash = get64(p + 72);
 	if (fp->lane >= SPOOL_LANES_MAX || fp->rcpt_count == 0 || fp->rcpt_count > SPOOL_RCPT_MAX)
 		return -EBADMSG;
 	return 0;

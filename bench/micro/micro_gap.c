@@ -67,7 +67,7 @@ MICRO_BENCH(gap_lookup_empty)
 	struct io_gap_cand c[IO_GAP_CAND_MAX];
 	io_gap_create(&g, 1024);
 	while (micro_keep_running(st))
-		micro_do_not_optimize_u64(io_gap_lookup(g, 12345, 1, 0, c, IO_GAP_CAND_MAX));
+		micro_do_not_optimize_u64(io_gap_lookup(g, 12345, 1, 0, 0, c, IO_GAP_CAND_MAX));
 	io_gap_destroy(g);
 	micro_set_items(st, micro_iterations(st));
 }
@@ -85,7 +85,7 @@ MICRO_BENCH(gap_lookup_10k_miss)
 	}
 	uint64_t k = 0;
 	while (micro_keep_running(st))
-		micro_do_not_optimize_u64(io_gap_lookup(g, ++k * 0x51ed27ull, 1, 0, c, IO_GAP_CAND_MAX));
+		micro_do_not_optimize_u64(io_gap_lookup(g, ++k * 0x51ed27ull, 1, 0, 0, c, IO_GAP_CAND_MAX));
 	io_gap_destroy(g);
 	micro_set_items(st, micro_iterations(st));
 }

@@ -39,7 +39,7 @@ static void test_set(void)
 	CHECK(io_gap_create(&g, 0) == -EINVAL);
 	CHECK(io_gap_create(&g, 8) == 0);
 	/* Empty: the lock-free path. */
-	CHECK(io_gap_lookup(g, 42, 1, now, c, IO_GAP_CAND_MAX) == 0);
+	CHECK(io_gap_lookup(g, 42, 1, 0, now, c, IO_GAP_CAND_MAX) == 0);
 	CHECK(io_gap_insert(g, 1, &(struct spool_gap_fp){.env_digest = 42, .rcpt_count = 1}, now - 1, true) ==
 	      -EINVAL); /* already expired */
 	for (uint64_t id = 1; id <= 6; id++) {
@@ -48,17 +48,19 @@ static void test_set(void)
 	}
 	struct spool_gap_fp other = fp_of(43, 0);
 	CHECK(io_gap_insert(g, 7, &other, exp, true) == 0);
+	/* Same envelope, another head (the message's first 1024 bytes): no candidate. */
+	CHECK(io_gap_lookup(g, 42, 1, 7, now, c, IO_GAP_CAND_MAX) == 0);
 	/* Same digest, other recipient count: no candidate. */
-	CHECK(io_gap_lookup(g, 42, 2, now, c, IO_GAP_CAND_MAX) == 0);
+	CHECK(io_gap_lookup(g, 42, 2, 0, now, c, IO_GAP_CAND_MAX) == 0);
 	/* Six candidates, the newest IO_GAP_CAND_MAX handed out, newest first. */
-	unsigned n = io_gap_lookup(g, 42, 1, now, c, IO_GAP_CAND_MAX);
+	unsigned n = io_gap_lookup(g, 42, 1, 0, now, c, IO_GAP_CAND_MAX);
 	CHECK(n == 6);
 	CHECK(c[0].id == 6 && c[1].id == 5 && c[2].id == 4 && c[3].id == 3);
 	CHECK(c[0].at_risk);
 	/* Remove by (slot, id); a stale slot does nothing. */
 	CHECK(io_gap_remove(g, c[0].slot, 6));
 	CHECK(!io_gap_remove(g, c[0].slot, 6));
-	CHECK(io_gap_lookup(g, 42, 1, now, c, IO_GAP_CAND_MAX) == 5);
+	CHECK(io_gap_lookup(g, 42, 1, 0, now, c, IO_GAP_CAND_MAX) == 5);
 	/* Re-insert of a known id upgrades, never duplicates. */
 	struct spool_gap_fp fp5 = fp_of(42, 5);
 	CHECK(io_gap_insert(g, 5, &fp5, exp + 1, true) == 0);
@@ -77,9 +79,9 @@ static void test_set(void)
 	CHECK(io_gap_insert(g, 10, &f10, exp, true) == 0);
 	io_gap_stats(g, &st);
 	CHECK(st.evicted == 1 && st.entries == 8 && st.at_risk == 8);
-	CHECK(io_gap_lookup(g, 45, 1, now, c, IO_GAP_CAND_MAX) == 0);
+	CHECK(io_gap_lookup(g, 45, 1, 0, now, c, IO_GAP_CAND_MAX) == 0);
 	/* Expiry: lookups ignore them at once; expire frees them. */
-	CHECK(io_gap_lookup(g, 42, 1, exp + 10, c, IO_GAP_CAND_MAX) == 0);
+	CHECK(io_gap_lookup(g, 42, 1, 0, exp + 10, c, IO_GAP_CAND_MAX) == 0);
 	io_gap_expire(g, exp + 10);
 	io_gap_stats(g, &st);
 	CHECK(st.entries == 0 && st.at_risk == 0);
@@ -131,7 +133,8 @@ static void test_codec(void)
 					 .lane = 1,
 					 .seq = 7,
 					 .off = 8192,
-					 .received_at_us = 99}};
+					 .received_at_us = 99,
+					 .head_hash = 0x1234}};
 	struct spool_gap_rec d;
 	struct spool_gap_fixed f;
 	size_t n = spool_gap_size(&g);
