@@ -35,6 +35,9 @@ if [ -n "$ref" ]; then
 		rm -rf "${src:?}/$p"
 		(cd "$top" && tar -cf - "$p") | tar -C "$src" -xf -
 	done
+elif ! git -C "$top" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+	# Not a git tree (an exported snapshot, as tests/dist/install_test.sh makes): all of it.
+	tar -C "$top" --exclude='./obj-*' --exclude='./build*' -cf - . | tar -C "$src" -xf -
 else
 	(cd "$top" && git ls-files -z --cached --others --exclude-standard) |
 		(cd "$top" && xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh) |

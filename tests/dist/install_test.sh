@@ -55,12 +55,24 @@ die() {
 [ "$(id -u)" = 0 ] || { echo "install_test.sh: needs root (debootstrap, chroot)" >&2; exit 1; }
 
 # --- 1. packages -----------------------------------------------------------------------------
+# One snapshot of the tree for both packages (a shared tree changes under us): the commit
+# DS_IT_REF (plus DS_DEB_OVERLAY paths from the working tree) or the working tree as git sees it.
 say "building the packages"
-ref=()
-[ -n "${DS_IT_REF:-}" ] && ref=(--ref "$DS_IT_REF")
-"$top/dist/build-deb.sh" "${ref[@]}" "$work/v1" >"$work/build-v1.log" 2>&1 || { cat "$work/build-v1.log"; exit 1; }
+snap="$work/src"
+rm -rf "$snap" && mkdir -p "$snap"
+if [ -n "${DS_IT_REF:-}" ]; then
+	(cd "$top" && git archive --format=tar "$DS_IT_REF") | tar -C "$snap" -xf -
+	for p in ${DS_DEB_OVERLAY:-}; do rm -rf "${snap:?}/$p"; (cd "$top" && tar -cf - "$p") | tar -C "$snap" -xf -; done
+else
+	(cd "$top" && git ls-files -z --cached --others --exclude-standard | xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh |
+		tar --null -T - -cf -) | tar -C "$snap" -xf -
+fi
+"$snap/dist/build-deb.sh" "$work/v1" >"$work/build-v1.log" 2>&1 || { cat "$work/build-v1.log"; exit 1; }
 grep -E '^dist/build-deb.sh' "$work/build-v1.log"
-"$top/dist/build-deb.sh" "${ref[@]}" "$work/v2" 0.1.0+it1 >"$work/build-v2.log" 2>&1 || { cat "$work/build-v2.log"; exit 1; }
+# The upgrade also ships a changed configuration file, as real upgrades do: dpkg must keep the
+# operator's edited copy (no prompt with --force-confold) and leave the new one as .dpkg-dist.
+printf '# 0.1.0+it1: this line is new in the packaged file\n' >>"$snap/dist/dotspool.conf"
+"$snap/dist/build-deb.sh" "$work/v2" 0.1.0+it1 >"$work/build-v2.log" 2>&1 || { cat "$work/build-v2.log"; exit 1; }
 grep -E '^dist/build-deb.sh' "$work/build-v2.log"
 cp "$work"/v1/dotspool_*.deb "$debs/v1.deb"
 cp "$work"/v2/dotspool_*.deb "$debs/v2.deb"
@@ -236,17 +248,19 @@ ok "a delivery attempt was deferred (connection refused)" sh -c "grep -q '\"defe
 pid_before=$(server_pid)
 say "upgrading to $(dpkg-deb -f "$debs/v2.deb" Version) with the server running (pid $pid_before) and 3 messages queued"
 if [ "$booted" = yes ]; then
-	inside sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /debs/v2.deb' >"$work/upgrade.log" 2>&1
+	inside sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i --force-confdef --force-confold /debs/v2.deb' \
+		>"$work/upgrade.log" 2>&1
 	rc=$?
 else
-	run_root sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i /debs/v2.deb' >"$work/upgrade.log" 2>&1
+	run_root sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i --force-confdef --force-confold /debs/v2.deb' \
+		>"$work/upgrade.log" 2>&1
 	rc=$?
 	start_server # no systemd to restart it: by hand, as postinst's try-restart would
 fi
 ok "dpkg -i of the upgrade succeeded" test "$rc" = 0
 ok "installed version 0.1.0+it1" sh -c "chroot $root dpkg-query -W -f='\${Version}' dotspool | grep -qx 0.1.0+it1"
 ok "edited configuration kept (byte for byte)" cmp "$work/conf.edited" "$root/etc/dotspool/dotspool.conf"
-ok "no .dpkg-dist/.dpkg-new left (no conffile prompt)" sh -c "! ls $root/etc/dotspool/ | grep -q dpkg"
+ok "the new packaged configuration left beside it as dotspool.conf.dpkg-dist" sh -c "grep -q 'this line is new' $root/etc/dotspool/dotspool.conf.dpkg-dist && ! grep -q 'this line is new' $root/etc/dotspool/dotspool.conf"
 ok "server answers again after the upgrade" wait_banner
 if [ "$booted" = yes ]; then
 	pid_after=$(server_pid)
