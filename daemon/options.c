@@ -222,7 +222,7 @@ static const struct opt_def opts[] = {
 	/* amqp:// (issue 18, io/dlv_amqp.c, doc/amqp.md) */
 	{"deliver-credentials", OPT_STR, CF(deliver.credentials_file), 1, 4000, 0,
 	 "FILE amqp:// user:password on one line (mode 0600 or stricter) instead of in the URL"},
-	{"amqp-window", OPT_U32, CF(deliver.amqp_window), 1, 65536, 0,
+	{"amqp-window", OPT_U32, CF(deliver.amqp_window), 1, 4096, 0,
 	 "N amqp:// publishes awaiting the broker's confirm, per worker"},
 	{"deliver-timeout-confirm-s", OPT_U32, CF(deliver.timeout_confirm_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
 	 "S amqp:// publish to the broker's confirm; later: deferred (tried again)"},
