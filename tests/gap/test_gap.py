@@ -316,6 +316,23 @@ def main(t):
     finally:
         s3.stop()
 
+    # 13. --gap-dedup-all: every message is fingerprinted, so a resend after the sender's own
+    # timeout (its 250 was read) is answered "already queued" too; other content is stored.
+    s4 = t.server(threads=2, extra=["--gap-dedup-all", "true"])
+    s4.start()
+    try:
+        mid, data = message("all")
+        code, text = smtp_send(s4.port, data)
+        first = queued_id(text)
+        code, text = smtp_send(s4.port, data)
+        t.check("already queued" in text and queued_id(text) == first,
+                "--gap-dedup-all: a resend of a confirmed message is suppressed", text)
+        code, text = smtp_send(s4.port, data.replace(b"hello", b"hallo"))
+        t.check("already" not in text, "--gap-dedup-all: other bytes are stored", text)
+        t.eq(copies(s4).get(mid, 0), 2, "--gap-dedup-all: original and the changed one stored")
+    finally:
+        s4.stop()
+
     # 10. After the window: stored. 11. Window 0 (off): every retry stored.
     for window, what in ((2, "after the window"), (0, "with --gap-dedup-window-s 0")):
         mport = dslib.free_port()
