@@ -206,7 +206,14 @@ static ssize_t read_line(int fd, char *buf, size_t cap)
 {
 	size_t len = 0;
 
+	int64_t deadline = ds_mono_ms() + CTL_READ_TIMEOUT_S * 1000;
+
 	while (len < cap - 1) {
+		/* A client that sends nothing holds the one thread: bounded, and a stop cuts it short. */
+		struct pollfd p[2] = {{.fd = fd, .events = POLLIN}, {.fd = g.stop_fd, .events = POLLIN}};
+		int64_t left = deadline - ds_mono_ms();
+		if (left <= 0 || poll(p, 2, (int)left) <= 0 || p[1].revents)
+			return -1;
 		ssize_t n = recv(fd, buf + len, cap - 1 - len, 0);
 		if (n < 0 && errno == EINTR)
 			continue;
