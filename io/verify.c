@@ -235,6 +235,14 @@ static int reply_code(const struct vprobe *p)
 	return 0;
 }
 
+static bool addr_8bit(const char *a)
+{
+	for (; *a; a++)
+		if ((unsigned char)*a >= 0x80)
+			return true;
+	return false;
+}
+
 static void probe_reply(struct io_verify *v, struct vprobe *p, int code)
 {
 	switch (p->state) {
@@ -246,7 +254,8 @@ static void probe_reply(struct io_verify *v, struct vprobe *p, int code)
 	case VS_HELLO:
 		if (code / 100 != 2)
 			break;
-		probe_cmd(v, p, VS_MAIL, "MAIL FROM:<>%s\r\n", "");
+		/* An address with 8-bit octets needs SMTPUTF8 (RFC 6531); a hop without it refuses MAIL: 450. */
+		probe_cmd(v, p, VS_MAIL, "MAIL FROM:<>%s\r\n", addr_8bit(p->addr) ? " SMTPUTF8" : "");
 		return;
 	case VS_MAIL:
 		if (code / 100 != 2)
