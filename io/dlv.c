@@ -1799,6 +1799,21 @@ static void handoff_result(struct io_dlv *d, const struct io_handoff_result *r)
 	uint64_t accepted_us = (uint64_t)DS_MAX(ds_wall_us() - j->qm->received_at_us, 0);
 	obs_metrics_handoff_result(d->w->m, r->why, accepted_us, r->confirm_us);
 	struct dconn *c = j->c;
+	/*
+	 * Not taken, and the broker (not the message) is the cause: the connection (lost, or
+	 * none for a while), or the broker refusing or stalling as a whole (nack: e.g. a quorum
+	 * queue electing a new leader; no confirm in time). Such a message is not deferred by
+	 * its own back-off (retry-min-s: minutes) but goes back to the queue at once, nothing
+	 * recorded (job_end's hop-failure path, as SMTP's before MAIL): the connection causes
+	 * wait for the reconnection (job_start), the others back every amqp hop off
+	 * (--deliver-hop-backoff-min-s, doubling; a confirm clears it). Published and then no
+	 * word: the broker may hold it, a possible duplicate.
+	 */
+	bool conn_cause = r->why == IO_HANDOFF_CONN_LOST || r->why == IO_HANDOFF_NO_CONN;
+	bool broker_cause = r->why == IO_HANDOFF_NACKED || r->why == IO_HANDOFF_TIMEOUT;
+	j->hop_failed = conn_cause || broker_cause;
+	if (r->why == IO_HANDOFF_CONN_LOST || r->why == IO_HANDOFF_TIMEOUT)
+		obs_metrics_dlv_possible_duplicate(d->w->m, j->n);
 	for (uint32_t i = 0; i < j->n; i++) {
 		struct dlv_outcome *o = &j->out[i];
 		*o = (struct dlv_outcome){
@@ -1818,7 +1833,13 @@ static void handoff_result(struct io_dlv *d, const struct io_handoff_result *r)
 	c->job = NULL;
 	j->c = NULL;
 	conn_close(c);
-	job_end(d, j);
+	job_end(d, j); /* j may be gone */
+	for (unsigned h = 0; h < d->cfg->hop_count; h++) {
+		if (broker_cause)
+			dlv_queue_hop_failed(d->q, h, ds_wall_us());
+		else if (r->why == IO_HANDOFF_CONFIRMED)
+			dlv_queue_hop_ok(d->q, h);
+	}
 }
 
 static void handoff_log(struct io_dlv *d, bool up, const struct io_handoff_state *s)
@@ -1841,8 +1862,9 @@ static void handoff_state(struct io_dlv *d)
 		handoff_log(d, false, &s);
 	if (s.connects != d->ho_st.connects && s.connected)
 		handoff_log(d, true, &s);
-	for (unsigned h = 0; h < d->cfg->hop_count; h++)
-		obs_metrics_dlv_hop_up(d->w->m, h, s.connected);
+	int64_t now = ds_wall_us();
+	for (unsigned h = 0; h < d->cfg->hop_count; h++) /* down: no connection, or backed off (nack) */
+		obs_metrics_dlv_hop_up(d->w->m, h, s.connected && dlv_queue_hop_up(d->q, h, now));
 	d->hop_down[0] = !s.connected;
 	obs_metrics_handoff_state(d->w->m, s.connected, s.in_flight, s.losses);
 	d->ho_st = s;
