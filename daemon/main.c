@@ -226,6 +226,9 @@ static int backlog_add(void *ctx, const struct spool_queue_entry *e)
  * the scan, minus every message a CLEARED record names (it may lie in an
  * earlier lane than the AT_RISK it clears) and those whose window is over.
  */
+/* A running worker writes a watermark within about a second of any change (io/gap.c). */
+#define GAP_WM_SLACK_US (60ll * 1000000)
+
 struct gap_tail {
 	uint64_t id, seq, off;
 	unsigned lane;
@@ -240,6 +243,7 @@ struct gap_load {
 	bool wm[SPOOL_LANES_MAX];
 	uint64_t wm_rec_seq[SPOOL_LANES_MAX], wm_rec_off[SPOOL_LANES_MAX];
 	uint64_t thr_seq[SPOOL_LANES_MAX], thr_off[SPOOL_LANES_MAX];
+	int64_t wm_at_us[SPOOL_LANES_MAX];
 	struct gap_tail *tail;
 	size_t ntail, tail_cap;
 };
@@ -261,6 +265,7 @@ static void gap_collect(void *ctx, const struct spool_gap_rec *g)
 			gl->wm_rec_off[l] = g->rec_off;
 			gl->thr_seq[l] = g->wm_all ? g->rec_seq : g->wm_seq;
 			gl->thr_off[l] = g->wm_all ? g->rec_off : g->wm_off;
+			gl->wm_at_us[l] = g->wm_at_us;
 		}
 		return;
 	}
@@ -282,6 +287,12 @@ static void gap_msg(void *ctx, uint64_t id, unsigned lane, uint64_t seq, uint64_
 {
 	struct gap_load *gl = ctx;
 	if (lane >= SPOOL_LANES_MAX || !gl->wm[lane] || gap_pos_lt(seq, off, gl->thr_seq[lane], gl->thr_off[lane]))
+		return;
+	/*
+	 * Received long after the lane's last watermark: no worker was writing
+	 * watermarks then (a run with gap dedup off), so nothing is known of it.
+	 */
+	if (received_at_us > gl->wm_at_us[lane] + GAP_WM_SLACK_US)
 		return;
 	if (gl->ntail == gl->tail_cap) {
 		size_t cap = gl->tail_cap ? gl->tail_cap * 2 : 64;

@@ -548,7 +548,8 @@ static int watermark_put(struct io_worker *w, bool force)
 				  .watermark = true,
 				  .wm_all = !open,
 				  .wm_seq = open ? ms : 0,
-				  .wm_off = open ? mo : 0};
+				  .wm_off = open ? mo : 0,
+				  .wm_at_us = ds_wall_us()};
 	int ret = spool_lane_gap(w->lane, &g, IO_GAP_COOKIE_BIT | (++gw->cookies & 0xffffffffffull));
 	if (ret < 0)
 		return ret;

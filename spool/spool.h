@@ -310,6 +310,7 @@ struct spool_gap_rec {
 	 */
 	bool watermark, wm_all;
 	uint64_t wm_seq, wm_off;
+	int64_t wm_at_us; /* when it was written (wall clock) */
 	/* Where recovery found it (not encoded). */
 	unsigned rec_lane;
 	uint64_t rec_seq, rec_off;

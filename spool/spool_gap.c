@@ -54,6 +54,7 @@ void spool_gap_encode(uint8_t *out, const struct spool_gap_rec *g)
 			put32(p + 4, g->wm_all ? 1 : 0);
 			put64(p + 8, g->wm_seq);
 			put64(p + 16, g->wm_off);
+			put64(p + 24, (uint64_t)g->wm_at_us);
 		}
 		return;
 	}
@@ -90,6 +91,7 @@ int spool_gap_decode(const uint8_t *payload, uint32_t len, uint64_t id, struct s
 			g->wm_all = get32(p + 4) & 1;
 			g->wm_seq = get64(p + 8);
 			g->wm_off = get64(p + 16);
+			g->wm_at_us = (int64_t)get64(p + 24);
 		}
 		return 0; /* other tails are ignored */
 	}

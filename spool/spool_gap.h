@@ -14,7 +14,7 @@
 #include "spool.h"
 
 #define SPOOL_GAP_TAIL_V1 80u /* bytes of an AT_RISK tail */
-#define SPOOL_GAP_TAIL_WM 24u /* bytes of a watermark tail (CLEARED) */
+#define SPOOL_GAP_TAIL_WM 32u /* bytes of a watermark tail (CLEARED) */
 
 /* Payload bytes of g (fixed prefix + tail). */
 size_t spool_gap_size(const struct spool_gap_rec *g);
