@@ -23,6 +23,8 @@ routing key no queue is bound to yet.
    counted as possible duplicates and published again after SIGCONT; every message is in the
    queue (duplicates only as repeated message_ids). A message spooled earlier and larger than
    --amqp-max-message-size fails with a bounce (5.3.4) that is itself handed off.
+5. dotspool killed -9 right after accepting a batch, restarted on its spool: every accepted
+   message is in the queue at least once, nothing else.
 """
 
 import os
@@ -219,6 +221,19 @@ def main(t):
         print("  confirm timeout: %d timed out, %d copies in the queue for %d messages (%.1f s)"
               % (srv.metric("dotspool_handoff_results_total", {"result": "timeout"}), len(ids), len(frozen),
                  time.monotonic() - t0))
+        # 5. dotspool killed -9 in the middle of handing off, restarted on the same spool: every
+        # accepted message reaches the queue at least once (ATTEMPT records: published again).
+        crash = send_batch(t, srv, 30, "c")
+        srv.kill()
+        srv.start()
+        got_c = rabbit.drain(node.port, "mail", want=None, timeout=30, idle_s=3.0)
+        ids = [p.message_id for p, _ in got_c]
+        t.check(set(crash) <= set(ids), "after kill -9 and restart every accepted message is in the queue "
+                "(%d missing)" % len(set(crash) - set(ids)))
+        t.check(set(ids) <= set(crash), "nothing else in the queue")
+        dlvlib.wait_for("queue empty after the restart", lambda: srv.metric("dotspool_queue_messages") == 0, 15)
+        print("  dotspool kill -9: %d accepted, %d in the queue (%d duplicates by message_id) (%.1f s)"
+              % (len(crash), len(ids), len(ids) - len(set(ids)), time.monotonic() - t0))
         rc = srv.stop()
         t.check(rc == 0, "srv stopped cleanly (exit %r)" % (rc,))
 
