@@ -121,6 +121,12 @@ static const struct opt_def opts[] = {
 	{"reclaim", OPT_BOOL, CF(reclaim), 0, 1, 0,
 	 "BOOL delete sealed segments once every message in them is final and their records are durable "
 	 "(issue 15; spool/FORMAT.md, Reclamation)"},
+	{"compact-age-s", OPT_U32, CF(compact_age_s), 0, 30 * 86400, 0,
+	 "S with reclaim on, a sealed segment older than S whose live messages are few "
+	 "(compact-live-max-pct) have them copied forward so it can be reclaimed (spool/FORMAT.md, "
+	 "Moved records); 0 = off (default 300)"},
+	{"compact-live-max-pct", OPT_U32, CF(compact_live_max_pct), 1, 100, 0,
+	 "PCT compact a segment only when its live messages' bodies are at most PCT% of it (default 25)"},
 	{"spool-io", OPT_STR, CF(spool.io_mode), 1, 15, 0,
 	 "MODE buffered (write + fdatasync per group, default) or direct (O_DIRECT segments, each group one "
 	 "block-aligned RWF_DSYNC write; falls back to buffered where O_DIRECT is refused)"},
@@ -337,6 +343,9 @@ void daemon_config_defaults(struct io_config *cfg)
 	cfg->watermark.min_free_auto = true;
 	cfg->gap_window_s = 86400;
 	cfg->gap_entries = IO_GAP_ENTRIES_DEFAULT;
+	/* Compaction (issue 15): a segment idle for 5 minutes and at most a quarter live. */
+	cfg->compact_age_s = 300;
+	cfg->compact_live_max_pct = 25;
 	policy_config_defaults(&cfg->policy);
 }
 

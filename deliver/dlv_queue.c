@@ -740,3 +740,10 @@ int dlv_queue_foreach(const struct dlv_queue *q, int (*fn)(void *ctx, const stru
 	}
 	return 0;
 }
+
+void dlv_queue_relocate(struct dlv_queue *q, struct dlv_qmsg *m, uint64_t seq, uint64_t off)
+{
+	(void)q;
+	m->seq = seq;
+	m->off = off;
+}

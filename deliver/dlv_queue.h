@@ -179,6 +179,8 @@ void dlv_queue_find(const struct dlv_queue *q, const uint64_t *ids, uint32_t n, 
 
 /* Every recipient final (or the message deleted; any line): forget it. m is invalid afterwards. */
 void dlv_queue_done(struct dlv_queue *q, struct dlv_qmsg *m);
+/* Compaction moved m's commit record (same id, same lane): it is read from (seq, off) from now on. */
+void dlv_queue_relocate(struct dlv_queue *q, struct dlv_qmsg *m, uint64_t seq, uint64_t off);
 
 /* Next hops. hop indexes the configured --deliver-to list. */
 int dlv_queue_hop_pick(const struct dlv_queue *q, int64_t now_us); /* first hop up, or -1 */

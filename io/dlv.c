@@ -46,6 +46,7 @@
 #include "log.h"
 #include "metrics.h"
 #include "ring.h"
+#include "spool_compact.h"
 #include "spool_fetch.h"
 #include "spool_id.h"
 #include "spool_reclaim.h" /* H12: segment reclamation (issue 15) */
@@ -2216,4 +2217,42 @@ void io_dlv_destroy(struct io_worker *w)
 	free(d->bounce);
 	free(d);
 	w->dlv = NULL;
+}
+
+/* ---- compaction (issue 15): what the queue knows of a message, and where it moved ---- */
+
+void io_dlv_compact_states(struct io_worker *w, const uint64_t *ids, unsigned n, struct spool_compact_msgstate *st,
+			   int *rc)
+{
+	struct io_dlv *d = w->dlv;
+	struct dlv_qmsg *found[SPOOL_COMPACT_BATCH_MAX];
+
+	DS_ASSERT(d && n <= SPOOL_COMPACT_BATCH_MAX);
+	dlv_queue_find(d->q, ids, n, found);
+	for (unsigned i = 0; i < n; i++) {
+		const struct dlv_qmsg *qm = found[i];
+		rc[i] = !qm ? -ENOENT : qm->line == DLV_QLINE_BUSY || qm->held || qm->mark ? -EBUSY : 0;
+		if (rc[i])
+			continue;
+		st[i] = (struct spool_compact_msgstate){
+			.seq = qm->seq,
+			.off = qm->off,
+			.size = qm->size,
+			.attempts = qm->attempts,
+			.due_us = qm->line == DLV_QLINE_DEFERRED ? qm->due_us : 0,
+			.rcpt_count = qm->rcpt_count,
+			.rcpt_state = qm->rcpt_state, /* enum dlv_rcpt_state = enum spool_rcpt_state */
+		};
+	}
+}
+
+void io_dlv_relocate(struct io_worker *w, uint64_t id, uint64_t seq, uint64_t off)
+{
+	struct io_dlv *d = w->dlv;
+	struct dlv_qmsg *qm = NULL;
+
+	DS_ASSERT(d != NULL);
+	dlv_queue_find(d->q, &id, 1, &qm);
+	if (qm)
+		dlv_queue_relocate(d->q, qm, seq, off);
 }

@@ -48,4 +48,17 @@ void io_dlv_close_all(struct io_worker *w);
 /* Ops in flight or records unsettled: the worker may not leave its loop. */
 bool io_dlv_busy(const struct io_worker *w);
 
+/*
+ * Compaction (issue 15; spool/spool_compact.h) asks the queue: per id of
+ * ids[0, n) (ascending, n <= SPOOL_COMPACT_BATCH_MAX), rc[i] 0 and st[i]
+ * (location, size, attempts, due time, recipient states; the states point
+ * into the queue, valid until the next queue call), -EBUSY (an attempt in
+ * flight, held, frozen for an operator record) or -ENOENT (not queued:
+ * final, or not this worker's). And tells it: message id was moved.
+ */
+struct spool_compact_msgstate;
+void io_dlv_compact_states(struct io_worker *w, const uint64_t *ids, unsigned n, struct spool_compact_msgstate *st,
+			   int *rc);
+void io_dlv_relocate(struct io_worker *w, uint64_t id, uint64_t seq, uint64_t off);
+
 #endif

@@ -164,6 +164,8 @@ struct io_config {
 	char log_level[16];	  /* error, warn, info, debug */
 	uint32_t log_ring_size;	  /* bytes of log buffer per worker */
 	bool reclaim;		  /* --reclaim: delete segments whose messages are all final (spool_reclaim.h) */
+	uint32_t compact_age_s;	  /* --compact-age-s: compact segments this old (spool_compact.h); 0 = off */
+	uint32_t compact_live_max_pct; /* --compact-live-max-pct: ... whose live bodies are at most this % */
 	uint32_t gap_window_s;	  /* --gap-dedup-window-s: RFC 1047 gap dedup window, 0 = off (io/gap.h) */
 	uint32_t gap_entries;	  /* --gap-dedup-entries: the server-wide set's bound */
 	bool gap_all;		  /* --gap-dedup-all: fingerprint every message, not only at-risk ones */

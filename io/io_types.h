@@ -142,6 +142,7 @@ struct io_worker {
 	struct smtp_config lmtp_cfg;
 	struct spool_lane *lane;
 	struct io_dlv *dlv; /* the delivery stage; NULL without --deliver-to */
+	struct spool_compact *compact; /* the lane's compactor (issue 15); NULL unless reclaim + delivery */
 	struct io_verify *verify; /* recipient verification (io/verify.h); NULL without --verify-recipients */
 	struct io_gap_worker *gapw; /* gap dedup (io/gap.h); NULL when --gap-dedup-window-s is 0 */
 	struct io_tls_server *tls; /* NULL without --tls-cert */

@@ -29,7 +29,9 @@
 #include "io_types.h"
 #include "mserve.h"
 #include "ring.h"
+#include "log.h"
 #include "spool.h"
+#include "spool_compact.h"
 #include "verify.h"
 
 /* ---- spool storage interface, implemented with io_uring ---- */
@@ -91,7 +93,10 @@ static int ops_flush(void *ctx, int fd, uint64_t tag)
 
 static void ops_settled(void *ctx, uint64_t cookie, int res)
 {
-	if (cookie & IO_DLV_COOKIE_BIT)
+	struct io_worker *w = ctx;
+	if (!(cookie & (IO_DLV_COOKIE_BIT | IO_GAP_COOKIE_BIT)) && (cookie & SPOOL_COMPACT_COOKIE_BIT))
+		spool_compact_settled(w->compact, cookie, res);
+	else if (cookie & IO_DLV_COOKIE_BIT)
 		io_dlv_settled(ctx, cookie, res);
 	else if (cookie & IO_GAP_COOKIE_BIT)
 		io_gap_settled(ctx, cookie, res);
@@ -250,6 +255,8 @@ static void begin_shutdown(struct io_worker *w)
 	io_mserve_stop(w);
 	io_conns_shutdown(w);
 	io_dlv_shutdown(w);
+	if (w->compact)
+		spool_compact_stop(w->compact);
 }
 
 static void on_tick(struct io_worker *w)
@@ -338,6 +345,7 @@ static void dispatch(struct io_worker *w, struct io_uring_cqe *cqe)
 static bool worker_done(struct io_worker *w)
 {
 	return w->stopping && w->conn_active == 0 && !io_dlv_busy(w) && !io_verify_busy(w) &&
+	       !(w->compact && spool_compact_busy(w->compact)) &&
 	       io_gap_quiesce(w) && !spool_lane_busy(w->lane);
 }
 
@@ -363,6 +371,45 @@ static void *worker_failed(struct io_worker *w)
  * what it set up (ring, buffers, connection table) to io_worker_destroy(),
  * which main() calls after joining every worker.
  */
+/* ---- compaction (issue 15; spool/spool_compact.h): the lane's compactor, on this thread ---- */
+
+static void compact_states(void *ctx, const uint64_t *ids, unsigned n, struct spool_compact_msgstate *st, int *rc)
+{
+	io_dlv_compact_states(ctx, ids, n, st, rc);
+}
+
+static void compact_moved(void *ctx, uint64_t id, uint64_t seq, uint64_t off)
+{
+	io_dlv_relocate(ctx, id, seq, off);
+}
+
+/* One line per segment compacted (reclamation logs the segment's unlink later, event=reclaim). */
+static void compact_done(void *ctx, uint64_t seq, uint32_t moved, uint64_t bytes)
+{
+	struct io_worker *w = ctx;
+	if (obs_log_begin(w->log, OBS_LOG_INFO, "compact")) {
+		obs_log_u64(w->log, "lane", w->no);
+		obs_log_u64(w->log, "segment", seq);
+		obs_log_u64(w->log, "messages", moved);
+		obs_log_u64(w->log, "bytes", bytes);
+		obs_log_end(w->log);
+	}
+}
+
+/* With reclamation and a delivery queue (the live messages' state is the queue's). */
+static int compact_create(struct io_worker *w)
+{
+	const struct io_config *cfg = w->cfg;
+	if (!cfg->spool.reclaim || !w->dlv || !cfg->compact_age_s)
+		return 0;
+	struct spool_compact_config cc = {.age_us = (int64_t)cfg->compact_age_s * 1000000,
+					  .live_max_pct = cfg->compact_live_max_pct,
+					  .segment_size = cfg->spool.segment_size};
+	static const struct spool_compact_ops ops = {
+		.states = compact_states, .moved = compact_moved, .done = compact_done};
+	return spool_compact_create(&w->compact, w->lane, w->no, cfg->spool_dir, cfg->spool.reclaim, &cc, &ops, w);
+}
+
 static int worker_setup(struct io_worker *w)
 {
 	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
@@ -392,6 +439,11 @@ static int worker_setup(struct io_worker *w)
 	ret = io_dlv_create(w);
 	if (ret < 0) {
 		fprintf(stderr, "dotspool: worker %u: delivery stage: %s\n", w->no, strerror(-ret));
+		return ret;
+	}
+	ret = compact_create(w);
+	if (ret < 0) {
+		fprintf(stderr, "dotspool: worker %u: compaction: %s\n", w->no, strerror(-ret));
 		return ret;
 	}
 	ret = io_verify_create(w, io_conn_rcpt_answer);
@@ -429,6 +481,8 @@ static void worker_loop(struct io_worker *w)
 		io_uring_cq_advance(&w->ring.uring, n);
 		io_conns_resume_parked(w);
 		io_dlv_run(w);
+		if (w->compact)
+			spool_compact_step(w->compact, ds_wall_us());
 		if (w->hs_head) {
 			/* This turn's commits and replies go to the kernel before the CPU-heavy part. */
 			spool_lane_kick(w->lane);
@@ -452,6 +506,8 @@ static void *worker_main(void *arg)
 	if (atomic_load(&w->sh->stopping))
 		begin_shutdown(w);
 	worker_loop(w);
+	spool_compact_destroy(w->compact);
+	w->compact = NULL;
 	io_verify_destroy(w);
 	io_dlv_destroy(w);
 	if (spool_lane_busy(w->lane)) {
@@ -558,7 +614,9 @@ void io_worker_destroy(struct io_worker *w)
 		if (w->listeners[i].fd >= 0)
 			close(w->listeners[i].fd);
 	io_verify_destroy(w);
-	io_dlv_destroy(w); /* a worker that never reached its loop */
+	spool_compact_destroy(w->compact); /* a worker that never reached its loop */
+	w->compact = NULL;
+	io_dlv_destroy(w);
 	io_ring_fini(&w->ring);
 	io_conns_fini(w);
 	io_mserve_fini(w);

@@ -93,7 +93,7 @@ int spool_compact_create(struct spool_compact **out, struct spool_lane *l, unsig
 	if (!c->cfg.step_bytes)
 		c->cfg.step_bytes = 256u << 10;
 	if (!c->cfg.pick_every_us)
-		c->cfg.pick_every_us = 500000;
+		c->cfg.pick_every_us = 100000; /* a look at the table (one mutex, a walk over its segments) */
 	c->ops = *ops;
 	c->ctx = ctx;
 	c->buf = malloc(c->cfg.step_bytes);
@@ -197,6 +197,8 @@ void spool_compact_settled(struct spool_compact *c, uint64_t ck, int res)
 static bool pick(struct spool_compact *c, int64_t now)
 {
 	uint64_t ids[SPOOL_COMPACT_BATCH_MAX], seq, live = 0;
+	struct spool_compact_msgstate sts[SPOOL_COMPACT_BATCH_MAX];
+	int rcs[SPOOL_COMPACT_BATCH_MAX];
 	int n, rc = 0;
 
 	c->next_pick_us = now + c->cfg.pick_every_us;
@@ -204,21 +206,34 @@ static bool pick(struct spool_compact *c, int64_t now)
 				       SPOOL_COMPACT_BATCH_MAX);
 	if (n <= 0)
 		return false;
-	for (int i = 0; i < n && !rc; i++) {
+	/* Ascending (the owner's batch lookup wants them so): insertion sort of at most 64. */
+	for (int i = 1; i < n; i++)
+		for (int k = i; k > 0 && ids[k - 1] > ids[k]; k--) {
+			uint64_t t = ids[k];
+			ids[k] = ids[k - 1];
+			ids[k - 1] = t;
+		}
+	memset(sts, 0, sizeof(sts));
+	c->ops.states(c->ctx, ids, (unsigned)n, sts, rcs);
+	c->n = (unsigned)n;
+	for (int i = 0; i < n; i++) {
 		struct cmove *m = &c->mv[i];
 		memset(m, 0, sizeof(*m));
 		m->id = ids[i];
-		rc = c->ops.state(c->ctx, ids[i], &m->st);
-		if (!rc) {
-			m->rst = malloc(m->st.rcpt_count ? m->st.rcpt_count : 1);
-			if (!m->rst)
-				rc = -ENOMEM;
-			else
-				memcpy(m->rst, m->st.rcpt_state, m->st.rcpt_count);
-			m->st.rcpt_state = m->rst;
-			live += m->st.size;
+		m->st = sts[i];
+		m->st.rcpt_state = NULL;
+		if (rcs[i]) {
+			rc = rc ? rc : rcs[i];
+			continue;
 		}
-		c->n = (unsigned)i + 1;
+		m->rst = malloc(sts[i].rcpt_count ? sts[i].rcpt_count : 1);
+		if (!m->rst) {
+			rc = -ENOMEM;
+			continue;
+		}
+		memcpy(m->rst, sts[i].rcpt_state, sts[i].rcpt_count);
+		m->st.rcpt_state = m->rst;
+		live += m->st.size;
 	}
 	/* Mostly dead only: a segment with much live data would move most of itself. */
 	if (!rc && live * 100 > (uint64_t)c->cfg.live_max_pct * c->cfg.segment_size)

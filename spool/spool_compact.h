@@ -111,7 +111,7 @@ int spool_lane_record(struct spool_lane *l, uint32_t type, uint64_t id, const vo
 /* ---- the compactor ---- */
 
 /* Cookies of the compactor's records: this bit set (the owner routes settled() by it). */
-#define SPOOL_COMPACT_COOKIE_BIT (1ull << 62)
+#define SPOOL_COMPACT_COOKIE_BIT (1ull << 61) /* 63: delivery, 62: gap records (io/) */
 #define SPOOL_COMPACT_BATCH_MAX	 64u /* messages moved per round */
 
 struct spool_compact_config {
@@ -119,7 +119,7 @@ struct spool_compact_config {
 	unsigned live_max_pct; /* live body bytes at most this % of the segment (1..100) */
 	uint64_t segment_size; /* the lane's segment size */
 	uint32_t step_bytes;   /* body bytes copied per step (default 256 KiB) */
-	int64_t pick_every_us; /* the table is asked at most this often (default 500 ms) */
+	int64_t pick_every_us; /* the table is asked at most this often (default 100 ms) */
 };
 
 /* What the owner knows of a live message (its delivery queue entry). */
@@ -134,10 +134,12 @@ struct spool_compact_msgstate {
 
 struct spool_compact_ops {
 	/*
-	 * The state of live message id: 0 (st filled), -EBUSY (a delivery
-	 * attempt in flight, held, ...: not this round), -ENOENT (not known).
+	 * The state of live messages ids[0, n) (ascending): per message rc[i] 0
+	 * (st[i] filled), -EBUSY (a delivery attempt in flight, held, an
+	 * operator record in flight: not this round), -ENOENT (not known).
 	 */
-	int (*state)(void *ctx, uint64_t id, struct spool_compact_msgstate *st);
+	void (*states)(void *ctx, const uint64_t *ids, unsigned n, struct spool_compact_msgstate *st,
+		       int *rc);
 	/* Message id is read from (seq, off) of its lane from now on (called before the table lets go). */
 	void (*moved)(void *ctx, uint64_t id, uint64_t seq, uint64_t off);
 	/* A round ended: segment seq emptied of its live messages (moved of them, bytes copied). */

@@ -794,6 +794,7 @@ int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit)
 	m->new_cseg = NIL;
 	m->mark = 0;
 	r->dirty = true;
+	pthread_cond_signal(&r->cv); /* the old copy's segment may go now */
 	if (m->final_wanted)
 		msg_final_locked(r, id);
 	pthread_mutex_unlock(&r->mu);

@@ -366,21 +366,23 @@ static void finalize(struct spool_reclaim *rt)
 }
 
 /* The owner's side of compaction: the model is the delivery queue. */
-static int c_state(void *ctx, uint64_t id, struct spool_compact_msgstate *st)
+static void c_states(void *ctx, const uint64_t *ids, unsigned n, struct spool_compact_msgstate *st, int *rc)
 {
-	struct tmsg *m = find(id);
-
 	(void)ctx;
-	if (!m || m->final)
-		return -ENOENT;
-	*st = (struct spool_compact_msgstate){.seq = m->seq,
-					      .off = m->off,
-					      .size = m->size,
-					      .attempts = m->attempt,
-					      .due_us = 3,
-					      .rcpt_count = m->rcpts,
-					      .rcpt_state = m->st};
-	return 0;
+	for (unsigned i = 0; i < n; i++) {
+		struct tmsg *m = find(ids[i]);
+		CHECK(i == 0 || ids[i - 1] < ids[i]);
+		rc[i] = !m || m->final ? -ENOENT : 0;
+		if (rc[i])
+			continue;
+		st[i] = (struct spool_compact_msgstate){.seq = m->seq,
+							.off = m->off,
+							.size = m->size,
+							.attempts = m->attempt,
+							.due_us = 3,
+							.rcpt_count = m->rcpts,
+							.rcpt_state = m->st};
+	}
 }
 
 static unsigned moved_total;
@@ -455,7 +457,7 @@ int main(int argc, char **argv)
 	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 10) : 1;
 	unsigned rounds = argc > 2 ? (unsigned)atoi(argv[2]) : 8;
 	struct spool_reclaim_ops ops = {.unlink = t_unlink, .fsync_dir = t_fsync_dir};
-	struct spool_compact_ops cops = {.state = c_state, .moved = c_moved, .done = c_done};
+	struct spool_compact_ops cops = {.states = c_states, .moved = c_moved, .done = c_done};
 	struct spool_reclaim *rt;
 	struct spool_config cfg;
 	struct sim_faults f = {0};
