@@ -190,17 +190,6 @@ static bool take(struct io_handoff *h, struct queued *out)
 	return got;
 }
 
-/* The oldest queued request's age, without taking it (INT64_MAX: none). */
-static int64_t oldest_queued_ms(struct io_handoff *h)
-{
-	int64_t t = INT64_MAX;
-	pthread_mutex_lock(&h->mu);
-	if (h->rq_len)
-		t = h->rq[h->rq_head].queued_ms;
-	pthread_mutex_unlock(&h->mu);
-	return t;
-}
-
 /* ---- the connection ---- */
 
 static const struct io_hop_spec *node_spec(const struct io_handoff *h, unsigned i)
@@ -529,14 +518,17 @@ static void publish_queued(struct io_handoff *h)
 	}
 }
 
-/* While down: a request older than the confirm timeout is deferred (the broker has been away long). */
-static void expire_queued(struct io_handoff *h, int64_t now_ms)
+/*
+ * While down: what was queued goes back at once (the worker starts nothing new while it sees
+ * no connection, and puts these back in its queue until the reconnection; holding them here
+ * would only keep its slots, and its shutdown, waiting).
+ */
+static void fail_queued(struct io_handoff *h)
 {
-	int64_t limit_ms = (int64_t)h->dc->timeout_confirm_s * 1000;
 	struct queued q;
-	while (oldest_queued_ms(h) <= now_ms - limit_ms && take(h, &q)) {
-		post(h, q.r.cookie, IO_HANDOFF_NO_CONN, 0, "no connection to the broker for %u s: %s",
-		     h->dc->timeout_confirm_s, h->st.last_error);
+	while (take(h, &q)) {
+		post(h, q.r.cookie, IO_HANDOFF_NO_CONN, 0, "no connection to the broker: %s",
+		     h->st.last_error);
 		free(q.idx);
 	}
 }
@@ -712,7 +704,7 @@ static void *thread_main(void *arg)
 		if (h->up)
 			expire_confirms(h, now);
 		else
-			expire_queued(h, now);
+			fail_queued(h);
 		notify(h);
 		int timeout = AMQP_POLL_MS;
 		if (!h->up)
