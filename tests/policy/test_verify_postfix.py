@@ -53,7 +53,8 @@ def main(t):
         log = ""
         while time.monotonic() < deadline:
             log = pf.log_text()
-            if len(re.findall(r"later@a\.test", log)) >= 2 and "nobody@a.test" in log:
+            if (len(re.findall(r"NOQUEUE: reject: RCPT from .*<later@a\.test>", log)) >= 2
+                    and re.search(r"NOQUEUE: reject: RCPT from .*<nobody@a\.test>", log)):
                 break
             time.sleep(0.2)
         t.check(len(re.findall(r"NOQUEUE: reject: RCPT from .*<later@a\.test>", log)) == 2,
