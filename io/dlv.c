@@ -1101,7 +1101,9 @@ static int job_dsn(struct io_dlv *d, struct djob *j)
 				.status = o->code >= 400 && o->code < 500 ? "4.4.7" /* expired */
 					  : o->esc[0]			  ? o->esc
 									  : NULL,
-				.diag = o->local ? NULL : diag[k],
+				/* An operator bounce says so (x-dotspool: no remote reply to quote). */
+				.diag_type = j->op_bounce ? "x-dotspool" : NULL,
+				.diag = j->op_bounce ? o->text : o->local ? NULL : diag[k],
 				.remote_mta = NULL,
 				.last_attempt_us = now,
 			};

@@ -189,6 +189,8 @@ def run(t, peer, srv):
     text = peer.data(dsn[0]).decode("utf-8", "replace")
     t.check("later1@dest.test" in text and "Action: failed" in text, "the DSN names the bounced recipient",
             text[:1500])
+    t.check("Diagnostic-Code: x-dotspool; bounced by the operator" in text and "bounced by the operator" in
+            text.split("Content-Type: message/delivery-status")[0], "the DSN says why, in both parts", text[:3000])
     rc, out, err = ctl(srv, "bounce", m1)
     t.check(rc == 1 and "%s unknown" % m1 in out, "a bounced message cannot be bounced again", out + err)
     m4 = dlvlib.send_ex(srv.port, "dave@client.test", ["later4@dest.test"], dlvlib.body("m4", 800))
