@@ -117,8 +117,18 @@ EIO_MAX = 10         # failed fsyncs at most in eio mode
 SCRAPE_S = 0.5       # /metrics after the cut: a worker blocked on the frozen mount does not answer
 METRICS = ("dotspool_redeliveries_total", "dotspool_delivery_possible_duplicates_total",
            "dotspool_outcome_records_total", "dotspool_outcome_record_errors_total",
-           "dotspool_flush_errors_total", "dotspool_queue_messages", "dotspool_queue_recipients_open")
-RECLAIM_ARGS = ["--reclaim", "true"] + os.environ.get("DS_POWERCUT_RECLAIM_ARGS", "").split()  # with --reclaim; DS_POWERCUT_ARGS comes later and may override
+           "dotspool_flush_errors_total", "dotspool_queue_messages", "dotspool_queue_recipients_open",
+           "dotspool_compacted_segments_total", "dotspool_compacted_messages_total",
+           "dotspool_reclaimed_segments_total")
+# With --reclaim. The gap dedup (issue 16) keeps every message whose 250 a cut left unread for its window
+# (default a day: by design nothing of them is reclaimed meanwhile); this test is about reclamation, so
+# the window is off. DS_POWERCUT_ARGS comes later and may override.
+RECLAIM_ARGS = ["--reclaim", "true", "--gap-dedup-window-s", "0"] + \
+    os.environ.get("DS_POWERCUT_RECLAIM_ARGS", "").split()
+# --compact (with --reclaim): compaction forced (1 s old, half live): copies, summaries and MOVED records
+# written between the cuts, and at least one segment compacted over the run.
+COMPACT = False
+COMPACT_ARGS = ["--compact-age-s", "1", "--compact-live-max-pct", "50"]
 RECLAIM = False       # set by --reclaim / DS_POWERCUT_RECLAIM=1
 # With --reclaim, a message has one more recipient later-TAG@localhost (TAG: the run's Load tag) with this
 # probability, which the peer answers 450 at RCPT for the first LATER_TIMES attempts of that run's such
@@ -375,7 +385,8 @@ class DiskRun:
 def start_dserver(t, tools, disk, peer, mport):
     args = pc.SERVER_ARGS + dlvlib.deliver_args([peer.url()], retry_min_s=1)
     args += ["--deliver-connections", "8", "--metrics", "127.0.0.1:%d" % mport]
-    args += RECLAIM_ARGS if RECLAIM else []
+    args += RECLAIM_ARGS if RECLAIM else ["--reclaim", "false"]
+    args += COMPACT_ARGS if RECLAIM and COMPACT else []
     args += os.environ.get("DS_POWERCUT_ARGS", "").split()
     srv = dslib.Server(tools.ctl_dir, spool=disk.spool, binary=tools.server, extra=args)
     srv.START_TIMEOUT_S = 30
@@ -572,7 +583,10 @@ def check_disk(t, tools, rc, runs, msgs, mode, what):
             failures.append("... %d more messages gone after %s with recipients never received" % (len(bad) - 10, r.label))
         gone_by_run.append(len(gone))
         for q in r.bad_bodies_after:
-            if q in r.state_after or q not in rcpts_of or not all_received_by(q, k):
+            # Listed after the cut with every recipient D (final) is fine: the restarted server's
+            # reclamation may take its chunk segment before verify looks (a race of the test, not a loss).
+            owed_after = q in r.state_after and any(s != "D" for s, _ in r.state_after[q].values())
+            if owed_after or q not in rcpts_of or not all_received_by(q, k):
                 failures.append("after %s, verify found %s without its body, but %s" % (
                     r.label, q, "the fold still has it" if q in r.state_after else "it is no message the test knows"
                     if q not in rcpts_of else "not all of it had reached the peer (a body reclaimed too early)"))
@@ -684,6 +698,11 @@ def check_disk(t, tools, rc, runs, msgs, mode, what):
               "commits left without their body (verify): %s; at the end %s; reclaimed at each run's start-up: %s"
               % (", ".join("%s %d" % (r.label, g) for r, g in zip(runs, gone_by_run)),
                  [len(r.bad_bodies_after) for r in runs], census_text(cen), [r.reclaimed_at_start for r in runs]))
+        comp = [int(r.metrics["dotspool_compacted_segments_total"]) for r in runs if r.metrics]
+        moved = [int(r.metrics["dotspool_compacted_messages_total"]) for r in runs if r.metrics]
+        print("  compaction: segments compacted per run %s (messages moved %s)" % (comp, moved))
+        if COMPACT:
+            t.check(sum(comp) > 0, "%s: compaction copied messages forward between the cuts" % what)
         t.check(created >= 4 * len(cen) and 2 * left <= created, "%s: reclamation removed segments: %d of %d "
                 "left at the end" % (what, left, created), "too few segments created, or too many left: %s"
                 % census_text(cen))
@@ -857,8 +876,10 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(add_help=False)
     ap.add_argument("--mode", choices=["cut", "eio"], default="cut")
     ap.add_argument("--reclaim", action="store_true", default=os.environ.get("DS_POWERCUT_RECLAIM") == "1")
+    ap.add_argument("--compact", action="store_true", help="with --reclaim: compaction forced (1 s, 50%%)")
     args, rest = ap.parse_known_args()
     sys.argv = [sys.argv[0]] + rest
-    RECLAIM = args.reclaim
+    RECLAIM = args.reclaim or args.compact
+    COMPACT = args.compact
     dslib.run(lambda t: main(t, args.mode), name="test_powercut_deliver.py --mode %s%s"
               % (args.mode, " --reclaim" if RECLAIM else ""))
