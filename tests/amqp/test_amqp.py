@@ -105,6 +105,15 @@ def main(t):
                         "amqp://u%40x:p%3Aw@127.0.0.1/v%2Fh?exchange=ex&routing_key=rk"],
                        capture_output=True, text=True, timeout=30)
     t.check(r.returncode == 0, "--check-config with an amqp URL: %s" % r.stderr)
+    conf = os.path.join(tmp, "amqp.conf")
+    with open(conf, "w") as f:
+        f.write("deliver-to = amqp://u%40x:p%3Aw@127.0.0.1/v%2Fh?exchange=ex&routing_key=rk\n")
+    r = subprocess.run([os.path.join(t.build, "dotspool"), "--check-config", conf],
+                       capture_output=True, text=True, timeout=30)
+    t.check(r.returncode == 0 and "deliver-to 1: amqp://u%40x:***@127.0.0.1/v%2Fh?exchange=ex&routing_key=rk "
+            "kind=amqp addr=127.0.0.1 port=5672 vhost=v/h exchange=ex routing_key=rk user=u@x" in r.stdout
+            and "p%3Aw" not in r.stdout + r.stderr and "amqp-window=256" in r.stdout,
+            "the URL as understood, password masked: %r %r" % (r.stdout, r.stderr))
     # 4a. A message spooled while delivery was off, larger than the broker will take later.
     big_spool = os.path.join(tmp, "big-spool")
     off = dlvlib.DServer(t.build, [], threads=1, spool=big_spool).start()
