@@ -718,7 +718,7 @@ static void conn_start_session(struct io_conn *c)
 static const char line_per_ip[] = "421 4.7.0 Too many connections from your address\r\n";
 static const char line_conn_rate[] = "421 4.7.0 Error: too many connections from your address, try again later\r\n";
 
-/* --client-connection-rate-max for the client c->peer names: 0, or -EBUSY (counted and logged). */
+/* --client-connection-rate-max behind PROXY, for the client the header named: 0, or -EBUSY. */
 static int conn_rate_check(struct io_conn *c)
 {
 	if (conn_throttle(c, IO_THROTTLE_CONN) == 0)
@@ -1125,6 +1125,25 @@ static void refuse(int fd, const char *line)
 	close(fd);
 }
 
+/* --client-connection-rate-max at accept: 0, or -EBUSY (counted and logged). */
+static int accept_rate_check(struct io_worker *w, const struct sockaddr_storage *ss)
+{
+	const struct io_policy_config *pc = &w->cfg->policy;
+	struct io_client_key k;
+	uint8_t a16[16];
+	if (!w->sh->throttle)
+		return 0;
+	io_client_addr16(ss, a16);
+	if (io_cidr_match(pc->trusted, pc->trusted_count, a16))
+		return 0;
+	io_client_key_of(ss, pc->client_ipv6_prefix_length, &k);
+	if (io_throttle_hit(w->sh->throttle, &k, IO_THROTTLE_CONN, ds_mono_ms()) == 0)
+		return 0;
+	obs_metrics_throttled(w->m, OBS_THROTTLE_CONNECTION_RATE);
+	conn_log_refused_fd(w, ss, "client_connection_rate_max");
+	return -EBUSY;
+}
+
 void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 {
 	const struct io_config *cfg = w->cfg;
@@ -1156,6 +1175,13 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 		refuse(fd, line_per_ip);
 		return;
 	}
+	if (w->listeners[listen_idx].kind != IO_LISTEN_SMTP_PROXY && accept_rate_check(w, &ss) < 0) {
+		/* Behind PROXY the client is known only once its header is read (conn_proxy_client). */
+		atomic_fetch_sub(&w->sh->connections, 1);
+		io_iplimit_put(w->sh->iplimit, &ss);
+		refuse(fd, line_conn_rate);
+		return;
+	}
 	int one = 1;
 	if (setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)) < 0)
 		log_setsockopt_failed(w, &ss, "TCP_NODELAY", errno); /* replies may wait for Nagle */
@@ -1176,13 +1202,6 @@ void io_conn_accept(struct io_worker *w, int fd, uint32_t listen_idx)
 	c->peer = ss;
 	c->peer_port = addr_text(&ss, c->peer_text, sizeof(c->peer_text));
 	conn_client_set(c);
-	if (w->listeners[listen_idx].kind != IO_LISTEN_SMTP_PROXY && conn_rate_check(c) < 0) {
-		/* Like the limits above, before any banner; the slot goes back at once. */
-		send(fd, line_conn_rate, sizeof(line_conn_rate) - 1, MSG_DONTWAIT | MSG_NOSIGNAL);
-		c->state = IO_CONN_ACTIVE;
-		conn_close(c);
-		return;
-	}
 	if (w->listeners[listen_idx].kind == IO_LISTEN_SMTP_PROXY) {
 		c->state = IO_CONN_PROXY;
 		c->deadline_ms = ds_mono_ms() + (int64_t)cfg->timeout_greeting_s * 1000;
