@@ -20,6 +20,7 @@
 
 #include "ds_assert.h"
 #include "ds_clock.h"
+#include "metrics.h"
 #include "rcpt_table.h"
 
 #define RCPT_DROP_BYTES (16u << 20)
@@ -473,6 +474,15 @@ static void retire(struct io_rcpt_table *old)
 	io_rcpt_table_free(old);
 }
 
+/* The table in use and the reloads, for /metrics (only this module's threads change them). */
+static void publish_metrics(void)
+{
+	struct io_rcpt_table_info in;
+	io_rcpt_current_info(&in);
+	obs_metrics_rcpt_table_set(in.entries, in.bytes, atomic_load(&g.reloads_ok),
+				   atomic_load(&g.reloads_failed));
+}
+
 static void reload_once(void)
 {
 	char err[512];
@@ -481,12 +491,14 @@ static void reload_once(void)
 	int ret = io_rcpt_table_load(g.path, g.case_sensitive, &t, err, sizeof(err));
 	if (ret < 0) {
 		atomic_fetch_add(&g.reloads_failed, 1);
+		publish_metrics();
 		fprintf(stderr, "dotspool: recipients: reload failed, keeping the old table: %s\n", err);
 		return;
 	}
 	struct io_rcpt_table *old = atomic_exchange(&g.cur, t);
 	retire(old);
 	atomic_fetch_add(&g.reloads_ok, 1);
+	publish_metrics();
 	fprintf(stderr,
 		"dotspool: recipients: reloaded %s: %llu addresses, %llu domains, %llu bytes in %lld ms\n",
 		g.path, (unsigned long long)t->info.addresses, (unsigned long long)t->info.domains,
@@ -537,6 +549,7 @@ int io_rcpt_start(const char *path, bool case_sensitive, char *err, size_t errca
 	}
 	g.thread_started = true;
 	atomic_store(&g.enabled, true);
+	publish_metrics();
 	return 0;
 }
 

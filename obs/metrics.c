@@ -96,6 +96,17 @@ void obs_metrics_reclaim_set(uint64_t segments, uint64_t bytes, uint64_t reclaim
 	obs_counter_set(&reclaim.on, 1);
 }
 
+static struct obs_metrics_rcpt_table rcpt_table;
+
+void obs_metrics_rcpt_table_set(uint64_t entries, uint64_t bytes, uint64_t reloads_ok, uint64_t reloads_failed)
+{
+	obs_counter_set(&rcpt_table.entries, entries);
+	obs_counter_set(&rcpt_table.bytes, bytes);
+	obs_counter_set(&rcpt_table.reloads_ok, reloads_ok);
+	obs_counter_set(&rcpt_table.reloads_failed, reloads_failed);
+	obs_counter_set(&rcpt_table.on, 1);
+}
+
 const struct obs_metrics_reclaim *obs_metrics_reclaim(void)
 {
 	return &reclaim;
@@ -153,7 +164,7 @@ size_t obs_metrics_render_bound(unsigned n)
 	 */
 	size_t dlv = 12288 + 1024 /* operator */ + (size_t)OBS_METRICS_HOPS_MAX * 8 * (128 + HOP_LABEL_MAX);
 	/* The watermark: 8 fixed families of one sample each; reclamation: 8 more. */
-	size_t wm = 4096 + 4096;
+	size_t wm = 4096 + 4096 + 2048 /* recipient table */;
 	return 16384 + (size_t)n * 12288 + dlv + wm;
 }
 
@@ -431,6 +442,23 @@ static void render_watermark(struct out *o)
 }
 
 /* Reclamation and compaction (issue 15): the spool's segments on disk and what left them. */
+/* The recipient table (issue 17): only once --recipients has loaded one. */
+static void render_rcpt_table(struct out *o)
+{
+	const struct obs_metrics_rcpt_table *m = &rcpt_table;
+	if (!obs_counter_get(&m->on))
+		return;
+	single(o, "dotspool_recipient_table_entries", "gauge",
+	       "Entries (addresses and @domains) of the recipient table in use.", &m->entries);
+	single(o, "dotspool_recipient_table_bytes", "gauge", "Memory of the recipient table in use.", &m->bytes);
+	family(o, "dotspool_recipient_table_reloads_total", "counter",
+	       "Reloads of the recipient table (SIGHUP); failed: the old table was kept.");
+	put(o, "dotspool_recipient_table_reloads_total{result=\"ok\"} %llu\n",
+	    (unsigned long long)obs_counter_get(&m->reloads_ok));
+	put(o, "dotspool_recipient_table_reloads_total{result=\"failed\"} %llu\n",
+	    (unsigned long long)obs_counter_get(&m->reloads_failed));
+}
+
 static void render_reclaim(struct out *o)
 {
 	const struct obs_metrics_reclaim *m = &reclaim;
@@ -629,6 +657,7 @@ size_t obs_metrics_render_at(const struct obs_metrics *const *w, unsigned n, cha
 	render_totals(&o, w, n);
 	render_watermark(&o);
 	render_reclaim(&o);
+	render_rcpt_table(&o);
 	render_delivery(&o, w, n, now_wall_us);
 	render_handoff(&o, w, n);
 	return o.len;

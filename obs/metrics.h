@@ -525,6 +525,16 @@ void obs_metrics_reclaim_set(uint64_t segments, uint64_t bytes, uint64_t reclaim
 			     uint64_t compacted, uint64_t compacted_messages, uint64_t compacted_bytes);
 const struct obs_metrics_reclaim *obs_metrics_reclaim(void);
 
+/* The recipient table (issue 17, io/rcpt_table.c): server-wide, one writer (its loader). */
+struct obs_metrics_rcpt_table {
+	obs_counter_t on;	      /* 1 once --recipients has loaded: the families are shown */
+	obs_counter_t entries;	      /* gauge: distinct entries of the table in use */
+	obs_counter_t bytes;	      /* gauge: its memory */
+	obs_counter_t reloads_ok;     /* counter */
+	obs_counter_t reloads_failed; /* counter: the old table was kept */
+};
+void obs_metrics_rcpt_table_set(uint64_t entries, uint64_t bytes, uint64_t reloads_ok, uint64_t reloads_failed);
+
 /* ---- reader side: any thread ---- */
 
 /*

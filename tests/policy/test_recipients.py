@@ -42,7 +42,7 @@ def metrics(port):
 def metric_sum(text, name, label=None):
     total = 0
     for line in text.splitlines():
-        if line.startswith(name + "{") and (label is None or label in line):
+        if (line.startswith(name + "{") or line.startswith(name + " ")) and (label is None or label in line):
             total += int(float(line.rsplit(" ", 1)[1]))
     return total
 
@@ -121,6 +121,7 @@ def main(t):
     t.eq(metric_sum(m, "dotspool_recipients_unknown_total"), 6, "dotspool_recipients_unknown_total counts 6")
     t.eq(metric_sum(m, "dotspool_throttled_total", 'limit="session_unknown_recipients_max"'), 1,
          "dotspool_throttled_total{limit=session_unknown_recipients_max} is 1")
+    t.eq(metric_sum(m, "dotspool_recipient_table_entries"), 5, "dotspool_recipient_table_entries is 5")
 
     # Reload: a broken file keeps the old table, the log names the line.
     with open(table + ".new", "w") as f:
@@ -138,6 +139,12 @@ def main(t):
     os.rename(table + ".new", table)
     srv.send_signal(signal.SIGHUP)
     t.check(wait_log(srv, r"recipients: reloaded .*: 2 addresses, 1 domains"), "good file reloaded", srv.log())
+    m = metrics(mport)
+    t.eq(metric_sum(m, "dotspool_recipient_table_reloads_total", 'result="failed"'), 1,
+         "dotspool_recipient_table_reloads_total{result=failed} is 1")
+    t.eq(metric_sum(m, "dotspool_recipient_table_reloads_total", 'result="ok"'), 1,
+         "dotspool_recipient_table_reloads_total{result=ok} is 1")
+    t.eq(metric_sum(m, "dotspool_recipient_table_entries"), 3, "dotspool_recipient_table_entries is 3 now")
     c = session(srv)
     t.eq(rcpt(c, "new@a.test")[0], 250, "new table: new@a.test known")
     t.eq(rcpt(c, "bob@a.test")[0], 550, "new table: bob@a.test gone")
