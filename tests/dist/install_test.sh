@@ -17,9 +17,17 @@
 #    connections, so messages stay queued), sends more, upgrades to the second package with the
 #    server running and messages queued, and checks the server was restarted, the edited
 #    configuration and every queued message survived, and mail is accepted again,
-# 6. checks that this dotspool refuses a spool of a newer format by name and leaves it untouched,
+# 6. checks that this dotspool refuses a spool of a newer format by name and leaves it untouched
+#    (a segment header patched to the next version); with DS_IT_OLD_REF=89e1978 (format 2) the
+#    first package is that older dotspool, so the upgrade reads a format 2 spool and the old
+#    binary is shown the format 3 segments the new one wrote,
 # 7. removes (service stopped, spool kept) and purges (user gone, spool kept, handed to root,
 #    message printed), reinstalls (spool given back, messages still there).
+# Needs debootstrap and systemd-container (apt-get install debootstrap systemd-container): not in
+# scripts/deps.sh, CI does not run this test. DS_IT_BASE=DIR reuses a root made earlier by
+#   debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates bookworm DIR MIRROR
+# Example (the upgrade across spool formats 2 -> 3, as run for issue 20):
+#   DS_IT_OLD_REF=89e1978 tests/dist/install_test.sh /var/tmp/dotspool-it
 # Exit status: 0 every check passed, 1 otherwise. Work files stay in WORKDIR.
 set -uo pipefail
 
@@ -67,7 +75,19 @@ else
 	(cd "$top" && git ls-files -z --cached --others --exclude-standard | xargs -0 sh -c 'for f; do [ -e "$f" ] && printf "%s\0" "$f"; done' sh |
 		tar --null -T - -cf -) | tar -C "$snap" -xf -
 fi
-"$snap/dist/build-deb.sh" "$work/v1" >"$work/build-v1.log" 2>&1 || { cat "$work/build-v1.log"; exit 1; }
+# DS_IT_OLD_REF=REF: the first package is built from that older commit instead (with this tree's
+# debian/, dist/, doc/man/ and install rules), e.g. 89e1978, the last writer of spool format 2:
+# the upgrade then crosses a format change, and the old binary meets the new format.
+v1src="$snap"
+if [ -n "${DS_IT_OLD_REF:-}" ]; then
+	v1src="$work/src-old"
+	rm -rf "$v1src" && mkdir -p "$v1src"
+	(cd "$top" && git archive --format=tar "$DS_IT_OLD_REF") | tar -C "$v1src" -xf -
+	for p in debian dist doc/man; do rm -rf "${v1src:?}/$p"; mkdir -p "$v1src/$(dirname $p)"; cp -a "$snap/$p" "$v1src/$p"; done
+	grep -q 'install(TARGETS dotspool ' "$v1src/CMakeLists.txt" ||
+		sed -n '/^# cmake --install (and the Debian package/,$p' "$snap/CMakeLists.txt" >>"$v1src/CMakeLists.txt"
+fi
+"$v1src/dist/build-deb.sh" "$work/v1" >"$work/build-v1.log" 2>&1 || { cat "$work/build-v1.log"; exit 1; }
 grep -E '^dist/build-deb.sh' "$work/build-v1.log"
 # The upgrade also ships a changed configuration file, as real upgrades do: dpkg must keep the
 # operator's edited copy (no prompt with --force-confold) and leave the new one as .dpkg-dist.
@@ -140,6 +160,10 @@ fi
 say "apt-get install ./v1.deb swaks ($mode)"
 run_root sh -c 'apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q /debs/v1.deb swaks' \
 	>"$work/install-v1.log" 2>&1 || { tail -30 "$work/install-v1.log"; die "apt-get install failed"; }
+# The upgrade runs where the booted root has no network (--private-network): apt fetches what the
+# new package depends on now (new libraries included), and installs it offline later.
+run_root sh -c 'apt-get install -q -y --download-only /debs/v2.deb' >"$work/download-v2.log" 2>&1 ||
+	{ tail -20 "$work/download-v2.log"; die "apt-get --download-only of the upgrade failed"; }
 ok "installed version 0.1.0" sh -c "chroot $root dpkg-query -W -f='\${Version}' dotspool | grep -qx 0.1.0"
 for f in /usr/sbin/dotspool /usr/bin/dotspool-ctl /usr/bin/dotspool-bench /etc/dotspool/dotspool.conf \
 	/lib/systemd/system/dotspool.service /usr/share/man/man8/dotspool.8.gz /usr/share/man/man8/dotspool-ctl.8.gz \
@@ -248,16 +272,16 @@ ok "a delivery attempt was deferred (connection refused)" sh -c "grep -q '\"defe
 pid_before=$(server_pid)
 say "upgrading to $(dpkg-deb -f "$debs/v2.deb" Version) with the server running (pid $pid_before) and 3 messages queued"
 if [ "$booted" = yes ]; then
-	inside sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i --force-confdef --force-confold /debs/v2.deb' \
+	inside sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /debs/v2.deb' \
 		>"$work/upgrade.log" 2>&1
 	rc=$?
 else
-	run_root sh -c 'DEBIAN_FRONTEND=noninteractive dpkg -i --force-confdef --force-confold /debs/v2.deb' \
+	run_root sh -c 'DEBIAN_FRONTEND=noninteractive apt-get install -q -y -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold /debs/v2.deb' \
 		>"$work/upgrade.log" 2>&1
 	rc=$?
 	start_server # no systemd to restart it: by hand, as postinst's try-restart would
 fi
-ok "dpkg -i of the upgrade succeeded" test "$rc" = 0
+ok "apt-get install of the upgrade succeeded (offline, dependencies fetched before)" test "$rc" = 0
 ok "installed version 0.1.0+it1" sh -c "chroot $root dpkg-query -W -f='\${Version}' dotspool | grep -qx 0.1.0+it1"
 ok "edited configuration kept (byte for byte)" cmp "$work/conf.edited" "$root/etc/dotspool/dotspool.conf"
 ok "the new packaged configuration left beside it as dotspool.conf.dpkg-dist" sh -c "grep -q 'this line is new' $root/etc/dotspool/dotspool.conf.dpkg-dist && ! grep -q 'this line is new' $root/etc/dotspool/dotspool.conf"
@@ -296,12 +320,29 @@ with open(sys.argv[1], "r+b") as f:
     f.seek(0); f.write(h)
 PY
 sum_before=$(cd "$root/root/newer" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
-inside /usr/sbin/dotspool --spool /root/newer --listen 127.0.0.1:2599 --threads 1 >"$work/newer.log" 2>&1
+inside timeout 30 /usr/sbin/dotspool --spool /root/newer --listen 127.0.0.1:2599 --threads 1 >"$work/newer.log" 2>&1
 rc=$?
 sum_after=$(cd "$root/root/newer" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
 ok "newer spool refused: exit 1" test "$rc" = 1
 ok "newer spool refused by name: '$(grep -o 'written by a newer dotspool[^)]*)' "$work/newer.log" | head -1)'" grep -q "$seg was written by a newer dotspool" "$work/newer.log"
 ok "newer spool untouched (no file changed, none quarantined)" test "$sum_before" = "$sum_after"
+
+if [ -n "${DS_IT_OLD_REF:-}" ]; then
+	say "the old package's dotspool ($DS_IT_OLD_REF) on the spool the new one wrote"
+	rm -rf "$work/old-bin" && dpkg-deb -x "$debs/v1.deb" "$work/old-bin"
+	install -m 0755 "$work/old-bin/usr/sbin/dotspool" "$root/root/dotspool-old"
+	rm -rf "$root/root/after" && cp -a "$root/var/lib/dotspool/spool" "$root/root/after"
+	vers=$(cd "$root/root/after" && for f in lane-*/*.seg; do od -An -tu4 -j8 -N4 "$f"; done | sort -u | tr -s ' \n' ' ')
+	ok "spool holds segments of formats:$vers (old and new)" sh -c "[ \$(echo $vers | wc -w) -ge 2 ]"
+	sum_before=$(cd "$root/root/after" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+	inside timeout 30 /root/dotspool-old --spool /root/after --listen 127.0.0.1:2598 --threads 1 >"$work/old-on-new.log" 2>&1
+	rc=$?
+	sum_after=$(cd "$root/root/after" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+	ok "old dotspool refuses the newer spool: exit 1" test "$rc" = 1
+	ok "old dotspool names it: '$(grep -o 'written by a newer dotspool[^)]*)' "$work/old-on-new.log" | head -1)'" \
+		grep -q "was written by a newer dotspool" "$work/old-on-new.log"
+	ok "newer spool untouched by the old dotspool" test "$sum_before" = "$sum_after"
+fi
 
 # --- 7. remove, purge, reinstall ----------------------------------------------------------------------
 say "remove, purge, reinstall"
