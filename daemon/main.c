@@ -665,18 +665,25 @@ int main(int argc, char **argv)
 	 */
 	struct io_worker *workers[IO_THREADS_MAX] = {0};
 	uint32_t created = 0, started = 0;
+	/*
+	 * The control socket (dotspool-ctl's changing commands) exists before
+	 * any listener takes mail, so a client that sees the server answer
+	 * finds it; commands wait until every worker runs (io_ctlsock_ready).
+	 */
+	int cret = io_ctlsock_start(&cfg, workers, cfg.threads, obs_log_ring(sh.log, cfg.threads + 2));
+	if (cret < 0)
+		fprintf(stderr, "dotspool: warning: no control socket: %s\n", strerror(-cret));
 	if (workers_start(&sh, &cfg, workers, &created, &started) < 0) {
+		io_ctlsock_stop();
 		workers_teardown(&sh, workers, created);
+		io_ctlsock_fini();
 		io_watermark_stop();
 		if (cfg.spool.reclaim)
 			spool_reclaim_destroy(cfg.spool.reclaim);
 		shared_destroy(&sh);
 		return 1;
 	}
-	/* The control socket (dotspool-ctl's changing commands) once every worker runs. */
-	int cret = io_ctlsock_start(&cfg, workers, started, obs_log_ring(sh.log, cfg.threads + 2));
-	if (cret < 0)
-		fprintf(stderr, "dotspool: warning: no control socket: %s\n", strerror(-cret));
+	io_ctlsock_ready();
 	announce_ready(&cfg);
 	wait_for_stop(&sigs, &sh, &cfg, workers, started);
 	io_ctlsock_stop();

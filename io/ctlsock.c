@@ -62,6 +62,7 @@ static struct {
 	struct io_ctl_batch *mbox[IO_THREADS_MAX];
 	atomic_bool mbox_flag[IO_THREADS_MAX];
 	atomic_bool stop;
+	atomic_bool ready; /* every worker runs (io_ctlsock_ready) */
 } g = {.lfd = -1, .stop_fd = -1, .mbox_mu = PTHREAD_MUTEX_INITIALIZER};
 
 static void cmd_unref_locked(struct io_ctl_cmd *c, bool *freed)
@@ -452,6 +453,14 @@ static void serve(int fd)
 		reply(fd, "ERR empty request\n");
 		goto out;
 	}
+	/* A command that came in while the workers were starting waits for them (or the stop). */
+	for (int64_t until = ds_mono_ms() + CTL_WAIT_S * 1000; !atomic_load(&g.ready);) {
+		struct pollfd p = {.fd = g.stop_fd, .events = POLLIN};
+		if (ds_mono_ms() >= until || poll(&p, 1, 10) > 0) {
+			reply(fd, "ERR the server is starting or stopping: try again\n");
+			goto out;
+		}
+	}
 	if (!strcmp(tok[0], "reload")) {
 		/* Exactly what SIGHUP does: main()'s signal thread takes it. */
 		kill(getpid(), SIGHUP);
@@ -549,6 +558,11 @@ int io_ctlsock_start(const struct io_config *cfg, struct io_worker *const *worke
 	}
 	g.running = true;
 	return 0;
+}
+
+void io_ctlsock_ready(void)
+{
+	atomic_store(&g.ready, true);
 }
 
 void io_ctlsock_stop(void)

@@ -59,12 +59,15 @@ struct obs_log_ring;
 struct io_worker;
 
 /*
- * Start the thread and the socket (after recovery, once the workers run).
+ * Start the thread and the socket (after recovery, before the workers take
+ * mail; workers[0, n) are filled by the time io_ctlsock_ready() is called).
  * log: a ring no other thread uses. A spool path too long for a socket
  * address: warning, no socket (0). 0 or -errno.
  */
 int io_ctlsock_start(const struct io_config *cfg, struct io_worker *const *workers, unsigned n,
 		     struct obs_log_ring *log);
+/* Every worker runs: commands are handed out from now on (until then they wait). */
+void io_ctlsock_ready(void);
 /* Stop answering, remove the socket, join the thread (before the workers stop). */
 void io_ctlsock_stop(void);
 /* After the workers are joined: free what no worker took. */

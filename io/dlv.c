@@ -1266,7 +1266,7 @@ static void job_log(struct io_dlv *d, struct djob *j, uint32_t delivered, uint32
 						 : "mixed";
 	struct obs_log_delivery l = {
 		.queue_id = id,
-		.hop = d->cfg->hop[j->hop].text,
+		.hop = j->op_bounce ? "operator" : d->cfg->hop[j->hop].text, /* an operator bounce tried no hop */
 		.attempt = j->attempt,
 		.rcpts = j->n,
 		.delivered = delivered,
