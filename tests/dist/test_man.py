@@ -3,7 +3,7 @@
 """The man pages in doc/man cannot drift from the programs.
 
 Every flag `dotspool --help` prints is in dotspool(8); every key of the option
-table in daemon/options.c is in dotspool.conf(5); every command and option
+table in daemon/options.c is in dotspool.conf(5), each with the default --help prints; every command and option
 `dotspool-ctl --help` prints is in dotspool-ctl(8); every flag of
 `dotspool-bench --help` is in dotspool-bench(1); every 4xx/5xx reply code the
 session and the delivery stage can send (core/, io/) is in dotspool(8)'s REPLY
@@ -96,6 +96,24 @@ def main(argv):
           f"dotspool --help: {len(flags)} flags parsed")
     for f in sorted(flags):
         check(mdoc_flag(d8, f), f"dotspool(8) documents --{f}")
+
+    # Defaults: a flag whose --help line ends in "[default X]" has X in its entries of dotspool(8)
+    # and dotspool.conf(5) (from its .It line to the next one).
+    def entry(page, head):
+        m = re.search(rf"^\.It {head}(?![a-z0-9-]).*?(?=^\.It |^\.El|^\.Sh |\Z)", page, re.M | re.S)
+        return re.sub(r"\s+", " ", m[0]) if m else ""
+    for line in out.splitlines():
+        m = re.match(r"^  --([a-z0-9-]+)\s.*\[default (.+)\]$", line)
+        if not m:
+            continue
+        f, dflt = m[1], m[2]
+        if f == "threads":  # the machine's core count: the pages say so in words
+            continue
+        for name, page, head in (("dotspool(8)", d8, rf"Fl -{re.escape(f)}"),
+                                 ("dotspool.conf(5)", conf5, rf"Ic {re.escape(f)}")):
+            text = entry(page, head)
+            if text:
+                check(dflt in text, f"{name}: --{f} default {dflt}")
 
     # The option table: every key in dotspool.conf(5) (as 'Ic key'), every flag in dotspool(8).
     opts = option_table(os.path.join(src, "daemon", "options.c"))
