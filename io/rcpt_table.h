@@ -5,7 +5,9 @@
 /*
  * The recipient table (--recipients FILE, issue 17): which addresses of the
  * accepted domains exist. One address per line ("local@domain"), "@domain"
- * accepts every local part of a domain, '#' comments and blank lines.
+ * accepts every local part of a domain, '#' comments and blank lines;
+ * whatever follows the address after a space or tab is ignored, so a
+ * Postfix map's source file ("alice@example.com OK") loads as it is.
  * Domains compare case-insensitively (ASCII), local parts too unless
  * --recipients-case-sensitive.
  *

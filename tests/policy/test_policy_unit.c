@@ -43,13 +43,16 @@ static void table_lookup(void **state)
 	struct io_rcpt_table *t;
 	char err[256];
 	const char *p = write_file("# comment\n\nalice@Example.COM\n  <bob@example.com>  \r\n"
-				   "\"q@x\"@example.com\n@Wild.Test\nalice@example.com\n");
+				   "\"q@x\"@example.com\n@Wild.Test\nalice@example.com\ndave@example.com\tOK\n"
+				   "erin@example.com  550 no such user\n");
 	assert_int_equal(io_rcpt_table_load(p, false, &t, err, sizeof(err)), 0);
 	struct io_rcpt_table_info in;
 	io_rcpt_table_info(t, &in);
-	assert_int_equal(in.addresses, 4);
+	assert_int_equal(in.addresses, 6);
 	assert_int_equal(in.domains, 1);
-	assert_int_equal(in.entries, 4); /* alice twice: one entry */
+	assert_int_equal(in.entries, 6); /* alice twice: one entry */
+	assert_true(has(t, "dave@example.com")); /* Postfix map lines: the value is ignored */
+	assert_true(has(t, "erin@example.com"));
 	assert_true(has(t, "alice@example.com"));
 	assert_true(has(t, "ALICE@EXAMPLE.COM"));
 	assert_true(has(t, "bob@example.com"));
@@ -83,7 +86,8 @@ static void table_errors(void **state)
 	} cases[] = {
 		{"ok@a.test\nno-at-sign\n", ":2: not an address"},
 		{"ok@a.test\n\n# c\nx@\n", ":4: no domain"},
-		{"a b@c.test\n", ":1: a space"},
+		{"a b@c.test\n", ":1: not an address"},
+		{"a\x01b@c.test\n", ":1: a control"},
 		{"x@[192.0.2.1]\n", ":1: a domain literal"},
 		{"0123456789012345678901234567890123456789012345678901234567890123456789@a.test\n",
 		 ":1: local part longer"},
