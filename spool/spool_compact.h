@@ -80,14 +80,7 @@ static inline int spool_moved_decode(const uint8_t *p, uint32_t len, struct spoo
 	return 0;
 }
 
-/*
- * Outcome record flags (offset 4 of the payload; older readers ignore them):
- * a summary restates the whole delivery state of its message as of its
- * at_us (written by compaction before a copy): every outcome record about
- * the message older than it is redundant (reclamation's load does not keep
- * their segments for it).
- */
-#define SPOOL_OUTCOME_F_SUMMARY 1u
+/* SPOOL_OUTCOME_F_SUMMARY (the summary's outcome record flag): spool_reclaim.h. */
 
 /* ---- lane entry points (spool_lane.c) ---- */
 

@@ -21,7 +21,6 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
-#include "spool_compact.h"
 #include "spool_format.h"
 #include "spool_scan.h"
 #include "spool_segment.h"

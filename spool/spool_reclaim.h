@@ -30,6 +30,15 @@
 
 struct spool_reclaim;
 
+/*
+ * Outcome record flags (offset 4 of the payload; older readers ignore them):
+ * a summary restates the whole delivery state of its message as of its
+ * at_us, written by compaction after a copy (spool_compact.h): an outcome
+ * record about the message before it in the same lane's stream is
+ * redundant (spool_reclaim_load does not keep its segment for it).
+ */
+#define SPOOL_OUTCOME_F_SUMMARY 1u
+
 /* Storage the reclaimer uses (tests model crashes with it). 0 or -errno. */
 struct spool_reclaim_ops {
 	int (*unlink)(void *ctx, const char *path);
