@@ -113,7 +113,7 @@ static const struct opt_def opts[] = {
 	 "same envelope and bytes (compared with the stored copy) gets '250 already queued as ID' and is not "
 	 "stored again; 0 = off (default 86400)"},
 	{"gap-dedup-entries", OPT_U32, CF(gap_entries), 16, IO_GAP_ENTRIES_MAX, 0,
-	 "N fingerprints the server-wide gap set holds (about 128 bytes each); full: new at-risk messages "
+	 "N fingerprints the server-wide gap set holds (192 bytes each); full: new at-risk messages "
 	 "are stored as usual and never suppressed against (default 65536)"},
 	{"gap-dedup-all", OPT_BOOL, CF(gap_all), 0, 1, 0,
 	 "BOOL fingerprint every message, not only at-risk ones, so retries after a sender's own timeout "
@@ -228,7 +228,7 @@ static const struct opt_def opts[] = {
 	/* amqp:// (issue 18, io/dlv_amqp.c, doc/amqp.md) */
 	{"deliver-credentials", OPT_STR, CF(deliver.credentials_file), 1, 4000, 0,
 	 "FILE amqp:// user:password on one line (mode 0600 or stricter) instead of in the URL"},
-	{"amqp-window", OPT_U32, CF(deliver.amqp_window), 1, 4096, 0,
+	{"amqp-window", OPT_U32, CF(deliver.amqp_window), 1, 65536, 0,
 	 "N amqp:// publishes awaiting the broker's confirm, per worker"},
 	{"deliver-timeout-confirm-s", OPT_U32, CF(deliver.timeout_confirm_s), 1, DELIVER_TIMEOUT_MAX_S, 0,
 	 "S amqp:// publish to the broker's confirm; later: deferred (tried again)"},

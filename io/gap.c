@@ -92,11 +92,17 @@ static uint32_t bucket_of(const struct io_gap *g, uint64_t digest)
 	return (uint32_t)(digest ^ (digest >> 29)) & (g->nbuckets - 1);
 }
 
+/* Entries are chained by sender and head: a retry to a subset of the recipients must find them. */
+static uint64_t key_of(const struct spool_gap_fp *fp)
+{
+	return fp->sender_digest ^ (fp->head_hash * 0x9e3779b97f4a7c15ull);
+}
+
 /* Unlink and free slot i (locked). */
 static void slot_drop(struct io_gap *g, uint32_t i)
 {
 	struct gap_entry *e = &g->e[i];
-	uint32_t *pp = &g->bucket[bucket_of(g, e->fp.env_digest)];
+	uint32_t *pp = &g->bucket[bucket_of(g, key_of(&e->fp))];
 
 	while (*pp && *pp != i + 1)
 		pp = &g->e[*pp - 1].next;
@@ -151,7 +157,7 @@ int io_gap_insert(struct io_gap *g, uint64_t id, const struct spool_gap_fp *fp, 
 	if (!id || expires_us <= now)
 		return -EINVAL;
 	pthread_mutex_lock(&g->mu);
-	uint32_t b = bucket_of(g, fp->env_digest);
+	uint32_t b = bucket_of(g, key_of(fp));
 	for (uint32_t s = g->bucket[b]; s; s = g->e[s - 1].next) {
 		struct gap_entry *e = &g->e[s - 1];
 		if (e->id != id)
@@ -184,18 +190,36 @@ out:
 	return ret;
 }
 
-unsigned io_gap_lookup(struct io_gap *g, uint64_t env_digest, uint32_t rcpt_count, uint64_t head_hash,
-		       int64_t now_us, struct io_gap_cand *out, unsigned cap)
+/* Every recipient of the retry (hashes q, nq) is one of the entry's: a retry to those that saw no reply. */
+static bool rcpt_subset(const struct spool_gap_fp *e, const uint64_t *q, uint32_t nq)
+{
+	if (!e->nrh || !nq || nq > e->nrh)
+		return false;
+	for (uint32_t i = 0; i < nq; i++) {
+		bool found = false;
+		for (uint32_t k = 0; k < e->nrh && !found; k++)
+			found = e->rcpt_h[k] == q[i];
+		if (!found)
+			return false;
+	}
+	return true;
+}
+
+unsigned io_gap_lookup(struct io_gap *g, const struct spool_gap_fp *q, int64_t now_us,
+		       struct io_gap_cand *out, unsigned cap)
 {
 	unsigned n = 0, total = 0;
 
 	if (!g || atomic_load_explicit(&g->live, memory_order_relaxed) == 0)
 		return 0;
 	pthread_mutex_lock(&g->mu);
-	for (uint32_t s = g->bucket[bucket_of(g, env_digest)]; s; s = g->e[s - 1].next) {
+	for (uint32_t s = g->bucket[bucket_of(g, key_of(q))]; s; s = g->e[s - 1].next) {
 		const struct gap_entry *e = &g->e[s - 1];
-		if (e->fp.env_digest != env_digest || e->fp.rcpt_count != rcpt_count ||
-		    e->fp.head_hash != head_hash || e->expires_us <= now_us)
+		if (e->fp.sender_digest != q->sender_digest || e->fp.head_hash != q->head_hash ||
+		    e->expires_us <= now_us)
+			continue;
+		if (!(e->fp.env_digest == q->env_digest && e->fp.rcpt_count == q->rcpt_count) &&
+		    !rcpt_subset(&e->fp, q->rcpt_h, q->nrh))
 			continue;
 		/* Newest first: keep the cap most recent (a retry follows its original closely). */
 		struct io_gap_cand c = {.slot = s - 1, .id = e->id, .at_risk = e->at_risk, .fp = e->fp};
@@ -305,8 +329,13 @@ uint64_t io_gap_rcpt_hash(const char *addr)
 
 uint64_t io_gap_env_digest(const char *mail_from, uint64_t rcpt_sum, uint32_t rcpt_count)
 {
-	uint64_t v[3] = {XXH3_64bits(mail_from, strlen(mail_from)), rcpt_sum, rcpt_count};
+	uint64_t v[3] = {io_gap_sender_digest(mail_from), rcpt_sum, rcpt_count};
 	return XXH3_64bits(v, sizeof(v));
+}
+
+uint64_t io_gap_sender_digest(const char *mail_from)
+{
+	return XXH3_64bits(mail_from, strlen(mail_from));
 }
 
 int io_gap_hash_reset(struct io_gap_hash *h)
@@ -360,9 +389,13 @@ int io_gap_fp_stored(struct spool_fetch *f, unsigned lane, uint64_t seq, uint64_
 
 	if (ret < 0)
 		return ret;
-	uint64_t sum = 0;
-	for (uint32_t i = 0; i < fm.m.env.rcpt_count; i++)
-		sum += io_gap_rcpt_hash(fm.m.env.rcpt[i].addr);
+	uint64_t sum = 0, rh[8];
+	for (uint32_t i = 0; i < fm.m.env.rcpt_count; i++) {
+		uint64_t h1 = io_gap_rcpt_hash(fm.m.env.rcpt[i].addr);
+		sum += h1;
+		if (i < 8)
+			rh[i] = h1;
+	}
 	*out = (struct spool_gap_fp){.env_digest =
 					     io_gap_env_digest(fm.m.env.mail_from, sum, fm.m.env.rcpt_count),
 				     .rcpt_count = fm.m.env.rcpt_count,
@@ -370,6 +403,9 @@ int io_gap_fp_stored(struct spool_fetch *f, unsigned lane, uint64_t seq, uint64_
 				     .seq = seq,
 				     .off = off,
 				     .received_at_us = fm.m.received_at_us};
+	out->sender_digest = io_gap_sender_digest(fm.m.env.mail_from);
+	out->nrh = fm.m.env.rcpt_count <= 8 ? fm.m.env.rcpt_count : 0;
+	memcpy(out->rcpt_h, rh, sizeof(uint64_t) * out->nrh);
 	/* The header is at most a few hundred bytes: read enough of the start to find its end. */
 	size_t head = 0, want = (size_t)DS_MIN(fm.m.size, (uint64_t)DS_MIN(cap, (size_t)4096));
 	while (head < want) {
@@ -631,7 +667,10 @@ static void cand_release(struct io_conn *c, struct io_gap_conn *gc)
 static void rcpt_add(void *ctx, const char *addr)
 {
 	struct io_gap_conn *gc = ctx;
-	gc->rcpt_sum += io_gap_rcpt_hash(addr);
+	uint64_t h = io_gap_rcpt_hash(addr);
+	gc->rcpt_sum += h;
+	if (gc->rcpt_count < 8)
+		gc->rcpt_h[gc->rcpt_count] = h;
 	gc->rcpt_count++;
 }
 
@@ -650,6 +689,7 @@ void io_gap_on_begin(struct io_conn *c)
 	gc->rcpt_count = 0;
 	smtp_session_each_rcpt(c->s, rcpt_add, gc);
 	gc->env_digest = io_gap_env_digest(smtp_session_mail_from(c->s), gc->rcpt_sum, gc->rcpt_count);
+	gc->sender_digest = io_gap_sender_digest(smtp_session_mail_from(c->s));
 	gc->head_len = 0;
 	gc->looked_up = false;
 }
@@ -668,8 +708,13 @@ static void head_lookup(struct io_conn *c, struct io_gap_conn *gc)
 	struct io_gap_worker *gw = c->w->gapw;
 	gc->looked_up = true;
 	gc->head_hash = XXH3_64bits(gc->head, gc->head_len);
-	unsigned n = io_gap_lookup(gw->set, gc->env_digest, gc->rcpt_count, gc->head_hash, ds_wall_us(),
-				   gc->cand, IO_GAP_CAND_MAX);
+	struct spool_gap_fp q = {.env_digest = gc->env_digest,
+				 .rcpt_count = gc->rcpt_count,
+				 .head_hash = gc->head_hash,
+				 .sender_digest = gc->sender_digest,
+				 .nrh = gc->rcpt_count <= 8 ? gc->rcpt_count : 0};
+	memcpy(q.rcpt_h, gc->rcpt_h, sizeof(uint64_t) * q.nrh);
+	unsigned n = io_gap_lookup(gw->set, &q, ds_wall_us(), gc->cand, IO_GAP_CAND_MAX);
 	gc->ncand = DS_MIN(n, IO_GAP_CAND_MAX);
 	for (unsigned i = 0; i < gc->ncand; i++) {
 		const struct spool_gap_fp *fp = &gc->cand[i].fp;
@@ -746,11 +791,14 @@ bool io_gap_on_commit(struct io_conn *c, const struct ds_envelope *env)
 		head_lookup(c, gc); /* a message shorter than the head: all of it is in gc->head */
 	gc->cur = (struct spool_gap_fp){.env_digest = gc->env_digest,
 					.head_hash = gc->head_hash,
+					.sender_digest = gc->sender_digest,
+					.nrh = gc->rcpt_count <= 8 ? gc->rcpt_count : 0,
 					.rcpt_count = gc->rcpt_count,
 					.hdr_len = gc->hdr_len,
 					.size = gc->hash.size,
 					.lane = c->w->no,
 					.received_at_us = env->received_at_us};
+	memcpy(gc->cur.rcpt_h, gc->rcpt_h, sizeof(uint64_t) * gc->cur.nrh);
 	io_gap_hash_final(&gc->hash, &gc->cur.hash_lo, &gc->cur.hash_hi);
 	gc->match = -1;
 	for (unsigned i = 0; i < gc->ncand && gc->match < 0; i++) {

@@ -54,7 +54,7 @@ struct io_gap_stats {
 	uint64_t capacity; /* entries_max */
 };
 
-/* entries_max: 1 .. IO_GAP_ENTRIES_MAX. 0 or -errno. Memory: about 128 bytes per entry, touched as used. */
+/* entries_max: 1 .. IO_GAP_ENTRIES_MAX. 0 or -errno. Memory: 192 bytes per entry, touched as used. */
 int io_gap_create(struct io_gap **out, uint32_t entries_max);
 void io_gap_destroy(struct io_gap *g);
 /*
@@ -67,13 +67,17 @@ void io_gap_destroy(struct io_gap *g);
 int io_gap_insert(struct io_gap *g, uint64_t id, const struct spool_gap_fp *fp, int64_t expires_us,
 		  bool at_risk);
 /*
- * Entries with this envelope digest and recipient count that have not
- * expired at now_us: how many there are; the newest min(that, cap) are
- * copied to out, newest first. Lock-free (one relaxed
- * load) when the set is empty: the ingest path's only cost then.
+ * Entries that a new message with fingerprint q (sender_digest,
+ * head_hash, env_digest, rcpt_count, rcpt_h/nrh) may be a retry of, not
+ * expired at now_us: same sender and head, and the same recipients, or
+ * (both with at most 8 recipients) q's recipients a subset of the
+ * entry's (an LMTP client retries those it saw no reply for). Returns
+ * how many there are; the newest min(that, cap) are copied to out,
+ * newest first. Lock-free (one relaxed load) when the set is empty: the
+ * ingest path's only cost then.
  */
-unsigned io_gap_lookup(struct io_gap *g, uint64_t env_digest, uint32_t rcpt_count, uint64_t head_hash,
-		       int64_t now_us, struct io_gap_cand *out, unsigned cap);
+unsigned io_gap_lookup(struct io_gap *g, const struct spool_gap_fp *q, int64_t now_us,
+		       struct io_gap_cand *out, unsigned cap);
 /* Drop entry (slot, id) if it is still that one: true when dropped. */
 bool io_gap_remove(struct io_gap *g, uint32_t slot, uint64_t id);
 /* Drop every entry of message id (recovery applying CLEARED records): count dropped. */
@@ -90,6 +94,7 @@ void io_gap_stats(struct io_gap *g, struct io_gap_stats *st);
  */
 uint64_t io_gap_rcpt_hash(const char *addr);
 uint64_t io_gap_env_digest(const char *mail_from, uint64_t rcpt_sum, uint32_t rcpt_count);
+uint64_t io_gap_sender_digest(const char *mail_from);
 
 /* Streaming XXH3-128 of the bytes as received. */
 struct io_gap_hash {
@@ -135,7 +140,9 @@ struct io_gap_conn {
 	uint8_t head[IO_GAP_HEAD_BYTES]; /* the first bytes as received, kept until the lookup */
 	uint64_t rcpt_sum;
 	uint32_t rcpt_count;
+	uint64_t rcpt_h[8]; /* the first 8 recipients' hashes (all of them when there are <= 8) */
 	uint64_t env_digest;
+	uint64_t sender_digest;
 	unsigned ncand;
 	struct io_gap_cand cand[IO_GAP_CAND_MAX];
 	bool cand_same[IO_GAP_CAND_MAX]; /* bytes equal so far */

@@ -294,6 +294,9 @@ struct spool_gap_fp {
 	uint64_t size;			/* message bytes as received (the stored copy minus hdr_len) */
 	uint64_t hash_lo, hash_hi;	/* XXH3-128 of those bytes */
 	uint64_t head_hash;		/* XXH3-64 of their first min(size, 1024) bytes (the set's key) */
+	uint64_t sender_digest;		/* XXH3-64 of the sender (the set's key) */
+	uint32_t nrh;			/* rcpt_h entries: rcpt_count when <= SPOOL_GAP_RCPT_HASHES, else 0 */
+	uint64_t rcpt_h[8];		/* io_gap_rcpt_hash of each recipient: a retry to a subset matches */
 	uint32_t lane;			/* the stored copy's commit record (spool_fetch_get) */
 	uint64_t seq, off;
 	int64_t received_at_us;		/* of the original */

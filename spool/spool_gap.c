@@ -7,6 +7,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "ds_assert.h"
 #include "spool_format.h"
 #include "spool_gap.h"
 
@@ -34,7 +35,7 @@ static inline uint64_t get64(const uint8_t *p)
 size_t spool_gap_size(const struct spool_gap_rec *g)
 {
 	if (g->kind == SPOOL_GAP_REC_AT_RISK)
-		return SPOOL_GAP_FIXED + SPOOL_GAP_TAIL_V1;
+		return SPOOL_GAP_FIXED + SPOOL_GAP_TAIL_V1 + 8u * DS_MIN(g->fp.nrh, 8u);
 	return SPOOL_GAP_FIXED + (g->watermark ? SPOOL_GAP_TAIL_WM : 0);
 }
 
@@ -42,7 +43,7 @@ void spool_gap_encode(uint8_t *out, const struct spool_gap_rec *g)
 {
 	bool risk = g->kind == SPOOL_GAP_REC_AT_RISK;
 	struct spool_gap_fixed f = {.kind = risk ? SPOOL_GAP_AT_RISK : SPOOL_GAP_CLEARED,
-				    .tail = risk ? SPOOL_GAP_TAIL_V1 : 0,
+				    .tail = risk ? (uint32_t)(spool_gap_size(g) - SPOOL_GAP_FIXED) : 0,
 				    .expires_us = risk ? g->expires_us : 0};
 	if (!risk && g->watermark)
 		f.tail = SPOOL_GAP_TAIL_WM;
@@ -72,6 +73,12 @@ void spool_gap_encode(uint8_t *out, const struct spool_gap_rec *g)
 	put64(p + 56, fp->off);
 	put64(p + 64, (uint64_t)fp->received_at_us);
 	put64(p + 72, fp->head_hash);
+	put64(p + 80, fp->sender_digest);
+	uint32_t nrh = fp->nrh <= 8 ? fp->nrh : 0;
+	put32(p + 88, nrh);
+	put32(p + 92, 0);
+	for (uint32_t i = 0; i < nrh; i++)
+		put64(p + 96 + 8 * i, fp->rcpt_h[i]);
 }
 
 int spool_gap_decode(const uint8_t *payload, uint32_t len, uint64_t id, struct spool_gap_rec *g)
@@ -111,6 +118,13 @@ int spool_gap_decode(const uint8_t *payload, uint32_t len, uint64_t id, struct s
 	fp->off = get64(p + 56);
 	fp->received_at_us = (int64_t)get64(p + 64);
 	fp->head_hash = get64(p + 72);
+	fp->sender_digest = get64(p + 80);
+	fp->nrh = get32(p + 88);
+	if (fp->nrh > 8 || f.tail != SPOOL_GAP_TAIL_V1 + 8 * fp->nrh ||
+	    (fp->nrh && fp->nrh != fp->rcpt_count))
+		return -EBADMSG;
+	for (uint32_t i = 0; i < fp->nrh; i++)
+		fp->rcpt_h[i] = get64(p + 96 + 8 * i);
 	if (fp->lane >= SPOOL_LANES_MAX || fp->rcpt_count == 0 || fp->rcpt_count > SPOOL_RCPT_MAX)
 		return -EBADMSG;
 	return 0;

@@ -13,7 +13,7 @@
 
 #include "spool.h"
 
-#define SPOOL_GAP_TAIL_V1 80u /* bytes of an AT_RISK tail */
+#define SPOOL_GAP_TAIL_V1 96u /* bytes of an AT_RISK tail, before its recipient hashes (8 each) */
 #define SPOOL_GAP_TAIL_WM 32u /* bytes of a watermark tail (CLEARED) */
 
 /* Payload bytes of g (fixed prefix + tail). */

@@ -67,7 +67,8 @@ MICRO_BENCH(gap_lookup_empty)
 	struct io_gap_cand c[IO_GAP_CAND_MAX];
 	io_gap_create(&g, 1024);
 	while (micro_keep_running(st))
-		micro_do_not_optimize_u64(io_gap_lookup(g, 12345, 1, 0, 0, c, IO_GAP_CAND_MAX));
+		micro_do_not_optimize_u64(
+			io_gap_lookup(g, &(struct spool_gap_fp){.rcpt_count = 1}, 0, c, IO_GAP_CAND_MAX));
 	io_gap_destroy(g);
 	micro_set_items(st, micro_iterations(st));
 }
@@ -80,12 +81,16 @@ MICRO_BENCH(gap_lookup_10k_miss)
 	int64_t exp = ds_wall_us() + 3600ll * 1000000;
 	io_gap_create(&g, 16384);
 	for (uint64_t i = 1; i <= 10000; i++) {
-		struct spool_gap_fp fp = {.env_digest = i * 0x9e3779b97f4a7c15ull, .rcpt_count = 1};
+		struct spool_gap_fp fp = {.env_digest = i * 0x9e3779b97f4a7c15ull,
+					  .sender_digest = i * 0x51ed27ull,
+					  .rcpt_count = 1};
 		io_gap_insert(g, i, &fp, exp, true);
 	}
 	uint64_t k = 0;
 	while (micro_keep_running(st))
-		micro_do_not_optimize_u64(io_gap_lookup(g, ++k * 0x51ed27ull, 1, 0, 0, c, IO_GAP_CAND_MAX));
+		micro_do_not_optimize_u64(io_gap_lookup(
+			g, &(struct spool_gap_fp){.sender_digest = ++k * 0x3b9ull, .rcpt_count = 1}, 0, c,
+			IO_GAP_CAND_MAX));
 	io_gap_destroy(g);
 	micro_set_items(st, micro_iterations(st));
 }

@@ -239,6 +239,21 @@ def main(t):
                 "LMTP retry (recipients in another order): one 'already queued' per recipient", repr(r))
         want[mid] = 1
 
+        # 8b. LMTP, a client that read some replies retries the others: a subset matches; a
+        # recipient the original did not have makes it a new message.
+        mid, data = message("lmtpsub")
+        cut_next(lpx)
+        cut_send(lambda: raw_send(lpx.port, data, rcpts=("a@localhost", "b@localhost", "c@localhost"), lmtp=True))
+        at_risk += 1
+        met.wait("dotspool_gap_at_risk_total", at_risk)
+        r = raw_send(lpx.port, data, rcpts=("a@localhost", "d@localhost"), lmtp=True)
+        t.check(all("already" not in x for _, x in r), "LMTP retry with a new recipient is stored", repr(r))
+        r = raw_send(lpx.port, data, rcpts=("c@localhost", "b@localhost"), lmtp=True)
+        suppressed += 1
+        t.check(len(r) == 2 and all(c == 250 and "already queued" in x for c, x in r),
+                "LMTP retry to a subset of the recipients (b, c of a, b, c) suppressed", repr(r))
+        want[mid] = 2
+
         t.eq(met.get("dotspool_gap_suppressed_total"), suppressed, "suppressed retries counted")
         deadline = time.monotonic() + 5
         while True:  # the logger thread writes on its own schedule

@@ -26,7 +26,18 @@ static int failures;
 
 static struct spool_gap_fp fp_of(uint64_t digest, int64_t at)
 {
-	return (struct spool_gap_fp){.env_digest = digest, .rcpt_count = 1, .size = 10, .received_at_us = at};
+	return (struct spool_gap_fp){.env_digest = digest,
+				     .sender_digest = digest,
+				     .rcpt_count = 1,
+				     .size = 10,
+				     .received_at_us = at};
+}
+
+/* A lookup for envelope digest d (sender digest d), rcpt count n, head h. */
+static unsigned look(struct io_gap *g, uint64_t d, uint32_t n, uint64_t h, int64_t now, struct io_gap_cand *c)
+{
+	struct spool_gap_fp q = {.env_digest = d, .sender_digest = d, .rcpt_count = n, .head_hash = h};
+	return io_gap_lookup(g, &q, now, c, IO_GAP_CAND_MAX);
 }
 
 static void test_set(void)
@@ -39,9 +50,10 @@ static void test_set(void)
 	CHECK(io_gap_create(&g, 0) == -EINVAL);
 	CHECK(io_gap_create(&g, 8) == 0);
 	/* Empty: the lock-free path. */
-	CHECK(io_gap_lookup(g, 42, 1, 0, now, c, IO_GAP_CAND_MAX) == 0);
-	CHECK(io_gap_insert(g, 1, &(struct spool_gap_fp){.env_digest = 42, .rcpt_count = 1}, now - 1, true) ==
-	      -EINVAL); /* already expired */
+	CHECK(look(g, 42, 1, 0, now, c) == 0);
+	CHECK(io_gap_insert(g, 1,
+			    &(struct spool_gap_fp){.env_digest = 42, .sender_digest = 42, .rcpt_count = 1},
+			    now - 1, true) == -EINVAL); /* already expired */
 	for (uint64_t id = 1; id <= 6; id++) {
 		struct spool_gap_fp fp = fp_of(42, (int64_t)id);
 		CHECK(io_gap_insert(g, id, &fp, exp, true) == 0);
@@ -49,18 +61,18 @@ static void test_set(void)
 	struct spool_gap_fp other = fp_of(43, 0);
 	CHECK(io_gap_insert(g, 7, &other, exp, true) == 0);
 	/* Same envelope, another head (the message's first 1024 bytes): no candidate. */
-	CHECK(io_gap_lookup(g, 42, 1, 7, now, c, IO_GAP_CAND_MAX) == 0);
+	CHECK(look(g, 42, 1, 7, now, c) == 0);
 	/* Same digest, other recipient count: no candidate. */
-	CHECK(io_gap_lookup(g, 42, 2, 0, now, c, IO_GAP_CAND_MAX) == 0);
+	CHECK(look(g, 42, 2, 0, now, c) == 0);
 	/* Six candidates, the newest IO_GAP_CAND_MAX handed out, newest first. */
-	unsigned n = io_gap_lookup(g, 42, 1, 0, now, c, IO_GAP_CAND_MAX);
+	unsigned n = look(g, 42, 1, 0, now, c);
 	CHECK(n == 6);
 	CHECK(c[0].id == 6 && c[1].id == 5 && c[2].id == 4 && c[3].id == 3);
 	CHECK(c[0].at_risk);
 	/* Remove by (slot, id); a stale slot does nothing. */
 	CHECK(io_gap_remove(g, c[0].slot, 6));
 	CHECK(!io_gap_remove(g, c[0].slot, 6));
-	CHECK(io_gap_lookup(g, 42, 1, 0, now, c, IO_GAP_CAND_MAX) == 5);
+	CHECK(look(g, 42, 1, 0, now, c) == 5);
 	/* Re-insert of a known id upgrades, never duplicates. */
 	struct spool_gap_fp fp5 = fp_of(42, 5);
 	CHECK(io_gap_insert(g, 5, &fp5, exp + 1, true) == 0);
@@ -79,12 +91,50 @@ static void test_set(void)
 	CHECK(io_gap_insert(g, 10, &f10, exp, true) == 0);
 	io_gap_stats(g, &st);
 	CHECK(st.evicted == 1 && st.entries == 8 && st.at_risk == 8);
-	CHECK(io_gap_lookup(g, 45, 1, 0, now, c, IO_GAP_CAND_MAX) == 0);
+	CHECK(look(g, 45, 1, 0, now, c) == 0);
 	/* Expiry: lookups ignore them at once; expire frees them. */
-	CHECK(io_gap_lookup(g, 42, 1, 0, exp + 10, c, IO_GAP_CAND_MAX) == 0);
+	CHECK(look(g, 42, 1, 0, exp + 10, c) == 0);
 	io_gap_expire(g, exp + 10);
 	io_gap_stats(g, &st);
 	CHECK(st.entries == 0 && st.at_risk == 0);
+	io_gap_destroy(g);
+}
+
+static void test_subset(void)
+{
+	struct io_gap *g;
+	struct io_gap_cand c[IO_GAP_CAND_MAX];
+	int64_t now = ds_wall_us(), exp = now + 60 * 1000000ll;
+	struct spool_gap_fp e = {.env_digest = 1,
+				 .sender_digest = 7,
+				 .head_hash = 9,
+				 .rcpt_count = 3,
+				 .nrh = 3,
+				 .rcpt_h = {100, 200, 300}};
+	CHECK(io_gap_create(&g, 16) == 0);
+	CHECK(io_gap_insert(g, 5, &e, exp, true) == 0);
+	struct spool_gap_fp q = {.env_digest = 2,
+				 .sender_digest = 7,
+				 .head_hash = 9,
+				 .rcpt_count = 2,
+				 .nrh = 2,
+				 .rcpt_h = {300, 100}};
+	CHECK(io_gap_lookup(g, &q, now, c, IO_GAP_CAND_MAX) == 1 && c[0].id == 5); /* a subset */
+	q.rcpt_h[1] = 400;
+	CHECK(io_gap_lookup(g, &q, now, c, IO_GAP_CAND_MAX) == 0); /* one recipient is new */
+	q.rcpt_h[1] = 100;
+	q.head_hash = 8;
+	CHECK(io_gap_lookup(g, &q, now, c, IO_GAP_CAND_MAX) == 0); /* another head */
+	q.head_hash = 9;
+	q.sender_digest = 6;
+	CHECK(io_gap_lookup(g, &q, now, c, IO_GAP_CAND_MAX) == 0); /* another sender */
+	struct spool_gap_fp sup = {.env_digest = 3,
+				   .sender_digest = 7,
+				   .head_hash = 9,
+				   .rcpt_count = 4,
+				   .nrh = 4,
+				   .rcpt_h = {100, 200, 300, 400}};
+	CHECK(io_gap_lookup(g, &sup, now, c, IO_GAP_CAND_MAX) == 0); /* a superset */
 	io_gap_destroy(g);
 }
 
@@ -134,15 +184,18 @@ static void test_codec(void)
 					 .seq = 7,
 					 .off = 8192,
 					 .received_at_us = 99,
-					 .head_hash = 0x1234}};
+					 .head_hash = 0x1234,
+					 .sender_digest = 0x5678,
+					 .nrh = 3,
+					 .rcpt_h = {1, 2, 3}}};
 	struct spool_gap_rec d;
 	struct spool_gap_fixed f;
 	size_t n = spool_gap_size(&g);
-	CHECK(n == SPOOL_GAP_FIXED + SPOOL_GAP_TAIL_V1);
+	CHECK(n == SPOOL_GAP_FIXED + SPOOL_GAP_TAIL_V1 + 3 * 8);
 	spool_gap_encode(buf, &g);
 	/* The fixed prefix reclamation and compaction read. */
 	CHECK(spool_gap_fixed_decode(buf, (uint32_t)n, &f) == 0);
-	CHECK(f.kind == SPOOL_GAP_AT_RISK && f.tail == SPOOL_GAP_TAIL_V1 && f.expires_us == 1234567);
+	CHECK(f.kind == SPOOL_GAP_AT_RISK && f.tail == SPOOL_GAP_TAIL_V1 + 24 && f.expires_us == 1234567);
 	CHECK(spool_gap_decode(buf, (uint32_t)n, g.id, &d) == 0);
 	CHECK(memcmp(&d.fp, &g.fp, sizeof(g.fp)) == 0 && d.id == g.id && d.expires_us == g.expires_us);
 	/* Bad: unknown tail version, short, recipient count 0. */
@@ -160,6 +213,7 @@ static void test_codec(void)
 int main(void)
 {
 	test_set();
+	test_subset();
 	test_digest();
 	test_codec();
 	if (failures) {
