@@ -271,7 +271,7 @@ def main(t):
         cut_send(lambda: smtp_send(px.port, data))
         at_risk += 1
         met.wait("dotspool_gap_at_risk_total", at_risk)
-        time.sleep(0.5)  # its record rides the next group flush
+        time.sleep(1.0)  # its record rides the next group flush
         srv.kill()
         srv.start()
         # Still at risk: "onebyte" (its retry never came) and this one; the others were cleared.
@@ -299,7 +299,7 @@ def main(t):
     try:
         mid_ok, data_ok = message("confirmed")
         smtp_send(s3.port, data_ok)
-        time.sleep(1.5)  # a watermark passes it
+        time.sleep(2.5)  # a watermark passes it (written within about a second)
         mid_open, data_open = message("open")
         c = dslib.RawSMTP("127.0.0.1", s3.port)
         c.reply()
@@ -310,7 +310,7 @@ def main(t):
         c.send(data_open + b".\r\n")
         code, text = c.reply()  # 250 read, nothing sent after it: its fate is open
         t.eq(code, 250, "the open message got its 250")
-        time.sleep(1.5)  # a watermark is written with it open
+        time.sleep(2.5)  # a watermark is written with it open
         s3.kill()
         c.sock.close()
         s3.start()
