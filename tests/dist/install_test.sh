@@ -28,6 +28,7 @@
 #   debootstrap --variant=minbase --include=systemd,systemd-sysv,dbus,ca-certificates bookworm DIR MIRROR
 # Example (the upgrade across spool formats 2 -> 3, as run for issue 20):
 #   DS_IT_OLD_REF=89e1978 tests/dist/install_test.sh /var/tmp/dotspool-it
+# DS_IT_MODE=chroot forces the fallback (chroot + unshare -n, no systemd) where nspawn works.
 # Exit status: 0 every check passed, 1 otherwise. Work files stay in WORKDIR.
 set -uo pipefail
 
@@ -138,7 +139,7 @@ cleanup() {
 trap cleanup EXIT
 nspawn=(systemd-nspawn -q --register=no --keep-unit --bind-ro="$debs:/debs" -D "$root")
 mode=chroot
-if command -v systemd-nspawn >/dev/null && "${nspawn[@]}" /bin/true >/dev/null 2>&1; then
+if [ "${DS_IT_MODE:-}" != chroot ] && command -v systemd-nspawn >/dev/null && "${nspawn[@]}" /bin/true >/dev/null 2>&1; then
 	mode=nspawn
 fi
 run_root() {
