@@ -45,7 +45,8 @@ struct io_ctl_cmd {
 	unsigned left; /* batches not done */
 	unsigned refs; /* the thread + batches handed out */
 	unsigned nb;
-	char user[64]; /* the operator's login name: the batches point here (they may outlive serve()) */
+	char user[64];	  /* the operator's login name: the batches point here (they may outlive serve()) */
+	char reason[256]; /* --reason, decoded */
 	struct io_ctl_batch b[]; /* one per worker */
 };
 
@@ -232,8 +233,8 @@ static ssize_t read_line(int fd, char *buf, size_t cap)
 	return -1;
 }
 
-static void log_action(const char *action, const struct ucred *cr, const char *user, char **tok,
-		       unsigned ntok, unsigned ok, unsigned failed)
+static void log_action(const char *action, const struct ucred *cr, const char *user, const char *reason,
+		       char **tok, unsigned ntok, unsigned ok, unsigned failed)
 {
 	char ids[CTL_LOG_IDS * 17 + 1];
 	size_t len = 0;
@@ -247,6 +248,8 @@ static void log_action(const char *action, const struct ucred *cr, const char *u
 	obs_log_u64(g.log, "uid", cr->uid);
 	obs_log_u64(g.log, "pid", (uint64_t)cr->pid);
 	obs_log_str(g.log, "user", user);
+	if (reason && *reason)
+		obs_log_str(g.log, "reason", reason);
 	obs_log_str(g.log, "ids", ids);
 	if (ntok > CTL_LOG_IDS)
 		obs_log_u64(g.log, "ids_more", ntok - CTL_LOG_IDS);
@@ -257,7 +260,7 @@ static void log_action(const char *action, const struct ucred *cr, const char *u
 
 /* A changing command: split by owning worker, hand out, wait, answer per id in the order asked. */
 static void run_command(int fd, int action, char **tok, unsigned ntok, const struct ucred *cr,
-			const char *user)
+			const char *user, const char *reason)
 {
 	unsigned n = g.n, ok = 0, failed = 0;
 	bool all = ntok == 1 && !strcmp(tok[0], "--all");
@@ -285,6 +288,7 @@ static void run_command(int fd, int action, char **tok, unsigned ntok, const str
 	c->nb = n;
 	c->refs = 1;
 	snprintf(c->user, sizeof(c->user), "%.63s", user);
+	snprintf(c->reason, sizeof(c->reason), "%.255s", reason);
 	int64_t now = ds_wall_us();
 	for (unsigned i = 0; i < n; i++)
 		c->b[i] = (struct io_ctl_batch){.cmd = c,
@@ -292,6 +296,7 @@ static void run_command(int fd, int action, char **tok, unsigned ntok, const str
 						.uid = cr->uid,
 						.pid = (uint32_t)cr->pid,
 						.user = c->user,
+						.reason = c->reason,
 						.at_us = now,
 						.all = all};
 	/* Count per worker, then fill. An id that does not parse is answered "invalid". */
@@ -399,9 +404,39 @@ static void run_command(int fd, int action, char **tok, unsigned ntok, const str
 		free(res);
 	}
 	replyf(fd, "END ok=%u failed=%u\n", ok, failed);
-	log_action(all ? "retry_all" : action_name(action), cr, user, tok, ntok, ok, failed);
+	log_action(all ? "retry_all" : action_name(action), cr, user, reason, tok, ntok, ok, failed);
 	free(ids);
 	cmd_unref(c);
+}
+
+static int hexval(char c)
+{
+	return c >= '0' && c <= '9'   ? c - '0'
+	       : c >= 'a' && c <= 'f' ? c - 'a' + 10
+	       : c >= 'A' && c <= 'F' ? c - 'A' + 10
+				      : -1;
+}
+
+/* Percent-decode s into out (cap bytes with the NUL); NUL bytes are refused. 0 or -EINVAL. */
+static int pct_decode(const char *s, char *out, size_t cap)
+{
+	size_t n = 0;
+
+	for (; *s; s++) {
+		int c = (unsigned char)*s;
+		if (c == '%') {
+			int h = hexval(s[1]), l = h < 0 ? -1 : hexval(s[2]);
+			if (h < 0 || l < 0 || (h == 0 && l == 0))
+				return -EINVAL;
+			c = h << 4 | l;
+			s += 2;
+		}
+		if (n + 1 >= cap)
+			return -EINVAL;
+		out[n++] = (char)c;
+	}
+	out[n] = 0;
+	return 0;
 }
 
 static void serve(int fd)
@@ -465,7 +500,7 @@ static void serve(int fd)
 		/* Exactly what SIGHUP does: main()'s signal thread takes it. */
 		kill(getpid(), SIGHUP);
 		reply(fd, "OK reload\nEND ok=1 failed=0\n");
-		log_action("reload", &cr, user, NULL, 0, 1, 0);
+		log_action("reload", &cr, user, NULL, NULL, 0, 1, 0);
 		goto out;
 	}
 	int action = action_of(tok[0]);
@@ -477,7 +512,17 @@ static void serve(int fd)
 		reply(fd, "ERR this server has no delivery stage (--deliver-to): nothing is queued here\n");
 		goto out;
 	}
-	run_command(fd, action, tok + 1, ntok - 1, &cr, user);
+	/* --reason=TEXT (percent-encoded by dotspool-ctl: %XX for spaces, controls, '%', 8-bit) */
+	char reason[256] = "";
+	unsigned first = 1;
+	if (ntok > 1 && !strncmp(tok[1], "--reason=", 9)) {
+		if (pct_decode(tok[1] + 9, reason, sizeof(reason)) < 0) {
+			reply(fd, "ERR --reason: bad percent-encoding or longer than 255 bytes\n");
+			goto out;
+		}
+		first = 2;
+	}
+	run_command(fd, action, tok + first, ntok - first, &cr, user, reason);
 out:
 	free(line);
 	free(tok);

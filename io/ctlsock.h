@@ -44,7 +44,8 @@ struct io_ctl_batch {
 	struct io_ctl_cmd *cmd;
 	uint32_t action; /* enum spool_operator_action */
 	uint32_t uid, pid;
-	const char *user; /* the operator's login name */
+	const char *user;   /* the operator's login name */
+	const char *reason; /* dotspool-ctl --reason TEXT, "" if none */
 	int64_t at_us;
 	bool all;   /* retry --all: every deferred message, nothing recorded */
 	uint32_t n; /* ids (sorted ascending) */

@@ -1569,7 +1569,7 @@ static void op_write(struct io_dlv *d, struct dop *op)
 				   .pid = b->pid,
 				   .at_us = b->at_us,
 				   .name = b->user,
-				   .reason = ""};
+				   .reason = b->reason ? b->reason : ""};
 	int ret = spool_lane_operator(d->w->lane, &o, op_cookie(op));
 
 	if (ret == -EAGAIN) {

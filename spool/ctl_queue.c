@@ -64,6 +64,7 @@ void ctl_queue_usage(FILE *f)
 		"                  per id: ok, unknown (not queued in this server), busy (asked again for\n"
 		"                  10 s), error. Without a running server these commands refuse (exit 1):\n"
 		"                  start it (offline changes are not supported).\n"
+		"                  --reason TEXT (first, before the ids): kept in each record and logged\n"
 		"  reload          what SIGHUP does, through the control socket\n"
 		"                  (--socket PATH after the command: the server's --control-socket)\n");
 }
@@ -618,11 +619,36 @@ static int ctl_request(const char *dir, const char *cmd, char **ids, int n, char
 	return rc;
 }
 
-static int change_cmd(const char *dir, const char *cmd, int argc, char **argv)
+/* cmd --reason=TEXT, TEXT percent-encoded (spaces, controls, '%', 8-bit): one token on the wire. */
+static const char *with_reason(const char *cmd, const char *reason)
 {
+	static char out[32 + 3 * 255 + 1];
+	char *p = out;
+
+	if (strlen(reason) > 255 || strlen(cmd) > 16)
+		return NULL;
+	p += sprintf(p, "%s --reason=", cmd);
+	for (const unsigned char *s = (const unsigned char *)reason; *s; s++)
+		p += *s <= ' ' || *s == '%' || *s >= 0x7f ? sprintf(p, "%%%02X", *s) : sprintf(p, "%c", *s);
+	return out;
+}
+
+static int change_cmd(const char *dir, const char *cmd0, int argc, char **argv)
+{
+	const char *cmd = cmd0;
 	int rc = 0;
 
-	if (!strcmp(cmd, "reload")) {
+	if (argc >= 2 && !strcmp(argv[0], "--reason") && strcmp(cmd0, "reload")) {
+		cmd = with_reason(cmd0, argv[1]);
+		if (!cmd) {
+			fprintf(stderr, "dotspool-ctl: --reason: at most 255 bytes\n");
+			return 2;
+		}
+		argv += 2;
+		argc -= 2;
+	}
+
+	if (!strcmp(cmd0, "reload")) {
 		if (argc) {
 			fprintf(stderr, "dotspool-ctl: reload takes no arguments\n");
 			return 2;
@@ -632,12 +658,12 @@ static int change_cmd(const char *dir, const char *cmd, int argc, char **argv)
 		return ctl_request(dir, cmd, NULL, 0, &none, &nb, true);
 	}
 	if (!argc) {
-		fprintf(stderr, "dotspool-ctl: %s: message ids needed%s\n", cmd,
-			strcmp(cmd, "retry") ? "" : " (or --all)");
+		fprintf(stderr, "dotspool-ctl: %s: message ids needed%s\n", cmd0,
+			strcmp(cmd0, "retry") ? "" : " (or --all)");
 		return 2;
 	}
 	if (!strcmp(argv[0], "--all")) {
-		if (strcmp(cmd, "retry") || argc != 1) {
+		if (strcmp(cmd0, "retry") || argc != 1) {
 			fprintf(stderr, "dotspool-ctl: --all is for retry alone\n");
 			return 2;
 		}

@@ -139,8 +139,12 @@ def run(t, peer, srv):
     t.check("0000000000000001 unknown" in out and "%s invalid" % m2[:8] in out and "zz invalid" in out,
             "unknown ids reported per id", out)
     t.check(not queue(srv)[m2]["held"], "m2 not held by a malformed id")
-    ok_cmd(t, srv, "retry", m1)
+    rc, out, err = ctl(srv, "retry", "--reason", "after the 50% spam wave", m1)
+    t.check(rc == 0 and "%s ok" % m1 in out, "retry --reason TEXT", out + err)
     t.check(queue(srv)[m1]["held"], "retry keeps a held message held")
+    ev = dlvlib.wait_log(srv, lambda evs: [e for e in evs if e.get("event") == "operator"
+                                           and e.get("action") == "retry"], "operator retry line", 5)
+    t.eq(ev[0].get("reason"), "after the 50% spam wave", "the reason in the log line")
     tries_held = rcpt_tries(peer, "later1@dest.test")
 
     print("-- 3. delete")
