@@ -24,6 +24,7 @@
 #include "ds_clock.h"
 #include "gap.h"
 #include "io_types.h"
+#include "spool_reclaim.h"
 
 /* ---- the set ---- */
 
@@ -875,6 +876,17 @@ void io_gap_on_acked(struct io_conn *c, uint64_t id, uint64_t seq, uint64_t off)
 	a.fp.off = off;
 	ack_push(c, gc, &a);
 	struct io_gap_worker *gw = c->w->gapw;
+	/*
+	 * --reclaim: a message delivered before its fate is known would be final
+	 * and gone before an AT_RISK record could keep it. Keep it provisionally
+	 * until the client confirms (then released) or the connection ends (the
+	 * AT_RISK record extends it to the window); a client silent for longer
+	 * than this loses the protection (its retry is stored: a duplicate, never
+	 * a loss).
+	 */
+	if (c->w->cfg->spool.reclaim)
+		spool_reclaim_msg_keep(c->w->cfg->spool.reclaim, id,
+				       ds_wall_us() + IO_GAP_KEEP_PROVISIONAL_US);
 	if (gw->all)
 		io_gap_insert(gw->set, id, &a.fp, ds_wall_us() + gw->window_us, false);
 }
@@ -917,7 +929,10 @@ void io_gap_on_input(struct io_conn *c)
 			gc->acks[keep++] = *a; /* not out yet when these bytes were sent: proves nothing */
 			continue;
 		}
-		/* Confirmed. A retry we answered "already queued": the original is safe, the entry goes. */
+		/* Confirmed: an original stored here no longer needs keeping for the gap. */
+		if (!a->dup && c->w->cfg->spool.reclaim)
+			spool_reclaim_msg_keep(c->w->cfg->spool.reclaim, a->id, 0);
+		/* A retry we answered "already queued": the original is safe, the entry goes. */
 		if (a->dup && a->cand_at_risk && io_gap_remove(c->w->gapw->set, a->slot, a->id)) {
 			struct spool_gap_rec g = {.id = a->id, .kind = SPOOL_GAP_REC_CLEARED};
 			record_put(c->w, &g);

@@ -34,6 +34,8 @@
 #define IO_GAP_PEND_MAX	       256u	    /* gap records per worker waiting for lane room */
 #define IO_GAP_HEAD_BYTES      1024u	    /* the message's first bytes, hashed into the set's key */
 #define IO_GAP_COOKIE_BIT      (1ull << 62) /* settled() of a gap record (conn cookies stay below) */
+/* --reclaim: a message is kept this long after its 250 is queued, until its fate is known. */
+#define IO_GAP_KEEP_PROVISIONAL_US (600ll * 1000000)
 
 /* ---- the server-wide set ---- */
 

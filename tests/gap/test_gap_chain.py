@@ -9,6 +9,8 @@ and delivers it again; the downstream's gap dedup answers the retry "already que
 each message once. Copies are counted per Message-ID in the downstream spool.
 """
 import os
+import socket
+import struct
 import sys
 import time
 import uuid
@@ -74,9 +76,63 @@ def leg(t, kind):
         down.stop()
 
 
+def reclaim_leg(t):
+    """--reclaim with delivery on: a client reads nothing after its 250 for 2 s (the message is
+    delivered, final, meanwhile), then resets: the message is at risk only now. The provisional
+    keep from its 250 held it, so the AT_RISK record can keep it for the window although it is
+    already final; its segment is not reclaimed and the retry is compared and suppressed."""
+    down = dlvlib.DServer(t.build, [], threads=1)
+    down.start()
+    srv = dlvlib.DServer(t.build, ["smtp://127.0.0.1:%d" % down.port], threads=1,
+                         extra=["--reclaim", "true", "--segment-size", "1048576", "--spool-buffer-size", "262144"])
+    srv.start()
+    try:
+        mid = "<reclaim.%s@gap.test>" % uuid.uuid4().hex[:8]
+        body = ("From: s@src.test\r\nMessage-ID: %s\r\nSubject: kept\r\n\r\nkept\r\n" % mid).encode()
+        c = dslib.RawSMTP("127.0.0.1", srv.port)
+        c.reply()
+        c.cmd("EHLO client.test")
+        c.cmd("MAIL FROM:<s@src.test>")
+        c.cmd("RCPT TO:<r@dest.test>")
+        c.cmd("DATA")
+        c.send(body + b".\r\n")
+        code, text = c.reply()
+        t.eq(code, 250, "reclaim: the original got its 250")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and srv.metric("dotspool_deliveries_total", {"outcome": "delivered"}) < 1:
+            time.sleep(0.1)
+        time.sleep(0.5)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        c.sock.close()  # RST, never a byte after the 250: at risk, although delivered
+        filler = ("x" * 998 + "\r\n") * 60  # ~60 KiB each: 40 of them roll the 1 MiB segments
+        for i in range(40):
+            dlvlib.send_ex(srv.port, "f@src.test", ["r@dest.test"],
+                           ("Subject: filler %d\r\n\r\n%s" % (i, filler)).encode())
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and srv.metric("dotspool_deliveries_total", {"outcome": "delivered"}) < 41:
+            time.sleep(0.2)
+        time.sleep(2.5)  # the reclaimer runs at least once a second
+        reclaimed = srv.metric("dotspool_reclaimed_segments_total")
+        s = dlvlib.smtplib.SMTP("127.0.0.1", srv.port, timeout=10)
+        s.ehlo("client.test")
+        s.mail("s@src.test")
+        s.rcpt("r@dest.test")
+        code, text = s.data(body)
+        s.quit()
+        print("  reclaim: segments reclaimed %s before the retry" % reclaimed)
+        t.check(reclaimed >= 1, "reclaim: segments were reclaimed meanwhile")
+        t.check("already queued" in text.decode(), "reclaim: the delivered original was kept for the window: "
+                "its retry is suppressed", text)
+        t.eq(copies(down).get(mid, 0), 1, "reclaim: the next hop has it once")
+    finally:
+        srv.stop()
+        down.stop()
+
+
 def main(t):
     leg(t, "smtp")
     leg(t, "lmtp")
+    reclaim_leg(t)
 
 
 if __name__ == "__main__":
