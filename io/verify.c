@@ -254,7 +254,8 @@ static void probe_reply(struct io_verify *v, struct vprobe *p, int code)
 	case VS_HELLO:
 		if (code / 100 != 2)
 			break;
-		/* An address with 8-bit octets needs SMTPUTF8 (RFC 6531); a hop without it refuses MAIL: 450. */
+		/* An address with 8-bit octets needs SMTPUTF8 (RFC 6531); a hop without it refuses MAIL: 450.
+		 */
 		probe_cmd(v, p, VS_MAIL, "MAIL FROM:<>%s\r\n", addr_8bit(p->addr) ? " SMTPUTF8" : "");
 		return;
 	case VS_MAIL:

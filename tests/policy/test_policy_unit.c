@@ -42,15 +42,16 @@ static void table_lookup(void **state)
 {
 	struct io_rcpt_table *t;
 	char err[256];
-	const char *p = write_file("# comment\n\nalice@Example.COM\n  <bob@example.com>  \r\n"
-				   "\"q@x\"@example.com\n@Wild.Test\nalice@example.com\ndave@example.com\tOK\n"
-				   "erin@example.com  550 no such user\n");
+	const char *p =
+		write_file("# comment\n\nalice@Example.COM\n  <bob@example.com>  \r\n"
+			   "\"q@x\"@example.com\n@Wild.Test\nalice@example.com\ndave@example.com\tOK\n"
+			   "erin@example.com  550 no such user\n");
 	assert_int_equal(io_rcpt_table_load(p, false, &t, err, sizeof(err)), 0);
 	struct io_rcpt_table_info in;
 	io_rcpt_table_info(t, &in);
 	assert_int_equal(in.addresses, 6);
 	assert_int_equal(in.domains, 1);
-	assert_int_equal(in.entries, 6); /* alice twice: one entry */
+	assert_int_equal(in.entries, 6);	 /* alice twice: one entry */
 	assert_true(has(t, "dave@example.com")); /* Postfix map lines: the value is ignored */
 	assert_true(has(t, "erin@example.com"));
 	assert_true(has(t, "alice@example.com"));
