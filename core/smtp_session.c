@@ -968,8 +968,8 @@ static enum smtp_status do_rcpt(struct smtp_session *s, const struct smtp_cmd *c
 	arena_put(s, params, plen);
 	r = 0;
 	if (s->sink->rcpt_ok) {
-		r = s->sink->rcpt_ok(s->ctx, s->arena + s->rcpt_pending_off, p.mailbox_len,
-				     p.domain ? s->arena + s->rcpt_pending_off + (p.domain - p.mailbox) : NULL,
+		const char *mbox = s->arena + s->rcpt_pending_off;
+		r = s->sink->rcpt_ok(s->ctx, mbox, p.mailbox_len, p.domain ? mbox + (p.domain - p.mailbox) : NULL,
 				     p.domain ? p.domain_len : 0);
 		if (r == -EINPROGRESS) {
 			s->state = ST_WAIT_RCPT;

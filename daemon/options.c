@@ -176,8 +176,9 @@ static const struct opt_def opts[] = {
 	 "CIDR clients no limit applies to (the recipient table still does), repeatable; 'none' for no "
 	 "network (default 127.0.0.0/8 and ::1)"},
 	{"verify-recipients", OPT_VDOMAIN, 0, 0, 0, 0,
-	 "D ask the first smtp:// or lmtp:// --deliver-to hop about each recipient of D at RCPT (MAIL FROM:<>, "
-	 "RCPT, no data): 2xx 250, 5xx 550 5.1.1, else 450 4.1.1; .D for its subdomains; repeatable"},
+	 "D ask the first smtp:// or lmtp:// --deliver-to hop about each recipient of D at RCPT "
+	 "(MAIL FROM:<>, RCPT, no data): 2xx 250, 5xx 550 5.1.1, else 450 4.1.1; .D for its subdomains; "
+	 "repeatable"},
 	{"verify-timeout-s", OPT_U32, CF(policy.verify_timeout_s), 1, 3600, 0,
 	 "S a verification probe without an answer by then: 450 4.1.1"},
 	{"verify-positive-ttl-s", OPT_U32, CF(policy.verify_positive_ttl_s), 0, 30 * 86400, 0,
@@ -950,7 +951,8 @@ int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap)
 	if (cfg->policy.verify_domain_count) {
 		bool hop = false;
 		for (uint32_t i = 0; i < cfg->deliver.hop_count; i++)
-			hop |= cfg->deliver.hop[i].kind == IO_HOP_SMTP || cfg->deliver.hop[i].kind == IO_HOP_LMTP;
+			hop |= cfg->deliver.hop[i].kind == IO_HOP_SMTP ||
+			       cfg->deliver.hop[i].kind == IO_HOP_LMTP;
 		if (!hop)
 			return fail(err, errcap,
 				    "verify-recipients needs an smtp:// or lmtp:// deliver-to hop to ask");

@@ -716,7 +716,8 @@ static void conn_start_session(struct io_conn *c)
 }
 
 static const char line_per_ip[] = "421 4.7.0 Too many connections from your address\r\n";
-static const char line_conn_rate[] = "421 4.7.0 Error: too many connections from your address, try again later\r\n";
+static const char line_conn_rate[] =
+	"421 4.7.0 Error: too many connections from your address, try again later\r\n";
 
 /* --client-connection-rate-max behind PROXY, for the client the header named: 0, or -EBUSY. */
 static int conn_rate_check(struct io_conn *c)
