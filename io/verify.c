@@ -24,7 +24,17 @@
 #define VERIFY_WAYS	4
 #define VERIFY_ADDR_MAX 320
 #define VERIFY_OUT_MAX	(VERIFY_ADDR_MAX + 300)
-#define VERIFY_QUIT_MS	2000 /* after the answer: time for QUIT to go out */
+#define VERIFY_QUIT_MS	2000 /* after the answer: time for RSET's reply or QUIT to go out */
+/*
+ * A connection answers several questions (RSET between them) while idle
+ * for at most VERIFY_IDLE_MS, then QUIT. Bounded so the hop's own error
+ * counters (Postfix's smtpd_soft_error_limit 10 counts each 5xx, RSET does
+ * not reset it) never slow or cut a probe: after VERIFY_REFUSED_MAX 5xx
+ * answers or VERIFY_QUESTIONS_MAX questions the connection is closed.
+ */
+#define VERIFY_IDLE_MS	     30000
+#define VERIFY_QUESTIONS_MAX 16
+#define VERIFY_REFUSED_MAX   5
 
 enum vstate {
 	VS_FREE = 0,
@@ -33,6 +43,8 @@ enum vstate {
 	VS_HELLO,
 	VS_MAIL,
 	VS_RCPT,
+	VS_RSET,
+	VS_IDLE, /* greeted and reset: the next question starts at MAIL */
 	VS_QUIT,
 };
 
@@ -43,7 +55,10 @@ struct vprobe {
 	uint8_t state;
 	uint8_t op; /* the one in flight */
 	bool answered;
-	bool dead; /* given up: close once the operation in flight completes */
+	bool dead;		     /* given up: close once the operation in flight completes */
+	bool reused;		     /* this question runs on a connection that answered an earlier one */
+	bool queued;		     /* VS_RSET: a question waits for the reply to start at MAIL */
+	uint16_t questions, refused; /* on this connection */
 	int fd;
 	uint64_t key; /* the connection that asked */
 	uint64_t fp;  /* cache key of addr */
@@ -180,6 +195,45 @@ static void probe_abort(struct io_verify *v, struct vprobe *p)
 	}
 }
 
+/* A new connection to the hop for p's question: 0, or -errno (nothing submitted). */
+static int probe_connect(struct io_verify *v, struct vprobe *p)
+{
+	int fd = socket(v->hop->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -errno;
+	if (v->hop->addr.ss_family != AF_UNIX) {
+		int one = 1;
+		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	}
+	p->fd = fd;
+	p->state = VS_CONNECT;
+	p->reused = p->queued = false;
+	p->questions = p->refused = 0;
+	p->in_len = p->out_len = p->out_off = 0;
+	struct io_uring_sqe *sqe = io_sqe(&v->w->ring);
+	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&v->hop->addr, v->hop->addr_len);
+	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_VERIFY, vud(p)));
+	p->op = VOP_CONNECT;
+	return 0;
+}
+
+/*
+ * Something went wrong. On a reused connection before its MAIL was taken
+ * (the hop closed it while idle, or said 421), the question is asked again
+ * on a new connection; otherwise the probe is given up (450 4.1.1).
+ */
+static void probe_fail(struct io_verify *v, struct vprobe *p)
+{
+	if (p->reused && !p->answered && !p->dead && (p->state == VS_MAIL || p->state == VS_RSET) &&
+	    p->op == VOP_NONE) {
+		close(p->fd);
+		p->fd = -1;
+		if (probe_connect(v, p) == 0)
+			return;
+	}
+	probe_abort(v, p);
+}
+
 static void probe_send(struct io_verify *v, struct vprobe *p)
 {
 	struct io_uring_sqe *sqe = io_sqe(&v->w->ring);
@@ -265,13 +319,33 @@ static void probe_reply(struct io_verify *v, struct vprobe *p, int code)
 		return;
 	case VS_RCPT:
 		probe_answer(v, p, code / 100 == 2 ? 0 : code / 100 == 5 ? -ENOENT : -ETIMEDOUT);
+		p->questions++;
+		p->refused += code / 100 == 5;
 		p->deadline_ms = ds_mono_ms() + VERIFY_QUIT_MS;
-		probe_cmd(v, p, VS_QUIT, "QUIT%s\r\n", "");
+		if (code != 421 && p->questions < VERIFY_QUESTIONS_MAX && p->refused < VERIFY_REFUSED_MAX &&
+		    !v->w->stopping)
+			probe_cmd(v, p, VS_RSET, "RSET%s\r\n", "");
+		else
+			probe_cmd(v, p, VS_QUIT, "QUIT%s\r\n", "");
+		return;
+	case VS_RSET:
+		if (code / 100 != 2)
+			break;
+		if (p->queued) {
+			/* A question came while RSET was on its way (a client pipelining its RCPTs). */
+			p->queued = false;
+			probe_cmd(v, p, VS_MAIL, "MAIL FROM:<>%s\r\n", addr_8bit(p->addr) ? " SMTPUTF8" : "");
+			return;
+		}
+		/* Kept for the next question; no operation in flight while idle. */
+		p->state = VS_IDLE;
+		p->in_len = 0;
+		p->deadline_ms = ds_mono_ms() + VERIFY_IDLE_MS;
 		return;
 	default:
 		break;
 	}
-	probe_abort(v, p);
+	probe_fail(v, p);
 }
 
 void io_verify_complete(struct io_worker *w, uint64_t low, int res)
@@ -289,7 +363,7 @@ void io_verify_complete(struct io_worker *w, uint64_t low, int res)
 	}
 	if (op == VOP_CONNECT) {
 		if (res < 0) {
-			probe_abort(v, p);
+			probe_fail(v, p);
 			return;
 		}
 		p->state = VS_GREETING;
@@ -299,7 +373,7 @@ void io_verify_complete(struct io_worker *w, uint64_t low, int res)
 	}
 	if (op == VOP_SEND) {
 		if (res <= 0) {
-			probe_abort(v, p);
+			probe_fail(v, p);
 			return;
 		}
 		p->out_off += (uint32_t)res;
@@ -316,13 +390,13 @@ void io_verify_complete(struct io_worker *w, uint64_t low, int res)
 	}
 	DS_ASSERT(op == VOP_RECV);
 	if (res <= 0) {
-		probe_abort(v, p);
+		probe_fail(v, p);
 		return;
 	}
 	p->in_len += (uint32_t)res;
 	int code = reply_code(p);
 	if (code < 0 || (code == 0 && p->in_len == sizeof(p->in))) {
-		probe_abort(v, p); /* not SMTP, or a reply longer than we take */
+		probe_fail(v, p); /* not SMTP, or a reply longer than we take */
 		return;
 	}
 	if (code == 0) {
@@ -344,36 +418,51 @@ int io_verify_ask(struct io_worker *w, const char *addr, size_t len, uint64_t ke
 		obs_metrics_verify(w->m, c ? OBS_VERIFY_CACHED_KNOWN : OBS_VERIFY_CACHED_UNKNOWN);
 		return c ? 0 : -ENOENT;
 	}
-	struct vprobe *p = NULL;
-	for (uint32_t i = 0; i < IO_VERIFY_PROBES_MAX; i++)
-		if (v->probe[i].state == VS_FREE) {
-			p = &v->probe[i];
-			break;
-		}
-	int fd = p ? socket(v->hop->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) : -1;
-	if (fd < 0) {
-		/* Out of probes or descriptors: try later, never a guess. */
+	/* An idle connection first, then one whose RSET is on its way, then a new one. */
+	struct vprobe *p = NULL, *idle = NULL, *rset = NULL;
+	for (uint32_t i = 0; i < IO_VERIFY_PROBES_MAX && !idle; i++) {
+		struct vprobe *q = &v->probe[i];
+		if (q->state == VS_IDLE)
+			idle = q;
+		else if (!rset && q->state == VS_RSET && !q->queued && !q->dead && q->answered)
+			rset = q;
+		else if (!p && q->state == VS_FREE)
+			p = q;
+	}
+	if (!idle && rset) {
+		rset->answered = false;
+		rset->reused = true;
+		rset->queued = true;
+		rset->key = key;
+		rset->fp = fp;
+		memcpy(rset->addr, addr, len);
+		rset->addr[len] = 0;
+		rset->deadline_ms = now + (int64_t)w->cfg->policy.verify_timeout_s * 1000;
+		return -EINPROGRESS;
+	}
+	if (idle)
+		p = idle;
+	if (!p) {
+		/* Out of probes: try later, never a guess. */
 		obs_metrics_verify(w->m, OBS_VERIFY_TEMPFAIL);
 		return -ETIMEDOUT;
 	}
-	if (v->hop->addr.ss_family != AF_UNIX) {
-		int one = 1;
-		setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	}
-	v->busy++;
-	p->fd = fd;
-	p->state = VS_CONNECT;
-	p->answered = p->dead = false;
+	p->answered = p->dead = p->queued = false;
 	p->key = key;
 	p->fp = fp;
 	memcpy(p->addr, addr, len);
 	p->addr[len] = 0;
-	p->in_len = p->out_len = p->out_off = 0;
 	p->deadline_ms = now + (int64_t)w->cfg->policy.verify_timeout_s * 1000;
-	struct io_uring_sqe *sqe = io_sqe(&w->ring);
-	io_uring_prep_connect(sqe, fd, (const struct sockaddr *)&v->hop->addr, v->hop->addr_len);
-	io_uring_sqe_set_data64(sqe, io_ud(IO_OP_VERIFY, vud(p)));
-	p->op = VOP_CONNECT;
+	if (idle) {
+		p->reused = true;
+		probe_cmd(v, p, VS_MAIL, "MAIL FROM:<>%s\r\n", addr_8bit(p->addr) ? " SMTPUTF8" : "");
+		return -EINPROGRESS;
+	}
+	if (probe_connect(v, p) < 0) {
+		obs_metrics_verify(w->m, OBS_VERIFY_TEMPFAIL); /* out of descriptors */
+		return -ETIMEDOUT;
+	}
+	v->busy++;
 	return -EINPROGRESS;
 }
 
@@ -384,14 +473,28 @@ void io_verify_tick(struct io_worker *w, int64_t now_ms)
 		return;
 	for (uint32_t i = 0; i < IO_VERIFY_PROBES_MAX; i++) {
 		struct vprobe *p = &v->probe[i];
-		if (p->state != VS_FREE && !p->dead && now_ms >= p->deadline_ms)
+		if (p->state == VS_FREE || p->dead || now_ms < p->deadline_ms)
+			continue;
+		if (p->state == VS_IDLE) {
+			p->deadline_ms = now_ms + VERIFY_QUIT_MS;
+			probe_cmd(v, p, VS_QUIT, "QUIT%s\r\n", "");
+		} else {
 			probe_abort(v, p);
+		}
 	}
 }
 
+/* A question or an operation under way (an idle connection is not: destroy closes it). */
 bool io_verify_busy(const struct io_worker *w)
 {
-	return w->verify && w->verify->busy > 0;
+	const struct io_verify *v = w->verify;
+	if (!v || v->busy == 0)
+		return false;
+	for (uint32_t i = 0; i < IO_VERIFY_PROBES_MAX; i++)
+		if (v->probe[i].state != VS_FREE &&
+		    (v->probe[i].state != VS_IDLE || v->probe[i].op != VOP_NONE))
+			return true;
+	return false;
 }
 
 bool io_verify_domain(const struct io_worker *w, const char *domain, size_t len)
@@ -455,7 +558,7 @@ void io_verify_destroy(struct io_worker *w)
 	struct io_verify *v = w->verify;
 	if (!v)
 		return;
-	if (v->busy) {
+	if (io_verify_busy(w)) {
 		/* An operation may still be in flight into a probe's buffers: leave it (the process ends). */
 		w->verify = NULL;
 		return;

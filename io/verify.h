@@ -6,9 +6,12 @@
  * Recipient verification by the next hop (issue 17, --verify-recipients
  * DOMAIN): before RCPT is answered for a recipient of such a domain, the
  * first SMTP/LMTP --deliver-to hop is asked with a probe that never sends
- * data (greeting, EHLO/LHLO, MAIL FROM:<>, RCPT TO:<addr>, QUIT), on the
- * worker's ring (IO_OP_VERIFY); the session waits for the answer as it
- * waits for a commit (SMTP_WAIT_RCPT), the worker never blocks.
+ * data (greeting, EHLO/LHLO, MAIL FROM:<>, RCPT TO:<addr>, then RSET and
+ * the connection kept idle for the next question, up to 16 questions, 5
+ * refusals or 30 s, then QUIT), on the worker's ring (IO_OP_VERIFY); the
+ * session waits for the answer as it waits for a commit (SMTP_WAIT_RCPT),
+ * the worker never blocks. A question on an idle connection the hop has
+ * closed meanwhile is asked again on a new one.
  *
  *   hop 2xx at RCPT -> known (250), cached --verify-positive-ttl-s
  *   hop 5xx at RCPT -> unknown (550 5.1.1), cached --verify-negative-ttl-s

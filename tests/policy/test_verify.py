@@ -10,6 +10,8 @@
   450 4.1.1 for the once known address;
 - a hop that accepts the connection and never answers: 450 4.1.1 after
   --verify-timeout-s, and the session goes on (pipelined commands answered);
+- one connection answers several questions (RSET between them); a hop that
+  restarted under an idle connection: the question is asked again on a new one;
 - other domains are not verified; metrics dotspool_recipient_verifications_total.
 """
 import os
@@ -72,13 +74,15 @@ def main(t):
     with open(table, "w") as f:
         f.write("alice@a.test\nbob@a.test\n")
     lport = dslib.free_port()
+    bmport = dslib.free_port()
     b = t.server(lmtp=("127.0.0.1", lport), extra=["--accept-domain", "a.test", "--recipients", table,
-                                                   "--threads", "1"]).start()
+                                                   "--threads", "1", "--metrics", "127.0.0.1:%d" % bmport]).start()
     mport = dslib.free_port()
     a = t.server(extra=["--accept-domain", "a.test", "--accept-domain", "b.test", "--deliver-to",
                         "lmtp://127.0.0.1:%d" % lport, "--verify-recipients", "a.test", "--verify-timeout-s", "2",
                         "--verify-positive-ttl-s", "3", "--verify-negative-ttl-s", "600", "--threads", "1",
                         "--metrics", "127.0.0.1:%d" % mport]).start()
+    b_conns = metric(metrics(bmport), "dotspool_connections_total", "worker=")
     c = session(a.port)
     t_probe = time.monotonic()
     t.eq(c.cmd("RCPT TO:<alice@a.test>")[0], 250, "B knows alice@a.test: 250")
@@ -87,6 +91,8 @@ def main(t):
     t.eq(c.cmd("RCPT TO:<alice@a.test>")[0], 250, "alice@a.test again: 250 (from the positive cache, below)")
     t.eq(c.cmd("RCPT TO:<anyone@b.test>")[0], 250, "b.test is not verified: 250 as today")
     c.quit()
+    t.eq(metric(metrics(bmport), "dotspool_connections_total", "worker=") - b_conns, 1,
+         "both probes on one connection to B (RSET between them)")
     t.eq(b.stop(), 0, "next hop B stopped")
     c = session(a.port)
     t.eq(c.cmd("RCPT TO:<nobody@a.test>")[0], 550, "negative cache: nobody@a.test 550 with B down")
@@ -103,6 +109,15 @@ def main(t):
                          ("tempfail", 2)):
         t.eq(metric(m, "dotspool_recipient_verifications_total", 'result="%s"' % result), want,
              "dotspool_recipient_verifications_total{result=%s}" % result)
+    # B back: a new connection; B restarted under the idle one: the question is asked again on a new one.
+    b.start()
+    c = session(a.port)
+    t.eq(c.cmd("RCPT TO:<alice@a.test>")[0], 250, "B back: alice@a.test 250 (a new connection)")
+    b.stop()
+    b.start()
+    t.eq(c.cmd("RCPT TO:<bob@a.test>")[0], 250, "B restarted under the idle connection: bob@a.test 250 (retried)")
+    c.quit()
+    t.eq(b.stop(), 0, "next hop B stopped")
     t.eq(a.stop(), 0, "server A stops cleanly")
 
     # A next hop that never answers: 450 4.1.1 after the timeout; the session goes on.

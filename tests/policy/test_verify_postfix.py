@@ -62,6 +62,8 @@ def main(t):
         t.check(len(re.findall(r"NOQUEUE: reject: RCPT from .*<nobody@a\.test>", log)) == 1,
                 "Postfix's log: nobody@a.test refused once", log[-2000:])
         # smtpd opens a queue file at the first valid RCPT ("ID: client="); QUIT before DATA drops it.
+        t.eq(len(re.findall(r"smtpd\[\d+\]: connect from", log)), 2,
+             "4 probes on one connection (RSET between them), plus peers.py's readiness probe", log[-2000:])
         t.eq(pf.message_ids(), {}, "no probe reached DATA: Postfix's cleanup saw no message")
         t.eq(pf.messages(), [], "... and nothing was delivered")
         t.eq(srv.stop(), 0, "server stops cleanly")
