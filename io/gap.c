@@ -451,6 +451,9 @@ out:
 
 #define GAP_SCRATCH_BYTES 65536
 
+/* How long a stopping worker keeps trying to write its last watermark (ticks every 250 ms). */
+#define IO_GAP_QUIESCE_MS 3000
+
 struct io_gap_worker {
 	struct io_gap *set;
 	struct spool_fetch *fetch; /* the stored copies compared with */
@@ -465,7 +468,8 @@ struct io_gap_worker {
 	int64_t wm_next_ms;
 	bool wm_written, wm_all, wm_final;
 	uint64_t wm_seq, wm_off, wm_commits;
-	bool owed_done; /* recovery's owed records for our lanes taken */
+	int64_t quiesce_until_ms; /* stopping: give up the last watermark after this (0: not yet) */
+	bool owed_done;		  /* recovery's owed records for our lanes taken */
 };
 
 int io_gap_worker_init(struct io_worker *w)
@@ -604,9 +608,31 @@ bool io_gap_quiesce(struct io_worker *w)
 	if (!gw || gw->wm_final)
 		return true;
 	/* Stopping, every connection gone: a last watermark, so a clean restart has no tail at risk. */
-	if (watermark_put(w, true) == 0)
+	int ret = watermark_put(w, true);
+	if (ret == 0) {
 		gw->wm_final = true;
-	return gw->wm_final;
+		return true;
+	}
+	/*
+	 * A lane that cannot take the record (full disk, failed segments) must not
+	 * keep the server from stopping (seen: it_watermark hung on a full file
+	 * system). Without a last watermark the next start treats the tail after
+	 * the previous one as at risk (FORMAT.md), and records still pending are
+	 * lost: their retries are stored, never suppressed on a guess.
+	 */
+	int64_t now = ds_mono_ms();
+	if (!gw->quiesce_until_ms)
+		gw->quiesce_until_ms = now + IO_GAP_QUIESCE_MS;
+	if (now < gw->quiesce_until_ms)
+		return false;
+	if (obs_log_begin(w->log, OBS_LOG_WARN, "gap_final_watermark_lost")) {
+		obs_log_u64(w->log, "worker", w->no);
+		obs_log_str(w->log, "error", strerror(-ret));
+		obs_log_u64(w->log, "records_pending", gw->npend);
+		obs_log_end(w->log);
+	}
+	gw->wm_final = true;
+	return true;
 }
 
 void io_gap_tick(struct io_worker *w, int64_t now_ms)
