@@ -61,6 +61,7 @@ struct spool_compact {
 	bool active;
 	uint16_t gen;
 	uint64_t seq;
+	bool whole; /* the round moves every live message of the segment */
 	unsigned n, cur;
 	uint64_t bytes;
 	struct cmove mv[SPOOL_COMPACT_BATCH_MAX];
@@ -198,48 +199,59 @@ static bool pick(struct spool_compact *c, int64_t now)
 {
 	uint64_t ids[SPOOL_COMPACT_BATCH_MAX], seq, live = 0;
 	struct spool_compact_msgstate sts[SPOOL_COMPACT_BATCH_MAX];
+	struct spool_reclaim_pick pk;
 	int rcs[SPOOL_COMPACT_BATCH_MAX];
 	int n, rc = 0;
+	unsigned k = 0;
 
 	c->next_pick_us = now + c->cfg.pick_every_us;
 	n = spool_reclaim_compact_pick(c->r, c->lane_no, now, c->cfg.age_us, &seq, ids,
-				       SPOOL_COMPACT_BATCH_MAX);
+				       SPOOL_COMPACT_BATCH_MAX, &pk);
 	if (n <= 0)
 		return false;
 	/* Ascending (the owner's batch lookup wants them so): insertion sort of at most 64. */
 	for (int i = 1; i < n; i++)
-		for (int k = i; k > 0 && ids[k - 1] > ids[k]; k--) {
-			uint64_t t = ids[k];
-			ids[k] = ids[k - 1];
-			ids[k - 1] = t;
+		for (int j = i; j > 0 && ids[j - 1] > ids[j]; j--) {
+			uint64_t t = ids[j];
+			ids[j] = ids[j - 1];
+			ids[j - 1] = t;
 		}
 	memset(sts, 0, sizeof(sts));
 	c->ops.states(c->ctx, ids, (unsigned)n, sts, rcs);
-	c->n = (unsigned)n;
+	/* Messages the owner cannot give now (an attempt in flight, held, ...) wait for a later round. */
 	for (int i = 0; i < n; i++) {
-		struct cmove *m = &c->mv[i];
+		struct cmove *m = &c->mv[k];
+		if (rcs[i])
+			continue;
 		memset(m, 0, sizeof(*m));
 		m->id = ids[i];
 		m->st = sts[i];
-		m->st.rcpt_state = NULL;
-		if (rcs[i]) {
-			rc = rc ? rc : rcs[i];
-			continue;
-		}
 		m->rst = malloc(sts[i].rcpt_count ? sts[i].rcpt_count : 1);
 		if (!m->rst) {
 			rc = -ENOMEM;
-			continue;
+			break;
 		}
 		memcpy(m->rst, sts[i].rcpt_state, sts[i].rcpt_count);
 		m->st.rcpt_state = m->rst;
 		live += m->st.size;
+		k++;
 	}
-	/* Mostly dead only: a segment with much live data would move most of itself. */
-	if (!rc && live * 100 > (uint64_t)c->cfg.live_max_pct * c->cfg.segment_size)
-		rc = -E2BIG;
-	for (int i = 0; i < n && !rc; i++) {
-		rc = spool_reclaim_msg_moving(c->r, ids[i]);
+	c->n = k;
+	if (!rc && !k)
+		rc = -EBUSY;
+	/*
+	 * Worth it when the segment is mostly dead (its space comes back), or when its live
+	 * messages keep other segments by their records (retries of a long-deferred message land
+	 * in every later segment: moving it with its summary lets them go; the chain of issue 15).
+	 * live bytes of all its live messages, estimated from the ones given.
+	 */
+	if (!rc) {
+		uint64_t est = live * pk.live / k;
+		if (est * 100 > (uint64_t)c->cfg.live_max_pct * c->cfg.segment_size && pk.refs < 2 * pk.live)
+			rc = -E2BIG;
+	}
+	for (unsigned i = 0; i < k && !rc; i++) {
+		rc = spool_reclaim_msg_moving(c->r, c->mv[i].id);
 		c->mv[i].moving = !rc;
 	}
 	if (rc) {
@@ -259,6 +271,7 @@ static bool pick(struct spool_compact *c, int64_t now)
 	}
 	c->active = true;
 	c->seq = seq;
+	c->whole = k == pk.live;
 	c->cur = 0;
 	c->st.rounds++;
 	return true;
@@ -445,10 +458,11 @@ static bool finish(struct spool_compact *c, bool *staged)
 		all &= m->phase == CM_DONE;
 	}
 	if (all) {
-		c->st.segments++;
+		/* A segment counts once all its live messages left (a big one takes several rounds). */
+		c->st.segments += c->whole;
 		c->st.bytes += c->bytes;
-		spool_reclaim_count_compacted(c->r, 1, moved, c->bytes);
-		if (c->ops.done)
+		spool_reclaim_count_compacted(c->r, c->whole, moved, c->bytes);
+		if (c->ops.done && c->whole)
 			c->ops.done(c->ctx, c->seq, moved, c->bytes);
 	} else {
 		c->st.skipped++;

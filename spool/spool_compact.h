@@ -11,10 +11,12 @@
  * is single-writer), step by step from its event loop. A round:
  *
  *  1. pick: the reclamation table names a sealed segment of this lane,
- *     older than age_us, whose commits include a few messages not final
- *     (spool_reclaim_compact_pick); the owner tells their delivery state
- *     and location (ops->state); their bodies must be at most live_max_pct
- *     of the segment, else the segment waits another age_us;
+ *     older than age_us, whose commits include messages not final
+ *     (spool_reclaim_compact_pick, at most 64 a round); the owner tells
+ *     their delivery state and location (ops->states; busy ones wait for
+ *     a later round); their bodies must be at most live_max_pct of the
+ *     segment, or they must keep >= 2 record segments each on average
+ *     (the chain of retries), else the segment waits another age_us;
  *  2. copy: per message, the table is told (spool_reclaim_msg_moving), then
  *     the lane gets a copy of the message under the SAME id
  *     (spool_txn_begin_moved: chunks read from the mapped old segment, at

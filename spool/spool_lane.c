@@ -525,8 +525,11 @@ static void advance_durable(struct spool_lane *l)
 		} else if (c.kind == Q_OUTCOME || c.kind == Q_OPERATOR || c.kind == Q_GAP) {
 			/* An operator record is about its message like an outcome: H(M) for reclamation. */
 			if (l->cfg.reclaim) {
-				spool_reclaim_msg_record(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq,
-							 c.kind == Q_GAP ? 0 : c.off);
+				/* Operator and gap records outlive a move of the message (compaction). */
+				if (c.kind == Q_OUTCOME)
+					spool_reclaim_msg_record(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq, c.off);
+				else
+					spool_reclaim_msg_record_keep(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq);
 				/* A gap record keeps its message for the window (AT_RISK) or no more
 				 * (CLEARED: 0). */
 				if (c.kind == Q_GAP)

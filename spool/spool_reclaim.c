@@ -58,6 +58,13 @@ struct rc_msg {
 	bool moving;
 	uint32_t mark, new_cseg;
 	uint64_t new_chunk_lo;
+	/*
+	 * Segments of records a move does not replace (operator, gap: their
+	 * owners fold them, the summary does not restate them): kept in H(M)
+	 * across moves; keep_cseg: one of them lies in C(M) itself.
+	 */
+	uint32_t *keep, nkeep, capkeep;
+	bool keep_cseg;
 };
 
 struct spool_reclaim {
@@ -85,6 +92,26 @@ struct spool_reclaim {
 	void (*ev_fn)(void *ctx, const struct spool_reclaim_event *ev);
 	void *ev_ctx;
 };
+
+/* Debugging: DS_RECLAIM_TRACE=ID (hex) prints every change of that message (tests). */
+static uint64_t trace_id(void)
+{
+	static int done;
+	static uint64_t id;
+	if (!done) {
+		const char *e = getenv("DS_RECLAIM_TRACE");
+		id = e ? strtoull(e, NULL, 16) : 0;
+		done = 1;
+	}
+	return id;
+}
+#define TRACE(r, m, fmt, ...)                                                                                \
+	do {                                                                                                 \
+		if (trace_id() && (m)->id == trace_id())                                                     \
+			fprintf(stderr, "trace %016llx C %llu: " fmt "\n", (unsigned long long)(m)->id,      \
+				(unsigned long long)((r)->segs[(m)->cseg].key & ((1ull << 40) - 1)),         \
+				__VA_ARGS__);                                                                \
+	} while (0)
 
 static int64_t wall_us(void)
 {
@@ -297,6 +324,10 @@ static void msg_drop(struct spool_reclaim *r, uint32_t i)
 	*pp = r->msgs[i].hnext;
 	free(r->msgs[i].ref);
 	r->msgs[i].ref = NULL;
+	free(r->msgs[i].keep);
+	r->msgs[i].keep = NULL;
+	r->msgs[i].nkeep = r->msgs[i].capkeep = 0;
+	r->msgs[i].keep_cseg = false;
 	if (r->msgs[i].final_wanted)
 		r->kept--;
 	r->msgs[i].final_wanted = false;
@@ -339,6 +370,8 @@ static void msg_ref(struct spool_reclaim *r, struct rc_msg *m, uint32_t si)
 		m->cap = ncap;
 	}
 	m->ref[m->nref++] = si;
+	TRACE(r, m, "ref + %llu (final %d moving %d)",
+	      (unsigned long long)(r->segs[si].key & ((1ull << 40) - 1)), m->final, m->moving);
 	if (m->final)
 		r->segs[si].waiting++;
 	else
@@ -375,8 +408,10 @@ void spool_reclaim_destroy(struct spool_reclaim *r)
 	if (!r)
 		return;
 	spool_reclaim_stop(r);
-	for (uint32_t i = 0; i < r->nmsgs; i++)
+	for (uint32_t i = 0; i < r->nmsgs; i++) {
 		free(r->msgs[i].ref);
+		free(r->msgs[i].keep);
+	}
 	free(r->msgs);
 	free(r->segs);
 	free(r->msg_hash);
@@ -466,6 +501,8 @@ static void msg_add_locked(struct spool_reclaim *r, uint64_t id, unsigned lane, 
 		if (m->moving && m->new_cseg == NIL && (ci = seg_get(r, lane, commit_seq)) != NIL &&
 		    ci != m->cseg) {
 			m->new_cseg = ci;
+			TRACE(r, m, "copy durable in %llu chunks from %llu", (unsigned long long)commit_seq,
+			      (unsigned long long)chunk_seq);
 			r->segs[ci].nonfinal++;
 			m->new_chunk_lo = chunk_seq && chunk_seq < commit_seq ? chunk_seq : 0;
 			for (uint64_t s = m->new_chunk_lo ? m->new_chunk_lo : commit_seq; s < commit_seq;
@@ -494,6 +531,7 @@ static void msg_add_locked(struct spool_reclaim *r, uint64_t id, unsigned lane, 
 	}
 	m = &r->msgs[mi];
 	m->cseg = ci;
+	TRACE(r, m, "added, chunks from %llu", (unsigned long long)chunk_seq);
 	m->snext = r->segs[ci].msgs;
 	r->segs[ci].msgs = mi;
 	r->segs[ci].nonfinal++;
@@ -552,6 +590,45 @@ void spool_reclaim_msg_record(struct spool_reclaim *r, uint64_t id, unsigned lan
 	pthread_mutex_unlock(&r->mu);
 }
 
+static void msg_keep_locked(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq)
+{
+	uint32_t mi = msg_find(r, id), si;
+	struct rc_msg *m;
+
+	if (mi == NIL)
+		return;
+	m = &r->msgs[mi];
+	si = seg_get(r, lane, seq);
+	msg_ref(r, m, si);
+	if (si == NIL)
+		return;
+	if (si == m->cseg) {
+		m->keep_cseg = true;
+		return;
+	}
+	for (uint32_t k = 0; k < m->nkeep; k++)
+		if (m->keep[k] == si)
+			return;
+	if (m->nkeep == m->capkeep) {
+		uint32_t ncap = m->capkeep ? m->capkeep * 2 : 2;
+		uint32_t *n = realloc(m->keep, ncap * sizeof(*n));
+		if (!n) {
+			m->dsn_lost = true; /* never final here, never moved: nothing is released */
+			return;
+		}
+		m->keep = n;
+		m->capkeep = ncap;
+	}
+	m->keep[m->nkeep++] = si;
+}
+
+void spool_reclaim_msg_record_keep(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq)
+{
+	pthread_mutex_lock(&r->mu);
+	msg_keep_locked(r, id, lane, seq);
+	pthread_mutex_unlock(&r->mu);
+}
+
 static void msg_final_locked(struct spool_reclaim *r, uint64_t id)
 {
 	uint32_t mi = msg_find(r, id);
@@ -577,6 +654,7 @@ static void msg_final_locked(struct spool_reclaim *r, uint64_t id)
 		r->st.kept_at_risk--;
 	}
 	m->final = true;
+	TRACE(r, m, "final%s", "");
 	r->st.final_messages++;
 	DS_ASSERT(r->segs[m->cseg].nonfinal > 0);
 	r->segs[m->cseg].nonfinal--;
@@ -657,11 +735,12 @@ static void kept_expire_locked(struct spool_reclaim *r)
 /* ---- compaction (spool_compact.h) ---- */
 
 int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t now_us, int64_t age_us,
-			       uint64_t *seq, uint64_t *ids, unsigned max)
+			       uint64_t *seq, uint64_t *ids, unsigned max, struct spool_reclaim_pick *pk)
 {
-	int best = -ENOENT;
 	uint32_t bi = NIL;
+	unsigned n = 0;
 
+	memset(pk, 0, sizeof(*pk));
 	pthread_mutex_lock(&r->mu);
 	for (uint32_t i = 0; i < r->nsegs; i++) {
 		struct rc_seg *s = &r->segs[i];
@@ -680,21 +759,23 @@ int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t n
 			ok = !m->moving && !m->dsn_lost && m->keep_until_us <= now_us;
 			live += !m->final;
 		}
-		if (!ok || !live || live > max)
-			continue;
-		bi = i;
-		best = (int)live;
+		if (ok && live)
+			bi = i;
 	}
 	if (bi != NIL) {
-		unsigned n = 0;
 		*seq = r->segs[bi].key & ((1ull << 40) - 1);
-		for (uint32_t mi = r->segs[bi].msgs; mi != NIL; mi = r->msgs[mi].snext)
-			if (!r->msgs[mi].final)
-				ids[n++] = r->msgs[mi].id;
-		DS_ASSERT((int)n == best);
+		for (uint32_t mi = r->segs[bi].msgs; mi != NIL; mi = r->msgs[mi].snext) {
+			const struct rc_msg *m = &r->msgs[mi];
+			if (m->final)
+				continue;
+			pk->live++;
+			pk->refs += m->nref;
+			if (n < max)
+				ids[n++] = m->id;
+		}
 	}
 	pthread_mutex_unlock(&r->mu);
-	return best;
+	return bi == NIL ? -ENOENT : (int)n;
 }
 
 void spool_reclaim_compact_defer(struct spool_reclaim *r, unsigned lane, uint64_t seq, int64_t until_us)
@@ -716,6 +797,7 @@ int spool_reclaim_msg_moving(struct spool_reclaim *r, uint64_t id)
 		rc = mi == NIL ? -ENOENT : -EBUSY;
 	} else {
 		struct rc_msg *m = &r->msgs[mi];
+		TRACE(r, m, "moving (nref %u)", m->nref);
 		m->moving = true;
 		m->mark = m->nref;
 		m->new_cseg = NIL;
@@ -764,8 +846,12 @@ int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit)
 	}
 	if (commit && m->new_cseg == NIL)
 		commit = false, rc = -EAGAIN; /* the copy is not durable: nothing moves */
+	TRACE(r, m, "moved commit %d new_cseg %llu", commit,
+	      m->new_cseg == NIL ? 0ull
+				 : (unsigned long long)(r->segs[m->new_cseg].key & ((1ull << 40) - 1)));
 	if (commit) {
 		/* The copy with its summary is durable: the old copy and the records before the move go. */
+		uint32_t old_cseg = m->cseg;
 		DS_ASSERT(r->segs[m->cseg].nonfinal > 0);
 		r->segs[m->cseg].nonfinal--;
 		chunks_count(r, m->cseg, m->chunk_lo, -1);
@@ -774,16 +860,24 @@ int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit)
 		m->chunk_lo = m->new_chunk_lo;
 		m->snext = r->segs[m->cseg].msgs;
 		r->segs[m->cseg].msgs = mi;
-		for (uint32_t k = 0; k < m->nref; k++) {
-			DS_ASSERT(r->segs[m->ref[k]].nonfinal > 0);
-			if (k < m->mark || m->ref[k] == m->cseg)
-				r->segs[m->ref[k]].nonfinal--;
-		}
 		uint32_t n = 0;
-		for (uint32_t k = m->mark; k < m->nref; k++)
-			if (m->ref[k] != m->cseg)
-				m->ref[n++] = m->ref[k];
+		for (uint32_t k = 0; k < m->nref; k++) {
+			bool kept = false;
+			for (uint32_t j = 0; j < m->nkeep && !kept; j++)
+				kept = m->keep[j] == m->ref[k];
+			DS_ASSERT(r->segs[m->ref[k]].nonfinal > 0);
+			if ((k < m->mark && !kept) || m->ref[k] == m->cseg)
+				r->segs[m->ref[k]].nonfinal--;
+			else
+				m->ref[n++] = m->ref[k]; /* the order no longer matters: the move is over */
+		}
 		m->nref = n;
+		if (m->keep_cseg && old_cseg != m->cseg) {
+			/* An operator or gap record in the old commit segment: it stays, a ref now. */
+			m->keep_cseg = false;
+			msg_keep_locked(r, m->id, (unsigned)(r->segs[old_cseg].key >> 40),
+					r->segs[old_cseg].key & ((1ull << 40) - 1));
+		}
 	} else if (m->new_cseg != NIL) {
 		/* Given up after the copy was durable: it is a duplicate nothing protects. */
 		r->segs[m->new_cseg].nonfinal--;
@@ -966,6 +1060,7 @@ struct rc_rec {
 	bool summary;  /* an outcome record of compaction (SPOOL_OUTCOME_F_SUMMARY) */
 	bool outcome;
 	bool superseded; /* an outcome record older than a summary of its message: not a ref */
+	bool keep;	 /* an operator or gap record: outlives a move (msg_keep_locked) */
 	/* Gap records (type 7): kind, expiry, where (a CLEARED after an AT_RISK in its lane ends it). */
 	uint32_t gap_kind;
 	uint64_t off;
@@ -1013,7 +1108,10 @@ static void l_bad(void *ctx, struct rlane *rl, struct rseg *s, uint64_t from, ui
 static void l_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct spool_rec *rec)
 {
 	struct load_ctx *c = ctx;
-	struct rc_rec e = {.id = rec->txn_id, .seq = s->seq, .lane = rl->lane};
+	struct rc_rec e = {.id = rec->txn_id,
+			   .seq = s->seq,
+			   .lane = rl->lane,
+			   .keep = rec->type == SPOOL_REC_OPERATOR || rec->type == SPOOL_REC_GAP};
 
 	if (rec->type == SPOOL_REC_OUTCOME) {
 		struct spool_outcome o;
@@ -1208,10 +1306,13 @@ int spool_reclaim_load(struct spool_reclaim *r)
 	if (!rc) {
 		/* Records after every commit is known (a DSN may be in any lane), finals last. */
 		summaries_locked(r, &c);
-		for (size_t i = 0; i < c.nrecs; i++)
-			if (!c.recs[i].superseded)
-				msg_record_locked(r, c.recs[i].id, c.recs[i].lane, c.recs[i].seq,
-						  c.recs[i].dsn_id);
+		for (size_t i = 0; i < c.nrecs; i++) {
+			const struct rc_rec *e = &c.recs[i];
+			if (e->keep)
+				msg_keep_locked(r, e->id, e->lane, e->seq);
+			else if (!e->superseded)
+				msg_record_locked(r, e->id, e->lane, e->seq, e->dsn_id);
+		}
 		load_gaps_locked(r, &c);
 		for (size_t i = 0; i < c.nfinals; i++)
 			msg_final_locked(r, c.finals[i]);

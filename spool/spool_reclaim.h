@@ -121,6 +121,12 @@ void spool_reclaim_msg_add(struct spool_reclaim *r, uint64_t id, unsigned lane, 
 void spool_reclaim_msg_record(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq,
 			      uint64_t dsn_id);
 /*
+ * The same for a record compaction does not replace by its summary
+ * (operator and gap records): its segment stays protected across a move of
+ * the message, until the message is final.
+ */
+void spool_reclaim_msg_record_keep(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq);
+/*
  * Message id reached its final state, known from durable records only
  * (every recipient DELIVERED, or FAILED with its DSN durable).
  */
@@ -142,9 +148,10 @@ void spool_reclaim_count_compacted(struct spool_reclaim *r, uint64_t segments, u
  *
  * compact_pick: the lowest sealed, unpinned segment of lane, not its
  * highest, created at least age_us before now_us and not deferred, whose
- * commits include 1..max messages not final (none moving): their ids in
- * ids, the segment in *seq; returns how many, or -ENOENT. compact_defer:
- * not picked again before until_us.
+ * commits include messages not final (none moving, none kept by a gap
+ * window): the first max of their ids in ids, the segment in *seq, how many
+ * there are and how many record segments they keep in *pk; returns the
+ * number of ids, or -ENOENT. compact_defer: not picked again before until_us.
  *
  * msg_moving: a copy of message id (same id) is about to be written to its
  * lane's current segment, followed by a summary of its delivery state.
@@ -157,8 +164,12 @@ void spool_reclaim_count_compacted(struct spool_reclaim *r, uint64_t segments, u
  * durable yet (nothing changes, the move ends). msg_moved(!commit): the
  * move is given up; a durable copy is a duplicate nothing protects.
  */
+struct spool_reclaim_pick {
+	unsigned live; /* messages not final whose commit is in the segment (ids holds the first max) */
+	unsigned refs; /* segments their records keep (counted per message): what moving them frees */
+};
 int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t now_us, int64_t age_us,
-			       uint64_t *seq, uint64_t *ids, unsigned max);
+			       uint64_t *seq, uint64_t *ids, unsigned max, struct spool_reclaim_pick *pk);
 void spool_reclaim_compact_defer(struct spool_reclaim *r, unsigned lane, uint64_t seq, int64_t until_us);
 int spool_reclaim_msg_moving(struct spool_reclaim *r, uint64_t id); /* 0, -ENOENT, -EBUSY (final, moving) */
 int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit);

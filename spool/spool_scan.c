@@ -542,8 +542,13 @@ static int seg_commit(struct seg_scan *ssp, struct ctab *tab, struct rseg *s, co
 	durable = pc->end <= ssp->watermark;
 	if (ok && (cfg->check_all_bodies || !durable || (m.chunk_count && m.first_seq != s->seq)))
 		ok = spool_scan_body_walk(r, rl, &m, NULL, NULL) == 0;
-	else if (!ok && durable)
-		/* A live writer may have added chunks after this lane's scan passed them. */
+	else if (!ok && (durable || m.chunk_count))
+		/*
+		 * A live writer may have added chunks after this lane's scan passed them; and
+		 * since format 3 an id may have had an earlier copy (compaction) whose commit
+		 * segment was reclaimed while chunks of it are still counted: the walk from this
+		 * commit's own first chunk decides.
+		 */
 		ok = spool_scan_body_walk(r, rl, &m, NULL, NULL) == 0;
 	if (!ok) {
 		if (cfg->dropped)

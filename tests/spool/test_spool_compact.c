@@ -243,6 +243,10 @@ static unsigned crash_points(const char *snap, unsigned from)
 				snprintf(p, sizeof(p), "%s%s", var, evs[e].path + strlen(dir));
 				CHECK(unlink(p) == 0);
 			}
+			if (getenv("DUMP"))
+				for (unsigned e = from; e < k; e++)
+					fprintf(stderr, "  event %u: %s %s\n", e, evs[e].is_unlink ? "unlink" : "fsync",
+						evs[e].path);
 			snprintf(what, sizeof(what), "reclaim crash at event %u%s", k,
 				 pending ? pending_applied ? " (unlink kept)" : " (unlink lost)" : "");
 			check_state(var, what);
