@@ -11,7 +11,7 @@ and of the last 10) and the segment files on disk. Fails if the last median is o
 (plus 50 ms of slack for a loaded machine) or if a deferred message went missing.
 
   ctest delivery_restarts: --restarts 6 (a few; ~15 s)
-  by hand: test_restarts.py --build BUILD --restarts 1000 --run-s 0.5 --rate 100 [--max-minutes 12]
+  by hand: test_deliver_restarts.py --build BUILD --restarts 1000 --run-s 0.5 --rate 100 [--max-minutes 12]
   (without --rate and with a short --run-s the ingest outruns delivery in 0.3 s lives: the backlog and
   the spool grow, and start-up with them: that measures the backlog, not reclamation)
 """
