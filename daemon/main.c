@@ -451,8 +451,10 @@ static int reclaim_start(struct io_config *cfg, struct obs_log_ring *ring)
 		return 0;
 	struct spool_reclaim *rc;
 	int ret = spool_reclaim_create(&rc, cfg->spool_dir, NULL, NULL);
-	if (ret == 0)
+	if (ret == 0) {
 		spool_reclaim_set_events(rc, reclaim_event, ring);
+		spool_reclaim_set_keep_max(rc, (int64_t)cfg->gap_keep_s * 1000000);
+	}
 	if (ret == 0 && (ret = spool_reclaim_load(rc)) < 0)
 		spool_reclaim_destroy(rc);
 	if (ret < 0) {

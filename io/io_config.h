@@ -168,6 +168,7 @@ struct io_config {
 	uint32_t compact_live_max_pct; /* --compact-live-max-pct: ... whose live bodies are at most this % */
 	uint32_t gap_window_s;	  /* --gap-dedup-window-s: RFC 1047 gap dedup window, 0 = off (io/gap.h) */
 	uint32_t gap_entries;	  /* --gap-dedup-entries: the server-wide set's bound */
+	uint32_t gap_keep_s;	  /* --gap-dedup-keep-s: a delivered at-risk message kept at most (0: window) */
 	bool gap_all;		  /* --gap-dedup-all: fingerprint every message, not only at-risk ones */
 	bool listen_from_source;  /* the current source (file, command line) set the listeners */
 	bool domains_from_source; /* ... the accepted domains */

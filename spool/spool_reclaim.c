@@ -68,6 +68,7 @@ struct rc_msg {
 };
 
 struct spool_reclaim {
+	int64_t keep_max_us; /* a gap keep lasts at most this from when it is set (0: its expiry) */
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
 	pthread_t thr;
@@ -118,6 +119,19 @@ static int64_t wall_us(void)
 	struct timespec ts;
 	clock_gettime(CLOCK_REALTIME, &ts);
 	return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/*
+ * A gap keep (the at-risk message's stored copy, for the retry's byte
+ * compare) is bounded by keep_max_us: a kept message pins its segment and,
+ * through its final neighbours' records, the segments after it, and
+ * compaction does not carry kept messages forward (FORMAT.md, Gap records).
+ */
+static int64_t keep_cap(const struct spool_reclaim *r, int64_t expires_us, int64_t now_us)
+{
+	if (r->keep_max_us > 0 && expires_us > now_us + r->keep_max_us)
+		return now_us + r->keep_max_us;
+	return expires_us;
 }
 
 static int sys_unlink(void *ctx, const char *path)
@@ -685,9 +699,17 @@ void spool_reclaim_msg_final(struct spool_reclaim *r, uint64_t id)
 	pthread_mutex_unlock(&r->mu);
 }
 
+void spool_reclaim_set_keep_max(struct spool_reclaim *r, int64_t keep_max_us)
+{
+	pthread_mutex_lock(&r->mu);
+	r->keep_max_us = keep_max_us;
+	pthread_mutex_unlock(&r->mu);
+}
+
 void spool_reclaim_msg_keep(struct spool_reclaim *r, uint64_t id, int64_t expires_us)
 {
 	pthread_mutex_lock(&r->mu);
+	expires_us = expires_us ? keep_cap(r, expires_us, wall_us()) : 0;
 	uint32_t mi = msg_find(r, id);
 	/* A final message is past keeping (its window was not open when it became final). */
 	if (mi != NIL && !r->msgs[mi].final) {
@@ -1257,28 +1279,71 @@ static int summaries_locked(struct spool_reclaim *r, struct load_ctx *c)
  * the window ends (FORMAT.md, "Gap records"). A CLEARED record in another
  * lane is not ordered against it: the message is kept (the safe side).
  */
+static int gap_rec_cmp(const void *pa, const void *pb)
+{
+	const struct rc_rec *a = *(const struct rc_rec *const *)pa, *b = *(const struct rc_rec *const *)pb;
+	if (a->id != b->id)
+		return a->id < b->id ? -1 : 1;
+	if (a->lane != b->lane)
+		return a->lane < b->lane ? -1 : 1;
+	if (a->seq != b->seq)
+		return a->seq < b->seq ? -1 : 1;
+	return a->off < b->off ? -1 : a->off > b->off;
+}
+
+/*
+ * The gap records of the load: an AT_RISK record not yet expired and not
+ * followed by a CLEARED of its message in its lane keeps the message (up
+ * to keep_max_us from now). Sorted by message, lane and position, walked
+ * backwards per message: n log n in the gap records (every record of the
+ * spool may be one of the at-risk set's 65536 and their watermarks).
+ */
 static void load_gaps_locked(struct spool_reclaim *r, struct load_ctx *c)
 {
 	int64_t now = wall_us();
+	const struct rc_rec **g;
+	size_t ng = 0;
 
-	for (size_t i = 0; i < c->nrecs; i++) {
-		const struct rc_rec *a = &c->recs[i];
-		uint32_t mi;
-		bool cleared = false;
-
-		if (a->gap_kind != SPOOL_GAP_AT_RISK || a->expires_us <= now)
-			continue;
-		mi = msg_find(r, a->id);
-		if (mi == NIL)
-			continue;
-		for (size_t k = 0; k < c->nrecs && !cleared; k++) {
-			const struct rc_rec *b = &c->recs[k];
-			cleared = b->gap_kind == SPOOL_GAP_CLEARED && b->id == a->id && b->lane == a->lane &&
-				  (b->seq > a->seq || (b->seq == a->seq && b->off > a->off));
+	for (size_t i = 0; i < c->nrecs; i++)
+		ng += c->recs[i].gap_kind != 0;
+	if (!ng)
+		return;
+	g = malloc(ng * sizeof(*g));
+	if (!g) {
+		/* Without the sort: keep every unexpired AT_RISK (never less than the rule keeps). */
+		for (size_t i = 0; i < c->nrecs; i++) {
+			const struct rc_rec *a = &c->recs[i];
+			uint32_t mi = a->gap_kind == SPOOL_GAP_AT_RISK && a->expires_us > now
+					      ? msg_find(r, a->id)
+					      : NIL;
+			if (mi != NIL)
+				r->msgs[mi].keep_until_us =
+					DS_MAX(r->msgs[mi].keep_until_us, keep_cap(r, a->expires_us, now));
 		}
-		if (!cleared)
-			r->msgs[mi].keep_until_us = DS_MAX(r->msgs[mi].keep_until_us, a->expires_us);
+		return;
 	}
+	ng = 0;
+	for (size_t i = 0; i < c->nrecs; i++)
+		if (c->recs[i].gap_kind)
+			g[ng++] = &c->recs[i];
+	qsort(g, ng, sizeof(*g), gap_rec_cmp);
+	bool cleared_later = false;
+	for (size_t i = ng; i-- > 0;) {
+		const struct rc_rec *a = g[i];
+		if (i + 1 == ng || g[i + 1]->id != a->id || g[i + 1]->lane != a->lane)
+			cleared_later = false; /* a new (message, lane): nothing after it yet */
+		if (a->gap_kind == SPOOL_GAP_CLEARED) {
+			cleared_later = true;
+			continue;
+		}
+		if (a->gap_kind != SPOOL_GAP_AT_RISK || a->expires_us <= now || cleared_later)
+			continue;
+		uint32_t mi = msg_find(r, a->id);
+		if (mi != NIL)
+			r->msgs[mi].keep_until_us =
+				DS_MAX(r->msgs[mi].keep_until_us, keep_cap(r, a->expires_us, now));
+	}
+	free(g);
 }
 
 int spool_reclaim_load(struct spool_reclaim *r)

@@ -139,6 +139,11 @@ void spool_reclaim_msg_final(struct spool_reclaim *r, uint64_t id);
  * the latest expiry stands; 0 clears (a CLEARED record).
  */
 void spool_reclaim_msg_keep(struct spool_reclaim *r, uint64_t id, int64_t expires_us);
+/*
+ * Bound every gap keep to keep_max_us from when it is set (at load: from
+ * the load), 0 = up to the record's expiry. Call before spool_reclaim_load.
+ */
+void spool_reclaim_set_keep_max(struct spool_reclaim *r, int64_t keep_max_us);
 /* Compaction done with one segment: count it (stats, metrics). */
 void spool_reclaim_count_compacted(struct spool_reclaim *r, uint64_t segments, uint64_t messages,
 				   uint64_t bytes);

@@ -76,15 +76,21 @@ def leg(t, kind):
         down.stop()
 
 
-def reclaim_leg(t):
+def reclaim_leg(t, keep_s=None):
     """--reclaim with delivery on: a client reads nothing after its 250 for 2 s (the message is
     delivered, final, meanwhile), then resets: the message is at risk only now. The provisional
     keep from its 250 held it, so the AT_RISK record can keep it for the window although it is
-    already final; its segment is not reclaimed and the retry is compared and suppressed."""
+    already final; its segment is not reclaimed and the retry is compared and suppressed.
+    With --gap-dedup-keep-s 1 the keep ends a second later: the delivered original's segment is
+    reclaimed and the retry, with nothing to compare against, is stored (never suppressed on a
+    guess)."""
+    tag = "reclaim" if keep_s is None else "reclaim keep %ds" % keep_s
+    extra = ["--reclaim", "true", "--segment-size", "1048576", "--spool-buffer-size", "262144"]
+    if keep_s is not None:
+        extra += ["--gap-dedup-keep-s", str(keep_s)]
     down = dlvlib.DServer(t.build, [], threads=1)
     down.start()
-    srv = dlvlib.DServer(t.build, ["smtp://127.0.0.1:%d" % down.port], threads=1,
-                         extra=["--reclaim", "true", "--segment-size", "1048576", "--spool-buffer-size", "262144"])
+    srv = dlvlib.DServer(t.build, ["smtp://127.0.0.1:%d" % down.port], threads=1, extra=extra)
     srv.start()
     try:
         mid = "<reclaim.%s@gap.test>" % uuid.uuid4().hex[:8]
@@ -119,11 +125,19 @@ def reclaim_leg(t):
         s.rcpt("r@dest.test")
         code, text = s.data(body)
         s.quit()
-        print("  reclaim: segments reclaimed %s before the retry" % reclaimed)
-        t.check(reclaimed >= 1, "reclaim: segments were reclaimed meanwhile")
-        t.check("already queued" in text.decode(), "reclaim: the delivered original was kept for the window: "
-                "its retry is suppressed", text)
-        t.eq(copies(down).get(mid, 0), 1, "reclaim: the next hop has it once")
+        print("  %s: segments reclaimed %s before the retry" % (tag, reclaimed))
+        t.check(reclaimed >= 1, "%s: segments were reclaimed meanwhile" % tag)
+        if keep_s is None:
+            t.check("already queued" in text.decode(), "reclaim: the delivered original was kept for the "
+                    "window: its retry is suppressed", text)
+            t.eq(copies(down).get(mid, 0), 1, "reclaim: the next hop has it once")
+        else:
+            t.check("already queued" not in text.decode(), "%s: the original's copy went with its segment "
+                    "after the keep: the retry is stored" % tag, text)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and copies(down).get(mid, 0) < 2:
+                time.sleep(0.2)
+            t.eq(copies(down).get(mid, 0), 2, "%s: the next hop has the original and the retry" % tag)
     finally:
         srv.stop()
         down.stop()
@@ -133,6 +147,7 @@ def main(t):
     leg(t, "smtp")
     leg(t, "lmtp")
     reclaim_leg(t)
+    reclaim_leg(t, keep_s=1)
 
 
 if __name__ == "__main__":
