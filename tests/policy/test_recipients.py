@@ -157,8 +157,10 @@ def main(t):
     srv = t.server(extra=domains + ["--recipients", table, "--recipients-case-sensitive", "true"]).start()
     with open(table, "w") as f:
         f.write("Alice@a.test\n")
-    srv.send_signal(signal.SIGHUP)
-    t.check(wait_log(srv, r"recipients: reloaded .*: 1 addresses"), "reloaded", srv.log())
+    # `dotspool-ctl reload` over the control socket takes the SIGHUP path (issue 17 point 2).
+    cp = srv.ctl("reload")
+    t.check(cp.returncode == 0, "dotspool-ctl reload: exit 0", cp.stdout + cp.stderr)
+    t.check(wait_log(srv, r"recipients: reloaded .*: 1 addresses"), "reloaded by dotspool-ctl reload", srv.log())
     c = session(srv)
     t.eq(rcpt(c, "Alice@A.TEST")[0], 250, "case-sensitive: Alice@A.TEST known (domain case ignored)")
     t.eq(rcpt(c, "alice@a.test")[0], 550, "case-sensitive: alice@a.test unknown")
