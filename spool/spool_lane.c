@@ -1544,10 +1544,46 @@ int spool_txn_location(const struct spool_txn *t, uint64_t *seq, uint64_t *off)
 	return 0;
 }
 
+/*
+ * Room for a record of size payload bytes in the active segment. On 0, *dst
+ * is where its header goes (the caller encodes the payload at dst +
+ * SPOOL_REC_HDR_SIZE, then record_push()) and *sp the segment.
+ */
+static int record_stage(struct spool_lane *l, size_t size, uint8_t **dst, struct lane_seg **sp)
+{
+	uint64_t total = spool_rec_total(size);
+	int rc;
+
+	/* Could wait for room forever: a record too big for this staging size or segment size. */
+	if (total > l->ring_size / 2 || total > seg_cap_l(l))
+		return -EMSGSIZE;
+	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
+		return -EAGAIN;
+	rc = room_for_record(l, total);
+	if (rc)
+		return rc == -EAGAIN ? -EAGAIN : rc == -ENOSPC ? -ENOSPC : -EIO;
+	*sp = seg_active(l);
+	*dst = l->ring + (l->head % l->ring_size);
+	return 0;
+}
+
+/* The record staged at dst (payload already there): header, queued to be flushed and settled. */
+static void record_push(struct spool_lane *l, struct lane_seg *s, uint8_t *dst, uint32_t type, uint32_t size,
+			uint64_t id, uint64_t off, uint8_t kind, uint64_t cookie)
+{
+	spool_rec_encode(dst, type, size, id, s->epoch, durable_off_for(l, s));
+	l->head += spool_rec_total(size);
+	queue_push(l, &(struct lane_commit){.cookie = cookie,
+					    .lend = l->head,
+					    .id = id,
+					    .off = off,
+					    .rec_seq = (uint32_t)s->seq,
+					    .kind = kind});
+}
+
 int spool_lane_outcome(struct spool_lane *l, const struct spool_outcome *o, uint64_t cookie)
 {
 	struct lane_seg *s;
-	uint64_t total;
 	uint8_t *dst;
 	size_t size;
 	int rc;
@@ -1557,26 +1593,11 @@ int spool_lane_outcome(struct spool_lane *l, const struct spool_outcome *o, uint
 	size = spool_outcome_size(o);
 	if (!size || !o->id)
 		return -EINVAL;
-	total = spool_rec_total(size);
-	/* Could wait for room forever: a record too big for this staging size or segment size. */
-	if (total > l->ring_size / 2 || total > seg_cap_l(l))
-		return -EMSGSIZE;
-	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
-		return -EAGAIN;
-	rc = room_for_record(l, total);
+	rc = record_stage(l, size, &dst, &s);
 	if (rc)
-		return rc == -EAGAIN ? -EAGAIN : rc == -ENOSPC ? -ENOSPC : -EIO;
-	s = seg_active(l);
-	dst = l->ring + (l->head % l->ring_size);
+		return rc;
 	spool_outcome_encode(dst + SPOOL_REC_HDR_SIZE, o);
-	spool_rec_encode(dst, SPOOL_REC_OUTCOME, (uint32_t)size, o->id, s->epoch, durable_off_for(l, s));
-	l->head += total;
-	queue_push(l, &(struct lane_commit){.cookie = cookie,
-					    .lend = l->head,
-					    .id = o->id,
-					    .off = o->dsn_id,
-					    .rec_seq = (uint32_t)s->seq,
-					    .kind = Q_OUTCOME});
+	record_push(l, s, dst, SPOOL_REC_OUTCOME, (uint32_t)size, o->id, o->dsn_id, Q_OUTCOME, cookie);
 	l->st.outcomes++;
 	return 0;
 }
@@ -1585,33 +1606,17 @@ int spool_lane_outcome(struct spool_lane *l, const struct spool_outcome *o, uint
 int spool_lane_operator(struct spool_lane *l, const struct spool_operator *o, uint64_t cookie)
 {
 	struct lane_seg *s;
-	uint64_t total;
 	uint8_t *dst;
-	size_t size;
+	size_t size = spool_oprec_size(o);
 	int rc;
 
-	size = spool_oprec_size(o);
 	if (!size)
 		return -EINVAL;
-	total = spool_rec_total(size);
-	if (total > l->ring_size / 2 || total > seg_cap_l(l))
-		return -EMSGSIZE;
-	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
-		return -EAGAIN;
-	rc = room_for_record(l, total);
+	rc = record_stage(l, size, &dst, &s);
 	if (rc)
-		return rc == -EAGAIN ? -EAGAIN : rc == -ENOSPC ? -ENOSPC : -EIO;
-	s = seg_active(l);
-	dst = l->ring + (l->head % l->ring_size);
+		return rc;
 	spool_oprec_encode(dst + SPOOL_REC_HDR_SIZE, o);
-	spool_rec_encode(dst, SPOOL_REC_OPERATOR, (uint32_t)size, o->id, s->epoch, durable_off_for(l, s));
-	l->head += total;
-	queue_push(l, &(struct lane_commit){.cookie = cookie,
-					    .lend = l->head,
-					    .id = o->id,
-					    .off = 0,
-					    .rec_seq = (uint32_t)s->seq,
-					    .kind = Q_OPERATOR});
+	record_push(l, s, dst, SPOOL_REC_OPERATOR, (uint32_t)size, o->id, 0, Q_OPERATOR, cookie);
 	return 0;
 }
 
@@ -1619,7 +1624,6 @@ int spool_lane_operator(struct spool_lane *l, const struct spool_operator *o, ui
 int spool_lane_gap(struct spool_lane *l, const struct spool_gap_rec *g, uint64_t cookie)
 {
 	struct lane_seg *s;
-	uint64_t total;
 	uint8_t *dst;
 	size_t size;
 	int rc;
@@ -1627,24 +1631,13 @@ int spool_lane_gap(struct spool_lane *l, const struct spool_gap_rec *g, uint64_t
 	if (!g->id || (g->kind != SPOOL_GAP_REC_AT_RISK && g->kind != SPOOL_GAP_REC_CLEARED))
 		return -EINVAL;
 	size = spool_gap_size(g);
-	total = spool_rec_total(size);
-	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
-		return -EAGAIN;
-	rc = room_for_record(l, total);
+	rc = record_stage(l, size, &dst, &s);
 	if (rc)
-		return rc == -EAGAIN ? -EAGAIN : rc == -ENOSPC ? -ENOSPC : -EIO;
-	s = seg_active(l);
-	dst = l->ring + (l->head % l->ring_size);
+		return rc;
 	spool_gap_encode(dst + SPOOL_REC_HDR_SIZE, g);
-	spool_rec_encode(dst, SPOOL_REC_GAP, (uint32_t)size, g->id, s->epoch, durable_off_for(l, s));
-	l->head += total;
-	queue_push(l, &(struct lane_commit){.cookie = cookie,
-					    .lend = l->head,
-					    .id = g->id,
-					    .off = g->kind == SPOOL_GAP_REC_AT_RISK ? (uint64_t)g->expires_us
-										    : 0,
-					    .rec_seq = (uint32_t)s->seq,
-					    .kind = Q_GAP});
+	/* off: the keep's expiry for reclamation (AT_RISK), 0 ends it (CLEARED). */
+	record_push(l, s, dst, SPOOL_REC_GAP, (uint32_t)size, g->id,
+		    g->kind == SPOOL_GAP_REC_AT_RISK ? (uint64_t)g->expires_us : 0, Q_GAP, cookie);
 	return 0;
 }
 
@@ -1684,7 +1677,6 @@ int spool_lane_record(struct spool_lane *l, uint32_t type, uint64_t id, const vo
 		      uint64_t cookie)
 {
 	struct lane_seg *s;
-	uint64_t total;
 	uint8_t *dst;
 	int rc;
 
@@ -1695,25 +1687,11 @@ int spool_lane_record(struct spool_lane *l, uint32_t type, uint64_t id, const vo
 		   : type == SPOOL_REC_OUTCOME ? SPOOL_OUTCOME_MAX
 					       : SPOOL_MOVED_MAX))
 		return -EMSGSIZE;
-	total = spool_rec_total(len);
-	if (total > l->ring_size / 2 || total > seg_cap_l(l))
-		return -EMSGSIZE;
-	if (total > ring_free(l) || l->commit_count >= LANE_COMMITS_MAX || l->abort_count)
-		return -EAGAIN;
-	rc = room_for_record(l, total);
+	rc = record_stage(l, len, &dst, &s);
 	if (rc)
-		return rc == -EAGAIN ? -EAGAIN : rc == -ENOSPC ? -ENOSPC : -EIO;
-	s = seg_active(l);
-	dst = l->ring + (l->head % l->ring_size);
+		return rc;
 	memcpy(dst + SPOOL_REC_HDR_SIZE, payload, len);
-	spool_rec_encode(dst, type, len, id, s->epoch, durable_off_for(l, s));
-	l->head += total;
 	/* About its message like an outcome record: H(M) for reclamation. */
-	queue_push(l, &(struct lane_commit){.cookie = cookie,
-					    .lend = l->head,
-					    .id = id,
-					    .off = 0,
-					    .rec_seq = (uint32_t)s->seq,
-					    .kind = Q_OUTCOME});
+	record_push(l, s, dst, type, len, id, 0, Q_OUTCOME, cookie);
 	return 0;
 }
