@@ -42,14 +42,13 @@ static void usage(FILE *f)
 		"  verify          check every record and body checksum; exit 0 only if consistent\n"
 		"  stats           segments, messages, bytes, per lane\n");
 	ctl_queue_usage(f);
-	fprintf(f,
-		"\n"
-		"options:\n"
-		"  --spool DIR     spool directory (default ./var/spool)\n"
-		"  --json          JSON lines output for list\n"
-		"  -h, --help      this help\n"
-		"\n"
-		"exit status: 0 ok, 1 not found / inconsistent / error, 2 usage\n");
+	fprintf(f, "\n"
+		   "options:\n"
+		   "  --spool DIR     spool directory (default ./var/spool)\n"
+		   "  --json          JSON lines output for list\n"
+		   "  -h, --help      this help\n"
+		   "\n"
+		   "exit status: 0 ok, 1 not found / inconsistent / error, 2 usage\n");
 }
 
 /*
@@ -111,63 +110,10 @@ static void rfc3339(int64_t us, char *buf, size_t cap)
 		 tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, frac);
 }
 
-/* JSON string: escapes quote, backslash and control characters; UTF-8 passes through. */
-static void json_str(FILE *f, const char *s)
-{
-	fputc('"', f);
-	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-		switch (*p) {
-		case '"':
-			fputs("\\\"", f);
-			break;
-		case '\\':
-			fputs("\\\\", f);
-			break;
-		case '\n':
-			fputs("\\n", f);
-			break;
-		case '\r':
-			fputs("\\r", f);
-			break;
-		case '\t':
-			fputs("\\t", f);
-			break;
-		case '\b':
-			fputs("\\b", f);
-			break;
-		case '\f':
-			fputs("\\f", f);
-			break;
-		default:
-			if (*p < 0x20 || *p == 0x7f)
-				fprintf(f, "\\u%04x", *p);
-			else
-				fputc(*p, f);
-		}
-	}
-	fputc('"', f);
-}
-
 /* Delivery state of a message: queued while some recipient is not final. */
 static const char *msg_state(const struct spool_msg_status *st)
 {
 	return st->done ? "done" : "queued";
-}
-
-static const char *rcpt_state(uint8_t s)
-{
-	switch (s) {
-	case SPOOL_RCPT_ATTEMPT:
-		return "attempt";
-	case SPOOL_RCPT_DELIVERED:
-		return "delivered";
-	case SPOOL_RCPT_DEFERRED:
-		return "deferred";
-	case SPOOL_RCPT_FAILED:
-		return "failed";
-	default:
-		return "pending";
-	}
 }
 
 /* The plain line as before, with the message's state as a last word (recipients stay in <>). */
@@ -194,25 +140,25 @@ static long long unix_s(int64_t us)
 static void json_rcpt(const struct ds_rcpt *r, const struct spool_rcpt_status *rs)
 {
 	printf("{\"addr\":");
-	json_str(stdout, r->addr);
-	printf(",\"state\":\"%s\"", rcpt_state(rs->state));
+	ctl_json_str(stdout, r->addr);
+	printf(",\"state\":\"%s\"", ctl_rcpt_state_name(rs->state));
 	if (rs->attempt)
 		printf(",\"attempts\":%u", rs->attempt);
 	if (rs->code)
 		printf(",\"code\":%u", rs->code);
 	if (rs->esc && *rs->esc) {
 		printf(",\"esc\":");
-		json_str(stdout, rs->esc);
+		ctl_json_str(stdout, rs->esc);
 	}
 	if (rs->text && *rs->text) {
 		printf(",\"reply\":");
-		json_str(stdout, rs->text);
+		ctl_json_str(stdout, rs->text);
 	}
 	if (rs->state == SPOOL_RCPT_DEFERRED && rs->next_attempt_us)
 		printf(",\"next_attempt\":%lld", unix_s(rs->next_attempt_us));
 	if (rs->hop && *rs->hop) {
 		printf(",\"hop\":");
-		json_str(stdout, rs->hop);
+		ctl_json_str(stdout, rs->hop);
 	}
 	if (rs->possible_duplicate)
 		printf(",\"possible_duplicate\":true");
@@ -227,29 +173,29 @@ static int list_json(void *ctx, const struct spool_msg *m, const struct spool_ms
 	rfc3339(m->received_at_us, ts, sizeof(ts));
 	printf("{\"id\":\"%s\",\"lane\":%u,\"size\":%llu,\"received_at\":\"%s\",\"mail_from\":", id, m->lane,
 	       (unsigned long long)m->size, ts);
-	json_str(stdout, m->env.mail_from);
+	ctl_json_str(stdout, m->env.mail_from);
 	printf(",\"rcpt_to\":[");
 	for (uint32_t i = 0; i < m->env.rcpt_count; i++) {
 		if (i)
 			putchar(',');
-		json_str(stdout, m->env.rcpt[i].addr);
+		ctl_json_str(stdout, m->env.rcpt[i].addr);
 	}
 	printf("],\"rcpt_params\":[");
 	for (uint32_t i = 0; i < m->env.rcpt_count; i++) {
 		if (i)
 			putchar(',');
-		json_str(stdout, m->env.rcpt[i].params);
+		ctl_json_str(stdout, m->env.rcpt[i].params);
 	}
 	printf("],\"mail_params\":");
-	json_str(stdout, m->env.mail_params);
+	ctl_json_str(stdout, m->env.mail_params);
 	printf(",\"helo\":");
-	json_str(stdout, m->env.helo);
+	ctl_json_str(stdout, m->env.helo);
 	printf(",\"client_addr\":");
-	json_str(stdout, m->env.client_addr);
+	ctl_json_str(stdout, m->env.client_addr);
 	printf(",\"client_port\":%u,\"tls\":", m->env.client_port);
-	json_str(stdout, m->env.tls);
+	ctl_json_str(stdout, m->env.tls);
 	printf(",\"proto\":");
-	json_str(stdout, m->env.proto);
+	ctl_json_str(stdout, m->env.proto);
 	/* Delivery state (format 2), after every field older scripts read. */
 	printf(",\"state\":\"%s\",\"attempts\":%u", msg_state(st), st->attempts);
 	if (!st->done && st->next_attempt_us)

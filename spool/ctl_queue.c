@@ -105,7 +105,7 @@ static enum qstate msg_qstate(const struct spool_msg_status *st)
 	return QS_NEW;
 }
 
-static const char *rcpt_state_name(uint8_t s)
+const char *ctl_rcpt_state_name(uint8_t s)
 {
 	switch (s) {
 	case SPOOL_RCPT_ATTEMPT:
@@ -121,16 +121,38 @@ static const char *rcpt_state_name(uint8_t s)
 	}
 }
 
-static void json_str(FILE *f, const char *s)
+void ctl_json_str(FILE *f, const char *s)
 {
 	fputc('"', f);
 	for (const unsigned char *p = (const unsigned char *)(s ? s : ""); *p; p++) {
-		if (*p == '"' || *p == '\\')
-			fprintf(f, "\\%c", *p);
-		else if (*p < 0x20 || *p == 0x7f)
-			fprintf(f, "\\u%04x", *p);
-		else
-			fputc(*p, f);
+		switch (*p) {
+		case '"':
+			fputs("\\\"", f);
+			break;
+		case '\\':
+			fputs("\\\\", f);
+			break;
+		case '\n':
+			fputs("\\n", f);
+			break;
+		case '\r':
+			fputs("\\r", f);
+			break;
+		case '\t':
+			fputs("\\t", f);
+			break;
+		case '\b':
+			fputs("\\b", f);
+			break;
+		case '\f':
+			fputs("\\f", f);
+			break;
+		default:
+			if (*p < 0x20 || *p == 0x7f)
+				fprintf(f, "\\u%04x", *p);
+			else
+				fputc(*p, f);
+		}
 	}
 	fputc('"', f);
 }
@@ -217,7 +239,7 @@ static int q_msg(void *ctx, const struct spool_msg *m, const struct spool_msg_st
 			"\"sender\":",
 			id, m->lane, ts, (long long)(age_us > 0 ? age_us / 1000000 : 0),
 			(unsigned long long)m->size);
-		json_str(q->out, m->env.mail_from);
+		ctl_json_str(q->out, m->env.mail_from);
 		fprintf(q->out, ",\"state\":\"%s\",\"held\":%s,\"bounced\":%s,\"attempts\":%u",
 			qstate_name[qs], st->held ? "true" : "false", st->bounced ? "true" : "false",
 			st->attempts);
@@ -225,23 +247,23 @@ static int q_msg(void *ctx, const struct spool_msg *m, const struct spool_msg_st
 			fprintf(q->out, ",\"next_attempt\":%lld", (long long)(st->next_attempt_us / 1000000));
 		if (lr) {
 			fprintf(q->out, ",\"last_reply\":{\"code\":%u,\"esc\":", lr->code);
-			json_str(q->out, lr->esc);
+			ctl_json_str(q->out, lr->esc);
 			fprintf(q->out, ",\"text\":");
-			json_str(q->out, lr->text);
+			ctl_json_str(q->out, lr->text);
 			fprintf(q->out, "}");
 		}
 		fprintf(q->out, ",\"recipients\":[");
 		for (uint32_t i = 0; i < m->env.rcpt_count && i < st->rcpt_count; i++) {
 			const struct spool_rcpt_status *rs = &st->rcpt[i];
 			fprintf(q->out, "%s{\"addr\":", i ? "," : "");
-			json_str(q->out, m->env.rcpt[i].addr);
-			fprintf(q->out, ",\"state\":\"%s\",\"attempts\":%u", rcpt_state_name(rs->state),
+			ctl_json_str(q->out, m->env.rcpt[i].addr);
+			fprintf(q->out, ",\"state\":\"%s\",\"attempts\":%u", ctl_rcpt_state_name(rs->state),
 				rs->attempt);
 			if (rs->code) {
 				fprintf(q->out, ",\"code\":%u,\"esc\":", rs->code);
-				json_str(q->out, rs->esc);
+				ctl_json_str(q->out, rs->esc);
 				fprintf(q->out, ",\"reply\":");
-				json_str(q->out, rs->text);
+				ctl_json_str(q->out, rs->text);
 			}
 			if (rs->state == SPOOL_RCPT_DEFERRED && rs->next_attempt_us)
 				fprintf(q->out, ",\"next_attempt\":%lld",
@@ -263,7 +285,7 @@ static int q_msg(void *ctx, const struct spool_msg *m, const struct spool_msg_st
 			lr->text);
 	for (uint32_t i = 0; i < m->env.rcpt_count && i < st->rcpt_count; i++) {
 		const struct spool_rcpt_status *rs = &st->rcpt[i];
-		fprintf(q->out, "    <%s> %s", m->env.rcpt[i].addr, rcpt_state_name(rs->state));
+		fprintf(q->out, "    <%s> %s", m->env.rcpt[i].addr, ctl_rcpt_state_name(rs->state));
 		if (rs->code)
 			fprintf(q->out, " %u %s%s%s", rs->code, rs->esc, rs->esc[0] ? " " : "", rs->text);
 		fputc('\n', q->out);

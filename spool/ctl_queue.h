@@ -10,11 +10,17 @@
  */
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdio.h>
 
 bool ctl_queue_is_command(const char *cmd);
 /* argv[0, argc): the arguments after the command. Exit status (0, 1, 2 usage). */
 int ctl_queue_main(const char *dir, const char *cmd, bool json, int argc, char **argv);
 void ctl_queue_usage(FILE *f);
+
+/* Shared with ctl.c's list: a JSON string (quote, backslash, control characters escaped; UTF-8 as is). */
+void ctl_json_str(FILE *f, const char *s);
+/* A recipient's delivery state (enum spool_rcpt_state) as list and queue print it. */
+const char *ctl_rcpt_state_name(uint8_t s);
 
 #endif
