@@ -973,6 +973,22 @@ int daemon_config_finish(struct io_config *cfg, char *err, size_t errcap)
 	return 0;
 }
 
+/*
+ * The help text already names this default ("(default 86400)" or "; default
+ * false)" for " [default 86400]"): print it once. A text whose default differs
+ * from the real one still gets the bracket, so the drift shows.
+ */
+static bool help_says_default(const char *help, const char *bracket)
+{
+	char says[80];
+
+	if (!bracket[0])
+		return false;
+	/* " [default X]" -> "default X)" */
+	snprintf(says, sizeof(says), "%.*s)", (int)strlen(bracket) - 3, bracket + 2);
+	return strstr(help, says) != NULL;
+}
+
 void daemon_options_usage(FILE *f)
 {
 	struct io_config d;
@@ -1003,7 +1019,7 @@ void daemon_options_usage(FILE *f)
 		else if (o->kind == OPT_SPACE)
 			snprintf(def, sizeof(def), " [default min(1G, %u%%)]",
 				 IO_WATERMARK_FLOOR_PCT_DEFAULT);
-		fprintf(f, "  --%-30s %s%s\n", o->name, o->help, def);
+		fprintf(f, "  --%-30s %s%s\n", o->name, o->help, help_says_default(o->help, def) ? "" : def);
 	}
 	fprintf(f, "  --%-30s %s\n", "config FILE", "read settings from an INI file first");
 	fprintf(f, "  --%-30s %s\n", "check-config FILE",
