@@ -23,7 +23,7 @@
 #error "spool format encoding assumes a little-endian host"
 #endif
 
-#define SPOOL_FORMAT_VERSION	 3u /* written into new segments */
+#define SPOOL_FORMAT_VERSION	 4u /* written into new segments */
 #define SPOOL_FORMAT_VERSION_MIN 1u /* oldest version read */
 #define SPOOL_SEG_MAGIC		 "DSPOOLSG"
 #define SPOOL_SEG_HDR_SIZE	 64u

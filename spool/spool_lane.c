@@ -47,6 +47,7 @@
 #include "spool_oprec.h"
 #include "spool_reclaim.h"
 #include "spool_segment.h"
+#include "spool_sumw.h"
 
 #define LANE_SEGS_MAX	 64
 #define LANE_OPS_MAX	 128
@@ -157,6 +158,8 @@ struct spool_lane {
 
 	/* Spare segment preparation (background thread; lock only at roll): spool_segment.h. */
 	struct spool_spare spare;
+	/* Format 4: seal summaries, written by their own thread (spool_sumw.h). */
+	struct spool_sumw sumw;
 
 	bool direct;	       /* direct write discipline (decided at the first roll) */
 	uint32_t dio_inflight; /* direct writes in flight */
@@ -357,6 +360,8 @@ static void segs_reap(struct spool_lane *l)
 		 * Never written again. Sealed: every record in it is durable, hence settled and
 		 * told to the table (advance_durable ran). Failed: its bytes are unknown, kept.
 		 */
+		if (!s->failed && l->durable_pos >= s->lend)
+			spool_sumw_sealed(&l->sumw, s->seq);
 		if (l->cfg.reclaim && !s->failed && l->durable_pos >= s->lend)
 			spool_reclaim_seg_sealed(l->cfg.reclaim, l->lane_no, s->seq);
 		else if (l->cfg.reclaim)
@@ -527,9 +532,11 @@ static void advance_durable(struct spool_lane *l)
 			if (l->cfg.reclaim) {
 				/* Operator and gap records outlive a move of the message (compaction). */
 				if (c.kind == Q_OUTCOME)
-					spool_reclaim_msg_record(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq, c.off);
+					spool_reclaim_msg_record(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq,
+								 c.off);
 				else
-					spool_reclaim_msg_record_keep(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq);
+					spool_reclaim_msg_record_keep(l->cfg.reclaim, c.id, l->lane_no,
+								      c.rec_seq);
 				/* A gap record keeps its message for the window (AT_RISK) or no more
 				 * (CLEARED: 0). */
 				if (c.kind == Q_GAP)
@@ -1191,6 +1198,9 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 	free(seqs);
 	if (rc)
 		goto fail;
+	rc = spool_sumw_start(&l->sumw, l->dir, lane_no);
+	if (rc)
+		goto fail;
 	rc = lane_roll(l);
 	if (rc)
 		goto fail;
@@ -1207,6 +1217,7 @@ void spool_lane_close(struct spool_lane *l)
 		return;
 	DS_ASSERT(!spool_lane_busy(l));
 	spool_spare_stop(&l->spare);
+	spool_sumw_stop(&l->sumw);
 	for (unsigned i = 0; i < l->seg_count; i++)
 		seg_files_close(&seg_at(l, i)->files);
 	if (l->ring)

@@ -1364,6 +1364,7 @@ int spool_reclaim_load(struct spool_reclaim *r)
 		return 0;
 	if (rc)
 		return rc;
+	rd->use_sums = !getenv("DS_SPOOL_NO_SUMMARIES"); /* format 4: sealed segments from summaries */
 	pthread_mutex_lock(&r->mu);
 	rc = spool_scan_spool(rd, &sc, NULL);
 	if (!rc)

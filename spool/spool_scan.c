@@ -5,6 +5,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -15,6 +16,7 @@
 #include "crc32c.h"
 #include "ds_assert.h"
 #include "ds_grow.h"
+#include "spool_sum.h"
 
 /*
  * Open, map and check one segment file: the header (magic, size, CRC,
@@ -63,6 +65,9 @@ int spool_scan_seg_open(const char *dir, unsigned lane, struct rseg *s)
 
 void spool_scan_seg_close(struct rseg *s)
 {
+	spool_sum_free(s->sum);
+	s->sum = NULL;
+	s->sealed_to = 0;
 	if (s->map)
 		munmap((void *)s->map, s->map_size);
 	s->map = NULL;
@@ -100,11 +105,91 @@ void spool_scan_lane_map_all(struct spool_reader *r, struct rlane *rl)
 	rl->all_mapped = true;
 }
 
-/* Whole-spool operations (foreach, verify, stats, recovery) see every segment listed at open. */
+/*
+ * Recovery's preparation of a lane (use_sums): its segments mapped, the
+ * summaries of sealed ones read, the others read ahead into the page cache
+ * (within budget_bytes) so the scan that follows does not wait on the disk.
+ */
+static void lane_prepare(struct spool_reader *r, struct rlane *rl, uint64_t budget_bytes)
+{
+	spool_scan_lane_map_all(r, rl);
+	for (unsigned i = 0; i < rl->nsegs; i++) {
+		struct rseg *s = &rl->segs[i];
+		volatile uint8_t sink = 0;
+
+		if (s->hdr_rc || s->sum)
+			continue;
+		if (!spool_sum_load(r->dir, rl->lane, &s->hdr, s->size, &s->sum)) {
+			s->sealed_to = s->sum->end;
+			continue;
+		}
+		if (s->size > budget_bytes)
+			continue;
+		budget_bytes -= s->size;
+		madvise((void *)s->map, s->map_size, MADV_WILLNEED);
+		for (uint64_t o = 0; o < s->size; o += 4096)
+			sink ^= s->map[o];
+		(void)sink;
+	}
+}
+
+struct prep_pool {
+	struct spool_reader *r;
+	pthread_mutex_t mu;
+	unsigned next;
+	uint64_t budget_bytes; /* per lane */
+};
+
+static void *prep_thread(void *arg)
+{
+	struct prep_pool *pp = arg;
+
+	for (;;) {
+		unsigned i;
+		pthread_mutex_lock(&pp->mu);
+		i = pp->next++;
+		pthread_mutex_unlock(&pp->mu);
+		if (i >= pp->r->nlanes)
+			return NULL;
+		lane_prepare(pp->r, &pp->r->lanes[i], pp->budget_bytes);
+	}
+}
+
+#define PREP_THREADS_MAX 16
+
+/*
+ * Whole-spool operations (foreach, verify, stats, recovery) see every
+ * segment listed at open. With use_sums, lanes are prepared in parallel:
+ * a thread per lane up to the CPU count (at least 2: the work is mostly
+ * waiting on the disk), each reading summaries and segments of its lanes.
+ * The scan after it is the same serial scan, so its results do not depend
+ * on the threads.
+ */
 void spool_scan_reader_map_all(struct spool_reader *r)
 {
-	for (unsigned i = 0; i < r->nlanes; i++)
-		spool_scan_lane_map_all(r, &r->lanes[i]);
+	struct prep_pool pp = {.r = r};
+	pthread_t th[PREP_THREADS_MAX];
+	long cpus = sysconf(_SC_NPROCESSORS_ONLN), avail = sysconf(_SC_AVPHYS_PAGES);
+	unsigned n = 0, want;
+
+	if (!r->use_sums || r->nlanes == 0) {
+		for (unsigned i = 0; i < r->nlanes; i++)
+			spool_scan_lane_map_all(r, &r->lanes[i]);
+		return;
+	}
+	/* Read ahead at most a quarter of the free memory: more would be evicted before the scan. */
+	pp.budget_bytes = avail > 0 ? (uint64_t)avail * 4096 / 4 / r->nlanes : 0;
+	want = (unsigned)DS_MIN((long)r->nlanes, DS_MAX(cpus, 2L));
+	want = DS_MIN(want, (unsigned)PREP_THREADS_MAX);
+	pthread_mutex_init(&pp.mu, NULL);
+	for (; n < want; n++)
+		if (pthread_create(&th[n], NULL, prep_thread, &pp))
+			break;
+	if (n == 0)
+		prep_thread(&pp);
+	for (unsigned i = 0; i < n; i++)
+		pthread_join(th[i], NULL);
+	pthread_mutex_destroy(&pp.mu);
 }
 
 /* List the lane's segments; they are mapped when first needed (spool_scan_seg_map). */
@@ -438,6 +523,15 @@ static void seg_scan_stable(struct seg_scan *ssp, struct rseg *s)
 	static const struct spool_scan_ops sops = {.rec = seg_rec, .bad = seg_bad, .delivery = true};
 
 	ssp->s = s;
+	if (s->sum) {
+		/* Sealed, never written again: the summary is the scan (spool_sum.h). */
+		ssp->watermark = 0;
+		ssp->npc = ssp->nbad = 0;
+		ssp->nch = ssp->ndl = 0;
+		spool_sum_replay(s->sum, &sops, ssp);
+		ssp->watermark = DS_MAX(ssp->watermark, s->sum->watermark);
+		return;
+	}
 	for (int attempt = 0;; attempt++) {
 		bool moved = false;
 
@@ -512,7 +606,10 @@ int spool_scan_commit_msg(struct spool_reader *r, struct rlane *rl, struct rseg 
 	/* Validated (CRC included) by the scan; the map is read-only: only the bounds again. */
 	if (!s->map || s->hdr_rc || off < SPOOL_SEG_DATA_OFF || off + SPOOL_REC_HDR_SIZE > s->size)
 		return -ENOENT;
-	p = s->map + off;
+	/* From the summary's copy when there is one: the segment's page is not read. */
+	p = s->sum ? spool_sum_rec_at(s->sum, off) : s->map + off;
+	if (!p)
+		return -ENOENT;
 	memcpy(&magic, p, 4);
 	memcpy(&len, p + 8, 4);
 	memcpy(&id, p + 16, 8);
@@ -540,7 +637,8 @@ static int seg_commit(struct seg_scan *ssp, struct ctab *tab, struct rseg *s, co
 	if (e)
 		ctab_del(tab, e);
 	durable = pc->end <= ssp->watermark;
-	if (ok && (cfg->check_all_bodies || !durable || (m.chunk_count && m.first_seq != s->seq)))
+	if (ok && (cfg->check_all_bodies || (!durable && pc->end > s->sealed_to) ||
+		   (m.chunk_count && m.first_seq != s->seq)))
 		ok = spool_scan_body_walk(r, rl, &m, NULL, NULL) == 0;
 	else if (!ok && (durable || m.chunk_count))
 		/*

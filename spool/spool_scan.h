@@ -34,6 +34,15 @@ struct rseg {
 	int hdr_rc;	   /* 0, -ENODATA (unused), -EBADMSG */
 	enum rseg_state state;
 	struct spool_seg_hdr hdr;
+	/*
+	 * Format 4: the segment's seal summary (spool_sum.h), loaded by readers
+	 * with use_sums set; the scan replays it instead of reading the segment.
+	 * sealed_to: every byte below it was durable when the summary was
+	 * written (its seal flush completed first), so commits ending there need
+	 * no body check for durability. 0 without a summary.
+	 */
+	struct spool_sum *sum;
+	uint64_t sealed_to;
 };
 
 struct rlane {
@@ -48,6 +57,13 @@ struct spool_reader {
 	struct rlane lanes[SPOOL_LANES_MAX];
 	unsigned nlanes;
 	struct ds_rcpt *rcpt; /* decode space, SPOOL_RCPT_MAX */
+	/*
+	 * Recovery and the reclamation load: whole-spool scans take sealed
+	 * segments from their summaries, and lanes are mapped, their summaries
+	 * read and their other segments read ahead by parallel threads. Readers
+	 * (list, verify, cat) leave it false and read every segment whole.
+	 */
+	bool use_sums;
 };
 
 struct scan_cfg {

@@ -191,7 +191,12 @@ static void test_abort_codec(void)
 static void test_fixed_v3(void)
 {
 	uint8_t b[64];
-	struct spool_op_fixed o = {.action = SPOOL_OP_DELETE, .uid = 0, .at_us = 1234567, .pid = 42, .tail = 8}, p;
+	struct spool_op_fixed o = {.action = SPOOL_OP_DELETE,
+				   .uid = 0,
+				   .at_us = 1234567,
+				   .pid = 42,
+				   .tail = 8},
+			      p;
 	struct spool_gap_fixed g = {.kind = SPOOL_GAP_AT_RISK, .tail = 40, .expires_us = 99}, h;
 
 	spool_op_fixed_encode(b, &o);
@@ -252,15 +257,15 @@ static void test_scan_and_versions(void)
 	CHECK(spool_seg_scan(seg, 65536, 7, SPOOL_SEG_DATA_OFF, &v2, &c2) == 0);
 	CHECK(c2.chunks == 1 && c2.outcomes == 1 && c2.aborts == 1);
 
-	CHECK(SPOOL_FORMAT_VERSION == 3 && SPOOL_FORMAT_VERSION_MIN == 1);
-	for (uint32_t v = 0; v <= 4; v++) {
+	CHECK(SPOOL_FORMAT_VERSION == 4 && SPOOL_FORMAT_VERSION_MIN == 1);
+	for (uint32_t v = 0; v <= 5; v++) {
 		h.version = v;
 		spool_seg_hdr_encode(hb, &h);
 		int rc = spool_seg_hdr_decode(hb, sizeof(hb), &g);
-		CHECK(rc == (v == 0 ? -EBADMSG : v <= 3 ? 0 : -EPROTONOSUPPORT));
+		CHECK(rc == (v == 0 ? -EBADMSG : v <= 4 ? 0 : -EPROTONOSUPPORT));
 		CHECK(rc || g.version == v);
 	}
-	printf("scan opt-in, segment versions 1 to 3 read, 4 refused: ok\n");
+	printf("scan opt-in, segment versions 1 to 4 read, 5 refused: ok\n");
 }
 
 /* ---- the lane, through the simulator ---- */

@@ -1,0 +1,532 @@
+/* SPDX-License-Identifier: MIT */
+/* Seal summaries: the codec, the writer and the orphan sweep (spool_sum.h, FORMAT.md). */
+#include "spool_sum.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "crc32c.h"
+#include "ds_assert.h"
+#include "spool.h"
+#include "spool_segment.h"
+
+#define SUM_CHUNK_SIZE 24u
+#define SUM_REC_FIXED  16u
+
+static uint32_t rd32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static uint64_t rd64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+static void wr32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, 4);
+}
+
+static void wr64(uint8_t *p, uint64_t v)
+{
+	memcpy(p, &v, 8);
+}
+
+int spool_sum_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq)
+{
+	int n = snprintf(buf, cap, "%s/lane-%02u/%012llu.sum", dir, lane, (unsigned long long)seq);
+	return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
+}
+
+uint64_t spool_sum_name_seq(const char *name)
+{
+	uint64_t v = 0;
+
+	if (strlen(name) != 16 || strcmp(name + 12, ".sum"))
+		return 0;
+	for (int i = 0; i < 12; i++) {
+		if (name[i] < '0' || name[i] > '9')
+			return 0;
+		v = v * 10 + (uint64_t)(name[i] - '0');
+	}
+	return v;
+}
+
+/* ---- build ---- */
+
+struct build {
+	uint8_t *buf;
+	size_t len, cap, max;
+	uint32_t entries;
+	uint64_t end, watermark;
+	const uint8_t *map;
+	unsigned nbad;
+	bool bad_other; /* a region that is not the zero tail */
+	int err;
+};
+
+static uint8_t *build_room(struct build *b, size_t n)
+{
+	if (b->len + n + SPOOL_SUM_TRAILER > b->max) {
+		b->err = -E2BIG;
+		return NULL;
+	}
+	if (b->len + n > b->cap) {
+		size_t ncap = b->cap ? b->cap : 64 * 1024;
+		uint8_t *nb;
+		while (ncap < b->len + n + SPOOL_SUM_TRAILER)
+			ncap *= 2;
+		nb = realloc(b->buf, ncap);
+		if (!nb) {
+			b->err = -ENOMEM;
+			return NULL;
+		}
+		b->buf = nb;
+		b->cap = ncap;
+	}
+	b->len += n;
+	return b->buf + b->len - n;
+}
+
+static int build_rec(void *ctx, const struct spool_rec *r)
+{
+	struct build *b = ctx;
+	uint8_t *p;
+
+	b->watermark = DS_MAX(b->watermark, r->durable_off);
+	b->end = r->off + r->total;
+	/* Direct-mode padding (segment sequence 0 in its id) belongs to no message: left out. */
+	if (r->type == SPOOL_REC_CHUNK && !((r->txn_id >> SPOOL_ID_COUNTER_BITS) & 0xffffffffull))
+		return 0;
+	if (r->type == SPOOL_REC_CHUNK) {
+		if (!(p = build_room(b, SUM_CHUNK_SIZE)))
+			return 1;
+		wr32(p, SPOOL_SUM_CHUNK);
+		wr32(p + 4, r->len);
+		wr64(p + 8, r->off);
+		wr64(p + 16, r->txn_id);
+	} else {
+		DS_ASSERT(r->total <= UINT32_MAX && r->total % SPOOL_REC_ALIGN == 0);
+		if (!(p = build_room(b, SUM_REC_FIXED + r->total)))
+			return 1;
+		wr32(p, SPOOL_SUM_RECORD);
+		wr32(p + 4, (uint32_t)r->total);
+		wr64(p + 8, r->off);
+		memcpy(p + SUM_REC_FIXED, b->map + r->off, r->total);
+	}
+	b->entries++;
+	return 0;
+}
+
+static void build_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zero)
+{
+	struct build *b = ctx;
+
+	(void)to;
+	b->nbad++;
+	if (!tail || !zero || from != b->end)
+		b->bad_other = true;
+}
+
+int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hdr *hdr, uint8_t **out,
+		    size_t *outlen)
+{
+	static const struct spool_scan_ops ops = {.rec = build_rec, .bad = build_bad, .delivery = true};
+	struct build b = {.map = map, .end = SPOOL_SEG_DATA_OFF};
+	uint8_t *h;
+	uint32_t crc;
+
+	*out = NULL;
+	*outlen = 0;
+	if (size > hdr->segment_size)
+		size = hdr->segment_size;
+	b.max = (size_t)DS_MIN((uint64_t)SPOOL_SUM_MAX, size / 4);
+	if (!(h = build_room(&b, SPOOL_SUM_HDR_SIZE))) {
+		free(b.buf);
+		return b.err;
+	}
+	spool_seg_scan(map, size, hdr->epoch, SPOOL_SEG_DATA_OFF, &ops, &b);
+	if (!b.err && (b.bad_other || b.nbad > 1))
+		b.err = -EBADMSG;
+	if (b.err) {
+		free(b.buf);
+		return b.err;
+	}
+	h = b.buf;
+	memset(h, 0, SPOOL_SUM_HDR_SIZE);
+	memcpy(h, SPOOL_SUM_MAGIC, 8);
+	wr32(h + 8, SPOOL_SUM_VERSION);
+	wr32(h + 12, SPOOL_SUM_HDR_SIZE);
+	wr32(h + 16, hdr->lane);
+	wr32(h + 20, b.entries);
+	wr64(h + 24, hdr->seq);
+	wr64(h + 32, hdr->epoch);
+	wr64(h + 40, size);
+	wr64(h + 48, b.end);
+	wr64(h + 56, b.watermark);
+	crc = crc32c(0, b.buf, b.len);
+	DS_ASSERT(b.len + SPOOL_SUM_TRAILER <= b.cap);
+	wr32(b.buf + b.len, crc);
+	wr32(b.buf + b.len + 4, 0);
+	*out = b.buf;
+	*outlen = b.len + SPOOL_SUM_TRAILER;
+	return 0;
+}
+
+/* ---- parse, load ---- */
+
+/* A copied record: the checks spool_rec_check makes on a segment, on the copy. */
+static bool rec_copy_ok(const uint8_t *p, uint32_t total, uint64_t epoch)
+{
+	uint8_t h[SPOOL_REC_HDR_SIZE];
+	uint32_t len, crc;
+
+	if (total < SPOOL_REC_HDR_SIZE || rd32(p) != SPOOL_REC_MAGIC || p[4] <= SPOOL_REC_CHUNK ||
+	    p[4] > SPOOL_REC_TYPE_LAST || p[5] || p[6] || p[7] || rd64(p + 24) != epoch)
+		return false;
+	len = rd32(p + 8);
+	if (spool_rec_total(len) != total)
+		return false;
+	memcpy(h, p, sizeof(h));
+	wr32(h + 12, 0);
+	crc = crc32c(crc32c(0, h, sizeof(h)), p + SPOOL_REC_HDR_SIZE, len);
+	return crc == rd32(p + 12);
+}
+
+int spool_sum_parse(uint8_t *buf, size_t len, struct spool_sum **out)
+{
+	struct spool_sum *s;
+	const uint8_t *p, *end;
+	uint64_t last_end = SPOOL_SEG_DATA_OFF;
+	uint32_t nrecs = 0;
+
+	*out = NULL;
+	if (len < SPOOL_SUM_HDR_SIZE + SPOOL_SUM_TRAILER || len > SPOOL_SUM_MAX ||
+	    memcmp(buf, SPOOL_SUM_MAGIC, 8) || rd32(buf + 8) != SPOOL_SUM_VERSION ||
+	    rd32(buf + 12) != SPOOL_SUM_HDR_SIZE ||
+	    crc32c(0, buf, len - SPOOL_SUM_TRAILER) != rd32(buf + len - SPOOL_SUM_TRAILER))
+		return -EBADMSG;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->lane = rd32(buf + 16);
+	s->entries = rd32(buf + 20);
+	s->seq = rd64(buf + 24);
+	s->epoch = rd64(buf + 32);
+	s->segment_size = rd64(buf + 40);
+	s->end = rd64(buf + 48);
+	s->watermark = rd64(buf + 56);
+	/* Walk once to check the structure and count the records, then index them. */
+	end = buf + len - SPOOL_SUM_TRAILER;
+	for (int pass = 0; pass < 2; pass++) {
+		uint32_t n = 0, k = 0;
+
+		last_end = SPOOL_SEG_DATA_OFF;
+		for (p = buf + SPOOL_SUM_HDR_SIZE; p < end; n++) {
+			uint32_t kind, a;
+			uint64_t off, total;
+
+			if ((size_t)(end - p) < SUM_REC_FIXED)
+				goto bad;
+			kind = rd32(p);
+			a = rd32(p + 4);
+			off = rd64(p + 8);
+			if (kind == SPOOL_SUM_CHUNK) {
+				if ((size_t)(end - p) < SUM_CHUNK_SIZE || a > SPOOL_CHUNK_MAX)
+					goto bad;
+				total = spool_rec_total(a);
+				p += SUM_CHUNK_SIZE;
+			} else if (kind == SPOOL_SUM_RECORD) {
+				if ((size_t)(end - p) - SUM_REC_FIXED < a ||
+				    (pass == 0 && !rec_copy_ok(p + SUM_REC_FIXED, a, s->epoch)))
+					goto bad;
+				total = a;
+				if (pass == 1) {
+					s->rec_off[k] = off;
+					s->rec_at[k++] = p + SUM_REC_FIXED;
+				}
+				nrecs += pass == 0;
+				p += SUM_REC_FIXED + a;
+			} else {
+				goto bad;
+			}
+			/* In file order, aligned, not overlapping, inside the records' end. */
+			if (off < last_end || off % SPOOL_REC_ALIGN || off > s->end || total > s->end - off)
+				goto bad;
+			last_end = off + total;
+		}
+		if (n != s->entries || last_end > s->end || s->end > s->segment_size)
+			goto bad;
+		if (pass == 0) {
+			s->nrecs = nrecs;
+			s->rec_off = malloc((nrecs ? nrecs : 1) * sizeof(*s->rec_off));
+			s->rec_at = malloc((nrecs ? nrecs : 1) * sizeof(*s->rec_at));
+			if (!s->rec_off || !s->rec_at) {
+				spool_sum_free(s);
+				return -ENOMEM;
+			}
+		}
+	}
+	s->buf = buf;
+	s->len = len;
+	*out = s;
+	return 0;
+bad:
+	free(s->rec_off);
+	free(s->rec_at);
+	free(s);
+	return -EBADMSG;
+}
+
+void spool_sum_free(struct spool_sum *s)
+{
+	if (!s)
+		return;
+	free(s->buf);
+	free(s->rec_off);
+	free(s->rec_at);
+	free(s);
+}
+
+int spool_sum_load(const char *dir, unsigned lane, const struct spool_seg_hdr *hdr, uint64_t size,
+		   struct spool_sum **out)
+{
+	char path[PATH_MAX];
+	struct stat st;
+	uint8_t *buf;
+	size_t got = 0;
+	int fd, rc;
+
+	*out = NULL;
+	if ((rc = spool_sum_path(path, sizeof(path), dir, lane, hdr->seq)))
+		return rc;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) || st.st_size < (off_t)(SPOOL_SUM_HDR_SIZE + SPOOL_SUM_TRAILER) ||
+	    st.st_size > (off_t)SPOOL_SUM_MAX) {
+		close(fd);
+		return -EBADMSG;
+	}
+	buf = malloc((size_t)st.st_size);
+	if (!buf) {
+		close(fd);
+		return -ENOMEM;
+	}
+	while (got < (size_t)st.st_size) {
+		ssize_t n = pread(fd, buf + got, (size_t)st.st_size - got, (off_t)got);
+		if (n <= 0)
+			break;
+		got += (size_t)n;
+	}
+	close(fd);
+	if (got != (size_t)st.st_size) {
+		free(buf);
+		return -EBADMSG;
+	}
+	rc = spool_sum_parse(buf, got, out);
+	if (rc) {
+		free(buf);
+		return rc;
+	}
+	if ((*out)->lane != lane || (*out)->seq != hdr->seq || (*out)->epoch != hdr->epoch ||
+	    (*out)->segment_size != size) {
+		spool_sum_free(*out);
+		*out = NULL;
+		return -ESTALE;
+	}
+	return 0;
+}
+
+/* ---- replay ---- */
+
+int spool_sum_replay(const struct spool_sum *s, const struct spool_scan_ops *ops, void *ctx)
+{
+	const uint8_t *p = s->buf + SPOOL_SUM_HDR_SIZE, *end = s->buf + s->len - SPOOL_SUM_TRAILER;
+
+	while (p < end) {
+		struct spool_rec r = {.off = rd64(p + 8)};
+		uint32_t kind = rd32(p);
+		int rc;
+
+		if (kind == SPOOL_SUM_CHUNK) {
+			r.type = SPOOL_REC_CHUNK;
+			r.len = rd32(p + 4);
+			r.txn_id = rd64(p + 16);
+			r.total = spool_rec_total(r.len);
+			p += SUM_CHUNK_SIZE;
+		} else {
+			const uint8_t *q = p + SUM_REC_FIXED;
+			DS_ASSERT(kind == SPOOL_SUM_RECORD);
+			r.type = q[4];
+			r.len = rd32(q + 8);
+			r.txn_id = rd64(q + 16);
+			r.durable_off = rd64(q + 32);
+			r.payload = q + SPOOL_REC_HDR_SIZE;
+			r.total = rd32(p + 4);
+			p += SUM_REC_FIXED + r.total;
+		}
+		if (ops->rec && (r.type == SPOOL_REC_CHUNK || r.type == SPOOL_REC_COMMIT || ops->delivery) &&
+		    (rc = ops->rec(ctx, &r)))
+			return rc;
+	}
+	/* spool_seg_scan reports the zero tail only where a record header would still fit. */
+	if (ops->bad && s->end + SPOOL_REC_HDR_SIZE <= s->segment_size)
+		ops->bad(ctx, s->end, s->segment_size, true, true);
+	return 0;
+}
+
+const uint8_t *spool_sum_rec_at(const struct spool_sum *s, uint64_t off)
+{
+	uint32_t lo = 0, hi = s->nrecs;
+
+	while (lo < hi) {
+		uint32_t mid = lo + (hi - lo) / 2;
+		if (s->rec_off[mid] < off)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < s->nrecs && s->rec_off[lo] == off ? s->rec_at[lo] : NULL;
+}
+
+/* ---- write ---- */
+
+static int write_all(int fd, const uint8_t *p, size_t n)
+{
+	while (n) {
+		ssize_t w = write(fd, p, n);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return w < 0 ? -errno : -EIO;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int spool_sum_write(const char *dir, unsigned lane, uint64_t seq)
+{
+	char path[PATH_MAX], tmp[PATH_MAX + 8], ldir[PATH_MAX];
+	struct spool_seg_hdr hdr;
+	struct stat st;
+	uint8_t *sum = NULL;
+	size_t sumlen = 0;
+	void *map;
+	int fd, rc;
+
+	if ((rc = spool_seg_path(path, sizeof(path), dir, lane, seq)) ||
+	    (rc = spool_lane_dir_path(ldir, sizeof(ldir), dir, lane)))
+		return rc;
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -errno;
+	if (fstat(fd, &st) || st.st_size < (off_t)SPOOL_SEG_DATA_OFF) {
+		close(fd);
+		return -ENODATA;
+	}
+	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+	rc = map == MAP_FAILED ? -errno : 0;
+	close(fd);
+	if (rc)
+		return rc;
+	/* Read once, front to back: tell the kernel, and drop nothing we did not bring in. */
+	madvise(map, (size_t)st.st_size, MADV_SEQUENTIAL);
+	rc = spool_seg_hdr_decode(map, (size_t)st.st_size, &hdr);
+	if (!rc && (hdr.lane != lane || hdr.seq != seq))
+		rc = -EBADMSG;
+	if (!rc)
+		rc = spool_sum_build(map, (uint64_t)st.st_size, &hdr, &sum, &sumlen);
+	munmap(map, (size_t)st.st_size);
+	if (rc)
+		return rc;
+	if ((rc = spool_sum_path(path, sizeof(path), dir, lane, seq))) {
+		free(sum);
+		return rc;
+	}
+	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	if (fd < 0) {
+		rc = -errno;
+		free(sum);
+		return rc;
+	}
+	rc = write_all(fd, sum, sumlen);
+	free(sum);
+	if (!rc && fsync(fd))
+		rc = -errno;
+	if (close(fd) && !rc)
+		rc = -errno;
+	/* The name appears only whole (a crash before leaves a .tmp the sweep removes). */
+	if (!rc && rename(tmp, path))
+		rc = -errno;
+	if (rc) {
+		unlink(tmp);
+		return rc;
+	}
+	return spool_fsync_dir(ldir);
+}
+
+/* ---- sweep ---- */
+
+static int sweep_lane(const char *dir, unsigned lane)
+{
+	char ldir[PATH_MAX], path[PATH_MAX];
+	struct dirent *de;
+	DIR *d;
+	int removed = 0, rc;
+
+	if ((rc = spool_lane_dir_path(ldir, sizeof(ldir), dir, lane)))
+		return rc;
+	d = opendir(ldir);
+	if (!d)
+		return errno == ENOENT ? 0 : -errno;
+	while ((de = readdir(d))) {
+		uint64_t seq = spool_sum_name_seq(de->d_name);
+		size_t n = strlen(de->d_name);
+		bool tmp = n == 20 && !strcmp(de->d_name + 12, ".sum.tmp");
+		struct stat st;
+
+		if (!seq && !tmp)
+			continue;
+		if (seq && !spool_seg_path(path, sizeof(path), dir, lane, seq) && !stat(path, &st))
+			continue;
+		if (snprintf(path, sizeof(path), "%s/%s", ldir, de->d_name) < (int)sizeof(path) &&
+		    !unlink(path))
+			removed++;
+	}
+	closedir(d);
+	if (removed)
+		spool_fsync_dir(ldir);
+	return removed;
+}
+
+int spool_sum_sweep(const char *dir)
+{
+	unsigned lanes[SPOOL_LANES_MAX];
+	int n = spool_lane_list(dir, lanes), total = 0;
+
+	if (n < 0)
+		return n == -ENOENT ? 0 : n;
+	for (int i = 0; i < n; i++) {
+		int rc = sweep_lane(dir, lanes[i]);
+		if (rc < 0)
+			return rc;
+		total += rc;
+	}
+	return total;
+}

@@ -1,0 +1,104 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_SPOOL_SUM_H
+#define DS_SPOOL_SUM_H
+
+/*
+ * Seal summaries (format 4, FORMAT.md "Seal summaries"), internal to
+ * spool/: a sidecar lane-NN/SSSSSSSSSSSS.sum per sealed segment that holds
+ * what recovery needs from the segment without reading it: every non-chunk
+ * record copied whole, a compact entry per chunk record (offset, txn id,
+ * payload length), where the records end and the segment's durable
+ * watermark. Built from the sealed segment itself by the same parser a
+ * scan uses (spool_seg_scan), so replaying it (spool_sum_replay) hands the
+ * scan engine the very record stream a full scan of the segment would, the
+ * chunk payloads left out. A summary that is missing, damaged or does not
+ * match the segment's header (lane, seq, epoch, size) is not used: the
+ * segment is scanned in full.
+ */
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "spool_format.h"
+
+#define SPOOL_SUM_MAGIC	   "DSPOOLSM"
+#define SPOOL_SUM_VERSION  4u
+#define SPOOL_SUM_HDR_SIZE 64u
+#define SPOOL_SUM_TRAILER  8u
+/* A summary larger than this, or than a quarter of its segment, is not written (no gain). */
+#define SPOOL_SUM_MAX (64u << 20)
+
+enum spool_sum_kind {
+	SPOOL_SUM_CHUNK = 1,  /* u32 kind, u32 payload len, u64 off, u64 txn id */
+	SPOOL_SUM_RECORD = 2, /* u32 kind, u32 total, u64 off, then the record's total bytes */
+};
+
+struct spool_sum {
+	uint8_t *buf; /* the whole file */
+	size_t len;
+	unsigned lane;
+	uint32_t entries;
+	uint64_t seq, epoch;
+	uint64_t segment_size; /* bytes scanned: the file, or the header's size if smaller */
+	uint64_t end;	       /* file offset after the segment's last record */
+	uint64_t watermark;    /* max durable_off over the segment's records */
+	/* Non-chunk records by file offset (ascending): spool_sum_rec_at. */
+	uint64_t *rec_off;
+	const uint8_t **rec_at;
+	uint32_t nrecs;
+};
+
+/* DIR/lane-NN/SSSSSSSSSSSS.sum */
+int spool_sum_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq);
+/* Parse "000000000012.sum" -> 12; 0 on anything else. */
+uint64_t spool_sum_name_seq(const char *name);
+
+/*
+ * Build the summary of a sealed segment mapped at map[0, size) with header
+ * hdr: *out (malloc'd) and *outlen. 0; -EBADMSG if the segment holds
+ * anything but records and a zero tail (damage: it is scanned in full);
+ * -E2BIG if the summary would exceed its bound; -ENOMEM.
+ */
+int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hdr *hdr, uint8_t **out,
+		    size_t *outlen);
+/*
+ * Check and index a summary file's bytes (taken over by *out on success:
+ * buf is freed by spool_sum_free). 0 or -EBADMSG (damaged or not a summary).
+ */
+int spool_sum_parse(uint8_t *buf, size_t len, struct spool_sum **out);
+/*
+ * Read lane/seq's summary and check it against the segment's header:
+ * (size: the bytes a scan of it covers, struct rseg's size): 0 with *out,
+ * -ENOENT (none), -EBADMSG (damaged), -ESTALE (another segment's: lane,
+ * seq, epoch or size differ), -ENOMEM.
+ */
+int spool_sum_load(const char *dir, unsigned lane, const struct spool_seg_hdr *hdr, uint64_t size,
+		   struct spool_sum **out);
+void spool_sum_free(struct spool_sum *s);
+
+/*
+ * Hand the segment's records to ops in file order, exactly as
+ * spool_seg_scan(map, segment size, epoch, SPOOL_SEG_DATA_OFF, ops, ctx)
+ * would (chunk records with payload NULL, durable_off 0: the summary's
+ * watermark stands for them), then the zero tail to ops->bad. Returns rec's
+ * non-zero return, else 0.
+ */
+int spool_sum_replay(const struct spool_sum *s, const struct spool_scan_ops *ops, void *ctx);
+/* The copy of the non-chunk record at file offset off (its 40-byte header first), or NULL. */
+const uint8_t *spool_sum_rec_at(const struct spool_sum *s, uint64_t off);
+
+/*
+ * Write lane/seq's summary (segment sealed: never written again): build it
+ * from the segment file, write it, fsync it and the lane directory.
+ * 0, -ENOENT (segment gone), or the build's / a syscall's -errno.
+ */
+int spool_sum_write(const char *dir, unsigned lane, uint64_t seq);
+
+/*
+ * Remove every .sum of the spool whose .seg is not there (reclaimed or
+ * compacted with the summary left behind by a crash). Count removed or -errno.
+ */
+int spool_sum_sweep(const char *dir);
+
+#endif

@@ -1,0 +1,37 @@
+/* SPDX-License-Identifier: MIT */
+#ifndef DS_SPOOL_SUMW_H
+#define DS_SPOOL_SUMW_H
+
+/*
+ * The seal-summary writer of one lane, internal to spool/: a thread that
+ * writes lane-NN/SSSSSSSSSSSS.sum (spool_sum_write) for each segment the
+ * lane reports sealed, off the hot path. The lane only queues the
+ * sequence number (a mutex held for a few instructions); a full queue
+ * drops it (that segment has no summary: recovery scans it whole). Stopping
+ * writes what is queued first.
+ */
+
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#define SPOOL_SUMW_QUEUE 64
+
+struct spool_sumw {
+	pthread_t th;
+	pthread_mutex_t mu;
+	pthread_cond_t cv;
+	const char *dir; /* outlives the writer */
+	unsigned lane;
+	uint64_t q[SPOOL_SUMW_QUEUE];
+	unsigned first, count;
+	bool stop, started;
+	uint64_t written, failed, dropped;
+};
+
+int spool_sumw_start(struct spool_sumw *w, const char *dir, unsigned lane);
+/* Segment seq is sealed: every byte in it durable, never written again. */
+void spool_sumw_sealed(struct spool_sumw *w, uint64_t seq);
+void spool_sumw_stop(struct spool_sumw *w);
+
+#endif
