@@ -117,11 +117,13 @@ struct spool_recovery_report {
 	uint64_t discarded; /* commit records whose body was not all durable (never acknowledged) */
 	uint64_t lanes;
 	/* format 2 */
-	uint64_t aborted;	 /* commits refused by an abort record (their client got 451/452) */
-	uint64_t outcomes;	 /* outcome records read */
-	uint64_t queued;	 /* messages still owed to some recipient */
-	uint64_t queued_rcpts;	 /* recipients not final */
-	uint64_t in_flight;	 /* messages with an attempt cut short by the crash */
+	uint64_t aborted;      /* commits refused by an abort record (their client got 451/452) */
+	uint64_t outcomes;     /* outcome records read */
+	uint64_t queued;       /* messages still owed to some recipient */
+	uint64_t queued_rcpts; /* recipients not final */
+	uint64_t in_flight;    /* messages with an attempt cut short by the crash */
+	/* format 4 */
+	uint64_t summaries; /* sealed segments taken from their seal summary, not read */
 };
 int spool_recover(const struct spool_config *cfg, struct spool_recovery_report *rep);
 
@@ -221,12 +223,12 @@ enum spool_rcpt_state {
 #define SPOOL_OUTCOME_HOP_MAX	255u   /* next-hop name, octets (longer: cut) */
 
 struct spool_outcome_rcpt {
-	uint32_t idx;	 /* recipient index in the message's envelope */
-	uint8_t state;	 /* enum spool_rcpt_state, not PENDING */
+	uint32_t idx;		 /* recipient index in the message's envelope */
+	uint8_t state;		 /* enum spool_rcpt_state, not PENDING */
 	bool possible_duplicate; /* lost after the final dot (RFC 1047 gap on our client side) */
-	uint16_t code;	 /* reply code (0 for ATTEMPT) */
-	const char *esc; /* enhanced status code ("4.4.1"), "" if none */
-	const char *text; /* reply text, "" if none */
+	uint16_t code;		 /* reply code (0 for ATTEMPT) */
+	const char *esc;	 /* enhanced status code ("4.4.1"), "" if none */
+	const char *text;	 /* reply text, "" if none */
 };
 
 struct spool_outcome {
@@ -290,21 +292,21 @@ enum spool_gap_rec_kind { SPOOL_GAP_REC_AT_RISK = 1, SPOOL_GAP_REC_CLEARED = 2 }
 struct spool_gap_fp {
 	uint64_t env_digest; /* sender and recipients (order-independent), io/gap.c */
 	uint32_t rcpt_count;
-	uint32_t hdr_len;		/* bytes of our trace header at the start of the stored copy */
-	uint64_t size;			/* message bytes as received (the stored copy minus hdr_len) */
-	uint64_t hash_lo, hash_hi;	/* XXH3-128 of those bytes */
-	uint64_t head_hash;		/* XXH3-64 of their first min(size, 1024) bytes (the set's key) */
-	uint64_t sender_digest;		/* XXH3-64 of the sender (the set's key) */
-	uint32_t nrh;			/* rcpt_h entries: rcpt_count when <= SPOOL_GAP_RCPT_HASHES, else 0 */
-	uint64_t rcpt_h[8];		/* io_gap_rcpt_hash of each recipient: a retry to a subset matches */
-	uint32_t lane;			/* the stored copy's commit record (spool_fetch_get) */
+	uint32_t hdr_len;	   /* bytes of our trace header at the start of the stored copy */
+	uint64_t size;		   /* message bytes as received (the stored copy minus hdr_len) */
+	uint64_t hash_lo, hash_hi; /* XXH3-128 of those bytes */
+	uint64_t head_hash;	   /* XXH3-64 of their first min(size, 1024) bytes (the set's key) */
+	uint64_t sender_digest;	   /* XXH3-64 of the sender (the set's key) */
+	uint32_t nrh;		   /* rcpt_h entries: rcpt_count when <= SPOOL_GAP_RCPT_HASHES, else 0 */
+	uint64_t rcpt_h[8];	   /* io_gap_rcpt_hash of each recipient: a retry to a subset matches */
+	uint32_t lane;		   /* the stored copy's commit record (spool_fetch_get) */
 	uint64_t seq, off;
-	int64_t received_at_us;		/* of the original */
+	int64_t received_at_us; /* of the original */
 };
 struct spool_gap_rec {
 	uint64_t id; /* the message at risk; a watermark: the lane's padding id (lane << 56 | 1) */
 	uint32_t kind;
-	int64_t expires_us; /* AT_RISK: end of the window; CLEARED: 0 */
+	int64_t expires_us;	/* AT_RISK: end of the window; CLEARED: 0 */
 	struct spool_gap_fp fp; /* AT_RISK only */
 	/*
 	 * A CLEARED record with a watermark tail: every commit of this lane
@@ -328,7 +330,8 @@ int spool_lane_gap(struct spool_lane *l, const struct spool_gap_rec *g, uint64_t
  */
 struct spool_recover_gap_ops {
 	void (*rec)(void *ctx, const struct spool_gap_rec *g);
-	void (*msg)(void *ctx, uint64_t id, unsigned lane, uint64_t seq, uint64_t off, int64_t received_at_us);
+	void (*msg)(void *ctx, uint64_t id, unsigned lane, uint64_t seq, uint64_t off,
+		    int64_t received_at_us);
 	void *ctx;
 };
 int spool_recover_queue_gap(const struct spool_config *cfg, struct spool_recovery_report *rep,

@@ -152,6 +152,7 @@ static void r_seg(void *ctx, struct rlane *rl, struct rseg *s)
 	struct rctx *c = ctx;
 
 	c->rep->segments++;
+	c->rep->summaries += s->sum != NULL;
 	if (s->hdr_rc == -EPROTONOSUPPORT) {
 		/* Written by a newer dotspool: left exactly as it is, and we do not start. */
 		if (!c->newer)
@@ -239,12 +240,12 @@ void spool_recovery_report_print(const struct spool_recovery_report *rep, FILE *
 		"tails, "
 		"%llu quarantined, %llu unacknowledged commits discarded, %llu refused commits (abort "
 		"records), %llu outcome records, %llu messages queued (%llu recipients, %llu cut short "
-		"in delivery), %llu ms\n",
+		"in delivery), %llu ms, %llu segments from seal summaries\n",
 		(unsigned long long)rep->lanes, (unsigned long long)rep->segments,
 		(unsigned long long)rep->messages, (unsigned long long)rep->bytes,
 		(unsigned long long)rep->torn_tails, (unsigned long long)rep->quarantined,
 		(unsigned long long)rep->discarded, (unsigned long long)rep->aborted,
 		(unsigned long long)rep->outcomes, (unsigned long long)rep->queued,
 		(unsigned long long)rep->queued_rcpts, (unsigned long long)rep->in_flight,
-		(unsigned long long)(rep->elapsed_us / 1000));
+		(unsigned long long)(rep->elapsed_us / 1000), (unsigned long long)rep->summaries);
 }
