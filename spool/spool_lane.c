@@ -1129,7 +1129,7 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 {
 	struct spool_lane *l;
 	struct seg_params sp;
-	uint64_t *seqs;
+	uint64_t *seqs, seqs_last;
 	int n, rc;
 
 	*out = NULL;
@@ -1184,6 +1184,7 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 		rc = n;
 		goto fail;
 	}
+	seqs_last = n ? seqs[n - 1] : 0;
 	sp = (struct seg_params){
 		.dir = l->dir,
 		.lane_dir = l->lane_dir,
@@ -1198,7 +1199,8 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 	free(seqs);
 	if (rc)
 		goto fail;
-	rc = spool_sumw_start(&l->sumw, l->dir, lane_no);
+	/* Every segment there now is never written again: summaries for those without one. */
+	rc = spool_sumw_start(&l->sumw, l->dir, lane_no, n ? seqs_last + 1 : 0);
 	if (rc)
 		goto fail;
 	rc = lane_roll(l);

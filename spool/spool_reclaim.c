@@ -23,6 +23,7 @@
 #include "ds_assert.h"
 #include "spool_format.h"
 #include "spool_scan.h"
+#include "spool_sum.h"
 #include "spool_segment.h"
 
 #define NIL	      UINT32_MAX
@@ -137,6 +138,8 @@ static int64_t keep_cap(const struct spool_reclaim *r, int64_t expires_us, int64
 static int sys_unlink(void *ctx, const char *path)
 {
 	(void)ctx;
+	/* Its seal summary first (format 4): a crash between the two leaves no orphan. */
+	spool_sum_unlink_for(path);
 	return unlink(path) ? -errno : 0;
 }
 

@@ -120,7 +120,7 @@ static void lane_prepare(struct spool_reader *r, struct rlane *rl, uint64_t budg
 		if (s->hdr_rc || s->sum)
 			continue;
 		if (!spool_sum_load(r->dir, rl->lane, &s->hdr, s->size, &s->sum)) {
-			s->sealed_to = s->sum->end;
+			s->sealed_to = s->sum->flags & SPOOL_SUM_F_SEALED ? s->sum->end : 0;
 			continue;
 		}
 		if (s->size > budget_bytes)

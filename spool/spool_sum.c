@@ -141,8 +141,8 @@ static void build_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zer
 		b->bad_other = true;
 }
 
-int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hdr *hdr, uint8_t **out,
-		    size_t *outlen)
+int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hdr *hdr, uint32_t flags,
+		    uint8_t **out, size_t *outlen)
 {
 	static const struct spool_scan_ops ops = {.rec = build_rec, .bad = build_bad, .delivery = true};
 	struct build b = {.map = map, .end = SPOOL_SEG_DATA_OFF};
@@ -171,7 +171,7 @@ int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hd
 	wr32(h + 8, SPOOL_SUM_VERSION);
 	wr32(h + 12, SPOOL_SUM_HDR_SIZE);
 	wr32(h + 16, hdr->lane);
-	wr32(h + 20, b.entries);
+	wr32(h + 20, flags);
 	wr64(h + 24, hdr->seq);
 	wr64(h + 32, hdr->epoch);
 	wr64(h + 40, size);
@@ -179,8 +179,9 @@ int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hd
 	wr64(h + 56, b.watermark);
 	crc = crc32c(0, b.buf, b.len);
 	DS_ASSERT(b.len + SPOOL_SUM_TRAILER <= b.cap);
-	wr32(b.buf + b.len, crc);
-	wr32(b.buf + b.len + 4, 0);
+	wr32(b.buf + b.len, b.entries);
+	crc = crc32c(crc, b.buf + b.len, 4);
+	wr32(b.buf + b.len + 4, crc);
 	*out = b.buf;
 	*outlen = b.len + SPOOL_SUM_TRAILER;
 	return 0;
@@ -217,13 +218,14 @@ int spool_sum_parse(uint8_t *buf, size_t len, struct spool_sum **out)
 	if (len < SPOOL_SUM_HDR_SIZE + SPOOL_SUM_TRAILER || len > SPOOL_SUM_MAX ||
 	    memcmp(buf, SPOOL_SUM_MAGIC, 8) || rd32(buf + 8) != SPOOL_SUM_VERSION ||
 	    rd32(buf + 12) != SPOOL_SUM_HDR_SIZE ||
-	    crc32c(0, buf, len - SPOOL_SUM_TRAILER) != rd32(buf + len - SPOOL_SUM_TRAILER))
+	    crc32c(0, buf, len - 4) != rd32(buf + len - 4))
 		return -EBADMSG;
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
 	s->lane = rd32(buf + 16);
-	s->entries = rd32(buf + 20);
+	s->flags = rd32(buf + 20);
+	s->entries = rd32(buf + len - SPOOL_SUM_TRAILER);
 	s->seq = rd64(buf + 24);
 	s->epoch = rd64(buf + 32);
 	s->segment_size = rd64(buf + 40);
@@ -419,7 +421,7 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 	return 0;
 }
 
-int spool_sum_write(const char *dir, unsigned lane, uint64_t seq)
+int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first)
 {
 	char path[PATH_MAX], tmp[PATH_MAX + 8], ldir[PATH_MAX];
 	struct spool_seg_hdr hdr;
@@ -439,6 +441,16 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq)
 		close(fd);
 		return -ENODATA;
 	}
+	/*
+	 * A segment found at start-up (not sealed by this process): what the file
+	 * holds now may be only in the page cache (a crash of the process, not of
+	 * the machine). The summary may only say what is durable: flush it first.
+	 */
+	if (sync_first && fdatasync(fd)) {
+		rc = -errno;
+		close(fd);
+		return rc;
+	}
 	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
 	rc = map == MAP_FAILED ? -errno : 0;
 	close(fd);
@@ -450,7 +462,8 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq)
 	if (!rc && (hdr.lane != lane || hdr.seq != seq))
 		rc = -EBADMSG;
 	if (!rc)
-		rc = spool_sum_build(map, (uint64_t)st.st_size, &hdr, &sum, &sumlen);
+		rc = spool_sum_build(map, (uint64_t)st.st_size, &hdr, sync_first ? 0 : SPOOL_SUM_F_SEALED, &sum,
+				     &sumlen);
 	munmap(map, (size_t)st.st_size);
 	if (rc)
 		return rc;
@@ -479,6 +492,18 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq)
 		return rc;
 	}
 	return spool_fsync_dir(ldir);
+}
+
+void spool_sum_unlink_for(const char *seg_path)
+{
+	char p[PATH_MAX];
+	size_t n = strlen(seg_path);
+
+	if (n < 4 || n >= sizeof(p) || strcmp(seg_path + n - 4, ".seg"))
+		return;
+	memcpy(p, seg_path, n - 4);
+	memcpy(p + n - 4, ".sum", 5);
+	unlink(p);
 }
 
 /* ---- sweep ---- */

@@ -34,10 +34,20 @@ enum spool_sum_kind {
 	SPOOL_SUM_RECORD = 2, /* u32 kind, u32 total, u64 off, then the record's total bytes */
 };
 
+/*
+ * Header flag: written after the segment's seal flush completed (by the lane
+ * that wrote it), so every byte of it was durable as written: recovery need
+ * not check bodies for durability. Without it (a segment found at start-up,
+ * possibly torn by a crash) commits above the watermark get their body
+ * checked as in a full scan.
+ */
+#define SPOOL_SUM_F_SEALED 1u
+
 struct spool_sum {
 	uint8_t *buf; /* the whole file */
 	size_t len;
 	unsigned lane;
+	uint32_t flags;
 	uint32_t entries;
 	uint64_t seq, epoch;
 	uint64_t segment_size; /* bytes scanned: the file, or the header's size if smaller */
@@ -60,8 +70,8 @@ uint64_t spool_sum_name_seq(const char *name);
  * anything but records and a zero tail (damage: it is scanned in full);
  * -E2BIG if the summary would exceed its bound; -ENOMEM.
  */
-int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hdr *hdr, uint8_t **out,
-		    size_t *outlen);
+int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hdr *hdr, uint32_t flags,
+		    uint8_t **out, size_t *outlen);
 /*
  * Check and index a summary file's bytes (taken over by *out on success:
  * buf is freed by spool_sum_free). 0 or -EBADMSG (damaged or not a summary).
@@ -89,11 +99,16 @@ int spool_sum_replay(const struct spool_sum *s, const struct spool_scan_ops *ops
 const uint8_t *spool_sum_rec_at(const struct spool_sum *s, uint64_t off);
 
 /*
- * Write lane/seq's summary (segment sealed: never written again): build it
- * from the segment file, write it, fsync it and the lane directory.
- * 0, -ENOENT (segment gone), or the build's / a syscall's -errno.
+ * Write lane/seq's summary (segment never written again): build it from the
+ * segment file, write it, fsync it and the lane directory. sync_first: the
+ * segment was not sealed by this process (found at start-up), fdatasync it
+ * before reading it. 0, -ENOENT (segment gone), or the build's / a
+ * syscall's -errno.
  */
-int spool_sum_write(const char *dir, unsigned lane, uint64_t seq);
+int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first);
+
+/* Remove the summary of the segment file at seg_path (".seg" -> ".sum"), if any. */
+void spool_sum_unlink_for(const char *seg_path);
 
 /*
  * Remove every .sum of the spool whose .seg is not there (reclaimed or

@@ -3,14 +3,71 @@
 #include "spool_sumw.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "spool.h"
+#include "spool_format.h"
 #include "spool_sum.h"
+
+static bool sum_exists(const char *dir, unsigned lane, uint64_t seq)
+{
+	char p[PATH_MAX];
+	struct stat st;
+
+	return !spool_sum_path(p, sizeof(p), dir, lane, seq) && !stat(p, &st);
+}
+
+/*
+ * Segments of earlier runs without a summary: the active ones of earlier
+ * runs (never sealed), those of a binary before format 4, those whose
+ * summary was lost. One at a time, sealed segments of this run first.
+ */
+static void backfill(struct spool_sumw *w)
+{
+	char ldir[PATH_MAX];
+	uint64_t *seqs = NULL;
+	int n;
+
+	if (!w->backfill_below || spool_lane_dir_path(ldir, sizeof(ldir), w->dir, w->lane))
+		return;
+	n = spool_seg_list(ldir, &seqs);
+	for (int i = 0; i < n; i++) {
+		bool stop;
+		if (seqs[i] >= w->backfill_below || sum_exists(w->dir, w->lane, seqs[i]))
+			continue;
+		pthread_mutex_lock(&w->mu);
+		while (w->count && !w->stop) {
+			uint64_t seq = w->q[w->first];
+			w->first = (w->first + 1) % SPOOL_SUMW_QUEUE;
+			w->count--;
+			pthread_mutex_unlock(&w->mu);
+			int rc = spool_sum_write(w->dir, w->lane, seq, false);
+			pthread_mutex_lock(&w->mu);
+			if (rc)
+				w->failed++;
+			else
+				w->written++;
+		}
+		stop = w->stop;
+		pthread_mutex_unlock(&w->mu);
+		if (stop)
+			break;
+		if (spool_sum_write(w->dir, w->lane, seqs[i], true))
+			w->failed++;
+		else
+			w->written++;
+	}
+	free(seqs);
+}
 
 static void *sumw_main(void *arg)
 {
 	struct spool_sumw *w = arg;
 
+	backfill(w);
 	pthread_mutex_lock(&w->mu);
 	for (;;) {
 		uint64_t seq;
@@ -28,7 +85,7 @@ static void *sumw_main(void *arg)
 		 * -ENOENT: reclaimed before its summary was written; -EBADMSG, -E2BIG: no
 		 * summary for it by design. Either way recovery scans it whole: nothing to do.
 		 */
-		rc = spool_sum_write(w->dir, w->lane, seq);
+		rc = spool_sum_write(w->dir, w->lane, seq, false);
 		pthread_mutex_lock(&w->mu);
 		if (rc)
 			w->failed++;
@@ -39,13 +96,14 @@ static void *sumw_main(void *arg)
 	return NULL;
 }
 
-int spool_sumw_start(struct spool_sumw *w, const char *dir, unsigned lane)
+int spool_sumw_start(struct spool_sumw *w, const char *dir, unsigned lane, uint64_t backfill_below)
 {
 	int rc;
 
 	memset(w, 0, sizeof(*w));
 	w->dir = dir;
 	w->lane = lane;
+	w->backfill_below = backfill_below;
 	pthread_mutex_init(&w->mu, NULL);
 	pthread_cond_init(&w->cv, NULL);
 	rc = pthread_create(&w->th, NULL, sumw_main, w);

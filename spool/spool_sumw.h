@@ -23,13 +23,19 @@ struct spool_sumw {
 	pthread_cond_t cv;
 	const char *dir; /* outlives the writer */
 	unsigned lane;
+	uint64_t backfill_below;
 	uint64_t q[SPOOL_SUMW_QUEUE];
 	unsigned first, count;
 	bool stop, started;
 	uint64_t written, failed, dropped;
 };
 
-int spool_sumw_start(struct spool_sumw *w, const char *dir, unsigned lane);
+/*
+ * backfill_below: segments of the lane below this sequence (found at
+ * start-up: never written again) that have no summary get one first, in
+ * the background (fdatasync'd first; abandoned at stop). 0 = none.
+ */
+int spool_sumw_start(struct spool_sumw *w, const char *dir, unsigned lane, uint64_t backfill_below);
 /* Segment seq is sealed: every byte in it durable, never written again. */
 void spool_sumw_sealed(struct spool_sumw *w, uint64_t seq);
 void spool_sumw_stop(struct spool_sumw *w);

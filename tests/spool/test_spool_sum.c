@@ -118,7 +118,7 @@ static void test_codec(void)
 	size_t len;
 	uint64_t end = hand_segment(seg, &h), wm = 0;
 
-	CHECK(spool_sum_build(seg, SEG, &h, &buf, &len) == 0);
+	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == 0);
 	CHECK(spool_seg_scan(seg, SEG, EPOCH, SPOOL_SEG_DATA_OFF, &ops, &a) == 0);
 	copy = malloc(len);
 	memcpy(copy, buf, len);
@@ -167,11 +167,11 @@ static void test_codec(void)
 
 	/* A segment with a damaged record followed by good ones: no summary (scanned whole). */
 	seg[SPOOL_SEG_DATA_OFF + 20] ^= 1;
-	CHECK(spool_sum_build(seg, SEG, &h, &buf, &len) == -EBADMSG);
+	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == -EBADMSG);
 	/* Non-zero bytes after the last record: no summary either. */
 	hand_segment(seg, &h);
 	seg[end + 100] = 1;
-	CHECK(spool_sum_build(seg, SEG, &h, &buf, &len) == -EBADMSG);
+	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == -EBADMSG);
 	/* Over the bound (a quarter of the segment): none. */
 	hand_segment(seg, &h);
 	{
@@ -179,12 +179,12 @@ static void test_codec(void)
 		uint64_t off = end;
 		while (off + 200 < SEG / 2)
 			off = put(seg, off, SPOOL_REC_ABORT, 77, ab, SPOOL_ABORT_SIZE, 0);
-		CHECK(spool_sum_build(seg, SEG, &h, &buf, &len) == -E2BIG);
+		CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == -E2BIG);
 	}
 	/* An empty segment: a summary of no records, the whole data area a zero tail. */
 	hand_segment(seg, &h);
 	memset(seg + SPOOL_SEG_DATA_OFF, 0, SEG - SPOOL_SEG_DATA_OFF);
-	CHECK(spool_sum_build(seg, SEG, &h, &buf, &len) == 0);
+	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == 0);
 	CHECK(spool_sum_parse(buf, len, &s) == 0 && s->entries == 0 && s->end == SPOOL_SEG_DATA_OFF);
 	memset(&b, 0, sizeof(b));
 	CHECK(spool_sum_replay(s, &ops, &b) == 0 && b.n == 0 && b.nbad == 1 &&
@@ -471,6 +471,34 @@ static void test_random(uint64_t seed)
 	write_spool(dir, seed, &w);
 	nsums = sums_check(dir, names, 256);
 	CHECK(nsums >= 4); /* sealed segments got summaries (the active ones have none) */
+	if (seed % 2) {
+		/*
+		 * A restart: the lanes' last segments (active until the close, never
+		 * sealed) get theirs in the background (flushed first, not marked sealed).
+		 */
+		struct spool_config cfg;
+		struct spool_lane *l[2];
+		struct spool_syncio *sio[2];
+		unsigned before = nsums;
+
+		spool_config_defaults(&cfg);
+		cfg.dir = dir;
+		cfg.segment_size = 512 * 1024;
+		cfg.buffer_size = 256 * 1024;
+		for (unsigned k = 0; k < 2; k++) {
+			CHECK(spool_syncio_create(&sio[k], on_settled, NULL) == 0);
+			CHECK(spool_lane_open(&l[k], &cfg, k, spool_syncio_ops(), sio[k]) == 0);
+			spool_syncio_attach(sio[k], l[k]);
+		}
+		for (int i = 0; i < 500 && (nsums = sums_check(dir, names, 256)) < before + 2; i++)
+			usleep(10000);
+		for (unsigned k = 0; k < 2; k++) {
+			spool_lane_close(l[k]);
+			spool_syncio_destroy(sio[k]);
+		}
+		nsums = sums_check(dir, names, 256);
+		CHECK(nsums == before + 2);
+	}
 	a = recover_digest(dir, true);
 	CHECK(last_summaries == nsums); /* every summary was taken */
 	b = recover_digest(dir, false);
@@ -502,6 +530,16 @@ static void test_random(uint64_t seed)
 	}
 	snprintf(path, sizeof(path), "%s/lane-00/000009999999.sum", dir);
 	CHECK(stat(path, &st) == -1 && errno == ENOENT); /* swept */
+	/* Reclamation removes a segment's summary with it (spool_sum_unlink_for, before the .seg). */
+	{
+		char seg[1100];
+		size_t n = strlen(names[4]);
+		memcpy(seg, names[4], n + 1);
+		memcpy(seg + n - 4, ".seg", 4);
+		CHECK(stat(names[4], &st) == 0);
+		spool_sum_unlink_for(seg);
+		CHECK(stat(names[4], &st) == -1 && errno == ENOENT && stat(seg, &st) == 0);
+	}
 	printf("seed %llu: %u summaries, recovery from them == full scan (%zu bytes of results), damaged "
 	       "summaries fall back: ok\n",
 	       (unsigned long long)seed, nsums, strlen(b));
