@@ -119,10 +119,14 @@ static void lane_prepare(struct spool_reader *r, struct rlane *rl, uint64_t budg
 
 		if (s->hdr_rc || s->sum)
 			continue;
-		if (!spool_sum_load(r->dir, rl->lane, &s->hdr, s->size, &s->sum)) {
+		int rc = spool_sum_load(r->dir, rl->lane, &s->hdr, s->size, &s->sum);
+		if (!rc) {
 			s->sealed_to = s->sum->flags & SPOOL_SUM_F_SEALED ? s->sum->end : 0;
 			continue;
 		}
+		/* Torn or another segment's: removed, so the lane writes it again (spool_sumw.h). */
+		if (rc == -EBADMSG || rc == -ESTALE)
+			spool_sum_unlink_seq(r->dir, rl->lane, s->seq);
 		if (s->size > budget_bytes)
 			continue;
 		budget_bytes -= s->size;

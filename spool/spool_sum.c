@@ -217,8 +217,7 @@ int spool_sum_parse(uint8_t *buf, size_t len, struct spool_sum **out)
 	*out = NULL;
 	if (len < SPOOL_SUM_HDR_SIZE + SPOOL_SUM_TRAILER || len > SPOOL_SUM_MAX ||
 	    memcmp(buf, SPOOL_SUM_MAGIC, 8) || rd32(buf + 8) != SPOOL_SUM_VERSION ||
-	    rd32(buf + 12) != SPOOL_SUM_HDR_SIZE ||
-	    crc32c(0, buf, len - 4) != rd32(buf + len - 4))
+	    rd32(buf + 12) != SPOOL_SUM_HDR_SIZE || crc32c(0, buf, len - 4) != rd32(buf + len - 4))
 		return -EBADMSG;
 	s = calloc(1, sizeof(*s));
 	if (!s)
@@ -423,7 +422,7 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 
 int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first)
 {
-	char path[PATH_MAX], tmp[PATH_MAX + 8], ldir[PATH_MAX];
+	char path[PATH_MAX], ldir[PATH_MAX];
 	struct spool_seg_hdr hdr;
 	struct stat st;
 	uint8_t *sum = NULL;
@@ -462,8 +461,8 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 	if (!rc && (hdr.lane != lane || hdr.seq != seq))
 		rc = -EBADMSG;
 	if (!rc)
-		rc = spool_sum_build(map, (uint64_t)st.st_size, &hdr, sync_first ? 0 : SPOOL_SUM_F_SEALED, &sum,
-				     &sumlen);
+		rc = spool_sum_build(map, (uint64_t)st.st_size, &hdr, sync_first ? 0 : SPOOL_SUM_F_SEALED,
+				     &sum, &sumlen);
 	munmap(map, (size_t)st.st_size);
 	if (rc)
 		return rc;
@@ -471,8 +470,12 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 		free(sum);
 		return rc;
 	}
-	snprintf(tmp, sizeof(tmp), "%s.tmp", path);
-	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+	/*
+	 * Written in place, no temporary name: a torn file fails its CRC and is
+	 * not used (recovery removes it and the next start writes it again), and
+	 * the lane directory never holds a name that vanishes under a copy of it.
+	 */
+	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
 	if (fd < 0) {
 		rc = -errno;
 		free(sum);
@@ -484,14 +487,19 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 		rc = -errno;
 	if (close(fd) && !rc)
 		rc = -errno;
-	/* The name appears only whole (a crash before leaves a .tmp the sweep removes). */
-	if (!rc && rename(tmp, path))
-		rc = -errno;
 	if (rc) {
-		unlink(tmp);
+		unlink(path);
 		return rc;
 	}
 	return spool_fsync_dir(ldir);
+}
+
+void spool_sum_unlink_seq(const char *dir, unsigned lane, uint64_t seq)
+{
+	char p[PATH_MAX];
+
+	if (!spool_sum_path(p, sizeof(p), dir, lane, seq))
+		unlink(p);
 }
 
 void spool_sum_unlink_for(const char *seg_path)

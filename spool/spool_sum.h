@@ -107,6 +107,8 @@ const uint8_t *spool_sum_rec_at(const struct spool_sum *s, uint64_t off);
  */
 int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first);
 
+/* Remove lane/seq's summary, if any. */
+void spool_sum_unlink_seq(const char *dir, unsigned lane, uint64_t seq);
 /* Remove the summary of the segment file at seg_path (".seg" -> ".sum"), if any. */
 void spool_sum_unlink_for(const char *seg_path);
 
