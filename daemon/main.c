@@ -246,7 +246,59 @@ struct gap_load {
 	int64_t wm_at_us[SPOOL_LANES_MAX];
 	struct gap_tail *tail;
 	size_t ntail, tail_cap;
+	/*
+	 * Where recovery's fold found each message an AT_RISK record names
+	 * (compaction may have moved it since the record was written: the
+	 * record's location is only a hint). risk: those ids, sorted, built at
+	 * the first message (recovery hands out records before messages).
+	 */
+	uint64_t *risk;
+	size_t nrisk;
+	bool risk_built;
+	struct gap_tail *loc;
+	size_t nloc, loc_cap;
 };
+
+static int gap_u64_cmp(const void *pa, const void *pb)
+{
+	uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
+	return a < b ? -1 : a > b;
+}
+
+static int gap_loc_cmp(const void *pa, const void *pb)
+{
+	const struct gap_tail *a = pa, *b = pb;
+	return a->id < b->id ? -1 : a->id > b->id;
+}
+
+/* The fold's copy of a message some AT_RISK record names (its location at this start). */
+static void gap_loc_note(struct gap_load *gl, uint64_t id, unsigned lane, uint64_t seq, uint64_t off)
+{
+	if (!gl->risk_built) {
+		gl->risk_built = true;
+		gl->risk = gl->n ? malloc(gl->n * sizeof(*gl->risk)) : NULL;
+		for (size_t i = 0; gl->risk && i < gl->n; i++)
+			if (gl->v[i].kind == SPOOL_GAP_REC_AT_RISK)
+				gl->risk[gl->nrisk++] = gl->v[i].id;
+		if (gl->nrisk)
+			qsort(gl->risk, gl->nrisk, sizeof(*gl->risk), gap_u64_cmp);
+		else if (gl->n)
+			gl->oom |= !gl->risk;
+	}
+	if (!gl->nrisk || !bsearch(&id, gl->risk, gl->nrisk, sizeof(id), gap_u64_cmp))
+		return;
+	if (gl->nloc == gl->loc_cap) {
+		size_t cap = gl->loc_cap ? gl->loc_cap * 2 : 64;
+		struct gap_tail *v = realloc(gl->loc, cap * sizeof(*v));
+		if (!v) {
+			gl->oom = true;
+			return;
+		}
+		gl->loc = v;
+		gl->loc_cap = cap;
+	}
+	gl->loc[gl->nloc++] = (struct gap_tail){.id = id, .seq = seq, .off = off, .lane = lane};
+}
 
 static bool gap_pos_lt(uint64_t s1, uint64_t o1, uint64_t s2, uint64_t o2)
 {
@@ -286,6 +338,7 @@ static void gap_collect(void *ctx, const struct spool_gap_rec *g)
 static void gap_msg(void *ctx, uint64_t id, unsigned lane, uint64_t seq, uint64_t off, int64_t received_at_us)
 {
 	struct gap_load *gl = ctx;
+	gap_loc_note(gl, id, lane, seq, off);
 	if (lane >= SPOOL_LANES_MAX || !gl->wm[lane] || gap_pos_lt(seq, off, gl->thr_seq[lane], gl->thr_off[lane]))
 		return;
 	/*
@@ -345,6 +398,25 @@ static void gap_load_apply(const struct io_config *cfg, struct io_shared *sh, st
 {
 	int64_t now = ds_wall_us();
 	size_t at_risk = 0, cleared = 0, full = 0;
+	/*
+	 * The stored copy a retry is compared with is the one recovery hands out
+	 * (the one reclamation keeps), whatever copy the record names: after a
+	 * crash in a compaction the newest record can name a copy that lost.
+	 */
+	if (gl->nloc)
+		qsort(gl->loc, gl->nloc, sizeof(*gl->loc), gap_loc_cmp);
+	for (size_t i = 0; i < gl->n && gl->nloc; i++) {
+		struct spool_gap_rec *g = &gl->v[i];
+		const struct gap_tail *t = g->kind == SPOOL_GAP_REC_AT_RISK
+						   ? bsearch(&(struct gap_tail){.id = g->id}, gl->loc,
+							     gl->nloc, sizeof(*gl->loc), gap_loc_cmp)
+						   : NULL;
+		if (t) {
+			g->fp.lane = t->lane;
+			g->fp.seq = t->seq;
+			g->fp.off = t->off;
+		}
+	}
 	for (size_t i = 0; i < gl->n; i++)
 		if (gl->v[i].kind == SPOOL_GAP_REC_AT_RISK && gl->v[i].expires_us > now) {
 			if (io_gap_insert(sh->gap, gl->v[i].id, &gl->v[i].fp, gl->v[i].expires_us, true) == 0)
@@ -363,6 +435,8 @@ static void gap_load_apply(const struct io_config *cfg, struct io_shared *sh, st
 		gl->oom ? ", some records not read (out of memory)" : "");
 	free(gl->v);
 	free(gl->tail);
+	free(gl->risk);
+	free(gl->loc);
 }
 
 /*
@@ -406,6 +480,8 @@ static int spool_prepare(const struct io_config *cfg, struct io_shared *sh)
 	if (ret < 0) {
 		free(gl.v);
 		free(gl.tail);
+		free(gl.risk);
+		free(gl.loc);
 		fprintf(stderr, "dotspool: spool recovery failed: %s\n", strerror(-ret));
 		return ret;
 	}

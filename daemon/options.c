@@ -113,9 +113,9 @@ static const struct opt_def opts[] = {
 	 "same envelope and bytes (compared with the stored copy) gets '250 already queued as ID' and is not "
 	 "stored again; 0 = off (default 86400)"},
 	{"gap-dedup-keep-s", OPT_U32, CF(gap_keep_s), 0, 30 * 86400, 0,
-	 "S with reclaim on, an at-risk message already delivered keeps its stored copy (and so its "
-	 "segment) for the retry's byte compare at most S seconds; a retry after that is stored; "
-	 "0 = the whole window (default 3600)"},
+	 "S with reclaim on, an at-risk message already delivered keeps its stored copy for the retry's "
+	 "byte compare at most S seconds (compaction carries it forward meanwhile); a retry after that is "
+	 "stored; 0 = the whole window (default 0)"},
 	{"gap-dedup-entries", OPT_U32, CF(gap_entries), 16, IO_GAP_ENTRIES_MAX, 0,
 	 "N fingerprints the server-wide gap set holds (192 bytes each); full: new at-risk messages "
 	 "are stored as usual and never suppressed against (default 65536)"},
@@ -347,7 +347,7 @@ void daemon_config_defaults(struct io_config *cfg)
 	cfg->watermark.max_pct = IO_WATERMARK_MAX_PCT_DEFAULT;
 	cfg->watermark.min_free_auto = true;
 	cfg->gap_window_s = 86400;
-	cfg->gap_keep_s = 3600;
+	cfg->gap_keep_s = 0; /* the window: compaction carries kept messages forward (issue 16) */
 	cfg->gap_entries = IO_GAP_ENTRIES_DEFAULT;
 	/*
 	 * Reclamation on (issue 15 point 4: proven by the crash simulator and the power-cut

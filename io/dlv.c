@@ -1344,7 +1344,15 @@ static void job_apply(struct io_dlv *d, struct djob *j)
 		 * FAILED without its DSN -> DEFERRED): its segments may be reclaimed.
 		 */
 		if (d->w->cfg->spool.reclaim)
-			spool_reclaim_msg_final(d->w->cfg->spool.reclaim, qm->id);
+			/* With its state: a kept (at-risk) message is moved by compaction (issue 16). */
+			spool_reclaim_msg_final_state(
+				d->w->cfg->spool.reclaim, qm->id,
+				&(struct spool_reclaim_final_state){.seq = qm->seq,
+								    .off = qm->off,
+								    .size = qm->size,
+								    .attempts = qm->attempts,
+								    .rcpt_count = qm->rcpt_count,
+								    .rcpt_state = qm->rcpt_state});
 		dlv_queue_done(d->q, qm);
 	} else {
 		int64_t due = j->due_us;

@@ -191,6 +191,50 @@ out:
 	return ret;
 }
 
+/*
+ * By id (compaction moving a kept message: rare, at most 64 a round): a walk
+ * over the used slots under the lock, like expiry.
+ */
+static struct gap_entry *find_id_locked(struct io_gap *g, uint64_t id)
+{
+	for (uint32_t i = 0; i < g->fresh; i++)
+		if (g->e[i].id == id)
+			return &g->e[i];
+	return NULL;
+}
+
+int io_gap_get(struct io_gap *g, uint64_t id, struct spool_gap_fp *fp, int64_t *expires_us)
+{
+	int ret = -ENOENT;
+
+	if (!id)
+		return -ENOENT;
+	pthread_mutex_lock(&g->mu);
+	const struct gap_entry *e = find_id_locked(g, id);
+	if (e && e->at_risk) {
+		*fp = e->fp;
+		*expires_us = e->expires_us;
+		ret = 0;
+	}
+	pthread_mutex_unlock(&g->mu);
+	return ret;
+}
+
+void io_gap_relocate(struct io_gap *g, uint64_t id, unsigned lane, uint64_t seq, uint64_t off)
+{
+	if (!id)
+		return;
+	pthread_mutex_lock(&g->mu);
+	struct gap_entry *e = find_id_locked(g, id);
+	if (e) {
+		/* Not part of the chain key (sender, head): the entry stays where it is. */
+		e->fp.lane = lane;
+		e->fp.seq = seq;
+		e->fp.off = off;
+	}
+	pthread_mutex_unlock(&g->mu);
+}
+
 /* Every recipient of the retry (hashes q, nq) is one of the entry's: a retry to those that saw no reply. */
 static bool rcpt_subset(const struct spool_gap_fp *e, const uint64_t *q, uint32_t nq)
 {

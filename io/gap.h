@@ -85,6 +85,15 @@ bool io_gap_remove(struct io_gap *g, uint32_t slot, uint64_t id);
 /* Drop every entry of message id (recovery applying CLEARED records): count dropped. */
 unsigned io_gap_remove_id(struct io_gap *g, uint64_t id);
 void io_gap_expire(struct io_gap *g, int64_t now_us);
+/*
+ * Compaction moving a kept message (spool_compact.h, ops->gap and moved):
+ * get the at-risk entry of message id (its fingerprint and expiry: 0 or
+ * -ENOENT), and point its stored copy at (lane, seq, off). Connections
+ * comparing a retry with the old copy hold it mapped (spool_fetch), so
+ * they finish on it even after its segment is reclaimed.
+ */
+int io_gap_get(struct io_gap *g, uint64_t id, struct spool_gap_fp *fp, int64_t *expires_us);
+void io_gap_relocate(struct io_gap *g, uint64_t id, unsigned lane, uint64_t seq, uint64_t off);
 void io_gap_stats(struct io_gap *g, struct io_gap_stats *st);
 
 /* ---- fingerprint helpers ---- */

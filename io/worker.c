@@ -380,7 +380,21 @@ static void compact_states(void *ctx, const uint64_t *ids, unsigned n, struct sp
 
 static void compact_moved(void *ctx, uint64_t id, uint64_t seq, uint64_t off)
 {
+	struct io_worker *w = ctx;
 	io_dlv_relocate(ctx, id, seq, off);
+	/* A kept (at-risk) message: its retries are compared with the copy from now on (issue 16). */
+	if (w->sh->gap)
+		io_gap_relocate(w->sh->gap, id, w->no, seq, off);
+}
+
+/* A kept message's AT_RISK record as the set knows it, restated for its copy (issue 16). */
+static int compact_gap(void *ctx, uint64_t id, struct spool_gap_rec *g)
+{
+	struct io_worker *w = ctx;
+	memset(g, 0, sizeof(*g));
+	g->id = id;
+	g->kind = SPOOL_GAP_REC_AT_RISK;
+	return w->sh->gap ? io_gap_get(w->sh->gap, id, &g->fp, &g->expires_us) : -ENOENT;
 }
 
 /* One line per segment compacted (reclamation logs the segment's unlink later, event=reclaim). */
@@ -406,7 +420,7 @@ static int compact_create(struct io_worker *w)
 					  .live_max_pct = cfg->compact_live_max_pct,
 					  .segment_size = cfg->spool.segment_size};
 	static const struct spool_compact_ops ops = {
-		.states = compact_states, .moved = compact_moved, .done = compact_done};
+		.states = compact_states, .moved = compact_moved, .gap = compact_gap, .done = compact_done};
 	return spool_compact_create(&w->compact, w->lane, w->no, cfg->spool_dir, cfg->spool.reclaim, &cc, &ops, w);
 }
 

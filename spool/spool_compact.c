@@ -26,12 +26,13 @@ enum cm_phase {
 	CM_BODY,
 	CM_COMMIT,
 	CM_SUMMARY_REC,
+	CM_GAP_REC,
 	CM_WAIT,
 	CM_MOVED_REC,
 	CM_DONE,
 	CM_FAILED
 };
-enum cm_ck { CK_SUMMARY = 1, CK_COMMIT = 2, CK_MOVED = 3 };
+enum cm_ck { CK_SUMMARY = 1, CK_COMMIT = 2, CK_MOVED = 3, CK_GAP = 4 };
 
 struct cmove {
 	uint64_t id;
@@ -41,6 +42,10 @@ struct cmove {
 	bool fetched, txn_open, moving;
 	bool sum_taken, sum_settled, commit_taken, commit_settled;
 	int sum_res, commit_res;
+	/* Kept by a gap record (issue 16): the copy's fresh AT_RISK record (gap: the set's, relocated). */
+	bool kept, gap_taken, gap_settled;
+	int gap_res;
+	struct spool_gap_rec gap;
 	uint64_t body_off;
 	uint64_t new_seq, new_off;
 	struct spool_txn t;
@@ -165,7 +170,8 @@ bool spool_compact_busy(const struct spool_compact *c)
 {
 	for (unsigned i = 0; i < c->n; i++) {
 		const struct cmove *m = &c->mv[i];
-		if ((m->sum_taken && !m->sum_settled) || (m->commit_taken && !m->commit_settled))
+		if ((m->sum_taken && !m->sum_settled) || (m->commit_taken && !m->commit_settled) ||
+		    (m->gap_taken && !m->gap_settled))
 			return true;
 	}
 	return false;
@@ -187,6 +193,9 @@ void spool_compact_settled(struct spool_compact *c, uint64_t ck, int res)
 	if (k == CK_SUMMARY) {
 		c->mv[i].sum_settled = true;
 		c->mv[i].sum_res = res;
+	} else if (k == CK_GAP) {
+		c->mv[i].gap_settled = true;
+		c->mv[i].gap_res = res;
 	} else {
 		c->mv[i].commit_settled = true;
 		c->mv[i].commit_res = res;
@@ -218,6 +227,23 @@ static bool pick(struct spool_compact *c, int64_t now)
 		}
 	memset(sts, 0, sizeof(sts));
 	c->ops.states(c->ctx, ids, (unsigned)n, sts, rcs);
+	/*
+	 * Unknown to the owner: a kept message whose delivery is over (issue 16)
+	 * has its final state in the table (what its copy's summary restates).
+	 */
+	uint8_t *snaps[SPOOL_COMPACT_BATCH_MAX] = {0};
+	for (int i = 0; i < n; i++) {
+		struct spool_reclaim_final_state fs;
+		if (rcs[i] != -ENOENT || spool_reclaim_msg_snapshot(c->r, ids[i], &fs, &snaps[i]))
+			continue;
+		sts[i] = (struct spool_compact_msgstate){.seq = fs.seq,
+							 .off = fs.off,
+							 .size = fs.size,
+							 .attempts = fs.attempts,
+							 .rcpt_count = fs.rcpt_count,
+							 .rcpt_state = fs.rcpt_state};
+		rcs[i] = 0;
+	}
 	/* Messages the owner cannot give now (an attempt in flight, held, ...) wait for a later round. */
 	for (int i = 0; i < n; i++) {
 		struct cmove *m = &c->mv[k];
@@ -236,6 +262,8 @@ static bool pick(struct spool_compact *c, int64_t now)
 		live += m->st.size;
 		k++;
 	}
+	for (int i = 0; i < n; i++)
+		free(snaps[i]);
 	c->n = k;
 	if (!rc && !k)
 		rc = -EBUSY;
@@ -251,8 +279,16 @@ static bool pick(struct spool_compact *c, int64_t now)
 			rc = -E2BIG;
 	}
 	for (unsigned i = 0; i < k && !rc; i++) {
-		rc = spool_reclaim_msg_moving(c->r, c->mv[i].id);
-		c->mv[i].moving = !rc;
+		struct cmove *m = &c->mv[i];
+		rc = spool_reclaim_msg_moving(c->r, m->id);
+		m->moving = rc >= 0;
+		if (rc == 1) {
+			/* Kept by its AT_RISK record: the copy gets a fresh one, the set's fingerprint. */
+			m->kept = true;
+			rc = c->ops.gap ? c->ops.gap(c->ctx, m->id, &m->gap) : -ENOENT;
+			if (rc)
+				rc = -ENOKEY; /* not in the set (it was full): waits for its window's end */
+		}
 	}
 	if (rc) {
 		for (unsigned i = 0; i < c->n; i++)
@@ -262,7 +298,7 @@ static bool pick(struct spool_compact *c, int64_t now)
 			}
 		/* Too live: again when it has aged once more; busy or unknown: soon. */
 		spool_reclaim_compact_defer(c->r, c->lane_no, seq,
-					    now + (rc == -E2BIG
+					    now + (rc == -E2BIG || rc == -ENOKEY
 							   ? DS_MAX(c->cfg.age_us, 16 * c->cfg.pick_every_us)
 							   : 4 * c->cfg.pick_every_us));
 		c->st.skipped++;
@@ -407,6 +443,26 @@ static bool stage(struct spool_compact *c, struct cmove *m, int64_t now, uint64_
 			m->sum_taken = rc == 0;
 			*staged |= rc == 0;
 		}
+		m->phase = CM_GAP_REC;
+		/* fall through */
+	case CM_GAP_REC:
+		if (m->kept) {
+			/* After the summary: the copy's AT_RISK record, same window, the copy's location. */
+			struct spool_gap_rec g = m->gap;
+			g.kind = SPOOL_GAP_REC_AT_RISK;
+			g.fp.lane = c->lane_no;
+			g.fp.seq = m->new_seq;
+			g.fp.off = m->new_off;
+			rc = spool_lane_gap(c->l, &g, cookie(c, CK_GAP, (unsigned)(m - c->mv)));
+			if (rc == -EAGAIN)
+				return false;
+			m->gap_taken = true;
+			if (rc) {
+				m->gap_settled = true; /* the move never commits (finish) */
+				m->gap_res = rc;
+			}
+			*staged |= rc == 0;
+		}
 		m->phase = CM_WAIT;
 		return true;
 	default:
@@ -423,9 +479,11 @@ static bool finish(struct spool_compact *c, bool *staged)
 	for (unsigned i = 0; i < c->n; i++) {
 		struct cmove *m = &c->mv[i];
 		if (m->phase == CM_WAIT) {
-			if ((m->sum_taken && !m->sum_settled) || !m->commit_settled)
+			if ((m->sum_taken && !m->sum_settled) || !m->commit_settled ||
+			    (m->gap_taken && !m->gap_settled))
 				return false;
-			if (m->commit_res || (m->sum_taken && m->sum_res)) {
+			if (m->commit_res || (m->sum_taken && m->sum_res) ||
+			    (m->kept && (!m->gap_taken || m->gap_res))) {
 				mv_fail(c, m);
 				continue;
 			}
@@ -437,6 +495,7 @@ static bool finish(struct spool_compact *c, bool *staged)
 				c->st.failed++;
 				continue;
 			}
+			spool_reclaim_msg_relocated(c->r, m->id, m->new_seq, m->new_off);
 			m->phase = CM_MOVED_REC;
 		}
 		if (m->phase == CM_MOVED_REC) {

@@ -25,7 +25,9 @@
  *     SPOOL_OUTCOME_F_SUMMARY: every recipient's folded state at the
  *     message's attempt count; DEFERRED with its due time): after the copy,
  *     so every record the table keeps for the copy lies at or after it;
- *  3. when both are durable (settled 0), the owner relocates the message
+ *     and for a message kept by a gap record (issue 16: an at-risk message,
+ *     delivered or not) a fresh AT_RISK record naming the copy;
+ *  3. when all are durable (settled 0), the owner relocates the message
  *     (ops->moved: deliveries read the copy from now on), the table commits
  *     the move (the old copy and every record about the message written
  *     before the move stop protecting it), and a MOVED record names the old
@@ -137,6 +139,15 @@ struct spool_compact_ops {
 		       int *rc);
 	/* Message id is read from (seq, off) of its lane from now on (called before the table lets go). */
 	void (*moved)(void *ctx, uint64_t id, uint64_t seq, uint64_t off);
+	/*
+	 * Gap dedup (issue 16; NULL: none): message id is kept by a durable
+	 * AT_RISK record; g: that record as the at-risk set knows it (its
+	 * fingerprint and expiry), which the compactor restates for the copy
+	 * after its summary (the location changed). 0 or -ENOENT (not in the
+	 * set: the message is not moved, its segment waits for the window).
+	 * moved() of such a message also relocates the set's entry.
+	 */
+	int (*gap)(void *ctx, uint64_t id, struct spool_gap_rec *g);
 	/* A round ended: segment seq emptied of its live messages (moved of them, bytes copied). */
 	void (*done)(void *ctx, uint64_t seq, uint32_t moved, uint64_t bytes);
 };

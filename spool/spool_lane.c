@@ -534,13 +534,14 @@ static void advance_durable(struct spool_lane *l)
 				if (c.kind == Q_OUTCOME)
 					spool_reclaim_msg_record(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq,
 								 c.off);
-				else
+				else if (c.kind == Q_OPERATOR)
 					spool_reclaim_msg_record_keep(l->cfg.reclaim, c.id, l->lane_no,
 								      c.rec_seq);
 				/* A gap record keeps its message for the window (AT_RISK) or no more
-				 * (CLEARED: 0). */
-				if (c.kind == Q_GAP)
-					spool_reclaim_msg_keep(l->cfg.reclaim, c.id, (int64_t)c.off);
+				 * (CLEARED: 0), and is carried forward by compaction while it does. */
+				else
+					spool_reclaim_msg_record_gap(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq,
+								     (int64_t)c.off);
 			}
 			l->st.outcomes_durable += c.kind == Q_OUTCOME;
 			l->ops->settled(l->ctx, c.cookie, 0);

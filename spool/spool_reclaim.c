@@ -62,10 +62,34 @@ struct rc_msg {
 	/*
 	 * Segments of records a move does not replace (operator, gap: their
 	 * owners fold them, the summary does not restate them): kept in H(M)
-	 * across moves; keep_cseg: one of them lies in C(M) itself.
+	 * across moves; keep_cseg: one of them lies in C(M) itself. Each entry
+	 * and keep_cseg carry KEEP_OP / KEEP_GAP: which kind of record it is (a
+	 * move that writes a fresh AT_RISK record lets the old gap records go).
 	 */
 	uint32_t *keep, nkeep, capkeep;
-	bool keep_cseg;
+	uint32_t keep_cseg;
+	/*
+	 * Gap dedup (issue 16): gap_rec: a durable, not cleared AT_RISK record
+	 * keeps it (not only the provisional keep of an unconfirmed 250); only
+	 * such a message is moved while kept. move_gap: this move writes a fresh
+	 * AT_RISK record for the copy (it commits only once that one is
+	 * registered: gap_since_move). snap: the final state of a kept message
+	 * whose delivery is over (the owner's queue forgot it), what the copy's
+	 * summary restates.
+	 */
+	bool gap_rec, move_gap, gap_since_move;
+	struct rc_snap *snap;
+};
+
+#define KEEP_OP	 (1u << 31) /* an operator record lies in the segment */
+#define KEEP_GAP (1u << 30) /* a gap record lies in the segment */
+#define KEEP_SEG (KEEP_GAP - 1u)
+
+/* The final state of a kept delivered message (spool_reclaim_msg_final_state). */
+struct rc_snap {
+	uint64_t seq, off, size;
+	uint32_t attempts, rcpt_count;
+	uint8_t st[]; /* rcpt_count x enum spool_rcpt_state */
 };
 
 struct spool_reclaim {
@@ -344,7 +368,10 @@ static void msg_drop(struct spool_reclaim *r, uint32_t i)
 	free(r->msgs[i].keep);
 	r->msgs[i].keep = NULL;
 	r->msgs[i].nkeep = r->msgs[i].capkeep = 0;
-	r->msgs[i].keep_cseg = false;
+	r->msgs[i].keep_cseg = 0;
+	free(r->msgs[i].snap);
+	r->msgs[i].snap = NULL;
+	r->msgs[i].gap_rec = r->msgs[i].move_gap = r->msgs[i].gap_since_move = false;
 	if (r->msgs[i].final_wanted)
 		r->kept--;
 	r->msgs[i].final_wanted = false;
@@ -428,6 +455,7 @@ void spool_reclaim_destroy(struct spool_reclaim *r)
 	for (uint32_t i = 0; i < r->nmsgs; i++) {
 		free(r->msgs[i].ref);
 		free(r->msgs[i].keep);
+		free(r->msgs[i].snap);
 	}
 	free(r->msgs);
 	free(r->segs);
@@ -607,7 +635,7 @@ void spool_reclaim_msg_record(struct spool_reclaim *r, uint64_t id, unsigned lan
 	pthread_mutex_unlock(&r->mu);
 }
 
-static void msg_keep_locked(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq)
+static void msg_keep_locked(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq, uint32_t kind)
 {
 	uint32_t mi = msg_find(r, id), si;
 	struct rc_msg *m;
@@ -619,13 +647,16 @@ static void msg_keep_locked(struct spool_reclaim *r, uint64_t id, unsigned lane,
 	msg_ref(r, m, si);
 	if (si == NIL)
 		return;
+	DS_ASSERT(si <= KEEP_SEG);
 	if (si == m->cseg) {
-		m->keep_cseg = true;
+		m->keep_cseg |= kind;
 		return;
 	}
 	for (uint32_t k = 0; k < m->nkeep; k++)
-		if (m->keep[k] == si)
+		if ((m->keep[k] & KEEP_SEG) == si) {
+			m->keep[k] |= kind;
 			return;
+		}
 	if (m->nkeep == m->capkeep) {
 		uint32_t ncap = m->capkeep ? m->capkeep * 2 : 2;
 		uint32_t *n = realloc(m->keep, ncap * sizeof(*n));
@@ -636,13 +667,13 @@ static void msg_keep_locked(struct spool_reclaim *r, uint64_t id, unsigned lane,
 		m->keep = n;
 		m->capkeep = ncap;
 	}
-	m->keep[m->nkeep++] = si;
+	m->keep[m->nkeep++] = si | kind;
 }
 
 void spool_reclaim_msg_record_keep(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq)
 {
 	pthread_mutex_lock(&r->mu);
-	msg_keep_locked(r, id, lane, seq);
+	msg_keep_locked(r, id, lane, seq, KEEP_OP);
 	pthread_mutex_unlock(&r->mu);
 }
 
@@ -670,6 +701,8 @@ static void msg_final_locked(struct spool_reclaim *r, uint64_t id)
 		r->kept--;
 		r->st.kept_at_risk--;
 	}
+	free(m->snap); /* final for good: never moved again */
+	m->snap = NULL;
 	m->final = true;
 	TRACE(r, m, "final%s", "");
 	r->st.final_messages++;
@@ -702,6 +735,78 @@ void spool_reclaim_msg_final(struct spool_reclaim *r, uint64_t id)
 	pthread_mutex_unlock(&r->mu);
 }
 
+/* A snapshot of fs (NULL without memory: the message is then not moved while kept). */
+static struct rc_snap *snap_new(const struct spool_reclaim_final_state *fs)
+{
+	struct rc_snap *sn;
+
+	if (fs->rcpt_count > SPOOL_RCPT_MAX)
+		return NULL;
+	sn = malloc(sizeof(*sn) + fs->rcpt_count);
+	if (!sn)
+		return NULL;
+	*sn = (struct rc_snap){.seq = fs->seq,
+			       .off = fs->off,
+			       .size = fs->size,
+			       .attempts = fs->attempts,
+			       .rcpt_count = fs->rcpt_count};
+	memcpy(sn->st, fs->rcpt_state, fs->rcpt_count);
+	return sn;
+}
+
+void spool_reclaim_msg_final_state(struct spool_reclaim *r, uint64_t id,
+				   const struct spool_reclaim_final_state *fs)
+{
+	pthread_mutex_lock(&r->mu);
+	uint32_t mi = msg_find(r, id);
+	/* Only a message the final state is held back for needs it (kept: compaction moves it). */
+	if (mi != NIL && !r->msgs[mi].final && r->msgs[mi].keep_until_us > wall_us()) {
+		free(r->msgs[mi].snap);
+		r->msgs[mi].snap = snap_new(fs);
+	}
+	msg_final_locked(r, id);
+	if (r->dirty)
+		pthread_cond_signal(&r->cv);
+	pthread_mutex_unlock(&r->mu);
+}
+
+int spool_reclaim_msg_snapshot(struct spool_reclaim *r, uint64_t id, struct spool_reclaim_final_state *fs,
+			       uint8_t **states)
+{
+	int rc = -ENOENT;
+
+	*states = NULL;
+	pthread_mutex_lock(&r->mu);
+	uint32_t mi = msg_find(r, id);
+	const struct rc_snap *sn = mi == NIL ? NULL : r->msgs[mi].snap;
+	if (sn && r->msgs[mi].final_wanted) {
+		*states = malloc(sn->rcpt_count ? sn->rcpt_count : 1);
+		rc = *states ? 0 : -ENOMEM;
+		if (!rc) {
+			memcpy(*states, sn->st, sn->rcpt_count);
+			*fs = (struct spool_reclaim_final_state){.seq = sn->seq,
+								 .off = sn->off,
+								 .size = sn->size,
+								 .attempts = sn->attempts,
+								 .rcpt_count = sn->rcpt_count,
+								 .rcpt_state = *states};
+		}
+	}
+	pthread_mutex_unlock(&r->mu);
+	return rc;
+}
+
+void spool_reclaim_msg_relocated(struct spool_reclaim *r, uint64_t id, uint64_t seq, uint64_t off)
+{
+	pthread_mutex_lock(&r->mu);
+	uint32_t mi = msg_find(r, id);
+	if (mi != NIL && r->msgs[mi].snap) {
+		r->msgs[mi].snap->seq = seq;
+		r->msgs[mi].snap->off = off;
+	}
+	pthread_mutex_unlock(&r->mu);
+}
+
 void spool_reclaim_set_keep_max(struct spool_reclaim *r, int64_t keep_max_us)
 {
 	pthread_mutex_lock(&r->mu);
@@ -709,18 +814,41 @@ void spool_reclaim_set_keep_max(struct spool_reclaim *r, int64_t keep_max_us)
 	pthread_mutex_unlock(&r->mu);
 }
 
-void spool_reclaim_msg_keep(struct spool_reclaim *r, uint64_t id, int64_t expires_us)
+static void msg_keep_until_locked(struct spool_reclaim *r, uint64_t id, int64_t expires_us, bool rec)
 {
-	pthread_mutex_lock(&r->mu);
 	expires_us = expires_us ? keep_cap(r, expires_us, wall_us()) : 0;
 	uint32_t mi = msg_find(r, id);
 	/* A final message is past keeping (its window was not open when it became final). */
 	if (mi != NIL && !r->msgs[mi].final) {
 		struct rc_msg *m = &r->msgs[mi];
 		m->keep_until_us = expires_us ? DS_MAX(m->keep_until_us, expires_us) : 0;
+		/* A CLEARED record (or a confirmed 250) ends the durable keep too. */
+		if (!expires_us)
+			m->gap_rec = false;
+		else if (rec)
+			m->gap_rec = true;
 		if (!expires_us && m->final_wanted)
 			msg_final_locked(r, id);
 	}
+}
+
+void spool_reclaim_msg_keep(struct spool_reclaim *r, uint64_t id, int64_t expires_us)
+{
+	pthread_mutex_lock(&r->mu);
+	msg_keep_until_locked(r, id, expires_us, false);
+	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reclaim_msg_record_gap(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq,
+				  int64_t expires_us)
+{
+	pthread_mutex_lock(&r->mu);
+	uint32_t mi = msg_find(r, id);
+	msg_keep_locked(r, id, lane, seq, KEEP_GAP);
+	/* The fresh AT_RISK record of a copy being moved (spool_compact.c) is durable. */
+	if (mi != NIL && r->msgs[mi].moving && expires_us)
+		r->msgs[mi].gap_since_move = true;
+	msg_keep_until_locked(r, id, expires_us, true);
 	pthread_mutex_unlock(&r->mu);
 }
 
@@ -759,6 +887,22 @@ static void kept_expire_locked(struct spool_reclaim *r)
 
 /* ---- compaction (spool_compact.h) ---- */
 
+/*
+ * A kept message moves with its gap record only when that record is durable
+ * (the provisional keep of an unconfirmed 250 has none to carry: the
+ * segment waits, at most IO_GAP_KEEP_PROVISIONAL_US), and, its delivery
+ * over, with the snapshot of its final state (an operator DELETE has none:
+ * a summary cannot restate it).
+ */
+static bool movable_kept(const struct rc_msg *m, int64_t now_us)
+{
+	if (m->final)
+		return true;
+	if (m->final_wanted)
+		return m->snap && m->gap_rec && m->keep_until_us > now_us;
+	return m->keep_until_us <= now_us || m->gap_rec;
+}
+
 int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t now_us, int64_t age_us,
 			       uint64_t *seq, uint64_t *ids, unsigned max, struct spool_reclaim_pick *pk)
 {
@@ -780,8 +924,7 @@ int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t n
 			continue;
 		for (uint32_t mi = s->msgs; mi != NIL && ok; mi = r->msgs[mi].snext) {
 			const struct rc_msg *m = &r->msgs[mi];
-			/* A gap record's window (its record is not carried forward): the segment waits. */
-			ok = !m->moving && !m->dsn_lost && m->keep_until_us <= now_us;
+			ok = !m->moving && !m->dsn_lost && movable_kept(m, now_us);
 			live += !m->final;
 		}
 		if (ok && live)
@@ -818,7 +961,9 @@ int spool_reclaim_msg_moving(struct spool_reclaim *r, uint64_t id)
 
 	pthread_mutex_lock(&r->mu);
 	uint32_t mi = msg_find(r, id);
-	if (mi == NIL || r->msgs[mi].final || r->msgs[mi].moving || r->msgs[mi].dsn_lost) {
+	int64_t now = wall_us();
+	if (mi == NIL || r->msgs[mi].final || r->msgs[mi].moving || r->msgs[mi].dsn_lost ||
+	    !movable_kept(&r->msgs[mi], now)) {
 		rc = mi == NIL ? -ENOENT : -EBUSY;
 	} else {
 		struct rc_msg *m = &r->msgs[mi];
@@ -827,6 +972,10 @@ int spool_reclaim_msg_moving(struct spool_reclaim *r, uint64_t id)
 		m->mark = m->nref;
 		m->new_cseg = NIL;
 		m->new_chunk_lo = 0;
+		/* Kept by a durable AT_RISK record: the copy gets a fresh one (spool_compact.c). */
+		m->move_gap = m->gap_rec && m->keep_until_us > now;
+		m->gap_since_move = false;
+		rc = m->move_gap;
 	}
 	pthread_mutex_unlock(&r->mu);
 	return rc;
@@ -869,8 +1018,8 @@ int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit)
 		pthread_mutex_unlock(&r->mu);
 		return -ENOENT;
 	}
-	if (commit && m->new_cseg == NIL)
-		commit = false, rc = -EAGAIN; /* the copy is not durable: nothing moves */
+	if (commit && (m->new_cseg == NIL || (m->move_gap && !m->gap_since_move)))
+		commit = false, rc = -EAGAIN; /* the copy (or its gap record) is not durable: nothing moves */
 	TRACE(r, m, "moved commit %d new_cseg %llu", commit,
 	      m->new_cseg == NIL ? 0ull
 				 : (unsigned long long)(r->segs[m->new_cseg].key & ((1ull << 40) - 1)));
@@ -885,23 +1034,43 @@ int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit)
 		m->chunk_lo = m->new_chunk_lo;
 		m->snext = r->segs[m->cseg].msgs;
 		r->segs[m->cseg].msgs = mi;
+		/*
+		 * Records the move replaces: outcome records before it (the summary);
+		 * with a fresh AT_RISK record, the gap records before it; for a kept
+		 * message whose delivery is over, operator records too (the summary
+		 * restates its final state; a DELETEd one is never moved).
+		 */
+		uint32_t gone = m->move_gap ? (m->final_wanted ? KEEP_OP | KEEP_GAP : KEEP_GAP) : 0;
 		uint32_t n = 0;
 		for (uint32_t k = 0; k < m->nref; k++) {
-			bool kept = false;
-			for (uint32_t j = 0; j < m->nkeep && !kept; j++)
-				kept = m->keep[j] == m->ref[k];
+			uint32_t kind = 0;
+			for (uint32_t j = 0; j < m->nkeep && !kind; j++)
+				if ((m->keep[j] & KEEP_SEG) == m->ref[k])
+					kind = m->keep[j] & ~KEEP_SEG;
 			DS_ASSERT(r->segs[m->ref[k]].nonfinal > 0);
-			if ((k < m->mark && !kept) || m->ref[k] == m->cseg)
+			if ((k < m->mark && (!kind || !(kind & ~gone))) || m->ref[k] == m->cseg)
 				r->segs[m->ref[k]].nonfinal--;
 			else
 				m->ref[n++] = m->ref[k]; /* the order no longer matters: the move is over */
 		}
 		m->nref = n;
-		if (m->keep_cseg && old_cseg != m->cseg) {
+		/* Keep entries whose segment is no longer a ref go with it (C(M)'s: keep_cseg). */
+		uint32_t cs_kind = m->keep_cseg & ~gone, nk = 0;
+		m->keep_cseg = 0;
+		for (uint32_t j = 0; j < m->nkeep; j++) {
+			bool still = false;
+			for (uint32_t k = 0; k < m->nref && !still; k++)
+				still = m->ref[k] == (m->keep[j] & KEEP_SEG);
+			if (still)
+				m->keep[nk++] = m->keep[j];
+			else if ((m->keep[j] & KEEP_SEG) == m->cseg)
+				m->keep_cseg |= m->keep[j] & ~KEEP_SEG;
+		}
+		m->nkeep = nk;
+		if (cs_kind && old_cseg != m->cseg) {
 			/* An operator or gap record in the old commit segment: it stays, a ref now. */
-			m->keep_cseg = false;
 			msg_keep_locked(r, m->id, (unsigned)(r->segs[old_cseg].key >> 40),
-					r->segs[old_cseg].key & ((1ull << 40) - 1));
+					r->segs[old_cseg].key & ((1ull << 40) - 1), cs_kind);
 		}
 	} else if (m->new_cseg != NIL) {
 		/* Given up after the copy was durable: it is a duplicate nothing protects. */
@@ -909,6 +1078,7 @@ int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit)
 		chunks_count(r, m->new_cseg, m->new_chunk_lo, -1);
 	}
 	m->moving = false;
+	m->move_gap = m->gap_since_move = false;
 	m->new_cseg = NIL;
 	m->mark = 0;
 	r->dirty = true;
@@ -1086,6 +1256,7 @@ struct rc_rec {
 	bool outcome;
 	bool superseded; /* an outcome record older than a summary of its message: not a ref */
 	bool keep;	 /* an operator or gap record: outlives a move (msg_keep_locked) */
+	bool gap;	 /* ... a gap record (KEEP_GAP) */
 	/* Gap records (type 7): kind, expiry, where (a CLEARED after an AT_RISK in its lane ends it). */
 	uint32_t gap_kind;
 	uint64_t off;
@@ -1098,8 +1269,40 @@ struct load_ctx {
 	size_t nrecs, cap;
 	uint64_t *finals;
 	size_t nfinals, fcap;
+	/* Ids with an AT_RISK record still open, sorted (built at the first message: records come first). */
+	uint64_t *risk;
+	size_t nrisk;
+	bool risk_built;
 	int err;
 };
+
+static int u64_cmp(const void *pa, const void *pb)
+{
+	uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
+	return a < b ? -1 : a > b;
+}
+
+/* Message id has an AT_RISK record whose window is open (it may be kept: snapshot its final state). */
+static bool l_at_risk(struct load_ctx *c, uint64_t id)
+{
+	if (!c->risk_built) {
+		int64_t now = wall_us();
+		c->risk_built = true;
+		for (size_t i = 0; i < c->nrecs; i++)
+			c->nrisk += c->recs[i].gap_kind == SPOOL_GAP_AT_RISK && c->recs[i].expires_us > now;
+		c->risk = c->nrisk ? malloc(c->nrisk * sizeof(*c->risk)) : NULL;
+		if (!c->risk) {
+			c->nrisk = 0; /* no snapshots: kept delivered messages are not moved (they stay) */
+			return false;
+		}
+		c->nrisk = 0;
+		for (size_t i = 0; i < c->nrecs; i++)
+			if (c->recs[i].gap_kind == SPOOL_GAP_AT_RISK && c->recs[i].expires_us > now)
+				c->risk[c->nrisk++] = c->recs[i].id;
+		qsort(c->risk, c->nrisk, sizeof(*c->risk), u64_cmp);
+	}
+	return c->nrisk && bsearch(&id, c->risk, c->nrisk, sizeof(id), u64_cmp);
+}
 
 static void l_seg(void *ctx, struct rlane *rl, struct rseg *s)
 {
@@ -1136,7 +1339,8 @@ static void l_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct
 	struct rc_rec e = {.id = rec->txn_id,
 			   .seq = s->seq,
 			   .lane = rl->lane,
-			   .keep = rec->type == SPOOL_REC_OPERATOR || rec->type == SPOOL_REC_GAP};
+			   .keep = rec->type == SPOOL_REC_OPERATOR || rec->type == SPOOL_REC_GAP,
+			   .gap = rec->type == SPOOL_REC_GAP};
 
 	if (rec->type == SPOOL_REC_OUTCOME) {
 		struct spool_outcome o;
@@ -1190,6 +1394,23 @@ static int l_msg(void *ctx, struct rlane *rl, const struct spool_msg *m, const s
 	struct load_ctx *c = ctx;
 
 	msg_add_locked(c->r, m->id, rl->lane, m->seq, m->chunk_count ? m->first_seq : 0);
+	if (st->done && !st->deleted && st->rcpt_count <= SPOOL_RCPT_MAX && l_at_risk(c, m->id)) {
+		/* Kept past its delivery (a gap record): what a moved copy's summary restates. */
+		uint32_t mi = msg_find(c->r, m->id);
+		uint8_t *stt = malloc(st->rcpt_count ? st->rcpt_count : 1);
+		if (mi != NIL && stt && !c->r->msgs[mi].snap) {
+			for (uint32_t i = 0; i < st->rcpt_count; i++)
+				stt[i] = st->rcpt[i].state;
+			c->r->msgs[mi].snap =
+				snap_new(&(struct spool_reclaim_final_state){.seq = m->seq,
+									     .off = m->off,
+									     .size = m->size,
+									     .attempts = st->attempts,
+									     .rcpt_count = st->rcpt_count,
+									     .rcpt_state = stt});
+		}
+		free(stt);
+	}
 	if (st->done)
 		l_final(c, m->id);
 	return 0;
@@ -1295,6 +1516,33 @@ static int gap_rec_cmp(const void *pa, const void *pb)
 }
 
 /*
+ * Compaction writes a fresh AT_RISK record for a kept message's copy (same
+ * expiry, the copy's location) in the id's lane: an AT_RISK record before
+ * a later AT_RISK record of its message in the same lane's stream says
+ * nothing that one does not, so its segment does not wait for the message
+ * (as outcome records before a summary; a CLEARED between them cannot be:
+ * a message is moved as kept only while no CLEARED record ended its keep).
+ */
+static void gaps_superseded(struct load_ctx *c)
+{
+	struct rc_rec **g;
+	size_t ng = 0;
+
+	for (size_t i = 0; i < c->nrecs; i++)
+		ng += c->recs[i].gap_kind == SPOOL_GAP_AT_RISK;
+	if (ng < 2 || !(g = malloc(ng * sizeof(*g))))
+		return; /* every record counts: nothing is released early */
+	ng = 0;
+	for (size_t i = 0; i < c->nrecs; i++)
+		if (c->recs[i].gap_kind == SPOOL_GAP_AT_RISK)
+			g[ng++] = &c->recs[i];
+	qsort(g, ng, sizeof(*g), gap_rec_cmp);
+	for (size_t i = 0; i + 1 < ng; i++)
+		g[i]->superseded = g[i + 1]->id == g[i]->id && g[i + 1]->lane == g[i]->lane;
+	free(g);
+}
+
+/*
  * The gap records of the load: an AT_RISK record not yet expired and not
  * followed by a CLEARED of its message in its lane keeps the message (up
  * to keep_max_us from now). Sorted by message, lane and position, walked
@@ -1319,9 +1567,11 @@ static void load_gaps_locked(struct spool_reclaim *r, struct load_ctx *c)
 			uint32_t mi = a->gap_kind == SPOOL_GAP_AT_RISK && a->expires_us > now
 					      ? msg_find(r, a->id)
 					      : NIL;
-			if (mi != NIL)
+			if (mi != NIL) {
 				r->msgs[mi].keep_until_us =
 					DS_MAX(r->msgs[mi].keep_until_us, keep_cap(r, a->expires_us, now));
+				r->msgs[mi].gap_rec = true;
+			}
 		}
 		return;
 	}
@@ -1342,9 +1592,11 @@ static void load_gaps_locked(struct spool_reclaim *r, struct load_ctx *c)
 		if (a->gap_kind != SPOOL_GAP_AT_RISK || a->expires_us <= now || cleared_later)
 			continue;
 		uint32_t mi = msg_find(r, a->id);
-		if (mi != NIL)
+		if (mi != NIL) {
 			r->msgs[mi].keep_until_us =
 				DS_MAX(r->msgs[mi].keep_until_us, keep_cap(r, a->expires_us, now));
+			r->msgs[mi].gap_rec = true;
+		}
 	}
 	free(g);
 }
@@ -1375,11 +1627,12 @@ int spool_reclaim_load(struct spool_reclaim *r)
 	if (!rc) {
 		/* Records after every commit is known (a DSN may be in any lane), finals last. */
 		summaries_locked(r, &c);
+		gaps_superseded(&c);
 		for (size_t i = 0; i < c.nrecs; i++) {
 			const struct rc_rec *e = &c.recs[i];
-			if (e->keep)
-				msg_keep_locked(r, e->id, e->lane, e->seq);
-			else if (!e->superseded)
+			if (e->keep && !e->superseded)
+				msg_keep_locked(r, e->id, e->lane, e->seq, e->gap ? KEEP_GAP : KEEP_OP);
+			else if (!e->keep && !e->superseded)
 				msg_record_locked(r, e->id, e->lane, e->seq, e->dsn_id);
 		}
 		load_gaps_locked(r, &c);
@@ -1391,6 +1644,7 @@ int spool_reclaim_load(struct spool_reclaim *r)
 	spool_reader_close(rd);
 	free(c.recs);
 	free(c.finals);
+	free(c.risk);
 	return rc;
 }
 

@@ -127,10 +127,42 @@ void spool_reclaim_msg_record(struct spool_reclaim *r, uint64_t id, unsigned lan
  */
 void spool_reclaim_msg_record_keep(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq);
 /*
+ * A gap record (type 7) about message id is durable in segment seq of lane:
+ * kept like an operator record, and the keep of spool_reclaim_msg_keep
+ * (expires_us: AT_RISK; 0: CLEARED), which a durable AT_RISK record makes
+ * one compaction carries forward (a fresh AT_RISK record for the copy).
+ */
+void spool_reclaim_msg_record_gap(struct spool_reclaim *r, uint64_t id, unsigned lane, uint64_t seq,
+				  int64_t expires_us);
+/*
  * Message id reached its final state, known from durable records only
  * (every recipient DELIVERED, or FAILED with its DSN durable).
  */
 void spool_reclaim_msg_final(struct spool_reclaim *r, uint64_t id);
+/*
+ * The same, for a message delivered to the end (every recipient DELIVERED
+ * or FAILED with its DSN durable), with its state: while a gap keep holds
+ * its final state back, the table keeps this snapshot, which compaction
+ * restates in a moved copy's summary (the delivery queue forgot the
+ * message). Not for an operator DELETE (spool_reclaim_msg_final): a
+ * summary cannot restate it, so such a kept message is never moved.
+ */
+struct spool_reclaim_final_state {
+	uint64_t seq, off, size; /* its commit record, body bytes */
+	uint32_t attempts, rcpt_count;
+	const uint8_t *rcpt_state; /* rcpt_count x enum spool_rcpt_state */
+};
+void spool_reclaim_msg_final_state(struct spool_reclaim *r, uint64_t id,
+				   const struct spool_reclaim_final_state *fs);
+/*
+ * Compaction: the snapshot of kept delivered message id (*states: a copy,
+ * the caller frees it; fs->rcpt_state points at it). 0, -ENOENT (none: not
+ * kept, not delivered, or a DELETE), -ENOMEM.
+ */
+int spool_reclaim_msg_snapshot(struct spool_reclaim *r, uint64_t id, struct spool_reclaim_final_state *fs,
+			       uint8_t **states);
+/* Compaction moved message id's copy to (seq, off) of its lane: its snapshot follows. */
+void spool_reclaim_msg_relocated(struct spool_reclaim *r, uint64_t id, uint64_t seq, uint64_t off);
 
 /*
  * Message id must stay on disk, final or not, until expires_us (wall clock):
@@ -153,8 +185,9 @@ void spool_reclaim_count_compacted(struct spool_reclaim *r, uint64_t segments, u
  *
  * compact_pick: the lowest sealed, unpinned segment of lane, not its
  * highest, created at least age_us before now_us and not deferred, whose
- * commits include messages not final (none moving, none kept by a gap
- * window): the first max of their ids in ids, the segment in *seq, how many
+ * commits include messages not final (none moving; a message kept by a gap
+ * window only with a durable AT_RISK record and, its delivery over, a
+ * snapshot of its final state): the first max of their ids in ids, the segment in *seq, how many
  * there are and how many record segments they keep in *pk; returns the
  * number of ids, or -ENOENT. compact_defer: not picked again before until_us.
  *
@@ -163,11 +196,17 @@ void spool_reclaim_count_compacted(struct spool_reclaim *r, uint64_t segments, u
  * While it moves, the message is not final here (a final state waits for
  * the move to end), its copy's commit, once durable (the lane's msg_add),
  * is protected like its commit, and the records registered since are
- * marked. msg_moved(commit): the copy is the message from now on: its old
- * commit, chunks and every record registered before the move stop
- * protecting it (the summary replaces them); -EAGAIN if the copy is not
- * durable yet (nothing changes, the move ends). msg_moved(!commit): the
- * move is given up; a durable copy is a duplicate nothing protects.
+ * marked. msg_moving returns 1 when the message is kept by a durable
+ * AT_RISK record: the mover must write a fresh AT_RISK record (same expiry,
+ * the copy's location) after the summary. msg_moved(commit): the copy is
+ * the message from now on: its old commit, chunks and every record
+ * registered before the move stop protecting it (the summary replaces
+ * them; operator records stay, and gap records unless a fresh one was
+ * written; a kept delivered message's operator records go as well: its
+ * summary restates its final state); -EAGAIN if the copy (or the fresh
+ * AT_RISK record) is not durable yet (nothing changes, the move ends).
+ * msg_moved(!commit): the move is given up; a durable copy is a duplicate
+ * nothing protects.
  */
 struct spool_reclaim_pick {
 	unsigned live; /* messages not final whose commit is in the segment (ids holds the first max) */
@@ -176,7 +215,8 @@ struct spool_reclaim_pick {
 int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t now_us, int64_t age_us,
 			       uint64_t *seq, uint64_t *ids, unsigned max, struct spool_reclaim_pick *pk);
 void spool_reclaim_compact_defer(struct spool_reclaim *r, unsigned lane, uint64_t seq, int64_t until_us);
-int spool_reclaim_msg_moving(struct spool_reclaim *r, uint64_t id); /* 0, -ENOENT, -EBUSY (final, moving) */
+int spool_reclaim_msg_moving(struct spool_reclaim *r,
+			     uint64_t id); /* 0, 1, -ENOENT, -EBUSY (final, moving) */
 int spool_reclaim_msg_moved(struct spool_reclaim *r, uint64_t id, bool commit);
 
 void spool_reclaim_stats(struct spool_reclaim *r, struct spool_reclaim_stats *st);
