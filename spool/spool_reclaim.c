@@ -909,6 +909,9 @@ int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t n
 	uint32_t bi = NIL;
 	unsigned n = 0;
 
+	/* Gap keeps end by the wall clock (spool_reclaim_msg_keep), whatever clock picks the age. */
+	int64_t wall = wall_us();
+
 	memset(pk, 0, sizeof(*pk));
 	pthread_mutex_lock(&r->mu);
 	for (uint32_t i = 0; i < r->nsegs; i++) {
@@ -924,7 +927,7 @@ int spool_reclaim_compact_pick(struct spool_reclaim *r, unsigned lane, int64_t n
 			continue;
 		for (uint32_t mi = s->msgs; mi != NIL && ok; mi = r->msgs[mi].snext) {
 			const struct rc_msg *m = &r->msgs[mi];
-			ok = !m->moving && !m->dsn_lost && movable_kept(m, now_us);
+			ok = !m->moving && !m->dsn_lost && movable_kept(m, wall);
 			live += !m->final;
 		}
 		if (ok && live)
@@ -1257,6 +1260,7 @@ struct rc_rec {
 	bool superseded; /* an outcome record older than a summary of its message: not a ref */
 	bool keep;	 /* an operator or gap record: outlives a move (msg_keep_locked) */
 	bool gap;	 /* ... a gap record (KEEP_GAP) */
+	bool moved;	 /* a MOVED record (type 5): a hint, superseded by a later summary like an outcome */
 	/* Gap records (type 7): kind, expiry, where (a CLEARED after an AT_RISK in its lane ends it). */
 	uint32_t gap_kind;
 	uint64_t off;
@@ -1338,9 +1342,11 @@ static void l_delivery(void *ctx, struct rlane *rl, struct rseg *s, const struct
 	struct load_ctx *c = ctx;
 	struct rc_rec e = {.id = rec->txn_id,
 			   .seq = s->seq,
+			   .off = rec->off,
 			   .lane = rl->lane,
 			   .keep = rec->type == SPOOL_REC_OPERATOR || rec->type == SPOOL_REC_GAP,
-			   .gap = rec->type == SPOOL_REC_GAP};
+			   .gap = rec->type == SPOOL_REC_GAP,
+			   .moved = rec->type == SPOOL_REC_MOVED};
 
 	if (rec->type == SPOOL_REC_OUTCOME) {
 		struct spool_outcome o;
@@ -1478,12 +1484,15 @@ static int summaries_locked(struct spool_reclaim *r, struct load_ctx *c)
 		}
 	}
 	/*
-	 * Superseded: an outcome record before the summary in the same lane's stream. A record
-	 * of another lane is not ordered against it (clocks are not trusted here): it counts.
+	 * Superseded: an outcome record before the summary in the same lane's stream, an older
+	 * summary and an older MOVED record too (a message moved twice: else its copy would point
+	 * back at the first move's records, and two such messages could keep each other's segments
+	 * forever). A record of another lane is not ordered against it (clocks are not trusted
+	 * here): it counts.
 	 */
 	for (size_t i = 0; i < c->nrecs; i++) {
 		struct rc_rec *e = &c->recs[i];
-		if (!e->outcome || e->summary)
+		if (!e->outcome && !e->moved)
 			continue;
 		for (size_t k = hash64(e->id, (uint32_t)cap); h[k].id; k = (k + 1) & (cap - 1))
 			if (h[k].id == e->id) {
@@ -1655,8 +1664,10 @@ void spool_reclaim_dump(struct spool_reclaim *r, FILE *f)
 		const struct rc_msg *m = &r->msgs[i];
 		if (!m->used)
 			continue;
-		fprintf(f, "msg %016llx C %llu final %d moving %d refs", (unsigned long long)m->id,
-			(unsigned long long)(r->segs[m->cseg].key & ((1ull << 40) - 1)), m->final, m->moving);
+		fprintf(f, "msg %016llx C %llu final %d moving %d kept %d gap %d snap %d lost %d refs",
+			(unsigned long long)m->id,
+			(unsigned long long)(r->segs[m->cseg].key & ((1ull << 40) - 1)), m->final, m->moving,
+			m->final_wanted, m->gap_rec, m->snap != NULL, m->dsn_lost);
 		for (uint32_t k = 0; k < m->nref; k++)
 			fprintf(f, " %llu",
 				(unsigned long long)(r->segs[m->ref[k]].key & ((1ull << 40) - 1)));

@@ -16,6 +16,16 @@
  * states; no final message comes back owed; verify is clean. New attempts
  * of deferred messages land while moves are under way. A restart's table
  * reclaims down to the lane's last segment.
+ *
+ * Gap dedup (issue 16): every 7th message is at risk (an AT_RISK record
+ * with a day's window) and most of those are then delivered: kept for the
+ * window although final. Compaction moves them too (their final state from
+ * the table's snapshot, a fresh AT_RISK record for the copy). In every
+ * crash state a kept message is still there, byte for byte, with an
+ * AT_RISK record, and a delivered one is final (never owed again); its
+ * first segments are reclaimed while it is kept; a table loaded from the
+ * spool finds each delivered kept message's snapshot at the copy the fold
+ * hands out.
  */
 #include <limits.h>
 #include <sys/stat.h>
@@ -39,6 +49,8 @@ struct tmsg {
 	uint32_t rcpts;
 	uint8_t st[RCPTS_MAX]; /* durable state per recipient */
 	bool acked, final, pinned;
+	bool kept; /* an AT_RISK record with a day's window names it (issue 16) */
+	uint64_t first_seq;
 	uint32_t attempt, defer_rounds;
 };
 
@@ -114,6 +126,16 @@ static unsigned nseen;
 static uint8_t body[200 << 10], got[200 << 10];
 static size_t got_len;
 
+/* Ids named by an intact AT_RISK record (recovery's gap records). */
+static uint64_t risk_ids[MSGS_MAX];
+static unsigned nrisk;
+static void on_gap_rec(void *ctx, const struct spool_gap_rec *g)
+{
+	(void)ctx;
+	if (g->kind == SPOOL_GAP_REC_AT_RISK && !g->watermark && nrisk < MSGS_MAX)
+		risk_ids[nrisk++] = g->id;
+}
+
 static int on_status(void *ctx, const struct spool_msg *m, const struct spool_msg_status *st)
 {
 	(void)ctx;
@@ -147,7 +169,9 @@ static void check_state(const char *d, const char *what)
 
 	spool_config_defaults(&cfg);
 	cfg.dir = d;
-	CHECK(spool_recover(&cfg, &rep) == 0);
+	nrisk = 0;
+	CHECK(spool_recover_queue_gap(&cfg, &rep, NULL, NULL,
+				      &(struct spool_recover_gap_ops){.rec = on_gap_rec}) == 0);
 	nseen = 0;
 	CHECK(spool_reader_open(&r, d) == 0);
 	CHECK(spool_reader_foreach_status(r, on_status, NULL) == 0);
@@ -166,6 +190,21 @@ static void check_state(const char *d, const char *what)
 		for (unsigned k = 0; k < nseen; k++)
 			if (seen[k].id == m->id)
 				s = &seen[k];
+		if (m->kept) {
+			/* Kept for the window: there, with its record, final if delivered (never owed again). */
+			bool rec = false;
+			for (unsigned k = 0; k < nrisk && !rec; k++)
+				rec = risk_ids[k] == m->id;
+			if (!s || !rec || (m->final && !s->done)) {
+				fprintf(stderr, "%s: kept message %016llx: %s\n", what, (unsigned long long)m->id,
+					!s ? "lost" : !rec ? "no AT_RISK record" : "owed again");
+				CHECK(0);
+			}
+			got_len = 0;
+			CHECK(spool_reader_read(r, m->id, collect, NULL) == 0);
+			tu_body(m->id, 0, body, m->size);
+			CHECK(got_len == m->size && !memcmp(got, body, m->size));
+		}
 		if (m->final) {
 			if (s && !s->done) {
 				fprintf(stderr, "%s: final message %016llx resurrected\n", what,
@@ -353,6 +392,42 @@ static void outcome(struct tmsg *m, bool defer)
 		m->st[e[i].idx] = e[i].state;
 }
 
+/* Message m is at risk for a day (its AT_RISK record durable before this returns). */
+static void at_risk(struct tmsg *m)
+{
+	struct spool_gap_rec g = {.id = m->id, .kind = SPOOL_GAP_REC_AT_RISK, .expires_us = 0};
+	uint64_t ck = next_cookie++;
+	int rc;
+
+	g.expires_us = (int64_t)time(NULL) * 1000000 + 86400ll * 1000000;
+	g.fp = (struct spool_gap_fp){.rcpt_count = m->rcpts, .size = m->size, .seq = m->seq, .off = m->off};
+	while ((rc = spool_lane_gap(lane, &g, ck)) == -EAGAIN)
+		sim_drain(sim);
+	CHECK(rc == 0);
+	sim_drain(sim);
+	CHECK(settled_seen[ck] && settled_res[ck] == 0);
+	m->kept = true;
+	m->first_seq = m->seq;
+}
+
+/* Kept messages no longer at risk (CLEARED records), before the final restarts. */
+static void clear_all(void)
+{
+	for (unsigned i = 0; i < nmsgs; i++) {
+		struct spool_gap_rec g = {.id = msgs[i].id, .kind = SPOOL_GAP_REC_CLEARED};
+		uint64_t ck = next_cookie++;
+		int rc;
+		if (!msgs[i].kept)
+			continue;
+		while ((rc = spool_lane_gap(lane, &g, ck)) == -EAGAIN)
+			sim_drain(sim);
+		CHECK(rc == 0);
+		sim_drain(sim);
+		CHECK(settled_seen[ck] && settled_res[ck] == 0);
+		msgs[i].kept = false;
+	}
+}
+
 static void finalize(struct spool_reclaim *rt)
 {
 	for (unsigned i = 0; i < nmsgs; i++) {
@@ -364,7 +439,14 @@ static void finalize(struct spool_reclaim *rt)
 			fin &= SPOOL_RCPT_STATE_FINAL(m->st[k]);
 		if (fin) {
 			m->final = true;
-			spool_reclaim_msg_final(rt, m->id);
+			/* As the delivery stage does: with its state (kept: the table snapshots it). */
+			spool_reclaim_msg_final_state(rt, m->id,
+						      &(struct spool_reclaim_final_state){.seq = m->seq,
+											  .off = m->off,
+											  .size = m->size,
+											  .attempts = m->attempt,
+											  .rcpt_count = m->rcpts,
+											  .rcpt_state = m->st});
 		}
 	}
 }
@@ -389,16 +471,35 @@ static void c_states(void *ctx, const uint64_t *ids, unsigned n, struct spool_co
 	}
 }
 
-static unsigned moved_total;
+static unsigned moved_total, moved_kept, moved_kept_final;
 static void c_moved(void *ctx, uint64_t id, uint64_t seq, uint64_t off)
 {
 	struct tmsg *m = find(id);
 
 	(void)ctx;
 	CHECK(m && (seq > m->seq || (seq == m->seq && off > m->off)));
+	/* Only a kept message is moved once final (from the table's snapshot). */
+	CHECK(!m->final || m->kept);
 	m->seq = seq;
 	m->off = off;
 	moved_total++;
+	moved_kept += m->kept;
+	moved_kept_final += m->kept && m->final;
+}
+
+/* The set's side (io_gap_get): the fingerprint of a kept message. */
+static int c_gap(void *ctx, uint64_t id, struct spool_gap_rec *g)
+{
+	struct tmsg *m = find(id);
+
+	(void)ctx;
+	if (!m || !m->kept)
+		return -ENOENT;
+	*g = (struct spool_gap_rec){.id = id,
+				    .kind = SPOOL_GAP_REC_AT_RISK,
+				    .expires_us = (int64_t)time(NULL) * 1000000 + 86400ll * 1000000};
+	g->fp = (struct spool_gap_fp){.rcpt_count = m->rcpts, .size = m->size, .seq = m->seq, .off = m->off};
+	return 0;
 }
 
 static unsigned segs_done;
@@ -471,7 +572,7 @@ int main(int argc, char **argv)
 	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 10) : 1;
 	unsigned rounds = argc > 2 ? (unsigned)atoi(argv[2]) : 8;
 	struct spool_reclaim_ops ops = {.unlink = t_unlink, .fsync_dir = t_fsync_dir};
-	struct spool_compact_ops cops = {.states = c_states, .moved = c_moved, .done = c_done};
+	struct spool_compact_ops cops = {.states = c_states, .moved = c_moved, .gap = c_gap, .done = c_done};
 	struct spool_reclaim *rt;
 	struct spool_config cfg;
 	struct sim_faults f = {0};
@@ -507,6 +608,8 @@ int main(int argc, char **argv)
 			struct tmsg *m = &msgs[nmsgs - 1];
 			m->pinned = (nmsgs % 9) == 0; /* deferred for the whole run */
 			m->defer_rounds = m->pinned ? UINT32_MAX : rnd(4) ? 0 : 1 + rnd(3);
+			if (nmsgs % 7 == 0 && !m->pinned)
+				at_risk(m); /* its 250 unconfirmed: kept for a day, delivered or not */
 		}
 		/* Attempts: the new ones once, the deferred ones again (records land in later segments). */
 		for (unsigned i = 0; i < nmsgs; i++) {
@@ -557,6 +660,50 @@ int main(int argc, char **argv)
 	       (unsigned long long)files, (unsigned long long)max_files,
 	       (unsigned long long)st.segments + st.reclaimed);
 	CHECK(moved_total > 0 && cst.segments > 0 && reclaimed > 0);
+	/*
+	 * Kept messages: delivered ones were moved (from the snapshot), and the lane's first
+	 * segments are gone although every kept message of the first round is still kept.
+	 */
+	unsigned kept = 0, kept_final = 0, kept_away = 0;
+	for (unsigned i = 0; i < nmsgs; i++)
+		if (msgs[i].kept) {
+			kept++;
+			kept_final += msgs[i].final;
+			kept_away += msgs[i].seq > msgs[i].first_seq;
+		}
+	char p1[PATH_MAX];
+	snprintf(p1, sizeof(p1), "%s/lane-00/000000000001.seg", dir);
+	struct stat sb;
+	bool seg1_gone = stat(p1, &sb) != 0;
+	printf("kept (at risk): %u messages, %u delivered, %u moved away from their first segment, %u moves "
+	       "of kept messages (%u of delivered ones); segment 1 %s\n",
+	       kept, kept_final, kept_away, moved_kept, moved_kept_final, seg1_gone ? "reclaimed" : "on disk");
+	CHECK(kept > 0 && kept_final > 0 && moved_kept_final > 0 && seg1_gone);
+	/* A table loaded from the spool: each delivered kept message's snapshot at the fold's copy. */
+	{
+		struct spool_reclaim *rt2;
+		unsigned snaps = 0;
+		CHECK(spool_reclaim_create(&rt2, dir, &ops, NULL) == 0);
+		CHECK(spool_reclaim_load(rt2) == 0);
+		for (unsigned i = 0; i < nmsgs; i++) {
+			struct spool_reclaim_final_state fs;
+			uint8_t *stt;
+			if (!msgs[i].kept || !msgs[i].final)
+				continue;
+			CHECK(spool_reclaim_msg_snapshot(rt2, msgs[i].id, &fs, &stt) == 0);
+			CHECK(fs.seq == msgs[i].seq && fs.off == msgs[i].off && fs.size == msgs[i].size);
+			CHECK(fs.rcpt_count == msgs[i].rcpts && !memcmp(fs.rcpt_state, msgs[i].st, msgs[i].rcpts));
+			free(stt);
+			snaps++;
+		}
+		struct spool_reclaim_stats st2;
+		spool_reclaim_stats(rt2, &st2);
+		CHECK(st2.kept_at_risk == kept_final && snaps == kept_final);
+		spool_reclaim_destroy(rt2);
+	}
+	clear_all();
+	finalize(rt);
+	sim_drain(sim);
 	/*
 	 * The disk bound under a realistic load (1% deferred) is delivery_compact's; here a fifth of
 	 * the messages stay owed for rounds, so only: segments were compacted and reclaimed (above).
