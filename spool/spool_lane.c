@@ -1220,6 +1220,12 @@ void spool_lane_close(struct spool_lane *l)
 		return;
 	DS_ASSERT(!spool_lane_busy(l));
 	spool_spare_stop(&l->spare);
+	/*
+	 * The active segment is never written again (the next start begins after
+	 * it): summarised now, flushed first, so the next start need not read it.
+	 */
+	if (seg_active(l) && !seg_active(l)->failed)
+		spool_sumw_closed(&l->sumw, seg_active(l)->seq);
 	spool_sumw_stop(&l->sumw);
 	for (unsigned i = 0; i < l->seg_count; i++)
 		seg_files_close(&seg_at(l, i)->files);

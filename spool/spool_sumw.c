@@ -12,6 +12,9 @@
 #include "spool_format.h"
 #include "spool_sum.h"
 
+/* Queue entries: the sequence, this bit set when the segment is to be flushed first. */
+#define SUMW_SYNC (1ull << 63)
+
 static bool sum_exists(const char *dir, unsigned lane, uint64_t seq)
 {
 	char p[PATH_MAX];
@@ -44,7 +47,7 @@ static void backfill(struct spool_sumw *w)
 			w->first = (w->first + 1) % SPOOL_SUMW_QUEUE;
 			w->count--;
 			pthread_mutex_unlock(&w->mu);
-			int rc = spool_sum_write(w->dir, w->lane, seq, false);
+			int rc = spool_sum_write(w->dir, w->lane, seq & ~SUMW_SYNC, !!(seq & SUMW_SYNC));
 			pthread_mutex_lock(&w->mu);
 			if (rc)
 				w->failed++;
@@ -85,7 +88,7 @@ static void *sumw_main(void *arg)
 		 * -ENOENT: reclaimed before its summary was written; -EBADMSG, -E2BIG: no
 		 * summary for it by design. Either way recovery scans it whole: nothing to do.
 		 */
-		rc = spool_sum_write(w->dir, w->lane, seq, false);
+		rc = spool_sum_write(w->dir, w->lane, seq & ~SUMW_SYNC, !!(seq & SUMW_SYNC));
 		pthread_mutex_lock(&w->mu);
 		if (rc)
 			w->failed++;
@@ -116,7 +119,7 @@ int spool_sumw_start(struct spool_sumw *w, const char *dir, unsigned lane, uint6
 	return 0;
 }
 
-void spool_sumw_sealed(struct spool_sumw *w, uint64_t seq)
+static void sumw_queue(struct spool_sumw *w, uint64_t seq)
 {
 	if (!w->started)
 		return;
@@ -129,6 +132,16 @@ void spool_sumw_sealed(struct spool_sumw *w, uint64_t seq)
 		w->dropped++;
 	}
 	pthread_mutex_unlock(&w->mu);
+}
+
+void spool_sumw_sealed(struct spool_sumw *w, uint64_t seq)
+{
+	sumw_queue(w, seq);
+}
+
+void spool_sumw_closed(struct spool_sumw *w, uint64_t seq)
+{
+	sumw_queue(w, seq | SUMW_SYNC);
 }
 
 void spool_sumw_stop(struct spool_sumw *w)

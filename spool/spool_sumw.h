@@ -38,6 +38,11 @@ struct spool_sumw {
 int spool_sumw_start(struct spool_sumw *w, const char *dir, unsigned lane, uint64_t backfill_below);
 /* Segment seq is sealed: every byte in it durable, never written again. */
 void spool_sumw_sealed(struct spool_sumw *w, uint64_t seq);
+/*
+ * Segment seq is closed but was not sealed (the lane's active one at close):
+ * summarised with a flush first, not flagged sealed. Written before stop returns.
+ */
+void spool_sumw_closed(struct spool_sumw *w, uint64_t seq);
 void spool_sumw_stop(struct spool_sumw *w);
 
 #endif
