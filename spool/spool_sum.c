@@ -11,6 +11,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "crc32c.h"
@@ -142,7 +143,7 @@ static void build_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zer
 }
 
 int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hdr *hdr, uint32_t flags,
-		    uint8_t **out, size_t *outlen)
+		    const struct timespec *seg_mtime, uint8_t **out, size_t *outlen)
 {
 	static const struct spool_scan_ops ops = {.rec = build_rec, .bad = build_bad, .delivery = true};
 	struct build b = {.map = map, .end = SPOOL_SEG_DATA_OFF};
@@ -177,6 +178,8 @@ int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hd
 	wr64(h + 40, size);
 	wr64(h + 48, b.end);
 	wr64(h + 56, b.watermark);
+	wr64(h + 64, (uint64_t)seg_mtime->tv_sec);
+	wr64(h + 72, (uint64_t)seg_mtime->tv_nsec);
 	crc = crc32c(0, b.buf, b.len);
 	DS_ASSERT(b.len + SPOOL_SUM_TRAILER <= b.cap);
 	wr32(b.buf + b.len, b.entries);
@@ -230,6 +233,8 @@ int spool_sum_parse(uint8_t *buf, size_t len, struct spool_sum **out)
 	s->segment_size = rd64(buf + 40);
 	s->end = rd64(buf + 48);
 	s->watermark = rd64(buf + 56);
+	s->seg_mtime.tv_sec = (time_t)rd64(buf + 64);
+	s->seg_mtime.tv_nsec = (long)rd64(buf + 72);
 	/* Walk once to check the structure and count the records, then index them. */
 	end = buf + len - SPOOL_SUM_TRAILER;
 	for (int pass = 0; pass < 2; pass++) {
@@ -343,6 +348,15 @@ int spool_sum_load(const char *dir, unsigned lane, const struct spool_seg_hdr *h
 		free(buf);
 		return rc;
 	}
+	/* A segment modified after its summary was built (by hand, a tool, a test) is not what it says. */
+	{
+		char sp[PATH_MAX];
+		struct stat sst;
+		if (spool_seg_path(sp, sizeof(sp), dir, lane, hdr->seq) || stat(sp, &sst) ||
+		    sst.st_mtim.tv_sec != (*out)->seg_mtime.tv_sec ||
+		    sst.st_mtim.tv_nsec != (*out)->seg_mtime.tv_nsec)
+			size = UINT64_MAX; /* stale below */
+	}
 	if ((*out)->lane != lane || (*out)->seq != hdr->seq || (*out)->epoch != hdr->epoch ||
 	    (*out)->segment_size != size) {
 		spool_sum_free(*out);
@@ -450,6 +464,24 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 		close(fd);
 		return rc;
 	}
+	/*
+	 * The segment's mtime goes into the summary: a later modification shows as
+	 * another mtime. File timestamps come from a coarse clock; so that a
+	 * write in the same tick as the last one cannot keep it, wait until the
+	 * clock is clearly past it before reading (off the hot path).
+	 */
+	for (int i = 0; i < 100; i++) {
+		struct timespec now;
+		if (fstat(fd, &st))
+			break;
+		clock_gettime(CLOCK_REALTIME, &now);
+		if (now.tv_sec > st.st_mtim.tv_sec + 1 ||
+		    (int64_t)(now.tv_sec - st.st_mtim.tv_sec) * 1000000000 +
+				    (now.tv_nsec - st.st_mtim.tv_nsec) >
+			    20000000)
+			break;
+		nanosleep(&(struct timespec){.tv_nsec = 5000000}, NULL);
+	}
 	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
 	rc = map == MAP_FAILED ? -errno : 0;
 	close(fd);
@@ -462,7 +494,7 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 		rc = -EBADMSG;
 	if (!rc)
 		rc = spool_sum_build(map, (uint64_t)st.st_size, &hdr, sync_first ? 0 : SPOOL_SUM_F_SEALED,
-				     &sum, &sumlen);
+				     &st.st_mtim, &sum, &sumlen);
 	munmap(map, (size_t)st.st_size);
 	if (rc)
 		return rc;

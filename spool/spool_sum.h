@@ -19,12 +19,13 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "spool_format.h"
 
 #define SPOOL_SUM_MAGIC	   "DSPOOLSM"
 #define SPOOL_SUM_VERSION  4u
-#define SPOOL_SUM_HDR_SIZE 64u
+#define SPOOL_SUM_HDR_SIZE 80u
 #define SPOOL_SUM_TRAILER  8u
 /* A summary larger than this, or than a quarter of its segment, is not written (no gain). */
 #define SPOOL_SUM_MAX (64u << 20)
@@ -50,9 +51,10 @@ struct spool_sum {
 	uint32_t flags;
 	uint32_t entries;
 	uint64_t seq, epoch;
-	uint64_t segment_size; /* bytes scanned: the file, or the header's size if smaller */
-	uint64_t end;	       /* file offset after the segment's last record */
-	uint64_t watermark;    /* max durable_off over the segment's records */
+	uint64_t segment_size;	   /* bytes scanned: the file, or the header's size if smaller */
+	uint64_t end;		   /* file offset after the segment's last record */
+	uint64_t watermark;	   /* max durable_off over the segment's records */
+	struct timespec seg_mtime; /* the segment file's mtime when it was summarised */
 	/* Non-chunk records by file offset (ascending): spool_sum_rec_at. */
 	uint64_t *rec_off;
 	const uint8_t **rec_at;
@@ -71,7 +73,7 @@ uint64_t spool_sum_name_seq(const char *name);
  * -E2BIG if the summary would exceed its bound; -ENOMEM.
  */
 int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hdr *hdr, uint32_t flags,
-		    uint8_t **out, size_t *outlen);
+		    const struct timespec *seg_mtime, uint8_t **out, size_t *outlen);
 /*
  * Check and index a summary file's bytes (taken over by *out on success:
  * buf is freed by spool_sum_free). 0 or -EBADMSG (damaged or not a summary).
@@ -81,7 +83,8 @@ int spool_sum_parse(uint8_t *buf, size_t len, struct spool_sum **out);
  * Read lane/seq's summary and check it against the segment's header:
  * (size: the bytes a scan of it covers, struct rseg's size): 0 with *out,
  * -ENOENT (none), -EBADMSG (damaged), -ESTALE (another segment's: lane,
- * seq, epoch or size differ), -ENOMEM.
+ * seq, epoch or size differ; or the segment's mtime is not the one it was
+ * summarised with: modified since), -ENOMEM.
  */
 int spool_sum_load(const char *dir, unsigned lane, const struct spool_seg_hdr *hdr, uint64_t size,
 		   struct spool_sum **out);

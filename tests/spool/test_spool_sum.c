@@ -107,6 +107,8 @@ static uint64_t hand_segment(uint8_t *seg, struct spool_seg_hdr *h)
 	return off;
 }
 
+static const struct timespec mt = {.tv_sec = 1700000000, .tv_nsec = 5};
+
 static void test_codec(void)
 {
 	static uint8_t seg[SEG];
@@ -118,7 +120,7 @@ static void test_codec(void)
 	size_t len;
 	uint64_t end = hand_segment(seg, &h), wm = 0;
 
-	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == 0);
+	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &mt, &buf, &len) == 0);
 	CHECK(spool_seg_scan(seg, SEG, EPOCH, SPOOL_SEG_DATA_OFF, &ops, &a) == 0);
 	copy = malloc(len);
 	memcpy(copy, buf, len);
@@ -167,11 +169,11 @@ static void test_codec(void)
 
 	/* A segment with a damaged record followed by good ones: no summary (scanned whole). */
 	seg[SPOOL_SEG_DATA_OFF + 20] ^= 1;
-	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == -EBADMSG);
+	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &mt, &buf, &len) == -EBADMSG);
 	/* Non-zero bytes after the last record: no summary either. */
 	hand_segment(seg, &h);
 	seg[end + 100] = 1;
-	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == -EBADMSG);
+	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &mt, &buf, &len) == -EBADMSG);
 	/* Over the bound (a quarter of the segment): none. */
 	hand_segment(seg, &h);
 	{
@@ -179,12 +181,12 @@ static void test_codec(void)
 		uint64_t off = end;
 		while (off + 200 < SEG / 2)
 			off = put(seg, off, SPOOL_REC_ABORT, 77, ab, SPOOL_ABORT_SIZE, 0);
-		CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == -E2BIG);
+		CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &mt, &buf, &len) == -E2BIG);
 	}
 	/* An empty segment: a summary of no records, the whole data area a zero tail. */
 	hand_segment(seg, &h);
 	memset(seg + SPOOL_SEG_DATA_OFF, 0, SEG - SPOOL_SEG_DATA_OFF);
-	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &buf, &len) == 0);
+	CHECK(spool_sum_build(seg, SEG, &h, SPOOL_SUM_F_SEALED, &mt, &buf, &len) == 0);
 	CHECK(spool_sum_parse(buf, len, &s) == 0 && s->entries == 0 && s->end == SPOOL_SEG_DATA_OFF);
 	memset(&b, 0, sizeof(b));
 	CHECK(spool_sum_replay(s, &ops, &b) == 0 && b.n == 0 && b.nbad == 1 &&
