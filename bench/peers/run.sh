@@ -18,6 +18,8 @@
 #                 median of each column and the p99 range over the rounds
 # Environment: DS_BENCH (dotspool-bench), DS_DISKPROBE, DS_DOTSPOOL (server binary).
 # Needs root (installs postfix if missing, creates a network namespace).
+# Real mail sizes (4 KiB, 64 KiB over 4 GiB, the size mix; every --spool-io mode against tmpfs,
+# dd's figure in the same run): bench/sizes/run.py, or `run.sh --sizes [ARGS...]` which runs it.
 set -eu
 
 SIZE=4096
@@ -29,6 +31,10 @@ THREADS=1
 OUT=""
 LEGS=dotspool,postfix,smtp-sink
 ROUNDS=1
+if [ "${1:-}" = --sizes ]; then
+	shift
+	exec python3 "$(dirname "$0")/../sizes/run.py" "$@"
+fi
 while [ $# -gt 0 ]; do
 	case "$1" in
 	--size) SIZE=$2; shift 2 ;;
@@ -40,7 +46,7 @@ while [ $# -gt 0 ]; do
 	--out) OUT=$2; shift 2 ;;
 	--legs) LEGS=$2; shift 2 ;;
 	--rounds) ROUNDS=$2; shift 2 ;;
-	-h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+	-h|--help) sed -n '2,24p' "$0"; exit 0 ;;
 	*) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
 	esac
 done

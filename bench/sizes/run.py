@@ -1,28 +1,43 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-"""Real mail sizes (issue 19, point 4): the same dotspool-bench load against the same server
-with its spool on disk (buffered and direct I/O) and on tmpfs (not durable: the CPU path), plus
-the disk's own streaming figure (`dd bs=1M conv=fdatasync`, median of runs before and after),
-in one run, legs alternating. Prints one markdown table (and --json).
+"""Real mail sizes (issue 19, points 1, 2 and 4): the same dotspool-bench load against the same
+server with its spool on disk (each --spool-io mode) and on tmpfs (not durable: the CPU path),
+plus the disk's own streaming figure (`dd bs=1M conv=fdatasync`, median of runs before and
+after), in one run, legs alternating. One command gives the whole table:
+
+  bench/sizes/run.py                       # 4k, 64k (4 GiB), mix; closed + open loop
+  bench/sizes/run.py --baseline build-base/dotspool   # before/after as a ratio in one run
+  bench/sizes/run.py --quick               # bounded trial run (~3 minutes)
 
 Loads:
-  64k   fixed 64 KiB messages, --gib GiB in total (default 4), 16 connections, closed loop
-  mix   50% 4 KiB, 25% 16 KiB, 15% 64 KiB, 8% 256 KiB, 2% 1 MiB, 32 connections, closed loop,
-        --mix-s seconds (default 20)
-  4k    fixed 4 KiB, 32 connections, closed loop, --mix-s seconds
-  open  each load again open loop at --open-frac (default 0.5) of the closed-loop peak of
-        the same leg (--open)
+  4k    fixed 4 KiB, 32 connections, --mix-s seconds (default 20)
+  64k   fixed 64 KiB, 16 connections, --gib GiB in total (default 4)
+  mix   50% 4 KiB, 25% 16 KiB, 15% 64 KiB, 8% 256 KiB, 2% 1 MiB, 32 connections, --mix-s s
+Each load runs closed loop, then (unless --no-open) open loop at --open-frac (default 0.5) of
+the closed-loop peak of the same leg and binary in the same round, for --open-s seconds.
 
-Usage: bench/sizes/run.py [--loads 64k,mix] [--legs buffered,direct,tmpfs] [--rounds N]
-                          [--gib G] [--mix-s S] [--open] [--json FILE] [--threads N]
-Environment: DS_DOTSPOOL, DS_BENCH (binaries; default build/). Needs free space: the disk
-legs check for 2.5x the bytes they write and skip with a message when it is short.
+Legs: buffered, direct, adaptive (--spool-io MODE with the spool under --dir; a binary whose
+--help does not know a mode skips that leg) and tmpfs (--spool-io buffered, spool in /dev/shm).
+Binaries: the tree's build/dotspool ("new"), plus each --binary NAME=PATH / --baseline PATH
+("base"): every leg runs once per binary, binaries alternating within the leg, and the order
+of legs reversed every other round.
+
+Latency columns: the 'final_dot' phase of dotspool-bench (final dot sent to 250 received),
+p50/p99/p99.9 in ms. 'disk GiB' is what the block devices wrote during the closed-loop run
+(/proc/diskstats: the whole machine, other processes included).
+
+Free space: the disk legs need 2.5x the bytes a leg writes; short of it, the run exits 77
+with a message before starting (nothing run). /dev/shm likewise for the tmpfs leg.
+Environment: DS_DOTSPOOL, DS_BENCH (binaries; default build/).
 The numbers are only comparable within one run: the machine is shared (say so with them).
 """
 import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MIX = [(4096, 50), (16384, 25), (65536, 15), (262144, 8), (1048576, 2)]
+LOADS = {"4k": (4096, 32), "64k": (65536, 16), "mix": (None, 32)}
+DISK_MODES = ("buffered", "direct", "adaptive")
+DD_RUNS = 2
 
 
 def pick(*paths):
@@ -53,7 +68,7 @@ def wait_banner(port, timeout_s=15):
     return False
 
 
-def dd_mb_s(directory, mib=1024):
+def dd_mb_s(directory, mib):
     """Streaming write with one fdatasync at the end, as a capacity planner measures a disk."""
     path = os.path.join(directory, "dd.probe")
     t = time.monotonic()
@@ -69,16 +84,24 @@ def dd_mb_s(directory, mib=1024):
     return mib * 1048576 / dt / 1e6
 
 
+def io_modes(binary):
+    """The --spool-io modes a binary's --help names."""
+    try:
+        h = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return set()
+    line = next((l for l in (h.stdout + h.stderr).splitlines() if "--spool-io" in l), "")
+    return {m for m in DISK_MODES if m in line}
+
+
 class Server:
-    def __init__(self, binary, spool, io_mode, threads):
+    def __init__(self, binary, spool, io_mode, threads, extra):
         self.port = free_port()
         self.spool = spool
         args = [binary, "--listen", "127.0.0.1:%d" % self.port, "--spool", spool,
                 "--accept-domain", "localhost", "--threads", str(threads),
-                "--max-message-size", str(64 << 20)]
-        if io_mode:
-            args += ["--spool-io", io_mode]
-        self.log = open(os.path.join(os.path.dirname(spool), "server-%d.log" % self.port), "w")
+                "--max-message-size", str(64 << 20), "--spool-io", io_mode] + extra
+        self.log = open(spool + ".log", "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         if not wait_banner(self.port):
             self.stop()
@@ -88,7 +111,7 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
-                self.proc.wait(20)
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
@@ -96,29 +119,30 @@ class Server:
 
 
 def run_bench(bench, port, load, args, size_file, rate=None):
+    size, conns = LOADS[load]
     cmd = [bench, "--server", "127.0.0.1:%d" % port, "--json", "--quiet",
-           "--threads", str(args.bench_threads)]
-    if load == "64k":
-        n = int(args.gib * (1 << 30) / 65536)
-        cmd += ["--size", "65536", "--connections", "16"]
-        cmd += ["--duration", str(max(1, int(n / rate)))] if rate else ["--messages", str(n)]
-    elif load == "4k":
-        cmd += ["--size", "4096", "--connections", "32", "--duration", str(args.mix_s)]
-    else:
-        cmd += ["--size-file", size_file, "--connections", "32", "--duration", str(args.mix_s)]
+           "--threads", str(args.bench_threads), "--connections", str(conns)]
+    cmd += ["--size", str(size)] if size else ["--size-file", size_file]
     if rate:
-        cmd += ["--rate", "%d" % rate]
+        cmd += ["--rate", "%d" % rate, "--duration", str(args.open_s)]
+    elif load == "64k":
+        cmd += ["--messages", str(int(args.gib * (1 << 30) / 65536))]
+    else:
+        cmd += ["--duration", str(args.mix_s)]
     r = subprocess.run(cmd, capture_output=True, text=True)
     if not r.stdout.strip():
         raise RuntimeError("dotspool-bench failed: %s" % r.stderr.strip())
     j = json.loads(r.stdout)
+    fd = j["latency_us"].get("final_dot", {})
     m = j["latency_us"].get("message", {})
-    return {"msg_s": j["messages_per_s"], "mb_s": j["mb_per_s"], "failed": j["messages_failed"],
-            "p99_ms": m.get("p99", 0) / 1000.0, "p999_ms": m.get("p999", 0) / 1000.0}
+    return {"msg_s": j["messages_per_s"], "mb_s": j["mb_per_s"], "ok": j["messages_ok"],
+            "failed": j["messages_failed"], "elapsed_s": j["elapsed_s"],
+            "p50_ms": fd.get("p50", 0) / 1000.0, "p99_ms": fd.get("p99", 0) / 1000.0,
+            "p999_ms": fd.get("p999", 0) / 1000.0, "msg_p99_ms": m.get("p99", 0) / 1000.0}
 
 
 def disk_written_bytes():
-    """Bytes written to block devices so far (/proc/diskstats, sectors of 512 bytes)."""
+    """Bytes written to whole block devices so far (/proc/diskstats, 512-byte sectors)."""
     tot = 0
     with open("/proc/diskstats") as f:
         for line in f:
@@ -128,30 +152,76 @@ def disk_written_bytes():
     return tot
 
 
+def leg_bytes(load, args):
+    """Upper bound of the spool bytes one closed + open leg writes."""
+    if load == "64k":
+        return args.gib * (1 << 30) * 1.5
+    return 1.5e9 * (args.mix_s + args.open_s)  # well above what this machine sustains
+
+
+def med(xs):
+    return statistics.median(xs) if xs else None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--loads", default="64k,mix")
-    ap.add_argument("--legs", default="buffered,direct,tmpfs")
+    ap.add_argument("--loads", default="4k,64k,mix", help="comma list of 4k, 64k, mix")
+    ap.add_argument("--legs", default="buffered,direct,adaptive,tmpfs")
+    ap.add_argument("--binary", action="append", default=[], metavar="NAME=PATH",
+                    help="another server binary run alternately in every leg (repeatable)")
+    ap.add_argument("--baseline", metavar="PATH", help="same as --binary base=PATH")
     ap.add_argument("--rounds", type=int, default=1)
-    ap.add_argument("--gib", type=float, default=4.0)
-    ap.add_argument("--mix-s", type=int, default=20)
-    ap.add_argument("--open", action="store_true")
+    ap.add_argument("--gib", type=float, default=4.0, help="GiB sent in the 64k closed loop")
+    ap.add_argument("--mix-s", type=int, default=20, help="seconds of the 4k and mix closed loops")
+    ap.add_argument("--open-s", type=int, default=None, help="seconds of each open loop (default --mix-s)")
+    ap.add_argument("--no-open", dest="open", action="store_false")
     ap.add_argument("--open-frac", type=float, default=0.5)
+    ap.add_argument("--quick", action="store_true", help="--gib 0.5 --mix-s 5 --dd-mib 256")
     ap.add_argument("--threads", type=int, default=2, help="server --threads")
+    ap.add_argument("--server-arg", action="append", default=[], help="extra server argument")
     ap.add_argument("--bench-threads", type=int, default=1)
     ap.add_argument("--dd-mib", type=int, default=1024)
     ap.add_argument("--dir", default="/var/tmp", help="where the disk spools go")
-    ap.add_argument("--json")
+    ap.add_argument("--json", help="also write the results here")
     args = ap.parse_args()
-    dotspool = os.environ.get("DS_DOTSPOOL") or pick(os.path.join(ROOT, "build/dotspool"))
+    if args.quick:
+        args.gib, args.mix_s, args.dd_mib = min(args.gib, 0.5), min(args.mix_s, 5), min(args.dd_mib, 256)
+    if args.open_s is None:
+        args.open_s = args.mix_s
+    new = os.environ.get("DS_DOTSPOOL") or pick(os.path.join(ROOT, "build/dotspool"))
     bench = os.environ.get("DS_BENCH") or pick(os.path.join(ROOT, "build/dotspool-bench"))
-    if not dotspool or not bench:
+    if not new or not bench:
         print("run.py: build dotspool and dotspool-bench first (cmake --build build)", file=sys.stderr)
         return 2
-    loads = args.loads.split(",")
-    legs = args.legs.split(",")
+    binaries = [("new", new)]
+    for b in args.binary + (["base=" + args.baseline] if args.baseline else []):
+        name, _, path = b.partition("=")
+        if not path or not os.access(path, os.X_OK):
+            print("run.py: --binary %s: not an executable NAME=PATH" % b, file=sys.stderr)
+            return 2
+        binaries.append((name, os.path.abspath(path)))
+    modes = {name: io_modes(path) for name, path in binaries}
+    loads = [l for l in args.loads.split(",") if l]
+    legs = [l for l in args.legs.split(",") if l]
+    for l in loads:
+        if l not in LOADS:
+            print("run.py: unknown load %s" % l, file=sys.stderr)
+            return 2
+    for l in legs:
+        if l not in DISK_MODES + ("tmpfs",):
+            print("run.py: unknown leg %s" % l, file=sys.stderr)
+            return 2
+    # Free space first: a run that cannot finish is not started.
+    os.makedirs(args.dir, exist_ok=True)
+    need = max(leg_bytes(l, args) for l in loads) * 2.5
+    need = max(need, args.dd_mib * 1048576 * 2.5)
+    for leg_set, where in (([l for l in legs if l != "tmpfs"], args.dir), (["tmpfs"] if "tmpfs" in legs else [], "/dev/shm")):
+        if leg_set and shutil.disk_usage(where).free < need:
+            print("run.py: %s has %.1f GiB free, the %s legs need %.1f GiB: not run" %
+                  (where, shutil.disk_usage(where).free / (1 << 30), ",".join(leg_set), need / (1 << 30)))
+            return 77
     work = tempfile.mkdtemp(prefix="dotspool-sizes.", dir=args.dir)
-    shm = tempfile.mkdtemp(prefix="dotspool-sizes.", dir="/dev/shm")
+    shm = tempfile.mkdtemp(prefix="dotspool-sizes.", dir="/dev/shm") if "tmpfs" in legs else None
     size_file = os.path.join(work, "mix.sizes")
     rnd = random.Random(19)
     with open(size_file, "w") as f:
@@ -162,79 +232,118 @@ def main():
                 if x <= 0:
                     break
             f.write("%d\n" % size)
-    need = 2.5 * max(args.gib * (1 << 30) if "64k" in loads else 0, 8 << 30)
-    results = {}
+    results = {}  # (load, leg, binary) -> [round results]
+    skipped = set()
     dd = {"before": [], "after": []}
+    load_avg = []
+    t0 = time.monotonic()
     try:
-        disk_ok = shutil.disk_usage(work).free >= need
-        shm_ok = shutil.disk_usage(shm).free >= need
-        if not disk_ok:
-            print("run.py: %s has less than %.1f GiB free: disk legs skipped" % (work, need / (1 << 30)))
-        if not shm_ok:
-            print("run.py: /dev/shm has less than %.1f GiB free: tmpfs leg skipped" % (need / (1 << 30)))
-        if disk_ok:
-            dd["before"] = [dd_mb_s(work, args.dd_mib) for _ in range(2)]
+        dd["before"] = [dd_mb_s(work, args.dd_mib) for _ in range(DD_RUNS)]
         for rnd_i in range(args.rounds):
             for load in loads:
-                for leg in legs:
-                    if (leg == "tmpfs" and not shm_ok) or (leg != "tmpfs" and not disk_ok):
+                order = [(leg, b) for leg in legs for b in binaries]
+                if rnd_i % 2:
+                    order.reverse()
+                for leg, (bname, bpath) in order:
+                    mode = "buffered" if leg == "tmpfs" else leg
+                    if mode not in modes[bname]:
+                        skipped.add((leg, bname))
                         continue
-                    base = shm if leg == "tmpfs" else work
-                    spool = tempfile.mkdtemp(prefix="spool.", dir=base)
-                    io_mode = "direct" if leg == "direct" else None
-                    srv = Server(dotspool, spool, io_mode, args.threads)
+                    spool = tempfile.mkdtemp(prefix="spool.", dir=shm if leg == "tmpfs" else work)
+                    srv = Server(bpath, spool, mode, args.threads, args.server_arg)
                     try:
                         w0 = disk_written_bytes()
                         r = run_bench(bench, srv.port, load, args, size_file)
-                        r["disk_written_gib"] = (disk_written_bytes() - w0) / (1 << 30)
+                        r["disk_gib"] = (disk_written_bytes() - w0) / (1 << 30)
                         if args.open:
                             rate = max(1, int(r["msg_s"] * args.open_frac))
-                            o = run_bench(bench, srv.port, load, args, size_file, rate)
-                            r["open"] = dict(o, rate=rate)
+                            r["open"] = dict(run_bench(bench, srv.port, load, args, size_file, rate), rate=rate)
                     finally:
                         srv.stop()
                         shutil.rmtree(spool, ignore_errors=True)
-                    results.setdefault((load, leg), []).append(r)
-                    print("run.py: round %d %s %s: %.0f msg/s %.0f MB/s p99 %.1f ms p99.9 %.1f ms" %
-                          (rnd_i + 1, load, leg, r["msg_s"], r["mb_s"], r["p99_ms"], r["p999_ms"]),
-                          file=sys.stderr)
-        if disk_ok:
-            dd["after"] = [dd_mb_s(work, args.dd_mib) for _ in range(2)]
+                        try:
+                            os.unlink(spool + ".log")
+                        except OSError:
+                            pass
+                    load_avg.append(os.getloadavg()[0])
+                    results.setdefault((load, leg, bname), []).append(r)
+                    print("run.py: [%4.0fs] round %d %s %s %s: %.0f msg/s %.0f MB/s p99 %.2f ms%s" %
+                          (time.monotonic() - t0, rnd_i + 1, load, leg, bname, r["msg_s"], r["mb_s"],
+                           r["p99_ms"], " | open @%d: p99 %.2f ms" % (r["open"]["rate"], r["open"]["p99_ms"])
+                           if "open" in r else ""), file=sys.stderr)
+        dd["after"] = [dd_mb_s(work, args.dd_mib) for _ in range(DD_RUNS)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-        shutil.rmtree(shm, ignore_errors=True)
-    dds = [x for x in dd["before"] + dd["after"] if x]
-    print("\n| load | leg | msg/s (median) | MB/s | p99 ms | p99.9 ms | disk written GiB | vs tmpfs |")
-    print("|---|---|---:|---:|---:|---:|---:|---:|")
-    for load in loads:
-        tm = results.get((load, "tmpfs"))
-        tmm = statistics.median(x["msg_s"] for x in tm) if tm else None
-        for leg in legs:
-            rs = results.get((load, leg))
-            if not rs:
-                continue
-            med = statistics.median(x["msg_s"] for x in rs)
-            mb = statistics.median(x["mb_s"] for x in rs)
-            p99 = "%.1f-%.1f" % (min(x["p99_ms"] for x in rs), max(x["p99_ms"] for x in rs))
-            p999 = "%.1f-%.1f" % (min(x["p999_ms"] for x in rs), max(x["p999_ms"] for x in rs))
-            dw = statistics.median(x["disk_written_gib"] for x in rs)
-            ratio = "%.2f" % (med / tmm) if tmm and leg != "tmpfs" else "-"
-            print("| %s | %s | %.0f | %.0f | %s | %s | %.2f | %s |" % (load, leg, med, mb, p99, p999, dw, ratio))
-            for x in rs:
-                if "open" in x:
-                    o = x["open"]
-                    print("| %s open @%d/s | %s | %.0f | %.0f | %.1f | %.1f | - | - |" %
-                          (load, o["rate"], leg, o["msg_s"], o["mb_s"], o["p99_ms"], o["p999_ms"]))
-    if dds:
-        print("\ndd bs=1M count=%d conv=fdatasync: median %.0f MB/s (runs: %s)" %
-              (args.dd_mib, statistics.median(dds), ", ".join("%.0f" % x for x in dds)))
-    print("machine: %d CPUs, load average %s (shared host: compare within this run only)" %
-          (os.cpu_count(), " ".join("%.2f" % x for x in os.getloadavg())))
+        if shm:
+            shutil.rmtree(shm, ignore_errors=True)
+    print_table(results, loads, legs, binaries, dd, args, load_avg, skipped)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"results": {"%s/%s" % k: v for k, v in results.items()}, "dd_mb_s": dd}, f, indent=1)
-    failed = sum(x["failed"] for rs in results.values() for x in rs)
+            json.dump({"args": vars(args), "binaries": dict(binaries),
+                       "results": {"%s/%s/%s" % k: v for k, v in results.items()},
+                       "dd_mb_s": dd, "load_avg_1m": load_avg}, f, indent=1)
+    failed = sum(x["failed"] + x.get("open", {}).get("failed", 0) for rs in results.values() for x in rs)
+    if failed:
+        print("run.py: %d messages failed" % failed, file=sys.stderr)
     return 1 if failed else 0
+
+
+def print_table(results, loads, legs, binaries, dd, args, load_avg, skipped):
+    multi = len(binaries) > 1
+    print("\n| load | loop | leg | %smsg/s | MB/s | p50 ms | p99 ms | p99.9 ms | disk GiB | vs tmpfs |%s" %
+          ("binary | " if multi else "", " vs %s |" % binaries[1][0] if multi else ""))
+    print("|---|---|---|%s---:|---:|---:|---:|---:|---:|---:|%s" % ("---|" if multi else "", "---:|" if multi else ""))
+    for load in loads:
+        for loop in ("closed", "open"):
+            for leg in legs:
+                for bname, _ in binaries:
+                    rs = results.get((load, leg, bname))
+                    if not rs:
+                        continue
+                    xs = rs if loop == "closed" else [x["open"] for x in rs if "open" in x]
+                    if not xs:
+                        continue
+                    def col(k, fmt="%.2f"):
+                        vals = [x[k] for x in xs]
+                        if len(vals) == 1:
+                            return fmt % vals[0]
+                        return (fmt + " (" + fmt + "-" + fmt + ")") % (med(vals), min(vals), max(vals))
+                    msg = med([x["msg_s"] for x in xs])
+                    if loop == "closed":
+                        tm = results.get((load, "tmpfs", bname))
+                        ratio = "%.2f" % (msg / med([x["msg_s"] for x in tm])) if tm and leg != "tmpfs" else "-"
+                        disk = "%.2f" % med([x["disk_gib"] for x in xs])
+                        lp = "closed"
+                    else:
+                        ratio, disk = "-", "-"
+                        lp = "open @%d/s" % med([x["rate"] for x in xs])
+                    vs = ""
+                    if multi:
+                        other = results.get((load, leg, binaries[1][0]))
+                        if bname == binaries[1][0] or not other:
+                            vs = " - |"
+                        else:
+                            oxs = other if loop == "closed" else [x["open"] for x in other if "open" in x]
+                            vs = " %.2f |" % (msg / med([x["msg_s"] for x in oxs])) if oxs else " - |"
+                    print("| %s | %s | %s | %s%.0f | %.0f | %s | %s | %s | %s | %s |%s" %
+                          (load, lp, leg, bname + " | " if multi else "", msg,
+                           med([x["mb_s"] for x in xs]), col("p50_ms"), col("p99_ms"), col("p999_ms", "%.1f"),
+                           disk, ratio, vs))
+    dds = [x for x in dd["before"] + dd["after"] if x]
+    if dds:
+        print("\ndd bs=1M count=%d conv=fdatasync in %s: median %.0f MB/s (before: %s; after: %s)" %
+              (args.dd_mib, args.dir, med(dds), ", ".join("%.0f" % x for x in dd["before"] if x),
+               ", ".join("%.0f" % x for x in dd["after"] if x)))
+    print("64k closed loop: %.1f GiB per leg; 4k/mix closed loop %d s; open loops %d s at %.0f%% of the "
+          "closed-loop peak; server --threads %d; %d round(s)" %
+          (args.gib, args.mix_s, args.open_s, args.open_frac * 100, args.threads, args.rounds))
+    for name, path in binaries:
+        print("binary %s: %s" % (name, path))
+    for leg, bname in sorted(skipped):
+        print("leg %s skipped for %s: its --spool-io does not know it" % (leg, bname))
+    if load_avg:
+        print("machine: %d CPUs, 1-min load average over the legs %.2f-%.2f (shared host: compare "
+              "within this run only)" % (os.cpu_count(), min(load_avg), max(load_avg)))
 
 
 if __name__ == "__main__":
