@@ -190,6 +190,16 @@ static int seg_stamp(int fd, const struct seg_params *p, uint64_t seq, uint64_t 
 }
 
 /*
+ * The descriptors direct mode writes a segment through. Every write on them
+ * carries RWF_DSYNC already; O_DSYNC says the same for the whole open file
+ * description, which is what a FUSE file system is told (the open flags come
+ * with every WRITE; RWF_DSYNC does not, and the kernel sends no FSYNC after
+ * an asynchronous direct write: the power-cut FS needs it to know the write
+ * is durable on completion). On ext4/XFS the two are the same IOCB_DSYNC.
+ */
+#define SEG_ODIRECT_FLAGS (O_RDWR | O_DIRECT | O_DSYNC | O_CLOEXEC)
+
+/*
  * Prepared and durable through the page cache; with want_odirect, data goes
  * around it from now on: *fd becomes an O_DIRECT descriptor. A file system
  * that refuses O_DIRECT (EINVAL) is said once, and never asked again.
@@ -199,7 +209,7 @@ static int seg_open_direct(struct spool_spare *sp, const char *path, int *fd, bo
 	*odirect = false;
 	if (!sp->p.want_odirect || __atomic_load_n(&sp->odirect_refused, __ATOMIC_RELAXED))
 		return 0;
-	int dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
+	int dfd = open(path, SEG_ODIRECT_FLAGS);
 	if (dfd >= 0) {
 		posix_fadvise(*fd, 0, (off_t)sp->p.segment_size, POSIX_FADV_DONTNEED);
 		close(*fd);
@@ -261,7 +271,8 @@ static int seg_prepare(struct spool_spare *sp, uint64_t seq, struct seg_ready *o
 		goto fail;
 	out->files.fd[0] = fd;
 	out->files.n = 1;
-	rc = seg_files_open(path, O_RDWR | O_CLOEXEC | (out->odirect ? O_DIRECT : 0), p->nfds, &out->files);
+	rc = seg_files_open(path, out->odirect ? SEG_ODIRECT_FLAGS : O_RDWR | O_CLOEXEC, p->nfds,
+			    &out->files);
 	if (rc) {
 		seg_files_close(&out->files);
 		fd = -1;

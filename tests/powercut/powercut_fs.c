@@ -10,9 +10,12 @@
  *  - File data: a write goes to in-memory 4 KiB pages (dirty per 512-byte
  *    sector); reads merge those pages over the backing file. fsync/fdatasync
  *    of the file writes its dirty sectors and its size to the backing file:
- *    from then on they survive a power cut. O_SYNC/O_DSYNC writes and
- *    RWF_DSYNC arrive from the kernel as WRITE followed by FSYNC, so they
- *    need nothing special.
+ *    from then on they survive a power cut. Synchronous O_SYNC/O_DSYNC and
+ *    RWF_DSYNC writes arrive from the kernel as WRITE followed by FSYNC; an
+ *    asynchronous direct write (io_uring, AIO) gets no FSYNC, so a WRITE
+ *    through a description opened O_DSYNC/O_SYNC (the open flags come with
+ *    every WRITE) is made durable before its reply. RWF_DSYNC alone on an
+ *    asynchronous direct write is not seen (FUSE is not told).
  *  - File size: ftruncate and fallocate (mode 0: size only; KEEP_SIZE: no-op;
  *    other modes EOPNOTSUPP) change the size at once for readers and become
  *    durable with the next fsync of the file, like the data.
@@ -1209,10 +1212,28 @@ static int pc_write(const char *path, const char *buf, size_t size, off_t off, s
 {
 	ENTER();
 	G.n_writes++;
-	int rc = inode_write(FH(fi)->in, buf, size, (uint64_t)off);
-	if (traced(FH(fi)->in->path)) {
+	struct pc_inode *in = FH(fi)->in;
+	int rc = inode_write(in, buf, size, (uint64_t)off);
+	if (traced(in->path)) {
 		log_stamp();
-		fprintf(G.log, "W %s %lld+%d\n", FH(fi)->in->path, (long long)off, rc);
+		fprintf(G.log, "W %s %lld+%d\n", in->path, (long long)off, rc);
+	}
+	if (rc > 0 && (fi->flags & (O_DSYNC | O_SYNC))) {
+		/*
+		 * A write through a description opened O_DSYNC/O_SYNC is durable when it
+		 * completes. The kernel sends FSYNC after a synchronous one, but not
+		 * after an asynchronous direct write (io_uring, AIO), so make it durable
+		 * here, before the reply. The whole file is synced (more than the
+		 * contract asks: any other unsynced bytes of it survive too).
+		 */
+		G.n_fsyncs++;
+		if (traced(in->path))
+			trace_sync(in, "S");
+		int src = inode_sync(in);
+		if (src) {
+			pc_log("O_DSYNC write %s: backing file: %s", in->path, strerror(-src));
+			LEAVE(-EIO);
+		}
 	}
 	LEAVE(rc);
 }

@@ -249,6 +249,9 @@ def start_server(t, tools, disk, extra=()):
     if not m:
         raise dslib.Fail("no recovery line in the server log\n%s" % srv.log())
     srv.recovered = tuple(int(x) for x in m.groups())
+    if "--spool-io" in args[:-1] and args[args.index("--spool-io") + 1] == "direct":
+        # Direct mode must really write through O_DIRECT here, not fall back to buffered.
+        t.check("O_DIRECT refused" not in log, "spool-io direct: the server writes with O_DIRECT")
     return srv
 
 
