@@ -13,8 +13,10 @@ Loads:
   4k    fixed 4 KiB, 32 connections, --mix-s seconds (default 20)
   64k   fixed 64 KiB, 16 connections, --gib GiB in total (default 4)
   mix   50% 4 KiB, 25% 16 KiB, 15% 64 KiB, 8% 256 KiB, 2% 1 MiB, 32 connections, --mix-s s
-Each load runs closed loop, then (unless --no-open) open loop at --open-frac (default 0.5) of
-the closed-loop peak of the same leg and binary in the same round, for --open-s seconds.
+Each load runs closed loop in every leg, then (unless --no-open) open loop in every leg, each on
+a fresh server, for --open-s seconds, at --open-frac (default 0.5) of the slowest leg's
+closed-loop peak in that round (--open-rate common: the same offered load everywhere, so the
+latencies compare) or of each leg's own peak (--open-rate own).
 
 Legs: buffered, direct, adaptive (--spool-io MODE with the spool under --dir; a binary whose
 --help does not know a mode skips that leg) and tmpfs (--spool-io buffered, spool in /dev/shm).
@@ -24,7 +26,8 @@ of legs reversed every other round.
 
 Latency columns: the 'final_dot' phase of dotspool-bench (final dot sent to 250 received),
 p50/p99/p99.9 in ms. 'disk GiB' is what the block devices wrote during the closed-loop run
-(/proc/diskstats: the whole machine, other processes included).
+(/proc/diskstats: the whole machine, other processes included); the 1-minute load average
+after each leg is in the JSON.
 
 Free space: the disk legs need 1.5x the spool one leg leaves (timed legs bounded at 400 MB/s); short of it, the run exits 77
 with a message before starting (nothing run). /dev/shm likewise for the tmpfs leg.
@@ -161,6 +164,31 @@ def leg_bytes(load, args):
     return RATE_BOUND_B_S * (args.mix_s + args.open_s * args.open_frac)
 
 
+def run_leg(bench, binary, leg, load, args, size_file, shm, work, rate):
+    """One server, fresh spool, one bench run (closed loop, or open loop at rate)."""
+    spool = tempfile.mkdtemp(prefix="spool.", dir=shm if leg == "tmpfs" else work)
+    srv = Server(binary, spool, "buffered" if leg == "tmpfs" else leg, args.threads, args.server_arg)
+    try:
+        w0 = disk_written_bytes()
+        r = run_bench(bench, srv.port, load, args, size_file, rate)
+        r["disk_gib"] = (disk_written_bytes() - w0) / (1 << 30)
+    finally:
+        srv.stop()
+        shutil.rmtree(spool, ignore_errors=True)
+        try:
+            os.unlink(spool + ".log")
+        except OSError:
+            pass
+    r["load_avg_1m"] = os.getloadavg()[0]
+    return r
+
+
+def progress(t0, rnd_i, load, leg, bname, r, rate=None):
+    print("run.py: [%4.0fs] round %d %s %s %s %s: %.0f msg/s %.0f MB/s p50 %.2f p99 %.2f p99.9 %.1f ms" %
+          (time.monotonic() - t0, rnd_i + 1, load, "open@%d" % rate if rate else "closed", leg, bname,
+           r["msg_s"], r["mb_s"], r["p50_ms"], r["p99_ms"], r["p999_ms"]), file=sys.stderr)
+
+
 def med(xs):
     return statistics.median(xs) if xs else None
 
@@ -178,6 +206,9 @@ def main():
     ap.add_argument("--open-s", type=int, default=None, help="seconds of each open loop (default --mix-s)")
     ap.add_argument("--no-open", dest="open", action="store_false")
     ap.add_argument("--open-frac", type=float, default=0.5)
+    ap.add_argument("--open-rate", choices=("common", "own"), default="common",
+                    help="open-loop rate: --open-frac of the slowest leg's closed-loop peak in the round "
+                         "(common: every leg at the same offered load) or of each leg's own")
     ap.add_argument("--quick", action="store_true", help="--gib 0.5 --mix-s 5 --dd-mib 256")
     ap.add_argument("--threads", type=int, default=2, help="server --threads")
     ap.add_argument("--server-arg", action="append", default=[], help="extra server argument")
@@ -237,7 +268,6 @@ def main():
     results = {}  # (load, leg, binary) -> [round results]
     skipped = set()
     dd = {"before": [], "after": []}
-    load_avg = []
     t0 = time.monotonic()
     try:
         dd["before"] = [dd_mb_s(work, args.dd_mib) for _ in range(DD_RUNS)]
@@ -246,44 +276,36 @@ def main():
                 order = [(leg, b) for leg in legs for b in binaries]
                 if rnd_i % 2:
                     order.reverse()
+                order = [(leg, b) for leg, b in order if (leg if leg != "tmpfs" else "buffered") in modes[b[0]]]
+                skipped |= {(leg, b[0]) for leg in legs for b in binaries
+                            if (leg if leg != "tmpfs" else "buffered") not in modes[b[0]]}
+                this = {}
                 for leg, (bname, bpath) in order:
-                    mode = "buffered" if leg == "tmpfs" else leg
-                    if mode not in modes[bname]:
-                        skipped.add((leg, bname))
-                        continue
-                    spool = tempfile.mkdtemp(prefix="spool.", dir=shm if leg == "tmpfs" else work)
-                    srv = Server(bpath, spool, mode, args.threads, args.server_arg)
-                    try:
-                        w0 = disk_written_bytes()
-                        r = run_bench(bench, srv.port, load, args, size_file)
-                        r["disk_gib"] = (disk_written_bytes() - w0) / (1 << 30)
-                        if args.open:
-                            rate = max(1, int(r["msg_s"] * args.open_frac))
-                            r["open"] = dict(run_bench(bench, srv.port, load, args, size_file, rate), rate=rate)
-                    finally:
-                        srv.stop()
-                        shutil.rmtree(spool, ignore_errors=True)
-                        try:
-                            os.unlink(spool + ".log")
-                        except OSError:
-                            pass
-                    load_avg.append(os.getloadavg()[0])
+                    r = run_leg(bench, bpath, leg, load, args, size_file, shm, work, None)
+                    this[(leg, bname)] = r
                     results.setdefault((load, leg, bname), []).append(r)
-                    print("run.py: [%4.0fs] round %d %s %s %s: %.0f msg/s %.0f MB/s p99 %.2f ms%s" %
-                          (time.monotonic() - t0, rnd_i + 1, load, leg, bname, r["msg_s"], r["mb_s"],
-                           r["p99_ms"], " | open @%d: p99 %.2f ms" % (r["open"]["rate"], r["open"]["p99_ms"])
-                           if "open" in r else ""), file=sys.stderr)
+                    progress(t0, rnd_i, load, leg, bname, r)
+                if not args.open or not this:
+                    continue
+                # Open loop: every leg at the same offered load, so their latencies compare.
+                peak = min(r["msg_s"] for r in this.values()) if args.open_rate == "common" else None
+                for leg, (bname, bpath) in order:
+                    rate = max(1, int((peak or this[(leg, bname)]["msg_s"]) * args.open_frac))
+                    o = run_leg(bench, bpath, leg, load, args, size_file, shm, work, rate)
+                    this[(leg, bname)]["open"] = dict(o, rate=rate)
+                    progress(t0, rnd_i, load, leg, bname, o, rate)
         dd["after"] = [dd_mb_s(work, args.dd_mib) for _ in range(DD_RUNS)]
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if shm:
             shutil.rmtree(shm, ignore_errors=True)
+    load_avg = [x["load_avg_1m"] for rs in results.values() for x in rs]
     print_table(results, loads, legs, binaries, dd, args, load_avg, skipped)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "binaries": dict(binaries),
                        "results": {"%s/%s/%s" % k: v for k, v in results.items()},
-                       "dd_mb_s": dd, "load_avg_1m": load_avg}, f, indent=1)
+                       "dd_mb_s": dd}, f, indent=1)
     failed = sum(x["failed"] + x.get("open", {}).get("failed", 0) for rs in results.values() for x in rs)
     if failed:
         print("run.py: %d messages failed" % failed, file=sys.stderr)
@@ -336,9 +358,10 @@ def print_table(results, loads, legs, binaries, dd, args, load_avg, skipped):
         print("\ndd bs=1M count=%d conv=fdatasync in %s: median %.0f MB/s (before: %s; after: %s)" %
               (args.dd_mib, args.dir, med(dds), ", ".join("%.0f" % x for x in dd["before"] if x),
                ", ".join("%.0f" % x for x in dd["after"] if x)))
-    print("64k closed loop: %.1f GiB per leg; 4k/mix closed loop %d s; open loops %d s at %.0f%% of the "
+    print("64k closed loop: %.1f GiB per leg; 4k/mix closed loop %d s; open loops %d s at %.0f%% of %s "
           "closed-loop peak; server --threads %d; %d round(s)" %
-          (args.gib, args.mix_s, args.open_s, args.open_frac * 100, args.threads, args.rounds))
+          (args.gib, args.mix_s, args.open_s, args.open_frac * 100,
+           "the slowest leg's" if args.open_rate == "common" else "each leg's own", args.threads, args.rounds))
     for name, path in binaries:
         print("binary %s: %s" % (name, path))
     for leg, bname in sorted(skipped):
