@@ -80,54 +80,8 @@ int spool_fsync_parent(const char *path)
  * (the sequence number can be used again: a gap in a lane's sequence
  * would cut the body of a message that spans it).
  */
-enum { SEG_ZERO_CHUNK = 256 << 10 };
-
-/*
- * Direct mode's zero-fill: O_DIRECT writes from one aligned buffer, so the
- * 64 MiB of zeros never pass through the page cache (the buffered fill cost
- * a page-cache copy per byte, then writeback, then a DONTNEED to drop it
- * again). Each write waits for the device: paced like the buffered fill.
- * 1: done; 0: O_DIRECT refused here (fill buffered); <0: error.
- */
-static int seg_fill_direct(const char *path, uint64_t size)
-{
-	uint8_t *zero = NULL;
-	int dfd, rc = 1;
-
-	if (posix_memalign((void **)&zero, 4096, SEG_ZERO_CHUNK))
-		return -ENOMEM;
-	memset(zero, 0, SEG_ZERO_CHUNK);
-	dfd = open(path, O_RDWR | O_DIRECT | O_CLOEXEC);
-	if (dfd < 0) {
-		rc = errno == EINVAL ? 0 : -errno;
-		free(zero);
-		return rc;
-	}
-	for (uint64_t off = 0; off < size;) {
-		size_t n = (size_t)DS_MIN((uint64_t)SEG_ZERO_CHUNK, size - off);
-		ssize_t w = pwrite(dfd, zero, n, (off_t)off);
-		if (w < 0 && errno == EINVAL && off == 0) {
-			rc = 0; /* opened but refused: fill buffered */
-			break;
-		}
-		if (w <= 0 || (w & 4095)) {
-			rc = w < 0 ? -errno : -EIO;
-			break;
-		}
-		off += (uint64_t)w;
-	}
-	close(dfd);
-	free(zero);
-	return rc;
-}
-
-/*
- * Allocate size bytes and, with prewrite, write every one of them (paced):
- * through O_DIRECT when the segment will be written that way (odirect), else
- * through the page cache, which then holds the pages buffered group writes
- * land in (an uncached partial page would have to be read first).
- */
-static int seg_fill(int fd, const char *path, uint64_t size, bool prewrite, bool odirect)
+/* Allocate size bytes and, with prewrite, write every one of them (paced). */
+static int seg_fill(int fd, uint64_t size, bool prewrite)
 {
 	if (fallocate(fd, 0, 0, (off_t)size)) {
 		int rc = -errno;
@@ -136,11 +90,6 @@ static int seg_fill(int fd, const char *path, uint64_t size, bool prewrite, bool
 	}
 	if (!prewrite)
 		return 0;
-	if (odirect && !(size & 4095)) {
-		int rc = seg_fill_direct(path, size);
-		if (rc)
-			return rc < 0 ? rc : 0;
-	}
 	/*
 	 * Paced: each chunk is written back before the next is dirtied.
 	 * Zero-filling 64 MiB into the page cache and fsyncing it at the end
@@ -148,7 +97,7 @@ static int seg_fill(int fd, const char *path, uint64_t size, bool prewrite, bool
 	 * of the hot path's fdatasync (a p99 spike each time a segment is
 	 * prepared); this way a flush waits behind one chunk at most.
 	 */
-	enum { ZB = SEG_ZERO_CHUNK };
+	enum { ZB = 256 << 10 };
 	static const uint8_t zero[ZB];
 	for (uint64_t off = 0; off < size;) {
 		size_t n = (size_t)DS_MIN((uint64_t)ZB, size - off);
@@ -261,8 +210,7 @@ static int seg_prepare(struct spool_spare *sp, uint64_t seq, struct seg_ready *o
 		*seq_free = errno != EEXIST;
 		return -errno;
 	}
-	rc = seg_fill(fd, path, p->segment_size, p->prewrite,
-		      p->want_odirect && !__atomic_load_n(&sp->odirect_refused, __ATOMIC_RELAXED));
+	rc = seg_fill(fd, p->segment_size, p->prewrite);
 	if (!rc)
 		rc = seg_stamp(fd, p, seq, &out->epoch);
 	if (!rc)
