@@ -85,7 +85,7 @@ static uint8_t *build_room(struct build *b, size_t n)
 		b->err = -E2BIG;
 		return NULL;
 	}
-	if (b->len + n > b->cap) {
+	if (b->len + n + SPOOL_SUM_TRAILER > b->cap) {
 		size_t ncap = b->cap ? b->cap : 64 * 1024;
 		uint8_t *nb;
 		while (ncap < b->len + n + SPOOL_SUM_TRAILER)
