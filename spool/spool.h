@@ -41,7 +41,8 @@ struct spool_config {
 	uint64_t lane_bytes_max;
 	/* How data reaches the disk (see FORMAT.md, "Write modes"). */
 	enum spool_io_mode {
-		SPOOL_IO_BUFFERED = 0,		/* write to the page cache, fdatasync per group (default) */
+		SPOOL_IO_BUFFERED = 0,		/* write to the page cache, fdatasync per group (the
+						   library's default; the daemon's is DIRECT) */
 		SPOOL_IO_DIRECT = 1,		/* O_DIRECT segments, block-aligned RWF_DSYNC writes, never a
 						   block written twice; falls back to buffered per lane when
 						   O_DIRECT is refused (EINVAL, e.g. tmpfs) or ops has no write_dsync */
