@@ -406,6 +406,10 @@ static void compact_done(void *ctx, uint64_t seq, uint32_t moved, uint64_t bytes
 		obs_log_u64(w->log, "segment", seq);
 		obs_log_u64(w->log, "messages", moved);
 		obs_log_u64(w->log, "bytes", bytes);
+		struct spool_compact_stats st;
+		spool_compact_stats(w->compact, &st);
+		/* Kept (at-risk) messages this worker moved so far, each with a fresh AT_RISK record. */
+		obs_log_u64(w->log, "kept_moved_total", st.kept);
 		obs_log_end(w->log);
 	}
 }

@@ -512,6 +512,7 @@ static bool finish(struct spool_compact *c, bool *staged)
 			*staged |= rc == 0;
 			m->phase = CM_DONE;
 			c->st.messages++;
+			c->st.kept += m->kept;
 		}
 		moved += m->phase == CM_DONE;
 		all &= m->phase == CM_DONE;

@@ -156,6 +156,7 @@ struct spool_compact_stats {
 	uint64_t rounds, segments, messages, bytes; /* segments emptied, messages and body bytes copied */
 	uint64_t skipped;			    /* segments looked at and left (too live, busy) */
 	uint64_t failed;			    /* copies given up (lane error, body damaged) */
+	uint64_t kept; /* of the messages, kept ones moved with a fresh AT_RISK record (issue 16) */
 };
 
 int spool_compact_create(struct spool_compact **out, struct spool_lane *l, unsigned lane_no, const char *dir,

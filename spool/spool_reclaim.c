@@ -845,10 +845,14 @@ void spool_reclaim_msg_record_gap(struct spool_reclaim *r, uint64_t id, unsigned
 	pthread_mutex_lock(&r->mu);
 	uint32_t mi = msg_find(r, id);
 	msg_keep_locked(r, id, lane, seq, KEEP_GAP);
-	/* The fresh AT_RISK record of a copy being moved (spool_compact.c) is durable. */
-	if (mi != NIL && r->msgs[mi].moving && expires_us)
+	/*
+	 * The fresh AT_RISK record of a copy being moved (spool_compact.c) is durable: it
+	 * restates the keep, it does not extend it (--gap-dedup-keep-s counts from the first).
+	 */
+	if (mi != NIL && r->msgs[mi].moving && r->msgs[mi].move_gap && expires_us)
 		r->msgs[mi].gap_since_move = true;
-	msg_keep_until_locked(r, id, expires_us, true);
+	else
+		msg_keep_until_locked(r, id, expires_us, true);
 	pthread_mutex_unlock(&r->mu);
 }
 
