@@ -434,7 +434,7 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 	return 0;
 }
 
-int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first)
+int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first, bool sealed)
 {
 	char path[PATH_MAX], ldir[PATH_MAX];
 	struct spool_seg_hdr hdr;
@@ -493,7 +493,7 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 	if (!rc && (hdr.lane != lane || hdr.seq != seq))
 		rc = -EBADMSG;
 	if (!rc)
-		rc = spool_sum_build(map, (uint64_t)st.st_size, &hdr, sync_first ? 0 : SPOOL_SUM_F_SEALED,
+		rc = spool_sum_build(map, (uint64_t)st.st_size, &hdr, sealed ? SPOOL_SUM_F_SEALED : 0,
 				     &st.st_mtim, &sum, &sumlen);
 	munmap(map, (size_t)st.st_size);
 	if (rc)

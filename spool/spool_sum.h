@@ -103,12 +103,14 @@ const uint8_t *spool_sum_rec_at(const struct spool_sum *s, uint64_t off);
 
 /*
  * Write lane/seq's summary (segment never written again): build it from the
- * segment file, write it, fsync it and the lane directory. sync_first: the
- * segment was not sealed by this process (found at start-up), fdatasync it
- * before reading it. 0, -ENOENT (segment gone), or the build's / a
- * syscall's -errno.
+ * segment file, write it, fsync it and the lane directory. sync_first:
+ * fdatasync the segment before reading it (not sealed by a flush of this
+ * process). sealed: every byte of it is as its writer wrote it (sealed, or
+ * the active segment at a clean close): flagged SPOOL_SUM_F_SEALED; not so
+ * for segments found at start-up (a crash may have torn them). 0, -ENOENT
+ * (segment gone), or the build's / a syscall's -errno.
  */
-int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first);
+int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first, bool sealed);
 
 /* Remove lane/seq's summary, if any. */
 void spool_sum_unlink_seq(const char *dir, unsigned lane, uint64_t seq);

@@ -47,7 +47,8 @@ static void backfill(struct spool_sumw *w)
 			w->first = (w->first + 1) % SPOOL_SUMW_QUEUE;
 			w->count--;
 			pthread_mutex_unlock(&w->mu);
-			int rc = spool_sum_write(w->dir, w->lane, seq & ~SUMW_SYNC, !!(seq & SUMW_SYNC));
+			int rc =
+				spool_sum_write(w->dir, w->lane, seq & ~SUMW_SYNC, !!(seq & SUMW_SYNC), true);
 			pthread_mutex_lock(&w->mu);
 			if (rc)
 				w->failed++;
@@ -58,7 +59,7 @@ static void backfill(struct spool_sumw *w)
 		pthread_mutex_unlock(&w->mu);
 		if (stop)
 			break;
-		if (spool_sum_write(w->dir, w->lane, seqs[i], true))
+		if (spool_sum_write(w->dir, w->lane, seqs[i], true, false))
 			w->failed++;
 		else
 			w->written++;
@@ -88,7 +89,7 @@ static void *sumw_main(void *arg)
 		 * -ENOENT: reclaimed before its summary was written; -EBADMSG, -E2BIG: no
 		 * summary for it by design. Either way recovery scans it whole: nothing to do.
 		 */
-		rc = spool_sum_write(w->dir, w->lane, seq & ~SUMW_SYNC, !!(seq & SUMW_SYNC));
+		rc = spool_sum_write(w->dir, w->lane, seq & ~SUMW_SYNC, !!(seq & SUMW_SYNC), true);
 		pthread_mutex_lock(&w->mu);
 		if (rc)
 			w->failed++;

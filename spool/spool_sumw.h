@@ -39,8 +39,9 @@ int spool_sumw_start(struct spool_sumw *w, const char *dir, unsigned lane, uint6
 /* Segment seq is sealed: every byte in it durable, never written again. */
 void spool_sumw_sealed(struct spool_sumw *w, uint64_t seq);
 /*
- * Segment seq is closed but was not sealed (the lane's active one at close):
- * summarised with a flush first, not flagged sealed. Written before stop returns.
+ * Segment seq is closed but was not sealed (the lane's active one at a clean
+ * close: every byte as written): summarised with a flush first, flagged
+ * sealed. Written before stop returns.
  */
 void spool_sumw_closed(struct spool_sumw *w, uint64_t seq);
 void spool_sumw_stop(struct spool_sumw *w);
