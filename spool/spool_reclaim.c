@@ -148,9 +148,10 @@ static int64_t wall_us(void)
 
 /*
  * A gap keep (the at-risk message's stored copy, for the retry's byte
- * compare) is bounded by keep_max_us: a kept message pins its segment and,
- * through its final neighbours' records, the segments after it, and
- * compaction does not carry kept messages forward (FORMAT.md, Gap records).
+ * compare) is bounded by keep_max_us when the operator asks for it
+ * (--gap-dedup-keep-s; default 0: the record's expiry, the window).
+ * Compaction carries kept messages forward (FORMAT.md, "Kept messages and
+ * compaction"), so a kept message no longer pins its segment.
  */
 static int64_t keep_cap(const struct spool_reclaim *r, int64_t expires_us, int64_t now_us)
 {
