@@ -244,6 +244,7 @@ struct gap_load {
 	uint64_t wm_rec_seq[SPOOL_LANES_MAX], wm_rec_off[SPOOL_LANES_MAX];
 	uint64_t thr_seq[SPOOL_LANES_MAX], thr_off[SPOOL_LANES_MAX];
 	int64_t wm_at_us[SPOOL_LANES_MAX];
+	int64_t fate_open_us; /* the longest a 250's fate stays open: command timeout + slack */
 	struct gap_tail *tail;
 	size_t ntail, tail_cap;
 	/*
@@ -346,6 +347,17 @@ static void gap_msg(void *ctx, uint64_t id, unsigned lane, uint64_t seq, uint64_
 	 * watermarks then (a run with gap dedup off), so nothing is known of it.
 	 */
 	if (received_at_us > gl->wm_at_us[lane] + GAP_WM_SLACK_US)
+		return;
+	/*
+	 * Received so long before the lane's last watermark that its 250's fate
+	 * was settled when that watermark was written (the client had sent a
+	 * byte or been timed out), and a fate settled at risk had its AT_RISK
+	 * record staged before it: a copy that compaction wrote past the
+	 * threshold since is not at risk. Errs only towards storing a retry (a
+	 * duplicate, e.g. after a longer timeout in the last run), never
+	 * towards suppressing a legitimate resend.
+	 */
+	if (received_at_us + gl->fate_open_us < gl->wm_at_us[lane])
 		return;
 	if (gl->ntail == gl->tail_cap) {
 		size_t cap = gl->tail_cap ? gl->tail_cap * 2 : 64;
@@ -466,7 +478,7 @@ static int spool_prepare(const struct io_config *cfg, struct io_shared *sh)
 	struct spool_recovery_report rep;
 	memset(&rep, 0, sizeof(rep));
 	/* With delivery on, every message still owed (any lane, any earlier thread count) is queued. */
-	struct gap_load gl = {0};
+	struct gap_load gl = {.fate_open_us = (int64_t)cfg->timeout_command_s * 1000000 + GAP_WM_SLACK_US};
 	if (cfg->gap_window_s) {
 		ret = io_gap_create(&sh->gap, cfg->gap_entries);
 		if (ret < 0) {
