@@ -434,6 +434,42 @@ static int write_all(int fd, const uint8_t *p, size_t n)
 	return 0;
 }
 
+/*
+ * Bring the segment into the page cache in paced pieces before the build
+ * walks its map. A direct-mode segment is not cached, and the map's
+ * read-ahead puts megabytes of reads into the device queue in front of the
+ * lanes' DSYNC group writes: measured, 4 KiB open loop in direct mode, p99
+ * of final dot to 250 7.9 ms with the read-ahead against 1.8 ms without
+ * summaries. One synchronous read of SUM_READ_PIECE_BYTES at a time and
+ * no read-ahead (FADV_RANDOM on this description): a group write waits
+ * behind one piece at most. A buffered-mode segment is in the cache: the
+ * reads are copies. 0 or -errno (the build then reads through the map).
+ */
+#define SUM_READ_PIECE_BYTES (256u << 10)
+
+static int sum_prefetch(int fd, uint64_t size)
+{
+	uint8_t *buf = malloc(SUM_READ_PIECE_BYTES);
+	int rc = 0;
+
+	if (!buf)
+		return -ENOMEM;
+	posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+	for (uint64_t off = 0; off < size;) {
+		size_t n = (size_t)DS_MIN((uint64_t)SUM_READ_PIECE_BYTES, size - off);
+		ssize_t r = pread(fd, buf, n, (off_t)off);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0) {
+			rc = r < 0 ? -errno : 0;
+			break;
+		}
+		off += (uint64_t)r;
+	}
+	free(buf);
+	return rc;
+}
+
 int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first, bool sealed)
 {
 	char path[PATH_MAX], ldir[PATH_MAX];
@@ -482,13 +518,14 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 			break;
 		nanosleep(&(struct timespec){.tv_nsec = 5000000}, NULL);
 	}
+	(void)sum_prefetch(fd, (uint64_t)st.st_size);
 	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
 	rc = map == MAP_FAILED ? -errno : 0;
 	close(fd);
 	if (rc)
 		return rc;
-	/* Read once, front to back: tell the kernel, and drop nothing we did not bring in. */
-	madvise(map, (size_t)st.st_size, MADV_SEQUENTIAL);
+	/* Cached by the prefetch: a page it could not bring in is read alone, not with its neighbours. */
+	madvise(map, (size_t)st.st_size, MADV_RANDOM);
 	rc = spool_seg_hdr_decode(map, (size_t)st.st_size, &hdr);
 	if (!rc && (hdr.lane != lane || hdr.seq != seq))
 		rc = -EBADMSG;
