@@ -560,17 +560,17 @@ int spool_lane_dir_path(char *buf, size_t cap, const char *dir, unsigned lane)
 	return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
 }
 
-int spool_seg_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq)
+int spool_lane_file_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq, const char *ext)
 {
-	int n = snprintf(buf, cap, "%s/lane-%02u/%012llu.seg", dir, lane, (unsigned long long)seq);
+	int n = snprintf(buf, cap, "%s/lane-%02u/%012llu.%s", dir, lane, (unsigned long long)seq, ext);
 	return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
 }
 
-uint64_t spool_seg_name_seq(const char *name)
+uint64_t spool_lane_file_seq(const char *name, const char *ext)
 {
 	uint64_t v = 0;
 
-	if (strlen(name) != 16 || strcmp(name + 12, ".seg"))
+	if (strlen(name) != 13 + strlen(ext) || name[12] != '.' || strcmp(name + 13, ext))
 		return 0;
 	for (int i = 0; i < 12; i++) {
 		if (name[i] < '0' || name[i] > '9')
@@ -578,6 +578,16 @@ uint64_t spool_seg_name_seq(const char *name)
 		v = v * 10 + (uint64_t)(name[i] - '0');
 	}
 	return v;
+}
+
+int spool_seg_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq)
+{
+	return spool_lane_file_path(buf, cap, dir, lane, seq, "seg");
+}
+
+uint64_t spool_seg_name_seq(const char *name)
+{
+	return spool_lane_file_seq(name, "seg");
 }
 
 static int cmp_u64(const void *a, const void *b)

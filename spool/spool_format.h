@@ -228,9 +228,11 @@ struct spool_scan_ops {
 int spool_seg_scan(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t start_off,
 		   const struct spool_scan_ops *ops, void *ctx);
 
-/* Paths: DIR/lane-NN/SSSSSSSSSSSS.seg (spool_lane_dir_path: spool.h) */
+/* Paths: DIR/lane-NN/SSSSSSSSSSSS.EXT, EXT "seg" or "sum" (spool_lane_dir_path: spool.h) */
+int spool_lane_file_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq, const char *ext);
+/* Parse "000000000012.EXT" -> 12; 0 on anything else. */
+uint64_t spool_lane_file_seq(const char *name, const char *ext);
 int spool_seg_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq);
-/* Parse "000000000012.seg" -> 12; 0 on anything else. */
 uint64_t spool_seg_name_seq(const char *name);
 /* Sorted list of segment seqs in a lane dir (malloc'd in *out); count or -errno. */
 int spool_seg_list(const char *lane_dir, uint64_t **out);

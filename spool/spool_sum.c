@@ -48,22 +48,12 @@ static void wr64(uint8_t *p, uint64_t v)
 
 int spool_sum_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq)
 {
-	int n = snprintf(buf, cap, "%s/lane-%02u/%012llu.sum", dir, lane, (unsigned long long)seq);
-	return n < 0 || (size_t)n >= cap ? -ENAMETOOLONG : 0;
+	return spool_lane_file_path(buf, cap, dir, lane, seq, "sum");
 }
 
 uint64_t spool_sum_name_seq(const char *name)
 {
-	uint64_t v = 0;
-
-	if (strlen(name) != 16 || strcmp(name + 12, ".sum"))
-		return 0;
-	for (int i = 0; i < 12; i++) {
-		if (name[i] < '0' || name[i] > '9')
-			return 0;
-		v = v * 10 + (uint64_t)(name[i] - '0');
-	}
-	return v;
+	return spool_lane_file_seq(name, "sum");
 }
 
 /* ---- build ---- */
