@@ -188,20 +188,6 @@ static void rcpt_block_put(struct spool_fetch *f, struct rcpt_block *b)
 
 /* ---- get / put ---- */
 
-static uint32_t get32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return v;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return v;
-}
-
 /* Offsets of the commit payload and record header this file reads before decoding (FORMAT.md). */
 #define COMMIT_RCPT_COUNT_OFF 52u
 #define REC_TXN_ID_OFF	      16u
@@ -216,7 +202,8 @@ static int not_a_record(const struct rseg *s, uint64_t off, uint64_t id)
 
 	if (off < SPOOL_SEG_DATA_OFF || off + SPOOL_REC_HDR_SIZE > s->size || off % SPOOL_REC_ALIGN)
 		return -ENOENT;
-	if (get32(p) == SPOOL_REC_MAGIC && p[4] == SPOOL_REC_COMMIT && get64(p + REC_TXN_ID_OFF) == id)
+	if (spool_get32(p) == SPOOL_REC_MAGIC && p[4] == SPOOL_REC_COMMIT &&
+	    spool_get64(p + REC_TXN_ID_OFF) == id)
 		return -EBADMSG;
 	return -ENOENT;
 }
@@ -238,7 +225,7 @@ static int commit_decode(struct spool_fetch *f, const struct rseg *s, uint64_t o
 		return -ENOENT;
 	if (rec.len < COMMIT_RCPT_COUNT_OFF + 4)
 		return -EBADMSG;
-	count = get32(rec.payload + COMMIT_RCPT_COUNT_OFF);
+	count = spool_get32(rec.payload + COMMIT_RCPT_COUNT_OFF);
 	if (count > SPOOL_RCPT_MAX)
 		return -EBADMSG;
 	*rbp = rcpt_block_get(f, count);

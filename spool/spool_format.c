@@ -11,39 +11,18 @@
 #include "ds_assert.h"
 #include "ds_grow.h"
 
-static inline void put32(uint8_t *p, uint32_t v)
-{
-	memcpy(p, &v, 4);
-}
-static inline void put64(uint8_t *p, uint64_t v)
-{
-	memcpy(p, &v, 8);
-}
-static inline uint32_t get32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return v;
-}
-static inline uint64_t get64(const uint8_t *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return v;
-}
-
 void spool_seg_hdr_encode(uint8_t out[SPOOL_SEG_HDR_SIZE], const struct spool_seg_hdr *h)
 {
 	memset(out, 0, SPOOL_SEG_HDR_SIZE);
 	memcpy(out, SPOOL_SEG_MAGIC, 8);
-	put32(out + 8, h->version);
-	put32(out + 12, SPOOL_SEG_HDR_SIZE);
-	put32(out + 16, h->lane);
-	put64(out + 24, h->seq);
-	put64(out + 32, h->epoch);
-	put64(out + 40, (uint64_t)h->created_us);
-	put64(out + 48, h->segment_size);
-	put32(out + 60, crc32c(0, out, 60));
+	spool_put32(out + 8, h->version);
+	spool_put32(out + 12, SPOOL_SEG_HDR_SIZE);
+	spool_put32(out + 16, h->lane);
+	spool_put64(out + 24, h->seq);
+	spool_put64(out + 32, h->epoch);
+	spool_put64(out + 40, (uint64_t)h->created_us);
+	spool_put64(out + 48, h->segment_size);
+	spool_put32(out + 60, crc32c(0, out, 60));
 }
 
 int spool_seg_hdr_decode(const uint8_t *p, size_t n, struct spool_seg_hdr *h)
@@ -54,21 +33,21 @@ int spool_seg_hdr_decode(const uint8_t *p, size_t n, struct spool_seg_hdr *h)
 		return -EBADMSG;
 	if (!memcmp(p, zero, SPOOL_SEG_HDR_SIZE))
 		return -ENODATA;
-	if (memcmp(p, SPOOL_SEG_MAGIC, 8) || get32(p + 12) != SPOOL_SEG_HDR_SIZE ||
-	    get32(p + 60) != crc32c(0, p, 60))
+	if (memcmp(p, SPOOL_SEG_MAGIC, 8) || spool_get32(p + 12) != SPOOL_SEG_HDR_SIZE ||
+	    spool_get32(p + 60) != crc32c(0, p, 60))
 		return -EBADMSG;
-	h->version = get32(p + 8);
+	h->version = spool_get32(p + 8);
 	/* A newer writer's segment is not damage: never quarantined, refused by name. */
 	if (h->version > SPOOL_FORMAT_VERSION)
 		return -EPROTONOSUPPORT;
 	/* Version 1 segments read as they are: they simply hold no delivery records. */
 	if (h->version < SPOOL_FORMAT_VERSION_MIN)
 		return -EBADMSG;
-	h->lane = get32(p + 16);
-	h->seq = get64(p + 24);
-	h->epoch = get64(p + 32);
-	h->created_us = (int64_t)get64(p + 40);
-	h->segment_size = get64(p + 48);
+	h->lane = spool_get32(p + 16);
+	h->seq = spool_get64(p + 24);
+	h->epoch = spool_get64(p + 32);
+	h->created_us = (int64_t)spool_get64(p + 40);
+	h->segment_size = spool_get64(p + 48);
 	return 0;
 }
 
@@ -82,21 +61,21 @@ void spool_rec_encode(uint8_t *out, uint32_t type, uint32_t len, uint64_t txn_id
 	uint64_t total = spool_rec_total(len);
 	uint32_t crc;
 
-	put32(out, SPOOL_REC_MAGIC);
+	spool_put32(out, SPOOL_REC_MAGIC);
 	out[4] = (uint8_t)type;
 	out[5] = 0;
 	out[6] = 0;
 	out[7] = 0;
-	put32(out + 8, len);
-	put32(out + 12, 0);
-	put64(out + 16, txn_id);
-	put64(out + 24, epoch);
-	put64(out + 32, durable_off);
+	spool_put32(out + 8, len);
+	spool_put32(out + 12, 0);
+	spool_put64(out + 16, txn_id);
+	spool_put64(out + 24, epoch);
+	spool_put64(out + 32, durable_off);
 	memset(out + SPOOL_REC_HDR_SIZE + len, 0, total - SPOOL_REC_HDR_SIZE - len);
 	crc = crc32c(0, out, SPOOL_REC_HDR_SIZE);
 	if (type != SPOOL_REC_CHUNK)
 		crc = crc32c(crc, out + SPOOL_REC_HDR_SIZE, len);
-	put32(out + 12, crc);
+	spool_put32(out + 12, crc);
 }
 
 /* Largest payload a record of this type may have; 0 for an unknown type. */
@@ -131,30 +110,30 @@ bool spool_rec_check(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t
 	if (off < SPOOL_SEG_DATA_OFF || off + SPOOL_REC_HDR_SIZE > size || (off & (SPOOL_REC_ALIGN - 1)))
 		return false;
 	p = map + off;
-	if (get32(p) != SPOOL_REC_MAGIC)
+	if (spool_get32(p) != SPOOL_REC_MAGIC)
 		return false;
 	type = p[4];
-	len = get32(p + 8);
+	len = spool_get32(p + 8);
 	if (!rec_len_max(type) || p[5] || p[6] || p[7])
 		return false;
-	if (get64(p + 24) != epoch)
+	if (spool_get64(p + 24) != epoch)
 		return false;
 	if (len > rec_len_max(type))
 		return false;
 	if (spool_rec_total(len) > size - off)
 		return false;
 	memcpy(hdr, p, sizeof(hdr));
-	put32(hdr + 12, 0);
+	spool_put32(hdr + 12, 0);
 	crc = crc32c(0, hdr, sizeof(hdr));
 	if (type != SPOOL_REC_CHUNK)
 		crc = crc32c(crc, p + SPOOL_REC_HDR_SIZE, len);
-	if (crc != get32(p + 12))
+	if (crc != spool_get32(p + 12))
 		return false;
 	r->off = off;
 	r->type = type;
 	r->len = len;
-	r->txn_id = get64(p + 16);
-	r->durable_off = get64(p + 32);
+	r->txn_id = spool_get64(p + 16);
+	r->durable_off = spool_get64(p + 32);
 	r->payload = p + SPOOL_REC_HDR_SIZE;
 	r->total = spool_rec_total(len);
 	return true;
@@ -189,7 +168,7 @@ static uint8_t *put_str(uint8_t *p, const char *s)
 {
 	uint32_t n = s ? (uint32_t)strlen(s) : 0;
 
-	put32(p, n);
+	spool_put32(p, n);
 	if (n)
 		memcpy(p + 4, s, n);
 	p[4 + n] = 0;
@@ -200,18 +179,18 @@ void spool_commit_encode(uint8_t *out, const struct spool_commit *c, const struc
 {
 	uint8_t *p = out;
 
-	put64(p, c->body_len);
-	put32(p + 8, c->body_crc);
-	put32(p + 12, c->chunk_count);
-	put64(p + 16, c->first_seq);
-	put64(p + 24, c->first_off);
-	put64(p + 32, (uint64_t)env->received_at_us);
-	put64(p + 40, env->body_size);
+	spool_put64(p, c->body_len);
+	spool_put32(p + 8, c->body_crc);
+	spool_put32(p + 12, c->chunk_count);
+	spool_put64(p + 16, c->first_seq);
+	spool_put64(p + 24, c->first_off);
+	spool_put64(p + 32, (uint64_t)env->received_at_us);
+	spool_put64(p + 40, env->body_size);
 	p[48] = (uint8_t)env->client_port;
 	p[49] = (uint8_t)(env->client_port >> 8);
 	p[50] = 0;
 	p[51] = 0;
-	put32(p + 52, env->rcpt_count);
+	spool_put32(p + 52, env->rcpt_count);
 	p += COMMIT_FIXED;
 	p = put_str(p, env->client_addr);
 	p = put_str(p, env->helo);
@@ -233,7 +212,7 @@ static int get_str(const uint8_t **pp, const uint8_t *end, const char **out)
 
 	if (end - p < 5)
 		return -EBADMSG;
-	n = get32(p);
+	n = spool_get32(p);
 	if ((size_t)(end - p) < 5 + (size_t)n || p[4 + n] != 0 || memchr(p + 4, 0, n))
 		return -EBADMSG;
 	*out = (const char *)p + 4;
@@ -251,15 +230,15 @@ int spool_commit_decode(const uint8_t *p, size_t n, struct spool_commit *c, stru
 	if (n < COMMIT_FIXED)
 		return -EBADMSG;
 	memset(c, 0, sizeof(*c));
-	c->body_len = get64(p);
-	c->body_crc = get32(p + 8);
-	c->chunk_count = get32(p + 12);
-	c->first_seq = get64(p + 16);
-	c->first_off = get64(p + 24);
-	e->received_at_us = (int64_t)get64(p + 32);
-	e->body_size = get64(p + 40);
+	c->body_len = spool_get64(p);
+	c->body_crc = spool_get32(p + 8);
+	c->chunk_count = spool_get32(p + 12);
+	c->first_seq = spool_get64(p + 16);
+	c->first_off = spool_get64(p + 24);
+	e->received_at_us = (int64_t)spool_get64(p + 32);
+	e->body_size = spool_get64(p + 40);
 	e->client_port = (uint16_t)(p[48] | (p[49] << 8));
-	e->rcpt_count = get32(p + 52);
+	e->rcpt_count = spool_get32(p + 52);
 	if (e->rcpt_count > SPOOL_RCPT_MAX)
 		return -EBADMSG;
 	if (e->rcpt_count > rcpt_cap)
@@ -292,7 +271,7 @@ static uint8_t *put_str_cut(uint8_t *p, const char *s, uint32_t max)
 {
 	uint32_t n = str_len_cut(s, max);
 
-	put32(p, n);
+	spool_put32(p, n);
 	if (n)
 		memcpy(p + 4, s, n);
 	p[4 + n] = 0;
@@ -330,17 +309,17 @@ void spool_outcome_encode(uint8_t *out, const struct spool_outcome *o)
 {
 	uint8_t *p = out;
 
-	put32(p, o->attempt);
-	put32(p + 4, 0);
-	put64(p + 8, (uint64_t)o->at_us);
-	put64(p + 16, (uint64_t)o->next_attempt_us);
-	put64(p + 24, o->dsn_id);
+	spool_put32(p, o->attempt);
+	spool_put32(p + 4, 0);
+	spool_put64(p + 8, (uint64_t)o->at_us);
+	spool_put64(p + 16, (uint64_t)o->next_attempt_us);
+	spool_put64(p + 24, o->dsn_id);
 	p = put_str_cut(p + SPOOL_OUTCOME_FIXED, o->hop, SPOOL_OUTCOME_HOP_MAX);
-	put32(p, o->rcpt_count);
+	spool_put32(p, o->rcpt_count);
 	p += 4;
 	for (uint32_t i = 0; i < o->rcpt_count; i++) {
 		const struct spool_outcome_rcpt *e = &o->rcpt[i];
-		put32(p, e->idx);
+		spool_put32(p, e->idx);
 		p[4] = e->state;
 		p[5] = e->possible_duplicate ? 1 : 0;
 		p[6] = (uint8_t)e->code;
@@ -354,7 +333,7 @@ void spool_outcome_encode(uint8_t *out, const struct spool_outcome *o)
 /* A string of at most max bytes (get_str checks the NUL and that none is inside). */
 static int get_str_max(const uint8_t **pp, const uint8_t *end, const char **out, uint32_t max)
 {
-	if (end - *pp >= 4 && get32(*pp) > max)
+	if (end - *pp >= 4 && spool_get32(*pp) > max)
 		return -EBADMSG;
 	return get_str(pp, end, out);
 }
@@ -365,7 +344,7 @@ static int entry_parse(const uint8_t **pp, const uint8_t *end, struct spool_outc
 
 	if (end - p < 8)
 		return -EBADMSG;
-	e->idx = get32(p);
+	e->idx = spool_get32(p);
 	e->state = p[4];
 	e->possible_duplicate = p[5] & 1;
 	e->code = (uint16_t)(p[6] | (p[7] << 8));
@@ -389,14 +368,14 @@ int spool_outcome_decode(const uint8_t *payload, uint32_t len, struct spool_outc
 	memset(it, 0, sizeof(*it));
 	if (len < SPOOL_OUTCOME_FIXED || len > SPOOL_OUTCOME_MAX)
 		return -EBADMSG;
-	o->attempt = get32(p);
-	o->at_us = (int64_t)get64(p + 8);
-	o->next_attempt_us = (int64_t)get64(p + 16);
-	o->dsn_id = get64(p + 24);
+	o->attempt = spool_get32(p);
+	o->at_us = (int64_t)spool_get64(p + 8);
+	o->next_attempt_us = (int64_t)spool_get64(p + 16);
+	o->dsn_id = spool_get64(p + 24);
 	p += SPOOL_OUTCOME_FIXED;
 	if (get_str_max(&p, end, &o->hop, SPOOL_OUTCOME_HOP_MAX) || end - p < 4)
 		return -EBADMSG;
-	o->rcpt_count = get32(p);
+	o->rcpt_count = spool_get32(p);
 	p += 4;
 	if (!o->rcpt_count || o->rcpt_count > SPOOL_OUTCOME_RCPTS_MAX)
 		return -EBADMSG;
@@ -426,40 +405,40 @@ int spool_outcome_entry_next(struct spool_outcome_iter *it, struct spool_outcome
 
 void spool_abort_encode(uint8_t out[SPOOL_ABORT_SIZE], const struct spool_abort *a)
 {
-	put32(out, a->reason);
-	put32(out + 4, 0);
-	put64(out + 8, a->commit_seq);
-	put64(out + 16, a->commit_off);
+	spool_put32(out, a->reason);
+	spool_put32(out + 4, 0);
+	spool_put64(out + 8, a->commit_seq);
+	spool_put64(out + 16, a->commit_off);
 }
 
 int spool_abort_decode(const uint8_t *payload, uint32_t len, struct spool_abort *a)
 {
 	if (len != SPOOL_ABORT_SIZE)
 		return -EBADMSG;
-	a->reason = get32(payload);
-	a->commit_seq = get64(payload + 8);
-	a->commit_off = get64(payload + 16);
+	a->reason = spool_get32(payload);
+	a->commit_seq = spool_get64(payload + 8);
+	a->commit_off = spool_get64(payload + 16);
 	return 0;
 }
 
 void spool_op_fixed_encode(uint8_t out[SPOOL_OP_FIXED], const struct spool_op_fixed *f)
 {
-	put32(out, f->action);
-	put32(out + 4, f->uid);
-	put64(out + 8, (uint64_t)f->at_us);
-	put32(out + 16, f->pid);
-	put32(out + 20, f->tail);
+	spool_put32(out, f->action);
+	spool_put32(out + 4, f->uid);
+	spool_put64(out + 8, (uint64_t)f->at_us);
+	spool_put32(out + 16, f->pid);
+	spool_put32(out + 20, f->tail);
 }
 
 int spool_op_fixed_decode(const uint8_t *payload, uint32_t len, struct spool_op_fixed *f)
 {
 	if (len < SPOOL_OP_FIXED)
 		return -EBADMSG;
-	f->action = get32(payload);
-	f->uid = get32(payload + 4);
-	f->at_us = (int64_t)get64(payload + 8);
-	f->pid = get32(payload + 16);
-	f->tail = get32(payload + 20);
+	f->action = spool_get32(payload);
+	f->uid = spool_get32(payload + 4);
+	f->at_us = (int64_t)spool_get64(payload + 8);
+	f->pid = spool_get32(payload + 16);
+	f->tail = spool_get32(payload + 20);
 	if (f->action < SPOOL_OP_HOLD || f->action > SPOOL_OP_RETRY || f->tail != len - SPOOL_OP_FIXED)
 		return -EBADMSG;
 	return 0;
@@ -467,20 +446,20 @@ int spool_op_fixed_decode(const uint8_t *payload, uint32_t len, struct spool_op_
 
 void spool_gap_fixed_encode(uint8_t out[SPOOL_GAP_FIXED], const struct spool_gap_fixed *f)
 {
-	put32(out, f->kind);
-	put32(out + 4, f->tail);
-	put64(out + 8, (uint64_t)f->expires_us);
-	put64(out + 16, 0);
+	spool_put32(out, f->kind);
+	spool_put32(out + 4, f->tail);
+	spool_put64(out + 8, (uint64_t)f->expires_us);
+	spool_put64(out + 16, 0);
 }
 
 int spool_gap_fixed_decode(const uint8_t *payload, uint32_t len, struct spool_gap_fixed *f)
 {
 	if (len < SPOOL_GAP_FIXED)
 		return -EBADMSG;
-	f->kind = get32(payload);
-	f->tail = get32(payload + 4);
-	f->expires_us = (int64_t)get64(payload + 8);
-	f->reserved = get64(payload + 16);
+	f->kind = spool_get32(payload);
+	f->tail = spool_get32(payload + 4);
+	f->expires_us = (int64_t)spool_get64(payload + 8);
+	f->reserved = spool_get64(payload + 16);
 	if ((f->kind != SPOOL_GAP_AT_RISK && f->kind != SPOOL_GAP_CLEARED) ||
 	    f->tail != len - SPOOL_GAP_FIXED)
 		return -EBADMSG;

@@ -14,6 +14,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "ds_envelope.h"
 #include "spool.h"
@@ -81,6 +82,31 @@ struct spool_rec {
 	const uint8_t *payload;
 	uint64_t total; /* header + payload + padding */
 };
+
+/* Little-endian fields at any alignment (the spool is written on little-endian hosts: FORMAT.md). */
+static inline uint32_t spool_get32(const uint8_t *p)
+{
+	uint32_t v;
+	memcpy(&v, p, 4);
+	return v;
+}
+
+static inline uint64_t spool_get64(const uint8_t *p)
+{
+	uint64_t v;
+	memcpy(&v, p, 8);
+	return v;
+}
+
+static inline void spool_put32(uint8_t *p, uint32_t v)
+{
+	memcpy(p, &v, 4);
+}
+
+static inline void spool_put64(uint8_t *p, uint64_t v)
+{
+	memcpy(p, &v, 8);
+}
 
 static inline uint64_t spool_rec_total(uint64_t payload_len)
 {
@@ -229,7 +255,8 @@ int spool_seg_scan(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t s
 		   const struct spool_scan_ops *ops, void *ctx);
 
 /* Paths: DIR/lane-NN/SSSSSSSSSSSS.EXT, EXT "seg" or "sum" (spool_lane_dir_path: spool.h) */
-int spool_lane_file_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq, const char *ext);
+int spool_lane_file_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq,
+			 const char *ext);
 /* Parse "000000000012.EXT" -> 12; 0 on anything else. */
 uint64_t spool_lane_file_seq(const char *name, const char *ext);
 int spool_seg_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq);

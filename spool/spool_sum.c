@@ -22,30 +22,6 @@
 #define SUM_CHUNK_SIZE 24u
 #define SUM_REC_FIXED  16u
 
-static uint32_t rd32(const uint8_t *p)
-{
-	uint32_t v;
-	memcpy(&v, p, 4);
-	return v;
-}
-
-static uint64_t rd64(const uint8_t *p)
-{
-	uint64_t v;
-	memcpy(&v, p, 8);
-	return v;
-}
-
-static void wr32(uint8_t *p, uint32_t v)
-{
-	memcpy(p, &v, 4);
-}
-
-static void wr64(uint8_t *p, uint64_t v)
-{
-	memcpy(p, &v, 8);
-}
-
 int spool_sum_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq)
 {
 	return spool_lane_file_path(buf, cap, dir, lane, seq, "sum");
@@ -105,17 +81,17 @@ static int build_rec(void *ctx, const struct spool_rec *r)
 	if (r->type == SPOOL_REC_CHUNK) {
 		if (!(p = build_room(b, SUM_CHUNK_SIZE)))
 			return 1;
-		wr32(p, SPOOL_SUM_CHUNK);
-		wr32(p + 4, r->len);
-		wr64(p + 8, r->off);
-		wr64(p + 16, r->txn_id);
+		spool_put32(p, SPOOL_SUM_CHUNK);
+		spool_put32(p + 4, r->len);
+		spool_put64(p + 8, r->off);
+		spool_put64(p + 16, r->txn_id);
 	} else {
 		DS_ASSERT(r->total <= UINT32_MAX && r->total % SPOOL_REC_ALIGN == 0);
 		if (!(p = build_room(b, SUM_REC_FIXED + r->total)))
 			return 1;
-		wr32(p, SPOOL_SUM_RECORD);
-		wr32(p + 4, (uint32_t)r->total);
-		wr64(p + 8, r->off);
+		spool_put32(p, SPOOL_SUM_RECORD);
+		spool_put32(p + 4, (uint32_t)r->total);
+		spool_put64(p + 8, r->off);
 		memcpy(p + SUM_REC_FIXED, b->map + r->off, r->total);
 	}
 	b->entries++;
@@ -159,22 +135,22 @@ int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hd
 	h = b.buf;
 	memset(h, 0, SPOOL_SUM_HDR_SIZE);
 	memcpy(h, SPOOL_SUM_MAGIC, 8);
-	wr32(h + 8, SPOOL_SUM_VERSION);
-	wr32(h + 12, SPOOL_SUM_HDR_SIZE);
-	wr32(h + 16, hdr->lane);
-	wr32(h + 20, flags);
-	wr64(h + 24, hdr->seq);
-	wr64(h + 32, hdr->epoch);
-	wr64(h + 40, size);
-	wr64(h + 48, b.end);
-	wr64(h + 56, b.watermark);
-	wr64(h + 64, (uint64_t)seg_mtime->tv_sec);
-	wr64(h + 72, (uint64_t)seg_mtime->tv_nsec);
+	spool_put32(h + 8, SPOOL_SUM_VERSION);
+	spool_put32(h + 12, SPOOL_SUM_HDR_SIZE);
+	spool_put32(h + 16, hdr->lane);
+	spool_put32(h + 20, flags);
+	spool_put64(h + 24, hdr->seq);
+	spool_put64(h + 32, hdr->epoch);
+	spool_put64(h + 40, size);
+	spool_put64(h + 48, b.end);
+	spool_put64(h + 56, b.watermark);
+	spool_put64(h + 64, (uint64_t)seg_mtime->tv_sec);
+	spool_put64(h + 72, (uint64_t)seg_mtime->tv_nsec);
 	crc = crc32c(0, b.buf, b.len);
 	DS_ASSERT(b.len + SPOOL_SUM_TRAILER <= b.cap);
-	wr32(b.buf + b.len, b.entries);
+	spool_put32(b.buf + b.len, b.entries);
 	crc = crc32c(crc, b.buf + b.len, 4);
-	wr32(b.buf + b.len + 4, crc);
+	spool_put32(b.buf + b.len + 4, crc);
 	*out = b.buf;
 	*outlen = b.len + SPOOL_SUM_TRAILER;
 	return 0;
@@ -188,16 +164,16 @@ static bool rec_copy_ok(const uint8_t *p, uint32_t total, uint64_t epoch)
 	uint8_t h[SPOOL_REC_HDR_SIZE];
 	uint32_t len, crc;
 
-	if (total < SPOOL_REC_HDR_SIZE || rd32(p) != SPOOL_REC_MAGIC || p[4] <= SPOOL_REC_CHUNK ||
-	    p[4] > SPOOL_REC_TYPE_LAST || p[5] || p[6] || p[7] || rd64(p + 24) != epoch)
+	if (total < SPOOL_REC_HDR_SIZE || spool_get32(p) != SPOOL_REC_MAGIC || p[4] <= SPOOL_REC_CHUNK ||
+	    p[4] > SPOOL_REC_TYPE_LAST || p[5] || p[6] || p[7] || spool_get64(p + 24) != epoch)
 		return false;
-	len = rd32(p + 8);
+	len = spool_get32(p + 8);
 	if (spool_rec_total(len) != total)
 		return false;
 	memcpy(h, p, sizeof(h));
-	wr32(h + 12, 0);
+	spool_put32(h + 12, 0);
 	crc = crc32c(crc32c(0, h, sizeof(h)), p + SPOOL_REC_HDR_SIZE, len);
-	return crc == rd32(p + 12);
+	return crc == spool_get32(p + 12);
 }
 
 int spool_sum_parse(uint8_t *buf, size_t len, struct spool_sum **out)
@@ -209,22 +185,23 @@ int spool_sum_parse(uint8_t *buf, size_t len, struct spool_sum **out)
 
 	*out = NULL;
 	if (len < SPOOL_SUM_HDR_SIZE + SPOOL_SUM_TRAILER || len > SPOOL_SUM_MAX ||
-	    memcmp(buf, SPOOL_SUM_MAGIC, 8) || rd32(buf + 8) != SPOOL_SUM_VERSION ||
-	    rd32(buf + 12) != SPOOL_SUM_HDR_SIZE || crc32c(0, buf, len - 4) != rd32(buf + len - 4))
+	    memcmp(buf, SPOOL_SUM_MAGIC, 8) || spool_get32(buf + 8) != SPOOL_SUM_VERSION ||
+	    spool_get32(buf + 12) != SPOOL_SUM_HDR_SIZE ||
+	    crc32c(0, buf, len - 4) != spool_get32(buf + len - 4))
 		return -EBADMSG;
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return -ENOMEM;
-	s->lane = rd32(buf + 16);
-	s->flags = rd32(buf + 20);
-	s->entries = rd32(buf + len - SPOOL_SUM_TRAILER);
-	s->seq = rd64(buf + 24);
-	s->epoch = rd64(buf + 32);
-	s->segment_size = rd64(buf + 40);
-	s->end = rd64(buf + 48);
-	s->watermark = rd64(buf + 56);
-	s->seg_mtime.tv_sec = (time_t)rd64(buf + 64);
-	s->seg_mtime.tv_nsec = (long)rd64(buf + 72);
+	s->lane = spool_get32(buf + 16);
+	s->flags = spool_get32(buf + 20);
+	s->entries = spool_get32(buf + len - SPOOL_SUM_TRAILER);
+	s->seq = spool_get64(buf + 24);
+	s->epoch = spool_get64(buf + 32);
+	s->segment_size = spool_get64(buf + 40);
+	s->end = spool_get64(buf + 48);
+	s->watermark = spool_get64(buf + 56);
+	s->seg_mtime.tv_sec = (time_t)spool_get64(buf + 64);
+	s->seg_mtime.tv_nsec = (long)spool_get64(buf + 72);
 	/* Walk once to check the structure and count the records, then index them. */
 	end = buf + len - SPOOL_SUM_TRAILER;
 	for (int pass = 0; pass < 2; pass++) {
@@ -237,9 +214,9 @@ int spool_sum_parse(uint8_t *buf, size_t len, struct spool_sum **out)
 
 			if ((size_t)(end - p) < SUM_REC_FIXED)
 				goto bad;
-			kind = rd32(p);
-			a = rd32(p + 4);
-			off = rd64(p + 8);
+			kind = spool_get32(p);
+			a = spool_get32(p + 4);
+			off = spool_get64(p + 8);
 			if (kind == SPOOL_SUM_CHUNK) {
 				if ((size_t)(end - p) < SUM_CHUNK_SIZE || a > SPOOL_CHUNK_MAX)
 					goto bad;
@@ -363,25 +340,25 @@ int spool_sum_replay(const struct spool_sum *s, const struct spool_scan_ops *ops
 	const uint8_t *p = s->buf + SPOOL_SUM_HDR_SIZE, *end = s->buf + s->len - SPOOL_SUM_TRAILER;
 
 	while (p < end) {
-		struct spool_rec r = {.off = rd64(p + 8)};
-		uint32_t kind = rd32(p);
+		struct spool_rec r = {.off = spool_get64(p + 8)};
+		uint32_t kind = spool_get32(p);
 		int rc;
 
 		if (kind == SPOOL_SUM_CHUNK) {
 			r.type = SPOOL_REC_CHUNK;
-			r.len = rd32(p + 4);
-			r.txn_id = rd64(p + 16);
+			r.len = spool_get32(p + 4);
+			r.txn_id = spool_get64(p + 16);
 			r.total = spool_rec_total(r.len);
 			p += SUM_CHUNK_SIZE;
 		} else {
 			const uint8_t *q = p + SUM_REC_FIXED;
 			DS_ASSERT(kind == SPOOL_SUM_RECORD);
 			r.type = q[4];
-			r.len = rd32(q + 8);
-			r.txn_id = rd64(q + 16);
-			r.durable_off = rd64(q + 32);
+			r.len = spool_get32(q + 8);
+			r.txn_id = spool_get64(q + 16);
+			r.durable_off = spool_get64(q + 32);
 			r.payload = q + SPOOL_REC_HDR_SIZE;
-			r.total = rd32(p + 4);
+			r.total = spool_get32(p + 4);
 			p += SUM_REC_FIXED + r.total;
 		}
 		if (ops->rec && (r.type == SPOOL_REC_CHUNK || r.type == SPOOL_REC_COMMIT || ops->delivery) &&
