@@ -74,6 +74,21 @@ def retry(t, srv, body, qid, what):
             "%s: the retry is answered 'already queued as %s'" % (what, qid), (code, text))
 
 
+def send_original(t, srv, body, what):
+    """One message over a fresh connection, left open after its 250: (connection, queue id)."""
+    c = dslib.RawSMTP("127.0.0.1", srv.port)
+    c.reply()
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<s@src.test>")
+    c.cmd("RCPT TO:<r@dest.test>")
+    c.cmd("DATA")
+    c.send(body + b".\r\n")
+    code, text = c.reply()
+    t.eq(code, 250, "%s got its 250" % what)
+    text = text.decode() if isinstance(text, bytes) else text
+    return c, re.search(r"queued as ([0-9A-F]{16})", text).group(1)
+
+
 def main(t):
     down = dlvlib.DServer(t.build, [], threads=1)
     down.start()
@@ -85,17 +100,7 @@ def main(t):
         mid = "<compact.%s@gap.test>" % uuid.uuid4().hex[:8]
         body = ("From: s@src.test\r\nMessage-ID: %s\r\nSubject: kept\r\n\r\nkept across compaction\r\n"
                 % mid).encode()
-        c = dslib.RawSMTP("127.0.0.1", srv.port)
-        c.reply()
-        c.cmd("EHLO client.test")
-        c.cmd("MAIL FROM:<s@src.test>")
-        c.cmd("RCPT TO:<r@dest.test>")
-        c.cmd("DATA")
-        c.send(body + b".\r\n")
-        code, text = c.reply()
-        t.eq(code, 250, "the original got its 250")
-        text = text.decode() if isinstance(text, bytes) else text
-        qid = re.search(r"queued as ([0-9A-F]{16})", text).group(1)
+        c, qid = send_original(t, srv, body, "the original")
         wait("delivery", lambda: srv.metric("dotspool_deliveries_total", {"outcome": "delivered"}) >= 1, 20)
         time.sleep(0.5)
         c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
@@ -129,17 +134,7 @@ def main(t):
         mid2 = "<compact2.%s@gap.test>" % uuid.uuid4().hex[:8]
         body2 = ("From: s@src.test\r\nMessage-ID: %s\r\nSubject: kept 2\r\n\r\nkept across restarts\r\n"
                  % mid2).encode()
-        c = dslib.RawSMTP("127.0.0.1", srv.port)
-        c.reply()
-        c.cmd("EHLO client.test")
-        c.cmd("MAIL FROM:<s@src.test>")
-        c.cmd("RCPT TO:<r@dest.test>")
-        c.cmd("DATA")
-        c.send(body2 + b".\r\n")
-        code, text = c.reply()
-        t.eq(code, 250, "the second original got its 250")
-        text = text.decode() if isinstance(text, bytes) else text
-        qid2 = re.search(r"queued as ([0-9A-F]{16})", text).group(1)
+        c, qid2 = send_original(t, srv, body2, "the second original")
         n0 = srv.metric("dotspool_deliveries_total", {"outcome": "delivered"})
         wait("delivery", lambda: copies(down, mid2) >= 1, 20)
         time.sleep(0.5)
