@@ -221,6 +221,21 @@ struct written {
 	unsigned n;
 };
 
+/* Two lanes of small segments on synchronous I/O (cfg must outlive them). */
+static void lanes_open(const char *dir, struct spool_config *cfg, struct spool_syncio *sio[2],
+		       struct spool_lane *l[2])
+{
+	spool_config_defaults(cfg);
+	cfg->dir = dir;
+	cfg->segment_size = 512 * 1024;
+	cfg->buffer_size = 256 * 1024;
+	for (unsigned k = 0; k < 2; k++) {
+		CHECK(spool_syncio_create(&sio[k], on_settled, NULL) == 0);
+		CHECK(spool_lane_open(&l[k], cfg, k, spool_syncio_ops(), sio[k]) == 0);
+		spool_syncio_attach(sio[k], l[k]);
+	}
+}
+
 static void write_spool(const char *dir, uint64_t seed, struct written *w)
 {
 	struct spool_config cfg;
@@ -230,15 +245,7 @@ static void write_spool(const char *dir, uint64_t seed, struct written *w)
 	uint64_t cookie = 1;
 
 	rng = seed;
-	spool_config_defaults(&cfg);
-	cfg.dir = dir;
-	cfg.segment_size = 512 * 1024;
-	cfg.buffer_size = 256 * 1024;
-	for (unsigned k = 0; k < 2; k++) {
-		CHECK(spool_syncio_create(&sio[k], on_settled, NULL) == 0);
-		CHECK(spool_lane_open(&l[k], &cfg, k, spool_syncio_ops(), sio[k]) == 0);
-		spool_syncio_attach(sio[k], l[k]);
-	}
+	lanes_open(dir, &cfg, sio, l);
 	w->n = 0;
 	for (unsigned op = 0; op < 400; op++) {
 		unsigned k = (unsigned)rnd(2);
@@ -496,15 +503,7 @@ static void test_random(uint64_t seed)
 		}
 		CHECK(sums_check(dir, names, 256) == before - 2);
 
-		spool_config_defaults(&cfg);
-		cfg.dir = dir;
-		cfg.segment_size = 512 * 1024;
-		cfg.buffer_size = 256 * 1024;
-		for (unsigned k = 0; k < 2; k++) {
-			CHECK(spool_syncio_create(&sio[k], on_settled, NULL) == 0);
-			CHECK(spool_lane_open(&l[k], &cfg, k, spool_syncio_ops(), sio[k]) == 0);
-			spool_syncio_attach(sio[k], l[k]);
-		}
+		lanes_open(dir, &cfg, sio, l);
 		/* The backfill writes them again in the background. */
 		for (int i = 0; i < 1000 && (nsums = sums_check(dir, names, 256)) < before; i++)
 			usleep(10000);
