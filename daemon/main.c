@@ -20,7 +20,9 @@
 
 #include "ds_assert.h"
 #include "ds_clock.h"
+#include "ds_grow.h"
 #include "ds_nofile.h"
+#include "ds_sort.h"
 #include "ctlsock.h"
 #include "dlv.h"
 #include "gap.h"
@@ -260,12 +262,6 @@ struct gap_load {
 	size_t nloc, loc_cap;
 };
 
-static int gap_u64_cmp(const void *pa, const void *pb)
-{
-	uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
-	return a < b ? -1 : a > b;
-}
-
 static int gap_loc_cmp(const void *pa, const void *pb)
 {
 	const struct gap_tail *a = pa, *b = pb;
@@ -282,22 +278,18 @@ static void gap_loc_note(struct gap_load *gl, uint64_t id, unsigned lane, uint64
 			if (gl->v[i].kind == SPOOL_GAP_REC_AT_RISK)
 				gl->risk[gl->nrisk++] = gl->v[i].id;
 		if (gl->nrisk)
-			qsort(gl->risk, gl->nrisk, sizeof(*gl->risk), gap_u64_cmp);
+			qsort(gl->risk, gl->nrisk, sizeof(*gl->risk), ds_u64_cmp);
 		else if (gl->n)
 			gl->oom |= !gl->risk;
 	}
-	if (!gl->nrisk || !bsearch(&id, gl->risk, gl->nrisk, sizeof(id), gap_u64_cmp))
+	if (!gl->nrisk || !bsearch(&id, gl->risk, gl->nrisk, sizeof(id), ds_u64_cmp))
 		return;
-	if (gl->nloc == gl->loc_cap) {
-		size_t cap = gl->loc_cap ? gl->loc_cap * 2 : 64;
-		struct gap_tail *v = realloc(gl->loc, cap * sizeof(*v));
-		if (!v) {
-			gl->oom = true;
-			return;
-		}
-		gl->loc = v;
-		gl->loc_cap = cap;
+	struct gap_tail *v = ds_grow(gl->loc, &gl->loc_cap, gl->nloc, sizeof(*v), 64);
+	if (!v) {
+		gl->oom = true;
+		return;
 	}
+	gl->loc = v;
 	gl->loc[gl->nloc++] = (struct gap_tail){.id = id, .seq = seq, .off = off, .lane = lane};
 }
 
@@ -322,16 +314,12 @@ static void gap_collect(void *ctx, const struct spool_gap_rec *g)
 		}
 		return;
 	}
-	if (gl->n == gl->cap) {
-		size_t cap = gl->cap ? gl->cap * 2 : 256;
-		struct spool_gap_rec *v = realloc(gl->v, cap * sizeof(*v));
-		if (!v) {
-			gl->oom = true;
-			return;
-		}
-		gl->v = v;
-		gl->cap = cap;
+	struct spool_gap_rec *v = ds_grow(gl->v, &gl->cap, gl->n, sizeof(*v), 256);
+	if (!v) {
+		gl->oom = true;
+		return;
 	}
+	gl->v = v;
 	gl->v[gl->n++] = *g;
 }
 
@@ -359,16 +347,12 @@ static void gap_msg(void *ctx, uint64_t id, unsigned lane, uint64_t seq, uint64_
 	 */
 	if (received_at_us + gl->fate_open_us < gl->wm_at_us[lane])
 		return;
-	if (gl->ntail == gl->tail_cap) {
-		size_t cap = gl->tail_cap ? gl->tail_cap * 2 : 64;
-		struct gap_tail *v = realloc(gl->tail, cap * sizeof(*v));
-		if (!v) {
-			gl->oom = true;
-			return;
-		}
-		gl->tail = v;
-		gl->tail_cap = cap;
+	struct gap_tail *v = ds_grow(gl->tail, &gl->tail_cap, gl->ntail, sizeof(*v), 64);
+	if (!v) {
+		gl->oom = true;
+		return;
 	}
+	gl->tail = v;
 	gl->tail[gl->ntail++] = (struct gap_tail){
 		.id = id, .seq = seq, .off = off, .lane = lane, .received_at_us = received_at_us};
 }

@@ -27,6 +27,7 @@
 
 #include "ds_assert.h"
 #include "ds_clock.h"
+#include "ds_sort.h"
 #include "log.h"
 #include "spool.h"
 #include "spool_id.h"
@@ -196,13 +197,6 @@ static const char *res_word(uint8_t r)
 	}
 }
 
-static int id_cmp(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-
-	return x < y ? -1 : x > y;
-}
-
 /* Read one line (up to '\n') into buf; its length, or -1. */
 static ssize_t read_line(int fd, char *buf, size_t cap)
 {
@@ -332,7 +326,7 @@ static void run_command(int fd, int action, char **tok, unsigned ntok, const str
 	for (unsigned i = 0; i < n; i++) {
 		struct io_ctl_batch *b = &c->b[i];
 		uint32_t k = 0;
-		qsort(b->ids, b->n, sizeof(*b->ids), id_cmp);
+		qsort(b->ids, b->n, sizeof(*b->ids), ds_u64_cmp);
 		for (uint32_t j = 0; j < b->n; j++)
 			if (!k || b->ids[k - 1] != b->ids[j])
 				b->ids[k++] = b->ids[j];
@@ -386,7 +380,7 @@ static void run_command(int fd, int action, char **tok, unsigned ntok, const str
 				continue;
 			}
 			struct io_ctl_batch *b = &c->b[(ids[i] >> 56) % n];
-			const uint64_t *hit = bsearch(&ids[i], b->ids, b->n, sizeof(*b->ids), id_cmp);
+			const uint64_t *hit = bsearch(&ids[i], b->ids, b->n, sizeof(*b->ids), ds_u64_cmp);
 			res[i] = hit ? b->res[hit - b->ids] : IO_CTL_ERROR;
 		}
 		pthread_mutex_unlock(&c->mu);

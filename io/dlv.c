@@ -42,6 +42,7 @@
 #include "ds_assert.h"
 #include "ds_clock.h"
 #include "ds_grow.h"
+#include "ds_sort.h"
 #include "io_types.h"
 #include "log.h"
 #include "metrics.h"
@@ -1674,17 +1675,11 @@ static void job_bounce(struct io_dlv *d, struct dlv_qmsg *qm)
 	job_records(d, j);
 }
 
-static int id_cmp(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
 static void bounces_run(struct io_dlv *d)
 {
 	if (!d->nbounce || !d->job_free)
 		return;
-	qsort(d->bounce, d->nbounce, sizeof(*d->bounce), id_cmp);
+	qsort(d->bounce, d->nbounce, sizeof(*d->bounce), ds_u64_cmp);
 	size_t k = 0;
 	for (size_t i = 0; i < d->nbounce; i++)
 		if (!k || d->bounce[k - 1] != d->bounce[i])

@@ -10,6 +10,7 @@
 #include "crc32c.h"
 #include "ds_assert.h"
 #include "ds_grow.h"
+#include "ds_sort.h"
 
 void spool_seg_hdr_encode(uint8_t out[SPOOL_SEG_HDR_SIZE], const struct spool_seg_hdr *h)
 {
@@ -569,12 +570,6 @@ uint64_t spool_seg_name_seq(const char *name)
 	return spool_lane_file_seq(name, "seg");
 }
 
-static int cmp_u64(const void *a, const void *b)
-{
-	uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-	return x < y ? -1 : x > y;
-}
-
 int spool_seg_list(const char *lane_dir, uint64_t **out)
 {
 	DIR *d = opendir(lane_dir);
@@ -600,7 +595,7 @@ int spool_seg_list(const char *lane_dir, uint64_t **out)
 	}
 	closedir(d);
 	if (n)
-		qsort(v, n, sizeof(*v), cmp_u64);
+		qsort(v, n, sizeof(*v), ds_u64_cmp);
 	*out = v;
 	return (int)n;
 }

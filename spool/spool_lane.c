@@ -360,9 +360,10 @@ static void segs_reap(struct spool_lane *l)
 		 * Never written again. Sealed: every record in it is durable, hence settled and
 		 * told to the table (advance_durable ran). Failed: its bytes are unknown, kept.
 		 */
-		if (!s->failed && l->durable_pos >= s->lend)
+		bool sealed = !s->failed && l->durable_pos >= s->lend;
+		if (sealed)
 			spool_sumw_sealed(&l->sumw, s->seq);
-		if (l->cfg.reclaim && !s->failed && l->durable_pos >= s->lend)
+		if (l->cfg.reclaim && sealed)
 			spool_reclaim_seg_sealed(l->cfg.reclaim, l->lane_no, s->seq);
 		else if (l->cfg.reclaim)
 			spool_reclaim_seg_pin(l->cfg.reclaim, l->lane_no, s->seq);
@@ -1196,7 +1197,7 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 		.want_odirect = cfg->io_mode == SPOOL_IO_DIRECT && ops->write_dsync,
 		.nfds = DS_MIN(cfg->flushes_in_flight_max + 1, (uint32_t)SPOOL_SEG_FDS_MAX),
 	};
-	rc = spool_spare_start(&l->spare, &sp, n ? seqs[n - 1] + 1 : 1);
+	rc = spool_spare_start(&l->spare, &sp, seqs_last + 1);
 	free(seqs);
 	if (rc)
 		goto fail;

@@ -21,6 +21,7 @@
 #include <unistd.h>
 
 #include "ds_assert.h"
+#include "ds_sort.h"
 #include "spool_format.h"
 #include "spool_scan.h"
 #include "spool_sum.h"
@@ -1285,12 +1286,6 @@ struct load_ctx {
 	int err;
 };
 
-static int u64_cmp(const void *pa, const void *pb)
-{
-	uint64_t a = *(const uint64_t *)pa, b = *(const uint64_t *)pb;
-	return a < b ? -1 : a > b;
-}
-
 /* Message id has an AT_RISK record whose window is open (it may be kept: snapshot its final state). */
 static bool l_at_risk(struct load_ctx *c, uint64_t id)
 {
@@ -1308,9 +1303,9 @@ static bool l_at_risk(struct load_ctx *c, uint64_t id)
 		for (size_t i = 0; i < c->nrecs; i++)
 			if (c->recs[i].gap_kind == SPOOL_GAP_AT_RISK && c->recs[i].expires_us > now)
 				c->risk[c->nrisk++] = c->recs[i].id;
-		qsort(c->risk, c->nrisk, sizeof(*c->risk), u64_cmp);
+		qsort(c->risk, c->nrisk, sizeof(*c->risk), ds_u64_cmp);
 	}
-	return c->nrisk && bsearch(&id, c->risk, c->nrisk, sizeof(id), u64_cmp);
+	return c->nrisk && bsearch(&id, c->risk, c->nrisk, sizeof(id), ds_u64_cmp);
 }
 
 static void l_seg(void *ctx, struct rlane *rl, struct rseg *s)
