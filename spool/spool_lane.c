@@ -47,6 +47,7 @@
 #include "spool_oprec.h"
 #include "spool_reclaim.h"
 #include "spool_segment.h"
+#include "spool_sum.h"
 #include "spool_sumw.h"
 
 #define LANE_SEGS_MAX	 64
@@ -89,6 +90,7 @@ struct lane_seg {
 	uint32_t writes_inflight, ops_inflight;
 	uint32_t counter; /* txn ids begun in this segment */
 	bool failed, sealing, sealed;
+	struct spool_sum_acc *sum; /* its seal summary, record by record; NULL: none (read back) */
 };
 
 enum { OP_FREE = 0, OP_WRITE, OP_FLUSH, OP_SEAL };
@@ -345,6 +347,33 @@ static void open_dec(struct spool_lane *l, uint64_t seq)
 	DS_ASSERT(!"txn not counted");
 }
 
+/* The segment's accumulated summary is not wanted (failed, or the lane closes without it). */
+static void seg_sum_drop(struct lane_seg *s)
+{
+	if (s->sum) {
+		spool_sum_acc_free(s->sum);
+		free(s->sum);
+		s->sum = NULL;
+	}
+}
+
+/* Start the new active segment's summary; without memory it has none (recovery reads it whole). */
+static void seg_sum_start(struct spool_lane *l, struct lane_seg *s)
+{
+	if (!l->sumw.started)
+		return;
+	s->sum = malloc(sizeof(*s->sum));
+	if (s->sum && spool_sum_acc_init(s->sum, l->lane_no, s->seq, s->epoch, l->cfg.segment_size))
+		seg_sum_drop(s);
+}
+
+/* The record just encoded at lane position lpos of the active segment s (sum_note after each encode). */
+static inline void seg_sum_note(struct lane_seg *s, const uint8_t *rec, uint64_t lpos)
+{
+	if (s->sum)
+		spool_sum_acc_note(s->sum, rec, SPOOL_SEG_DATA_OFF + (lpos - s->lstart));
+}
+
 /* Drop finished segments from the front: sealed or failed, nothing in flight. */
 static void segs_reap(struct spool_lane *l)
 {
@@ -362,7 +391,10 @@ static void segs_reap(struct spool_lane *l)
 		 */
 		bool sealed = !s->failed && l->durable_pos >= s->lend;
 		if (sealed)
-			spool_sumw_sealed(&l->sumw, s->seq);
+			spool_sumw_sealed(&l->sumw, s->seq, s->sum);
+		else
+			seg_sum_drop(s);
+		s->sum = NULL;
 		if (l->cfg.reclaim && sealed)
 			spool_reclaim_seg_sealed(l->cfg.reclaim, l->lane_no, s->seq);
 		else if (l->cfg.reclaim)
@@ -415,6 +447,7 @@ static int lane_roll(struct spool_lane *l)
 	s->lend = UINT64_MAX;
 	s->durable_l = l->head;
 	s->flush_req_l = l->head;
+	seg_sum_start(l, s);
 	DS_ASSERT(s->seq < (1ull << SPOOL_ID_SEQ_BITS));
 	l->seg_count++;
 	l->have_active = true;
@@ -541,8 +574,8 @@ static void advance_durable(struct spool_lane *l)
 				/* A gap record keeps its message for the window (AT_RISK) or no more
 				 * (CLEARED: 0), and is carried forward by compaction while it does. */
 				else
-					spool_reclaim_msg_record_gap(l->cfg.reclaim, c.id, l->lane_no, c.rec_seq,
-								     (int64_t)c.off);
+					spool_reclaim_msg_record_gap(l->cfg.reclaim, c.id, l->lane_no,
+								     c.rec_seq, (int64_t)c.off);
 			}
 			l->st.outcomes_durable += c.kind == Q_OUTCOME;
 			l->ops->settled(l->ctx, c.cookie, 0);
@@ -733,6 +766,7 @@ static bool dio_pad(struct spool_lane *l, struct lane_seg *s)
 		spool_rec_encode(dst, SPOOL_REC_CHUNK, (uint32_t)(gap - SPOOL_REC_HDR_SIZE), pad_txn_id(l),
 				 s->epoch, durable_off_for(l, s));
 		DS_ASSERT(spool_rec_total(gap - SPOOL_REC_HDR_SIZE) == gap);
+		seg_sum_note(s, dst, l->head);
 	}
 	l->head += gap;
 	l->st.pad_bytes += gap;
@@ -1225,11 +1259,15 @@ void spool_lane_close(struct spool_lane *l)
 	 * The active segment is never written again (the next start begins after
 	 * it): summarised now, flushed first, so the next start need not read it.
 	 */
-	if (seg_active(l) && !seg_active(l)->failed)
-		spool_sumw_closed(&l->sumw, seg_active(l)->seq);
+	if (seg_active(l) && !seg_active(l)->failed) {
+		spool_sumw_closed(&l->sumw, seg_active(l)->seq, seg_active(l)->sum);
+		seg_active(l)->sum = NULL;
+	}
 	spool_sumw_stop(&l->sumw);
-	for (unsigned i = 0; i < l->seg_count; i++)
+	for (unsigned i = 0; i < l->seg_count; i++) {
+		seg_sum_drop(seg_at(l, i));
 		seg_files_close(&seg_at(l, i)->files);
+	}
 	if (l->ring)
 		munmap(l->ring, 2 * l->ring_size);
 	free(l->open_seqs);
@@ -1358,6 +1396,7 @@ static void aborts_stage(struct spool_lane *l)
 		spool_abort_encode(dst + SPOOL_REC_HDR_SIZE, &a);
 		spool_rec_encode(dst, SPOOL_REC_ABORT, SPOOL_ABORT_SIZE, c.id, s->epoch,
 				 durable_off_for(l, s));
+		seg_sum_note(s, dst, l->head);
 		l->head += total;
 		c.lend = l->head;
 		c.rec_seq = (uint32_t)s->seq;
@@ -1398,6 +1437,7 @@ static bool chunk_extend(struct spool_lane *l, struct spool_txn *t, const uint8_
 	dst = l->ring + (pos % l->ring_size);
 	memcpy(dst + SPOOL_REC_HDR_SIZE + plen, *p, n);
 	spool_rec_encode(dst, SPOOL_REC_CHUNK, (uint32_t)(plen + n), t->id, s->epoch, durable_off_for(l, s));
+	seg_sum_note(s, dst, pos);
 	l->head = pos + new_total;
 	t->priv[P_LAST_LEN] = plen + n;
 	t->priv[P_BODY_LEN] += n;
@@ -1448,6 +1488,7 @@ int spool_txn_append(struct spool_lane *l, struct spool_txn *t, const void *buf,
 		dst = l->ring + (l->head % l->ring_size);
 		memcpy(dst + SPOOL_REC_HDR_SIZE, p, n);
 		spool_rec_encode(dst, SPOOL_REC_CHUNK, (uint32_t)n, t->id, s->epoch, durable_off_for(l, s));
+		seg_sum_note(s, dst, l->head);
 		l->head += total;
 		if (!t->priv[P_FIRST_SEQ]) {
 			t->priv[P_FIRST_SEQ] = s->seq;
@@ -1525,6 +1566,7 @@ static int txn_commit_kind(struct spool_lane *l, struct spool_txn *t, const stru
 	dst = l->ring + (l->head % l->ring_size);
 	spool_commit_encode(dst + SPOOL_REC_HDR_SIZE, &c, env);
 	spool_rec_encode(dst, SPOOL_REC_COMMIT, (uint32_t)size, t->id, s->epoch, durable_off_for(l, s));
+	seg_sum_note(s, dst, l->head);
 	queue_push(l, &(struct lane_commit){.cookie = cookie,
 					    .lend = l->head + total,
 					    .id = t->id,
@@ -1593,6 +1635,7 @@ static void record_push(struct spool_lane *l, struct lane_seg *s, uint8_t *dst, 
 			uint64_t id, uint64_t off, uint8_t kind, uint64_t cookie)
 {
 	spool_rec_encode(dst, type, size, id, s->epoch, durable_off_for(l, s));
+	seg_sum_note(s, dst, l->head);
 	l->head += spool_rec_total(size);
 	queue_push(l, &(struct lane_commit){.cookie = cookie,
 					    .lend = l->head,

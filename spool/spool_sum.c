@@ -34,68 +34,145 @@ uint64_t spool_sum_name_seq(const char *name)
 
 /* ---- build ---- */
 
+/*
+ * The accumulator (spool_sum.h): the same bytes whether it is fed by the
+ * lane as it stages records (no read-back of the segment) or by a scan of
+ * the segment (spool_sum_build: segments of earlier runs).
+ */
+static uint8_t *acc_room(struct spool_sum_acc *a, size_t n)
+{
+	if (a->len + n + SPOOL_SUM_TRAILER > a->max) {
+		a->err = -E2BIG;
+		return NULL;
+	}
+	if (a->len + n + SPOOL_SUM_TRAILER > a->cap) {
+		size_t ncap = a->cap ? a->cap : 64 * 1024;
+		uint8_t *nb;
+		while (ncap < a->len + n + SPOOL_SUM_TRAILER)
+			ncap *= 2;
+		nb = realloc(a->buf, ncap);
+		if (!nb) {
+			a->err = -ENOMEM;
+			return NULL;
+		}
+		a->buf = nb;
+		a->cap = ncap;
+	}
+	a->len += n;
+	return a->buf + a->len - n;
+}
+
+int spool_sum_acc_init(struct spool_sum_acc *a, unsigned lane, uint64_t seq, uint64_t epoch, uint64_t size)
+{
+	memset(a, 0, sizeof(*a));
+	a->lane = lane;
+	a->seq = seq;
+	a->epoch = epoch;
+	a->size = size;
+	a->end = SPOOL_SEG_DATA_OFF;
+	a->max = (size_t)DS_MIN((uint64_t)SPOOL_SUM_MAX, size / 4);
+	return acc_room(a, SPOOL_SUM_HDR_SIZE) ? 0 : a->err;
+}
+
+void spool_sum_acc_free(struct spool_sum_acc *a)
+{
+	free(a->buf);
+	a->buf = NULL;
+	a->len = a->cap = 0;
+}
+
+void spool_sum_acc_note(struct spool_sum_acc *a, const uint8_t *rec, uint64_t off)
+{
+	uint32_t type = rec[4], len = spool_get32(rec + 8);
+	uint64_t id = spool_get64(rec + 16), total = spool_rec_total(len);
+	uint8_t *p;
+
+	if (a->err)
+		return;
+	a->watermark = DS_MAX(a->watermark, spool_get64(rec + 32));
+	if (type == SPOOL_REC_CHUNK && a->last_chunk && off == a->last_chunk_off) {
+		/* The lane grew its newest chunk in place (chunk_extend): the same entry, longer. */
+		DS_ASSERT(off + total >= a->end);
+		spool_put32(a->buf + a->last_chunk - 1 + 4, len);
+		a->end = off + total;
+		return;
+	}
+	DS_ASSERT(off >= a->end && off % SPOOL_REC_ALIGN == 0);
+	a->end = off + total;
+	a->last_chunk = 0;
+	/* Direct-mode padding (segment sequence 0 in its id) belongs to no message: left out. */
+	if (type == SPOOL_REC_CHUNK && !((id >> SPOOL_ID_COUNTER_BITS) & 0xffffffffull))
+		return;
+	if (type == SPOOL_REC_CHUNK) {
+		if (!(p = acc_room(a, SUM_CHUNK_SIZE)))
+			return;
+		spool_put32(p, SPOOL_SUM_CHUNK);
+		spool_put32(p + 4, len);
+		spool_put64(p + 8, off);
+		spool_put64(p + 16, id);
+		a->last_chunk = (size_t)(p - a->buf) + 1;
+		a->last_chunk_off = off;
+	} else {
+		DS_ASSERT(total <= UINT32_MAX);
+		if (!(p = acc_room(a, SUM_REC_FIXED + total)))
+			return;
+		spool_put32(p, SPOOL_SUM_RECORD);
+		spool_put32(p + 4, (uint32_t)total);
+		spool_put64(p + 8, off);
+		memcpy(p + SUM_REC_FIXED, rec, total);
+	}
+	a->entries++;
+}
+
+int spool_sum_acc_finish(struct spool_sum_acc *a, uint32_t flags, const struct timespec *seg_mtime,
+			 uint8_t **out, size_t *outlen)
+{
+	uint8_t *h;
+	uint32_t crc;
+
+	*out = NULL;
+	*outlen = 0;
+	if (a->err)
+		return a->err;
+	DS_ASSERT(a->len >= SPOOL_SUM_HDR_SIZE && a->len + SPOOL_SUM_TRAILER <= a->cap);
+	h = a->buf;
+	memset(h, 0, SPOOL_SUM_HDR_SIZE);
+	memcpy(h, SPOOL_SUM_MAGIC, 8);
+	spool_put32(h + 8, SPOOL_SUM_VERSION);
+	spool_put32(h + 12, SPOOL_SUM_HDR_SIZE);
+	spool_put32(h + 16, a->lane);
+	spool_put32(h + 20, flags);
+	spool_put64(h + 24, a->seq);
+	spool_put64(h + 32, a->epoch);
+	spool_put64(h + 40, a->size);
+	spool_put64(h + 48, a->end);
+	spool_put64(h + 56, a->watermark);
+	spool_put64(h + 64, (uint64_t)seg_mtime->tv_sec);
+	spool_put64(h + 72, (uint64_t)seg_mtime->tv_nsec);
+	crc = crc32c(0, a->buf, a->len);
+	spool_put32(a->buf + a->len, a->entries);
+	crc = crc32c(crc, a->buf + a->len, 4);
+	spool_put32(a->buf + a->len + 4, crc);
+	*out = a->buf;
+	*outlen = a->len + SPOOL_SUM_TRAILER;
+	a->buf = NULL;
+	a->len = a->cap = 0;
+	return 0;
+}
+
 struct build {
-	uint8_t *buf;
-	size_t len, cap, max;
-	uint32_t entries;
-	uint64_t end, watermark;
+	struct spool_sum_acc acc;
 	const uint8_t *map;
 	unsigned nbad;
 	bool bad_other; /* a region that is not the zero tail */
-	int err;
 };
-
-static uint8_t *build_room(struct build *b, size_t n)
-{
-	if (b->len + n + SPOOL_SUM_TRAILER > b->max) {
-		b->err = -E2BIG;
-		return NULL;
-	}
-	if (b->len + n + SPOOL_SUM_TRAILER > b->cap) {
-		size_t ncap = b->cap ? b->cap : 64 * 1024;
-		uint8_t *nb;
-		while (ncap < b->len + n + SPOOL_SUM_TRAILER)
-			ncap *= 2;
-		nb = realloc(b->buf, ncap);
-		if (!nb) {
-			b->err = -ENOMEM;
-			return NULL;
-		}
-		b->buf = nb;
-		b->cap = ncap;
-	}
-	b->len += n;
-	return b->buf + b->len - n;
-}
 
 static int build_rec(void *ctx, const struct spool_rec *r)
 {
 	struct build *b = ctx;
-	uint8_t *p;
 
-	b->watermark = DS_MAX(b->watermark, r->durable_off);
-	b->end = r->off + r->total;
-	/* Direct-mode padding (segment sequence 0 in its id) belongs to no message: left out. */
-	if (r->type == SPOOL_REC_CHUNK && !((r->txn_id >> SPOOL_ID_COUNTER_BITS) & 0xffffffffull))
-		return 0;
-	if (r->type == SPOOL_REC_CHUNK) {
-		if (!(p = build_room(b, SUM_CHUNK_SIZE)))
-			return 1;
-		spool_put32(p, SPOOL_SUM_CHUNK);
-		spool_put32(p + 4, r->len);
-		spool_put64(p + 8, r->off);
-		spool_put64(p + 16, r->txn_id);
-	} else {
-		DS_ASSERT(r->total <= UINT32_MAX && r->total % SPOOL_REC_ALIGN == 0);
-		if (!(p = build_room(b, SUM_REC_FIXED + r->total)))
-			return 1;
-		spool_put32(p, SPOOL_SUM_RECORD);
-		spool_put32(p + 4, (uint32_t)r->total);
-		spool_put64(p + 8, r->off);
-		memcpy(p + SUM_REC_FIXED, b->map + r->off, r->total);
-	}
-	b->entries++;
-	return 0;
+	spool_sum_acc_note(&b->acc, b->map + r->off, r->off);
+	return b->acc.err ? 1 : 0;
 }
 
 static void build_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zero)
@@ -104,7 +181,7 @@ static void build_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zer
 
 	(void)to;
 	b->nbad++;
-	if (!tail || !zero || from != b->end)
+	if (!tail || !zero || from != b->acc.end)
 		b->bad_other = true;
 }
 
@@ -112,48 +189,24 @@ int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hd
 		    const struct timespec *seg_mtime, uint8_t **out, size_t *outlen)
 {
 	static const struct spool_scan_ops ops = {.rec = build_rec, .bad = build_bad, .delivery = true};
-	struct build b = {.map = map, .end = SPOOL_SEG_DATA_OFF};
-	uint8_t *h;
-	uint32_t crc;
+	struct build b = {.map = map};
+	int rc;
 
 	*out = NULL;
 	*outlen = 0;
 	if (size > hdr->segment_size)
 		size = hdr->segment_size;
-	b.max = (size_t)DS_MIN((uint64_t)SPOOL_SUM_MAX, size / 4);
-	if (!(h = build_room(&b, SPOOL_SUM_HDR_SIZE))) {
-		free(b.buf);
-		return b.err;
+	rc = spool_sum_acc_init(&b.acc, hdr->lane, hdr->seq, hdr->epoch, size);
+	if (!rc) {
+		spool_seg_scan(map, size, hdr->epoch, SPOOL_SEG_DATA_OFF, &ops, &b);
+		rc = b.acc.err;
 	}
-	spool_seg_scan(map, size, hdr->epoch, SPOOL_SEG_DATA_OFF, &ops, &b);
-	if (!b.err && (b.bad_other || b.nbad > 1))
-		b.err = -EBADMSG;
-	if (b.err) {
-		free(b.buf);
-		return b.err;
-	}
-	h = b.buf;
-	memset(h, 0, SPOOL_SUM_HDR_SIZE);
-	memcpy(h, SPOOL_SUM_MAGIC, 8);
-	spool_put32(h + 8, SPOOL_SUM_VERSION);
-	spool_put32(h + 12, SPOOL_SUM_HDR_SIZE);
-	spool_put32(h + 16, hdr->lane);
-	spool_put32(h + 20, flags);
-	spool_put64(h + 24, hdr->seq);
-	spool_put64(h + 32, hdr->epoch);
-	spool_put64(h + 40, size);
-	spool_put64(h + 48, b.end);
-	spool_put64(h + 56, b.watermark);
-	spool_put64(h + 64, (uint64_t)seg_mtime->tv_sec);
-	spool_put64(h + 72, (uint64_t)seg_mtime->tv_nsec);
-	crc = crc32c(0, b.buf, b.len);
-	DS_ASSERT(b.len + SPOOL_SUM_TRAILER <= b.cap);
-	spool_put32(b.buf + b.len, b.entries);
-	crc = crc32c(crc, b.buf + b.len, 4);
-	spool_put32(b.buf + b.len + 4, crc);
-	*out = b.buf;
-	*outlen = b.len + SPOOL_SUM_TRAILER;
-	return 0;
+	if (!rc && (b.bad_other || b.nbad > 1))
+		rc = -EBADMSG;
+	if (!rc)
+		rc = spool_sum_acc_finish(&b.acc, flags, seg_mtime, out, outlen);
+	spool_sum_acc_free(&b.acc);
+	return rc;
 }
 
 /* ---- parse, load ---- */
@@ -437,24 +490,23 @@ static int sum_prefetch(int fd, uint64_t size)
 	return rc;
 }
 
-int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first, bool sealed)
+/*
+ * Open lane/seq's segment for summarising: flushed first with sync_first,
+ * and only once its mtime is settled (below). *fd and *st on success.
+ */
+static int sum_seg_open(const char *dir, unsigned lane, uint64_t seq, bool sync_first, int *fd,
+			struct stat *st)
 {
-	char path[PATH_MAX], ldir[PATH_MAX];
-	struct spool_seg_hdr hdr;
-	struct stat st;
-	uint8_t *sum = NULL;
-	size_t sumlen = 0;
-	void *map;
-	int fd, rc;
+	char path[PATH_MAX];
+	int rc;
 
-	if ((rc = spool_seg_path(path, sizeof(path), dir, lane, seq)) ||
-	    (rc = spool_lane_dir_path(ldir, sizeof(ldir), dir, lane)))
+	if ((rc = spool_seg_path(path, sizeof(path), dir, lane, seq)))
 		return rc;
-	fd = open(path, O_RDONLY | O_CLOEXEC);
-	if (fd < 0)
+	*fd = open(path, O_RDONLY | O_CLOEXEC);
+	if (*fd < 0)
 		return -errno;
-	if (fstat(fd, &st) || st.st_size < (off_t)SPOOL_SEG_DATA_OFF) {
-		close(fd);
+	if (fstat(*fd, st) || st->st_size < (off_t)SPOOL_SEG_DATA_OFF) {
+		close(*fd);
 		return -ENODATA;
 	}
 	/*
@@ -462,9 +514,9 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 	 * holds now may be only in the page cache (a crash of the process, not of
 	 * the machine). The summary may only say what is durable: flush it first.
 	 */
-	if (sync_first && fdatasync(fd)) {
+	if (sync_first && fdatasync(*fd)) {
 		rc = -errno;
-		close(fd);
+		close(*fd);
 		return rc;
 	}
 	/*
@@ -475,50 +527,61 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 	 */
 	for (int i = 0; i < 100; i++) {
 		struct timespec now;
-		if (fstat(fd, &st))
+		if (fstat(*fd, st))
 			break;
 		clock_gettime(CLOCK_REALTIME, &now);
-		if (now.tv_sec > st.st_mtim.tv_sec + 1 ||
-		    (int64_t)(now.tv_sec - st.st_mtim.tv_sec) * 1000000000 +
-				    (now.tv_nsec - st.st_mtim.tv_nsec) >
+		if (now.tv_sec > st->st_mtim.tv_sec + 1 ||
+		    (int64_t)(now.tv_sec - st->st_mtim.tv_sec) * 1000000000 +
+				    (now.tv_nsec - st->st_mtim.tv_nsec) >
 			    20000000)
 			break;
 		nanosleep(&(struct timespec){.tv_nsec = 5000000}, NULL);
 	}
-	(void)sum_prefetch(fd, (uint64_t)st.st_size);
-	map = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-	rc = map == MAP_FAILED ? -errno : 0;
-	close(fd);
-	if (rc)
-		return rc;
+	return 0;
+}
+
+/* Build the summary from the segment's own bytes (read back through a map). */
+static int sum_build_from_file(int fd, const struct stat *st, unsigned lane, uint64_t seq, bool sealed,
+			       uint8_t **sum, size_t *sumlen)
+{
+	struct spool_seg_hdr hdr;
+	void *map;
+	int rc;
+
+	(void)sum_prefetch(fd, (uint64_t)st->st_size);
+	map = mmap(NULL, (size_t)st->st_size, PROT_READ, MAP_SHARED, fd, 0);
+	if (map == MAP_FAILED)
+		return -errno;
 	/* Cached by the prefetch: a page it could not bring in is read alone, not with its neighbours. */
-	madvise(map, (size_t)st.st_size, MADV_RANDOM);
-	rc = spool_seg_hdr_decode(map, (size_t)st.st_size, &hdr);
+	madvise(map, (size_t)st->st_size, MADV_RANDOM);
+	rc = spool_seg_hdr_decode(map, (size_t)st->st_size, &hdr);
 	if (!rc && (hdr.lane != lane || hdr.seq != seq))
 		rc = -EBADMSG;
 	if (!rc)
-		rc = spool_sum_build(map, (uint64_t)st.st_size, &hdr, sealed ? SPOOL_SUM_F_SEALED : 0,
-				     &st.st_mtim, &sum, &sumlen);
-	munmap(map, (size_t)st.st_size);
-	if (rc)
+		rc = spool_sum_build(map, (uint64_t)st->st_size, &hdr, sealed ? SPOOL_SUM_F_SEALED : 0,
+				     &st->st_mtim, sum, sumlen);
+	munmap(map, (size_t)st->st_size);
+	return rc;
+}
+
+/* Write the summary bytes to lane/seq's .sum, durable with its directory entry. */
+static int sum_store(const char *dir, unsigned lane, uint64_t seq, const uint8_t *sum, size_t sumlen)
+{
+	char path[PATH_MAX], ldir[PATH_MAX];
+	int fd, rc;
+
+	if ((rc = spool_sum_path(path, sizeof(path), dir, lane, seq)) ||
+	    (rc = spool_lane_dir_path(ldir, sizeof(ldir), dir, lane)))
 		return rc;
-	if ((rc = spool_sum_path(path, sizeof(path), dir, lane, seq))) {
-		free(sum);
-		return rc;
-	}
 	/*
 	 * Written in place, no temporary name: a torn file fails its CRC and is
 	 * not used (recovery removes it and the next start writes it again), and
 	 * the lane directory never holds a name that vanishes under a copy of it.
 	 */
 	fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
-	if (fd < 0) {
-		rc = -errno;
-		free(sum);
-		return rc;
-	}
+	if (fd < 0)
+		return -errno;
 	rc = write_all(fd, sum, sumlen);
-	free(sum);
 	if (!rc && fsync(fd))
 		rc = -errno;
 	if (close(fd) && !rc)
@@ -528,6 +591,73 @@ int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_firs
 		return rc;
 	}
 	return spool_fsync_dir(ldir);
+}
+
+int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first, bool sealed)
+{
+	uint8_t *sum = NULL;
+	size_t sumlen = 0;
+	struct stat st;
+	int fd, rc;
+
+	if ((rc = sum_seg_open(dir, lane, seq, sync_first, &fd, &st)))
+		return rc;
+	rc = sum_build_from_file(fd, &st, lane, seq, sealed, &sum, &sumlen);
+	close(fd);
+	if (!rc)
+		rc = sum_store(dir, lane, seq, sum, sumlen);
+	free(sum);
+	return rc;
+}
+
+/*
+ * DS_SPOOL_SUM_CHECK=1 (tests): the summary the lane accumulated must be
+ * byte for byte the one a read of the segment builds; anything else is a
+ * bug in the accumulation, and the process stops on it.
+ */
+static void sum_check_against_file(int fd, const struct stat *st, const struct spool_sum_acc *a, bool sealed,
+				   const uint8_t *sum, size_t sumlen)
+{
+	uint8_t *ref = NULL;
+	size_t reflen = 0;
+	int rc = sum_build_from_file(fd, st, a->lane, a->seq, sealed, &ref, &reflen);
+
+	if (rc || reflen != sumlen || memcmp(ref, sum, sumlen)) {
+		fprintf(stderr,
+			"spool: lane %u segment %llu: accumulated summary (%zu bytes) differs from the "
+			"segment's "
+			"(%zu bytes, rc %d)\n",
+			a->lane, (unsigned long long)a->seq, sumlen, reflen, rc);
+		DS_ASSERT(!"accumulated summary differs from the segment");
+	}
+	free(ref);
+}
+
+int spool_sum_write_acc(const char *dir, struct spool_sum_acc *a, bool sync_first, bool sealed)
+{
+	static int check = -1;
+	uint8_t *sum = NULL;
+	size_t sumlen = 0;
+	struct stat st;
+	int fd, rc;
+
+	if (check < 0)
+		check = getenv("DS_SPOOL_SUM_CHECK") != NULL;
+	if (a->err)
+		return a->err;
+	if ((rc = sum_seg_open(dir, a->lane, a->seq, sync_first, &fd, &st)))
+		return rc;
+	/* The file's size bounds what a scan covers (struct rseg's size): the same figure. */
+	if ((uint64_t)st.st_size < a->size)
+		a->size = (uint64_t)st.st_size;
+	rc = spool_sum_acc_finish(a, sealed ? SPOOL_SUM_F_SEALED : 0, &st.st_mtim, &sum, &sumlen);
+	if (!rc && check)
+		sum_check_against_file(fd, &st, a, sealed, sum, sumlen);
+	close(fd);
+	if (!rc)
+		rc = sum_store(dir, a->lane, a->seq, sum, sumlen);
+	free(sum);
+	return rc;
 }
 
 void spool_sum_unlink_seq(const char *dir, unsigned lane, uint64_t seq)

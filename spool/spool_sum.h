@@ -8,10 +8,11 @@
  * what recovery needs from the segment without reading it: every non-chunk
  * record copied whole, a compact entry per chunk record (offset, txn id,
  * payload length), where the records end and the segment's durable
- * watermark. Built from the sealed segment itself by the same parser a
- * scan uses (spool_seg_scan), so replaying it (spool_sum_replay) hands the
- * scan engine the very record stream a full scan of the segment would, the
- * chunk payloads left out. A summary that is missing, damaged or does not
+ * watermark. Built by the lane from the records it stages (or, for a
+ * segment of an earlier run, from the segment with the parser a scan uses,
+ * spool_seg_scan), so replaying it (spool_sum_replay) hands the scan engine
+ * the very record stream a full scan of the segment would, the chunk
+ * payloads left out. A summary that is missing, damaged or does not
  * match the segment's header (lane, seq, epoch, size) is not used: the
  * segment is scanned in full.
  */
@@ -60,6 +61,38 @@ struct spool_sum {
 	const uint8_t **rec_at;
 	uint32_t nrecs;
 };
+
+/*
+ * A summary being built, record by record in file order: by the lane as it
+ * stages records into its active segment (so a sealed segment is never read
+ * back: in direct mode that read doubled the device's traffic), or by a scan
+ * of the segment (spool_sum_build). Both give the same bytes; with
+ * DS_SPOOL_SUM_CHECK=1 the writer compares them for every lane summary.
+ */
+struct spool_sum_acc {
+	uint8_t *buf;
+	size_t len, cap, max;
+	unsigned lane;
+	uint64_t seq, epoch, size;
+	uint32_t entries;
+	uint64_t end, watermark;
+	size_t last_chunk; /* 1 + buf offset of the newest entry if it is a chunk, else 0 */
+	uint64_t last_chunk_off;
+	int err; /* -E2BIG, -ENOMEM: no summary for this segment (scanned whole) */
+};
+
+/* 0 or -ENOMEM; either way spool_sum_acc_free releases it. size: the segment's. */
+int spool_sum_acc_init(struct spool_sum_acc *a, unsigned lane, uint64_t seq, uint64_t epoch, uint64_t size);
+/*
+ * The record whose encoded bytes (header, payload, padding) are at rec, at
+ * file offset off: after the previous one, or the previous chunk again,
+ * grown in place (the lane's chunk_extend).
+ */
+void spool_sum_acc_note(struct spool_sum_acc *a, const uint8_t *rec, uint64_t off);
+/* The file's bytes (*out, malloc'd; the accumulator is emptied) or a->err. */
+int spool_sum_acc_finish(struct spool_sum_acc *a, uint32_t flags, const struct timespec *seg_mtime,
+			 uint8_t **out, size_t *outlen);
+void spool_sum_acc_free(struct spool_sum_acc *a);
 
 /* DIR/lane-NN/SSSSSSSSSSSS.sum */
 int spool_sum_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq);
@@ -111,6 +144,13 @@ const uint8_t *spool_sum_rec_at(const struct spool_sum *s, uint64_t off);
  * (segment gone), or the build's / a syscall's -errno.
  */
 int spool_sum_write(const char *dir, unsigned lane, uint64_t seq, bool sync_first, bool sealed);
+
+/*
+ * As spool_sum_write, from what the lane accumulated while writing the
+ * segment (the segment is only opened for its mtime, and flushed first with
+ * sync_first). Leaves a finished or emptied; the caller frees it.
+ */
+int spool_sum_write_acc(const char *dir, struct spool_sum_acc *a, bool sync_first, bool sealed);
 
 /* Remove lane/seq's summary, if any. */
 void spool_sum_unlink_seq(const char *dir, unsigned lane, uint64_t seq);

@@ -15,6 +15,19 @@
 /* Queue entries: the sequence, this bit set when the segment is to be flushed first. */
 #define SUMW_SYNC (1ull << 63)
 
+static int job_run(struct spool_sumw *w, struct spool_sumw_job j, bool sealed)
+{
+	bool sync = !!(j.seq & SUMW_SYNC);
+	int rc;
+
+	if (!j.acc)
+		return spool_sum_write(w->dir, w->lane, j.seq & ~SUMW_SYNC, sync, sealed);
+	rc = spool_sum_write_acc(w->dir, j.acc, sync, sealed);
+	spool_sum_acc_free(j.acc);
+	free(j.acc);
+	return rc;
+}
+
 static bool sum_exists(const char *dir, unsigned lane, uint64_t seq)
 {
 	char p[PATH_MAX];
@@ -43,12 +56,11 @@ static void backfill(struct spool_sumw *w)
 			continue;
 		pthread_mutex_lock(&w->mu);
 		while (w->count && !w->stop) {
-			uint64_t seq = w->q[w->first];
+			struct spool_sumw_job j = w->q[w->first];
 			w->first = (w->first + 1) % SPOOL_SUMW_QUEUE;
 			w->count--;
 			pthread_mutex_unlock(&w->mu);
-			int rc =
-				spool_sum_write(w->dir, w->lane, seq & ~SUMW_SYNC, !!(seq & SUMW_SYNC), true);
+			int rc = job_run(w, j, true);
 			pthread_mutex_lock(&w->mu);
 			if (rc)
 				w->failed++;
@@ -74,14 +86,14 @@ static void *sumw_main(void *arg)
 	backfill(w);
 	pthread_mutex_lock(&w->mu);
 	for (;;) {
-		uint64_t seq;
+		struct spool_sumw_job j;
 		int rc;
 
 		while (!w->count && !w->stop)
 			pthread_cond_wait(&w->cv, &w->mu);
 		if (!w->count)
 			break;
-		seq = w->q[w->first];
+		j = w->q[w->first];
 		w->first = (w->first + 1) % SPOOL_SUMW_QUEUE;
 		w->count--;
 		pthread_mutex_unlock(&w->mu);
@@ -89,7 +101,7 @@ static void *sumw_main(void *arg)
 		 * -ENOENT: reclaimed before its summary was written; -EBADMSG, -E2BIG: no
 		 * summary for it by design. Either way recovery scans it whole: nothing to do.
 		 */
-		rc = spool_sum_write(w->dir, w->lane, seq & ~SUMW_SYNC, !!(seq & SUMW_SYNC), true);
+		rc = job_run(w, j, true);
 		pthread_mutex_lock(&w->mu);
 		if (rc)
 			w->failed++;
@@ -120,29 +132,36 @@ int spool_sumw_start(struct spool_sumw *w, const char *dir, unsigned lane, uint6
 	return 0;
 }
 
-static void sumw_queue(struct spool_sumw *w, uint64_t seq)
+static void sumw_queue(struct spool_sumw *w, uint64_t seq, struct spool_sum_acc *acc)
 {
-	if (!w->started)
-		return;
-	pthread_mutex_lock(&w->mu);
-	if (w->count < SPOOL_SUMW_QUEUE) {
-		w->q[(w->first + w->count) % SPOOL_SUMW_QUEUE] = seq;
-		w->count++;
-		pthread_cond_signal(&w->cv);
-	} else {
-		w->dropped++;
+	bool queued = false;
+
+	if (w->started) {
+		pthread_mutex_lock(&w->mu);
+		if (w->count < SPOOL_SUMW_QUEUE) {
+			w->q[(w->first + w->count) % SPOOL_SUMW_QUEUE] = (struct spool_sumw_job){seq, acc};
+			w->count++;
+			queued = true;
+			pthread_cond_signal(&w->cv);
+		} else {
+			w->dropped++;
+		}
+		pthread_mutex_unlock(&w->mu);
 	}
-	pthread_mutex_unlock(&w->mu);
+	if (!queued && acc) {
+		spool_sum_acc_free(acc);
+		free(acc);
+	}
 }
 
-void spool_sumw_sealed(struct spool_sumw *w, uint64_t seq)
+void spool_sumw_sealed(struct spool_sumw *w, uint64_t seq, struct spool_sum_acc *acc)
 {
-	sumw_queue(w, seq);
+	sumw_queue(w, seq, acc);
 }
 
-void spool_sumw_closed(struct spool_sumw *w, uint64_t seq)
+void spool_sumw_closed(struct spool_sumw *w, uint64_t seq, struct spool_sum_acc *acc)
 {
-	sumw_queue(w, seq | SUMW_SYNC);
+	sumw_queue(w, seq | SUMW_SYNC, acc);
 }
 
 void spool_sumw_stop(struct spool_sumw *w)
