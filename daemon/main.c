@@ -515,6 +515,7 @@ static void reclaim_event(void *ctx, const struct spool_reclaim_event *ev)
 	}
 	obs_metrics_reclaim_set(ev->st->segments, ev->st->bytes, ev->st->reclaimed, ev->st->reclaimed_bytes,
 				ev->st->compacted, ev->st->compacted_messages, ev->st->compacted_bytes);
+	obs_metrics_recycle_set(ev->st->free_segments, ev->st->recycled);
 }
 
 static int reclaim_start(struct io_config *cfg, struct obs_log_ring *ring)
@@ -526,6 +527,7 @@ static int reclaim_start(struct io_config *cfg, struct obs_log_ring *ring)
 	if (ret == 0) {
 		spool_reclaim_set_events(rc, reclaim_event, ring);
 		spool_reclaim_set_keep_max(rc, (int64_t)cfg->gap_keep_s * 1000000);
+		spool_reclaim_set_recycle_max(rc, cfg->segment_recycle_max);
 	}
 	if (ret == 0 && (ret = spool_reclaim_load(rc)) < 0)
 		spool_reclaim_destroy(rc);

@@ -125,6 +125,10 @@ static const struct opt_def opts[] = {
 	{"reclaim", OPT_BOOL, CF(reclaim), 0, 1, 0,
 	 "BOOL delete sealed segments once every message in them is final and their records are durable "
 	 "(issue 15; spool/FORMAT.md, Reclamation; default true)"},
+	{"segment-recycle-max", OPT_U32, CF(segment_recycle_max), 0, 1024, 0,
+	 "N with reclaim on, a reclaimed segment is renamed to a free file the lane reuses for its next "
+	 "segment (no zero-fill) while the lane has fewer than N free files; 0 = off, segments are "
+	 "deleted (spool/FORMAT.md, Recycled segments; default 4)"},
 	{"compact-age-s", OPT_U32, CF(compact_age_s), 0, 30 * 86400, 0,
 	 "S with reclaim on, a sealed segment older than S whose live messages are few "
 	 "(compact-live-max-pct) have them copied forward so it can be reclaimed (spool/FORMAT.md, "
@@ -370,6 +374,7 @@ void daemon_config_defaults(struct io_config *cfg)
 	cfg->reclaim = true;
 	/* Compaction (issue 15): a segment idle for 5 minutes and at most a quarter live. */
 	cfg->compact_age_s = 300;
+	cfg->segment_recycle_max = 4;
 	cfg->compact_live_max_pct = 25;
 	policy_config_defaults(&cfg->policy);
 }

@@ -165,6 +165,8 @@ struct io_config {
 	uint32_t log_ring_size;	  /* bytes of log buffer per worker */
 	bool reclaim;		  /* --reclaim: delete segments whose messages are all final (spool_reclaim.h) */
 	uint32_t compact_age_s;	  /* --compact-age-s: compact segments this old (spool_compact.h); 0 = off */
+	/* --segment-recycle-max: free files kept per lane for reuse (FORMAT.md, Recycled segments); 0 = off */
+	uint32_t segment_recycle_max;
 	uint32_t compact_live_max_pct; /* --compact-live-max-pct: ... whose live bodies are at most this % */
 	uint32_t gap_window_s;	  /* --gap-dedup-window-s: RFC 1047 gap dedup window, 0 = off (io/gap.h) */
 	uint32_t gap_entries;	  /* --gap-dedup-entries: the server-wide set's bound */

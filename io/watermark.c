@@ -21,6 +21,7 @@
 #include "ds_assert.h"
 #include "log.h"
 #include "metrics.h"
+#include "spool_reclaim.h" /* free files go first when the bound needs room */
 
 /*
  * Server-wide, hence process-wide: every worker's sessions read the same
@@ -148,6 +149,13 @@ static void sample(struct io_watermark_limits *lim, uint64_t *bytes_out, uint64_
 	bool was = io_watermark_high();
 	const char *reason = NULL;
 	bool now = io_watermark_next(was, bytes, free_bytes, &l, &reason);
+	/*
+	 * Free files (recycled segments waiting, format 5) count in the bytes;
+	 * when the bound needs room they go first, before any MAIL is refused
+	 * for long (the next sample measures without them).
+	 */
+	if (now && cfg->spool.reclaim)
+		spool_reclaim_free_drop(cfg->spool.reclaim);
 	if (now != was) {
 		atomic_store_explicit(&wm_high, now, memory_order_relaxed);
 		if (now)

@@ -135,6 +135,8 @@ static void spool_gauges(struct io_worker *w, int64_t now_ms)
 		free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
 	obs_metrics_spool_bytes(w->m, w->lane_stats.segments_opened * w->cfg->spool.segment_size, free_bytes);
 	obs_counter_set(&w->m->spool_pad_bytes, w->lane_stats.pad_bytes);
+	obs_counter_set(&w->m->spool_segments_recycled, w->lane_stats.segments_recycled);
+	obs_counter_set(&w->m->spool_segments_fresh, w->lane_stats.segments_fresh);
 }
 
 static const struct spool_io_ops io_spool_ops = {

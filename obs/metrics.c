@@ -96,6 +96,12 @@ void obs_metrics_reclaim_set(uint64_t segments, uint64_t bytes, uint64_t reclaim
 	obs_counter_set(&reclaim.on, 1);
 }
 
+void obs_metrics_recycle_set(uint64_t segments_free, uint64_t recycled)
+{
+	obs_counter_set(&reclaim.segments_free, segments_free);
+	obs_counter_set(&reclaim.recycled, recycled);
+}
+
 static struct obs_metrics_rcpt_table rcpt_table;
 
 void obs_metrics_rcpt_table_set(uint64_t entries, uint64_t bytes, uint64_t reloads_ok, uint64_t reloads_failed)
@@ -326,6 +332,12 @@ static void render_spool(struct out *o, const struct obs_metrics *const *w, unsi
 	per_worker(o, w, n, "dotspool_spool_pad_bytes_total", "counter",
 		   "Padding written to keep groups on fresh blocks (--spool-io direct; 0 when buffered).",
 		   OFF(spool_pad_bytes));
+	per_worker(o, w, n, "dotspool_spool_segments_recycled_total", "counter",
+		   "Segments prepared by the lane's spare from a free file (no zero-fill).",
+		   OFF(spool_segments_recycled));
+	per_worker(o, w, n, "dotspool_spool_segments_fresh_total", "counter",
+		   "Segments prepared by the lane's spare as a new file (allocated and zero-filled).",
+		   OFF(spool_segments_fresh));
 	per_worker(o, w, n, "dotspool_spool_used_bytes", "gauge",
 		   "Bytes of spool segment files this worker's lane created since start-up (preallocated).",
 		   OFF(spool_bytes_used));
@@ -470,6 +482,13 @@ static void render_reclaim(struct out *o)
 	single(o, "dotspool_spool_bytes_on_disk", "gauge",
 	       "Bytes of the spool's segment files (segment size each), as reclamation knows them.",
 	       &m->bytes);
+	single(o, "dotspool_spool_segments_free", "gauge",
+	       "Free files: reclaimed segments kept for reuse (--segment-recycle-max), counted in "
+	       "dotspool_spool_bytes_on_disk.",
+	       &m->segments_free);
+	single(o, "dotspool_recycled_segments_total", "counter",
+	       "Reclaimed segments renamed to free files instead of deleted (counted in reclaimed too).",
+	       &m->recycled);
 	single(o, "dotspool_reclaimed_segments_total", "counter",
 	       "Segments reclaimed (every message in them final, the unlink durable).", &m->reclaimed);
 	single(o, "dotspool_reclaimed_bytes_total", "counter", "Bytes of the segments reclaimed.",

@@ -172,7 +172,9 @@ struct obs_metrics {
 	obs_counter_t tls_handshakes_failed;
 	obs_counter_t flushes;
 	obs_counter_t flush_errors;
-	obs_counter_t spool_pad_bytes;	/* --spool-io direct: block padding written (set from the lane) */
+	obs_counter_t spool_pad_bytes; /* --spool-io direct: block padding written (set from the lane) */
+	/* Segments the lane's spare prepared from a free file (recycled) and from a new, zero-filled file. */
+	obs_counter_t spool_segments_recycled, spool_segments_fresh;
 	obs_counter_t spool_bytes_used; /* gauge, set by the worker from its spool lane */
 	obs_counter_t spool_bytes_free; /* gauge */
 	struct obs_metrics_batch_hist messages_per_flush;
@@ -520,10 +522,13 @@ struct obs_metrics_reclaim {
 	obs_counter_t compacted;	  /* counter: segments whose live messages were copied forward */
 	obs_counter_t compacted_messages; /* counter: messages copied */
 	obs_counter_t compacted_bytes;	  /* counter: body bytes copied */
+	obs_counter_t segments_free;	  /* gauge: free files (recycled segments waiting, format 5) */
+	obs_counter_t recycled;		  /* counter: reclaimed segments renamed to free files */
 };
 void obs_metrics_reclaim_set(uint64_t segments, uint64_t bytes, uint64_t reclaimed, uint64_t reclaimed_bytes,
 			     uint64_t compacted, uint64_t compacted_messages, uint64_t compacted_bytes);
 const struct obs_metrics_reclaim *obs_metrics_reclaim(void);
+void obs_metrics_recycle_set(uint64_t segments_free, uint64_t recycled);
 
 /* The recipient table (issue 17, io/rcpt_table.c): server-wide, one writer (its loader). */
 struct obs_metrics_rcpt_table {

@@ -293,7 +293,8 @@ static int ctl_run(const char *dir, const char *cmd, bool json, const char *arg)
 		return 1;
 	}
 	sigaction(SIGBUS, &sa, NULL);
-	if (sigsetjmp(bus_jmp, 1)) {
+	int jumped = sigsetjmp(bus_jmp, 1);
+	if (jumped) {
 		/* Drop what the interrupted run wrote; its maps are let go with its reader. */
 		__fpurge(stdout);
 		__fpurge(stderr);
@@ -302,7 +303,8 @@ static int ctl_run(const char *dir, const char *cmd, bool json, const char *arg)
 		cur = NULL;
 		if (ftruncate(mem_out, 0) || ftruncate(mem_err, 0))
 			return 1;
-		dprintf(err_fd, "dotspool-ctl: a segment changed under the reader (SIGBUS); reading again\n");
+		dprintf(err_fd, "dotspool-ctl: a segment changed under the reader (%s); reading again\n",
+			jumped == 1 ? "SIGBUS" : "recycled");
 		if (++tries >= CTL_BUS_TRIES) {
 			dprintf(err_fd, "dotspool-ctl: gave up after %d tries\n", CTL_BUS_TRIES);
 			return 1;
@@ -381,6 +383,15 @@ static int ctl_run(const char *dir, const char *cmd, bool json, const char *arg)
 	/* Tests: a SIGBUS at the end of the first run (its output must never show). */
 	if (!tries && getenv("DOTSPOOL_CTL_TEST_SIGBUS"))
 		raise(SIGBUS);
+	/*
+	 * A segment read may have been reclaimed and stamped again as another
+	 * (recycled, format 5: unlike an unlinked file, its pages change):
+	 * drop this run's output and read again, as after a SIGBUS.
+	 */
+	if (spool_reader_changed(r) || (!tries && getenv("DOTSPOOL_CTL_TEST_RECYCLED"))) {
+		bus_armed = 0;
+		siglongjmp(bus_jmp, 2);
+	}
 	bus_armed = 0;
 	spool_reader_close(r);
 	cur = NULL;

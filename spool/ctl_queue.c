@@ -395,14 +395,16 @@ static int guarded_scan(const char *dir, struct qctx *q)
 	int rc;
 
 	sigaction(SIGBUS, &sa, NULL);
-	if (sigsetjmp(q_jmp, 1)) {
+	int jumped = sigsetjmp(q_jmp, 1);
+	if (jumped) {
 		if (cur)
 			spool_reader_close(cur);
 		cur = NULL;
 		fclose(q->out);
 		free(buf);
 		buf = NULL;
-		fprintf(stderr, "dotspool-ctl: a segment changed under the reader (SIGBUS); reading again\n");
+		fprintf(stderr, "dotspool-ctl: a segment changed under the reader (%s); reading again\n",
+			jumped == 1 ? "SIGBUS" : "recycled");
 		if (++tries >= Q_BUS_TRIES) {
 			fprintf(stderr, "dotspool-ctl: gave up after %d tries\n", Q_BUS_TRIES);
 			return -EIO;
@@ -423,6 +425,11 @@ static int guarded_scan(const char *dir, struct qctx *q)
 	cur = r;
 	q_armed = 1;
 	rc = spool_reader_foreach_status(r, q_msg, q);
+	/* A segment reclaimed and stamped again as another meanwhile (format 5): read again. */
+	if (spool_reader_changed(r)) {
+		q_armed = 0;
+		siglongjmp(q_jmp, 2);
+	}
 	q_armed = 0;
 	cur = NULL;
 	spool_reader_close(r);

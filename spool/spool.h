@@ -55,6 +55,10 @@ struct spool_config {
 	 */
 	struct spool_reclaim *reclaim;
 };
+/*
+ * Recycling (format 5) is set on the reclamation table
+ * (spool_reclaim_set_recycle_max): the lanes reuse the free files it leaves.
+ */
 
 void spool_config_defaults(struct spool_config *cfg);
 
@@ -365,6 +369,8 @@ struct spool_lane_stats {
 	uint64_t pad_bytes;
 	bool direct;
 	uint64_t prepare_errors; /* failed segment preparations (disk full, EMFILE, EIO, quota) */
+	/* Segments prepared from a free file (format 5: no zero-fill) and from a new file. */
+	uint64_t segments_recycled, segments_fresh;
 	/* Commits settled durable, a running sum: its growth across one completion is
 	 * the number of messages that flush (or direct-mode write) made durable. */
 	uint64_t commits_durable;

@@ -19,10 +19,12 @@ void spool_seg_hdr_encode(uint8_t out[SPOOL_SEG_HDR_SIZE], const struct spool_se
 	spool_put32(out + 8, h->version);
 	spool_put32(out + 12, SPOOL_SEG_HDR_SIZE);
 	spool_put32(out + 16, h->lane);
+	spool_put32(out + 20, h->flags);
 	spool_put64(out + 24, h->seq);
 	spool_put64(out + 32, h->epoch);
 	spool_put64(out + 40, (uint64_t)h->created_us);
 	spool_put64(out + 48, h->segment_size);
+	spool_put32(out + 56, h->reserved);
 	spool_put32(out + 60, crc32c(0, out, 60));
 }
 
@@ -45,10 +47,13 @@ int spool_seg_hdr_decode(const uint8_t *p, size_t n, struct spool_seg_hdr *h)
 	if (h->version < SPOOL_FORMAT_VERSION_MIN)
 		return -EBADMSG;
 	h->lane = spool_get32(p + 16);
+	/* Flags exist from format 5 on; older writers wrote 0 and meant nothing by it. */
+	h->flags = h->version >= 5 ? spool_get32(p + 20) : 0;
 	h->seq = spool_get64(p + 24);
 	h->epoch = spool_get64(p + 32);
 	h->created_us = (int64_t)spool_get64(p + 40);
 	h->segment_size = spool_get64(p + 48);
+	h->reserved = spool_get32(p + 56);
 	return 0;
 }
 
@@ -572,6 +577,11 @@ uint64_t spool_seg_name_seq(const char *name)
 
 int spool_seg_list(const char *lane_dir, uint64_t **out)
 {
+	return spool_lane_file_list(lane_dir, "seg", out);
+}
+
+int spool_lane_file_list(const char *lane_dir, const char *ext, uint64_t **out)
+{
 	DIR *d = opendir(lane_dir);
 	struct dirent *de;
 	uint64_t *v = NULL;
@@ -581,7 +591,7 @@ int spool_seg_list(const char *lane_dir, uint64_t **out)
 	if (!d)
 		return -errno;
 	while ((de = readdir(d))) {
-		uint64_t s = spool_seg_name_seq(de->d_name);
+		uint64_t s = spool_lane_file_seq(de->d_name, ext);
 		if (!s)
 			continue;
 		uint64_t *nv = ds_grow(v, &cap, n, sizeof(*v), 64);

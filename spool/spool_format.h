@@ -24,7 +24,7 @@
 #error "spool format encoding assumes a little-endian host"
 #endif
 
-#define SPOOL_FORMAT_VERSION	 4u /* written into new segments */
+#define SPOOL_FORMAT_VERSION	 5u /* written into new segments */
 #define SPOOL_FORMAT_VERSION_MIN 1u /* oldest version read */
 #define SPOOL_SEG_MAGIC		 "DSPOOLSG"
 #define SPOOL_SEG_HDR_SIZE	 64u
@@ -64,9 +64,19 @@ enum spool_rec_type {
 #define SPOOL_OPERATOR_MAX 4096u
 #define SPOOL_GAP_MAX	   (1u << 20)
 
+/*
+ * Segment header flags (format 5). RECYCLED: the file held an earlier
+ * segment (renamed to SEQ.free at its reclamation and stamped again), so
+ * the bytes after the last record are that file's, not zeros: a tail that
+ * does not parse is the normal end (FORMAT.md, "Recycled segments").
+ */
+#define SPOOL_SEG_F_RECYCLED 1u
+
 struct spool_seg_hdr {
 	uint32_t version;
 	uint32_t lane;
+	uint32_t flags;	   /* SPOOL_SEG_F_* (format 5; 0 before, and read as 0) */
+	uint32_t reserved; /* offset 56, 0 (kept so the struct has no padding) */
 	uint64_t seq;
 	uint64_t epoch;
 	int64_t created_us;
@@ -114,6 +124,11 @@ static inline uint64_t spool_rec_total(uint64_t payload_len)
 }
 
 void spool_seg_hdr_encode(uint8_t out[SPOOL_SEG_HDR_SIZE], const struct spool_seg_hdr *h);
+/* Header flags say the bytes after the last record may be an earlier segment's (format 5). */
+static inline bool spool_seg_recycled(const struct spool_seg_hdr *h)
+{
+	return h->version >= 5 && (h->flags & SPOOL_SEG_F_RECYCLED);
+}
 /* 0, -ENODATA (all zero: never initialised), -EBADMSG (corrupt or foreign). */
 int spool_seg_hdr_decode(const uint8_t *p, size_t n, struct spool_seg_hdr *h);
 
@@ -254,7 +269,7 @@ struct spool_scan_ops {
 int spool_seg_scan(const uint8_t *map, uint64_t size, uint64_t epoch, uint64_t start_off,
 		   const struct spool_scan_ops *ops, void *ctx);
 
-/* Paths: DIR/lane-NN/SSSSSSSSSSSS.EXT, EXT "seg" or "sum" (spool_lane_dir_path: spool.h) */
+/* Paths: DIR/lane-NN/SSSSSSSSSSSS.EXT, EXT "seg", "sum" or "free" (spool_lane_dir_path: spool.h) */
 int spool_lane_file_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64_t seq,
 			 const char *ext);
 /* Parse "000000000012.EXT" -> 12; 0 on anything else. */
@@ -263,6 +278,8 @@ int spool_seg_path(char *buf, size_t cap, const char *dir, unsigned lane, uint64
 uint64_t spool_seg_name_seq(const char *name);
 /* Sorted list of segment seqs in a lane dir (malloc'd in *out); count or -errno. */
 int spool_seg_list(const char *lane_dir, uint64_t **out);
+/* The same for the lane's files SSSSSSSSSSSS.ext ("free": recycled segments waiting, format 5). */
+int spool_lane_file_list(const char *lane_dir, const char *ext, uint64_t **out);
 /* Lanes present under dir as a bitmap count; fills lanes[] (cap SPOOL_LANES_MAX), returns count or -errno. */
 int spool_lane_list(const char *dir, unsigned *lanes);
 

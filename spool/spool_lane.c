@@ -1122,6 +1122,7 @@ void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st)
 {
 	*st = l->st;
 	st->prepare_errors = spool_spare_errors(&l->spare);
+	spool_spare_prepared(&l->spare, &st->segments_recycled, &st->segments_fresh);
 }
 
 /* ---- open/close ---- */
@@ -1158,6 +1159,17 @@ static int ring_map(struct spool_lane *l, uint64_t size)
 	l->ring = base;
 	l->ring_size = size;
 	return 0;
+}
+
+/* The spare's view of the lane's free files (spool_segment.h): the reclamation table's pool. */
+static uint32_t lane_free_count(void *pool, unsigned lane)
+{
+	return spool_reclaim_free_count(pool, lane);
+}
+
+static void lane_free_note(void *pool, unsigned lane, int delta, uint64_t bytes)
+{
+	spool_reclaim_free_note(pool, lane, delta, bytes);
 }
 
 int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, unsigned lane_no,
@@ -1221,6 +1233,18 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 		goto fail;
 	}
 	seqs_last = n ? seqs[n - 1] : 0;
+	/*
+	 * Free files (format 5): unusable or excess ones go, the rest form the
+	 * lane's pool. Their numbers are below the lane's highest segment (the
+	 * highest is never reclaimed), but the lane starts after them anyway.
+	 */
+	uint64_t free_top = 0;
+	int nfree = spool_free_sweep(l->lane_dir, cfg->segment_size,
+				     cfg->reclaim ? spool_reclaim_recycle_max(cfg->reclaim) : 0, &free_top);
+	if (cfg->reclaim)
+		spool_reclaim_free_set(cfg->reclaim, lane_no, nfree > 0 ? (uint32_t)nfree : 0,
+				       cfg->segment_size);
+	seqs_last = DS_MAX(seqs_last, free_top);
 	sp = (struct seg_params){
 		.dir = l->dir,
 		.lane_dir = l->lane_dir,
@@ -1230,6 +1254,9 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 		.prewrite = cfg->prewrite,
 		.want_odirect = cfg->io_mode == SPOOL_IO_DIRECT && ops->write_dsync,
 		.nfds = DS_MIN(cfg->flushes_in_flight_max + 1, (uint32_t)SPOOL_SEG_FDS_MAX),
+		.free_count = cfg->reclaim ? lane_free_count : NULL,
+		.free_note = lane_free_note,
+		.pool = cfg->reclaim,
 	};
 	rc = spool_spare_start(&l->spare, &sp, seqs_last + 1);
 	free(seqs);

@@ -80,6 +80,22 @@ int spool_reader_open(struct spool_reader **out, const char *dir)
 	return 0;
 }
 
+bool spool_reader_changed(const struct spool_reader *r)
+{
+	for (unsigned i = 0; i < r->nlanes; i++)
+		for (unsigned k = 0; k < r->lanes[i].nsegs; k++) {
+			const struct rseg *s = &r->lanes[i].segs[k];
+			struct spool_seg_hdr h;
+
+			if (s->state != RSEG_MAPPED || !s->map || s->hdr_rc)
+				continue;
+			if (spool_seg_hdr_decode(s->map, s->map_size, &h) || h.seq != s->hdr.seq ||
+			    h.epoch != s->hdr.epoch)
+				return true;
+		}
+	return false;
+}
+
 void spool_reader_close(struct spool_reader *r)
 {
 	if (!r)

@@ -80,6 +80,16 @@ struct spool_msg_status {
 
 int spool_reader_open(struct spool_reader **out, const char *dir);
 void spool_reader_close(struct spool_reader *r);
+/*
+ * Did a segment this reader mapped change identity since (format 5: it was
+ * reclaimed, renamed to a free file and stamped again as another segment,
+ * so its pages now hold another segment's header and, later, records)?
+ * Compares every mapped segment's header with the one read at map time.
+ * The header is stamped before any of the new segment's records is
+ * written, so false after a command means every byte it read was the old
+ * segment's; true: run the command again on a fresh reader (dotspool-ctl).
+ */
+bool spool_reader_changed(const struct spool_reader *r);
 
 /*
  * Calls fn for each committed message; fn returns non-zero to stop

@@ -111,8 +111,10 @@ struct spool_reclaim {
 	uint32_t *msg_hash, msg_hash_n;
 	uint32_t seg_live, msg_live;
 
-	uint64_t lane_top[SPOOL_LANES_MAX]; /* highest sequence a lane ever had: never reclaimed */
-	uint64_t lane_low[SPOOL_LANES_MAX]; /* open txns' chunks may lie here and above */
+	uint64_t lane_top[SPOOL_LANES_MAX];  /* highest sequence a lane ever had: never reclaimed */
+	uint64_t lane_low[SPOOL_LANES_MAX];  /* open txns' chunks may lie here and above */
+	uint32_t recycle_max;		     /* free files per lane kept for reuse (0: unlink only) */
+	uint32_t lane_free[SPOOL_LANES_MAX]; /* free files per lane (under mu) */
 
 	struct spool_reclaim_stats st;
 	uint32_t kept; /* messages with final_wanted set (a pass looks at them only if any) */
@@ -167,6 +169,14 @@ static int sys_unlink(void *ctx, const char *path)
 	/* Its seal summary first (format 4): a crash between the two leaves no orphan. */
 	spool_sum_unlink_for(path);
 	return unlink(path) ? -errno : 0;
+}
+
+static int sys_rename(void *ctx, const char *from, const char *to)
+{
+	(void)ctx;
+	/* As sys_unlink: the summary goes first, it describes the segment being retired. */
+	spool_sum_unlink_for(from);
+	return rename(from, to) ? -errno : 0;
 }
 
 static int sys_fsync_dir(void *ctx, const char *path)
@@ -438,7 +448,9 @@ int spool_reclaim_create(struct spool_reclaim **out, const char *dir, const stru
 		free(r);
 		return -ENAMETOOLONG;
 	}
-	r->ops = ops ? *ops : (struct spool_reclaim_ops){.unlink = sys_unlink, .fsync_dir = sys_fsync_dir};
+	r->ops = ops ? *ops
+		     : (struct spool_reclaim_ops){
+			       .unlink = sys_unlink, .fsync_dir = sys_fsync_dir, .rename = sys_rename};
 	r->ops_ctx = ops_ctx;
 	r->seg_free = r->msg_free = NIL;
 	for (unsigned i = 0; i < SPOOL_LANES_MAX; i++)
@@ -1102,7 +1114,90 @@ void spool_reclaim_stats(struct spool_reclaim *r, struct spool_reclaim_stats *st
 {
 	pthread_mutex_lock(&r->mu);
 	*st = r->st;
+	/* Free files occupy the disk like segments (FORMAT.md, "Recycled segments"). */
+	st->bytes += st->free_bytes;
 	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reclaim_set_recycle_max(struct spool_reclaim *r, uint32_t max)
+{
+	pthread_mutex_lock(&r->mu);
+	r->recycle_max = max;
+	pthread_mutex_unlock(&r->mu);
+}
+
+uint32_t spool_reclaim_recycle_max(const struct spool_reclaim *r)
+{
+	return __atomic_load_n(&r->recycle_max, __ATOMIC_RELAXED);
+}
+
+void spool_reclaim_free_note(struct spool_reclaim *r, unsigned lane, int delta, uint64_t bytes)
+{
+	DS_ASSERT(lane < SPOOL_LANES_MAX);
+	pthread_mutex_lock(&r->mu);
+	/*
+	 * The counts follow the directory closely, not exactly (the spare may
+	 * take a file whose rename this table has not counted yet): never below 0.
+	 */
+	int64_t n = (int64_t)r->lane_free[lane] + delta;
+	int64_t fs = (int64_t)r->st.free_segments + delta;
+	int64_t fb = (int64_t)r->st.free_bytes + delta * (int64_t)bytes;
+	r->lane_free[lane] = n > 0 ? (uint32_t)n : 0;
+	r->st.free_segments = fs > 0 ? (uint64_t)fs : 0;
+	r->st.free_bytes = fb > 0 ? (uint64_t)fb : 0;
+	pthread_mutex_unlock(&r->mu);
+}
+
+void spool_reclaim_free_set(struct spool_reclaim *r, unsigned lane, uint32_t n, uint64_t bytes)
+{
+	DS_ASSERT(lane < SPOOL_LANES_MAX);
+	pthread_mutex_lock(&r->mu);
+	r->st.free_segments = r->st.free_segments - DS_MIN(r->st.free_segments, r->lane_free[lane]) + n;
+	r->st.free_bytes = r->st.free_bytes - DS_MIN(r->st.free_bytes, (uint64_t)r->lane_free[lane] * bytes) +
+			   (uint64_t)n * bytes;
+	r->lane_free[lane] = n;
+	pthread_mutex_unlock(&r->mu);
+}
+
+unsigned spool_reclaim_free_drop(struct spool_reclaim *r)
+{
+	unsigned removed = 0;
+
+	for (unsigned lane = 0; lane < SPOOL_LANES_MAX; lane++) {
+		char ldir[PATH_MAX];
+		uint64_t *fseqs, bytes;
+		int n;
+
+		pthread_mutex_lock(&r->mu);
+		n = (int)r->lane_free[lane];
+		bytes = n ? r->st.free_bytes / DS_MAX(r->st.free_segments, 1) : 0;
+		pthread_mutex_unlock(&r->mu);
+		if (!n || spool_lane_dir_path(ldir, sizeof(ldir), r->dir, lane))
+			continue;
+		n = spool_lane_file_list(ldir, "free", &fseqs);
+		for (int i = 0; i < n; i++) {
+			char path[PATH_MAX];
+			/* The spare may take one meanwhile: whoever removes a name counts it out. */
+			if (!spool_lane_file_path(path, sizeof(path), r->dir, lane, fseqs[i], "free") &&
+			    !unlink(path)) {
+				spool_reclaim_free_note(r, lane, -1, bytes);
+				removed++;
+			}
+		}
+		free(fseqs);
+	}
+	return removed;
+}
+
+uint32_t spool_reclaim_free_count(struct spool_reclaim *r, unsigned lane)
+{
+	uint32_t n;
+
+	DS_ASSERT(lane < SPOOL_LANES_MAX);
+	pthread_mutex_lock(&r->mu);
+	n = r->lane_free[lane];
+	pthread_mutex_unlock(&r->mu);
+	return n;
 }
 
 /* ---- reclaiming ---- */
@@ -1173,17 +1268,40 @@ int spool_reclaim_run(struct spool_reclaim *r)
 			uint64_t key = r->segs[si].key; /* stable: only this thread drops entries */
 			unsigned lane = (unsigned)(key >> 40);
 			uint64_t seq = key & ((1ull << 40) - 1);
-			char path[PATH_MAX], ldir[PATH_MAX];
+			char path[PATH_MAX], ldir[PATH_MAX], fpath[PATH_MAX];
 			int rc = spool_seg_path(path, sizeof(path), r->dir, lane, seq);
+			bool recycle = false;
 
 			if (!rc)
 				rc = spool_lane_dir_path(ldir, sizeof(ldir), r->dir, lane);
-			if (!rc) {
+			pthread_mutex_lock(&r->mu);
+			/* Only this thread adds free files: the pool stays at most recycle_max. */
+			recycle = r->ops.rename && r->lane_free[lane] < r->recycle_max;
+			pthread_mutex_unlock(&r->mu);
+			if (!rc && recycle &&
+			    !spool_lane_file_path(fpath, sizeof(fpath), r->dir, lane, seq, "free")) {
+				/* Recycled (format 5): SEQ.seg becomes SEQ.free, reused by the lane's spare.
+				 */
+				rc = r->ops.rename(r->ops_ctx, path, fpath);
+				if (rc) {
+					/* Gone already (ENOENT), or not renamed: unlink as without recycling.
+					 */
+					recycle = false;
+					rc = 0;
+				}
+			} else {
+				recycle = false;
+			}
+			if (!rc && !recycle) {
 				rc = r->ops.unlink(r->ops_ctx, path);
 				if (rc == -ENOENT)
 					rc = 0;
 			}
-			/* The unlink must be durable before anything it held loses its protection. */
+			/*
+			 * The unlink or rename must be durable before anything it held
+			 * loses its protection (a rename before this fsync may show
+			 * either name after a crash: the old one is the segment still).
+			 */
 			if (!rc)
 				rc = r->ops.fsync_dir(r->ops_ctx, ldir);
 			struct spool_reclaim_event ev = {
@@ -1198,6 +1316,13 @@ int spool_reclaim_run(struct spool_reclaim *r)
 				ev.bytes = r->segs[si].bytes;
 				for (uint32_t mi = r->segs[si].msgs; mi != NIL; mi = r->msgs[mi].snext)
 					ev.messages++;
+				if (recycle) {
+					/* Counted only now: the spare takes what is durably free. */
+					r->lane_free[lane]++;
+					r->st.free_segments++;
+					r->st.free_bytes += ev.bytes;
+					r->st.recycled++;
+				}
 				seg_gone_locked(r, si);
 				total++;
 			}

@@ -43,6 +43,11 @@ struct spool_reclaim;
 struct spool_reclaim_ops {
 	int (*unlink)(void *ctx, const char *path);
 	int (*fsync_dir)(void *ctx, const char *path);
+	/*
+	 * Recycling (format 5): rename SEQ.seg to SEQ.free (its .sum removed
+	 * first, as unlink does). NULL: segments are only ever unlinked.
+	 */
+	int (*rename)(void *ctx, const char *from, const char *to);
 };
 
 struct spool_reclaim_stats {
@@ -54,6 +59,13 @@ struct spool_reclaim_stats {
 	/* Compaction (spool_compact.h): segments emptied of live messages, messages and bytes copied. */
 	uint64_t compacted, compacted_messages, compacted_bytes;
 	uint64_t kept_at_risk; /* final messages kept for a gap record's window (issue 16) */
+	/*
+	 * Recycling (format 5): reclaimed segments renamed to SEQ.free instead
+	 * of unlinked (recycled, counted in reclaimed too), and the free files
+	 * on disk now (every lane; their bytes are in bytes above as well).
+	 */
+	uint64_t recycled;
+	uint64_t free_segments, free_bytes;
 };
 
 /*
@@ -76,6 +88,28 @@ struct spool_reclaim_event {
 /* A table for spool directory dir; ops NULL = unlink(2) and fsync of the directory. */
 int spool_reclaim_create(struct spool_reclaim **out, const char *dir, const struct spool_reclaim_ops *ops,
 			 void *ops_ctx);
+/*
+ * Recycling (FORMAT.md, "Recycled segments"): while a lane has fewer than
+ * max free files (SEQ.free), a reclaimed segment is renamed to one instead
+ * of unlinked (0 = off, the default: unlink). Set before spool_reclaim_start.
+ */
+void spool_reclaim_set_recycle_max(struct spool_reclaim *r, uint32_t max);
+uint32_t spool_reclaim_recycle_max(const struct spool_reclaim *r);
+/*
+ * The free files of lane changed by delta (count) and delta * bytes: taken
+ * by the lane's spare (-1), removed (-1), counted at lane open (+n). Any
+ * thread; the table's own renames count themselves.
+ */
+void spool_reclaim_free_note(struct spool_reclaim *r, unsigned lane, int delta, uint64_t bytes);
+/* Lane open: the lane's pool is n files of bytes each (what its sweep kept). */
+void spool_reclaim_free_set(struct spool_reclaim *r, unsigned lane, uint32_t n, uint64_t bytes);
+/*
+ * The disk bound needs room (io/watermark.c): remove every free file of
+ * every lane now (they go before anything else). Any thread. Files removed.
+ */
+unsigned spool_reclaim_free_drop(struct spool_reclaim *r);
+/* Free files of lane now (the spare looks for one only when this is > 0). */
+uint32_t spool_reclaim_free_count(struct spool_reclaim *r, unsigned lane);
 /* Events (see struct spool_reclaim_event); set before spool_reclaim_start. */
 void spool_reclaim_set_events(struct spool_reclaim *r,
 			      void (*fn)(void *ctx, const struct spool_reclaim_event *ev), void *ctx);

@@ -491,6 +491,15 @@ static void seg_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zero)
 	struct seg_scan *ss = ctx;
 
 	DS_ASSERT(from < to && from >= SPOOL_SEG_DATA_OFF);
+	/*
+	 * A recycled segment (format 5) ends in the bytes of the file's earlier
+	 * segment, not zeros: they never parse (another epoch), and when no
+	 * valid record follows they are the normal end, exactly as a zero tail
+	 * (never a torn tail: nothing pins or quarantines it). A bad region
+	 * followed by valid records is classified as in any segment.
+	 */
+	if (tail && !zero && spool_seg_recycled(&ss->s->hdr))
+		zero = true;
 	/* Classified after the scan, once the segment's watermark is known. */
 	if (ss->nbad < BAD_REGIONS_MAX)
 		ss->bad[ss->nbad++] = (struct bad_region){from, to, tail, zero};

@@ -114,11 +114,11 @@ static int seg_fill(int fd, uint64_t size, bool prewrite)
 	return 0;
 }
 
-/* Write the header with a fresh epoch and make file and directory entry durable. */
-static int seg_stamp(int fd, const struct seg_params *p, uint64_t seq, uint64_t *epoch)
+/* Write the header with a fresh epoch and fsync the file (not its directory). */
+static int seg_stamp_file(int fd, const struct seg_params *p, uint64_t seq, uint32_t flags, uint64_t *epoch)
 {
 	uint8_t hdr[SPOOL_SEG_HDR_SIZE];
-	struct spool_seg_hdr h = {0};
+	struct spool_seg_hdr h = {.flags = flags};
 
 	do {
 		if (getrandom(&h.epoch, sizeof(h.epoch), 0) != sizeof(h.epoch))
@@ -135,7 +135,94 @@ static int seg_stamp(int fd, const struct seg_params *p, uint64_t seq, uint64_t 
 	if (fsync(fd))
 		return -errno;
 	*epoch = h.epoch;
-	return spool_fsync_dir(p->lane_dir);
+	return 0;
+}
+
+/* Write the header with a fresh epoch and make file and directory entry durable. */
+static int seg_stamp(int fd, const struct seg_params *p, uint64_t seq, uint64_t *epoch)
+{
+	int rc = seg_stamp_file(fd, p, seq, 0, epoch);
+	return rc ? rc : spool_fsync_dir(p->lane_dir);
+}
+
+/* Remove free file path, counting it out of the pool when it was there to remove. */
+static void free_drop(const struct seg_params *p, const char *path)
+{
+	if (!unlink(path))
+		p->free_note(p->pool, p->lane_no, -1, p->segment_size);
+}
+
+/*
+ * Reuse a free file (FORMAT.md, "Recycled segments") as segment seq at
+ * path: the lowest-numbered SEQ.free of the lane, exactly segment_size
+ * bytes. In this order: the lane directory fsynced (the reclaimer's rename
+ * to .free is durable before the file changes: a crash can never show the
+ * old name with the new header), the new header written (new epoch, seq,
+ * RECYCLED) and fsynced, the file renamed to path, the directory fsynced.
+ * A crash before the rename leaves a free file (ignored by readers, reused
+ * or removed later); after it, a valid segment whose body still holds the
+ * old incarnation's bytes, which never parse (another epoch). 0 with *fd
+ * open on path; -ENOENT when there is no usable free file (nothing
+ * changed); any other failure removes that free file (and path, if the
+ * rename happened) and returns -errno: the caller prepares a fresh file.
+ */
+static int seg_recycle(const struct seg_params *p, uint64_t seq, const char *path, int *fd, uint64_t *epoch)
+{
+	char fpath[PATH_MAX];
+	uint64_t *fseqs = NULL;
+	struct stat st;
+	bool renamed = false;
+	int n, rc;
+
+	*fd = -1;
+	if (!p->free_count || !p->free_count(p->pool, p->lane_no))
+		return -ENOENT;
+	n = spool_lane_file_list(p->lane_dir, "free", &fseqs);
+	if (n <= 0) {
+		free(fseqs);
+		return -ENOENT;
+	}
+	rc = spool_lane_file_path(fpath, sizeof(fpath), p->dir, p->lane_no, fseqs[0], "free");
+	free(fseqs);
+	if (rc)
+		return -ENOENT;
+	*fd = open(fpath, O_RDWR | O_CLOEXEC);
+	if (*fd < 0)
+		return -ENOENT; /* taken or removed meanwhile (the disk bound): nothing changed */
+	if (fstat(*fd, &st)) {
+		rc = -errno;
+		goto fail;
+	}
+	if ((uint64_t)st.st_size != p->segment_size) {
+		rc = -EINVAL;
+		goto fail;
+	}
+	/* Never over a segment that exists (sequence numbers are never used twice). */
+	if (!access(path, F_OK)) {
+		close(*fd);
+		*fd = -1;
+		return -EEXIST;
+	}
+	rc = spool_fsync_dir(p->lane_dir);
+	if (!rc)
+		rc = seg_stamp_file(*fd, p, seq, SPOOL_SEG_F_RECYCLED, epoch);
+	if (!rc && rename(fpath, path))
+		rc = -errno;
+	if (!rc) {
+		renamed = true;
+		p->free_note(p->pool, p->lane_no, -1, p->segment_size);
+		rc = spool_fsync_dir(p->lane_dir);
+	}
+	if (!rc)
+		return 0;
+fail:
+	close(*fd);
+	*fd = -1;
+	if (renamed)
+		unlink(path);
+	else
+		free_drop(p, fpath);
+	return rc;
 }
 
 /*
@@ -177,11 +264,11 @@ static int seg_open_direct(struct spool_spare *sp, const char *path, int *fd, bo
 	return 0;
 }
 
-/* The lane quota (tests): room for one more segment? 0 or -ENOSPC. */
+/* The lane quota (tests): room for one more segment? Free files count too. 0 or -ENOSPC. */
 static int seg_quota(const struct seg_params *p)
 {
 	uint64_t *seqs;
-	int n;
+	int n, nf;
 
 	if (!p->lane_bytes_max)
 		return 0;
@@ -189,7 +276,11 @@ static int seg_quota(const struct seg_params *p)
 	free(seqs);
 	if (n < 0)
 		return n;
-	return (uint64_t)(n + 1) * p->segment_size > p->lane_bytes_max ? -ENOSPC : 0;
+	nf = spool_lane_file_list(p->lane_dir, "free", &seqs);
+	free(seqs);
+	if (nf < 0)
+		return nf;
+	return (uint64_t)(n + nf + 1) * p->segment_size > p->lane_bytes_max ? -ENOSPC : 0;
 }
 
 static int seg_prepare(struct spool_spare *sp, uint64_t seq, struct seg_ready *out, bool *seq_free)
@@ -200,19 +291,32 @@ static int seg_prepare(struct spool_spare *sp, uint64_t seq, struct seg_ready *o
 
 	*seq_free = true;
 	out->files.n = 0;
-	rc = seg_quota(p);
-	if (!rc)
-		rc = spool_seg_path(path, sizeof(path), p->dir, p->lane_no, seq);
+	rc = spool_seg_path(path, sizeof(path), p->dir, p->lane_no, seq);
 	if (rc)
 		return rc;
-	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-	if (fd < 0) {
-		*seq_free = errno != EEXIST;
-		return -errno;
+	rc = seg_recycle(p, seq, path, &fd, &out->epoch);
+	if (rc == -EEXIST) {
+		*seq_free = false;
+		return rc;
 	}
-	rc = seg_fill(fd, p->segment_size, p->prewrite);
-	if (!rc)
-		rc = seg_stamp(fd, p, seq, &out->epoch);
+	if (!rc) {
+		__atomic_add_fetch(&sp->prepared_recycled, 1, __ATOMIC_RELAXED);
+	} else {
+		/* No free file (or it failed and is gone): a new file, zero-filled. */
+		rc = seg_quota(p);
+		if (rc)
+			return rc;
+		fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+		if (fd < 0) {
+			*seq_free = errno != EEXIST;
+			return -errno;
+		}
+		rc = seg_fill(fd, p->segment_size, p->prewrite);
+		if (!rc)
+			rc = seg_stamp(fd, p, seq, &out->epoch);
+		if (!rc)
+			__atomic_add_fetch(&sp->prepared_fresh, 1, __ATOMIC_RELAXED);
+	}
 	if (!rc)
 		rc = seg_open_direct(sp, path, &fd, &out->odirect);
 	if (rc)
@@ -358,6 +462,45 @@ bool spool_spare_failing(const struct spool_spare *sp)
 uint64_t spool_spare_errors(const struct spool_spare *sp)
 {
 	return __atomic_load_n(&sp->prepare_errors, __ATOMIC_RELAXED);
+}
+
+void spool_spare_prepared(const struct spool_spare *sp, uint64_t *recycled, uint64_t *fresh)
+{
+	*recycled = __atomic_load_n(&sp->prepared_recycled, __ATOMIC_RELAXED);
+	*fresh = __atomic_load_n(&sp->prepared_fresh, __ATOMIC_RELAXED);
+}
+
+int spool_free_sweep(const char *lane_dir, uint64_t segment_size, uint32_t max, uint64_t *top)
+{
+	uint64_t *fseqs;
+	uint32_t kept = 0;
+	bool removed = false;
+	int n = spool_lane_file_list(lane_dir, "free", &fseqs);
+
+	*top = 0;
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n; i++) {
+		char path[PATH_MAX];
+		struct stat st;
+		int k = snprintf(path, sizeof(path), "%s/%012llu.free", lane_dir,
+				 (unsigned long long)fseqs[i]);
+
+		*top = fseqs[i]; /* sorted: the last one is the highest */
+		if (k < 0 || (size_t)k >= sizeof(path))
+			continue;
+		/* The newest max files stay (lowest numbers go first: the spare takes those). */
+		if (!stat(path, &st) && (uint64_t)st.st_size == segment_size && (uint32_t)(n - i) <= max) {
+			kept++;
+			continue;
+		}
+		if (!unlink(path))
+			removed = true;
+	}
+	free(fseqs);
+	if (removed)
+		spool_fsync_dir(lane_dir); /* not needed for correctness: a free file left is harmless */
+	return (int)kept;
 }
 
 int spool_dir_create(const char *path)

@@ -44,6 +44,15 @@ struct seg_params {
 	bool prewrite;
 	bool want_odirect; /* open prepared segments with O_DIRECT (falls back once refused) */
 	uint32_t nfds;	   /* descriptors per segment, 1..SPOOL_SEG_FDS_MAX */
+	/*
+	 * Recycling (format 5): the pool of the lane's free files (SEQ.free),
+	 * kept by the reclamation table (spool_reclaim.h; the lane passes it
+	 * in, so this file needs no more of it). free_count NULL = never look
+	 * for a free file.
+	 */
+	uint32_t (*free_count)(void *pool, unsigned lane);
+	void (*free_note)(void *pool, unsigned lane, int delta, uint64_t bytes);
+	void *pool;
 };
 
 /* A prepared segment, handed from the spare thread to the lane. */
@@ -64,6 +73,8 @@ struct spool_spare {
 	struct seg_ready seg;
 	uint64_t next_seq;
 	uint64_t prepare_errors; /* failed preparations (atomic: read by the worker) */
+	/* Preparations from a free file (recycled) and from a new, zero-filled one (atomic). */
+	uint64_t prepared_recycled, prepared_fresh;
 };
 
 /* Start the spare thread; the first segment it prepares gets next_seq. 0 or -errno. */
@@ -79,6 +90,15 @@ int spool_spare_take(struct spool_spare *sp, struct seg_ready *out);
 /* The spare is not ready and its last preparation failed (new txns should know early). */
 bool spool_spare_failing(const struct spool_spare *sp);
 uint64_t spool_spare_errors(const struct spool_spare *sp);
+void spool_spare_prepared(const struct spool_spare *sp, uint64_t *recycled, uint64_t *fresh);
+
+/*
+ * At lane open (before the spare starts): remove the lane's free files that
+ * cannot be reused (not exactly segment_size bytes) or exceed max (0: all),
+ * and return through *top the highest sequence a free file names (0: none).
+ * The count kept, or -errno.
+ */
+int spool_free_sweep(const char *lane_dir, uint64_t segment_size, uint32_t max, uint64_t *top);
 
 int spool_fsync_dir(const char *path);
 /* fsync the directory holding path (its last component's parent). */

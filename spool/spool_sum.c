@@ -165,6 +165,7 @@ struct build {
 	const uint8_t *map;
 	unsigned nbad;
 	bool bad_other; /* a region that is not the zero tail */
+	bool recycled;	/* format 5: a non-zero tail is the earlier segment's bytes, the normal end */
 };
 
 static int build_rec(void *ctx, const struct spool_rec *r)
@@ -181,7 +182,8 @@ static void build_bad(void *ctx, uint64_t from, uint64_t to, bool tail, bool zer
 
 	(void)to;
 	b->nbad++;
-	if (!tail || !zero || from != b->acc.end)
+	/* A recycled segment's tail is the earlier segment's bytes: its normal end (FORMAT.md). */
+	if (!tail || (!zero && !b->recycled) || from != b->acc.end)
 		b->bad_other = true;
 }
 
@@ -189,7 +191,7 @@ int spool_sum_build(const uint8_t *map, uint64_t size, const struct spool_seg_hd
 		    const struct timespec *seg_mtime, uint8_t **out, size_t *outlen)
 {
 	static const struct spool_scan_ops ops = {.rec = build_rec, .bad = build_bad, .delivery = true};
-	struct build b = {.map = map};
+	struct build b = {.map = map, .recycled = spool_seg_recycled(hdr)};
 	int rc;
 
 	*out = NULL;

@@ -22,6 +22,7 @@
 #include "spool_sum.h"
 #include "spool.h"
 #include "spool_reader.h"
+#include "spool_reclaim.h"
 #include "spool_syncio.h"
 #include "test_util.h"
 
@@ -33,7 +34,18 @@ static int report_fd = -1;
 static int ntxn = NTXN;
 static uint32_t flushes_max = 2;
 static uint32_t flush_fail_at; /* argv[3]: the n-th flush (direct: write) fails with -EIO */
-static bool direct;	       /* argv[4] == "direct" */
+static bool direct;	       /* argv[4] has "direct" */
+/*
+ * argv[4] has "recycle" (format 5): every run starts with free files in the
+ * lane, copies of the segments of a run of the same workload (so their
+ * stale records have valid magic and CRC, the same txn indexes and bodies,
+ * another epoch), and the lane prepares its segments from them. Recovery
+ * must never take a stale record for a message (check_msg: exactly once,
+ * nothing never committed), never quarantine a stale tail, and the seal
+ * summaries of recycled segments must be written and used.
+ */
+static bool recycle;
+static char donor[300]; /* the segments the free files are copied from */
 
 static void rep(char kind, uint64_t idx)
 {
@@ -97,7 +109,14 @@ static void workload(const char *dir, uint64_t crash_at, uint64_t seed, bool tea
 	struct sim *s = sim_create(seed, &f, on_settled, NULL);
 	static uint8_t buf[16384];
 
+	struct spool_reclaim *rt = NULL;
 	cfg_make(&cfg, dir);
+	if (recycle) {
+		/* Only the pool of free files: the table is never run (nothing is reclaimed). */
+		CHECK(spool_reclaim_create(&rt, dir, NULL, NULL) == 0);
+		spool_reclaim_set_recycle_max(rt, 1024);
+		cfg.reclaim = rt;
+	}
 	CHECK(spool_lane_open(&l, &cfg, 0, sim_ops(), s) == 0);
 	sim_attach(s, l);
 	{
@@ -182,7 +201,15 @@ static void workload(const char *dir, uint64_t crash_at, uint64_t seed, bool tea
 		_exit(0); /* the lane dies with the process, as in a crash */
 	}
 	CHECK(!spool_lane_busy(l));
+	{
+		struct spool_lane_stats st;
+		char line[48];
+		spool_lane_stats(l, &st);
+		int n = snprintf(line, sizeof(line), "R %llu\n", (unsigned long long)st.segments_recycled);
+		CHECK(write(report_fd, line, (size_t)n) == n);
+	}
 	spool_lane_close(l);
+	spool_reclaim_destroy(rt);
 	{
 		char line[48];
 		int n = snprintf(line, sizeof(line), "E %llu\n", (unsigned long long)sim_events(s));
@@ -194,8 +221,23 @@ static void workload(const char *dir, uint64_t crash_at, uint64_t seed, bool tea
 
 struct expect {
 	bool committed[NTXN], acked[NTXN], found[NTXN];
-	uint64_t events, torn;
+	uint64_t events, torn, recycled;
 };
+
+/* Recycle mode: the lane directory starts with the donor's segments as free files. */
+static void free_files_make(const char *dir)
+{
+	char ldir[300], cmd[1024];
+
+	if (!recycle)
+		return;
+	snprintf(ldir, sizeof(ldir), "%s/lane-00", dir);
+	CHECK(mkdir(ldir, 0700) == 0 || errno == EEXIST);
+	snprintf(cmd, sizeof(cmd),
+		 "for f in '%s'/*.seg; do b=$(basename \"$f\" .seg); cp \"$f\" '%s'/$b.free; done", donor,
+		 ldir);
+	CHECK(system(cmd) == 0);
+}
 
 static void run_child(const char *dir, const char *repfile, uint64_t crash_at, uint64_t seed, bool tear,
 		      bool scribble)
@@ -203,6 +245,7 @@ static void run_child(const char *dir, const char *repfile, uint64_t crash_at, u
 	pid_t pid;
 	int st;
 
+	free_files_make(dir);
 	report_fd = open(repfile, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND, 0600);
 	CHECK(report_fd >= 0);
 	pid = fork();
@@ -229,6 +272,10 @@ static void read_report(const char *repfile, struct expect *ex)
 		}
 		if (k == 'T') {
 			ex->torn += v;
+			continue;
+		}
+		if (k == 'R') {
+			ex->recycled = v;
 			continue;
 		}
 		CHECK(v < NTXN);
@@ -390,11 +437,25 @@ int main(int argc, char **argv)
 	CHECK(ntxn > 0 && ntxn <= NTXN);
 	if (argc > 3)
 		flush_fail_at = (uint32_t)atoi(argv[3]);
-	direct = argc > 4 && !strcmp(argv[4], "direct");
+	direct = argc > 4 && strstr(argv[4], "direct");
+	recycle = argc > 4 && strstr(argv[4], "recycle");
 	flushes_max = 1 + (uint32_t)(seed % 3); /* 1..3 flushes in flight */
 
 	tu_tmpdir(dir, sizeof(dir), "crash");
 	snprintf(repfile, sizeof(repfile), "%s.report", dir);
+	if (recycle) {
+		/* The donor: the same workload, uncrashed, its segments kept as stale content. */
+		char cmd[2048];
+		recycle = false;
+		run_child(dir, repfile, 0, seed, false, false);
+		snprintf(donor, sizeof(donor), "%s.donor", dir);
+		snprintf(cmd, sizeof(cmd), "rm -rf '%s' && mkdir '%s' && cp '%s'/lane-00/*.seg '%s'/", donor,
+			 donor, dir, donor);
+		CHECK(system(cmd) == 0);
+		tu_rmrf(dir);
+		CHECK(mkdir(dir, 0700) == 0);
+		recycle = true;
+	}
 
 	/* Dry run: no crash, everything must be acked and recovered. */
 	run_child(dir, repfile, 0, seed, false, false);
@@ -404,6 +465,11 @@ int main(int argc, char **argv)
 	for (int i = 0; i < ntxn; i++)
 		CHECK(flush_fail_at ? (!ex.acked[i] || i % 9 != 4) : ex.acked[i] == (i % 9 != 4));
 	verify_dir(dir, &ex, false);
+	/* Recycle mode: the segments really came from the free files (no zero-fill). */
+	CHECK(!recycle || ex.recycled > 0);
+	if (recycle)
+		printf("recycle: %llu segments prepared from free files in the dry run\n",
+		       (unsigned long long)ex.recycled);
 	tu_rmrf(dir);
 	stride = total / RUNS_MAX + 1;
 	printf("workload: %d txns, %llu storage events, crash every %llu events\n", ntxn,
@@ -423,6 +489,8 @@ int main(int argc, char **argv)
 		tu_rmrf(dir);
 	}
 	unlink(repfile);
+	if (recycle)
+		tu_rmrf(donor);
 	printf("crash points checked: %llu, acknowledged messages verified: %llu%s, torn blocks: %llu, "
 	       "segments recovered from seal summaries: %llu (torn summaries: %llu), same result as a full "
 	       "scan\n",

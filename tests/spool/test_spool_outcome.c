@@ -257,15 +257,19 @@ static void test_scan_and_versions(void)
 	CHECK(spool_seg_scan(seg, 65536, 7, SPOOL_SEG_DATA_OFF, &v2, &c2) == 0);
 	CHECK(c2.chunks == 1 && c2.outcomes == 1 && c2.aborts == 1);
 
-	CHECK(SPOOL_FORMAT_VERSION == 4 && SPOOL_FORMAT_VERSION_MIN == 1);
-	for (uint32_t v = 0; v <= 5; v++) {
+	CHECK(SPOOL_FORMAT_VERSION == 5 && SPOOL_FORMAT_VERSION_MIN == 1);
+	for (uint32_t v = 0; v <= 6; v++) {
 		h.version = v;
+		h.flags = SPOOL_SEG_F_RECYCLED;
 		spool_seg_hdr_encode(hb, &h);
 		int rc = spool_seg_hdr_decode(hb, sizeof(hb), &g);
-		CHECK(rc == (v == 0 ? -EBADMSG : v <= 4 ? 0 : -EPROTONOSUPPORT));
+		CHECK(rc == (v == 0 ? -EBADMSG : v <= 5 ? 0 : -EPROTONOSUPPORT));
 		CHECK(rc || g.version == v);
+		/* Flags mean something from format 5 on (RECYCLED); before, the field is read as 0. */
+		CHECK(rc || g.flags == (v >= 5 ? SPOOL_SEG_F_RECYCLED : 0));
+		CHECK(rc || spool_seg_recycled(&g) == (v >= 5));
 	}
-	printf("scan opt-in, segment versions 1 to 4 read, 5 refused: ok\n");
+	printf("scan opt-in, segment versions 1 to 5 read (flags from 5), 6 refused: ok\n");
 }
 
 /* ---- the lane, through the simulator ---- */

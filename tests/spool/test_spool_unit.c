@@ -47,6 +47,7 @@ static void test_seg_hdr_round_trip(void **state)
 {
 	struct spool_seg_hdr h = {.version = SPOOL_FORMAT_VERSION,
 				  .lane = 3,
+				  .flags = SPOOL_SEG_F_RECYCLED,
 				  .seq = 42,
 				  .epoch = 0x1234567890abcdefull,
 				  .created_us = 1700000000000000ll,
