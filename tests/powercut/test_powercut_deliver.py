@@ -120,7 +120,8 @@ METRICS = ("dotspool_redeliveries_total", "dotspool_delivery_possible_duplicates
            "dotspool_outcome_records_total", "dotspool_outcome_record_errors_total",
            "dotspool_flush_errors_total", "dotspool_queue_messages", "dotspool_queue_recipients_open",
            "dotspool_compacted_segments_total", "dotspool_compacted_messages_total",
-           "dotspool_reclaimed_segments_total")
+           "dotspool_reclaimed_segments_total", "dotspool_recycled_segments_total",
+           "dotspool_spool_segments_recycled_total", "dotspool_spool_segments_fresh_total")
 # With --reclaim. The gap dedup (issue 16) keeps every message whose 250 a cut left unread for its window
 # (default a day: by design nothing of them is reclaimed meanwhile); this test is about reclamation, so
 # the window is off. DS_POWERCUT_ARGS comes later and may override.
@@ -748,6 +749,18 @@ def check_disk(t, tools, rc, runs, msgs, mode, what):
         comp = [int(r.metrics["dotspool_compacted_segments_total"]) for r in runs if r.metrics]
         moved = [int(r.metrics["dotspool_compacted_messages_total"]) for r in runs if r.metrics]
         print("  compaction: segments compacted per run %s (messages moved %s)" % (comp, moved))
+        # Recycled segments (format 5, --segment-recycle-max, default 4): reclaimed segments renamed to free
+        # files, and segments prepared from them instead of zero-filled new files, across the cuts.
+        recycled = [int(r.metrics["dotspool_recycled_segments_total"]) for r in runs if r.metrics]
+        reused = [int(r.metrics["dotspool_spool_segments_recycled_total"]) for r in runs if r.metrics]
+        fresh = [int(r.metrics["dotspool_spool_segments_fresh_total"]) for r in runs if r.metrics]
+        print("  recycling: segments renamed to free files per run %s, prepared from a free file %s, as a new "
+              "file %s" % (recycled, reused, fresh))
+        if "--segment-recycle-max 0" not in " ".join(RECLAIM_ARGS + os.environ.get("DS_POWERCUT_ARGS", "").split()):
+            # eio mode has two runs: its drain makes the free files and needs no new segment after them.
+            t.check(sum(recycled) > 0 and (mode != "cut" or sum(reused) > 0), "%s: reclaimed segments recycled "
+                    "(%d renamed to free files, %d segments prepared from them, %d new)"
+                    % (what, sum(recycled), sum(reused), sum(fresh)))
         if COMPACT:
             t.check(sum(comp) > 0, "%s: compaction copied messages forward between the cuts" % what)
         gm = getattr(runs[-1], "gap_moved", None)

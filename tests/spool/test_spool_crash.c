@@ -233,10 +233,20 @@ static void free_files_make(const char *dir)
 		return;
 	snprintf(ldir, sizeof(ldir), "%s/lane-00", dir);
 	CHECK(mkdir(ldir, 0700) == 0 || errno == EEXIST);
-	snprintf(cmd, sizeof(cmd),
-		 "for f in '%s'/*.seg; do b=$(basename \"$f\" .seg); cp \"$f\" '%s'/$b.free; done", donor,
-		 ldir);
-	CHECK(system(cmd) == 0);
+	/*
+	 * In reverse order (the donor's last, part-filled segment gets the lowest
+	 * number, which the spare takes first): this run's segments then end
+	 * where the old ones hold records, not zeros (a stale tail).
+	 */
+	uint64_t *seqs;
+	int n = spool_seg_list(donor, &seqs);
+	CHECK(n > 0);
+	for (int i = 0; i < n; i++) {
+		snprintf(cmd, sizeof(cmd), "cp '%s/%012llu.seg' '%s/%012llu.free'", donor,
+			 (unsigned long long)seqs[i], ldir, (unsigned long long)seqs[n - 1 - i]);
+		CHECK(system(cmd) == 0);
+	}
+	free(seqs);
 }
 
 static void run_child(const char *dir, const char *repfile, uint64_t crash_at, uint64_t seed, bool tear,
@@ -359,6 +369,8 @@ static void sum_tear_newest(const char *dir)
 	free(seqs);
 }
 
+static bool clean_recycled; /* verify_dir: the dry run of recycle mode (no crash, no failure) */
+
 static uint64_t verify_dir(const char *dir, struct expect *ex, bool tear_sum)
 {
 	struct spool_config cfg;
@@ -380,6 +392,8 @@ static uint64_t verify_dir(const char *dir, struct expect *ex, bool tear_sum)
 	      rr.queued == full.queued && full.summaries == 0);
 	/* Unflushed writes of a crash are never mistaken for corruption of acknowledged data. */
 	CHECK(rr.quarantined == 0);
+	/* A clean run's recycled segments end in the old segments' bytes: their normal end, no torn tail. */
+	CHECK(!clean_recycled || full.torn_tails == 0);
 	CHECK(spool_reader_open(&c.r, dir) == 0);
 	CHECK(spool_reader_foreach(c.r, check_msg, &c) == 0);
 	spool_reader_close(c.r);
@@ -464,7 +478,9 @@ int main(int argc, char **argv)
 	CHECK(total > 10);
 	for (int i = 0; i < ntxn; i++)
 		CHECK(flush_fail_at ? (!ex.acked[i] || i % 9 != 4) : ex.acked[i] == (i % 9 != 4));
+	clean_recycled = recycle && !flush_fail_at;
 	verify_dir(dir, &ex, false);
+	clean_recycled = false;
 	/* Recycle mode: the segments really came from the free files (no zero-fill). */
 	CHECK(!recycle || ex.recycled > 0);
 	if (recycle)

@@ -24,6 +24,7 @@
 #include "spool_reader.h"
 #include "spool_reclaim.h"
 #include "spool_segment.h"
+#include "spool_sum.h"
 #include "test_util.h"
 
 #define MSGS_MAX   4096
@@ -51,10 +52,17 @@ static void on_settled(void *ctx, uint64_t cookie, int res)
 	settled_res[cookie] = res;
 }
 
-/* Reclaimer storage events, for the crash points. */
+/*
+ * Reclaimer storage events, for the crash points: unlink, rename (format 5
+ * recycling: SEQ.seg to SEQ.free) and directory fsync. An unlink or rename
+ * is durable once a directory fsync follows it; before that a crash may
+ * show either name (both ways are checked).
+ */
+enum ev_kind { EV_UNLINK, EV_RENAME, EV_FSYNC_DIR };
 struct ev {
-	bool is_unlink;
-	char path[PATH_MAX];
+	enum ev_kind kind;
+	bool is_unlink; /* EV_UNLINK or EV_RENAME: a namespace change */
+	char path[PATH_MAX], to[PATH_MAX];
 };
 static struct ev evs[EVENTS_MAX];
 static unsigned nevs;
@@ -64,8 +72,25 @@ static int t_unlink(void *ctx, const char *path)
 	(void)ctx;
 	CHECK(nevs < EVENTS_MAX);
 	evs[nevs].is_unlink = true;
+	evs[nevs].kind = EV_UNLINK;
 	snprintf(evs[nevs++].path, PATH_MAX, "%s", path);
+	spool_sum_unlink_for(path); /* as the real one: the summary goes first */
 	return unlink(path) ? -errno : 0;
+}
+
+static unsigned renames;
+
+static int t_rename(void *ctx, const char *from, const char *to)
+{
+	(void)ctx;
+	CHECK(nevs < EVENTS_MAX);
+	evs[nevs].is_unlink = true;
+	evs[nevs].kind = EV_RENAME;
+	snprintf(evs[nevs].path, PATH_MAX, "%s", from);
+	snprintf(evs[nevs++].to, PATH_MAX, "%s", to);
+	renames++;
+	spool_sum_unlink_for(from);
+	return rename(from, to) ? -errno : 0;
 }
 
 static int t_fsync_dir(void *ctx, const char *path)
@@ -73,6 +98,7 @@ static int t_fsync_dir(void *ctx, const char *path)
 	(void)ctx;
 	CHECK(nevs < EVENTS_MAX);
 	evs[nevs].is_unlink = false;
+	evs[nevs].kind = EV_FSYNC_DIR;
 	snprintf(evs[nevs++].path, PATH_MAX, "%s", path);
 	return spool_fsync_dir(path);
 }
@@ -116,6 +142,30 @@ static void check_state(const char *d, const char *what)
 	spool_config_defaults(&cfg);
 	cfg.dir = d;
 	CHECK(spool_recover(&cfg, &rep) == 0);
+	/*
+	 * Everything in these states was durable before the reclaim run: no
+	 * torn tail, no quarantine, also with recycled segments, whose tails
+	 * hold an earlier segment's records (format 5).
+	 */
+	if (rep.torn_tails || rep.quarantined) {
+		fprintf(stderr, "%s: %llu torn tails, %llu quarantined\n", what,
+			(unsigned long long)rep.torn_tails, (unsigned long long)rep.quarantined);
+		CHECK(0);
+	}
+	/* The reclamation load pins nothing either (a stale tail is a recycled segment's normal end). */
+	{
+		struct spool_reclaim *lt;
+		struct spool_reclaim_stats lst;
+		CHECK(spool_reclaim_create(&lt, d, NULL, NULL) == 0);
+		CHECK(spool_reclaim_load(lt) == 0);
+		spool_reclaim_stats(lt, &lst);
+		if (lst.pinned) {
+			fprintf(stderr, "%s: the reclamation load pinned %llu segments\n", what,
+				(unsigned long long)lst.pinned);
+			CHECK(0);
+		}
+		spool_reclaim_destroy(lt);
+	}
 	/*
 	 * rep.discarded may count final messages whose chunk segment went before their commit
 	 * segment (a crash between the two): not messages, never owed again. Every message
@@ -185,10 +235,17 @@ static unsigned crash_points(const char *snap, unsigned from)
 						continue;
 				}
 				snprintf(p, sizeof(p), "%s%s", var, evs[e].path + strlen(dir));
-				CHECK(unlink(p) == 0);
+				if (evs[e].kind == EV_RENAME) {
+					char to[3 * PATH_MAX];
+					snprintf(to, sizeof(to), "%s%s", var, evs[e].to + strlen(dir));
+					CHECK(rename(p, to) == 0);
+				} else {
+					CHECK(unlink(p) == 0);
+				}
 			}
 			snprintf(what, sizeof(what), "crash at event %u%s", k,
-				 pending ? pending_applied ? " (unlink kept)" : " (unlink lost)" : "");
+				 pending ? pending_applied ? " (unlink/rename kept)" : " (unlink/rename lost)"
+					 : "");
 			check_state(var, what);
 			points++;
 			if (!pending)
@@ -197,6 +254,25 @@ static unsigned crash_points(const char *snap, unsigned from)
 	}
 	sh("rm -rf '%s' '%s'", var, snap);
 	return points;
+}
+
+/*
+ * Copy the spool (all durable: the lane drained). The lane's spare thread
+ * may be preparing a segment meanwhile; with recycling it renames a free
+ * file, and cp fails on a name listed before the rename: copy again.
+ */
+static void snapshot(const char *snap)
+{
+	char cmd[3 * PATH_MAX];
+	int rc = -1;
+
+	snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s' 2>/dev/null", snap, dir, snap);
+	for (int i = 0; i < 20 && rc; i++) {
+		rc = system(cmd);
+		if (rc)
+			usleep(50000);
+	}
+	CHECK(rc == 0);
 }
 
 /* ---- the run ---- */
@@ -319,7 +395,9 @@ int main(int argc, char **argv)
 {
 	uint64_t seed = argc > 1 ? strtoull(argv[1], NULL, 10) : 1;
 	unsigned rounds = argc > 2 ? (unsigned)atoi(argv[2]) : 6;
-	struct spool_reclaim_ops ops = {.unlink = t_unlink, .fsync_dir = t_fsync_dir};
+	/* argv[3] "recycle": reclaimed segments become free files (format 5) the lane reuses. */
+	uint32_t recycle_max = argc > 3 && !strcmp(argv[3], "recycle") ? 2 : 0;
+	struct spool_reclaim_ops ops = {.unlink = t_unlink, .fsync_dir = t_fsync_dir, .rename = t_rename};
 	struct spool_reclaim *rt;
 	struct spool_config cfg;
 	struct sim_faults f = {0};
@@ -336,6 +414,7 @@ int main(int argc, char **argv)
 	cfg.segment_size = SPOOL_SEGMENT_SIZE_MIN;
 	cfg.buffer_size = 1u << 20;
 	CHECK(spool_reclaim_create(&rt, dir, &ops, NULL) == 0);
+	spool_reclaim_set_recycle_max(rt, recycle_max);
 	CHECK(spool_reclaim_load(rt) == 0);
 	cfg.reclaim = rt;
 	sim = sim_create(seed, &f, on_settled, NULL);
@@ -385,11 +464,7 @@ int main(int argc, char **argv)
 		}
 		finalize(rt);
 		/* The crash points of this reclaim run, on the spool as it stands (all durable). */
-		{
-			char cmd[3 * PATH_MAX];
-			snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", snap, dir, snap);
-			CHECK(system(cmd) == 0);
-		}
+		snapshot(snap);
 		/* The held txn commits at last: its body is all there. */
 		from = nevs;
 		int n = spool_reclaim_run(rt);
@@ -410,6 +485,19 @@ int main(int argc, char **argv)
 	       (unsigned long long)st.messages, (unsigned long long)st.final_messages,
 	       (unsigned long long)st.pinned);
 	CHECK(reclaimed > 0 && points > 2 * reclaimed);
+	{
+		struct spool_lane_stats ls;
+		spool_lane_stats(lane, &ls);
+		printf("recycling (max %u per lane): %u renames to free files, %llu segments prepared from "
+		       "them, %llu new, %llu free now\n",
+		       recycle_max, renames, (unsigned long long)ls.segments_recycled,
+		       (unsigned long long)ls.segments_fresh, (unsigned long long)st.free_segments);
+		/* Recycling really ran: segments came from free files (no zero-fill), the pool stays bounded.
+		 */
+		CHECK(!recycle_max || (renames > 0 && ls.segments_recycled > 0));
+		CHECK(recycle_max || (renames == 0 && ls.segments_recycled == 0));
+		CHECK(st.free_segments <= recycle_max);
+	}
 	/* The table knows every segment file but the spare (not in use yet). */
 	CHECK(st.segments == files_before || st.segments + 1 == files_before);
 
@@ -424,12 +512,9 @@ int main(int argc, char **argv)
 	sim_destroy(sim);
 	spool_reclaim_destroy(rt);
 	CHECK(spool_reclaim_create(&rt, dir, &ops, NULL) == 0);
+	spool_reclaim_set_recycle_max(rt, recycle_max);
 	CHECK(spool_reclaim_load(rt) == 0);
-	{
-		char cmd[3 * PATH_MAX];
-		snprintf(cmd, sizeof(cmd), "rm -rf '%s' && cp -a '%s' '%s'", snap, dir, snap);
-		CHECK(system(cmd) == 0);
-	}
+	snapshot(snap);
 	unsigned from = nevs;
 	int n = spool_reclaim_run(rt);
 	CHECK(n > 0);
