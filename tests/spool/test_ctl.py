@@ -126,6 +126,15 @@ try:
         check(p.returncode == 0 and p.stdout == want.stdout and b"changed under the reader (SIGBUS)" in p.stderr,
               f"SIGBUS guard {args}: exit {p.returncode}, same output {p.stdout == want.stdout}, {p.stderr[-200:]!r}")
 
+    # Format 5: a segment recycled under the reader (spool_reader_changed at the end of a command) makes the
+    # command run again the same way; the hook reports one at the end of the first run.
+    for args in (("list",), ("verify",), ("cat", ids[2])):
+        want = run(*args)
+        p = subprocess.run([ctl, "--spool", spool] + list(args), capture_output=True, timeout=30,
+                           env=dict(os.environ, DOTSPOOL_CTL_TEST_RECYCLED="1"))
+        check(p.returncode == 0 and p.stdout == want.stdout and b"changed under the reader (recycled)" in p.stderr,
+              f"recycled guard {args}: exit {p.returncode}, same output {p.stdout == want.stdout}, {p.stderr[-200:]!r}")
+
     # Corrupt a body byte of the big message: verify must fail, cat reports the checksum.
     seg = sorted(os.listdir(os.path.join(spool, "lane-01")))[0]
     path = os.path.join(spool, "lane-01", seg)
