@@ -33,6 +33,17 @@ Free space: the disk legs need 1.5x the spool one leg leaves (timed legs bounded
 with a message before starting (nothing run). /dev/shm likewise for the tmpfs leg.
 Environment: DS_DOTSPOOL, DS_BENCH (binaries; default build/).
 The numbers are only comparable within one run: the machine is shared (say so with them).
+
+Delivery on (issue 19 point 1, recycled segments): --deliver starts smtp-sink (a next hop that
+discards; /usr/sbin/smtp-sink, Postfix) and runs every server with --deliver-to it and --reclaim
+true, so the spool is in steady state (mail in, mail out: segments reclaimed and, with
+--segment-recycle-max > 0, reused). --variant NAME=ARGS runs the tree's binary once more per leg
+with ARGS added (e.g. --variant "norecycle=--segment-recycle-max 0"). With --deliver each leg also
+reports, from the server's /metrics at its end, the messages delivered and the segments prepared
+from free files (recycled) and as new, zero-filled files (fresh):
+
+  bench/sizes/run.py --loads 64k --legs buffered,direct,tmpfs --deliver --no-open \
+      --variant "norecycle=--segment-recycle-max 0" --gib 2
 """
 import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -99,13 +110,44 @@ def io_modes(binary):
     return {m for m in DISK_MODES if m in line}
 
 
+SMTP_SINK = "/usr/sbin/smtp-sink"
+# --deliver: what the legs scrape from the server's /metrics at their end.
+DELIVER_METRICS = {"delivered": "dotspool_deliveries_total",
+                   "recycled": "dotspool_spool_segments_recycled_total",
+                   "fresh": "dotspool_spool_segments_fresh_total",
+                   "free": "dotspool_spool_segments_free"}
+
+
+def scrape(port, names):
+    """{key: sum of the samples of metric name} from /metrics (None where it does not answer)."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return {k: None for k in names}
+    out = {}
+    for key, name in names.items():
+        tot = 0.0
+        for line in text.splitlines():
+            if line.startswith(name + " ") or line.startswith(name + "{"):
+                if name == "dotspool_deliveries_total" and 'outcome="delivered"' not in line:
+                    continue
+                tot += float(line.rpartition(" ")[2])
+        out[key] = tot
+    return out
+
+
 class Server:
-    def __init__(self, binary, spool, io_mode, threads, extra):
+    def __init__(self, binary, spool, io_mode, threads, extra, metrics=False):
         self.port = free_port()
         self.spool = spool
+        self.mport = free_port() if metrics else None
         args = [binary, "--listen", "127.0.0.1:%d" % self.port, "--spool", spool,
                 "--accept-domain", "localhost", "--threads", str(threads),
                 "--max-message-size", str(64 << 20), "--spool-io", io_mode] + extra
+        if self.mport:
+            args += ["--metrics", "127.0.0.1:%d" % self.mport]
         self.log = open(spool + ".log", "w")
         self.proc = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
         if not wait_banner(self.port):
@@ -164,14 +206,17 @@ def leg_bytes(load, args):
     return RATE_BOUND_B_S * (args.mix_s + args.open_s * args.open_frac)
 
 
-def run_leg(bench, binary, leg, load, args, size_file, shm, work, rate):
+def run_leg(bench, binary, leg, load, args, size_file, shm, work, rate, extra=()):
     """One server, fresh spool, one bench run (closed loop, or open loop at rate)."""
     spool = tempfile.mkdtemp(prefix="spool.", dir=shm if leg == "tmpfs" else work)
-    srv = Server(binary, spool, "buffered" if leg == "tmpfs" else leg, args.threads, args.server_arg)
+    srv = Server(binary, spool, "buffered" if leg == "tmpfs" else leg, args.threads,
+                 args.server_arg + list(args.deliver_args) + list(extra), metrics=bool(args.deliver_args))
     try:
         w0 = disk_written_bytes()
         r = run_bench(bench, srv.port, load, args, size_file, rate)
         r["disk_gib"] = (disk_written_bytes() - w0) / (1 << 30)
+        if srv.mport:
+            r.update(scrape(srv.mport, DELIVER_METRICS))
     finally:
         srv.stop()
         shutil.rmtree(spool, ignore_errors=True)
@@ -184,9 +229,13 @@ def run_leg(bench, binary, leg, load, args, size_file, shm, work, rate):
 
 
 def progress(t0, rnd_i, load, leg, bname, r, rate=None):
-    print("run.py: [%4.0fs] round %d %s %s %s %s: %.0f msg/s %.0f MB/s p50 %.2f p99 %.2f p99.9 %.1f ms" %
+    extra = ""
+    if "recycled" in r:
+        extra = "; disk %.2f GiB, delivered %s, segments recycled %s fresh %s, free files %s" % (
+            r["disk_gib"], r["delivered"], r["recycled"], r["fresh"], r["free"])
+    print("run.py: [%4.0fs] round %d %s %s %s %s: %.0f msg/s %.0f MB/s p50 %.2f p99 %.2f p99.9 %.1f ms%s" %
           (time.monotonic() - t0, rnd_i + 1, load, "open@%d" % rate if rate else "closed", leg, bname,
-           r["msg_s"], r["mb_s"], r["p50_ms"], r["p99_ms"], r["p999_ms"]), file=sys.stderr)
+           r["msg_s"], r["mb_s"], r["p50_ms"], r["p99_ms"], r["p999_ms"], extra), file=sys.stderr)
 
 
 def med(xs):
@@ -216,7 +265,13 @@ def main():
     ap.add_argument("--dd-mib", type=int, default=1024)
     ap.add_argument("--dir", default="/var/tmp", help="where the disk spools go")
     ap.add_argument("--json", help="also write the results here")
+    ap.add_argument("--deliver", action="store_true",
+                    help="deliver to smtp-sink with --reclaim true (steady state: mail in, mail out)")
+    ap.add_argument("--sink-port", type=int, default=0, help="smtp-sink's port (default: a free one)")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="the tree's binary once more per leg with these server arguments (repeatable)")
     args = ap.parse_args()
+    args.deliver_args = []
     if args.quick:
         args.gib, args.mix_s, args.dd_mib = min(args.gib, 0.5), min(args.mix_s, 5), min(args.dd_mib, 256)
     if args.open_s is None:
@@ -227,6 +282,14 @@ def main():
         print("run.py: build dotspool and dotspool-bench first (cmake --build build)", file=sys.stderr)
         return 2
     binaries = [("new", new)]
+    variant_args = {}
+    for v in args.variant:
+        name, _, vargs = v.partition("=")
+        if not name or not vargs:
+            print("run.py: --variant %s: not NAME=ARGS" % v, file=sys.stderr)
+            return 2
+        binaries.append((name, new))
+        variant_args[name] = vargs.split()
     for b in args.binary + (["base=" + args.baseline] if args.baseline else []):
         name, _, path = b.partition("=")
         if not path or not os.access(path, os.X_OK):
@@ -253,6 +316,17 @@ def main():
             print("run.py: %s has %.1f GiB free, the %s legs need %.1f GiB: not run" %
                   (where, shutil.disk_usage(where).free / (1 << 30), ",".join(leg_set), need / (1 << 30)))
             return 77
+    sink = None
+    if args.deliver:
+        if not os.access(SMTP_SINK, os.X_OK):
+            print("run.py: --deliver needs %s (scripts/deps.sh installs postfix): not run" % SMTP_SINK)
+            return 77
+        sport = args.sink_port or free_port()
+        sink = subprocess.Popen([SMTP_SINK, "-u", "nobody", "-h", "sink.test", "127.0.0.1:%d" % sport, "1024"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)
+        args.deliver_args = ["--deliver-to", "smtp://127.0.0.1:%d" % sport, "--reclaim", "true",
+                             "--deliver-connections", "16"]
     work = tempfile.mkdtemp(prefix="dotspool-sizes.", dir=args.dir)
     shm = tempfile.mkdtemp(prefix="dotspool-sizes.", dir="/dev/shm") if "tmpfs" in legs else None
     size_file = os.path.join(work, "mix.sizes")
@@ -281,7 +355,8 @@ def main():
                             if (leg if leg != "tmpfs" else "buffered") not in modes[b[0]]}
                 this = {}
                 for leg, (bname, bpath) in order:
-                    r = run_leg(bench, bpath, leg, load, args, size_file, shm, work, None)
+                    r = run_leg(bench, bpath, leg, load, args, size_file, shm, work, None,
+                                variant_args.get(bname, ()))
                     this[(leg, bname)] = r
                     results.setdefault((load, leg, bname), []).append(r)
                     progress(t0, rnd_i, load, leg, bname, r)
@@ -291,11 +366,15 @@ def main():
                 peak = min(r["msg_s"] for r in this.values()) if args.open_rate == "common" else None
                 for leg, (bname, bpath) in order:
                     rate = max(1, int((peak or this[(leg, bname)]["msg_s"]) * args.open_frac))
-                    o = run_leg(bench, bpath, leg, load, args, size_file, shm, work, rate)
+                    o = run_leg(bench, bpath, leg, load, args, size_file, shm, work, rate,
+                                variant_args.get(bname, ()))
                     this[(leg, bname)]["open"] = dict(o, rate=rate)
                     progress(t0, rnd_i, load, leg, bname, o, rate)
         dd["after"] = [dd_mb_s(work, args.dd_mib) for _ in range(DD_RUNS)]
     finally:
+        if sink:
+            sink.terminate()
+            sink.wait()
         shutil.rmtree(work, ignore_errors=True)
         if shm:
             shutil.rmtree(shm, ignore_errors=True)
