@@ -42,8 +42,11 @@ with ARGS added (e.g. --variant "norecycle=--segment-recycle-max 0"). With --del
 reports, from the server's /metrics at its end, the messages delivered and the segments prepared
 from free files (recycled) and as new, zero-filled files (fresh):
 
-  bench/sizes/run.py --loads 64k --legs buffered,direct,tmpfs --deliver --no-open \
-      --variant "norecycle=--segment-recycle-max 0" --gib 2
+  bench/sizes/run.py --loads 64k --legs buffered,direct,tmpfs --deliver --closed-skip \
+      --open-msg-s 900 --open-s 60 --variant "norecycle=--segment-recycle-max 0"
+
+(a closed loop outruns delivery on 2 CPUs: the spool only grows and nothing is reclaimed; an open
+loop at a rate delivery keeps up with is the steady state.)
 """
 import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -268,6 +271,10 @@ def main():
     ap.add_argument("--deliver", action="store_true",
                     help="deliver to smtp-sink with --reclaim true (steady state: mail in, mail out)")
     ap.add_argument("--sink-port", type=int, default=0, help="smtp-sink's port (default: a free one)")
+    ap.add_argument("--open-msg-s", type=int, default=0,
+                    help="open loops at this fixed rate (msg/s) instead of --open-frac of a closed-loop peak; "
+                         "with --closed-skip only open loops run (--deliver: a rate delivery keeps up with)")
+    ap.add_argument("--closed-skip", action="store_true", help="no closed loops (needs --open-msg-s)")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                     help="the tree's binary once more per leg with these server arguments (repeatable)")
     args = ap.parse_args()
@@ -355,17 +362,25 @@ def main():
                             if (leg if leg != "tmpfs" else "buffered") not in modes[b[0]]}
                 this = {}
                 for leg, (bname, bpath) in order:
+                    if args.closed_skip:
+                        break
                     r = run_leg(bench, bpath, leg, load, args, size_file, shm, work, None,
                                 variant_args.get(bname, ()))
                     this[(leg, bname)] = r
                     results.setdefault((load, leg, bname), []).append(r)
                     progress(t0, rnd_i, load, leg, bname, r)
+                if args.closed_skip:
+                    for leg, b in order:
+                        this[(leg, b[0])] = {}
+                        results.setdefault((load, leg, b[0]), []).append(this[(leg, b[0])])
                 if not args.open or not this:
                     continue
                 # Open loop: every leg at the same offered load, so their latencies compare.
-                peak = min(r["msg_s"] for r in this.values()) if args.open_rate == "common" else None
+                peak = None
+                if not args.open_msg_s:
+                    peak = min(r["msg_s"] for r in this.values()) if args.open_rate == "common" else None
                 for leg, (bname, bpath) in order:
-                    rate = max(1, int((peak or this[(leg, bname)]["msg_s"]) * args.open_frac))
+                    rate = args.open_msg_s or max(1, int((peak or this[(leg, bname)]["msg_s"]) * args.open_frac))
                     o = run_leg(bench, bpath, leg, load, args, size_file, shm, work, rate,
                                 variant_args.get(bname, ()))
                     this[(leg, bname)]["open"] = dict(o, rate=rate)
@@ -378,14 +393,15 @@ def main():
         shutil.rmtree(work, ignore_errors=True)
         if shm:
             shutil.rmtree(shm, ignore_errors=True)
-    load_avg = [x["load_avg_1m"] for rs in results.values() for x in rs]
+    load_avg = [v for rs in results.values() for x in rs
+                for v in (x.get("load_avg_1m"), x.get("open", {}).get("load_avg_1m")) if v is not None]
     print_table(results, loads, legs, binaries, dd, args, load_avg, skipped)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "binaries": dict(binaries),
                        "results": {"%s/%s/%s" % k: v for k, v in results.items()},
                        "dd_mb_s": dd}, f, indent=1)
-    failed = sum(x["failed"] + x.get("open", {}).get("failed", 0) for rs in results.values() for x in rs)
+    failed = sum(x.get("failed", 0) + x.get("open", {}).get("failed", 0) for rs in results.values() for x in rs)
     if failed:
         print("run.py: %d messages failed" % failed, file=sys.stderr)
     return 1 if failed else 0
@@ -403,7 +419,7 @@ def print_table(results, loads, legs, binaries, dd, args, load_avg, skipped):
                     rs = results.get((load, leg, bname))
                     if not rs:
                         continue
-                    xs = rs if loop == "closed" else [x["open"] for x in rs if "open" in x]
+                    xs = [x for x in rs if "msg_s" in x] if loop == "closed" else [x["open"] for x in rs if "open" in x]
                     if not xs:
                         continue
                     def col(k, fmt="%.2f"):
@@ -414,19 +430,26 @@ def print_table(results, loads, legs, binaries, dd, args, load_avg, skipped):
                     msg = med([x["msg_s"] for x in xs])
                     if loop == "closed":
                         tm = results.get((load, "tmpfs", bname))
+                        tm = [x for x in tm or [] if "msg_s" in x]
                         ratio = "%.2f" % (msg / med([x["msg_s"] for x in tm])) if tm and leg != "tmpfs" else "-"
                         disk = "%.2f" % med([x["disk_gib"] for x in xs])
                         lp = "closed"
                     else:
-                        ratio, disk = "-", "-"
+                        ratio, disk = "-", "%.2f" % med([x["disk_gib"] for x in xs])
                         lp = "open @%d/s" % med([x["rate"] for x in xs])
+                    if args.deliver:
+                        # delivered, segments recycled / fresh (server's /metrics at the leg's end)
+                        disk += " (dlv %.0f, seg %.0f/%.0f)" % (med([x.get("delivered") or 0 for x in xs]),
+                                                               med([x.get("recycled") or 0 for x in xs]),
+                                                               med([x.get("fresh") or 0 for x in xs]))
                     vs = ""
                     if multi:
                         other = results.get((load, leg, binaries[1][0]))
                         if bname == binaries[1][0] or not other:
                             vs = " - |"
                         else:
-                            oxs = other if loop == "closed" else [x["open"] for x in other if "open" in x]
+                            oxs = [x for x in other if "msg_s" in x] if loop == "closed" else \
+                                [x["open"] for x in other if "open" in x]
                             vs = " %.2f |" % (msg / med([x["msg_s"] for x in oxs])) if oxs else " - |"
                     print("| %s | %s | %s | %s%.0f | %.0f | %s | %s | %s | %s | %s |%s" %
                           (load, lp, leg, bname + " | " if multi else "", msg,
