@@ -115,6 +115,13 @@ struct spool_reclaim {
 	uint64_t lane_low[SPOOL_LANES_MAX];  /* open txns' chunks may lie here and above */
 	uint32_t recycle_max;		     /* free files per lane kept for reuse (0: unlink only) */
 	uint32_t lane_free[SPOOL_LANES_MAX]; /* free files per lane (under mu) */
+	/*
+	 * The lane is open in this process (spool_reclaim_free_set): only then is
+	 * there a spare to reuse its free files. A lane no worker opens (a restart
+	 * with fewer threads drains it) gets its segments unlinked, as does the
+	 * start-up pass before the lanes open.
+	 */
+	bool lane_recycling[SPOOL_LANES_MAX];
 
 	struct spool_reclaim_stats st;
 	uint32_t kept; /* messages with final_wanted set (a pass looks at them only if any) */
@@ -1156,6 +1163,7 @@ void spool_reclaim_free_set(struct spool_reclaim *r, unsigned lane, uint32_t n, 
 	r->st.free_bytes = r->st.free_bytes - DS_MIN(r->st.free_bytes, (uint64_t)r->lane_free[lane] * bytes) +
 			   (uint64_t)n * bytes;
 	r->lane_free[lane] = n;
+	r->lane_recycling[lane] = true;
 	pthread_mutex_unlock(&r->mu);
 }
 
@@ -1276,7 +1284,8 @@ int spool_reclaim_run(struct spool_reclaim *r)
 				rc = spool_lane_dir_path(ldir, sizeof(ldir), r->dir, lane);
 			pthread_mutex_lock(&r->mu);
 			/* Only this thread adds free files: the pool stays at most recycle_max. */
-			recycle = r->ops.rename && r->lane_free[lane] < r->recycle_max;
+			recycle = r->ops.rename && r->lane_recycling[lane] &&
+				  r->lane_free[lane] < r->recycle_max;
 			pthread_mutex_unlock(&r->mu);
 			if (!rc && recycle &&
 			    !spool_lane_file_path(fpath, sizeof(fpath), r->dir, lane, seq, "free")) {

@@ -101,7 +101,11 @@ uint32_t spool_reclaim_recycle_max(const struct spool_reclaim *r);
  * thread; the table's own renames count themselves.
  */
 void spool_reclaim_free_note(struct spool_reclaim *r, unsigned lane, int delta, uint64_t bytes);
-/* Lane open: the lane's pool is n files of bytes each (what its sweep kept). */
+/*
+ * Lane open: the lane's pool is n files of bytes each (what its sweep kept),
+ * and from now on its reclaimed segments may be recycled (a lane not opened
+ * in this process has no spare to take them: they are unlinked).
+ */
 void spool_reclaim_free_set(struct spool_reclaim *r, unsigned lane, uint32_t n, uint64_t bytes);
 /*
  * The disk bound needs room (io/watermark.c): remove every free file of

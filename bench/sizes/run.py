@@ -204,9 +204,16 @@ def disk_written_bytes():
 
 def leg_bytes(load, args):
     """Spool bytes one leg (closed loop, then open loop at open_frac of its peak) leaves behind."""
+    if args.open_msg_s:
+        # A fixed rate: at most the largest message (1 MiB in the mix) each time.
+        open_b = args.open_msg_s * (65536 if load == "64k" else 1 << 20) * args.open_s
+    else:
+        open_b = (2 if load == "64k" else 1) * RATE_BOUND_B_S * args.open_s * args.open_frac
+    if args.closed_skip:
+        return open_b
     if load == "64k":
-        return args.gib * (1 << 30) + 2 * RATE_BOUND_B_S * args.open_s * args.open_frac
-    return RATE_BOUND_B_S * (args.mix_s + args.open_s * args.open_frac)
+        return args.gib * (1 << 30) + open_b
+    return RATE_BOUND_B_S * args.mix_s + open_b
 
 
 def run_leg(bench, binary, leg, load, args, size_file, shm, work, rate, extra=()):
