@@ -527,6 +527,27 @@ int main(int argc, char **argv)
 	/* Every message is final: only the lane's highest segment stays (sequence numbers never repeat). */
 	CHECK(files_after == 1);
 	check_state(dir, "after restart");
+	if (recycle_max) {
+		/*
+		 * The disk bound needs room (io/watermark.c): every free file goes first, and the
+		 * counts follow (the lane's pool as its open would count it).
+		 */
+		char ldir[PATH_MAX];
+		uint64_t *fseqs, top;
+		CHECK(spool_lane_dir_path(ldir, sizeof(ldir), dir, 0) == 0);
+		int nf = spool_free_sweep(ldir, cfg.segment_size, recycle_max, &top);
+		CHECK(nf > 0);
+		spool_reclaim_free_set(rt, 0, (uint32_t)nf, cfg.segment_size);
+		spool_reclaim_stats(rt, &st);
+		CHECK(st.free_segments == (uint64_t)nf &&
+		      st.bytes == st.segments * cfg.segment_size + (uint64_t)nf * cfg.segment_size);
+		CHECK(spool_reclaim_free_drop(rt) == (unsigned)nf);
+		spool_reclaim_stats(rt, &st);
+		CHECK(st.free_segments == 0 && st.free_bytes == 0);
+		CHECK(spool_lane_file_list(ldir, "free", &fseqs) == 0);
+		free(fseqs);
+		printf("disk bound: %d free files removed first, pool counts 0\n", nf);
+	}
 	spool_reclaim_destroy(rt);
 	sh("rm -rf '%s' '%s'", dir, snap);
 	return 0;
