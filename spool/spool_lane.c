@@ -1287,6 +1287,14 @@ void spool_lane_close(struct spool_lane *l)
 	 * it): summarised now, flushed first, so the next start need not read it.
 	 */
 	if (seg_active(l) && !seg_active(l)->failed) {
+		/*
+		 * Bytes no flush of the lane covered (an aborted txn's chunks:
+		 * every commit is settled) become durable only by the writer's
+		 * fdatasync, outside the ops: the summary of such a segment is
+		 * built from the file after it, not from the accumulator.
+		 */
+		if (l->durable_pos < l->head)
+			seg_sum_drop(seg_active(l));
 		spool_sumw_closed(&l->sumw, seg_active(l)->seq, seg_active(l)->sum);
 		seg_active(l)->sum = NULL;
 	}
