@@ -101,15 +101,7 @@ def reclaim_leg(t, keep_s=None):
     try:
         mid = "<reclaim.%s@gap.test>" % uuid.uuid4().hex[:8]
         body = ("From: s@src.test\r\nMessage-ID: %s\r\nSubject: kept\r\n\r\nkept\r\n" % mid).encode()
-        c = dslib.RawSMTP("127.0.0.1", srv.port)
-        c.reply()
-        c.cmd("EHLO client.test")
-        c.cmd("MAIL FROM:<s@src.test>")
-        c.cmd("RCPT TO:<r@dest.test>")
-        c.cmd("DATA")
-        c.send(body + b".\r\n")
-        code, orig_text = c.reply()
-        t.eq(code, 250, "reclaim: the original got its 250")
+        c, orig_text = dslib.send_original(t, srv.port, body, "reclaim: the original")
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline and srv.metric("dotspool_deliveries_total", {"outcome": "delivered"}) < 1:
             time.sleep(0.1)

@@ -75,17 +75,8 @@ def retry(t, srv, body, qid, what):
 
 
 def send_original(t, srv, body, what):
-    """One message over a fresh connection, left open after its 250: (connection, queue id)."""
-    c = dslib.RawSMTP("127.0.0.1", srv.port)
-    c.reply()
-    c.cmd("EHLO client.test")
-    c.cmd("MAIL FROM:<s@src.test>")
-    c.cmd("RCPT TO:<r@dest.test>")
-    c.cmd("DATA")
-    c.send(body + b".\r\n")
-    code, text = c.reply()
-    t.eq(code, 250, "%s got its 250" % what)
-    text = text.decode() if isinstance(text, bytes) else text
+    """dslib.send_original, and the queue id from its 250: (connection, queue id)."""
+    c, text = dslib.send_original(t, srv.port, body, what)
     return c, re.search(r"queued as ([0-9A-F]{16})", text).group(1)
 
 

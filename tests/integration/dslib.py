@@ -433,6 +433,22 @@ class RawSMTP:
         return "\n".join(self.transcript)
 
 
+def send_original(t, port, body, what):
+    """One message (s@src.test to r@dest.test) over a fresh connection, checked for its 250 and left
+    open after it, not a byte more: the gap tests then reset or close it. -> (connection, reply
+    text of the 250)."""
+    c = RawSMTP("127.0.0.1", port)
+    c.reply()
+    c.cmd("EHLO client.test")
+    c.cmd("MAIL FROM:<s@src.test>")
+    c.cmd("RCPT TO:<r@dest.test>")
+    c.cmd("DATA")
+    c.send(body + b".\r\n")
+    code, text = c.reply()
+    t.eq(code, 250, "%s got its 250" % what)
+    return c, text
+
+
 class Test:
     def __init__(self, name, build):
         self.name = name
