@@ -105,6 +105,11 @@ static const struct opt_def opts[] = {
 	{"flushes-in-flight", OPT_U32, CF(spool.flushes_in_flight_max), 1, 16, 0,
 	 "N flushes in flight per lane"},
 	{"prewrite", OPT_BOOL, CF(spool.prewrite), 0, 1, 0, "BOOL zero-fill segments before use"},
+	{"segment-spares", OPT_U32, CF(spool.segment_spares), 1, 64, 0,
+	 "N prepared (zero-filled or recycled) segments each lane keeps ready ahead of use; beyond the "
+	 "first they are prepared once the lane took none for a second, so a burst of N segments per "
+	 "lane writes its data once and never waits for a preparation; each holds segment-size bytes "
+	 "of disk (default 1)"},
 	{"no-prewrite", OPT_FLAG_NEG, CF(spool.prewrite), 0, 1, 0,
 	 "fallocate segments only (for measurements)"},
 	/* RFC 1047 synchronization-gap dedup (issue 16; io/gap.h). */

@@ -135,8 +135,12 @@ static void spool_gauges(struct io_worker *w, int64_t now_ms)
 		free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
 	obs_metrics_spool_bytes(w->m, w->lane_stats.segments_opened * w->cfg->spool.segment_size, free_bytes);
 	obs_counter_set(&w->m->spool_pad_bytes, w->lane_stats.pad_bytes);
-	obs_counter_set(&w->m->spool_segments_recycled, w->lane_stats.segments_recycled);
-	obs_counter_set(&w->m->spool_segments_fresh, w->lane_stats.segments_fresh);
+	/* The spare thread's figures move while the lane is idle: read them now. */
+	struct spool_lane_stats st;
+	spool_lane_stats(w->lane, &st);
+	obs_counter_set(&w->m->spool_segments_recycled, st.segments_recycled);
+	obs_counter_set(&w->m->spool_segments_fresh, st.segments_fresh);
+	obs_counter_set(&w->m->spool_segments_spare, st.spares_ready);
 }
 
 static const struct spool_io_ops io_spool_ops = {

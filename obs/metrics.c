@@ -338,6 +338,10 @@ static void render_spool(struct out *o, const struct obs_metrics *const *w, unsi
 	per_worker(o, w, n, "dotspool_spool_segments_fresh_total", "counter",
 		   "Segments prepared by the lane's spare as a new file (allocated and zero-filled).",
 		   OFF(spool_segments_fresh));
+	per_worker(o, w, n, "dotspool_spool_segments_spare", "gauge",
+		   "Prepared segments ready for the lane (--segment-spares at most; each segment-size bytes "
+		   "on disk).",
+		   OFF(spool_segments_spare));
 	per_worker(o, w, n, "dotspool_spool_used_bytes", "gauge",
 		   "Bytes of spool segment files this worker's lane created since start-up (preallocated).",
 		   OFF(spool_bytes_used));

@@ -175,6 +175,7 @@ struct obs_metrics {
 	obs_counter_t spool_pad_bytes; /* --spool-io direct: block padding written (set from the lane) */
 	/* Segments the lane's spare prepared from a free file (recycled) and from a new, zero-filled file. */
 	obs_counter_t spool_segments_recycled, spool_segments_fresh;
+	obs_counter_t spool_segments_spare; /* gauge: prepared segments ready (--segment-spares) */
 	obs_counter_t spool_bytes_used; /* gauge, set by the worker from its spool lane */
 	obs_counter_t spool_bytes_free; /* gauge */
 	struct obs_metrics_batch_hist messages_per_flush;

@@ -37,6 +37,12 @@ struct spool_config {
 	uint32_t flushes_in_flight_max; /* default 2 */
 	bool prewrite; /* zero-fill segments before use (default true; false = fallocate only, for
 			  measurements) */
+	/*
+	 * Prepared segments a lane keeps ready (default 1; 1..64): zero-filled
+	 * (or recycled) in the background ahead of use, so a burst of that many
+	 * segments writes its data once and never waits for a preparation.
+	 */
+	uint32_t segment_spares;
 	/* 0 = unlimited; else a lane refuses to create segments beyond this many bytes (tests). */
 	uint64_t lane_bytes_max;
 	/* How data reaches the disk (see FORMAT.md, "Write modes"). */
@@ -371,6 +377,7 @@ struct spool_lane_stats {
 	uint64_t prepare_errors; /* failed segment preparations (disk full, EMFILE, EIO, quota) */
 	/* Segments prepared from a free file (format 5: no zero-fill) and from a new file. */
 	uint64_t segments_recycled, segments_fresh;
+	uint32_t spares_ready; /* prepared segments ready now (gauge; segment_spares at most) */
 	/* Commits settled durable, a running sum: its growth across one completion is
 	 * the number of messages that flush (or direct-mode write) made durable. */
 	uint64_t commits_durable;

@@ -188,6 +188,7 @@ void spool_config_defaults(struct spool_config *cfg)
 	cfg->buffer_size = 8u << 20;
 	cfg->flushes_in_flight_max = 2;
 	cfg->prewrite = true;
+	cfg->segment_spares = 1;
 	cfg->lane_bytes_max = 0;
 	cfg->io_mode = SPOOL_IO_BUFFERED;
 }
@@ -1123,6 +1124,7 @@ void spool_lane_stats(const struct spool_lane *l, struct spool_lane_stats *st)
 	*st = l->st;
 	st->prepare_errors = spool_spare_errors(&l->spare);
 	spool_spare_prepared(&l->spare, &st->segments_recycled, &st->segments_fresh);
+	st->spares_ready = spool_spare_ready(&l->spare);
 }
 
 /* ---- open/close ---- */
@@ -1183,8 +1185,9 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 	*out = NULL;
 	if (lane_no >= SPOOL_LANES_MAX || cfg->segment_size < SPOOL_SEGMENT_SIZE_MIN ||
 	    cfg->segment_size > SPOOL_SEGMENT_SIZE_MAX || (cfg->segment_size & 4095) ||
-	    cfg->buffer_size < SPOOL_BUFFER_SIZE_MIN || cfg->flushes_in_flight_max < 1 || !ops ||
-	    !ops->write || !ops->flush || !ops->write_flush || !ops->settled)
+	    cfg->buffer_size < SPOOL_BUFFER_SIZE_MIN || cfg->flushes_in_flight_max < 1 ||
+	    cfg->segment_spares > SPOOL_SPARES_MAX || !ops || !ops->write || !ops->flush ||
+	    !ops->write_flush || !ops->settled)
 		return -EINVAL;
 	l = calloc(1, sizeof(*l));
 	if (!l)
@@ -1252,6 +1255,7 @@ int spool_lane_open(struct spool_lane **out, const struct spool_config *cfg, uns
 		.segment_size = cfg->segment_size,
 		.lane_bytes_max = cfg->lane_bytes_max,
 		.prewrite = cfg->prewrite,
+		.spares = cfg->segment_spares ? cfg->segment_spares : 1,
 		.want_odirect = cfg->io_mode == SPOOL_IO_DIRECT && ops->write_dsync,
 		.nfds = DS_MIN(cfg->flushes_in_flight_max + 1, (uint32_t)SPOOL_SEG_FDS_MAX),
 		.free_count = cfg->reclaim ? lane_free_count : NULL,

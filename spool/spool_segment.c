@@ -339,6 +339,44 @@ fail:
 	return rc;
 }
 
+/*
+ * Beyond the first spare, the pool is topped up only after the lane took
+ * none for this long: a burst then writes its data once at the disk's full
+ * bandwidth instead of sharing it with zero-fill for the spares that follow
+ * (the zero-fill doubles the bytes a fresh segment costs the device).
+ */
+#define SPARE_TOPUP_QUIET_NS (1000ull * 1000 * 1000)
+
+/*
+ * 0: prepare the next segment now; else the monotonic time (ns) at which
+ * to look again (UINT64_MAX: when signalled). The first spare is always
+ * wanted at once; no failure may have stopped the filling.
+ */
+static uint64_t spare_wanted_at(const struct spool_spare *sp)
+{
+	uint64_t quiet_at;
+
+	if (!sp->want || sp->nready >= sp->p.spares)
+		return UINT64_MAX;
+	if (!sp->nready)
+		return 0;
+	quiet_at = sp->last_take_ns + SPARE_TOPUP_QUIET_NS;
+	return (uint64_t)ds_mono_ns() >= quiet_at ? 0 : quiet_at;
+}
+
+static void spare_wait_until(struct spool_spare *sp, uint64_t at_ns)
+{
+	struct timespec ts;
+
+	if (at_ns == UINT64_MAX) {
+		pthread_cond_wait(&sp->cv, &sp->mu);
+		return;
+	}
+	ts.tv_sec = (time_t)(at_ns / 1000000000ull);
+	ts.tv_nsec = (long)(at_ns % 1000000000ull);
+	pthread_cond_timedwait(&sp->cv, &sp->mu, &ts);
+}
+
 static void *spare_main(void *arg)
 {
 	struct spool_spare *sp = arg;
@@ -350,25 +388,27 @@ static void *spare_main(void *arg)
 		bool seq_free = false;
 		int rc;
 
-		if (!sp->want || sp->ready) {
-			pthread_cond_wait(&sp->cv, &sp->mu);
+		uint64_t at = spare_wanted_at(sp);
+		if (at) {
+			spare_wait_until(sp, at);
 			continue;
 		}
 		seq = sp->next_seq++;
 		pthread_mutex_unlock(&sp->mu);
 		rc = seg_prepare(sp, seq, &seg, &seq_free);
 		pthread_mutex_lock(&sp->mu);
-		sp->want = false;
 		if (rc) {
 			/* Reuse the number: a txn open across the next roll must find seq + 1. */
 			if (seq_free && sp->next_seq == seq + 1)
 				sp->next_seq = seq;
 			__atomic_add_fetch(&sp->prepare_errors, 1, __ATOMIC_RELAXED);
 			__atomic_store_n(&sp->err, rc, __ATOMIC_RELAXED);
+			sp->want = false; /* tried again when the lane asks */
 		} else {
 			DS_ASSERT(seg.files.n == sp->p.nfds && seg.seq == seq);
-			sp->seg = seg;
-			__atomic_store_n(&sp->ready, true, __ATOMIC_RELEASE);
+			DS_ASSERT(sp->nready < sp->p.spares);
+			sp->q[(sp->first + sp->nready) % SPOOL_SPARES_MAX] = seg;
+			__atomic_store_n(&sp->nready, sp->nready + 1, __ATOMIC_RELEASE);
 		}
 		pthread_cond_broadcast(&sp->cv);
 	}
@@ -376,13 +416,19 @@ static void *spare_main(void *arg)
 	return NULL;
 }
 
+/*
+ * Fill the pool again (after a take, or after a failure once the lane
+ * asks). Always a wake-up: the thread may sleep untimed on a full pool.
+ */
 static void request_locked(struct spool_spare *sp)
 {
-	if (!sp->ready && !sp->want) {
+	if (sp->nready >= sp->p.spares)
+		return;
+	if (!sp->want) {
 		sp->err = 0;
 		sp->want = true;
-		pthread_cond_broadcast(&sp->cv);
 	}
+	pthread_cond_broadcast(&sp->cv);
 }
 
 int spool_spare_start(struct spool_spare *sp, const struct seg_params *p, uint64_t next_seq)
@@ -390,10 +436,18 @@ int spool_spare_start(struct spool_spare *sp, const struct seg_params *p, uint64
 	int rc;
 
 	DS_ASSERT(!sp->started && p->nfds >= 1 && p->nfds <= SPOOL_SEG_FDS_MAX && next_seq >= 1);
+	DS_ASSERT(p->spares >= 1 && p->spares <= SPOOL_SPARES_MAX);
 	sp->p = *p;
 	sp->next_seq = next_seq;
+	sp->first = sp->nready = 0;
+	sp->last_take_ns = 0;
 	pthread_mutex_init(&sp->mu, NULL);
-	pthread_cond_init(&sp->cv, NULL);
+	/* Timed waits (the top-up's quiet time) on the clock ds_mono_ns reads. */
+	pthread_condattr_t ca;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&sp->cv, &ca);
+	pthread_condattr_destroy(&ca);
 	rc = -pthread_create(&sp->thr, NULL, spare_main, sp);
 	if (rc) {
 		pthread_mutex_destroy(&sp->mu);
@@ -416,39 +470,46 @@ void spool_spare_stop(struct spool_spare *sp)
 	pthread_mutex_destroy(&sp->mu);
 	pthread_cond_destroy(&sp->cv);
 	sp->started = false;
-	if (sp->ready && sp->seg.files.n) {
-		/* An unused spare: remove it instead of leaving an empty segment per restart. */
+	/*
+	 * Unused spares: removed instead of leaving empty segments per restart,
+	 * the highest first, so a crash in between leaves no number missing
+	 * below a segment that stays.
+	 */
+	while (sp->nready) {
+		struct seg_ready *r = &sp->q[(sp->first + sp->nready - 1) % SPOOL_SPARES_MAX];
 		char path[PATH_MAX];
-		if (!spool_seg_path(path, sizeof(path), sp->p.dir, sp->p.lane_no, sp->seg.seq))
+		if (!spool_seg_path(path, sizeof(path), sp->p.dir, sp->p.lane_no, r->seq))
 			unlink(path);
-		seg_files_close(&sp->seg.files);
+		seg_files_close(&r->files);
+		sp->nready--;
 	}
-	sp->ready = false;
+}
+
+/* The failure to report when no spare is ready, once: -ENOSPC for a full disk or quota. */
+static int spare_err_take_locked(struct spool_spare *sp)
+{
+	int rc = sp->err;
+
+	sp->err = 0; /* try again next time */
+	pthread_mutex_unlock(&sp->mu);
+	return rc == -ENOSPC || rc == -EDQUOT ? -ENOSPC : rc;
 }
 
 int spool_spare_take(struct spool_spare *sp, struct seg_ready *out)
 {
-	int rc;
-
 	pthread_mutex_lock(&sp->mu);
-	if (!sp->ready && !sp->want && sp->err) {
-		rc = sp->err;
-		sp->err = 0; /* try again next time */
-		pthread_mutex_unlock(&sp->mu);
-		return rc == -ENOSPC || rc == -EDQUOT ? -ENOSPC : rc;
-	}
+	if (!sp->nready && !sp->want && sp->err)
+		return spare_err_take_locked(sp);
 	request_locked(sp);
-	while (!sp->ready && !sp->err)
+	while (!sp->nready && !sp->err)
 		pthread_cond_wait(&sp->cv, &sp->mu);
-	if (!sp->ready) {
-		rc = sp->err;
-		sp->err = 0;
-		pthread_mutex_unlock(&sp->mu);
-		return rc == -EDQUOT ? -ENOSPC : rc;
-	}
-	*out = sp->seg;
-	sp->seg.files.n = 0;
-	__atomic_store_n(&sp->ready, false, __ATOMIC_RELEASE);
+	if (!sp->nready)
+		return spare_err_take_locked(sp);
+	*out = sp->q[sp->first];
+	sp->q[sp->first].files.n = 0;
+	sp->first = (sp->first + 1) % SPOOL_SPARES_MAX;
+	__atomic_store_n(&sp->nready, sp->nready - 1, __ATOMIC_RELEASE);
+	sp->last_take_ns = (uint64_t)ds_mono_ns();
 	request_locked(sp);
 	pthread_mutex_unlock(&sp->mu);
 	return 0;
@@ -456,7 +517,12 @@ int spool_spare_take(struct spool_spare *sp, struct seg_ready *out)
 
 bool spool_spare_failing(const struct spool_spare *sp)
 {
-	return !__atomic_load_n(&sp->ready, __ATOMIC_ACQUIRE) && __atomic_load_n(&sp->err, __ATOMIC_RELAXED);
+	return !__atomic_load_n(&sp->nready, __ATOMIC_ACQUIRE) && __atomic_load_n(&sp->err, __ATOMIC_RELAXED);
+}
+
+uint32_t spool_spare_ready(const struct spool_spare *sp)
+{
+	return __atomic_load_n(&sp->nready, __ATOMIC_ACQUIRE);
 }
 
 uint64_t spool_spare_errors(const struct spool_spare *sp)

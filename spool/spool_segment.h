@@ -5,7 +5,9 @@
 /*
  * Segment files, internal to spool/: preparing a segment (create,
  * allocate, zero-fill, stamp, fsync with its directory) and the spare
- * thread that keeps one prepared segment ready per lane. Everything here
+ * thread that keeps prepared segments ready per lane (one by default;
+ * --segment-spares N keeps N, so a burst of N segments never waits for a
+ * zero-fill nor shares the disk with one). Everything here
  * blocks in ordinary syscalls and runs off the hot path: on the spare
  * thread, or in the lane's worker only at open and when a roll finds no
  * spare ready. The lane (spool_lane.c) meets it only in
@@ -42,6 +44,7 @@ struct seg_params {
 	uint64_t segment_size;
 	uint64_t lane_bytes_max; /* 0 = no quota */
 	bool prewrite;
+	uint32_t spares;   /* prepared segments kept ready, 1..SPOOL_SPARES_MAX */
 	bool want_odirect; /* open prepared segments with O_DIRECT (falls back once refused) */
 	uint32_t nfds;	   /* descriptors per segment, 1..SPOOL_SEG_FDS_MAX */
 	/*
@@ -55,6 +58,9 @@ struct seg_params {
 	void *pool;
 };
 
+/* Most prepared segments a lane keeps ready (--segment-spares). */
+#define SPOOL_SPARES_MAX 64
+
 /* A prepared segment, handed from the spare thread to the lane. */
 struct seg_ready {
 	struct seg_files files;
@@ -67,10 +73,14 @@ struct spool_spare {
 	pthread_t thr;
 	pthread_mutex_t mu;
 	pthread_cond_t cv;
-	bool started, stop, want, ready;
+	bool started, stop;
+	bool want;	      /* prepare until p.spares are ready (cleared by a failure) */
 	bool odirect_refused; /* O_DIRECT was refused once: stop asking */
 	int err;	      /* the last preparation failed (-errno), until taken */
-	struct seg_ready seg;
+	/* Prepared segments in sequence order, q[first] the next one taken. */
+	struct seg_ready q[SPOOL_SPARES_MAX];
+	uint32_t first, nready; /* nready: atomic, read by the worker */
+	uint64_t last_take_ns;	/* the lane's last take (monotonic): top-ups wait for quiet */
 	uint64_t next_seq;
 	uint64_t prepare_errors; /* failed preparations (atomic: read by the worker) */
 	/* Preparations from a free file (recycled) and from a new, zero-filled one (atomic). */
@@ -79,7 +89,7 @@ struct spool_spare {
 
 /* Start the spare thread; the first segment it prepares gets next_seq. 0 or -errno. */
 int spool_spare_start(struct spool_spare *sp, const struct seg_params *p, uint64_t next_seq);
-/* Stop and join the thread; an unused prepared spare is closed and removed. */
+/* Stop and join the thread; unused prepared spares are closed and removed (highest first). */
 void spool_spare_stop(struct spool_spare *sp);
 /*
  * Take the prepared segment (waiting for it if needed) and ask for the
@@ -90,6 +100,8 @@ int spool_spare_take(struct spool_spare *sp, struct seg_ready *out);
 /* The spare is not ready and its last preparation failed (new txns should know early). */
 bool spool_spare_failing(const struct spool_spare *sp);
 uint64_t spool_spare_errors(const struct spool_spare *sp);
+/* Prepared segments ready now (a gauge: read by the worker without the mutex). */
+uint32_t spool_spare_ready(const struct spool_spare *sp);
 void spool_spare_prepared(const struct spool_spare *sp, uint64_t *recycled, uint64_t *fresh);
 
 /*

@@ -47,6 +47,13 @@ from free files (recycled) and as new, zero-filled files (fresh):
 
 (a closed loop outruns delivery on 2 CPUs: the spool only grows and nothing is reclaimed; an open
 loop at a rate delivery keeps up with is the steady state.)
+
+A warm spool (--segment-spares N, prepared segments per lane): a leg whose server arguments hold
+it waits until every lane's pool is full (/metrics, dotspool_spool_segments_spare) before the load
+starts, and reports that wait; the pool's zero-fill is not in its 'disk GiB'. E.g. the 64 KiB
+load with the pool large enough for the whole run (2 GiB over 2 lanes: 17 per lane):
+
+  bench/sizes/run.py --loads 64k --gib 2 --legs direct,tmpfs --variant "spares=--segment-spares 17"
 """
 import argparse, json, os, random, shutil, signal, socket, statistics, subprocess, sys, tempfile, time
 
@@ -216,16 +223,42 @@ def leg_bytes(load, args):
     return RATE_BOUND_B_S * args.mix_s + open_b
 
 
+def spares_of(server_args):
+    """N of the last --segment-spares N in a server's arguments (1: the default)."""
+    n = 1
+    for i, a in enumerate(server_args[:-1]):
+        if a == "--segment-spares":
+            n = int(server_args[i + 1])
+    return n
+
+
+def wait_spares(srv, want, timeout_s=300):
+    """Seconds until every lane has its --segment-spares ready (the pool filled before the load)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        got = scrape(srv.mport, {"spare": "dotspool_spool_segments_spare"})["spare"]
+        if got is not None and got >= want:
+            return time.monotonic() - t0
+        time.sleep(0.5)
+    raise RuntimeError("the spare pool did not fill (%d wanted) in %d s" % (want, timeout_s))
+
+
 def run_leg(bench, binary, leg, load, args, size_file, shm, work, rate, extra=()):
     """One server, fresh spool, one bench run (closed loop, or open loop at rate)."""
     spool = tempfile.mkdtemp(prefix="spool.", dir=shm if leg == "tmpfs" else work)
+    sargs = args.server_arg + list(args.deliver_args) + list(extra)
+    spares = spares_of(sargs)
     srv = Server(binary, spool, "buffered" if leg == "tmpfs" else leg, args.threads,
-                 args.server_arg + list(args.deliver_args) + list(extra), metrics=bool(args.deliver_args))
+                 sargs, metrics=bool(args.deliver_args) or spares > 1)
     try:
+        # --segment-spares N: a warm spool, the pool prepared before the load (not counted in disk GiB).
+        spares_wait_s = wait_spares(srv, spares * args.threads) if spares > 1 else None
         w0 = disk_written_bytes()
         r = run_bench(bench, srv.port, load, args, size_file, rate)
         r["disk_gib"] = (disk_written_bytes() - w0) / (1 << 30)
-        if srv.mport:
+        if spares_wait_s is not None:
+            r["spares_wait_s"] = spares_wait_s
+        if srv.mport and args.deliver_args:
             r.update(scrape(srv.mport, DELIVER_METRICS))
     finally:
         srv.stop()
@@ -324,7 +357,10 @@ def main():
     # Free space first: a run that cannot finish is not started.
     os.makedirs(args.dir, exist_ok=True)
     # One leg's spool at a time (removed after it), with a margin; dd's file likewise.
-    need = max(max(leg_bytes(l, args) for l in loads) * 1.5, args.dd_mib * 1048576 * 2.5)
+    # --segment-spares N: each lane's pool of prepared segments (64 MiB each) sits on disk too.
+    spares_max = max([spares_of(args.server_arg)] + [spares_of(args.server_arg + v) for v in variant_args.values()])
+    need = max(max(leg_bytes(l, args) for l in loads) * 1.5 + spares_max * args.threads * (64 << 20),
+               args.dd_mib * 1048576 * 2.5)
     for leg_set, where in (([l for l in legs if l != "tmpfs"], args.dir), (["tmpfs"] if "tmpfs" in legs else [], "/dev/shm")):
         if leg_set and shutil.disk_usage(where).free < need:
             print("run.py: %s has %.1f GiB free, the %s legs need %.1f GiB: not run" %
