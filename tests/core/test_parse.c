@@ -261,19 +261,54 @@ static void test_data_scan(void **st)
 }
 
 /*
- * Whole-buffer scans (SIMD path, and the CRLF fast path in MID that needs two
- * octets of lookahead) equal one-octet-at-a-time scans, on random bodies,
- * DATA and BDAT (raw) alike.
+ * Whole-buffer scans (SIMD path, the 64-octet block path over whole lines,
+ * and the CRLF fast path in MID that needs two octets of lookahead) equal
+ * one-octet-at-a-time scans, on random bodies, DATA and BDAT (raw) alike:
+ * octet soup, and mail-like lines (0-150 octets against a 100-octet limit,
+ * some dot-stuffed, a rare bare CR, LF or NUL, now and then the end marker).
+ * The content passed on must match only for a message that is not bad: a
+ * bad one is refused at its end and never stored (and ".\r" followed by
+ * another octet in the next call drops that CR, where one buffer keeps it).
  */
+static size_t mail_lines(uint8_t *in, size_t cap, uint32_t *rng)
+{
+	static const uint8_t odd[] = "\r\n\0";
+	size_t n = 0;
+
+	while (n + 160 < cap) {
+		*rng = *rng * 1103515245u + 12345u;
+		uint32_t r = *rng >> 8, len = r % 151;
+		if (r % 7 == 0)
+			in[n++] = '.';
+		for (uint32_t k = 0; k < len; k++) {
+			*rng = *rng * 1103515245u + 12345u;
+			uint32_t q = *rng >> 8;
+			in[n++] = q % 20000 ? (uint8_t)('a' + q % 26) : odd[(q >> 9) % 3];
+		}
+		if (r % 500 == 1) {
+			memcpy(in + n, "\r\n.", 3);
+			n += 3;
+		}
+		in[n++] = '\r';
+		in[n++] = '\n';
+	}
+	while (n < cap)
+		in[n++] = 'z';
+	return n;
+}
+
 static void test_data_scan_chunking(void **st)
 {
 	static const uint8_t alphabet[] = "ab.\r\n\r\n..\0xyz";
 	static uint8_t in[4096], out1[4096], out2[4096];
 	uint32_t rng = 12345;
+	int clean = 0;
 
-	for (int round = 0; round < 600; round++) {
+	for (int round = 0; round < 1500; round++) {
 		bool raw = round & 1;
 		size_t n = 0;
+		if (round % 3 == 2)
+			n = mail_lines(in, sizeof(in), &rng);
 		while (n < sizeof(in)) {
 			rng = rng * 1103515245u + 12345u;
 			uint32_t r = rng >> 16;
@@ -303,9 +338,14 @@ static void test_data_scan_chunking(void **st)
 		assert_int_equal(pa, pb);
 		assert_int_equal(ea, eb);
 		assert_int_equal(a.flags, b.flags);
+		if (a.flags & SMTP_SCAN_BAD)
+			continue;
+		clean++;
 		assert_int_equal(na, nb);
 		assert_memory_equal(out1, out2, na);
 	}
+	/* The mail-like rounds are mostly clean: content is compared in most of them. */
+	assert_true(clean >= 250);
 }
 
 int main(void)

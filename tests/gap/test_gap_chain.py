@@ -28,12 +28,7 @@ from cutproxy import CutProxy  # noqa: E402
 N = 24
 
 
-def copies(srv):
-    out = {}
-    for e in srv.list():
-        mid = dslib.find_message_id(srv.cat(e["id"]))
-        out["<%s>" % mid] = out.get("<%s>" % mid, 0) + 1
-    return out
+copies = dslib.message_copies
 
 
 def leg(t, kind):

@@ -350,6 +350,15 @@ def find_message_id(data):
     return m.group(1).decode("ascii", "replace") if m else None
 
 
+def message_copies(srv):
+    """"<Message-ID>" -> number of copies stored in srv's spool (dotspool-ctl list and cat)."""
+    out = {}
+    for e in srv.list():
+        mid = "<%s>" % find_message_id(srv.cat(e["id"]))
+        out[mid] = out.get(mid, 0) + 1
+    return out
+
+
 class RawSMTP:
     """A minimal line client for exact protocol checks (no smtplib magic)."""
 
