@@ -59,31 +59,6 @@ static struct spool_lane *synclane_open(const char *dir, struct results *r, stru
 	return l;
 }
 
-/* One small message: begin, append, commit. */
-static int put(struct spool_lane *l, uint64_t cookie, size_t size, uint64_t *id)
-{
-	struct spool_txn t;
-	struct tu_env e;
-	uint8_t buf[4096];
-	int rc = spool_txn_begin(l, &t);
-
-	if (rc)
-		return rc;
-	*id = t.id;
-	for (size_t off = 0; off < size;) {
-		size_t n = DS_MIN(sizeof(buf), size - off);
-		tu_body(cookie, off, buf, n);
-		rc = spool_txn_append(l, &t, buf, n);
-		if (rc) {
-			spool_txn_abort(l, &t);
-			return rc;
-		}
-		off += n;
-	}
-	tu_env_make(&e, cookie, size);
-	return spool_txn_commit(l, &t, &e.env, cookie);
-}
-
 static uint64_t count_msgs(const char *dir)
 {
 	struct spool_config cfg;
@@ -164,7 +139,7 @@ static void put_group(struct simlane *sl, int from, int to, size_t size)
 	uint64_t id;
 
 	for (int i = from; i < to; i++)
-		CHECK(put(sl->l, (uint64_t)i, size + (size_t)i * 37, &id) == 0);
+		CHECK(tu_put(sl->l, (uint64_t)i, size + (size_t)i * 37, &id) == 0);
 	sim_drain(sl->s);
 }
 
@@ -179,12 +154,12 @@ static void test_flush_error(void)
 	simlane_open(&sl, "flusherr", SPOOL_IO_BUFFERED, 5, &f, &r);
 	/* Group 1: cookies 0..2, durable. */
 	for (int i = 0; i < 3; i++)
-		CHECK(put(sl.l, (uint64_t)i, 1000, &ids[i]) == 0);
+		CHECK(tu_put(sl.l, (uint64_t)i, 1000, &ids[i]) == 0);
 	sim_drain(sl.s);
 	CHECK(r.n_ok == 3 && r.n_err == 0);
 	/* Group 2: cookies 3..6, its flush fails. */
 	for (int i = 3; i < 7; i++)
-		CHECK(put(sl.l, (uint64_t)i, 2000, &ids[i]) == 0);
+		CHECK(tu_put(sl.l, (uint64_t)i, 2000, &ids[i]) == 0);
 	seg_before = ids[3] >> 24;
 	sim_drain(sl.s);
 	for (int i = 3; i < 7; i++)
@@ -193,7 +168,7 @@ static void test_flush_error(void)
 	CHECK(st.flush_errors == 1);
 	/* Later commits succeed on a new segment. */
 	for (int i = 7; i < 12; i++) {
-		CHECK(put(sl.l, (uint64_t)i, 3000, &id) == 0);
+		CHECK(tu_put(sl.l, (uint64_t)i, 3000, &id) == 0);
 		CHECK((id >> 24) > seg_before);
 	}
 	sim_drain(sl.s);
@@ -224,7 +199,7 @@ static void test_open_txn_fails_on_flush_error(void)
 	s = sl.s;
 	CHECK(spool_txn_begin(l, &t) == 0);
 	CHECK(spool_txn_append(l, &t, "abc", 3) == 0);
-	CHECK(put(l, 0, 100, &id) == 0);
+	CHECK(tu_put(l, 0, 100, &id) == 0);
 	sim_drain(s);
 	CHECK(r.settled[0] && r.res[0] == -EIO);
 	/* The open txn had bytes in the retired segment: it fails too. */
@@ -234,7 +209,7 @@ static void test_open_txn_fails_on_flush_error(void)
 	CHECK(spool_txn_commit(l, &t, &e.env, 1) == -EIO);
 	sim_drain(s);
 	CHECK(!r.settled[1]);
-	CHECK(put(l, 2, 100, &id) == 0);
+	CHECK(tu_put(l, 2, 100, &id) == 0);
 	sim_drain(s);
 	CHECK(r.settled[2] && r.res[2] == 0);
 	simlane_close(&sl);
@@ -254,7 +229,7 @@ static void test_disk_full(void)
 	sl.cfg.lane_bytes_max = 3 * sl.cfg.segment_size; /* room for three segments */
 	simlane_start(&sl, 3, NULL, on_settled, &r);
 	for (i = 0; i < MAXC; i++) {
-		rc = put(sl.l, (uint64_t)i, 30000, &id);
+		rc = tu_put(sl.l, (uint64_t)i, 30000, &id);
 		sim_drain(sl.s);
 		if (rc == -ENOSPC) {
 			begin_enospc++;
@@ -281,7 +256,7 @@ static void test_write_enospc(void)
 
 	simlane_open(&sl, "wenospc", SPOOL_IO_BUFFERED, 4, &f, &r);
 	for (int i = 0; i < 6; i++) {
-		CHECK(put(sl.l, (uint64_t)i, 500, &id) == 0);
+		CHECK(tu_put(sl.l, (uint64_t)i, 500, &id) == 0);
 		sim_drain(sl.s);
 	}
 	CHECK(r.n_err >= 1 && r.n_ok >= 4);
@@ -387,7 +362,7 @@ static void make_real(const char *dir, int n, char *seg_path, size_t cap)
 	uint64_t id;
 
 	for (int i = 0; i < n; i++) {
-		CHECK(put(l, (uint64_t)i, 700 + (size_t)i * 50, &id) == 0);
+		CHECK(tu_put(l, (uint64_t)i, 700 + (size_t)i * 50, &id) == 0);
 		spool_syncio_run(sio);
 	}
 	CHECK(r.n_ok == n);
@@ -498,7 +473,7 @@ static void test_short_writes_eagain(void)
 
 	simlane_open(&sl, "short", SPOOL_IO_BUFFERED, 11, &f, &r);
 	for (int i = 0; i < 40; i++) {
-		CHECK(put(sl.l, (uint64_t)i, 10000, &id) == 0);
+		CHECK(tu_put(sl.l, (uint64_t)i, 10000, &id) == 0);
 		if (i % 3 == 0)
 			sim_drain(sl.s);
 	}
@@ -520,7 +495,7 @@ static void chain_settled(void *ctx, uint64_t cookie, int res)
 
 	on_settled(&chain_r, cookie, res);
 	if (cookie + 1 < 60)
-		CHECK(put(chain_lane, cookie + 1, 500 + cookie * 100, &id) == 0);
+		CHECK(tu_put(chain_lane, cookie + 1, 500 + cookie * 100, &id) == 0);
 }
 
 static void test_reentrant_settle(void)
@@ -532,7 +507,7 @@ static void test_reentrant_settle(void)
 	simlane_init(&sl, "chain", SPOOL_IO_BUFFERED);
 	simlane_start(&sl, 21, &f, chain_settled, NULL);
 	chain_lane = sl.l;
-	CHECK(put(chain_lane, 0, 100, &id) == 0);
+	CHECK(tu_put(chain_lane, 0, 100, &id) == 0);
 	sim_drain(sl.s);
 	for (int i = 0; i < 60; i++)
 		CHECK(chain_r.settled[i]);
@@ -583,7 +558,7 @@ static void test_two_lanes(void)
 		}
 		for (int i = 0; i < 10; i++) {
 			unsigned k = (unsigned)i % 2;
-			CHECK(put(l[k], (uint64_t)(round * 10 + i), 300, &id) == 0);
+			CHECK(tu_put(l[k], (uint64_t)(round * 10 + i), 300, &id) == 0);
 			CHECK(spool_id_lane(id) == k);
 			spool_syncio_run(sio[k]);
 		}
@@ -618,7 +593,7 @@ static void *live_writer(void *arg)
 	uint64_t id;
 
 	for (int i = 0; i < 200; i++) {
-		CHECK(put(l, (uint64_t)(i % MAXC), 2000 + (size_t)(i % 7) * 3000, &id) == 0);
+		CHECK(tu_put(l, (uint64_t)(i % MAXC), 2000 + (size_t)(i % 7) * 3000, &id) == 0);
 		if (i % 3 == 0) {
 			memset(&r, 0, sizeof(r)); /* cookies repeat: only count here */
 			spool_syncio_run(sio);

@@ -70,30 +70,6 @@ static void slane_close(struct slane *s)
 	spool_syncio_destroy(s->sio);
 }
 
-/* One message of size bytes: begin, append, commit (settled by the next run). */
-static int put(struct spool_lane *l, uint64_t cookie, size_t size)
-{
-	struct spool_txn t;
-	struct tu_env e;
-	uint8_t buf[4096];
-	int rc = spool_txn_begin(l, &t);
-
-	if (rc)
-		return rc;
-	for (size_t off = 0; off < size;) {
-		size_t n = DS_MIN(sizeof(buf), size - off);
-		tu_body(cookie, off, buf, n);
-		rc = spool_txn_append(l, &t, buf, n);
-		if (rc) {
-			spool_txn_abort(l, &t);
-			return rc;
-		}
-		off += n;
-	}
-	tu_env_make(&e, cookie, size);
-	return spool_txn_commit(l, &t, &e.env, cookie);
-}
-
 static struct spool_lane_stats stats(struct slane *s)
 {
 	struct spool_lane_stats st;
@@ -167,7 +143,7 @@ static void test_pool(void)
 	CHECK(stats(&s).segments_fresh == 4);
 	/* About 2.5 segments of messages: two rolls, onto seq 2 and 3 in order. */
 	for (; msgs < 40; msgs++) {
-		CHECK(put(s.l, (uint64_t)msgs, 30000) == 0);
+		CHECK(tu_put(s.l, (uint64_t)msgs, 30000, NULL) == 0);
 		spool_syncio_run(s.sio);
 	}
 	CHECK(s.r.n_ok == msgs && s.r.n_err == 0);
@@ -182,7 +158,7 @@ static void test_pool(void)
 	CHECK(reader_messages(crash) == (uint64_t)msgs);
 	/* A lane on the crash image starts after the spares and adds to it. */
 	CHECK(slane_open(&s2, crash, 1, 0) == 0);
-	CHECK(put(s2.l, 1000, 5000) == 0);
+	CHECK(tu_put(s2.l, 1000, 5000, NULL) == 0);
 	spool_syncio_run(s2.sio);
 	CHECK(s2.r.n_ok == 1);
 	slane_close(&s2);
@@ -211,7 +187,7 @@ static void test_quota(void)
 		nanosleep(&(struct timespec){.tv_nsec = 10 * 1000 * 1000}, NULL);
 	CHECK(stats(&s).prepare_errors >= 1 && stats(&s).spares_ready == 3);
 	for (i = 0; i < MAXC; i++) {
-		rc = put(s.l, (uint64_t)i, 30000);
+		rc = tu_put(s.l, (uint64_t)i, 30000, NULL);
 		spool_syncio_run(s.sio);
 		if (rc)
 			break;

@@ -12,6 +12,7 @@
 
 #include "ds_assert.h"
 #include "ds_envelope.h"
+#include "spool.h"
 
 #define CHECK(cond)                                                                                          \
 	do {                                                                                                 \
@@ -79,6 +80,36 @@ static inline void tu_env_make(struct tu_env *e, uint64_t idx, uint64_t size)
 				      .tls = "",
 				      .received_at_us = 1700000000000000ll + (int64_t)idx,
 				      .body_size = size};
+}
+
+/*
+ * One message of size bytes (body tu_body(cookie), envelope tu_env_make):
+ * begin, append in 4 KiB pieces, commit with cookie. *id (if not NULL)
+ * gets its id. 0 or the failing call's -errno (the txn is then aborted).
+ */
+static inline int tu_put(struct spool_lane *l, uint64_t cookie, size_t size, uint64_t *id)
+{
+	struct spool_txn t;
+	struct tu_env e;
+	uint8_t buf[4096];
+	int rc = spool_txn_begin(l, &t);
+
+	if (rc)
+		return rc;
+	if (id)
+		*id = t.id;
+	for (size_t off = 0; off < size;) {
+		size_t n = DS_MIN(sizeof(buf), size - off);
+		tu_body(cookie, off, buf, n);
+		rc = spool_txn_append(l, &t, buf, n);
+		if (rc) {
+			spool_txn_abort(l, &t);
+			return rc;
+		}
+		off += n;
+	}
+	tu_env_make(&e, cookie, size);
+	return spool_txn_commit(l, &t, &e.env, cookie);
 }
 
 #endif
