@@ -20,6 +20,7 @@
 #include "ds_assert.h"
 #include "ds_grow.h"
 #include "spool_scan.h"
+#include "spool_sum.h"
 
 static int lane_load(struct spool_reader *r, struct rlane *rl, unsigned lane)
 {
@@ -227,6 +228,7 @@ int spool_reader_read_file(struct spool_reader *r, uint64_t id, FILE *f)
 struct vctx {
 	struct spool_verify_report *rep;
 	FILE *log;
+	const char *dir;
 	uint64_t last_seq_lane[SPOOL_LANES_MAX];
 };
 
@@ -313,11 +315,46 @@ static void v_bad(void *ctx, struct rlane *rl, struct rseg *s, uint64_t from, ui
 			(unsigned long long)to);
 }
 
+/*
+ * A seal summary recovery would use (CRC, structure, lane, sequence, epoch,
+ * size and the segment's mtime all check: spool_sum_load) must be byte for
+ * byte the one this segment builds: recovery replays it instead of reading
+ * the segment, so a wrong one would hide or invent records.
+ */
+static void v_sum(struct vctx *v, struct rlane *rl, struct rseg *s)
+{
+	struct spool_sum *sum;
+	uint8_t *ref = NULL;
+	size_t reflen = 0;
+	int rc;
+
+	if (spool_sum_load(v->dir, rl->lane, &s->hdr, s->size, &sum))
+		return; /* none, stale or damaged: recovery scans the segment whole */
+	v->rep->summaries++;
+	rc = spool_sum_build(s->map, s->size, &s->hdr, sum->flags, &sum->seg_mtime, &ref, &reflen);
+	if (rc == -ENOMEM || rc == -E2BIG) {
+		v->rep->summaries--; /* not checked: no memory, or the segment's would exceed the bound */
+	} else if (rc || reflen != sum->len || memcmp(ref, sum->buf, reflen)) {
+		v->rep->bad_summaries++;
+		if (v->log)
+			fprintf(v->log,
+				"lane %u segment %llu: its seal summary differs from the segment (%s); "
+				"recovery "
+				"would replay it: remove the .sum file so the segment is read whole\n",
+				rl->lane, (unsigned long long)s->seq,
+				rc ? "the segment has damage the summary does not show" : "other records");
+	}
+	free(ref);
+	spool_sum_free(sum);
+}
+
 static void v_seg(void *ctx, struct rlane *rl, struct rseg *s)
 {
 	struct vctx *v = ctx;
 
 	v->rep->segments++;
+	if (!s->hdr_rc)
+		v_sum(v, rl, s);
 	if (s->hdr_rc == -ENODATA) {
 		v->rep->empty_segments++;
 	} else if (s->hdr_rc == -EPROTONOSUPPORT) {
@@ -335,7 +372,7 @@ static void v_seg(void *ctx, struct rlane *rl, struct rseg *s)
 
 int spool_reader_verify(struct spool_reader *r, struct spool_verify_report *rep, FILE *log)
 {
-	struct vctx v = {.rep = rep, .log = log};
+	struct vctx v = {.rep = rep, .log = log, .dir = r->dir};
 	struct scan_cfg cfg = {.check_all_bodies = true,
 			       .msg = v_msg,
 			       .dropped = v_dropped,
@@ -352,7 +389,9 @@ int spool_reader_verify(struct spool_reader *r, struct spool_verify_report *rep,
 	if (rc)
 		return rc;
 	rep->outcomes = tot.outcomes;
-	return rep->bad_bodies || rep->quarantined || rep->bad_segment_headers ? -EBADMSG : 0;
+	return rep->bad_bodies || rep->quarantined || rep->bad_segment_headers || rep->bad_summaries
+		       ? -EBADMSG
+		       : 0;
 }
 
 struct sctx {

@@ -135,6 +135,12 @@ struct spool_verify_report {
 	 * state (FORMAT.md, "Reclamation"), not a problem.
 	 */
 	uint64_t bodies_reclaimed;
+	/*
+	 * Seal summaries recovery would use, each rebuilt from its segment and
+	 * compared byte for byte; those that differ (a problem: recovery trusts
+	 * them instead of reading the segment).
+	 */
+	uint64_t summaries, bad_summaries;
 };
 /* Check every record and every body CRC. 0 if consistent, -EBADMSG if not; problems printed to log (may be
  * NULL). */

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """dotspool-ctl tests: list, list --json, cat, verify, stats on a spool written by the lane."""
-import json, os, shutil, subprocess, sys, tempfile
+import json, os, re, shutil, subprocess, sys, tempfile
 
 ctl, fixture = sys.argv[1], sys.argv[2]
 queue_fixture = sys.argv[3] if len(sys.argv) > 3 else None  # test_spool_queue (ctl-fixture mode)
@@ -94,6 +94,10 @@ try:
     check(sorted(l.split()[0] for l in lines) == sorted(ids2), "multi: list shows every message once")
     p = run("verify", spool_dir=spool2)
     check(b"OK" in p.stdout and b"48 messages" in p.stdout, f"multi: verify {p.stdout!r}")
+    # Every seal summary (the lanes' closed segments have one) is rebuilt from its segment and compared.
+    nsum = sum(1 for lane in ("lane-02", "lane-05") for n in os.listdir(os.path.join(spool2, lane)) if n.endswith(".sum"))
+    m = re.search(rb"^verify: seal summaries: (\d+) checked, 0 differing from their segment$", p.stdout, re.M)
+    check(nsum >= 2 and m and int(m.group(1)) == nsum, f"multi: verify checked all {nsum} summaries {p.stdout!r}")
     last_seq = max(int(n[:12]) for n in os.listdir(os.path.join(spool2, "lane-02")) if n.endswith(".seg"))
     missing = [
         ids2[0][:10] + "FFFFFE",  # existing segment, counter never used
