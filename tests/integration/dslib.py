@@ -16,6 +16,7 @@ import argparse
 import atexit
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -79,9 +80,29 @@ def mkdtemp(prefix="ds-it-"):
     return d
 
 
+# Listening ports come from below the kernel's ephemeral range (ip_local_port_range, 32768-60999 by
+# default): a port taken from inside it can be handed, between a server's stop and its restart, to an
+# outgoing connection as its source port (a readiness probe, a delivery, a scrape), and the restart
+# then fails with EADDRINUSE although nothing listens there (gap_compact did, under -j4).
+_PORT_LOW, _PORT_HIGH = 20000, 32767
+_ports_given = set()  # never the same port twice in one test (it may not be bound yet)
+
+
 def free_port(family=socket.AF_INET, host="127.0.0.1"):
-    """A port the kernel says is free on host right now."""
-    with socket.socket(family, socket.SOCK_STREAM) as s:
+    """A port below the ephemeral range that nothing is bound to on host right now."""
+    rnd = random.SystemRandom()
+    for _ in range(200):
+        port = rnd.randint(_PORT_LOW, _PORT_HIGH)
+        if port in _ports_given:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            try:
+                s.bind((host, port))
+            except OSError:
+                continue
+        _ports_given.add(port)
+        return port
+    with socket.socket(family, socket.SOCK_STREAM) as s:  # a crowded range: the kernel's pick
         s.bind((host, 0))
         return s.getsockname()[1]
 
