@@ -330,19 +330,23 @@ static void v_sum(struct vctx *v, struct rlane *rl, struct rseg *s)
 
 	if (spool_sum_load(v->dir, rl->lane, &s->hdr, s->size, &sum))
 		return; /* none, stale or damaged: recovery scans the segment whole */
-	v->rep->summaries++;
 	rc = spool_sum_build(s->map, s->size, &s->hdr, sum->flags, &sum->seg_mtime, &ref, &reflen);
-	if (rc == -ENOMEM || rc == -E2BIG) {
-		v->rep->summaries--; /* not checked: no memory, or the segment's would exceed the bound */
-	} else if (rc || reflen != sum->len || memcmp(ref, sum->buf, reflen)) {
-		v->rep->bad_summaries++;
-		if (v->log)
-			fprintf(v->log,
-				"lane %u segment %llu: its seal summary differs from the segment (%s); "
-				"recovery "
-				"would replay it: remove the .sum file so the segment is read whole\n",
-				rl->lane, (unsigned long long)s->seq,
-				rc ? "the segment has damage the summary does not show" : "other records");
+	/* Not checked: no memory, or the segment's own would exceed the bound. */
+	if (rc != -ENOMEM && rc != -E2BIG) {
+		v->rep->summaries++;
+		if (rc || reflen != sum->len || memcmp(ref, sum->buf, reflen)) {
+			v->rep->bad_summaries++;
+			if (v->log)
+				fprintf(v->log,
+					"lane %u segment %llu: its seal summary differs from the segment "
+					"(%s); "
+					"recovery would replay it: remove the .sum file so the segment is "
+					"read "
+					"whole\n",
+					rl->lane, (unsigned long long)s->seq,
+					rc ? "the segment has damage the summary does not show"
+					   : "other records");
+		}
 	}
 	free(ref);
 	spool_sum_free(sum);

@@ -485,8 +485,11 @@ void spool_spare_stop(struct spool_spare *sp)
 	}
 }
 
-/* The failure to report when no spare is ready, once: -ENOSPC for a full disk or quota. */
-static int spare_err_take_locked(struct spool_spare *sp)
+/*
+ * The failure to report when no spare is ready, once (-ENOSPC for a full
+ * disk or quota); called with the mutex held, returns with it released.
+ */
+static int spare_err_take_unlock(struct spool_spare *sp)
 {
 	int rc = sp->err;
 
@@ -499,12 +502,12 @@ int spool_spare_take(struct spool_spare *sp, struct seg_ready *out)
 {
 	pthread_mutex_lock(&sp->mu);
 	if (!sp->nready && !sp->want && sp->err)
-		return spare_err_take_locked(sp);
+		return spare_err_take_unlock(sp);
 	request_locked(sp);
 	while (!sp->nready && !sp->err)
 		pthread_cond_wait(&sp->cv, &sp->mu);
 	if (!sp->nready)
-		return spare_err_take_locked(sp);
+		return spare_err_take_unlock(sp);
 	*out = sp->q[sp->first];
 	sp->q[sp->first].files.n = 0;
 	sp->first = (sp->first + 1) % SPOOL_SPARES_MAX;
